@@ -1,0 +1,1 @@
+"""Graph, passes and code generation."""

@@ -1,0 +1,88 @@
+"""Reverse-mode autodiff: walk the graph backwards, asking each op for its gradient rule."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .errors import GraphError
+from .graph import Node
+
+
+def ancestors(outputs: Sequence[Node]) -> list[Node]:
+    """Every node the outputs depend on, in topological (creation) order."""
+    seen: dict[int, Node] = {}
+    stack = list(outputs)
+    while stack:
+        node = stack.pop()
+        if node.id not in seen:
+            seen[node.id] = node
+            stack.extend(node.inputs)
+    return sorted(seen.values(), key=lambda n: n.id)
+
+
+def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Node]:
+    """d(sum of y)/dx for each x, as new graph nodes; fan-out contributions are summed."""
+    from ..ops.elementwise import add, mul, ones_like
+    from ..ops.shape import sum_to
+
+    wanted = {x.id for x in xs}
+    on_path: set[int] = set()  # nodes between some x and y
+    for node in ancestors([y]):
+        if node.id in wanted or any(i.id in on_path for i in node.inputs):
+            on_path.add(node.id)
+    contributions: dict[int, list[Node]] = {y.id: [seed if seed is not None else ones_like(y)]}
+    grads: dict[int, Node] = {}
+    for node in reversed(ancestors([y])):
+        parts = contributions.pop(node.id, None)
+        if not parts or node.id not in on_path:
+            continue
+        g = parts[0] if len(parts) == 1 else add(*parts)
+        grads[node.id] = g
+        if not node.inputs:
+            continue
+        rule = node.op.grad(g, node, *node.inputs)
+        if len(rule) != len(node.inputs):
+            raise GraphError(f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs")
+        for x, gx in zip(node.inputs, rule):
+            if gx is None or x.id not in on_path:
+                continue
+            if gx.shape != x.shape:
+                gx = sum_to(gx, x.shape)
+            contributions.setdefault(x.id, []).append(gx)
+    # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
+    return [grads[x.id] if x.id in grads else mul(ones_like(x), 0.0) for x in xs]
+
+
+def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
+    """Symbolic gradient of (the sum of) y w.r.t. one node or a list of nodes."""
+    single = isinstance(xs, Node)
+    result = gradients(y, [xs] if single else list(xs))
+    return result[0] if single else result
+
+
+def jacobian(y: Node, x: Node) -> Node:
+    """The jacobian, shape y.shape + x.shape. When y and x both lead with the batch axis the
+    examples are independent and the result is per example: (batch, *y.shape[1:], *x.shape[1:])."""
+    from ..ops.base import apply
+    from ..ops.shape import Slice, concat, reshape
+
+    batched = y.ndim > 0 and y.shape[0] is None
+    if batched and not (x.ndim > 0 and x.shape[0] is None):
+        raise GraphError(
+            f"jacobian of batched {y.describe()} w.r.t. unbatched {x.describe()} needs per-example "
+            "gradients, which are not supported yet"
+        )
+    y_shape = y.shape[1:] if batched else y.shape
+    x_shape = x.shape[1:] if batched else x.shape
+    lead = (None,) if batched else ()
+    if None in y_shape:
+        raise GraphError(f"jacobian of {y.describe()}: only a leading batch axis may be symbolic")
+    rows = []
+    for position in np.ndindex(*y_shape):
+        index = tuple((0, None, 1) for _ in lead) + tuple(int(i) for i in position)
+        element = apply(Slice(index), y) if index else y
+        rows.append(reshape(gradients(element, [x])[0], lead + (1,) + x_shape))
+    stacked = concat(rows, axis=len(lead)) if len(rows) > 1 else rows[0]
+    return reshape(stacked, lead + y_shape + x_shape)

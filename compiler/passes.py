@@ -1,0 +1,87 @@
+"""The pass pipeline: a plain ordered list of named passes, each Program -> Program."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import networkx as nx
+
+from ..compiler.types import FLOAT_DTYPES
+from .autodiff import ancestors, gradients
+from .errors import GraphError, ShapeError
+from .program import Program, format_program, to_networkx
+
+Pass = Callable[[Program], Program]
+
+
+def verify(program: Program) -> Program:
+    """Reject what cannot be compiled: foreign nodes, a non-scalar loss, untrainable targets, cycles."""
+    from ..ops.leaves import ParameterOp
+
+    nodes = ancestors(program.roots)
+    foreign = [n for n in nodes if n.graph is not program.graph]
+    if foreign:
+        raise GraphError(f"node {foreign[0].label} belongs to another graph")
+    if program.loss is not None and (program.loss.shape != () or program.loss.dtype not in FLOAT_DTYPES):
+        raise ShapeError(
+            f"loss {program.loss.describe()} must be a float scalar; reduce it with dg.mean or dg.sum"
+        )
+    for w in program.wrt:
+        if not isinstance(w.op, ParameterOp):
+            raise GraphError(f"cannot train {w.label}: it is a '{w.op.name}' node, not a parameter")
+    if not nx.is_directed_acyclic_graph(to_networkx(nodes)):
+        raise GraphError("the graph has a cycle: " + str(nx.find_cycle(to_networkx(nodes))))
+    return program
+
+
+def infer_shapes(program: Program) -> Program:
+    """Re-derive every node's type from its inputs; a pass that broke a shape is caught here."""
+    for node in ancestors(program.roots):
+        if not node.inputs:
+            continue
+        try:
+            inferred = node.op.infer(*(i.type for i in node.inputs))
+        except ShapeError as error:
+            raise ShapeError(f"node {node.label} (op '{node.op.name}'): {error}") from None
+        if inferred != node.type:
+            raise ShapeError(f"node {node.label} (op '{node.op.name}'): type {node.type} but inputs give {inferred}")
+    return program
+
+
+def autodiff(program: Program) -> Program:
+    if program.optimizer is None or program.loss is None:
+        return program
+    return program.with_(grads=tuple(gradients(program.loss, program.wrt)))
+
+
+def apply_optimizer(program: Program) -> Program:
+    if program.optimizer is None or not program.wrt:
+        return program
+    return program.with_(updates=tuple(program.optimizer.updates(program.wrt, program.grads)))
+
+
+def prune(program: Program) -> Program:
+    """Keep only the nodes the outputs and updates need, in a topological order."""
+    return program.with_(nodes=tuple(ancestors(program.roots)))
+
+
+PIPELINE: list[tuple[str, Pass]] = [
+    ("verify", verify),
+    ("shapes", infer_shapes),
+    ("autodiff", autodiff),
+    ("optimizer", apply_optimizer),
+    ("prune", prune),
+]
+
+
+def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) -> Program:
+    debug = os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
+    for name, run_pass in pipeline:
+        program = run_pass(program)
+        if debug:
+            print(f"== after {name}: {len(program.nodes)} nodes", file=sys.stderr)
+            if program.nodes:
+                print(format_program(program), file=sys.stderr)
+    return program

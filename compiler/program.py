@@ -1,0 +1,52 @@
+"""What gets compiled: the outputs, the training spec, and (after the passes) the node list."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import networkx as nx
+
+from .graph import Graph, Node
+
+
+@dataclass(frozen=True)
+class Program:
+    graph: Graph
+    outputs: tuple[Node, ...]  # returned values; the loss comes first when there is one
+    loss: Node | None = None
+    wrt: tuple[Node, ...] = ()  # trained parameters
+    optimizer: Any = None
+    grads: tuple[Node, ...] = ()  # d loss / d wrt, filled by autodiff
+    updates: tuple[tuple[Node, Node], ...] = ()  # (parameter or state leaf, its new value)
+    nodes: tuple[Node, ...] = ()  # every node needed, in execution order
+
+    def with_(self, **changes: Any) -> Program:
+        return replace(self, **changes)
+
+    @property
+    def roots(self) -> list[Node]:
+        """Values the program must produce: outputs and new values of updated leaves."""
+        return list(self.outputs) + [new for _, new in self.updates]
+
+    def leaves(self, op_type: type) -> list[Node]:
+        return [n for n in self.nodes if isinstance(n.op, op_type)]
+
+
+def to_networkx(nodes: tuple[Node, ...] | list[Node]) -> nx.DiGraph:
+    """The data-flow graph: an edge from each input to its consumer."""
+    dag = nx.DiGraph()
+    for node in nodes:
+        dag.add_node(node.id, node=node)
+        for i in node.inputs:
+            dag.add_edge(i.id, node.id)
+    return dag
+
+
+def format_program(program: Program) -> str:
+    """One line per node, the way DRUG_DEBUG prints it."""
+    lines = [f"  {n!r}" for n in program.nodes]
+    for leaf, new in program.updates:
+        lines.append(f"  {leaf.label} <- {new.label}")
+    lines.append("  return " + ", ".join(o.label for o in program.outputs))
+    return "\n".join(lines)

@@ -1,0 +1,36 @@
+"""drug: a differentiable graph compiler. Declare a graph, compile its whole train step."""
+
+from .compiler.autodiff import grad, jacobian
+from .compiler.errors import GraphError, ShapeError
+from .compiler.graph import Graph, Node
+from .compiler.optimizers import SGD, Adam, Optimizer, RMSProp
+from .ops import (
+    Op,
+    add,
+    concat,
+    conv2d,
+    div,
+    embedding,
+    exp,
+    global_pool,
+    log,
+    matmul,
+    max,
+    mean,
+    min,
+    mul,
+    neg,
+    one_hot,
+    relu,
+    reshape,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+    sqrt,
+    sub,
+    sum,
+    tanh,
+    transpose,
+)
+
+__version__ = "0.1.0"

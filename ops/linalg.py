@@ -1,0 +1,52 @@
+"""Matrix products: 2-D and batched (leading dimensions broadcast like NumPy's matmul)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiler.errors import ShapeError
+from ..compiler.types import TensorType, broadcast_shapes, format_shape
+from .base import Example, Op, apply, same_float_dtype
+from .shape import transpose
+
+
+class MatMul(Op):
+    name = "matmul"
+    arity = 2
+
+    def infer(self, a, b):
+        dtype = same_float_dtype(self.name, [a, b])
+        if a.ndim < 2 or b.ndim < 2:
+            raise ShapeError("matmul needs 2-D or batched (N-D) operands; reshape vectors to matrices")
+        if a.shape[-1] != b.shape[-2]:
+            raise ShapeError(f"inner dimensions differ: {a.shape[-1]} vs {b.shape[-2]}")
+        try:
+            lead = broadcast_shapes([a.shape[:-2], b.shape[:-2]])
+        except ShapeError:
+            raise ShapeError(
+                f"batch dimensions {format_shape(a.shape[:-2])} and {format_shape(b.shape[:-2])} do not broadcast"
+            ) from None
+        return TensorType(lead + (a.shape[-2], b.shape[-1]), dtype)
+
+    def ref(self, a, b):
+        return np.matmul(a, b)
+
+    def grad(self, g, out, a, b):
+        return [matmul(g, swap_last(b)), matmul(swap_last(a), g)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        n, k = dims[0], dims[1]
+        batched = len(dims) > 2 and dims[2] % 2 == 0
+        a_shape = (2, n, k) if batched else (n, k)
+        a, b = rng.standard_normal(a_shape), rng.standard_normal((k, 3))
+        return cls(), Example([a, b], [True, True], {} if batched else {0: 0})
+
+
+def swap_last(x):
+    perm = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
+    return transpose(x, perm)
+
+
+def matmul(a, b):
+    return apply(MatMul(), a, b)

@@ -1,0 +1,290 @@
+"""Ops that move data without arithmetic: reshape, transpose, slicing, concat, broadcast."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..compiler.errors import GraphError, ShapeError
+from ..compiler.types import Shape, TensorType, broadcast_shapes, format_shape, normalize_axes, normalize_shape
+from .base import Example, Op, apply
+
+
+def _static_size(shape: Shape) -> int:
+    return math.prod(d for d in shape if d is not None)
+
+
+def _runtime_shape(shape: Shape, batch: int | None) -> tuple[int, ...]:
+    return tuple(batch if d is None else d for d in shape)
+
+
+def _batch_of(x: np.ndarray, shape: Shape) -> int | None:
+    """The batch size bound in `x`, whose declared shape is `shape`."""
+    return x.shape[shape.index(None)] if None in shape else None
+
+
+class Reshape(Op):
+    name = "reshape"
+    arity = 1
+
+    def __init__(self, shape: Shape, in_shape: Shape):
+        self.shape = shape
+        self.in_shape = in_shape
+
+    def infer(self, x):
+        if (None in self.shape) != (None in x.shape) or _static_size(self.shape) != _static_size(x.shape):
+            raise ShapeError(f"cannot reshape {format_shape(x.shape)} to {format_shape(self.shape)}")
+        return TensorType(self.shape, x.dtype)
+
+    def ref(self, x):
+        return x.reshape(_runtime_shape(self.shape, _batch_of(x, self.in_shape)))
+
+    def grad(self, g, out, x):
+        return [reshape(g, x.shape)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], dims[1], 2))
+        return cls((None, dims[1] * 2), (None, dims[1], 2)), Example([x], [True], {0: 0})
+
+
+class Transpose(Op):
+    name = "transpose"
+    arity = 1
+
+    def __init__(self, perm: tuple[int, ...]):
+        self.perm = perm
+
+    def infer(self, x):
+        if sorted(self.perm) != list(range(x.ndim)):
+            raise ShapeError(f"permutation {self.perm} does not fit a {x.ndim}-D input")
+        return TensorType(tuple(x.shape[p] for p in self.perm), x.dtype)
+
+    def ref(self, x):
+        return np.transpose(x, self.perm)
+
+    def grad(self, g, out, x):
+        return [transpose(g, tuple(np.argsort(self.perm)))]
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], dims[1], 3))
+        return cls((2, 0, 1)), Example([x], [True], {0: 0})
+
+
+def _normalize_index(index: Any, shape: Shape) -> tuple:
+    """Basic indexing as a tuple with one entry per input axis: an int, or (start, stop, step)."""
+    if not isinstance(index, tuple):
+        index = (index,)
+    if sum(i is Ellipsis for i in index) > 1:
+        raise ShapeError("only one Ellipsis allowed in an index")
+    if Ellipsis in index:
+        at = index.index(Ellipsis)
+        fill = len(shape) - (len(index) - 1)
+        index = index[:at] + (slice(None),) * fill + index[at + 1 :]
+    if len(index) > len(shape):
+        raise ShapeError(f"too many indices ({len(index)}) for shape {format_shape(shape)}")
+    index = index + (slice(None),) * (len(shape) - len(index))
+    out = []
+    for axis, (item, dim) in enumerate(zip(index, shape)):
+        if dim is None:
+            if item != slice(None):
+                raise ShapeError(f"axis {axis} is the batch dimension; only ':' may index it")
+            out.append((0, None, 1))
+        elif isinstance(item, (int, np.integer)):
+            if not -dim <= item < dim:
+                raise ShapeError(f"index {item} out of range for axis {axis} of size {dim}")
+            out.append(int(item) % dim)
+        elif isinstance(item, slice):
+            out.append(item.indices(dim))
+        else:
+            raise GraphError(f"unsupported index {item!r}: use ints, slices and '...'")
+    return tuple(out)
+
+
+def _slice_dim(spec, dim):
+    if dim is None:
+        return None
+    return len(range(*spec))
+
+
+class Slice(Op):
+    name = "slice"
+    arity = 1
+
+    def __init__(self, index: tuple):
+        self.index = index
+
+    def infer(self, x):
+        shape = tuple(_slice_dim(s, d) for s, d in zip(self.index, x.shape) if not isinstance(s, int))
+        return TensorType(shape, x.dtype)
+
+    def ref(self, x):
+        return x[tuple(s if isinstance(s, int) else slice(*s) for s in self.index)]
+
+    def grad(self, g, out, x):
+        return [apply(SliceGrad(self.index, x.shape), g)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], dims[1] + 2, 3))
+        return cls(((0, None, 1), (1, dims[1] + 2, 2), 1)), Example([x], [True], {0: 0})
+
+
+class SliceGrad(Op):
+    """Scatter `g` into zeros of the sliced input's shape (the adjoint of Slice)."""
+
+    name = "slice_grad"
+    arity = 1
+
+    def __init__(self, index: tuple, in_shape: Shape):
+        self.index = index
+        self.in_shape = in_shape
+
+    def infer(self, g):
+        return TensorType(self.in_shape, g.dtype)
+
+    def ref(self, g):
+        kept = [d for s, d in zip(self.index, self.in_shape) if not isinstance(s, int)]
+        batch = g.shape[kept.index(None)] if None in kept else None
+        out = np.zeros(_runtime_shape(self.in_shape, batch), g.dtype)
+        out[tuple(s if isinstance(s, int) else slice(*s) for s in self.index)] = g
+        return out
+
+    def grad(self, gg, out, g):
+        return [apply(Slice(self.index), gg)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        index = ((0, None, 1), (1, dims[1] + 2, 2), 1)
+        in_shape = (None, dims[1] + 2, 3)
+        g = rng.standard_normal((dims[0], len(range(1, dims[1] + 2, 2))))
+        return cls(index, in_shape), Example([g], [True], {0: 0})
+
+
+class Concat(Op):
+    name = "concat"
+
+    def __init__(self, axis: int):
+        self.axis = axis
+
+    def infer(self, *xs):
+        first = xs[0]
+        axis = self.axis
+        dtypes = {x.dtype for x in xs}
+        if len(dtypes) > 1:
+            raise ShapeError(f"mixed dtypes {sorted(map(str, dtypes))}")
+        for x in xs:
+            if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis):
+                raise ShapeError(f"shapes differ outside axis {axis}")
+            if x.shape[axis] is None:
+                raise ShapeError("cannot concatenate along the batch dimension")
+        total = sum(x.shape[axis] for x in xs)
+        return TensorType(first.shape[:axis] + (total,) + first.shape[axis + 1 :], first.dtype)
+
+    def ref(self, *xs):
+        return np.concatenate(xs, axis=self.axis)
+
+    def grad(self, g, out, *xs):
+        grads, start = [], 0
+        for x in xs:
+            stop = start + x.shape[self.axis]
+            index = tuple((start, stop, 1) if i == self.axis else (0, d, 1) for i, d in enumerate(g.shape))
+            grads.append(apply(Slice(index), g))
+            start = stop
+        return grads
+
+    @classmethod
+    def example(cls, rng, dims):
+        xs = [rng.standard_normal((dims[0], d)) for d in (dims[1], 2, 1)]
+        return cls(1), Example(xs, [True] * 3, {0: 0, 1: 0, 2: 0})
+
+
+class BroadcastLike(Op):
+    """x broadcast to the (runtime) shape of `like`; `like` is read for its shape only."""
+
+    name = "broadcast_like"
+    arity = 2
+
+    def infer(self, x, like):
+        if broadcast_shapes([x.shape, like.shape]) != like.shape:
+            raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(like.shape)}")
+        return TensorType(like.shape, x.dtype)
+
+    def ref(self, x, like):
+        return np.broadcast_to(x, like.shape).copy()
+
+    def grad(self, g, out, x, like):
+        return [g, None]  # autodiff sums g back to x's shape
+
+    @classmethod
+    def example(cls, rng, dims):
+        x, like = rng.standard_normal((dims[1],)), rng.standard_normal((dims[0], dims[1]))
+        return cls(), Example([x, like], [True, False], {1: 0})
+
+
+class SumTo(Op):
+    """Sum a broadcast result back to `shape` (the adjoint of broadcasting)."""
+
+    name = "sum_to"
+    arity = 1
+
+    def __init__(self, shape: Shape):
+        self.shape = shape
+
+    def infer(self, x):
+        if broadcast_shapes([x.shape, self.shape]) != x.shape:
+            raise ShapeError(f"cannot sum {format_shape(x.shape)} to {format_shape(self.shape)}")
+        return TensorType(self.shape, x.dtype)
+
+    def ref(self, x):
+        lead = x.ndim - len(self.shape)
+        axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(self.shape) if d == 1 and x.shape[lead + i] != 1)
+        return np.sum(x, axis=axes).reshape(
+            tuple(x.shape[lead + i] if d is None else d for i, d in enumerate(self.shape))
+        )
+
+    def grad(self, g, out, x):
+        return [apply(BroadcastLike(), g, x)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], dims[1], 2))
+        return cls((dims[1], 1)), Example([x], [True], {})
+
+
+def reshape(x, shape: Sequence[int | None]):
+    """Reshape; None keeps the batch dimension, -1 infers one static dimension."""
+    shape = tuple(shape)
+    if -1 in shape:
+        known = _static_size(tuple(d for d in shape if d != -1))
+        missing = _static_size(x.shape) // max(known, 1)
+        shape = tuple(missing if d == -1 else d for d in shape)
+    return apply(Reshape(normalize_shape(shape), x.shape), x)
+
+
+def transpose(x, perm: Sequence[int] | None = None):
+    """Permute axes (reverse them by default)."""
+    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
+    return apply(Transpose(perm), x)
+
+
+def getitem(x, index):
+    return apply(Slice(_normalize_index(index, x.shape)), x)
+
+
+def concat(xs: Sequence, axis: int = 0):
+    xs = list(xs)
+    if not xs:
+        raise GraphError("concat needs at least one input")
+    return apply(Concat(normalize_axes(axis, xs[0].ndim)[0]), *xs)
+
+
+def broadcast_like(x, like):
+    return apply(BroadcastLike(), x, like)
+
+
+def sum_to(x, shape: Shape):
+    return apply(SumTo(tuple(shape)), x)

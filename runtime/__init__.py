@@ -1,0 +1,1 @@
+"""Compiled functions, feeds, checkpoints and the executors (reference and native)."""

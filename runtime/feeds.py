@@ -1,0 +1,49 @@
+"""Checks every fed array before anything runs, and binds the batch dimension."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..compiler.errors import GraphError, ShapeError
+from ..compiler.graph import Node
+from ..compiler.types import format_shape
+
+
+def bind_feeds(
+    inputs: Sequence[Node], feeds: Mapping[str, Any], check_finite: bool
+) -> tuple[dict[int, np.ndarray], int | None]:
+    """Validated, C-contiguous arrays by input node id, and the bound batch size."""
+    by_name = {n.name: n for n in inputs}
+    unknown = sorted(set(feeds) - set(by_name))
+    if unknown:
+        raise GraphError(f"unknown feed {unknown}; this function takes inputs {sorted(by_name)}")
+    missing = sorted(set(by_name) - set(feeds))
+    if missing:
+        raise GraphError(f"missing feed {missing}; this function takes inputs {sorted(by_name)}")
+    arrays: dict[int, np.ndarray] = {}
+    batch: int | None = None
+    batch_from = ""
+    for name, node in by_name.items():
+        value = feeds[name]
+        array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=node.dtype)
+        if array.dtype != node.dtype:
+            raise ShapeError(
+                f"input '{name}' expects dtype {node.dtype}, got {array.dtype}; convert with .astype('{node.dtype}')"
+            )
+        declared = node.shape
+        if array.ndim != len(declared) or any(d is not None and d != a for d, a in zip(declared, array.shape)):
+            raise ShapeError(f"input '{name}' expects shape {format_shape(declared)}, got {format_shape(array.shape)}")
+        if None in declared:
+            size = array.shape[declared.index(None)]
+            if batch is not None and size != batch:
+                raise ShapeError(
+                    f"input '{name}' has batch size {size} but input '{batch_from}' has {batch}; "
+                    "all inputs of one call share the batch dimension"
+                )
+            batch, batch_from = size, name
+        if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise GraphError(f"input '{name}' contains NaN or Inf (check_finite=True)")
+        arrays[node.id] = np.ascontiguousarray(array)
+    return arrays, batch

@@ -1,0 +1,133 @@
+"""Compiled functions as users call them: feeds in, outputs out, state kept between calls."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..compiler.autodiff import ancestors
+from ..compiler.errors import GraphError
+from ..compiler.graph import Graph, Node
+from ..compiler.passes import run_pipeline
+from ..compiler.program import Program
+from ..ops.leaves import InputOp, ParameterOp, StateOp
+from . import checkpoint
+from .feeds import bind_feeds
+
+BACKENDS = ("numpy", "llvm")
+DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "numpy")
+
+
+class CompiledFunction:
+    """One compiled graph function. Training calls return the loss as a float and update the
+    graph's parameters in place; inference calls return the outputs (a tuple if several)."""
+
+    def __init__(self, program: Program, backend: str, check_finite: bool, n_user_outputs: int):
+        self.program = program
+        self.backend = backend
+        self.check_finite = check_finite
+        self.inputs = program.leaves(InputOp)
+        self.step_count = 0
+        self.state: dict[str, np.ndarray] = {
+            n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in program.leaves(StateOp)
+        }
+        self._n_user_outputs = n_user_outputs
+        self._executor = _make_executor(program, self.state, backend)
+
+    @property
+    def trains(self) -> bool:
+        return bool(self.program.updates)
+
+    @property
+    def params(self) -> list[str]:
+        return [n.name for n in self.program.leaves(ParameterOp)]
+
+    def __call__(self, feeds: dict[str, Any] | None = None, /, **named: Any):
+        arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
+        results = self._executor.run(arrays, batch)
+        if self.trains:
+            self.step_count += 1
+        if self.program.loss is not None:
+            loss = float(results[0])
+            extra = results[1:]
+            return (loss, *extra) if self._n_user_outputs else loss
+        return results[0] if len(results) == 1 else tuple(results)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Parameters, optimizer state and step count, written atomically."""
+        params = {name: self.program.graph.params[name] for name in self.params}
+        checkpoint.save(path, params, self.state, self.step_count)
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Restore a checkpoint; on any mismatch raise and change nothing."""
+        params, state, step = checkpoint.read(path)
+        current = {name: self.program.graph.params[name] for name in self.params}
+        checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
+        if self.trains:
+            checkpoint.check_compatible("optimizer state", self.state, state, path)
+        for name, value in current.items():
+            np.copyto(value, params[name])
+        if self.trains:
+            for key, value in self.state.items():
+                np.copyto(value, state[key])
+            self.step_count = step
+
+
+def _only(loaded: dict, current: dict, strict: bool) -> dict:
+    """A predictor may load a bigger training checkpoint; a train step must match exactly."""
+    return loaded if strict else {k: v for k, v in loaded.items() if k in current}
+
+
+def _make_executor(program: Program, state: dict[str, np.ndarray], backend: str):
+    if backend == "numpy":
+        from .reference import ReferenceExecutor
+
+        return ReferenceExecutor(program, state)
+    if backend == "llvm":
+        from .native import NativeExecutor
+
+        return NativeExecutor(program, state)
+    raise GraphError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _as_list(nodes: Node | Sequence[Node] | None) -> list[Node]:
+    if nodes is None:
+        return []
+    return [nodes] if isinstance(nodes, Node) else list(nodes)
+
+
+def compile_step(
+    graph: Graph,
+    loss: Node | None,
+    outputs: Node | Sequence[Node] | None,
+    optimizer: Any,
+    params: Sequence[Node | str] | None,
+    backend: str | None,
+    check_finite: bool,
+) -> CompiledFunction:
+    user_outputs = _as_list(outputs)
+    if loss is None and not user_outputs:
+        raise GraphError("compile needs a loss, outputs, or both")
+    if optimizer is not None and loss is None:
+        raise GraphError("an optimizer needs a loss to minimize")
+    for node in user_outputs + ([loss] if loss is not None else []):
+        if not isinstance(node, Node):
+            raise GraphError(f"compile expects graph nodes, got {type(node).__name__}")
+    wrt: list[Node] = []
+    if optimizer is not None:
+        if params is None:
+            wrt = [n for n in ancestors([loss]) if isinstance(n.op, ParameterOp)]
+        else:
+            wrt = [graph[p] if isinstance(p, str) else p for p in params]
+        if not wrt:
+            raise GraphError("nothing to train: the loss depends on no parameter")
+    program = Program(
+        graph=graph,
+        outputs=tuple(([loss] if loss is not None else []) + user_outputs),
+        loss=loss,
+        wrt=tuple(wrt),
+        optimizer=optimizer,
+    )
+    return CompiledFunction(run_pipeline(program), backend or DEFAULT_BACKEND, check_finite, len(user_outputs))
