@@ -20,6 +20,9 @@ class Node:
     """One value in a graph: the result of `op` applied to `inputs`."""
 
     __slots__ = ("graph", "op", "inputs", "type", "id", "name", "__weakref__")
+    # NumPy operands on the left (`array * node`) defer to our reflected operators instead of
+    # building an object array of nodes, one per element.
+    __array_ufunc__ = None
 
     def __init__(self, graph: Graph, op: Op, inputs: Sequence[Node], type: TensorType):
         self.graph = graph
@@ -180,7 +183,7 @@ class Graph:
         dt = self._dtype(dtype)
         if name in self._named:
             raise GraphError(f"duplicate node name '{name}': {self._named[name]!r} already has it")
-        value = np.ascontiguousarray(initial_value(name, shape, dt, init, self.rng))
+        value = np.asarray(initial_value(name, shape, dt, init, self.rng), order="C")
         node = self._leaf(ParameterOp(), TensorType(shape, dt), name)
         self.params._add(name, value)
         return node
@@ -196,7 +199,7 @@ class Graph:
             array = array.astype(self.dtype)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32 if array.dtype.itemsize <= 4 else np.int64)
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
         array.setflags(write=False)
         return self._leaf(ConstantOp(array), TensorType(array.shape, array.dtype), name)
 

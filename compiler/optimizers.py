@@ -10,6 +10,9 @@ from .graph import Node
 from .types import TensorType
 
 
+LR_KEY = "hyper/lr"
+
+
 @dataclass(frozen=True)
 class Optimizer:
     """`m` (first moment) and `v` (second moment) are state buffers; a zero beta disables one."""
@@ -36,6 +39,7 @@ class Optimizer:
         out: list[tuple[Node, Node]] = []
         b1, b2 = self.beta_momentum, self.beta_magnitude
         first = params[0]
+        lr = _state(first, LR_KEY, (), self.lr)  # a state buffer, so schedules can change it between steps
         correction_m = correction_v = None
         if self.bias_correction and b1 > 0:
             power = _state(first, "step/beta_momentum_power", (), 1.0)
@@ -62,7 +66,7 @@ class Optimizer:
                 if correction_v is not None:
                     v_new = div(v_new, correction_v)
                 step = div(step, add(sqrt(v_new), self.epsilon))
-            out.append((w, sub(w, mul(step, self.lr))))
+            out.append((w, sub(w, mul(step, lr))))
         return out
 
 

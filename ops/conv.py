@@ -63,8 +63,8 @@ class Pad(_Padding):
     def infer(self, x):
         if x.ndim != 4 or x.shape[2:] != self.in_hw:
             raise ShapeError(f"pad expects NCHW with spatial size {self.in_hw}, got {format_shape(x.shape)}")
-        if self.mode == "reflect" and max(max(self.pads[0]), max(self.pads[1])) >= min(self.in_hw):
-            raise ShapeError(f"reflect padding {self.pads} needs spatial size larger than the pad")
+        if self.mode == "reflect" and any(max(pad) >= n for pad, n in zip(self.pads, self.in_hw)):
+            raise ShapeError(f"reflect padding {self.pads} needs each spatial size {self.in_hw} larger than its pad")
         return TensorType(x.shape[:2] + self.padded_hw(), x.dtype)
 
     def ref(self, x):

@@ -45,5 +45,5 @@ def bind_feeds(
             batch, batch_from = size, name
         if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise GraphError(f"input '{name}' contains NaN or Inf (check_finite=True)")
-        arrays[node.id] = np.ascontiguousarray(array)
+        arrays[node.id] = np.asarray(array, order="C")  # keeps 0-d feeds 0-d
     return arrays, batch

@@ -10,6 +10,7 @@ import numpy as np
 from ..compiler.autodiff import ancestors
 from ..compiler.errors import GraphError
 from ..compiler.graph import Graph, Node
+from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import run_pipeline
 from ..compiler.program import Program
 from ..ops.leaves import InputOp, ParameterOp, StateOp
@@ -43,6 +44,20 @@ class CompiledFunction:
     @property
     def params(self) -> list[str]:
         return [n.name for n in self.program.leaves(ParameterOp)]
+
+    @property
+    def lr(self) -> float:
+        """The optimizer's learning rate; assign to it to follow a schedule."""
+        return float(self._lr_buffer())
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self._lr_buffer()[...] = value
+
+    def _lr_buffer(self) -> np.ndarray:
+        if LR_KEY not in self.state:
+            raise GraphError("this compiled function has no optimizer, so no learning rate")
+        return self.state[LR_KEY]
 
     def __call__(self, feeds: dict[str, Any] | None = None, /, **named: Any):
         arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
