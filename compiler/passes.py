@@ -76,6 +76,14 @@ PIPELINE: list[tuple[str, Pass]] = [
 ]
 
 
+def native_pipeline() -> list[tuple[str, Pass]]:
+    from .fusion import fuse
+    from .schedule import schedule
+    from .simplify import simplify
+
+    return PIPELINE + [("simplify", simplify), ("fuse", fuse), ("schedule", schedule)]
+
+
 def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) -> Program:
     debug = os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
     for name, run_pass in pipeline:
@@ -84,4 +92,7 @@ def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) 
             print(f"== after {name}: {len(program.nodes)} nodes", file=sys.stderr)
             if program.nodes:
                 print(format_program(program), file=sys.stderr)
+            for index, kernel in enumerate(program.kernels if name == "fuse" else ()):
+                members = ", ".join(n.label for n in kernel.nodes)
+                print(f"  kernel {index} {kernel.kind} {kernel.domain}: {members}", file=sys.stderr)
     return program

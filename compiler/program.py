@@ -20,6 +20,8 @@ class Program:
     grads: tuple[Node, ...] = ()  # d loss / d wrt, filled by autodiff
     updates: tuple[tuple[Node, Node], ...] = ()  # (parameter or state leaf, its new value)
     nodes: tuple[Node, ...] = ()  # every node needed, in execution order
+    kernels: tuple = ()  # fusion's partition of the nodes (native backend)
+    schedule: Any = None  # kernel order and memory plan (native backend)
 
     def with_(self, **changes: Any) -> Program:
         return replace(self, **changes)

@@ -1,5 +1,6 @@
 """Every op, one module per family; importing this package fills the registry."""
 
+from . import leaves  # noqa: F401  (registers the leaf ops too, whatever is imported first)
 from .base import REGISTRY, Elementwise, Example, Op, apply
 from .conv import conv2d
 from .elementwise import add, div, equal, exp, log, mul, neg, ones_like, relu, sigmoid, sqrt, sub, tanh

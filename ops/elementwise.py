@@ -20,6 +20,9 @@ class Add(Elementwise):
     def grad(self, g, out, *xs):
         return [g] * len(xs)
 
+    def emit(self, b, *xs):
+        return functools.reduce(b.add, xs)
+
 
 class Mul(Elementwise):
     name = "mul"
@@ -30,6 +33,9 @@ class Mul(Elementwise):
     def grad(self, g, out, *xs):
         # the product of the other factors (not out / x_i, which breaks at zeros)
         return [mul(g, *(x for j, x in enumerate(xs) if j != i)) for i in range(len(xs))]
+
+    def emit(self, b, *xs):
+        return functools.reduce(b.mul, xs)
 
 
 class Sub(Elementwise):
@@ -42,6 +48,9 @@ class Sub(Elementwise):
     def grad(self, g, out, a, b):
         return [g, neg(g)]
 
+    def emit(self, b, x, y):
+        return b.sub(x, y)
+
 
 class Div(Elementwise):
     name = "div"
@@ -52,6 +61,9 @@ class Div(Elementwise):
 
     def grad(self, g, out, a, b):
         return [div(g, b), neg(div(mul(g, out), b))]
+
+    def emit(self, b, x, y):
+        return b.div(x, y)
 
     @staticmethod
     def sample_input(rng, shape):
@@ -68,6 +80,9 @@ class Neg(Elementwise):
     def grad(self, g, out, x):
         return [neg(g)]
 
+    def emit(self, b, x):
+        return b.neg(x)
+
 
 class Relu(Elementwise):
     name = "relu"
@@ -78,6 +93,9 @@ class Relu(Elementwise):
 
     def grad(self, g, out, x):
         return [apply(ReluGrad(), g, x)]
+
+    def emit(self, b, x):
+        return b.maximum(x, b.const(0.0))
 
     @staticmethod
     def sample_input(rng, shape):
@@ -97,6 +115,9 @@ class ReluGrad(Elementwise):
     def grad(self, gg, out, g, x):
         return [apply(ReluGrad(), gg, x), None]
 
+    def emit(self, b, g, x):
+        return b.select_positive(x, g)
+
     @classmethod
     def example(cls, rng, dims):
         shape = (dims[0], dims[1])
@@ -114,6 +135,9 @@ class Sigmoid(Elementwise):
     def grad(self, g, out, x):
         return [mul(g, out, sub(1.0, out))]
 
+    def emit(self, b, x):
+        return b.sigmoid(x)
+
 
 class Tanh(Elementwise):
     name = "tanh"
@@ -124,6 +148,9 @@ class Tanh(Elementwise):
 
     def grad(self, g, out, x):
         return [mul(g, sub(1.0, mul(out, out)))]
+
+    def emit(self, b, x):
+        return b.tanh(x)
 
 
 class Exp(Elementwise):
@@ -136,6 +163,9 @@ class Exp(Elementwise):
     def grad(self, g, out, x):
         return [mul(g, out)]
 
+    def emit(self, b, x):
+        return b.exp(x)
+
 
 class Log(Elementwise):
     name = "log"
@@ -146,6 +176,9 @@ class Log(Elementwise):
 
     def grad(self, g, out, x):
         return [div(g, x)]
+
+    def emit(self, b, x):
+        return b.log(x)
 
     @staticmethod
     def sample_input(rng, shape):
@@ -162,6 +195,9 @@ class Sqrt(Elementwise):
     def grad(self, g, out, x):
         return [div(g, mul(out, 2.0))]
 
+    def emit(self, b, x):
+        return b.sqrt(x)
+
     sample_input = Log.sample_input
 
 
@@ -176,6 +212,9 @@ class Equal(Elementwise):
 
     def grad(self, g, out, a, b):
         return [None, None]
+
+    def emit(self, b, x, y):
+        return b.equal(x, y)
 
     @classmethod
     def example(cls, rng, dims):
@@ -193,6 +232,9 @@ class OnesLike(Elementwise):
 
     def grad(self, g, out, x):
         return [None]
+
+    def emit(self, b, x):
+        return b.const(1.0)
 
     @classmethod
     def example(cls, rng, dims):

@@ -65,10 +65,11 @@ class SoftmaxCrossEntropyRows(Op):
 
     def ref(self, logits, labels):
         _check_labels(self, labels, logits.shape[-1])
-        top = np.max(logits, axis=-1, keepdims=True)
-        lse = np.log(np.sum(np.exp(logits - top), axis=-1)) + top[..., 0]
-        picked = np.take_along_axis(logits, labels[..., None].astype(np.intp), axis=-1)[..., 0]
-        return lse - picked
+        # log(sum(exp(z))) - z[label] with z = logits - max: adding the max back first would round
+        # the loss to the precision of the logits' magnitude (1e-3 for float32 logits near 1e4)
+        z = logits - np.max(logits, axis=-1, keepdims=True)
+        picked = np.take_along_axis(z, labels[..., None].astype(np.intp), axis=-1)[..., 0]
+        return np.log(np.sum(np.exp(z), axis=-1)) - picked
 
     def grad(self, g, out, logits, labels):
         probs = apply(Softmax(logits.ndim - 1), logits)

@@ -15,6 +15,7 @@ from .shape import broadcast_like, reshape
 class Reduce(Op):
     arity = 1
     numpy_fn = staticmethod(np.sum)
+    combine = "add"  # how a native loop accumulates
 
     def __init__(self, axes: tuple[int, ...], keepdims: bool = False):
         self.axes = axes
@@ -30,6 +31,9 @@ class Reduce(Op):
 
     def ref(self, x):
         return np.asarray(self.numpy_fn(x, axis=self.axes, keepdims=self.keepdims))
+
+    def reduced_axes(self, in_shape) -> tuple[int, ...]:
+        return self.axes
 
     def kept(self, node, x):
         """`node` (this op's output or its gradient) with the reduced axes kept as size 1."""
@@ -53,6 +57,7 @@ class Sum(Reduce):
 class Max(Reduce):
     name = "max"
     numpy_fn = staticmethod(np.max)
+    combine = "max"
 
     def grad(self, g, out, x):
         # ties share the gradient equally, like JAX
@@ -64,6 +69,7 @@ class Max(Reduce):
 class Min(Max):
     name = "min"
     numpy_fn = staticmethod(np.min)
+    combine = "min"
 
 
 class Count(Op):
@@ -83,6 +89,12 @@ class Count(Op):
 
     def grad(self, g, out, x):
         return [None]
+
+    shape_only_inputs = (0,)
+
+    def emit(self, b, x):
+        dims = [b.node.inputs[0].shape[a] for a in self.axes]
+        return b.count(dims)
 
 
 def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name

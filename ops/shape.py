@@ -219,6 +219,11 @@ class BroadcastLike(Op):
     def grad(self, g, out, x, like):
         return [g, None]  # autodiff sums g back to x's shape
 
+    shape_only_inputs = (1,)
+
+    def emit(self, b, x, like):
+        return x
+
     @classmethod
     def example(cls, rng, dims):
         x, like = rng.standard_normal((dims[1],)), rng.standard_normal((dims[0], dims[1]))
@@ -248,6 +253,14 @@ class SumTo(Op):
 
     def grad(self, g, out, x):
         return [apply(BroadcastLike(), g, x)]
+
+    combine = "add"
+
+    def reduced_axes(self, in_shape: Shape) -> tuple[int, ...]:
+        lead = len(in_shape) - len(self.shape)
+        return tuple(range(lead)) + tuple(
+            lead + i for i, d in enumerate(self.shape) if d == 1 and in_shape[lead + i] != 1
+        )
 
     @classmethod
     def example(cls, rng, dims):

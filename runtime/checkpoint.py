@@ -51,7 +51,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+    # RuntimeError (NotImplementedError too): a damaged zip directory claiming encryption,
+    # an unknown compression method or a newer zip version
+    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile, EOFError) as error:
         raise GraphError(f"checkpoint {path} is unreadable or truncated: {error}") from None
     stored = arrays.pop("meta/sha256", None)
     if stored is None or str(arrays.get("meta/format")) != FORMAT:

@@ -11,7 +11,7 @@ from ..compiler.autodiff import ancestors
 from ..compiler.errors import GraphError
 from ..compiler.graph import Graph, Node
 from ..compiler.optimizers import LR_KEY
-from ..compiler.passes import run_pipeline
+from ..compiler.passes import PIPELINE, native_pipeline, run_pipeline
 from ..compiler.program import Program
 from ..ops.leaves import InputOp, ParameterOp, StateOp
 from . import checkpoint
@@ -145,4 +145,6 @@ def compile_step(
         wrt=tuple(wrt),
         optimizer=optimizer,
     )
-    return CompiledFunction(run_pipeline(program), backend or DEFAULT_BACKEND, check_finite, len(user_outputs))
+    backend = backend or DEFAULT_BACKEND
+    pipeline = native_pipeline() if backend == "llvm" else PIPELINE
+    return CompiledFunction(run_pipeline(program, pipeline), backend, check_finite, len(user_outputs))

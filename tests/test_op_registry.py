@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-import drug.ops.leaves  # noqa: F401  (leaf ops register on import; the registry must list them)
-from drug.compiler.types import concrete_shape
-from drug.ops import REGISTRY
+
+REGISTRY = dg.ops.REGISTRY
+concrete_shape = dg.compiler.types.concrete_shape
 
 # Leaves have no inputs: their values come from feeds, the graph or the optimizer, not from `ref`.
 LEAVES = {"input", "parameter", "state", "constant"}

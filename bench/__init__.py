@@ -1,0 +1,1 @@
+"""drug-bench: drug against NumPy, PyTorch and JAX on the same workloads, in one process."""

@@ -1,0 +1,264 @@
+"""The benchmark workloads: shapes, FLOP and byte counts, and the shared initial data.
+
+Every framework builds its model from the same arrays, generated once with NumPy from a seed:
+parameters (Xavier-uniform weights, small uniform biases) and a few batches that the timed
+steps cycle through. FLOPs count the multiply-adds of GEMMs and convolutions only (2 per
+multiply-add), forward and the backward products a train step needs (no gradient for data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+N_BATCHES = 4  # distinct batches the timed steps cycle through
+
+
+@dataclass
+class Data:
+    params: dict[str, np.ndarray]
+    batches: list[dict[str, np.ndarray]]
+
+
+def _xavier(rng: np.random.Generator, shape: tuple[int, ...], fan_in: int, fan_out: int) -> np.ndarray:
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape).astype(np.float32)
+
+
+def _bias(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.uniform(-0.05, 0.05, size=(n,)).astype(np.float32)
+
+
+@dataclass
+class Workload:
+    """Base: `unit` is what throughput counts per second; `items_per_step` how many per step."""
+
+    name: str = ""
+    unit: str = "samples/s"
+    lr: float = 1e-3
+    rtol: float = 2e-4  # losses must agree this closely (float32, different summation orders)
+    atol: float = 1e-5
+    trains: bool = True
+
+    def make_data(self, seed: int = 0) -> Data:
+        rng = np.random.default_rng(seed)
+        params = self.init_params(rng)
+        return Data(params, [self.make_batch(rng) for _ in range(N_BATCHES)])
+
+    def init_params(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        return {}
+
+    def make_batch(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    @property
+    def items_per_step(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def flops_per_step(self) -> float:
+        raise NotImplementedError
+
+    @property
+    def bytes_per_step(self) -> float:
+        return 0.0
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass
+class MLP(Workload):
+    name: str = "mlp"
+    sizes: tuple[int, ...] = (784, 512, 256, 10)
+    batch: int = 128
+
+    def init_params(self, rng):
+        params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.sizes, self.sizes[1:]), start=1):
+            params[f"w{i}"] = _xavier(rng, (fan_in, fan_out), fan_in, fan_out)
+            params[f"b{i}"] = _bias(rng, fan_out)
+        return params
+
+    def make_batch(self, rng):
+        x = rng.uniform(0.0, 1.0, size=(self.batch, self.sizes[0])).astype(np.float32)
+        y = rng.integers(0, self.sizes[-1], size=(self.batch,)).astype(np.int32)
+        return {"x": x, "y": y}
+
+    @property
+    def items_per_step(self):
+        return self.batch
+
+    @property
+    def flops_per_step(self):
+        layers = [2.0 * self.batch * a * b for a, b in zip(self.sizes, self.sizes[1:])]
+        return 3 * sum(layers) - layers[0]  # the first layer needs no input gradient
+
+    def describe(self):
+        return f"MLP {'-'.join(map(str, self.sizes))}, batch {self.batch}, softmax CE, Adam"
+
+
+@dataclass
+class CNN(Workload):
+    name: str = "cnn"
+    batch: int = 128
+    hw: int = 28
+    channels: tuple[int, int, int] = (1, 16, 32)
+    kernel: int = 5
+    classes: int = 10
+
+    def init_params(self, rng):
+        c0, c1, c2 = self.channels
+        k = self.kernel
+        return {
+            "c1": _xavier(rng, (c1, c0, k, k), c0 * k * k, c1 * k * k),
+            "cb1": _bias(rng, c1),
+            "c2": _xavier(rng, (c2, c1, k, k), c1 * k * k, c2 * k * k),
+            "cb2": _bias(rng, c2),
+            "w": _xavier(rng, (c2, self.classes), c2, self.classes),
+            "b": _bias(rng, self.classes),
+        }
+
+    def make_batch(self, rng):
+        x = rng.uniform(0.0, 1.0, size=(self.batch, self.channels[0], self.hw, self.hw)).astype(np.float32)
+        y = rng.integers(0, self.classes, size=(self.batch,)).astype(np.int32)
+        return {"x": x, "y": y}
+
+    @property
+    def items_per_step(self):
+        return self.batch
+
+    @property
+    def flops_per_step(self):
+        c0, c1, c2 = self.channels
+        pixels = self.batch * self.hw * self.hw * self.kernel**2
+        conv1, conv2 = 2.0 * pixels * c0 * c1, 2.0 * pixels * c1 * c2
+        dense = 2.0 * self.batch * c2 * self.classes
+        return 2 * conv1 + 3 * conv2 + 3 * dense
+
+    def describe(self):
+        c0, c1, c2 = self.channels
+        k = self.kernel
+        return (
+            f"conv {k}x{k} {c0}->{c1} same, relu, conv {k}x{k} {c1}->{c2} same, relu, global avg pool, "
+            f"dense {self.classes}; batch {self.batch}, {self.hw}x{self.hw}, Adam"
+        )
+
+
+@dataclass
+class GRU(Workload):
+    """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
+
+    name: str = "gru"
+    unit: str = "tokens/s"
+    vocab: int = 50
+    embed: int = 32
+    hidden: int = 128
+    seq: int = 32
+    batch: int = 32
+    rtol: float = 5e-4
+
+    def init_params(self, rng):
+        v, e, h = self.vocab, self.embed, self.hidden
+        return {
+            "emb": rng.uniform(-0.1, 0.1, size=(v, e)).astype(np.float32),
+            "w_x": _xavier(rng, (e, 3 * h), e, h),
+            "b_x": _bias(rng, 3 * h),
+            "w_h": _xavier(rng, (h, 3 * h), h, h),
+            "b_h": _bias(rng, 3 * h),
+            "w_out": _xavier(rng, (h, v), h, v),
+            "b_out": _bias(rng, v),
+        }
+
+    def make_batch(self, rng):
+        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
+        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
+
+    @property
+    def items_per_step(self):
+        return self.batch * self.seq
+
+    @property
+    def flops_per_step(self):
+        h = self.hidden
+        per_token = 2.0 * (self.embed * 3 * h + h * 3 * h + h * self.vocab)
+        return 3 * per_token * self.batch * self.seq
+
+    def describe(self):
+        return (
+            f"char GRU LM: vocab {self.vocab}, embedding {self.embed}, hidden {self.hidden}, "
+            f"sequence {self.seq}, batch {self.batch}, Adam"
+        )
+
+
+@dataclass
+class Fusion(Workload):
+    """relu(a*b + c) * d - e: five reads and one write of float32 per element."""
+
+    name: str = "fusion"
+    unit: str = "GB/s"
+    n: int = 4 * 1024 * 1024
+    trains: bool = False
+    rtol: float = 1e-5
+    names: tuple[str, ...] = field(default=("a", "b", "c", "d", "e"))
+
+    def make_batch(self, rng):
+        return {k: rng.standard_normal(self.n, dtype=np.float32) for k in self.names}
+
+    def make_data(self, seed: int = 0) -> Data:
+        # one batch: the arrays are large, and an elementwise kernel has nothing to memorize
+        return Data({}, [self.make_batch(np.random.default_rng(seed))])
+
+    @property
+    def items_per_step(self):
+        return self.bytes_per_step / 1e9  # throughput in GB/s
+
+    @property
+    def flops_per_step(self):
+        return 5.0 * self.n
+
+    @property
+    def bytes_per_step(self):
+        return 6.0 * 4 * self.n
+
+    def describe(self):
+        return f"relu(a*b + c) * d - e over {self.n / 2**20:g}M float32"
+
+    @staticmethod
+    def reference(a, b, c, d, e):
+        return np.maximum(a * b + c, 0) * d - e
+
+    @staticmethod
+    def checksum(out: np.ndarray) -> list[float]:
+        """Summaries of the output that a wrong kernel would not reproduce."""
+        out = np.asarray(out, dtype=np.float64)
+        ramp = np.linspace(-1.0, 1.0, out.size)
+        return [float(out.mean()), float(np.abs(out).mean()), float(out @ ramp / out.size)]
+
+
+def full_suite() -> dict[str, Workload]:
+    return {w.name: w for w in (MLP(), CNN(), GRU(), Fusion())}
+
+
+def tiny_suite() -> dict[str, Workload]:
+    """Small shapes for tests and smoke runs: the same models, seconds instead of minutes."""
+    return {
+        w.name: w
+        for w in (
+            MLP(sizes=(64, 32, 16, 10), batch=16),
+            CNN(batch=4, hw=8, channels=(1, 4, 8)),
+            GRU(vocab=11, embed=8, hidden=16, seq=6, batch=4),
+            Fusion(n=65536),
+        )
+    }
+
+
+SIZES = {"full": full_suite, "tiny": tiny_suite}
+MODEL_WORKLOADS = ("mlp", "cnn", "gru", "fusion")
+ALL_WORKLOADS = MODEL_WORKLOADS + ("compile",)
+
+
+def suite(size: str = "full") -> dict[str, Workload]:
+    return SIZES[size]()

@@ -1,0 +1,235 @@
+"""LLVM IR for a schedule: one function per kernel and one entry, `drug_step`, that runs them all.
+
+    i32 drug_step(ptr buffers, i64 batch, ptr runtime)
+
+`buffers` holds one pointer per buffer slot (see schedule.Buffer); `runtime` holds the GEMM
+functions and the Python callback. A non-zero return is the failing callback's status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from .fusion import Kernel, is_inline, loop_role
+from .graph import Node
+from .irutil import I32, I64, PTR, dim_value, element_count, for_range, i64, linear_offset, llvm_type, loop_nest
+from .irutil import row_major_strides
+from .scalar import ScalarEmitter
+from .schedule import Schedule
+
+RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
+CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
+REDUCE_FLAGS = ("reassoc", "contract")  # lets LLVM vectorize sums
+
+
+class Callee:
+    """An opaque pointer used as a call target (llvmlite wants to know the function type)."""
+
+    def __init__(self, pointer: ir.Value, fnty: ir.FunctionType):
+        self.pointer, self.function_type, self.type = pointer, fnty, pointer.type
+
+    def get_reference(self) -> str:
+        return self.pointer.get_reference()
+
+    def __getattr__(self, name):
+        return getattr(self.pointer, name)
+
+
+@dataclass
+class KernelContext:
+    """What an op's `emit_kernel` builds with: pointers and run-time shapes of its nodes."""
+
+    b: ir.IRBuilder
+    batch: ir.Value
+    runtime: ir.Value
+    schedule: Schedule
+    pointers: dict[int, ir.Value]  # slot -> pointer argument
+    blas_int: ir.IntType
+
+    def ptr(self, node: Node) -> ir.Value:
+        return self.pointers[self.schedule.slot(node)]
+
+    def dims(self, node: Node) -> list[ir.Value]:
+        return [dim_value(d, self.batch) for d in node.shape]
+
+    def count(self, node: Node) -> ir.Value:
+        return element_count(self.b, node.shape, self.batch)
+
+    def is_transposed(self, node: Node) -> bool:
+        return node.id in self.schedule.transposed
+
+    def element(self, node: Node, offset: ir.Value) -> ir.Value:
+        """Pointer to element `offset` of node's buffer."""
+        return self.b.gep(self.ptr(node), [offset], source_etype=llvm_type(node.dtype), inbounds=True)
+
+    def load(self, node: Node, offset: ir.Value) -> ir.Value:
+        return self.b.load(self.element(node, offset), typ=llvm_type(node.dtype))
+
+    def store(self, node: Node, offset: ir.Value, value: ir.Value) -> None:
+        self.b.store(value, self.element(node, offset))
+
+    def scalar(self, node: Node) -> ScalarEmitter:
+        return ScalarEmitter(self.b, llvm_type(node.dtype), self.batch, node)
+
+    def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0):
+        """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in."""
+        b = self.b
+        real = llvm_type(dtype)
+        index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
+        slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
+        fn = b.load(slot, typ=PTR, name="gemm")
+        bi = self.blas_int
+        fnty = ir.FunctionType(ir.VoidType(), [I32, I32, I32, bi, bi, bi, real, PTR, bi, PTR, bi, real, PTR, bi])
+
+        def cast(v):
+            return b.trunc(v, bi) if bi.width < 64 else v
+
+        flags = [ir.Constant(I32, CBLAS_ROW_MAJOR)] + [
+            ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b)
+        ]
+        args = flags + [cast(m), cast(n), cast(k), ir.Constant(real, 1.0), a, cast(lda), b_, cast(ldb)]
+        args += [ir.Constant(real, beta), c, cast(ldc)]
+        b.call(Callee(fn, fnty), args)
+
+
+class ModuleBuilder:
+    def __init__(self, schedule: Schedule, blas_int_bits: int = 64, name: str = "drug"):
+        self.schedule = schedule
+        self.module = ir.Module(name=name)
+        self.blas_int = ir.IntType(blas_int_bits)
+        self.kernel_fnty = ir.FunctionType(I32, [PTR, I64, PTR])
+
+    def build(self) -> ir.Module:
+        schedule = self.schedule
+        step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), "drug_step")
+        table, batch, runtime = step.args
+        table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        for index, kernel in enumerate(schedule.kernels):
+            slots = self.slots_of(kernel)
+            fn = self.kernel_function(index, kernel, slots)
+            args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
+            status = b.call(fn, args, name=f"status{index}")
+            failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
+            with b.if_then(failed, likely=False):
+                b.ret(status)
+        for source, target in schedule.copies:
+            buffer = schedule.buffers[source]
+            size = b.mul(element_count(b, buffer.shape, batch), i64(buffer.dtype.itemsize))
+            memcpy = self.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
+            src, dst = self.table_pointer(b, table, source), self.table_pointer(b, table, target)
+            b.call(memcpy, [dst, src, size, ir.Constant(ir.IntType(1), 0)])
+        b.ret(ir.Constant(I32, 0))
+        return self.module
+
+    @staticmethod
+    def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
+        address = b.gep(table, [i64(slot)], source_etype=PTR, inbounds=True)
+        return b.load(address, typ=PTR, name=f"buf{slot}")
+
+    def slots_of(self, kernel: Kernel) -> list[int]:
+        slots: dict[int, None] = {}
+        for node in kernel.nodes:
+            for i in node.inputs:
+                if i.id in self.schedule.buffer_of and not is_inline(i):
+                    slots[self.schedule.slot(i)] = None
+        for node in kernel.outputs:
+            slots[self.schedule.slot(node)] = None
+        return list(slots)
+
+    def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
+        fnty = ir.FunctionType(I32, [PTR] * len(slots) + [I64, PTR])
+        fn = ir.Function(self.module, fnty, f"k{index}_{kernel.name}")
+        fn.linkage = "internal"
+        for arg, slot in zip(fn.args, slots):
+            arg.name = f"b{slot}"
+            arg.add_attribute("noalias")
+        batch, runtime = fn.args[-2:]
+        batch.name, runtime.name = "batch", "runtime"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        ctx = KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int)
+        if kernel.kind == "loop":
+            emit_loop(ctx, kernel)
+        elif kernel.kind == "op":
+            kernel.nodes[0].op.emit_kernel(ctx, kernel.nodes[0])
+        else:
+            status = self.emit_callback(ctx, index)
+            b.ret(status)
+            return fn
+        b.ret(ir.Constant(I32, 0))
+        return fn
+
+    def emit_callback(self, ctx: KernelContext, index: int) -> ir.Value:
+        """Ask the runtime to run kernel `index` with the op's NumPy forward."""
+        b = ctx.b
+        slot = b.gep(ctx.runtime, [i64(RUNTIME_CALLBACK)], source_etype=PTR, inbounds=True)
+        fn = b.load(slot, typ=PTR, name="callback")
+        return b.call(Callee(fn, ir.FunctionType(I32, [I64, I64])), [i64(index), ctx.batch])
+
+
+def _identity(combine: str, type_: ir.Type) -> ir.Constant:
+    return ir.Constant(type_, {"add": 0.0, "max": float("-inf"), "min": float("inf")}[combine])
+
+
+def _broadcast_terms(ctx: KernelContext, shape, domain, index) -> list[tuple[ir.Value, ir.Value]]:
+    """(index, stride) pairs reading a buffer of `shape` broadcast over `domain`."""
+    strides = row_major_strides(ctx.b, shape, ctx.batch)
+    lead = len(domain) - len(shape)
+    return [(index[a], strides[a - lead]) for a in range(lead, len(domain)) if shape[a - lead] != 1]
+
+
+def _reduction_terms(ctx: KernelContext, node: Node, domain, index) -> list[tuple[ir.Value, ir.Value]]:
+    """(index, stride) pairs of the output element that domain position `index` accumulates into."""
+    reduced = set(node.op.reduced_axes(domain))
+    strides = row_major_strides(ctx.b, node.shape, ctx.batch)
+    if getattr(node.op, "keepdims", True):  # sum_to and keepdims reductions keep the axes aligned
+        lead = len(domain) - len(node.shape)
+        return [(index[a], strides[a - lead]) for a in range(lead, len(domain)) if a not in reduced]
+    kept = [a for a in range(len(domain)) if a not in reduced]
+    return [(index[a], strides[j]) for j, a in enumerate(kept)]
+
+
+def emit_loop(ctx: KernelContext, kernel: Kernel) -> None:
+    """One loop nest over the kernel's domain computing every member per element."""
+    b = ctx.b
+    domain = kernel.domain
+    outputs = {n.id for n in kernel.outputs}
+    for node in kernel.nodes:  # reductions start from their identity
+        if loop_role(node) == "reduce":
+            identity = _identity(node.op.combine, llvm_type(node.dtype))
+            with for_range(b, ctx.count(node), "fill") as i:
+                ctx.store(node, i, identity)
+    extents = [dim_value(d, ctx.batch) for d in domain]
+    with loop_nest(b, extents) as index:
+        values: dict[int, ir.Value] = {}
+
+        def value(node: Node) -> ir.Value:
+            if node.id in values:
+                return values[node.id]
+            if is_inline(node):
+                return ir.Constant(llvm_type(node.dtype), float(node.op.value.reshape(())))
+            offset = linear_offset(b, _broadcast_terms(ctx, node.shape, domain, index))
+            values[node.id] = ctx.load(node, offset)
+            return values[node.id]
+
+        for node in kernel.nodes:
+            if loop_role(node) == "reduce":
+                offset = linear_offset(b, _reduction_terms(ctx, node, domain, index))
+                acc = ctx.load(node, offset)
+                x = value(node.inputs[0])
+                emitter = ctx.scalar(node)
+                combined = {
+                    "add": lambda: b.fadd(acc, x, flags=REDUCE_FLAGS),
+                    "max": lambda: emitter.maximum(acc, x),
+                    "min": lambda: emitter.minimum(acc, x),
+                }[node.op.combine]()
+                ctx.store(node, offset, combined)
+                continue
+            skip = getattr(node.op, "shape_only_inputs", ())
+            args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
+            values[node.id] = node.op.emit(ctx.scalar(node), *args)
+            if node.id in outputs:
+                offset = linear_offset(b, _broadcast_terms(ctx, node.shape, domain, index))
+                ctx.store(node, offset, values[node.id])

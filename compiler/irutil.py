@@ -1,0 +1,97 @@
+"""Small helpers for building LLVM IR with llvmlite: types, counted loops, offsets."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import numpy as np
+from llvmlite import ir
+
+I64 = ir.IntType(64)
+I32 = ir.IntType(32)
+PTR = ir.PointerType()
+VOID = ir.VoidType()
+
+_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType(), "int32": I32, "int64": I64}
+
+
+def llvm_type(dtype: np.dtype) -> ir.Type:
+    return _TYPES[np.dtype(dtype).name]
+
+
+def i64(value: int) -> ir.Constant:
+    return ir.Constant(I64, int(value))
+
+
+@contextmanager
+def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value | None = None) -> Iterator[ir.Value]:
+    """`for (i = start; i < stop; ++i)`; the body is emitted inside the `with` block."""
+    start = start if start is not None else i64(0)
+    before = b.block
+    cond = b.append_basic_block(f"{name}.cond")
+    body = b.append_basic_block(f"{name}.body")
+    end = b.append_basic_block(f"{name}.end")
+    b.branch(cond)
+    b.position_at_end(cond)
+    index = b.phi(I64, name=name)
+    index.add_incoming(start, before)
+    b.cbranch(b.icmp_signed("<", index, stop), body, end)
+    b.position_at_end(body)
+    yield index
+    index.add_incoming(b.add(index, i64(1), name=f"{name}.next", flags=("nuw", "nsw")), b.block)
+    b.branch(cond)
+    b.position_at_end(end)
+
+
+@contextmanager
+def loop_nest(b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i") -> Iterator[list[ir.Value]]:
+    """Row-major nested loops; yields the index of every level."""
+    if not extents:
+        yield []
+        return
+    with for_range(b, extents[0], f"{prefix}{0}") as first:
+        with loop_nest(b, extents[1:], prefix + "_") as rest:
+            yield [first] + rest
+
+
+def dim_value(dim: int | None, batch: ir.Value) -> ir.Value:
+    return batch if dim is None else i64(dim)
+
+
+def row_major_strides(b: ir.IRBuilder, shape: Sequence[int | None], batch: ir.Value) -> list[ir.Value]:
+    """Element strides of a C-contiguous buffer whose batch dimension is bound at run time."""
+    strides: list[ir.Value] = []
+    acc: ir.Value = i64(1)
+    for dim in reversed(shape):
+        strides.append(acc)
+        acc = _mul(b, acc, dim_value(dim, batch))
+    return strides[::-1]
+
+
+def _mul(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    if isinstance(x, ir.Constant) and isinstance(y, ir.Constant):
+        return i64(x.constant * y.constant)
+    if isinstance(x, ir.Constant) and x.constant == 1:
+        return y
+    if isinstance(y, ir.Constant) and y.constant == 1:
+        return x
+    return b.mul(x, y, flags=("nuw", "nsw"))
+
+
+def linear_offset(b: ir.IRBuilder, terms: Sequence[tuple[ir.Value, ir.Value]]) -> ir.Value:
+    """Sum of index * stride, skipping zero strides."""
+    offset: ir.Value = i64(0)
+    for index, stride in terms:
+        if isinstance(stride, ir.Constant) and stride.constant == 0:
+            continue
+        term = _mul(b, index, stride)
+        offset = term if isinstance(offset, ir.Constant) and offset.constant == 0 else b.add(offset, term, flags=("nuw", "nsw"))
+    return offset
+
+
+def element_count(b: ir.IRBuilder, shape: Sequence[int | None], batch: ir.Value) -> ir.Value:
+    acc: ir.Value = i64(1)
+    for dim in shape:
+        acc = _mul(b, acc, dim_value(dim, batch))
+    return acc

@@ -1,0 +1,75 @@
+"""Scalar IR for elementwise ops: what an op's `emit` method builds with, one element at a time.
+Fused loops call these inside their innermost body, so everything here must vectorize."""
+
+from __future__ import annotations
+
+from llvmlite import ir
+
+from . import mathlib
+from .irutil import element_count
+
+ARITH = ("contract",)  # fused multiply-add allowed; NaN/Inf semantics kept
+
+
+class ScalarEmitter:
+    def __init__(self, b: ir.IRBuilder, type_: ir.Type, batch: ir.Value | None = None, node=None):
+        self.b = b
+        self.type = type_
+        self.batch = batch  # the run-time batch size (i64)
+        self.node = node  # the node being emitted, for ops that need its static shapes
+
+    def const(self, value: float) -> ir.Value:
+        return ir.Constant(self.type, float(value))
+
+    def add(self, x, y):
+        return self.b.fadd(x, y, flags=ARITH)
+
+    def sub(self, x, y):
+        return self.b.fsub(x, y, flags=ARITH)
+
+    def mul(self, x, y):
+        return self.b.fmul(x, y, flags=ARITH)
+
+    def div(self, x, y):
+        return self.b.fdiv(x, y, flags=ARITH)
+
+    def neg(self, x):
+        return self.b.fneg(x)
+
+    def _intrinsic(self, name: str, *args):
+        fnty = ir.FunctionType(self.type, [self.type] * len(args))
+        fn = self.b.module.declare_intrinsic(name, [self.type], fnty)
+        return self.b.call(fn, args)
+
+    def maximum(self, x, y):
+        """NaN-propagating max, like np.maximum."""
+        return self._intrinsic("llvm.maximum", x, y)
+
+    def minimum(self, x, y):
+        return self._intrinsic("llvm.minimum", x, y)
+
+    def sqrt(self, x):
+        return self._intrinsic("llvm.sqrt", x)
+
+    def select_positive(self, condition, x):
+        """x where condition > 0 else 0 (NaN condition gives 0, like np.where(c > 0, x, 0))."""
+        return self.b.select(self.b.fcmp_ordered(">", condition, self.const(0.0)), x, self.const(0.0))
+
+    def equal(self, x, y):
+        return self.b.uitofp(self.b.fcmp_ordered("==", x, y), self.type)
+
+    def count(self, dims) -> ir.Value:
+        """The number of elements over `dims` (None is the run-time batch), as a float."""
+        return self.b.uitofp(element_count(self.b, dims, self.batch), self.type)
+
+    def exp(self, x):
+        return mathlib.emit(self.b, "exp", x)
+
+    def log(self, x):
+        return mathlib.emit(self.b, "log", x)
+
+    def tanh(self, x):
+        return mathlib.emit(self.b, "tanh", x)
+
+    def sigmoid(self, x):
+        return mathlib.emit(self.b, "sigmoid", x)

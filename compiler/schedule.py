@@ -1,0 +1,176 @@
+"""Scheduling and memory planning: kernel order, one buffer per materialized value, in-place
+optimizer updates, and liveness intervals for the arena."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+
+from .fusion import Kernel, folded_transposes, is_alias
+from .graph import Node
+from .program import Program
+from .types import Shape
+
+
+@dataclass
+class Buffer:
+    slot: int  # index in the pointer table the native step reads
+    shape: Shape
+    dtype: np.dtype
+    kind: str  # input | param | state | const | temp
+    key: object = None  # input/param name, state key, constant array
+    live: tuple[int, int] = (0, 0)  # first and last kernel touching a temp
+
+    def nbytes(self, batch: int) -> int:
+        return math.prod(batch if d is None else d for d in self.shape) * self.dtype.itemsize
+
+
+@dataclass
+class Schedule:
+    program: Program
+    kernels: list[Kernel]
+    buffers: list[Buffer]
+    buffer_of: dict[int, int]  # node id -> slot
+    copies: list[tuple[int, int]] = field(default_factory=list)  # (from slot, to slot) after all kernels
+    transposed: set[int] = field(default_factory=set)  # nodes that are GEMM transpose flags
+
+    def slot(self, node: Node) -> int:
+        return self.buffer_of[node.id]
+
+
+def _leaf_buffer(node: Node, slot: int) -> Buffer:
+    from ..ops.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+
+    op = node.op
+    if isinstance(op, InputOp):
+        return Buffer(slot, node.shape, node.dtype, "input", node.name)
+    if isinstance(op, ParameterOp):
+        return Buffer(slot, node.shape, node.dtype, "param", node.name)
+    if isinstance(op, StateOp):
+        return Buffer(slot, node.shape, node.dtype, "state", op.key_name)
+    if isinstance(op, ConstantOp):
+        return Buffer(slot, node.shape, node.dtype, "const", op.value)
+    raise AssertionError(f"not a leaf: {node!r}")
+
+
+def schedule(program: Program) -> Program:
+    """The scheduling and memory-planning pass."""
+    return program.with_(schedule=plan(program))
+
+
+def plan(program: Program) -> Schedule:
+    kernels = [Kernel(k.kind, list(k.nodes), k.domain, list(k.outputs)) for k in program.kernels]
+    transposed = folded_transposes(program)
+    buffers: list[Buffer] = []
+    buffer_of: dict[int, int] = {}
+
+    def new_buffer(buffer: Buffer) -> int:
+        buffers.append(buffer)
+        return buffer.slot
+
+    for node in program.nodes:
+        if not node.inputs:
+            buffer_of[node.id] = new_buffer(_leaf_buffer(node, len(buffers)))
+    kernel_of = {n.id: k for k, kernel in enumerate(kernels) for n in kernel.nodes}
+
+    # in-place updates: the kernel computing a new value writes the leaf's own buffer
+    in_place: dict[int, Node] = {}  # new value's node id -> the leaf it overwrites
+    copies_wanted: list[tuple[Node, Node]] = []
+    for leaf, new in program.updates:
+        if new is leaf:
+            continue
+        k = kernel_of.get(new.id)
+        if k is not None and kernels[k].kind == "loop" and kernels[k].domain == leaf.shape and new in kernels[k].outputs:
+            in_place[new.id] = leaf
+        else:
+            copies_wanted.append((leaf, new))
+    order = _order(program, kernels, kernel_of, in_place, transposed)
+    if order is None:  # an in-place write would precede a read of the old value: copy at the end instead
+        copies_wanted += [(leaf, new) for leaf, new in program.updates if new.id in in_place]
+        in_place = {}
+        order = _order(program, kernels, kernel_of, in_place, transposed)
+    kernels = [kernels[k] for k in order]
+    position = {k: i for i, k in enumerate(order)}
+    kernel_of = {nid: position[k] for nid, k in kernel_of.items()}
+
+    roots = {r.id for r in program.roots}
+    for index, kernel in enumerate(kernels):
+        for node in kernel.outputs:
+            if node.id in in_place:
+                buffer_of[node.id] = buffer_of[in_place[node.id].id]
+            else:
+                end = len(kernels) if node.id in roots else index
+                buffer_of[node.id] = new_buffer(Buffer(len(buffers), node.shape, node.dtype, "temp", live=(index, end)))
+    for node in program.nodes:  # aliases share their source's buffer
+        if is_alias(node) or node.id in transposed:
+            buffer_of[node.id] = buffer_of[node.inputs[0].id]
+    # extend temp lifetimes to their last reader
+    for node in program.nodes:
+        if node.id not in kernel_of:
+            continue
+        for i in node.inputs:
+            slot = buffer_of.get(i.id)
+            if slot is not None and buffers[slot].kind == "temp":
+                first, last = buffers[slot].live
+                buffers[slot].live = (first, max(last, kernel_of[node.id]))
+    for node in program.nodes:  # an alias read later keeps its source alive
+        if is_alias(node) and node.id in roots:
+            slot = buffer_of[node.id]
+            if buffers[slot].kind == "temp":
+                buffers[slot].live = (buffers[slot].live[0], len(kernels))
+    copies = [(buffer_of[new.id], buffer_of[leaf.id]) for leaf, new in copies_wanted]
+    for source, _ in copies:
+        if buffers[source].kind == "temp":
+            buffers[source].live = (buffers[source].live[0], len(kernels))
+    return Schedule(program, kernels, buffers, buffer_of, copies, transposed)
+
+
+def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | None:
+    """A topological order of kernels; writes into a leaf come after every read of its old value."""
+    deps = nx.DiGraph()
+    deps.add_nodes_from(range(len(kernels)))
+
+    def producer(node: Node) -> int | None:
+        while node.id not in kernel_of and node.inputs and (is_alias(node) or node.id in transposed):
+            node = node.inputs[0]
+        return kernel_of.get(node.id)
+
+    readers: dict[int, set[int]] = {}
+    for node in program.nodes:
+        k = kernel_of.get(node.id)
+        if k is None:
+            continue
+        for i in node.inputs:
+            p = producer(i)
+            if p is not None and p != k:
+                deps.add_edge(p, k)
+            source = i
+            while source.inputs and (is_alias(source) or source.id in transposed):
+                source = source.inputs[0]
+            readers.setdefault(source.id, set()).add(k)
+    for new_id, leaf in in_place.items():
+        writer = kernel_of[new_id]
+        for reader in readers.get(leaf.id, set()) - {writer}:
+            deps.add_edge(reader, writer)
+    if not nx.is_directed_acyclic_graph(deps):
+        return None
+    return list(nx.lexicographical_topological_sort(deps, key=lambda k: min(n.id for n in kernels[k].nodes)))
+
+
+def fingerprint(schedule: Schedule) -> str:
+    """A stable text of everything code generation reads, for the compile cache key."""
+    local = {node.id: i for i, node in enumerate(schedule.program.nodes)}
+    parts = []
+    for kernel in schedule.kernels:
+        members = [
+            (local[n.id], n.op.key(), tuple(local[i.id] for i in n.inputs), n.shape, n.dtype.str) for n in kernel.nodes
+        ]
+        parts.append((kernel.kind, kernel.domain, members, tuple(local[n.id] for n in kernel.outputs)))
+    buffers = [(b.slot, b.shape, b.dtype.str, b.kind) for b in schedule.buffers]
+    slots = sorted((local[nid], slot) for nid, slot in schedule.buffer_of.items() if nid in local)
+    text = repr((parts, buffers, slots, schedule.copies, sorted(local[n] for n in schedule.transposed)))
+    return hashlib.sha256(text.encode()).hexdigest()

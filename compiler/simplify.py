@@ -1,0 +1,102 @@
+"""Simplification: algebraic identities, constant folding of small values, common-subexpression
+elimination and (through the rebuild) dead-node removal. Nodes are immutable, so the pass builds
+new ones and remaps the program."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .autodiff import ancestors
+from .graph import Node
+from .program import Program
+
+FOLD_LIMIT = 64  # fold constants up to this many elements; larger ones stay computed
+
+
+def _scalar_constant(node: Node) -> float | None:
+    from ..ops.leaves import ConstantOp
+
+    if isinstance(node.op, ConstantOp) and node.op.value.size == 1:
+        return float(node.op.value.reshape(()))
+    return None
+
+
+def _identity(node: Node, inputs: list[Node]) -> Node | list[Node] | None:
+    """A simpler equivalent of `node` over the (already simplified) inputs, or None.
+    A list means: the same op over fewer inputs."""
+    from ..ops import elementwise as ew
+    from ..ops import shape as sh
+
+    op = node.op
+    if isinstance(op, (ew.Mul, ew.Add)):
+        neutral = 1.0 if isinstance(op, ew.Mul) else 0.0
+        kept = [i for i in inputs if _scalar_constant(i) != neutral]
+        if len(kept) < len(inputs) and kept:
+            return kept[0] if len(kept) == 1 else kept
+    if isinstance(op, (ew.Sub,)) and _scalar_constant(inputs[1]) == 0.0:
+        return inputs[0]
+    if isinstance(op, ew.Div) and _scalar_constant(inputs[1]) == 1.0:
+        return inputs[0]
+    if isinstance(op, ew.Neg) and isinstance(inputs[0].op, ew.Neg):
+        return inputs[0].inputs[0]
+    if isinstance(op, (sh.BroadcastLike, sh.Reshape, sh.SumTo)) and inputs[0].shape == node.shape:
+        return inputs[0]
+    if isinstance(op, sh.Transpose) and op.perm == tuple(range(len(op.perm))):
+        return inputs[0]
+    return None
+
+
+def _foldable(node: Node, inputs: list[Node]) -> bool:
+    from ..ops.leaves import ConstantOp
+
+    if None in node.shape or math.prod(node.shape) > FOLD_LIMIT or not node.inputs:
+        return False
+    from ..ops.elementwise import OnesLike
+
+    return isinstance(node.op, OnesLike) or all(isinstance(i.op, ConstantOp) for i in inputs)
+
+
+def simplify(program: Program) -> Program:
+    from ..ops.leaves import ConstantOp
+
+    mapping: dict[int, Node] = {}
+    seen: dict[tuple, Node] = {}
+    graph = program.graph
+    for node in ancestors(program.roots):
+        inputs = [mapping[i.id] for i in node.inputs]
+        new = node
+        if node.inputs:
+            simpler = _identity(node, inputs)
+            if isinstance(simpler, list):
+                inputs, simpler = simpler, None
+            if simpler is not None and simpler.type == node.type:
+                new = simpler
+            elif _foldable(node, inputs):
+                if inputs and all(isinstance(i.op, ConstantOp) for i in inputs):
+                    value = node.op.ref(*(i.op.value for i in inputs))
+                else:
+                    value = np.ones(node.shape, node.dtype)
+                new = graph.constant(np.asarray(value, node.dtype), dtype=node.dtype)
+            elif any(a is not b for a, b in zip(inputs, node.inputs)) or len(inputs) != len(node.inputs):
+                new = Node(graph, node.op, inputs, node.type)
+        if isinstance(new.op, ConstantOp) and new.op.value.size <= FOLD_LIMIT:
+            key = ("constant", new.dtype.str, new.shape, new.op.value.tobytes())
+        elif new.inputs:
+            key = (new.op.key(), tuple(i.id for i in new.inputs))
+        else:
+            key = ("leaf", new.id)
+        new = seen.setdefault(key, new)
+        mapping[node.id] = new
+
+    def remap(n: Node) -> Node:
+        return mapping[n.id]
+
+    return program.with_(
+        outputs=tuple(map(remap, program.outputs)),
+        loss=remap(program.loss) if program.loss is not None else None,
+        grads=tuple(mapping.get(g.id, g) for g in program.grads),
+        updates=tuple((leaf, remap(new)) for leaf, new in program.updates),
+        nodes=tuple(ancestors([remap(r) for r in program.roots])),
+    )

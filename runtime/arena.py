@@ -1,0 +1,36 @@
+"""The activation arena: one allocation per batch size, temps packed by liveness (first fit)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compiler.schedule import Buffer
+
+ALIGN = 64
+
+
+def pack(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
+    """Byte offset of every temp buffer, and the arena size; buffers alive at once never overlap."""
+    placed: list[tuple[int, int, Buffer]] = []  # (offset, size, buffer)
+    offsets: dict[int, int] = {}
+    temps = sorted((b for b in buffers if b.kind == "temp"), key=lambda b: (-b.nbytes(batch), b.slot))
+    for buffer in temps:
+        size = -(-max(buffer.nbytes(batch), 1) // ALIGN) * ALIGN
+        busy = sorted(
+            (o, o + s) for o, s, other in placed if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
+        )
+        offset = 0
+        for start, end in busy:
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        placed.append((offset, size, buffer))
+        offsets[buffer.slot] = offset
+    return offsets, max((o + s for o, s, _ in placed), default=0)
+
+
+def allocate(nbytes: int) -> np.ndarray:
+    """A zeroed, 64-byte aligned byte array (touched once, so later steps take no page faults)."""
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % ALIGN
+    return raw[start : start + nbytes]

@@ -1,0 +1,300 @@
+"""drug.compiler.mathlib: accuracy against NumPy, special values, and proof that a loop calling it vectorizes.
+
+Every (function, dtype) pair becomes one kernel `void f(T* noalias out, T* noalias in, i64 n)` in a
+single module (so intrinsic declarations are shared), optimized at O3 for the host CPU and JIT-compiled.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from llvmlite import ir
+
+from drug.compiler import mathlib
+
+DTYPES = ("float32", "float64")
+IR_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
+NAMES = sorted(mathlib.SUPPORTED)
+
+
+# ---------------------------------------------------------------- building and running kernels
+
+
+def _add_kernel(module: ir.Module, func: str, dtype: str) -> None:
+    ftype, i64 = IR_TYPES[dtype], ir.IntType(64)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), ir.PointerType(), i64]), f"{func}_{dtype}")
+    out, inp, n = fn.args
+    out.add_attribute("noalias")
+    inp.add_attribute("noalias")
+    entry, body, done = fn.append_basic_block("entry"), fn.append_basic_block("body"), fn.append_basic_block("done")
+    b = ir.IRBuilder(entry)
+    b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), body, done)
+    b.position_at_end(body)
+    i = b.phi(i64, name="i")
+    i.add_incoming(ir.Constant(i64, 0), entry)
+    x = b.load(b.gep(inp, [i], source_etype=ftype), typ=ftype, name="x")
+    b.store(mathlib.emit(b, func, x), b.gep(out, [i], source_etype=ftype))
+    i_next = b.add(i, ir.Constant(i64, 1), name="i.next", flags=("nuw", "nsw"))
+    i.add_incoming(i_next, body)
+    b.cbranch(b.icmp_signed("<", i_next, n), body, done)
+    b.position_at_end(done)
+    b.ret_void()
+
+
+class Kernels:
+    """All kernels of one JIT-compiled module; keeps the engine alive as long as the callables."""
+
+    def __init__(self) -> None:
+        llvm.initialize_native_target()
+        llvm.initialize_native_asmprinter()
+        module = ir.Module(name="mathlib_test")
+        module.triple = llvm.get_process_triple()
+        for func in NAMES:
+            for dtype in DTYPES:
+                _add_kernel(module, func, dtype)
+        self.ir = str(module)
+        module_ref = llvm.parse_assembly(self.ir)
+        module_ref.verify()
+        tm = self._target_machine()
+        pto = llvm.create_pipeline_tuning_options(speed_level=3)
+        pto.loop_vectorization = True
+        pto.slp_vectorization = True
+        pb = llvm.create_pass_builder(tm, pto)
+        pb.getModulePassManager().run(module_ref, pb)
+        self.asm = tm.emit_assembly(module_ref)
+        self.engine = llvm.create_mcjit_compiler(module_ref, self._target_machine())
+        self.engine.finalize_object()
+        proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+        self.fns = {
+            (func, dtype): proto(self.engine.get_function_address(f"{func}_{dtype}"))
+            for func in NAMES
+            for dtype in DTYPES
+        }
+
+    @staticmethod
+    def _target_machine():
+        target = llvm.Target.from_default_triple()
+        features = llvm.get_host_cpu_features().flatten()
+        return target.create_target_machine(cpu=llvm.get_host_cpu_name(), features=features, opt=3)
+
+    def __call__(self, func: str, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x)
+        out = np.empty_like(x)
+        self.fns[func, x.dtype.name](out.ctypes.data, x.ctypes.data, x.size)
+        return out
+
+    def function_asm(self, symbol: str) -> str:
+        start = self.asm.index(f"\n{symbol}:")
+        return self.asm[start : self.asm.index(".Lfunc_end", start)]
+
+
+@pytest.fixture(scope="module")
+def kernels() -> Kernels:
+    return Kernels()
+
+
+# ---------------------------------------------------------------- references and error measures
+
+
+def reference(func: str, x: np.ndarray) -> np.ndarray:
+    """The exact-ish value in float64 (not yet rounded to x's dtype)."""
+    x = x.astype(np.float64)
+    with np.errstate(all="ignore"):
+        if func == "exp":
+            return np.exp(x)
+        if func == "log":
+            return np.log(x)
+        if func == "tanh":
+            return np.tanh(x)
+        e = np.exp(-np.abs(x))
+        return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def ulp_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """Max |out - ref| in units of the spacing of out's dtype at ref (finite refs only)."""
+    rounded = ref.astype(out.dtype)
+    ok = np.isfinite(rounded) & (rounded != 0)
+    spacing = np.spacing(np.abs(rounded[ok])).astype(np.float64)
+    return float(np.max(np.abs(out[ok].astype(np.float64) - ref[ok]) / spacing, initial=0.0))
+
+
+def rel_error(out: np.ndarray, ref: np.ndarray, floor: float = 1e-30) -> float:
+    ok = np.isfinite(ref) & (np.abs(ref) > floor)
+    return float(np.max(np.abs(out[ok].astype(np.float64) - ref[ok]) / np.abs(ref[ok]), initial=0.0))
+
+
+def abs_error(out: np.ndarray, ref: np.ndarray) -> float:
+    ok = np.isfinite(ref)
+    return float(np.max(np.abs(out[ok].astype(np.float64) - ref[ok]), initial=0.0))
+
+
+def check_accuracy(kernels: Kernels, func: str, x: np.ndarray) -> dict[str, float]:
+    """Assert the tolerances for `func` on `x`; returns the measured errors."""
+    out, ref = kernels(func, x), reference(func, x)
+    assert np.array_equal(np.isnan(out), np.isnan(ref.astype(x.dtype))), f"{func}: NaN pattern differs"
+    errors = {"rel": rel_error(out, ref), "abs": abs_error(out, ref), "ulp": ulp_error(out, ref)}
+    if x.dtype == np.float32:
+        if func in ("exp", "log"):
+            assert errors["ulp"] <= 4, (func, errors)
+        else:
+            assert errors["abs"] <= 2e-7 and errors["rel"] <= 1e-5, (func, errors)
+    elif func in ("exp", "log"):
+        assert errors["rel"] <= 1e-14, (func, errors)
+    else:
+        assert errors["abs"] <= 1e-15, (func, errors)
+    return errors
+
+
+# ---------------------------------------------------------------- accuracy
+
+
+def domain(func: str, dtype: str, rng: np.random.Generator, n: int = 400_000) -> np.ndarray:
+    """Dense and random points over the range each tolerance applies to."""
+    if func == "exp":
+        lo, hi = (-87.0, 88.0) if dtype == "float32" else (-708.0, 709.0)
+        x = np.concatenate([np.linspace(lo, hi, n), rng.uniform(-1, 1, n), rng.uniform(lo, hi, n)])
+    elif func == "log":
+        min_exp, max_exp = (-126, 127) if dtype == "float32" else (-1022, 1023)
+        mant = rng.uniform(1.0, 2.0, n)
+        x = np.concatenate([np.ldexp(mant, rng.integers(min_exp, max_exp + 1, n)), rng.uniform(0.5, 2.0, n)])
+    else:
+        x = np.concatenate([np.linspace(-30, 30, n), rng.standard_normal(n) * 3, rng.uniform(-1e-3, 1e-3, n)])
+    return x.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("func", NAMES)
+def test_accuracy_dense(kernels, func, dtype):
+    check_accuracy(kernels, func, domain(func, dtype, np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("func", NAMES)
+def test_accuracy_near_reduction_boundaries(kernels, func, dtype):
+    """Points around k*ln2/2 (exp's reduction switches n) and sqrt(2)*2^k (log's switches k)."""
+    k = np.arange(-60, 61, dtype=np.float64)
+    centers = k * np.log(2) / 2 if func != "log" else np.sqrt(2) * 2.0**k
+    eps = np.linspace(-1e-5, 1e-5, 41)
+    x = (centers[:, None] * (1 + eps[None, :]) + eps[None, :] * (func != "log")).ravel()
+    check_accuracy(kernels, func, x.astype(dtype))
+
+
+def _hypothesis_arrays(dtype: str, lo: float, hi: float, **kw):
+    elements = st.floats(lo, hi, width=32 if dtype == "float32" else 64, allow_nan=False, **kw)
+    return hnp.arrays(dtype, st.integers(1, 64), elements=elements)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_accuracy_hypothesis(kernels, dtype, data):
+    exp_lo, exp_hi = (-87.0, 88.0) if dtype == "float32" else (-708.0, 709.0)
+    big, tiny = float(np.finfo(dtype).max), float(np.finfo(dtype).smallest_normal)
+    check_accuracy(kernels, "exp", data.draw(_hypothesis_arrays(dtype, exp_lo, exp_hi)))
+    check_accuracy(kernels, "log", data.draw(_hypothesis_arrays(dtype, tiny, big)))
+    check_accuracy(kernels, "tanh", data.draw(_hypothesis_arrays(dtype, -big, big)))
+    check_accuracy(kernels, "sigmoid", data.draw(_hypothesis_arrays(dtype, -1e4, 1e4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_subnormal_ranges(kernels, dtype):
+    """exp underflows gradually (no flush to zero); log accepts subnormal inputs."""
+    info = np.finfo(dtype)
+    lo = np.log(float(info.smallest_subnormal))
+    x = np.linspace(lo + 0.5, np.log(float(info.smallest_normal)), 10_001).astype(dtype)
+    out, ref = kernels("exp", x), reference("exp", x)
+    assert np.all(out > 0)
+    assert np.max(np.abs(out - ref.astype(dtype)) / float(info.smallest_subnormal)) <= 1
+    sub = (np.arange(1, 10_001) * info.smallest_subnormal * 97).astype(dtype)
+    assert rel_error(kernels("log", sub), reference("log", sub)) <= (1e-6 if dtype == "float32" else 1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiny_arguments_are_relatively_accurate(kernels, dtype):
+    x = np.array([1e-10, -1e-10, 1e-20, -3e-30, 1e-5, -2e-4], dtype=dtype)
+    assert rel_error(kernels("tanh", x), reference("tanh", x)) <= 4 * np.finfo(dtype).eps
+    np.testing.assert_array_equal(np.signbit(kernels("tanh", np.array([0.0, -0.0], dtype))), [False, True])
+    assert rel_error(kernels("exp", x), reference("exp", x)) <= np.finfo(dtype).eps
+    near_one = (1 + x).astype(dtype)
+    assert rel_error(kernels("log", near_one), reference("log", near_one), floor=0) <= 4 * np.finfo(dtype).eps
+
+
+# ---------------------------------------------------------------- special values
+
+
+SPECIAL = {
+    "exp": {np.inf: np.inf, -np.inf: 0.0, 1e4: np.inf, -1e4: 0.0, 0.0: 1.0, np.nan: np.nan},
+    "log": {0.0: -np.inf, -0.0: -np.inf, -1.0: np.nan, -np.inf: np.nan, np.inf: np.inf, 1.0: 0.0, np.nan: np.nan},
+    "tanh": {np.inf: 1.0, -np.inf: -1.0, 1e4: 1.0, -1e4: -1.0, 0.0: 0.0, np.nan: np.nan},
+    "sigmoid": {-np.inf: 0.0, np.inf: 1.0, 0.0: 0.5, 1e4: 1.0, -1e4: 0.0, np.nan: np.nan},
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("func", NAMES)
+def test_special_values(kernels, func, dtype):
+    x = np.array(list(SPECIAL[func]), dtype=dtype)
+    expected = np.array(list(SPECIAL[func].values()), dtype=dtype)
+    np.testing.assert_array_equal(kernels(func, x), expected)
+    with np.errstate(all="ignore"):
+        numpy_says = reference(func, x).astype(dtype)
+    np.testing.assert_array_equal(expected, numpy_says)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_inputs_stay_finite_and_bounded(kernels, dtype):
+    x = np.linspace(-1e4, 1e4, 20_001).astype(dtype)
+    for func in ("tanh", "sigmoid"):
+        out = kernels(func, x)
+        assert np.all(np.isfinite(out))
+        np.testing.assert_allclose(out, reference(func, x).astype(dtype), rtol=1e-6, atol=1e-30)
+    assert np.all(np.diff(kernels("sigmoid", x)) >= 0)
+
+
+# ---------------------------------------------------------------- generated code
+
+
+@pytest.mark.parametrize("func", NAMES)
+def test_float32_loop_vectorizes(kernels, func):
+    if not llvm.get_host_cpu_features().flatten().count("+avx2"):
+        pytest.skip("host CPU has no AVX2")
+    asm = kernels.function_asm(f"{func}_float32")
+    assert re.search(r"\bvfn?m(add|sub)\w*ps\s+.*%[yz]mm", asm), f"{func}: no packed fma on ymm/zmm"
+    assert not re.search(r"\bcall", asm), f"{func}: the loop still calls a function"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("func", NAMES)
+def test_emits_straight_line_code_with_intrinsics_only(func, dtype):
+    module = ir.Module()
+    ftype = IR_TYPES[dtype]
+    fn = ir.Function(module, ir.FunctionType(ftype, [ftype]), "g")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    result = mathlib.emit(b, func, fn.args[0])
+    assert result.type == ftype
+    b.ret(result)
+    again = ir.IRBuilder(fn.append_basic_block("again"))  # a second call into the same module
+    again.ret(mathlib.emit(again, func, fn.args[0]))
+    assert len(fn.blocks[0].instructions) > 5
+    assert "br " not in str(fn.blocks[0])
+    callees = {f.name for f in module.functions if f is not fn}
+    assert all(name.startswith("llvm.") for name in callees), callees
+    text = str(module)
+    assert sum(line.startswith("declare") for line in text.splitlines()) == len(callees)
+    assert not re.search(r"\b(fast|nnan|ninf|afn|reassoc)\b", text)
+    llvm.parse_assembly(text).verify()
+
+
+def test_rejects_unknown_names_and_types():
+    b = ir.IRBuilder(ir.Function(ir.Module(), ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "h").append_basic_block())
+    with pytest.raises(ValueError, match="unsupported"):
+        mathlib.emit(b, "sin", ir.Constant(ir.FloatType(), 1.0))
+    with pytest.raises(TypeError, match="float or double"):
+        mathlib.emit(b, "exp", b.function.args[0])
