@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -44,7 +44,9 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
             continue
         rule = node.op.grad(g, node, *node.inputs)
         if len(rule) != len(node.inputs):
-            raise GraphError(f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs")
+            raise GraphError(
+                f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
+            )
         for x, gx in zip(node.inputs, rule):
             if gx is None or x.id not in on_path:
                 continue

@@ -14,12 +14,24 @@ from llvmlite import ir
 
 from .fusion import Kernel, is_inline, loop_role
 from .graph import Node
-from .irutil import I32, I64, PTR, dim_value, element_count, for_range, i64, linear_offset, llvm_type, loop_nest
-from .irutil import row_major_strides
+from .irutil import (
+    I32,
+    I64,
+    PTR,
+    dim_value,
+    element_count,
+    for_range,
+    i64,
+    linear_offset,
+    llvm_type,
+    loop_nest,
+    row_major_strides,
+)
 from .scalar import ScalarEmitter
 from .schedule import Schedule
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
+STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 REDUCE_FLAGS = ("reassoc", "contract")  # lets LLVM vectorize sums
 
@@ -69,6 +81,11 @@ class KernelContext:
 
     def store(self, node: Node, offset: ir.Value, value: ir.Value) -> None:
         self.b.store(value, self.element(node, offset))
+
+    def fail_unless(self, ok: ir.Value, status: int) -> None:
+        """Return `status` from the kernel (and so from the step) when `ok` (an i1) is false."""
+        with self.b.if_then(self.b.not_(ok), likely=False):
+            self.b.ret(ir.Constant(I32, status))
 
     def scalar(self, node: Node) -> ScalarEmitter:
         return ScalarEmitter(self.b, llvm_type(node.dtype), self.batch, node)

@@ -79,53 +79,79 @@ def fuse(program: Program) -> Program:
     return program.with_(kernels=tuple(form_kernels(program)))
 
 
+def _domain(node: Node) -> tuple:
+    return node.inputs[0].shape if loop_role(node) == "reduce" else node.shape
+
+
 def form_kernels(program: Program) -> list[Kernel]:
+    """Start with one kernel per node, then merge a loop into a consuming loop over the same
+    domain while the merged kernel stays convex (no other path between the two)."""
     skipped = folded_transposes(program)
-    group_of: dict[int, int] = {}  # node id -> kernel index
-    kernels: list[Kernel] = []
-    deps = nx.DiGraph()  # kernel-level dependencies, to keep groups convex
+    members = [n for n in program.nodes if not (is_leaf(n) or is_inline(n) or is_alias(n) or n.id in skipped)]
+    group = {n.id: i for i, n in enumerate(members)}
+    kernels = {
+        i: Kernel(
+            "loop" if loop_role(n) else ("op" if has_native_kernel(n) else "callback"),
+            [n],
+            _domain(n) if loop_role(n) else (),
+        )
+        for i, n in enumerate(members)
+    }
 
-    def producer_groups(node: Node) -> set[int]:
-        found, stack = set(), list(node.inputs)
-        while stack:
-            i = stack.pop()
-            if i.id in group_of:
-                found.add(group_of[i.id])
-            elif is_alias(i) or i.id in skipped:
-                stack.extend(i.inputs)
-        return found
+    def source(node: Node) -> Node:
+        while node.id not in group and node.inputs and (is_alias(node) or node.id in skipped):
+            node = node.inputs[0]
+        return node
 
-    for node in program.nodes:
-        if is_leaf(node) or is_inline(node) or is_alias(node) or node.id in skipped:
-            continue
-        role = loop_role(node)
-        sources = producer_groups(node)
-        target = None
-        if role is not None:
-            domain = node.inputs[0].shape if role == "reduce" else node.shape
-            for k in sorted(sources, reverse=True):
-                kernel = kernels[k]
-                reads_reduction = any(
-                    group_of.get(i.id) == k and loop_role(i) == "reduce" for i in node.inputs
-                )
-                if kernel.kind != "loop" or kernel.domain != domain or reads_reduction:
-                    continue
-                if all(not nx.has_path(deps, k, other) for other in sources if other != k):
-                    target = k
-                    break
-        if target is None:
-            kind = "loop" if role else ("op" if has_native_kernel(node) else "callback")
-            domain = (node.inputs[0].shape if role == "reduce" else node.shape) if role else ()
-            kernels.append(Kernel(kind, [], domain))
-            target = len(kernels) - 1
-            deps.add_node(target)
-        kernels[target].nodes.append(node)
-        group_of[node.id] = target
-        for k in sources:
-            if k != target:
-                deps.add_edge(k, target)
-    _mark_outputs(program, kernels, group_of)
-    return kernels
+    dag = nx.DiGraph()
+    dag.add_nodes_from(kernels)
+    blocked: set[tuple[int, int]] = set()  # (producer, consumer) pairs where the consumer reads a reduction
+    for node in members:
+        for i in node.inputs:
+            i = source(i)
+            if i.id in group and group[i.id] != group[node.id]:
+                dag.add_edge(group[i.id], group[node.id])
+                if loop_role(i) == "reduce":
+                    blocked.add((group[i.id], group[node.id]))
+    changed = True
+    while changed:
+        changed = False
+        for producer, consumer in list(nx.topological_sort(nx.line_graph(dag))) if dag.number_of_edges() else []:
+            a, b = kernels[producer], kernels[consumer]
+            if a.kind != "loop" or b.kind != "loop" or a.domain != b.domain or (producer, consumer) in blocked:
+                continue
+            dag.remove_edge(producer, consumer)
+            convex = not nx.has_path(dag, producer, consumer)
+            dag.add_edge(producer, consumer)
+            if not convex:
+                continue
+            _merge(dag, kernels, group, blocked, producer, consumer)
+            changed = True
+            break
+    order = list(nx.lexicographical_topological_sort(dag, key=lambda k: min(n.id for n in kernels[k].nodes)))
+    result = [kernels[k] for k in order]
+    for kernel in result:
+        kernel.nodes.sort(key=lambda n: n.id)
+    _mark_outputs(program, result, {n.id: i for i, k in enumerate(result) for n in k.nodes})
+    return result
+
+
+def _merge(dag: nx.DiGraph, kernels: dict, group: dict, blocked: set, keep: int, gone: int) -> None:
+    """Fold kernel `gone` into kernel `keep`."""
+    kernels[keep].nodes += kernels.pop(gone).nodes
+    for node in kernels[keep].nodes:
+        group[node.id] = keep
+    for p in list(dag.predecessors(gone)):
+        if p != keep:
+            dag.add_edge(p, keep)
+            if (p, gone) in blocked:
+                blocked.add((p, keep))
+    for c in list(dag.successors(gone)):
+        if c != keep:
+            dag.add_edge(keep, c)
+            if (gone, c) in blocked:
+                blocked.add((keep, c))
+    dag.remove_node(gone)
 
 
 def has_native_kernel(node: Node) -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import GraphError, ShapeError
-from .types import Shape, TensorType, format_shape, normalize_shape
+from .types import TensorType, format_shape, normalize_shape
 
 if TYPE_CHECKING:
     from ..ops.base import Op

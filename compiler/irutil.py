@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import numpy as np
 from llvmlite import ir
@@ -86,7 +86,11 @@ def linear_offset(b: ir.IRBuilder, terms: Sequence[tuple[ir.Value, ir.Value]]) -
         if isinstance(stride, ir.Constant) and stride.constant == 0:
             continue
         term = _mul(b, index, stride)
-        offset = term if isinstance(offset, ir.Constant) and offset.constant == 0 else b.add(offset, term, flags=("nuw", "nsw"))
+        offset = (
+            term
+            if isinstance(offset, ir.Constant) and offset.constant == 0
+            else b.add(offset, term, flags=("nuw", "nsw"))
+        )
     return offset
 
 

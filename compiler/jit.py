@@ -29,7 +29,10 @@ def target_machine(cpu: str | None = None, features: str | None = None, reloc: s
     host_name, host_features = host_cpu()
     target = llvm.Target.from_default_triple()
     return target.create_target_machine(
-        cpu=cpu or host_name, features=host_features if features is None else features, opt=3, reloc=reloc,
+        cpu=cpu or host_name,
+        features=host_features if features is None else features,
+        opt=3,
+        reloc=reloc,
         codemodel="jitdefault",
     )
 

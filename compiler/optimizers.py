@@ -3,12 +3,11 @@ elementwise code. One rule with two betas covers SGD, momentum, RMSProp and Adam
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from .graph import Node
 from .types import TensorType
-
 
 LR_KEY = "hyper/lr"
 
@@ -86,6 +85,8 @@ def RMSProp(lr: float, beta: float = 0.9, epsilon: float = 1e-8) -> Optimizer:
     return Optimizer(lr, beta_magnitude=beta, epsilon=epsilon)
 
 
-def Adam(lr: float = 1e-3, beta_momentum: float = 0.9, beta_magnitude: float = 0.999, epsilon: float = 1e-8) -> Optimizer:
+def Adam(
+    lr: float = 1e-3, beta_momentum: float = 0.9, beta_magnitude: float = 0.999, epsilon: float = 1e-8
+) -> Optimizer:
     """Adam with bias correction 1 - beta**t (Kingma & Ba; PyTorch's epsilon placement)."""
     return Optimizer(lr, beta_momentum, beta_magnitude, epsilon, bias_correction=True)

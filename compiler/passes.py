@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import networkx as nx
 
@@ -25,9 +25,7 @@ def verify(program: Program) -> Program:
     if foreign:
         raise GraphError(f"node {foreign[0].label} belongs to another graph")
     if program.loss is not None and (program.loss.shape != () or program.loss.dtype not in FLOAT_DTYPES):
-        raise ShapeError(
-            f"loss {program.loss.describe()} must be a float scalar; reduce it with dg.mean or dg.sum"
-        )
+        raise ShapeError(f"loss {program.loss.describe()} must be a float scalar; reduce it with dg.mean or dg.sum")
     for w in program.wrt:
         if not isinstance(w.op, ParameterOp):
             raise GraphError(f"cannot train {w.label}: it is a '{w.op.name}' node, not a parameter")

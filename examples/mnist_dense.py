@@ -28,7 +28,9 @@ def build(hidden: list[int], seed: int):
 
 
 def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
-    correct = sum(int((predict(x=x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
+    correct = sum(
+        int((predict(x=x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
+    )
     return correct / len(x)
 
 

@@ -293,4 +293,3 @@ def equal(a, b):
 
 def ones_like(x):
     return apply(OnesLike(), x)
-

@@ -9,7 +9,9 @@ from ..compiler.types import INT_DTYPES, TensorType, format_shape, normalize_axe
 from .base import Example, Op, apply, same_float_dtype
 from .elementwise import mul, sub
 from .reduce import max as reduce_max
-from .reduce import mean, min as reduce_min, sum as reduce_sum
+from .reduce import mean
+from .reduce import min as reduce_min
+from .reduce import sum as reduce_sum
 from .shape import broadcast_like, reshape
 
 

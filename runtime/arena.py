@@ -17,7 +17,9 @@ def pack(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
     for buffer in temps:
         size = -(-max(buffer.nbytes(batch), 1) // ALIGN) * ALIGN
         busy = sorted(
-            (o, o + s) for o, s, other in placed if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
+            (o, o + s)
+            for o, s, other in placed
+            if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
         )
         offset = 0
         for start, end in busy:

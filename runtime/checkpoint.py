@@ -7,7 +7,7 @@ import hashlib
 import os
 import tempfile
 import zipfile
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

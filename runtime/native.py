@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from ..compiler.codegen import ModuleBuilder
+from ..compiler.codegen import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, ModuleBuilder
 from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Node
 from ..compiler.jit import compile_module
@@ -20,7 +20,6 @@ from . import arena, blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
-STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2
 
 
 class Binding:
@@ -57,7 +56,9 @@ class NativeExecutor:
         self.compiled = compile_module(f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}", builder)
         self._step = STEP_TYPE(self.compiled.address)
         self._callback = CALLBACK_TYPE(self._run_callback)
-        self._runtime = (ctypes.c_void_p * 3)(sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p))
+        self._runtime = (ctypes.c_void_p * 3)(
+            sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
+        )
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()
         self.inputs = [(b.slot, b.key) for b in self.schedule.buffers if b.kind == "input"]

@@ -36,10 +36,14 @@ class ReferenceExecutor:
                 value = value.astype(node.dtype, copy=False)
             expected = concrete_shape(node.shape, batch)
             if value.shape != expected:
-                raise GraphError(f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}")
+                raise GraphError(
+                    f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}"
+                )
             values[node.id] = value
         outputs = [values[o.id] for o in program.outputs]
         for leaf, new in program.updates:
-            target = program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
+            target = (
+                program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
+            )
             np.copyto(target, values[new.id])
         return [np.array(o, copy=True) for o in outputs]
