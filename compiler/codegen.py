@@ -69,6 +69,10 @@ class KernelContext:
     def count(self, node: Node) -> ir.Value:
         return element_count(self.b, node.shape, self.batch)
 
+    def workspace(self, node: Node) -> ir.Value:
+        """Pointer to the scratch buffer the schedule allocated for `node.op.workspace(node)`."""
+        return self.pointers[self.schedule.workspaces[node.id]]
+
     def is_transposed(self, node: Node) -> bool:
         return node.id in self.schedule.transposed
 
@@ -154,6 +158,9 @@ class ModuleBuilder:
                     slots[self.schedule.slot(i)] = None
         for node in kernel.outputs:
             slots[self.schedule.slot(node)] = None
+        for node in kernel.nodes:  # scratch buffers (schedule.workspaces)
+            if node.id in self.schedule.workspaces:
+                slots[self.schedule.workspaces[node.id]] = None
         return list(slots)
 
     def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:

@@ -113,21 +113,22 @@ def form_kernels(program: Program) -> list[Kernel]:
                 dag.add_edge(group[i.id], group[node.id])
                 if loop_role(i) == "reduce":
                     blocked.add((group[i.id], group[node.id]))
+    first = {k: kernel.nodes[0].id for k, kernel in kernels.items()}
     changed = True
     while changed:
         changed = False
-        for producer, consumer in list(nx.topological_sort(nx.line_graph(dag))) if dag.number_of_edges() else []:
+        for producer, consumer in sorted(dag.edges, key=lambda e: (first[e[0]], first[e[1]])):
+            if not dag.has_edge(producer, consumer):
+                continue  # an earlier merge in this sweep removed it
             a, b = kernels[producer], kernels[consumer]
             if a.kind != "loop" or b.kind != "loop" or a.domain != b.domain or (producer, consumer) in blocked:
                 continue
             dag.remove_edge(producer, consumer)
             convex = not nx.has_path(dag, producer, consumer)
             dag.add_edge(producer, consumer)
-            if not convex:
-                continue
-            _merge(dag, kernels, group, blocked, producer, consumer)
-            changed = True
-            break
+            if convex:
+                _merge(dag, kernels, group, blocked, producer, consumer)
+                changed = True
     order = list(nx.lexicographical_topological_sort(dag, key=lambda k: min(n.id for n in kernels[k].nodes)))
     result = [kernels[k] for k in order]
     for kernel in result:

@@ -37,6 +37,7 @@ class Schedule:
     buffer_of: dict[int, int]  # node id -> slot
     copies: list[tuple[int, int]] = field(default_factory=list)  # (from slot, to slot) after all kernels
     transposed: set[int] = field(default_factory=set)  # nodes that are GEMM transpose flags
+    workspaces: dict[int, int] = field(default_factory=dict)  # node id -> slot of its kernel's scratch buffer
 
     def slot(self, node: Node) -> int:
         return self.buffer_of[node.id]
@@ -122,11 +123,26 @@ def plan(program: Program) -> Schedule:
             slot = buffer_of[node.id]
             if buffers[slot].kind == "temp":
                 buffers[slot].live = (buffers[slot].live[0], len(kernels))
+    workspaces = _workspaces(kernels, buffers)
     copies = [(buffer_of[new.id], buffer_of[leaf.id]) for leaf, new in copies_wanted]
     for source, _ in copies:
         if buffers[source].kind == "temp":
             buffers[source].live = (buffers[source].live[0], len(kernels))
-    return Schedule(program, kernels, buffers, buffer_of, copies, transposed)
+    return Schedule(program, kernels, buffers, buffer_of, copies, transposed, workspaces)
+
+
+def _workspaces(kernels: list[Kernel], buffers: list[Buffer]) -> dict[int, int]:
+    """Scratch memory an op's own kernel asks for (`op.workspace(node) -> (shape, dtype) | None`,
+    None in the shape = batch): a temp buffer alive only while that kernel runs."""
+    out: dict[int, int] = {}
+    for index, kernel in enumerate(kernels):
+        node = kernel.nodes[0]
+        spec = node.op.workspace(node) if kernel.kind == "op" and hasattr(node.op, "workspace") else None
+        if spec is not None:
+            shape, dtype = spec
+            out[node.id] = len(buffers)
+            buffers.append(Buffer(len(buffers), tuple(shape), np.dtype(dtype), "temp", ("workspace", node.id), (index, index)))
+    return out
 
 
 def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | None:
@@ -170,7 +186,9 @@ def fingerprint(schedule: Schedule) -> str:
             (local[n.id], n.op.key(), tuple(local[i.id] for i in n.inputs), n.shape, n.dtype.str) for n in kernel.nodes
         ]
         parts.append((kernel.kind, kernel.domain, members, tuple(local[n.id] for n in kernel.outputs)))
+    # leaves matter too: scalar constants are inlined into the code
+    leaves = [(local[n.id], n.op.key(), n.shape, n.dtype.str) for n in schedule.program.nodes if not n.inputs]
     buffers = [(b.slot, b.shape, b.dtype.str, b.kind) for b in schedule.buffers]
     slots = sorted((local[nid], slot) for nid, slot in schedule.buffer_of.items() if nid in local)
-    text = repr((parts, buffers, slots, schedule.copies, sorted(local[n] for n in schedule.transposed)))
+    text = repr((parts, leaves, buffers, slots, schedule.copies, sorted(local[n] for n in schedule.transposed)))
     return hashlib.sha256(text.encode()).hexdigest()

@@ -99,7 +99,7 @@ class NativeExecutor:
         self._current = None
         if status:
             self._raise(status)
-        return [np.array(self.view(binding, node), copy=True) for node in self.program.outputs]
+        return [self.view(binding, node) for node in self.program.outputs]
 
     def _input_nodes(self) -> list[Node]:
         from ..ops.leaves import InputOp

@@ -46,4 +46,4 @@ class ReferenceExecutor:
                 program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
             )
             np.copyto(target, values[new.id])
-        return [np.array(o, copy=True) for o in outputs]
+        return outputs

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..compiler.autodiff import ancestors
-from ..compiler.errors import GraphError
+from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Graph, Node
 from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import PIPELINE, native_pipeline, run_pipeline
@@ -36,6 +37,7 @@ class CompiledFunction:
             n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in program.leaves(StateOp)
         }
         self._n_user_outputs = n_user_outputs
+        self._lock = threading.Lock()
         self._executor = _make_executor(program, self.state, backend)
 
     @property
@@ -60,16 +62,53 @@ class CompiledFunction:
             raise GraphError("this compiled function has no optimizer, so no learning rate")
         return self.state[LR_KEY]
 
-    def __call__(self, feeds: dict[str, Any] | None = None, /, **named: Any):
+    def __call__(self, feeds: dict[str, Any] | None = None, /, *, out: Any = None, **named: Any):
+        """Run one step. Feeds go by input name (or in a dict, e.g. for an input called "out");
+        `out` takes an array (or a tuple of arrays) that receives the outputs without allocating."""
         arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
-        results = self._executor.run(arrays, batch)
-        if self.trains:
-            self.step_count += 1
-        if self.program.loss is not None:
-            loss = float(results[0])
-            extra = results[1:]
-            return (loss, *extra) if self._n_user_outputs else loss
-        return results[0] if len(results) == 1 else tuple(results)
+        with self._lock:  # one arena per compiled function: concurrent calls take turns
+            results = self._executor.run(arrays, batch)
+            if self.trains:
+                self.step_count += 1
+            first = 1 if self.program.loss is not None else 0
+            values = self._deliver(results[first:], out)
+            loss = float(results[0]) if first else None
+        if loss is None:
+            return values[0] if len(values) == 1 else tuple(values)
+        return (loss, *values) if self._n_user_outputs else loss
+
+    def _deliver(self, results: list[np.ndarray], out: Any) -> list[np.ndarray]:
+        """Copies of the outputs (the executor's arrays are reused by the next call), or `out`."""
+        if out is None:
+            return [np.array(r, copy=True) for r in results]
+        targets = [out] if isinstance(out, np.ndarray) else list(out)
+        if len(targets) != len(results):
+            raise GraphError(f"out= has {len(targets)} arrays for {len(results)} outputs")
+        for target, result in zip(targets, results):
+            if target.shape != result.shape or target.dtype != result.dtype:
+                raise ShapeError(
+                    f"out= array is {target.shape} {target.dtype}, the output is {result.shape} {result.dtype}"
+                )
+            np.copyto(target, result)
+        return targets
+
+    @property
+    def kernel_count(self) -> int:
+        """Native kernels in the compiled step (0 for the reference backend)."""
+        return len(self.program.schedule.kernels) if self.program.schedule else 0
+
+    def ir(self) -> str:
+        """The LLVM IR of the whole step (native backend)."""
+        return self._native().compiled.ir()
+
+    def asm(self) -> str:
+        """The optimized machine code of the whole step, as assembly text (native backend)."""
+        return self._native().compiled.asm()
+
+    def _native(self):
+        if self.backend != "llvm":
+            raise GraphError("ir() and asm() exist for backend='llvm' only")
+        return self._executor
 
     def save(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state and step count, written atomically."""
