@@ -33,7 +33,6 @@ from .schedule import Schedule
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
 STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
-REDUCE_FLAGS = ("reassoc", "contract")  # lets LLVM vectorize sums
 
 
 class Callee:
@@ -197,22 +196,42 @@ def _identity(combine: str, type_: ir.Type) -> ir.Constant:
     return ir.Constant(type_, {"add": 0.0, "max": float("-inf"), "min": float("inf")}[combine])
 
 
-def _broadcast_terms(ctx: KernelContext, shape, domain, index) -> list[tuple[ir.Value, ir.Value]]:
-    """(index, stride) pairs reading a buffer of `shape` broadcast over `domain`."""
-    strides = row_major_strides(ctx.b, shape, ctx.batch)
-    lead = len(domain) - len(shape)
-    return [(index[a], strides[a - lead]) for a in range(lead, len(domain)) if shape[a - lead] != 1]
+ZERO = i64(0)
 
 
-def _reduction_terms(ctx: KernelContext, node: Node, domain, index) -> list[tuple[ir.Value, ir.Value]]:
-    """(index, stride) pairs of the output element that domain position `index` accumulates into."""
+def _is_zero(v: ir.Value) -> bool:
+    return isinstance(v, ir.Constant) and v.constant == 0
+
+
+def _read_strides(ctx: KernelContext, node: Node, domain) -> list[ir.Value]:
+    """Per domain axis, the element stride reading `node` broadcast over `domain` (0: broadcast)."""
+    strides = row_major_strides(ctx.b, node.shape, ctx.batch)
+    lead = len(domain) - len(node.shape)
+    return [ZERO if a < lead or node.shape[a - lead] == 1 else strides[a - lead] for a in range(len(domain))]
+
+
+def _reduction_strides(ctx: KernelContext, node: Node, domain) -> list[ir.Value]:
+    """Per domain axis, the stride of the output element a reduction accumulates into."""
     reduced = set(node.op.reduced_axes(domain))
     strides = row_major_strides(ctx.b, node.shape, ctx.batch)
     if getattr(node.op, "keepdims", True):  # sum_to and keepdims reductions keep the axes aligned
         lead = len(domain) - len(node.shape)
-        return [(index[a], strides[a - lead]) for a in range(lead, len(domain)) if a not in reduced]
-    kept = [a for a in range(len(domain)) if a not in reduced]
-    return [(index[a], strides[j]) for j, a in enumerate(kept)]
+        return [ZERO if a in reduced or a < lead else strides[a - lead] for a in range(len(domain))]
+    kept = iter(strides)
+    return [ZERO if a in reduced else next(kept) for a in range(len(domain))]
+
+
+def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dict]:
+    """Merge neighbouring axes that every access walks alike (all contiguous or all broadcast), so
+    that e.g. a (batch, 512) elementwise loop becomes one flat loop that vectorizes best."""
+    extents, accesses = list(extents), {k: list(v) for k, v in accesses.items()}
+    for a in reversed(range(len(extents) - 1)):
+        if all(_is_zero(s[a]) == _is_zero(s[a + 1]) for s in accesses.values()):
+            extents[a + 1] = b.mul(extents[a], extents[a + 1], name="extent", flags=("nuw", "nsw"))
+            del extents[a]
+            for s in accesses.values():
+                del s[a]
+    return extents, accesses
 
 
 def emit_loop(ctx: KernelContext, kernel: Kernel) -> None:
@@ -220,40 +239,44 @@ def emit_loop(ctx: KernelContext, kernel: Kernel) -> None:
     b = ctx.b
     domain = kernel.domain
     outputs = {n.id for n in kernel.outputs}
+    members = {n.id for n in kernel.nodes}
     for node in kernel.nodes:  # reductions start from their identity
         if loop_role(node) == "reduce":
             identity = _identity(node.op.combine, llvm_type(node.dtype))
             with for_range(b, ctx.count(node), "fill") as i:
                 ctx.store(node, i, identity)
-    extents = [dim_value(d, ctx.batch) for d in domain]
+    accesses: dict[int, list[ir.Value]] = {}
+    for node in kernel.nodes:
+        skip = getattr(node.op, "shape_only_inputs", ())
+        for pos, i in enumerate(node.inputs):
+            if pos not in skip and i.id not in members and not is_inline(i):
+                accesses[i.id] = _read_strides(ctx, i, domain)
+        if loop_role(node) == "reduce":
+            accesses[node.id] = _reduction_strides(ctx, node, domain)
+        elif node.id in outputs:
+            accesses[node.id] = _read_strides(ctx, node, domain)
+    extents, accesses = _collapse(b, [dim_value(d, ctx.batch) for d in domain], accesses)
     with loop_nest(b, extents) as index:
         values: dict[int, ir.Value] = {}
 
+        def offset(node: Node) -> ir.Value:
+            return linear_offset(b, list(zip(index, accesses[node.id])))
+
         def value(node: Node) -> ir.Value:
-            if node.id in values:
-                return values[node.id]
-            if is_inline(node):
-                return ir.Constant(llvm_type(node.dtype), float(node.op.value.reshape(())))
-            offset = linear_offset(b, _broadcast_terms(ctx, node.shape, domain, index))
-            values[node.id] = ctx.load(node, offset)
+            if node.id not in values:
+                if is_inline(node):
+                    return ir.Constant(llvm_type(node.dtype), float(node.op.value.reshape(())))
+                values[node.id] = ctx.load(node, offset(node))
             return values[node.id]
 
         for node in kernel.nodes:
             if loop_role(node) == "reduce":
-                offset = linear_offset(b, _reduction_terms(ctx, node, domain, index))
-                acc = ctx.load(node, offset)
-                x = value(node.inputs[0])
-                emitter = ctx.scalar(node)
-                combined = {
-                    "add": lambda: b.fadd(acc, x, flags=REDUCE_FLAGS),
-                    "max": lambda: emitter.maximum(acc, x),
-                    "min": lambda: emitter.minimum(acc, x),
-                }[node.op.combine]()
-                ctx.store(node, offset, combined)
+                at = offset(node)
+                acc, x = ctx.load(node, at), value(node.inputs[0])
+                ctx.store(node, at, ctx.scalar(node).accumulate(node.op.combine, acc, x))
                 continue
             skip = getattr(node.op, "shape_only_inputs", ())
             args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
             values[node.id] = node.op.emit(ctx.scalar(node), *args)
             if node.id in outputs:
-                offset = linear_offset(b, _broadcast_terms(ctx, node.shape, domain, index))
-                ctx.store(node, offset, values[node.id])
+                ctx.store(node, offset(node), values[node.id])

@@ -9,6 +9,7 @@ from . import mathlib
 from .irutil import element_count
 
 ARITH = ("contract",)  # fused multiply-add allowed; NaN/Inf semantics kept
+REDUCE = ("reassoc", "contract")  # reassociation lets LLVM vectorize sums
 
 
 class ScalarEmitter:
@@ -47,6 +48,12 @@ class ScalarEmitter:
 
     def minimum(self, x, y):
         return self._intrinsic("llvm.minimum", x, y)
+
+    def accumulate(self, combine: str, acc, x):
+        """One step of a reduction: add, or NaN-propagating max/min."""
+        if combine == "add":
+            return self.b.fadd(acc, x, flags=REDUCE)
+        return self.maximum(acc, x) if combine == "max" else self.minimum(acc, x)
 
     def sqrt(self, x):
         return self._intrinsic("llvm.sqrt", x)

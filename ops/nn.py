@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
+from contextlib import contextmanager
 
+import numpy as np
+from llvmlite import ir
+
+from ..compiler.codegen import STATUS_INDEX_OUT_OF_RANGE
+from ..compiler.scalar import REDUCE as REDUCE_FLAGS
 from ..compiler.errors import ShapeError
+from ..compiler.irutil import I64, element_count, for_range, i64, llvm_type
 from ..compiler.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .base import Example, Op, apply, same_float_dtype
 from .elementwise import mul, sub
@@ -26,6 +32,84 @@ def _int_type(op_name: str, t: TensorType, what: str) -> None:
         raise ShapeError(f"{what} must be int32 or int64, got {t.dtype}")
 
 
+# Native kernels. Rows are reduced in stack slots allocated in the entry block, which LLVM
+# promotes to registers (and vectorizes as reductions: sums carry the `reassoc` flag).
+
+
+def _entry_alloca(b: ir.IRBuilder, type_: ir.Type, name: str) -> ir.Value:
+    """A stack slot in the function's entry block (where LLVM promotes it to a register)."""
+    block = b.block
+    b.position_at_start(b.function.entry_basic_block)
+    slot = b.alloca(type_, name=name)
+    b.position_at_end(block)
+    return slot
+
+
+def _fold(b: ir.IRBuilder, init: ir.Value, n: ir.Value, combine, name: str) -> ir.Value:
+    """combine(...combine(combine(init, 0), 1)..., n - 1): `combine(acc, j)` emits the body."""
+    acc = _entry_alloca(b, init.type, f"{name}.acc")
+    b.store(init, acc)
+    with for_range(b, n, f"{name}.j") as j:
+        b.store(combine(b.load(acc, name=f"{name}.prev"), j), acc)
+    return b.load(acc, name=name)
+
+
+def _load_index(k, ids, offset: ir.Value, name: str) -> ir.Value:
+    """Integer id `offset` of `ids` (int32 or int64) as an i64."""
+    value = k.load(ids, offset)
+    return value if value.type == I64 else k.b.sext(value, I64, name=name)
+
+
+def _check_indices(k, ids, depth: ir.Value, name: str) -> None:
+    """End the step with STATUS_INDEX_OUT_OF_RANGE unless 0 <= id < depth for every id. Kernels
+    check first and write after, so a failing step leaves every buffer it did not reach alone."""
+    b = k.b
+
+    def any_bad(bad, i):
+        index = _load_index(k, ids, i, f"{name}.id")
+        return b.or_(bad, b.icmp_unsigned(">=", index, depth, name=f"{name}.out"), name=f"{name}.bad")
+
+    bad = _fold(b, ir.Constant(ir.IntType(1), 0), k.count(ids), any_bad, f"{name}.check")
+    k.fail_unless(b.not_(bad, name=f"{name}.ok"), STATUS_INDEX_OUT_OF_RANGE)
+
+
+def _row_max(k, x, n: ir.Value, at, name: str = "max") -> ir.Value:
+    """max over j < n of x[at(j)], NaN-propagating like np.max."""
+    f = k.scalar(x)
+    return _fold(k.b, f.const(float("-inf")), n, lambda m, j: f.maximum(m, k.load(x, at(j))), name)
+
+
+def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None, name: str = "sum") -> ir.Value:
+    """sum over j < n of exp(x[at(j)] - shift); `store(j, e)` may keep each term."""
+    b, f = k.b, k.scalar(x)
+
+    def add(total, j):
+        e = f.exp(b.fsub(k.load(x, at(j)), shift, name="shifted"))
+        if store is not None:
+            store(j, e)
+        return b.fadd(total, e, flags=REDUCE_FLAGS, name=f"{name}.next")
+
+    return _fold(b, f.const(0.0), n, add, name)
+
+
+def _is_zero(value: ir.Value) -> bool:
+    return isinstance(value, ir.Constant) and value.constant == 0
+
+
+def _is_one(value: ir.Value) -> bool:
+    return isinstance(value, ir.Constant) and value.constant == 1
+
+
+@contextmanager
+def _maybe_range(b: ir.IRBuilder, shape, batch: ir.Value, name: str):
+    """A loop over the elements of `shape`, or just index 0 when `shape` is statically empty."""
+    if all(d == 1 for d in shape):
+        yield i64(0)
+        return
+    with for_range(b, element_count(b, shape, batch), name) as i:
+        yield i
+
+
 class Softmax(Op):
     name = "softmax"
     arity = 1
@@ -43,6 +127,29 @@ class Softmax(Op):
     def grad(self, g, out, x):
         dot = reduce_sum(mul(g, out), self.axis, keepdims=True)
         return [mul(out, sub(g, broadcast_like(dot, out)))]
+
+    def emit_kernel(self, k, node):
+        """Per row: m = max(x), e = exp(x - m) stored with s = sum(e), then out = e / s. A row is
+        `n` elements `inner` apart (inner is 1, so rows are contiguous, for the last axis)."""
+        b, axis = k.b, self.axis
+        x = node.inputs[0]
+        n = k.dims(x)[axis]
+        outer, inner = node.shape[:axis], node.shape[axis + 1 :]
+        row_size = element_count(b, node.shape[axis:], k.batch)
+        stride = element_count(b, inner, k.batch)
+        with for_range(b, element_count(b, outer, k.batch), "row") as row:
+            row_start = b.mul(row, row_size, name="row_start")
+            with _maybe_range(b, inner, k.batch, "col") as col:
+                start = row_start if _is_zero(col) else b.add(row_start, col, name="start")
+
+                def at(j):
+                    return b.add(start, j if _is_one(stride) else b.mul(j, stride, name="step"), name="at")
+
+                m = _row_max(k, x, n, at)
+                s = _row_sum_exp(k, x, n, at, m, store=lambda j, e: k.store(node, at(j), e))
+                with for_range(b, n, "div") as j:
+                    offset = at(j)
+                    k.store(node, offset, b.fdiv(k.load(node, offset), s, name="prob"))
 
     @classmethod
     def example(cls, rng, dims):
@@ -72,6 +179,24 @@ class SoftmaxCrossEntropyRows(Op):
         z = logits - np.max(logits, axis=-1, keepdims=True)
         picked = np.take_along_axis(z, labels[..., None].astype(np.intp), axis=-1)[..., 0]
         return np.log(np.sum(np.exp(z), axis=-1)) - picked
+
+    def emit_kernel(self, k, node):
+        """Check every label, then per row: log(sum(exp(z))) - z[label] with z = logits - max."""
+        b = k.b
+        logits, labels = node.inputs
+        classes = k.dims(logits)[-1]
+        _check_indices(k, labels, classes, "label")
+        with for_range(b, k.count(labels), "row") as row:
+            start = b.mul(row, classes, name="row_start")
+
+            def at(j):
+                return b.add(start, j, name="at")
+
+            m = _row_max(k, logits, classes, at)
+            s = _row_sum_exp(k, logits, classes, at, m)
+            picked = k.load(logits, at(_load_index(k, labels, row, "label")))
+            shifted = b.fsub(picked, m, name="picked")
+            k.store(node, row, b.fsub(k.scalar(node).log(s), shifted, name="loss"))
 
     def grad(self, g, out, logits, labels):
         probs = apply(Softmax(logits.ndim - 1), logits)
@@ -106,6 +231,19 @@ class OneHot(Op):
     def grad(self, g, out, labels):
         return [None]
 
+    def emit_kernel(self, k, node):
+        b = k.b
+        (labels,) = node.inputs
+        depth, type_ = i64(self.depth), llvm_type(self.dtype)
+        one, zero = (ir.Constant(type_, v if self.dtype.kind == "f" else int(v)) for v in (1.0, 0.0))
+        _check_indices(k, labels, depth, "label")
+        with for_range(b, k.count(labels), "row") as row:
+            label = _load_index(k, labels, row, "label")
+            start = b.mul(row, depth, name="row_start")
+            with for_range(b, depth, "j") as j:
+                hot = b.icmp_signed("==", j, label, name="hot")
+                k.store(node, b.add(start, j, name="at"), b.select(hot, one, zero, name="value"))
+
 
 class Embedding(Op):
     """Rows of `table` picked by integer `ids`: ids (...), table (V, D) -> (..., D)."""
@@ -126,6 +264,19 @@ class Embedding(Op):
 
     def grad(self, g, out, ids, table):
         return [None, apply(EmbeddingGrad(table.shape[0]), g, ids)]
+
+    def emit_kernel(self, k, node):
+        """Check every id, then copy row `ids[i]` of the table to row i of the output."""
+        b = k.b
+        ids, table = node.inputs
+        vocab, width = k.dims(table)
+        _check_indices(k, ids, vocab, "id")
+        with for_range(b, k.count(ids), "row") as row:
+            source = b.mul(_load_index(k, ids, row, "id"), width, name="source")
+            target = b.mul(row, width, name="target")
+            with for_range(b, width, "j") as j:
+                value = k.load(table, b.add(source, j, name="from"))
+                k.store(node, b.add(target, j, name="to"), value)
 
     @classmethod
     def example(cls, rng, dims):
@@ -156,6 +307,23 @@ class EmbeddingGrad(Op):
 
     def grad(self, gg, out, g, ids):
         return [apply(Embedding(), ids, gg), None]
+
+    def emit_kernel(self, k, node):
+        """Check every id, zero the table gradient, then add row i of `g` to row `ids[i]`."""
+        b = k.b
+        g, ids = node.inputs
+        width = k.dims(node)[1]
+        _check_indices(k, ids, i64(self.vocab), "id")
+        zero = ir.Constant(llvm_type(node.dtype), 0.0)
+        with for_range(b, k.count(node), "zero") as i:
+            k.store(node, i, zero)
+        with for_range(b, k.count(ids), "row") as row:
+            target = b.mul(_load_index(k, ids, row, "id"), width, name="target")
+            source = b.mul(row, width, name="source")
+            with for_range(b, width, "j") as j:
+                at = b.add(target, j, name="to")
+                value = k.load(g, b.add(source, j, name="from"))
+                k.store(node, at, b.fadd(k.load(node, at), value, name="sum"))
 
     @classmethod
     def example(cls, rng, dims):
