@@ -7,6 +7,8 @@ functions and the Python callback. A non-zero return is the failing callback's s
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +20,7 @@ from .irutil import (
     I32,
     I64,
     PTR,
+    VOID,
     dim_value,
     element_count,
     for_range,
@@ -115,11 +118,11 @@ class KernelContext:
 
 
 class ModuleBuilder:
-    def __init__(self, schedule: Schedule, blas_int_bits: int = 64, name: str = "drug"):
+    def __init__(self, schedule: Schedule, blas_int_bits: int = 64, name: str = "drug", parallel: bool = False):
         self.schedule = schedule
         self.module = ir.Module(name=name)
         self.blas_int = ir.IntType(blas_int_bits)
-        self.kernel_fnty = ir.FunctionType(I32, [PTR, I64, PTR])
+        self.parallel = parallel  # split large loops across OpenMP threads (libgomp's GOMP_parallel)
 
     def build(self) -> ir.Module:
         schedule = self.schedule
@@ -153,7 +156,7 @@ class ModuleBuilder:
         slots: dict[int, None] = {}
         for node in kernel.nodes:
             for i in node.inputs:
-                if i.id in self.schedule.buffer_of and not is_inline(i):
+                if i.id in self.schedule.buffer_of and not (kernel.kind == "loop" and is_inline(i)):  # loops: literals
                     slots[self.schedule.slot(i)] = None
         for node in kernel.outputs:
             slots[self.schedule.slot(node)] = None
@@ -162,17 +165,26 @@ class ModuleBuilder:
                 slots[self.schedule.workspaces[node.id]] = None
         return list(slots)
 
-    def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
-        fnty = ir.FunctionType(I32, [PTR] * len(slots) + [I64, PTR])
-        fn = ir.Function(self.module, fnty, f"k{index}_{kernel.name}")
+    def _function(self, name: str, slots: list[int], extra: list[tuple[str, ir.Type]] = ()) -> tuple:
+        """A kernel-shaped function: one noalias pointer per slot, batch, runtime, then `extra`."""
+        fnty = ir.FunctionType(I32, [PTR] * len(slots) + [I64, PTR] + [t for _, t in extra])
+        fn = ir.Function(self.module, fnty, name)
         fn.linkage = "internal"
         for arg, slot in zip(fn.args, slots):
             arg.name = f"b{slot}"
             arg.add_attribute("noalias")
-        batch, runtime = fn.args[-2:]
-        batch.name, runtime.name = "batch", "runtime"
+        for arg, arg_name in zip(fn.args[len(slots) :], ["batch", "runtime"] + [n for n, _ in extra]):
+            arg.name = arg_name
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        ctx = KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int)
+        batch, runtime = fn.args[len(slots) : len(slots) + 2]
+        return fn, KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int)
+
+    def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
+        name = f"k{index}_{kernel.name}"
+        if kernel.kind == "loop" and self.parallel and parallelizable(kernel):
+            return self.parallel_loop(name, kernel, slots)
+        fn, ctx = self._function(name, slots)
+        b = ctx.b
         if kernel.kind == "loop":
             emit_loop(ctx, kernel)
         elif kernel.kind == "op":
@@ -181,6 +193,53 @@ class ModuleBuilder:
             status = self.emit_callback(ctx, index)
             b.ret(status)
             return fn
+        b.ret(ir.Constant(I32, 0))
+        return fn
+
+    def parallel_loop(self, name: str, kernel: Kernel, slots: list[int]) -> ir.Function:
+        """A loop split over its outermost (collapsed) axis: `name.body` runs a range of it;
+        large loops hand `name.thread` to GOMP_parallel, which runs it on every OpenMP thread."""
+        body, ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
+        emit_loop(ctx, kernel, outer=tuple(body.args[-2:]))
+        ctx.b.ret(ir.Constant(I32, 0))
+
+        frame = [PTR] * len(slots) + [I64, PTR, I64]  # kernel arguments + outer extent, as i64 words
+        thread = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{name}.thread")
+        thread.linkage = "internal"
+        tb = ir.IRBuilder(thread.append_basic_block("entry"))
+        words = [tb.load(tb.gep(thread.args[0], [i64(i)], source_etype=I64), typ=I64) for i in range(len(frame))]
+        fields = [tb.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, frame)]
+        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
+               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
+        tid = tb.sext(tb.call(omp["omp_get_thread_num"], []), I64, name="tid")
+        threads = tb.sext(tb.call(omp["omp_get_num_threads"], []), I64, name="threads")
+        outer = fields[-1]
+        chunk = tb.sdiv(tb.add(outer, tb.sub(threads, i64(1))), threads, name="chunk")
+        chunk = tb.and_(tb.add(chunk, i64(15)), i64(-16), name="chunk16")  # whole vectors per thread
+        lo = tb.mul(tid, chunk, name="lo")
+        hi = tb.select(tb.icmp_signed("<", tb.add(lo, chunk), outer), tb.add(lo, chunk), outer, name="hi")
+        with tb.if_then(tb.icmp_signed("<", lo, hi)):
+            tb.call(body, fields[:-1] + [lo, hi])
+        tb.ret_void()
+
+        fn, ctx = self._function(name, slots)
+        b = ctx.b
+        extents = loop_extents(ctx, kernel)
+        total = functools.reduce(lambda x, y: b.mul(x, y), extents, i64(1))
+        args = list(fn.args)
+        big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
+        with b.if_else(big) as (threaded, serial):
+            with threaded:
+                data = b.alloca(I64, size=len(frame), name="frame")
+                for i, value in enumerate(args + [extents[0]]):
+                    word = b.ptrtoint(value, I64) if value.type == PTR else value
+                    b.store(word, b.gep(data, [i64(i)], source_etype=I64))
+                gomp = self.module.globals.get("GOMP_parallel") or ir.Function(
+                    self.module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel"
+                )
+                b.call(gomp, [thread, data, I32(0), I32(0)])
+            with serial:
+                b.call(body, args + [i64(0), extents[0]])
         b.ret(ir.Constant(I32, 0))
         return fn
 
@@ -234,17 +293,26 @@ def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dic
     return extents, accesses
 
 
-def emit_loop(ctx: KernelContext, kernel: Kernel) -> None:
-    """One loop nest over the kernel's domain computing every member per element."""
-    b = ctx.b
+PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
+
+
+def parallelizable(kernel: Kernel) -> bool:
+    """Map-only loops whose size is not known to be small (reductions stay serial)."""
+    if any(loop_role(n) == "reduce" for n in kernel.nodes) or not kernel.domain:
+        return False
+    static = [d for d in kernel.domain if d is not None]
+    return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
+
+
+def loop_extents(ctx: KernelContext, kernel: Kernel) -> list[ir.Value]:
+    return _loop_plan(ctx, kernel)[0]
+
+
+def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
+    """The (collapsed) loop extents and, per accessed node, its stride along each loop."""
     domain = kernel.domain
     outputs = {n.id for n in kernel.outputs}
     members = {n.id for n in kernel.nodes}
-    for node in kernel.nodes:  # reductions start from their identity
-        if loop_role(node) == "reduce":
-            identity = _identity(node.op.combine, llvm_type(node.dtype))
-            with for_range(b, ctx.count(node), "fill") as i:
-                ctx.store(node, i, identity)
     accesses: dict[int, list[ir.Value]] = {}
     for node in kernel.nodes:
         skip = getattr(node.op, "shape_only_inputs", ())
@@ -255,8 +323,21 @@ def emit_loop(ctx: KernelContext, kernel: Kernel) -> None:
             accesses[node.id] = _reduction_strides(ctx, node, domain)
         elif node.id in outputs:
             accesses[node.id] = _read_strides(ctx, node, domain)
-    extents, accesses = _collapse(b, [dim_value(d, ctx.batch) for d in domain], accesses)
-    with loop_nest(b, extents) as index:
+    return _collapse(ctx.b, [dim_value(d, ctx.batch) for d in domain], accesses)
+
+
+def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Value] | None = None) -> None:
+    """One loop nest over the kernel's domain computing every member per element; `outer`
+    restricts the outermost loop to [lo, hi) for a thread's share."""
+    b = ctx.b
+    outputs = {n.id for n in kernel.outputs}
+    for node in kernel.nodes:  # reductions start from their identity
+        if loop_role(node) == "reduce":
+            identity = _identity(node.op.combine, llvm_type(node.dtype))
+            with for_range(b, ctx.count(node), "fill") as i:
+                ctx.store(node, i, identity)
+    extents, accesses = _loop_plan(ctx, kernel)
+    with loop_nest(b, extents, first=outer) as index:
         values: dict[int, ir.Value] = {}
 
         def offset(node: Node) -> ir.Value:

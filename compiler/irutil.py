@@ -45,14 +45,18 @@ def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value 
 
 
 @contextmanager
-def loop_nest(b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i") -> Iterator[list[ir.Value]]:
-    """Row-major nested loops; yields the index of every level."""
+def loop_nest(
+    b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i", first: tuple[ir.Value, ir.Value] | None = None
+) -> Iterator[list[ir.Value]]:
+    """Row-major nested loops; yields the index of every level. `first` = (start, stop)
+    replaces the outermost range."""
     if not extents:
         yield []
         return
-    with for_range(b, extents[0], f"{prefix}{0}") as first:
+    start, stop = first if first is not None else (None, extents[0])
+    with for_range(b, stop, f"{prefix}{0}", start=start) as index:
         with loop_nest(b, extents[1:], prefix + "_") as rest:
-            yield [first] + rest
+            yield [index] + rest
 
 
 def dim_value(dim: int | None, batch: ir.Value) -> ir.Value:

@@ -16,7 +16,8 @@ from ..compiler.jit import compile_module
 from ..compiler.program import Program
 from ..compiler.schedule import Schedule, fingerprint
 from ..compiler.types import concrete_shape
-from . import arena, blas
+from ..ops.leaves import InputOp
+from . import arena, blas, threads
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -52,8 +53,10 @@ class NativeExecutor:
         self.schedule: Schedule = program.schedule
         self.state = state
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
-        builder = lambda: str(ModuleBuilder(self.schedule, sgemm.int_bits).build())  # noqa: E731
-        self.compiled = compile_module(f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}", builder)
+        parallel = threads.openmp() is not None
+        builder = lambda: str(ModuleBuilder(self.schedule, sgemm.int_bits, parallel=parallel).build())  # noqa: E731
+        key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}"
+        self.compiled = compile_module(key, builder)
         self._step = STEP_TYPE(self.compiled.address)
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
@@ -61,7 +64,8 @@ class NativeExecutor:
         )
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()
-        self.inputs = [(b.slot, b.key) for b in self.schedule.buffers if b.kind == "input"]
+        slot_of_input = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
+        self.input_slots = [(slot_of_input[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of_input]
         self._bindings: dict[int, Binding] = {}
         self._current: Binding | None = None
         self._error: BaseException | None = None
@@ -84,27 +88,49 @@ class NativeExecutor:
                 out[buffer.slot] = np.ascontiguousarray(buffer.key)
         return out
 
-    def run(self, feeds: dict[int, np.ndarray], batch: int | None) -> list[np.ndarray]:
+    def run(self, feeds: dict[int, np.ndarray], batch: int | None, out: list | None = None) -> list[np.ndarray]:
+        """Run the step; outputs are views of the arena, except those written straight into
+        the matching caller arrays in `out` (aligned with the program's outputs)."""
         batch = batch or 0
         binding = self._bindings.get(batch)
         if binding is None:
             binding = self._bindings[batch] = Binding(self, batch)
-        by_name = {node.name: feeds[node.id] for node in self._input_nodes()}
-        for slot, name in self.inputs:
-            array = by_name[name]
+        for slot, node_id in self.input_slots:
+            array = feeds[node_id]
             binding.arrays[slot] = array
             binding.table[slot] = array.ctypes.data
+        redirected = self._redirect_outputs(binding, out or [])
         self._current = binding
-        status = self._step(binding.table_address, batch, self._runtime_address)
-        self._current = None
+        try:
+            status = self._step(binding.table_address, batch, self._runtime_address)
+        finally:
+            self._current = None
+            for slot in redirected:
+                binding.table[slot] = binding.arrays[slot].ctypes.data
         if status:
             self._raise(status)
-        return [self.view(binding, node) for node in self.program.outputs]
+        return [redirected.get(self.schedule.slot(n), self.view(binding, n)) for n in self.program.outputs]
 
-    def _input_nodes(self) -> list[Node]:
-        from ..ops.leaves import InputOp
-
-        return self.program.leaves(InputOp)
+    def _redirect_outputs(self, binding: Binding, out: list) -> dict[int, np.ndarray]:
+        """Point output slots at caller arrays that fit exactly (saves a copy of each output)."""
+        redirected = {}
+        for node, target in zip(self.program.outputs, out):
+            slot = self.schedule.slot(node)
+            buffer = self.schedule.buffers[slot]
+            fits = (
+                isinstance(target, np.ndarray)
+                and buffer.kind == "temp"
+                and node.id not in self.schedule.transposed
+                and target.flags.c_contiguous
+                and target.flags.writeable
+                and target.dtype == node.dtype
+                and target.shape == concrete_shape(node.shape, binding.batch)
+                and slot not in redirected
+            )
+            if fits:
+                redirected[slot] = target
+                binding.table[slot] = target.ctypes.data
+        return redirected
 
     def view(self, binding: Binding, node: Node) -> np.ndarray:
         array = binding.arrays[self.schedule.slot(node)]

@@ -20,7 +20,7 @@ from . import checkpoint
 from .feeds import bind_feeds
 
 BACKENDS = ("numpy", "llvm")
-DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "numpy")
+DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "llvm")
 
 
 class CompiledFunction:
@@ -66,22 +66,26 @@ class CompiledFunction:
         """Run one step. Feeds go by input name (or in a dict, e.g. for an input called "out");
         `out` takes an array (or a tuple of arrays) that receives the outputs without allocating."""
         arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
+        first = 1 if self.program.loss is not None else 0
+        targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
         with self._lock:  # one arena per compiled function: concurrent calls take turns
-            results = self._executor.run(arrays, batch)
+            if targets is not None and self.backend == "llvm":
+                results = self._executor.run(arrays, batch, [None] * first + targets)
+            else:
+                results = self._executor.run(arrays, batch)
             if self.trains:
                 self.step_count += 1
-            first = 1 if self.program.loss is not None else 0
-            values = self._deliver(results[first:], out)
+            values = self._deliver(results[first:], targets)
             loss = float(results[0]) if first else None
         if loss is None:
             return values[0] if len(values) == 1 else tuple(values)
         return (loss, *values) if self._n_user_outputs else loss
 
-    def _deliver(self, results: list[np.ndarray], out: Any) -> list[np.ndarray]:
-        """Copies of the outputs (the executor's arrays are reused by the next call), or `out`."""
-        if out is None:
+    def _deliver(self, results: list[np.ndarray], targets: list | None) -> list[np.ndarray]:
+        """Copies of the outputs (the executor's arrays are reused by the next call), or the
+        caller's `out` arrays, filled (the native executor may have written them directly)."""
+        if targets is None:
             return [np.array(r, copy=True) for r in results]
-        targets = [out] if isinstance(out, np.ndarray) else list(out)
         if len(targets) != len(results):
             raise GraphError(f"out= has {len(targets)} arrays for {len(results)} outputs")
         for target, result in zip(targets, results):
@@ -89,7 +93,8 @@ class CompiledFunction:
                 raise ShapeError(
                     f"out= array is {target.shape} {target.dtype}, the output is {result.shape} {result.dtype}"
                 )
-            np.copyto(target, result)
+            if result is not target:
+                np.copyto(target, result)
         return targets
 
     @property

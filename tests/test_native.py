@@ -237,3 +237,21 @@ def test_random_graphs_agree_with_reference(spec, batch):
         results.append(fn(x=xv))
     for ref, nat in zip(*results):
         np.testing.assert_allclose(nat, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_large_loops_split_across_threads():
+    from drug.runtime import threads
+
+    g = dg.Graph()
+    a, b, c, d, e = (g.input(n, (None,)) for n in "abcde")
+    fn = g.compile(outputs=dg.relu(a * b + c) * d - e, backend="llvm")
+    if threads.openmp() is None:
+        pytest.skip("no OpenMP runtime on this machine: loops run serially")
+    assert "GOMP_parallel" in fn.ir()
+    rng = np.random.default_rng(0)
+    for n in (1 << 20, 1000, 1):  # threaded, then below the threshold
+        xs = {k: rng.standard_normal(n).astype(np.float32) for k in "abcde"}
+        exact = (np.maximum(xs["a"].astype(np.float64) * xs["b"] + xs["c"], 0) * xs["d"] - xs["e"]).astype(np.float32)
+        out = np.empty(n, np.float32)
+        assert fn(**xs, out=out) is out
+        np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-6)
