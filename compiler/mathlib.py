@@ -132,14 +132,14 @@ class _Ops:
         return self.intrinsic("llvm.fma", a, b, c, label=label)
 
     def horner(self, x: ir.Value, coeffs: tuple[float, ...], label: str) -> ir.Value:
-        """coeffs[0] + x*(coeffs[1] + x*(...)), one fma per coefficient."""
+        """coeffs[0] + x*(coeffs[1] + x*(...)) in Horner form, one fma per step."""
         acc: ir.Value = self.const(coeffs[-1])
         for c in reversed(coeffs[:-1]):
             acc = self.fma(acc, x, self.const(c), label=label)
         return acc
 
     def clamp(self, x: ir.Value, lo: float, hi: float, label: str) -> ir.Value:
-        """min(max(x, lo), hi) as compare+select (x86 max/min semantics); NaN becomes `hi`."""
+        """min(max(x, lo), hi) as compare+select (x86 max/min semantics); NaN becomes `lo`."""
         b = self.b
         x = b.select(b.fcmp_ordered(">", x, self.const(lo)), x, self.const(lo), name=f"{label}.lo")
         return b.select(b.fcmp_ordered("<", x, self.const(hi)), x, self.const(hi), name=label)

@@ -12,12 +12,11 @@ import re
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
+from drug.compiler import mathlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from llvmlite import ir
-
-from drug.compiler import mathlib
 
 DTYPES = ("float32", "float64")
 IR_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}
@@ -29,7 +28,9 @@ NAMES = sorted(mathlib.SUPPORTED)
 
 def _add_kernel(module: ir.Module, func: str, dtype: str) -> None:
     ftype, i64 = IR_TYPES[dtype], ir.IntType(64)
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), ir.PointerType(), i64]), f"{func}_{dtype}")
+    fn = ir.Function(
+        module, ir.FunctionType(ir.VoidType(), [ir.PointerType(), ir.PointerType(), i64]), f"{func}_{dtype}"
+    )
     out, inp, n = fn.args
     out.add_attribute("noalias")
     inp.add_attribute("noalias")
@@ -229,20 +230,23 @@ def test_tiny_arguments_are_relatively_accurate(kernels, dtype):
 # ---------------------------------------------------------------- special values
 
 
-SPECIAL = {
-    "exp": {np.inf: np.inf, -np.inf: 0.0, 1e4: np.inf, -1e4: 0.0, 0.0: 1.0, np.nan: np.nan},
-    "log": {0.0: -np.inf, -0.0: -np.inf, -1.0: np.nan, -np.inf: np.nan, np.inf: np.inf, 1.0: 0.0, np.nan: np.nan},
-    "tanh": {np.inf: 1.0, -np.inf: -1.0, 1e4: 1.0, -1e4: -1.0, 0.0: 0.0, np.nan: np.nan},
-    "sigmoid": {-np.inf: 0.0, np.inf: 1.0, 0.0: 0.5, 1e4: 1.0, -1e4: 0.0, np.nan: np.nan},
+SPECIAL = {  # (input, expected) pairs; -0.0 and 0.0 both appear, so not a dict
+    "exp": [(np.inf, np.inf), (-np.inf, 0.0), (1e4, np.inf), (-1e4, 0.0), (0.0, 1.0), (np.nan, np.nan)],
+    "log": [(0.0, -np.inf), (-0.0, -np.inf), (-1.0, np.nan), (-np.inf, np.nan), (np.inf, np.inf), (1.0, 0.0)]
+    + [(np.nan, np.nan)],
+    "tanh": [(np.inf, 1.0), (-np.inf, -1.0), (1e4, 1.0), (-1e4, -1.0), (0.0, 0.0), (-0.0, -0.0), (np.nan, np.nan)],
+    "sigmoid": [(-np.inf, 0.0), (np.inf, 1.0), (0.0, 0.5), (-0.0, 0.5), (1e4, 1.0), (-1e4, 0.0), (np.nan, np.nan)],
 }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("func", NAMES)
 def test_special_values(kernels, func, dtype):
-    x = np.array(list(SPECIAL[func]), dtype=dtype)
-    expected = np.array(list(SPECIAL[func].values()), dtype=dtype)
-    np.testing.assert_array_equal(kernels(func, x), expected)
+    x, expected = np.array(SPECIAL[func], dtype=dtype).T
+    out = kernels(func, x)
+    np.testing.assert_array_equal(out, expected)
+    numbers = ~np.isnan(expected)
+    np.testing.assert_array_equal(np.signbit(out[numbers]), np.signbit(expected[numbers]))  # -0.0 stays -0.0
     with np.errstate(all="ignore"):
         numpy_says = reference(func, x).astype(dtype)
     np.testing.assert_array_equal(expected, numpy_says)
@@ -293,7 +297,9 @@ def test_emits_straight_line_code_with_intrinsics_only(func, dtype):
 
 
 def test_rejects_unknown_names_and_types():
-    b = ir.IRBuilder(ir.Function(ir.Module(), ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "h").append_basic_block())
+    b = ir.IRBuilder(
+        ir.Function(ir.Module(), ir.FunctionType(ir.VoidType(), [ir.IntType(32)]), "h").append_basic_block()
+    )
     with pytest.raises(ValueError, match="unsupported"):
         mathlib.emit(b, "sin", ir.Constant(ir.FloatType(), 1.0))
     with pytest.raises(TypeError, match="float or double"):
