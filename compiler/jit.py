@@ -55,9 +55,23 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+@functools.cache
+def code_version() -> str:
+    """A hash of the code that generates kernels (compiler and ops), so that a changed emitter
+    never picks up machine code cached by an older one."""
+    from .. import ops
+
+    h = hashlib.sha256()
+    for folder in (Path(__file__).parent, Path(ops.__file__).parent):
+        for source in sorted(folder.glob("*.py")):
+            h.update(source.name.encode())
+            h.update(source.read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(program_key: str) -> str:
     cpu, features = host_cpu()
-    text = "|".join([program_key, llvmlite.__version__, cpu, features, "codegen-1"])
+    text = "|".join([program_key, llvmlite.__version__, cpu, features, code_version()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 from llvmlite import ir
 
 from ..compiler.codegen import STATUS_INDEX_OUT_OF_RANGE
-from ..compiler.scalar import REDUCE as REDUCE_FLAGS
 from ..compiler.errors import ShapeError
 from ..compiler.irutil import I64, element_count, for_range, i64, llvm_type
 from ..compiler.types import INT_DTYPES, TensorType, format_shape, normalize_axes
@@ -65,21 +62,21 @@ def _check_indices(k, ids, depth: ir.Value, name: str) -> None:
     check first and write after, so a failing step leaves every buffer it did not reach alone."""
     b = k.b
 
-    def any_bad(bad, i):
+    def all_ok(ok, i):
         index = _load_index(k, ids, i, f"{name}.id")
-        return b.or_(bad, b.icmp_unsigned(">=", index, depth, name=f"{name}.out"), name=f"{name}.bad")
+        return b.and_(ok, b.icmp_unsigned("<", index, depth, name=f"{name}.in_range"), name=f"{name}.ok")
 
-    bad = _fold(b, ir.Constant(ir.IntType(1), 0), k.count(ids), any_bad, f"{name}.check")
-    k.fail_unless(b.not_(bad, name=f"{name}.ok"), STATUS_INDEX_OUT_OF_RANGE)
+    ok = _fold(b, ir.Constant(ir.IntType(1), 1), k.count(ids), all_ok, f"{name}.check")
+    k.fail_unless(ok, STATUS_INDEX_OUT_OF_RANGE)
 
 
-def _row_max(k, x, n: ir.Value, at, name: str = "max") -> ir.Value:
+def _row_max(k, x, n: ir.Value, at) -> ir.Value:
     """max over j < n of x[at(j)], NaN-propagating like np.max."""
     f = k.scalar(x)
-    return _fold(k.b, f.const(float("-inf")), n, lambda m, j: f.maximum(m, k.load(x, at(j))), name)
+    return _fold(k.b, f.const(float("-inf")), n, lambda m, j: f.accumulate("max", m, k.load(x, at(j))), "max")
 
 
-def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None, name: str = "sum") -> ir.Value:
+def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None) -> ir.Value:
     """sum over j < n of exp(x[at(j)] - shift); `store(j, e)` may keep each term."""
     b, f = k.b, k.scalar(x)
 
@@ -87,27 +84,9 @@ def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None, name: str =
         e = f.exp(b.fsub(k.load(x, at(j)), shift, name="shifted"))
         if store is not None:
             store(j, e)
-        return b.fadd(total, e, flags=REDUCE_FLAGS, name=f"{name}.next")
+        return f.accumulate("add", total, e)
 
-    return _fold(b, f.const(0.0), n, add, name)
-
-
-def _is_zero(value: ir.Value) -> bool:
-    return isinstance(value, ir.Constant) and value.constant == 0
-
-
-def _is_one(value: ir.Value) -> bool:
-    return isinstance(value, ir.Constant) and value.constant == 1
-
-
-@contextmanager
-def _maybe_range(b: ir.IRBuilder, shape, batch: ir.Value, name: str):
-    """A loop over the elements of `shape`, or just index 0 when `shape` is statically empty."""
-    if all(d == 1 for d in shape):
-        yield i64(0)
-        return
-    with for_range(b, element_count(b, shape, batch), name) as i:
-        yield i
+    return _fold(b, f.const(0.0), n, add, "sum")
 
 
 class Softmax(Op):
@@ -128,28 +107,81 @@ class Softmax(Op):
         dot = reduce_sum(mul(g, out), self.axis, keepdims=True)
         return [mul(out, sub(g, broadcast_like(dot, out)))]
 
+    def workspace(self, node):
+        """Softmax over an inner axis keeps a running max and sum per trailing position."""
+        inner = node.shape[self.axis + 1 :]
+        return None if all(d == 1 for d in inner) else ((2,) + inner, node.dtype)
+
     def emit_kernel(self, k, node):
-        """Per row: m = max(x), e = exp(x - m) stored with s = sum(e), then out = e / s. A row is
-        `n` elements `inner` apart (inner is 1, so rows are contiguous, for the last axis)."""
-        b, axis = k.b, self.axis
+        """Numerically stable: m = max(x), e = exp(x - m), s = sum(e), out = e / s."""
+        if self.workspace(node) is None:
+            self._emit_rows(k, node)
+        else:
+            self._emit_columns(k, node)
+
+    def _emit_rows(self, k, node):
+        """Softmax over the last axis: contiguous rows, reduced in registers."""
+        b = k.b
         x = node.inputs[0]
-        n = k.dims(x)[axis]
-        outer, inner = node.shape[:axis], node.shape[axis + 1 :]
-        row_size = element_count(b, node.shape[axis:], k.batch)
-        stride = element_count(b, inner, k.batch)
-        with for_range(b, element_count(b, outer, k.batch), "row") as row:
-            row_start = b.mul(row, row_size, name="row_start")
-            with _maybe_range(b, inner, k.batch, "col") as col:
-                start = row_start if _is_zero(col) else b.add(row_start, col, name="start")
+        n = k.dims(x)[self.axis]
+        with for_range(b, element_count(b, node.shape[: self.axis], k.batch), "row") as row:
+            start = b.mul(row, n, name="row_start")
 
-                def at(j):
-                    return b.add(start, j if _is_one(stride) else b.mul(j, stride, name="step"), name="at")
+            def at(j):
+                return b.add(start, j, name="at")
 
-                m = _row_max(k, x, n, at)
-                s = _row_sum_exp(k, x, n, at, m, store=lambda j, e: k.store(node, at(j), e))
-                with for_range(b, n, "div") as j:
-                    offset = at(j)
-                    k.store(node, offset, b.fdiv(k.load(node, offset), s, name="prob"))
+            m = _row_max(k, x, n, at)
+            s = _row_sum_exp(k, x, n, at, m, store=lambda j, e: k.store(node, at(j), e))
+            with for_range(b, n, "div") as j:
+                offset = at(j)
+                k.store(node, offset, b.fdiv(k.load(node, offset), s, name="prob"))
+
+    def _emit_columns(self, k, node):
+        """Softmax over an inner axis: for each leading index, sweep the axis once per pass with
+        the trailing positions (contiguous) innermost, keeping max and sum per position in the
+        workspace, so every inner loop is a plain vectorizable elementwise loop."""
+        b, f = k.b, k.scalar(node)
+        x = node.inputs[0]
+        n = k.dims(x)[self.axis]
+        inner = element_count(b, node.shape[self.axis + 1 :], k.batch)
+        row_size = b.mul(n, inner, name="row_size")
+        space = k.workspace(node)
+        maxima = b.gep(space, [i64(0)], source_etype=f.type, inbounds=True, name="maxima")
+        sums = b.gep(space, [inner], source_etype=f.type, inbounds=True, name="sums")
+
+        def get(pointer, c, name):
+            at = b.gep(pointer, [c], source_etype=f.type, inbounds=True, name=f"{name}.at")
+            return b.load(at, typ=f.type, name=name)
+
+        def put(pointer, c, value):
+            b.store(value, b.gep(pointer, [c], source_etype=f.type, inbounds=True, name="at"))
+
+        with for_range(b, element_count(b, node.shape[: self.axis], k.batch), "row") as row:
+            start = b.mul(row, row_size, name="row_start")
+            with for_range(b, inner, "init") as c:
+                put(maxima, c, f.const(float("-inf")))
+                put(sums, c, f.const(0.0))
+
+            def sweep(name, body):
+                with for_range(b, n, f"{name}.j") as j:
+                    line = b.add(start, b.mul(j, inner), name=f"{name}.line")
+                    with for_range(b, inner, f"{name}.c") as c:
+                        body(b.add(line, c, name="at"), c)
+
+            def take_max(at, c):
+                put(maxima, c, f.accumulate("max", get(maxima, c, "max"), k.load(x, at)))
+
+            def add_exp(at, c):
+                e = f.exp(b.fsub(k.load(x, at), get(maxima, c, "max"), name="shifted"))
+                k.store(node, at, e)
+                put(sums, c, f.add(get(sums, c, "sum"), e))
+
+            def divide(at, c):
+                k.store(node, at, b.fdiv(k.load(node, at), get(sums, c, "sum"), name="prob"))
+
+            sweep("max", take_max)
+            sweep("exp", add_exp)
+            sweep("div", divide)
 
     @classmethod
     def example(cls, rng, dims):
