@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install install-bench test lint format demo bench clean
 
 install: $(STAMP)
 
@@ -28,8 +28,13 @@ format: install
 demo: install
 	$(PY) examples/mnist_dense.py --epochs 1
 
+# The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
+install-bench: install
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+
+# `make bench ARGS="--quick --only mlp,gru"`; without the bench extra, only drug and NumPy run.
 bench: install
-	$(PY) -m drug.bench
+	$(PY) -m drug.bench.cli $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

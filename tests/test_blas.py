@@ -11,9 +11,10 @@ import sys
 import numpy as np
 import pytest
 import threadpoolctl
-from drug.runtime.blas import Gemm, _openblas_config, _pick_numpy_blas, blas_info, call_gemm, find_gemm
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from drug.runtime.blas import Gemm, _openblas_config, _pick_numpy_blas, blas_info, call_gemm, find_gemm
 
 DTYPES = ("float32", "float64")
 DIM = st.one_of(st.sampled_from([1, 2, 3, 7, 16, 33, 64, 129]), st.integers(1, 200))

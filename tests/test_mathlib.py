@@ -12,11 +12,12 @@ import re
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
-from drug.compiler import mathlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from llvmlite import ir
+
+from drug.compiler import mathlib
 
 DTYPES = ("float32", "float64")
 IR_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}

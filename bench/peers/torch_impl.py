@@ -1,0 +1,106 @@
+"""PyTorch CPU, eager and `torch.compile`: the same model code, fused Adam for the update."""
+
+from __future__ import annotations
+
+from .. import threads
+from ..workloads import CNN, GRU, MLP, Data, Fusion, Workload
+from .base import Peer, Unsupported
+
+
+def available() -> str | None:
+    try:
+        import torch  # noqa: F401
+    except ImportError as error:
+        return f"PyTorch not installed ({error}); install the 'bench' extra"
+    return None
+
+
+def _mlp(n_layers: int):
+    import torch
+
+    def loss_fn(p, x, y):
+        h = x
+        for i in range(1, n_layers + 1):
+            h = torch.addmm(p[f"b{i}"], h, p[f"w{i}"])
+            if i < n_layers:
+                h = torch.relu(h)
+        return torch.nn.functional.cross_entropy(h, y)
+
+    return loss_fn
+
+
+def _cnn(p, x, y):
+    import torch.nn.functional as F
+
+    h = F.relu(F.conv2d(x, p["c1"], p["cb1"], padding="same"))
+    h = F.relu(F.conv2d(h, p["c2"], p["cb2"], padding="same"))
+    return F.cross_entropy(h.mean(dim=(2, 3)) @ p["w"] + p["b"], y)
+
+
+class TorchPeer(Peer):
+    def __init__(self, workload: Workload, data: Data, compiled: bool = False):
+        import torch
+
+        threads.apply_to_torch(torch)
+        self.torch = torch
+        self.name = "torch.compile" if compiled else "torch"
+        self.compiles = compiled
+        super().__init__(workload, data)
+        self.p = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in data.params.items()}
+        params = list(self.p.values())
+        if isinstance(workload, MLP):
+            fn = _mlp(len(workload.sizes) - 1)
+        elif isinstance(workload, CNN):
+            fn = _cnn
+        elif isinstance(workload, GRU):
+            fn, params = self._gru(workload)
+        elif isinstance(workload, Fusion):
+            fn = lambda a, b, c, d, e: torch.relu(a * b + c) * d - e
+        else:
+            raise Unsupported(workload.name)
+        self.fn = torch.compile(fn, dynamic=False) if compiled else fn
+        if workload.trains:
+            self.opt = torch.optim.Adam(params, lr=workload.lr, fused=True)
+
+    def _gru(self, w: GRU):
+        """nn.GRU (PyTorch's fused CPU kernel) holding the shared weights, transposed to its layout."""
+        torch = self.torch
+        gru = torch.nn.GRU(w.embed, w.hidden, batch_first=True)
+        with torch.no_grad():
+            gru.weight_ih_l0.copy_(self.p.pop("w_x").T)
+            gru.weight_hh_l0.copy_(self.p.pop("w_h").T)
+            gru.bias_ih_l0.copy_(self.p.pop("b_x"))
+            gru.bias_hh_l0.copy_(self.p.pop("b_h"))
+        self.gru = gru
+        F = torch.nn.functional
+
+        def loss_fn(p, ids, targets):
+            out, _ = gru(F.embedding(ids, p["emb"]))
+            logits = out @ p["w_out"] + p["b_out"]
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+        return loss_fn, list(self.p.values()) + list(gru.parameters())
+
+    def convert(self, batch):
+        torch = self.torch
+        out = {}
+        for k, v in batch.items():
+            t = torch.from_numpy(v)  # shares the shared batch's memory; nothing writes to it
+            out[k] = t.long() if k in ("y", "targets") else t  # class indices must be int64
+        return out
+
+    def run(self, batch):
+        if not self.workload.trains:
+            return self.fn(**batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.fn(self.p, **batch)
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def to_numpy(self, out):
+        return out.detach().numpy()
+
+
+def build(workload: Workload, data: Data, compiled: bool = False) -> Peer:
+    return TorchPeer(workload, data, compiled)
