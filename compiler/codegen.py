@@ -130,9 +130,13 @@ class ModuleBuilder:
         table, batch, runtime = step.args
         table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
         b = ir.IRBuilder(step.append_basic_block("entry"))
+        functions: dict[tuple, ir.Function] = {}  # kernels alike up to their buffers share code
         for index, kernel in enumerate(schedule.kernels):
             slots = self.slots_of(kernel)
-            fn = self.kernel_function(index, kernel, slots)
+            key = self.signature(index, kernel, slots)
+            if key not in functions:
+                functions[key] = self.kernel_function(index, kernel, slots)
+            fn = functions[key]
             args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
             status = b.call(fn, args, name=f"status{index}")
             failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
@@ -165,11 +169,43 @@ class ModuleBuilder:
                 slots[self.schedule.workspaces[node.id]] = None
         return list(slots)
 
+    def signature(self, index: int, kernel: Kernel, slots: list[int]) -> tuple:
+        """Everything a kernel's code depends on, with buffers replaced by argument positions:
+        an unrolled loop (an RNN over 32 steps) then compiles each distinct kernel once."""
+        schedule = self.schedule
+        position = {slot: i for i, slot in enumerate(slots)}
+        local = {n.id: i for i, n in enumerate(kernel.nodes)}
+
+        def ref(node: Node) -> tuple:
+            if node.id in local:
+                return ("member", local[node.id])
+            if kernel.kind == "loop" and is_inline(node):
+                return ("literal", node.op.key())
+            slot = schedule.buffer_of.get(node.id)
+            return ("arg", position.get(slot), node.shape, node.dtype.str, node.id in schedule.transposed)
+
+        members = tuple(
+            (
+                n.op.key(),
+                n.shape,
+                n.dtype.str,
+                tuple(ref(i) for i in n.inputs),
+                position.get(schedule.buffer_of.get(n.id)),
+                position.get(schedule.workspaces.get(n.id)),
+            )
+            for n in kernel.nodes
+        )
+        outputs = tuple(local[n.id] for n in kernel.outputs)
+        shared = kernel.kind != "callback"  # a callback names its kernel index
+        return (kernel.kind, kernel.domain, members, outputs, len(slots), None if shared else index)
+
     def _function(self, name: str, slots: list[int], extra: list[tuple[str, ir.Type]] = ()) -> tuple:
         """A kernel-shaped function: one noalias pointer per slot, batch, runtime, then `extra`."""
         fnty = ir.FunctionType(I32, [PTR] * len(slots) + [I64, PTR] + [t for _, t in extra])
         fn = ir.Function(self.module, fnty, name)
         fn.linkage = "internal"
+        if not extra:  # kernels stay functions: inlining hundreds of call sites only costs compile time
+            fn.attributes.add("noinline")
         for arg, slot in zip(fn.args, slots):
             arg.name = f"b{slot}"
             arg.add_attribute("noalias")

@@ -85,7 +85,12 @@ def plan(program: Program) -> Schedule:
         if new is leaf:
             continue
         k = kernel_of.get(new.id)
-        if k is not None and kernels[k].kind == "loop" and kernels[k].domain == leaf.shape and new in kernels[k].outputs:
+        if (
+            k is not None
+            and kernels[k].kind == "loop"
+            and kernels[k].domain == leaf.shape
+            and new in kernels[k].outputs
+        ):
             in_place[new.id] = leaf
         else:
             copies_wanted.append((leaf, new))
@@ -141,7 +146,9 @@ def _workspaces(kernels: list[Kernel], buffers: list[Buffer]) -> dict[int, int]:
         if spec is not None:
             shape, dtype = spec
             out[node.id] = len(buffers)
-            buffers.append(Buffer(len(buffers), tuple(shape), np.dtype(dtype), "temp", ("workspace", node.id), (index, index)))
+            buffers.append(
+                Buffer(len(buffers), tuple(shape), np.dtype(dtype), "temp", ("workspace", node.id), (index, index))
+            )
     return out
 
 

@@ -48,6 +48,36 @@ def _identity(node: Node, inputs: list[Node]) -> Node | list[Node] | None:
     return None
 
 
+def _assemble_slice_grads(node: Node, inputs: list[Node]) -> list[Node]:
+    """In a sum, gradients of disjoint slices of one tensor become one AssembleSlices node,
+    so an unrolled RNN does not zero and add a full-size buffer per time step."""
+    from ..ops.shape import AssembleSlices, SliceGrad, disjoint
+
+    groups: list[list[Node]] = []
+    rest: list[Node] = []
+    for x in inputs:
+        if isinstance(x.op, SliceGrad):
+            for group in groups:
+                same = group[0].op.in_shape == x.op.in_shape
+                if same and all(disjoint(x.op.index, y.op.index, x.op.in_shape) for y in group):
+                    group.append(x)
+                    break
+            else:
+                groups.append([x])
+        else:
+            rest.append(x)
+    if all(len(group) < 2 for group in groups):
+        return inputs
+    out = list(rest)
+    for group in groups:
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        op = AssembleSlices(tuple(y.op.index for y in group), group[0].op.in_shape)
+        out.append(Node(node.graph, op, [y.inputs[0] for y in group], group[0].type))
+    return out
+
+
 def _foldable(node: Node, inputs: list[Node]) -> bool:
     from ..ops.leaves import ConstantOp
 
@@ -68,6 +98,13 @@ def simplify(program: Program) -> Program:
         inputs = [mapping[i.id] for i in node.inputs]
         new = node
         if node.inputs:
+            from ..ops.elementwise import Add
+
+            if isinstance(node.op, Add):
+                inputs = _assemble_slice_grads(node, inputs)
+                if len(inputs) == 1:
+                    mapping[node.id] = inputs[0]
+                    continue
             simpler = _identity(node, inputs)
             if isinstance(simpler, list):
                 inputs, simpler = simpler, None

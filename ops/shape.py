@@ -239,6 +239,65 @@ class SliceGrad(Op):
         return cls(index, in_shape), Example([g], [True], {0: 0})
 
 
+def _region(index: tuple, shape: Shape) -> list:
+    """Per axis, the set of positions a slice index touches (None: the whole batch axis)."""
+    return [
+        None if d is None else {spec} if isinstance(spec, int) else set(range(*spec)) for spec, d in zip(index, shape)
+    ]
+
+
+def disjoint(a: tuple, b: tuple, shape: Shape) -> bool:
+    """Whether two slice indices of `shape` touch no common element."""
+    return any(x is not None and y is not None and not (x & y) for x, y in zip(_region(a, shape), _region(b, shape)))
+
+
+class AssembleSlices(Op):
+    """Gradients of disjoint slices of one tensor, written into their regions (zeros elsewhere):
+    what add(slice_grad(g1), slice_grad(g2), ...) computes, without a full-size buffer per slice.
+    Simplification creates it (e.g. for the per-time-step slices of an unrolled RNN)."""
+
+    name = "assemble_slices"
+
+    def __init__(self, indices: tuple, in_shape: Shape):
+        self.indices = indices
+        self.in_shape = in_shape
+
+    def infer(self, *gs):
+        for index, g in zip(self.indices, gs):
+            expected = Slice(index).infer(TensorType(self.in_shape, g.dtype))
+            if g.shape != expected.shape:
+                raise ShapeError(f"slice gradient {format_shape(g.shape)} does not fit {format_shape(expected.shape)}")
+        if len(gs) != len(self.indices):
+            raise ShapeError(f"{len(self.indices)} slices but {len(gs)} gradients")
+        return TensorType(self.in_shape, gs[0].dtype)
+
+    def ref(self, *gs):
+        return sum(SliceGrad(index, self.in_shape).ref(g) for index, g in zip(self.indices, gs))
+
+    def grad(self, gg, out, *gs):
+        return [apply(Slice(index), gg) for index in self.indices]
+
+    def covers_all(self) -> bool:
+        total = sum(math.prod(len(r) for r in _region(i, self.in_shape) if r is not None) for i in self.indices)
+        return total == _static_size(self.in_shape)
+
+    def emit_kernel(self, k, node):
+        """Zero what no slice covers (nothing, when they tile the tensor), then copy each slice."""
+        if not self.covers_all():
+            _zero(k, node)
+        for index, g in zip(self.indices, node.inputs):
+            with loop_nest(k.b, k.dims(g)) as position:
+                value = k.load(g, _contiguous_offset(k, g, position))
+                k.store(node, _sliced_offset(k, index, self.in_shape, position), value)
+
+    @classmethod
+    def example(cls, rng, dims):
+        n = dims[1] + 2
+        indices = (((0, None, 1), (0, 1, 1)), ((0, None, 1), (1, n, 2)))
+        gs = [rng.standard_normal((dims[0], 1)), rng.standard_normal((dims[0], len(range(1, n, 2))))]
+        return cls(indices, (None, n)), Example(gs, [True, True], {0: 0, 1: 0})
+
+
 class Concat(Op):
     name = "concat"
 

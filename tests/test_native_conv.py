@@ -1,0 +1,144 @@
+"""Native convolution and padding kernels (im2col / col2im around GEMMs) against the NumPy reference.
+
+Tolerances: every compared value is a sum of products (the convolution and its adjoints are linear
+in each argument), summed in a different order by BLAS than by NumPy. Whatever the order, a float
+sum of n terms is off by at most about n * eps * sum(|terms|) (Higham's gamma_n bound), so each
+element is compared with `scale`, the same computation on |x|, |w|, |r| (which is exactly
+sum(|terms|) per element), and not with its own value, which may cancel to ~0. The longest sums
+here have a few hundred terms (the filter gradient sums over batch and output pixels):
+float64 at 1e-10 * scale leaves a margin of ~1000x over the bound; float32 at 1e-4 * scale is
+about 2 * 700 * 6e-8, the bound for both sides' rounding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import drug as dg
+from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, _Geometry, same_pads
+
+NATIVE_OPS = (Conv2D, Conv2DGradInput, Conv2DGradFilter, Pad, PadGrad)
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+def conv_problem(n, c, o, hw, k_hw, stride, padding, mode, dtype, seed=0):
+    """y = conv2d(x, w), the loss sum(y * r) and its gradients w.r.t. x and w, with feeds."""
+    g = dg.Graph(dtype=dtype)
+    x = g.input("x", (None, c) + hw)
+    w = g.input("w", (o, c) + k_hw)
+    y = dg.conv2d(x, w, stride=stride, padding=padding, pad_mode=mode)
+    r = g.input("r", (None,) + y.shape[1:])
+    gx, gw = dg.grad(dg.sum(y * r), [x, w])
+    rng = np.random.default_rng(seed)
+    shapes = {"x": (n, c) + hw, "w": (o, c) + k_hw, "r": (n,) + y.shape[1:]}
+    feeds = {name: rng.standard_normal(shape).astype(dtype) for name, shape in shapes.items()}
+    return g, [y, gx, gw], feeds
+
+
+def assert_native_kernels(fn):
+    """Every convolution and padding node runs in its own native kernel, none through a callback."""
+    found = set()
+    for kernel in fn.program.schedule.kernels:
+        for node in kernel.nodes:
+            if isinstance(node.op, NATIVE_OPS):
+                assert kernel.kind == "op", f"{node.op.name} runs in a {kernel.kind} kernel"
+                found.add(type(node.op))
+    return found
+
+
+def check_against_reference(g, outputs, feeds, dtype):
+    native = g.compile(outputs=outputs, backend="llvm")
+    reference = g.compile(outputs=outputs, backend="numpy")
+    found = assert_native_kernels(native)
+    assert {Conv2D, Conv2DGradInput, Conv2DGradFilter} <= found
+    got, want = native(**feeds), reference(**feeds)
+    scales = reference(**{name: np.abs(value) for name, value in feeds.items()})
+    for name, a, b, scale in zip(("y", "dx", "dw"), got, want, scales):
+        assert a.shape == b.shape and a.dtype == np.dtype(dtype)
+        error = np.abs(a.astype(np.float64) - b)
+        bound = TOLERANCE[dtype] * scale.astype(np.float64) + np.finfo(dtype).tiny
+        worst = np.unravel_index(np.argmax(error - bound), error.shape)
+        assert np.all(error <= bound), f"{name}{worst}: native {a[worst]}, reference {b[worst]}, scale {scale[worst]}"
+    return found
+
+
+@st.composite
+def conv_cases(draw):
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    padding = draw(st.sampled_from(["valid", "same"]))
+    hw = (draw(st.integers(max(kh, 3), 13)), draw(st.integers(max(kw, 3), 13)))  # reflect needs size > pad
+    return dict(
+        n=draw(st.sampled_from([1, 2, 3, 5])),
+        c=draw(st.integers(1, 3)),
+        o=draw(st.integers(1, 4)),
+        hw=hw,
+        k_hw=(kh, kw),
+        stride=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+        padding=padding,
+        mode=draw(st.sampled_from(PAD_MODES)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@settings(max_examples=15, deadline=None)
+@given(case=conv_cases())
+def test_conv_matches_reference(dtype, case):
+    g, outputs, feeds = conv_problem(dtype=dtype, **case)
+    found = check_against_reference(g, outputs, feeds, dtype)
+    if case["padding"] == "same" and any(map(any, same_pads(case["hw"], case["k_hw"], case["stride"]))):
+        assert {Pad, PadGrad} <= found
+
+
+@pytest.mark.parametrize(
+    "n, hw, k_hw, stride, layout",
+    [
+        (3, (24, 26), (3, 3), (1, 1), "in place"),  # a wide image: one per GEMM, no staging copies
+        (7, (10, 10), (3, 3), (1, 1), "partial"),  # small images side by side; a shorter last chunk
+        (13, (9, 11), (2, 4), (2, 1), "partial"),
+    ],
+)
+@pytest.mark.parametrize("mode", PAD_MODES)
+def test_conv_chunking(n, hw, k_hw, stride, layout, mode):
+    """Both GEMM layouts (images in place / staged side by side) and a partial last chunk."""
+    g, outputs, feeds = conv_problem(n, 2, 3, hw, k_hw, stride, "same", mode, "float64")
+    padded = outputs[0].inputs[0]
+    chunk = _Geometry.of(padded.shape, (3, 2) + k_hw, stride, "float64").chunk
+    assert chunk == 1 if layout == "in place" else 1 < chunk < n and n % chunk
+    check_against_reference(g, outputs, feeds, "float64")
+
+
+@pytest.mark.parametrize("mode", PAD_MODES)
+def test_pad_kernels(mode):
+    """Pad and PadGrad alone, with uneven pads on each side."""
+    g = dg.Graph(dtype="float64")
+    x = g.input("x", (None, 2, 5, 6))
+    padded = Pad(((2, 1), (0, 3)), mode, (5, 6))(x)
+    back = PadGrad(((2, 1), (0, 3)), mode, (5, 6))(padded * padded)
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((3, 2, 5, 6))}
+    native = g.compile(outputs=[padded, back], backend="llvm")
+    assert assert_native_kernels(native) == {Pad, PadGrad}
+    for a, b in zip(native(**feeds), g.compile(outputs=[padded, back], backend="numpy")(**feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_benchmark_cnn_train_steps_match_numpy():
+    """The benchmark CNN (conv 5x5 1->16 same, relu, conv 5x5 16->32 same, relu, global average
+    pool, dense 10, Adam), at a smaller batch: five float32 train steps agree with the NumPy
+    backend within the benchmark's own loss tolerance."""
+    from drug.bench.peers.drug_impl import build_cnn
+    from drug.bench.workloads import CNN
+
+    workload = CNN(batch=16)
+    data = workload.make_data()
+    steps = {}
+    for backend in ("llvm", "numpy"):
+        g = dg.Graph(seed=0)
+        fn = g.compile(loss=build_cnn(workload, data, g), optimizer=dg.Adam(lr=workload.lr), backend=backend)
+        if backend == "llvm":
+            assert assert_native_kernels(fn) == set(NATIVE_OPS)
+        steps[backend] = [fn(data.batches[i % len(data.batches)]) for i in range(5)]
+    np.testing.assert_allclose(steps["llvm"], steps["numpy"], rtol=workload.rtol, atol=workload.atol)
