@@ -29,6 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", help=f"comma-separated frameworks (default: all installed of {','.join(PEERS)})")
     p.add_argument("--backend", default="llvm", choices=["llvm", "numpy"], help="drug's backend (default llvm; "
                    "falls back to numpy with a note while the native backend is unavailable)")  # fmt: skip
+    p.add_argument(
+        "--same-process",
+        action="store_true",
+        help="time every framework in this one process (their thread pools then compete; default: a worker "
+        "process per framework, timed in interleaved rounds)",
+    )
     p.add_argument("--threads", type=int, help="threads for every framework (default: each library's own default)")
     p.add_argument("--quick", action="store_true", help="a short run: brief warm-up, 5 rounds, short peak measurements")
     p.add_argument("--size", default="full", choices=sorted(SIZES), help="'tiny' shrinks every workload (smoke tests)")
@@ -143,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                 progress.note(notes[-1])
             else:
                 available.append(name)
-        factories = {n: factory(n, backend=args.backend, notes=notes) for n in available}
+        if args.same_process:
+            factories = {n: factory(n, backend=args.backend, notes=notes) for n in available}
+        else:
+            from . import isolated
+
+            factories = {n: isolated.factory(n, args.size, args.seed, args.backend, args.threads) for n in available}
         settings = timing_settings(args)
         report: dict = {"machine": machine_info, "workloads": {}, "notes": notes}
         workloads = workloads_of(args.size)
@@ -170,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "backend": args.backend,
         "drug_backend_used": ",".join(sorted(b for b in used if b)),
         "threads": args.threads,
+        "same_process": args.same_process,
         "quick": args.quick,
         "size": args.size,
         "seed": args.seed,

@@ -109,7 +109,13 @@ def run_workload(
     data = workload.make_data(seed)
     results, ready = build_and_check(workload, data, factories, reference, log, note)
     if ready:
-        stats = timing.measure({n: p.step for n, p in ready.items()}, settings, progress=log)
+        contenders = {n: p if hasattr(p, "timed") else p.step for n, p in ready.items()}
+        try:
+            stats = timing.measure(contenders, settings, progress=log)
+        finally:
+            for p in ready.values():
+                if hasattr(p, "close"):
+                    p.close()
         for name, s in stats.items():
             results[name]["time_s"] = s.as_dict()
         drug_time = stats[reference].median if reference in stats else None

@@ -24,9 +24,12 @@ class Settings:
     rounds: int = 15
     block_seconds: float = 0.2
     max_seconds: float = 120.0  # per workload: fewer rounds rather than a run that never ends
+    # a pause before each block: the previous framework's idle threads (OpenBLAS yields for ~0.1 s,
+    # OpenMP spins) would otherwise steal the cores from the next one's first steps
+    settle_seconds: float = 0.3
 
 
-QUICK = Settings(warmup_calls=1, warmup_seconds=0.1, rounds=5, block_seconds=0.05, max_seconds=20.0)
+QUICK = Settings(warmup_calls=1, warmup_seconds=0.1, rounds=5, block_seconds=0.05, max_seconds=20.0, settle_seconds=0.2)
 FULL = Settings()
 
 
@@ -56,6 +59,8 @@ def stats(samples: list[float], calls: int) -> Stats:
 
 
 def _timed(fn: Callable[[], object], calls: int) -> float:
+    if hasattr(fn, "timed"):  # a peer in a worker process times itself there
+        return fn.timed(calls)
     gc.collect(1)  # the young generations: a full collection takes ~0.5 s with PyTorch and JAX loaded
     enabled = gc.isenabled()
     gc.disable()
@@ -102,5 +107,6 @@ def measure(
             progress(f"round {r + 1}/{rounds}")
         for i in range(len(names)):
             name = names[(r + i) % len(names)]  # rotate who goes first
+            time.sleep(settings.settle_seconds)
             samples[name].append(_timed(contenders[name], calls[name]))
     return {n: stats(samples[n], calls[n]) for n in names}

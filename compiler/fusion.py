@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
+from ..ops.leaves import ConstantOp
+from ..ops.linalg import MatMul
+from ..ops.reduce import Reduce
+from ..ops.shape import Reshape, SumTo, Transpose
 from .graph import Node
 from .program import Program
 
@@ -30,7 +34,6 @@ class Kernel:
 
 def is_inline(node: Node) -> bool:
     """Scalar constants: loops use them as literals."""
-    from ..ops.leaves import ConstantOp
 
     return isinstance(node.op, ConstantOp) and node.op.value.size == 1
 
@@ -40,15 +43,12 @@ def is_leaf(node: Node) -> bool:
 
 
 def is_alias(node: Node) -> bool:
-    from ..ops.shape import Reshape
 
     return isinstance(node.op, Reshape)
 
 
 def loop_role(node: Node) -> str | None:
     """'map' for elementwise members, 'reduce' for reductions that can end a loop."""
-    from ..ops.reduce import Reduce
-    from ..ops.shape import SumTo
 
     if isinstance(node.op, (Reduce, SumTo)):
         return "reduce" if node.dtype.kind == "f" else None
@@ -57,8 +57,6 @@ def loop_role(node: Node) -> str | None:
 
 def folded_transposes(program: Program) -> set[int]:
     """2-D transposes read only by matmuls, which fold them into GEMM flags."""
-    from ..ops.linalg import MatMul
-    from ..ops.shape import Transpose
 
     consumers: dict[int, list[Node]] = {}
     for node in program.nodes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,7 @@ class Node:
         raise GraphError(f"node {self.label} has no value until the graph runs; it cannot be used as a bool")
 
 
+@functools.cache
 def _ops():
     from .. import ops
 

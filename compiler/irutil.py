@@ -8,6 +8,8 @@ from contextlib import contextmanager
 import numpy as np
 from llvmlite import ir
 
+STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2  # what a kernel returns on failure
+
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
 PTR = ir.PointerType()

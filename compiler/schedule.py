@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
+from ..ops.leaves import ConstantOp, InputOp, ParameterOp, StateOp
 from .fusion import Kernel, folded_transposes, is_alias
 from .graph import Node
 from .program import Program
@@ -44,7 +45,6 @@ class Schedule:
 
 
 def _leaf_buffer(node: Node, slot: int) -> Buffer:
-    from ..ops.leaves import ConstantOp, InputOp, ParameterOp, StateOp
 
     op = node.op
     if isinstance(op, InputOp):

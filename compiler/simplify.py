@@ -8,6 +8,11 @@ import math
 
 import numpy as np
 
+from ..ops import elementwise as ew
+from ..ops import shape as sh
+from ..ops.elementwise import Add, OnesLike
+from ..ops.leaves import ConstantOp
+from ..ops.shape import AssembleSlices, SliceGrad, disjoint
 from .autodiff import ancestors
 from .graph import Node
 from .program import Program
@@ -16,7 +21,6 @@ FOLD_LIMIT = 64  # fold constants up to this many elements; larger ones stay com
 
 
 def _scalar_constant(node: Node) -> float | None:
-    from ..ops.leaves import ConstantOp
 
     if isinstance(node.op, ConstantOp) and node.op.value.size == 1:
         return float(node.op.value.reshape(()))
@@ -26,8 +30,6 @@ def _scalar_constant(node: Node) -> float | None:
 def _identity(node: Node, inputs: list[Node]) -> Node | list[Node] | None:
     """A simpler equivalent of `node` over the (already simplified) inputs, or None.
     A list means: the same op over fewer inputs."""
-    from ..ops import elementwise as ew
-    from ..ops import shape as sh
 
     op = node.op
     if isinstance(op, (ew.Mul, ew.Add)):
@@ -51,7 +53,6 @@ def _identity(node: Node, inputs: list[Node]) -> Node | list[Node] | None:
 def _assemble_slice_grads(node: Node, inputs: list[Node]) -> list[Node]:
     """In a sum, gradients of disjoint slices of one tensor become one AssembleSlices node,
     so an unrolled RNN does not zero and add a full-size buffer per time step."""
-    from ..ops.shape import AssembleSlices, SliceGrad, disjoint
 
     groups: list[list[Node]] = []
     rest: list[Node] = []
@@ -79,17 +80,14 @@ def _assemble_slice_grads(node: Node, inputs: list[Node]) -> list[Node]:
 
 
 def _foldable(node: Node, inputs: list[Node]) -> bool:
-    from ..ops.leaves import ConstantOp
 
     if None in node.shape or math.prod(node.shape) > FOLD_LIMIT or not node.inputs:
         return False
-    from ..ops.elementwise import OnesLike
 
     return isinstance(node.op, OnesLike) or all(isinstance(i.op, ConstantOp) for i in inputs)
 
 
 def simplify(program: Program) -> Program:
-    from ..ops.leaves import ConstantOp
 
     mapping: dict[int, Node] = {}
     seen: dict[tuple, Node] = {}
@@ -98,8 +96,6 @@ def simplify(program: Program) -> Program:
         inputs = [mapping[i.id] for i in node.inputs]
         new = node
         if node.inputs:
-            from ..ops.elementwise import Add
-
             if isinstance(node.op, Add):
                 inputs = _assemble_slice_grads(node, inputs)
                 if len(inputs) == 1:

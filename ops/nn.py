@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from ..compiler.codegen import STATUS_INDEX_OUT_OF_RANGE
 from ..compiler.errors import ShapeError
-from ..compiler.irutil import I64, element_count, for_range, i64, llvm_type
+from ..compiler.irutil import I64, STATUS_INDEX_OUT_OF_RANGE, element_count, for_range, i64, llvm_type
 from ..compiler.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .base import Example, Op, apply, same_float_dtype
 from .elementwise import mul, sub

@@ -9,9 +9,10 @@ import sys
 
 import numpy as np
 
-from ..compiler.codegen import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, ModuleBuilder
+from ..compiler.codegen import ModuleBuilder
 from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Node
+from ..compiler.irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE
 from ..compiler.jit import compile_module
 from ..compiler.program import Program
 from ..compiler.schedule import Schedule, fingerprint

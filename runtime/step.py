@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -15,11 +16,14 @@ from ..compiler.graph import Graph, Node
 from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import PIPELINE, native_pipeline, run_pipeline
 from ..compiler.program import Program
+from ..compiler.types import concrete_shape
 from ..ops.leaves import InputOp, ParameterOp, StateOp
 from . import checkpoint
 from .feeds import bind_feeds
 
 BACKENDS = ("numpy", "llvm")
+_POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
+_POOL_REFS = 3  # sys.getrefcount of a pooled array nobody else holds: pool list, comprehension, argument
 DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "llvm")
 
 
@@ -38,6 +42,7 @@ class CompiledFunction:
         }
         self._n_user_outputs = n_user_outputs
         self._lock = threading.Lock()
+        self._output_pool: dict[int, list[np.ndarray]] = {}
         self._executor = _make_executor(program, self.state, backend)
 
     @property
@@ -69,7 +74,9 @@ class CompiledFunction:
         first = 1 if self.program.loss is not None else 0
         targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
         with self._lock:  # one arena per compiled function: concurrent calls take turns
-            if targets is not None and self.backend == "llvm":
+            if self.backend == "llvm":
+                if targets is None:
+                    targets = self._recycled_outputs(batch, first)
                 results = self._executor.run(arrays, batch, [None] * first + targets)
             else:
                 results = self._executor.run(arrays, batch)
@@ -80,6 +87,23 @@ class CompiledFunction:
         if loss is None:
             return values[0] if len(values) == 1 else tuple(values)
         return (loss, *values) if self._n_user_outputs else loss
+
+    def _recycled_outputs(self, batch: int | None, first: int) -> list[np.ndarray]:
+        """Fresh-looking output arrays for this call. An array returned earlier is reused once
+        nothing outside this pool refers to it any more (its reference count says so): new memory
+        costs a page fault per 4 KiB, which for large outputs costs more than computing them."""
+        targets = []
+        for i, node in enumerate(self.program.outputs[first:]):
+            shape = concrete_shape(node.shape, batch or 0)
+            pool = self._output_pool.setdefault(i, [])
+            free = [a for a in pool if a.shape == shape and sys.getrefcount(a) <= _POOL_REFS]
+            if free:
+                targets.append(free[0])
+                continue
+            array = np.empty(shape, node.dtype)
+            pool[:] = pool[-(_POOL_SIZE - 1) :] + [array]
+            targets.append(array)
+        return targets
 
     def _deliver(self, results: list[np.ndarray], targets: list | None) -> list[np.ndarray]:
         """Copies of the outputs (the executor's arrays are reused by the next call), or the

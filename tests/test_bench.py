@@ -161,6 +161,20 @@ def test_cli_quick_fusion_writes_json(tmp_path):
     assert fusion["peers"]["drug"]["drug_speedup"] == 1.0
 
 
+def test_cli_quick_mlp_without_peers_writes_json(tmp_path):
+    """The issue's smoke run: `drug-bench --quick --only mlp` with drug alone (native backend)."""
+    out = tmp_path / "mlp.json"
+    cmd = [sys.executable, "-m", "drug.bench", "--quick", "--only", "mlp", "--peers", "drug", "--size", "tiny"]
+    cmd += ["--no-memory", "--json", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["settings"]["workloads"] == ["mlp"] and data["settings"]["drug_backend_used"] == "llvm"
+    mlp = data["workloads"]["mlp"]
+    assert set(mlp["peers"]) == {"drug"} and mlp["peers"]["drug"]["status"] == "ok"
+    assert mlp["peers"]["drug"]["throughput"] > 0 and mlp["unit"] == "samples/s"
+
+
 def test_cli_rejects_unknown_workload():
     done = subprocess.run([sys.executable, "-m", "drug.bench", "--only", "nope"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown workload nope" in done.stderr
