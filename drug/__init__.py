@@ -34,3 +34,10 @@ from .ops import (
 )
 
 __version__ = "0.1.0"
+
+# The compiler and runtime load with the package (networkx, llvmlite and the executors take a
+# few hundred milliseconds to import), so that compiling a graph pays for compiling only.
+from .runtime import native as _native  # noqa: E402
+from .runtime import step as _step  # noqa: E402
+
+_native.warm_up()

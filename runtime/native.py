@@ -24,6 +24,15 @@ STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ct
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
 
 
+def warm_up() -> None:
+    """Per-process set-up shared by every compiled function: find NumPy's BLAS, start LLVM."""
+    from ..compiler.jit import host_cpu
+
+    blas.find_gemm("float32")
+    blas.find_gemm("float64")
+    host_cpu()
+
+
 class Binding:
     """Buffers for one batch size: the arena, the pointer table and NumPy views of each slot."""
 
