@@ -335,8 +335,8 @@ def parallelizable(kernel: Kernel) -> bool:
     """Map-only loops whose size is not known to be small (reductions stay serial)."""
     if any(loop_role(n) == "reduce" for n in kernel.nodes) or not kernel.domain:
         return False
-    typical_batch = 128 if None in kernel.domain else 1  # a parallel variant costs compile time
-    return math.prod(d for d in kernel.domain if d is not None) * typical_batch >= PARALLEL_MIN_ELEMENTS
+    static = [d for d in kernel.domain if d is not None]
+    return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
 
 
 def loop_extents(ctx: KernelContext, kernel: Kernel) -> list[ir.Value]:
