@@ -70,10 +70,34 @@ class Workload:
 
 
 @dataclass
-class MLP(Workload):
+class Classifier(Workload):
+    """Images (or feature vectors) of `input_shape` and integer labels over `classes`."""
+
+    batch: int = 128
+    classes: int = 10
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def make_batch(self, rng):
+        x = rng.uniform(0.0, 1.0, size=(self.batch, *self.input_shape)).astype(np.float32)
+        y = rng.integers(0, self.classes, size=(self.batch,)).astype(np.int32)
+        return {"x": x, "y": y}
+
+    @property
+    def items_per_step(self):
+        return self.batch
+
+
+@dataclass
+class MLP(Classifier):
     name: str = "mlp"
     sizes: tuple[int, ...] = (784, 512, 256, 10)
     batch: int = 128
+
+    def __post_init__(self):
+        self.classes = self.sizes[-1]
 
     def init_params(self, rng):
         params = {}
@@ -82,14 +106,9 @@ class MLP(Workload):
             params[f"b{i}"] = _bias(rng, fan_out)
         return params
 
-    def make_batch(self, rng):
-        x = rng.uniform(0.0, 1.0, size=(self.batch, self.sizes[0])).astype(np.float32)
-        y = rng.integers(0, self.sizes[-1], size=(self.batch,)).astype(np.int32)
-        return {"x": x, "y": y}
-
     @property
-    def items_per_step(self):
-        return self.batch
+    def input_shape(self):
+        return (self.sizes[0],)
 
     @property
     def flops_per_step(self):
@@ -101,7 +120,7 @@ class MLP(Workload):
 
 
 @dataclass
-class CNN(Workload):
+class CNN(Classifier):
     name: str = "cnn"
     batch: int = 128
     hw: int = 28
@@ -121,14 +140,9 @@ class CNN(Workload):
             "b": _bias(rng, self.classes),
         }
 
-    def make_batch(self, rng):
-        x = rng.uniform(0.0, 1.0, size=(self.batch, self.channels[0], self.hw, self.hw)).astype(np.float32)
-        y = rng.integers(0, self.classes, size=(self.batch,)).astype(np.int32)
-        return {"x": x, "y": y}
-
     @property
-    def items_per_step(self):
-        return self.batch
+    def input_shape(self):
+        return (self.channels[0], self.hw, self.hw)
 
     @property
     def flops_per_step(self):
