@@ -31,7 +31,7 @@ def target_machine(cpu: str | None = None, features: str | None = None, reloc: s
     return target.create_target_machine(
         cpu=cpu or host_name,
         features=host_features if features is None else features,
-        opt=3,
+        opt=2,
         reloc=reloc,
         codemodel="jitdefault",
     )
