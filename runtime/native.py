@@ -22,6 +22,7 @@ from . import arena, blas, threads
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
+MAX_BINDINGS = 4  # arenas kept, one per recently used batch size
 
 
 def warm_up() -> None:
@@ -102,9 +103,10 @@ class NativeExecutor:
         """Run the step; outputs are views of the arena, except those written straight into
         the matching caller arrays in `out` (aligned with the program's outputs)."""
         batch = batch or 0
-        binding = self._bindings.get(batch)
-        if binding is None:
-            binding = self._bindings[batch] = Binding(self, batch)
+        binding = self._bindings.pop(batch, None) or Binding(self, batch)
+        self._bindings[batch] = binding  # most recently used last
+        if len(self._bindings) > MAX_BINDINGS:  # many batch sizes: keep the arenas of the recent ones
+            del self._bindings[next(iter(self._bindings))]
         for slot, node_id in self.input_slots:
             array = feeds[node_id]
             binding.arrays[slot] = array
