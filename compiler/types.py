@@ -25,10 +25,6 @@ class TensorType:
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
-    def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
-
     def __str__(self) -> str:
         return f"{format_shape(self.shape)} {self.dtype}"
 

@@ -30,9 +30,3 @@ def openmp() -> ctypes.CDLL | None:
             lib.omp_set_num_threads(int(threads))
         return lib
     return None
-
-
-def loop_threads() -> int:
-    """How many threads a parallel loop uses (1 when loops run serially)."""
-    lib = openmp()
-    return int(lib.omp_get_max_threads()) if lib is not None else 1
