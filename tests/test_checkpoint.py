@@ -129,19 +129,30 @@ def data_ranges(raw: bytes) -> dict[str, range]:
     return out
 
 
-def test_bit_flip_in_a_parameter_is_detected(tmp_path):
-    g, train = make_train()
+def saved_checkpoint(tmp_path) -> tuple[object, bytes]:
+    """A trained model's checkpoint: its path and bytes."""
+    _, train = make_train()
     train(**batch(0))
     path = tmp_path / "c.npz"
     train.save(path)
-    raw = bytearray(path.read_bytes())
-    raw[data_ranges(bytes(raw))["param/w1.npy"][-1]] ^= 0x01  # last byte of w1's data
-    path.write_bytes(bytes(raw))
+    return path, path.read_bytes()
+
+
+def assert_refused(path, damaged: bytes, match: str) -> None:
+    """Loading `damaged` into a fresh graph raises GraphError and changes nothing."""
+    path.write_bytes(damaged)
     g2, train2 = make_train(seed=3)
     before = snapshot(g2, train2)
-    with pytest.raises(dg.GraphError, match="corrupt|unreadable|truncated"):
+    with pytest.raises(dg.GraphError, match=match):
         train2.load(path)
     assert_same(snapshot(g2, train2), before)
+
+
+def test_bit_flip_in_a_parameter_is_detected(tmp_path):
+    path, raw = saved_checkpoint(tmp_path)
+    damaged = bytearray(raw)
+    damaged[data_ranges(raw)["param/w1.npy"][-1]] ^= 0x01  # last byte of w1's data
+    assert_refused(path, bytes(damaged), "corrupt|unreadable|truncated")
 
 
 def test_any_bit_flip_in_the_zip_structure_is_refused_or_harmless(tmp_path):
@@ -176,18 +187,9 @@ def test_any_bit_flip_in_the_zip_structure_is_refused_or_harmless(tmp_path):
 
 @pytest.mark.parametrize("keep", [0, 10, 0.5, -1])
 def test_truncated_file_is_refused(tmp_path, keep):
-    g, train = make_train()
-    train(**batch(0))
-    path = tmp_path / "c.npz"
-    train.save(path)
-    raw = path.read_bytes()
+    path, raw = saved_checkpoint(tmp_path)
     n = keep if isinstance(keep, int) and keep >= 0 else int(len(raw) * keep) if keep > 0 else len(raw) - 1
-    path.write_bytes(raw[:n])
-    g2, train2 = make_train(seed=3)
-    before = snapshot(g2, train2)
-    with pytest.raises(dg.GraphError, match="unreadable or truncated|corrupt|not a drug checkpoint"):
-        train2.load(path)
-    assert_same(snapshot(g2, train2), before)
+    assert_refused(path, raw[:n], "unreadable or truncated|corrupt|not a drug checkpoint")
 
 
 def test_a_foreign_npz_is_refused(tmp_path):
