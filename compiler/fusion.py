@@ -2,8 +2,8 @@
 
 Elementwise nodes over the same iteration domain fuse into one loop (a convex group: no path
 leaves the group and comes back); reductions over a group's domain may end it. Reshapes are
-aliases (no kernel), transposes feeding a GEMM become its transpose flags, scalar constants
-and run-time counts are inlined where they are used."""
+aliases (no kernel), transposes feeding a GEMM become its transpose flags, and scalar
+constants are inlined where they are used."""
 
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ class Kernel:
 
 def is_inline(node: Node) -> bool:
     """Scalar constants: loops use them as literals."""
-
     return isinstance(node.op, ConstantOp) and node.op.value.size == 1
 
 
@@ -43,13 +42,18 @@ def is_leaf(node: Node) -> bool:
 
 
 def is_alias(node: Node) -> bool:
-
     return isinstance(node.op, Reshape)
+
+
+def storage(node: Node, transposed: set[int]) -> Node:
+    """The node whose buffer holds `node`'s data: through reshapes and folded transposes."""
+    while is_alias(node) or node.id in transposed:
+        node = node.inputs[0]
+    return node
 
 
 def loop_role(node: Node) -> str | None:
     """'map' for elementwise members, 'reduce' for reductions that can end a loop."""
-
     if isinstance(node.op, (Reduce, SumTo)):
         return "reduce" if node.dtype.kind == "f" else None
     return "map" if hasattr(node.op, "emit") else None
@@ -57,7 +61,6 @@ def loop_role(node: Node) -> str | None:
 
 def folded_transposes(program: Program) -> set[int]:
     """2-D transposes read only by matmuls, which fold them into GEMM flags."""
-
     consumers: dict[int, list[Node]] = {}
     for node in program.nodes:
         for i in node.inputs:
@@ -96,17 +99,12 @@ def form_kernels(program: Program) -> list[Kernel]:
         for i, n in enumerate(members)
     }
 
-    def source(node: Node) -> Node:
-        while node.id not in group and node.inputs and (is_alias(node) or node.id in skipped):
-            node = node.inputs[0]
-        return node
-
     dag = nx.DiGraph()
     dag.add_nodes_from(kernels)
     blocked: set[tuple[int, int]] = set()  # (producer, consumer) pairs where the consumer reads a reduction
     for node in members:
         for i in node.inputs:
-            i = source(i)
+            i = storage(i, skipped)
             if i.id in group and group[i.id] != group[node.id]:
                 dag.add_edge(group[i.id], group[node.id])
                 if loop_role(i) == "reduce":

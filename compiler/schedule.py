@@ -11,7 +11,7 @@ import networkx as nx
 import numpy as np
 
 from ..ops.leaves import ConstantOp, InputOp, ParameterOp, StateOp
-from .fusion import Kernel, folded_transposes, is_alias
+from .fusion import Kernel, folded_transposes, is_alias, storage
 from .graph import Node
 from .program import Program
 from .types import Shape
@@ -157,23 +157,16 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
     deps = nx.DiGraph()
     deps.add_nodes_from(range(len(kernels)))
 
-    def producer(node: Node) -> int | None:
-        while node.id not in kernel_of and node.inputs and (is_alias(node) or node.id in transposed):
-            node = node.inputs[0]
-        return kernel_of.get(node.id)
-
     readers: dict[int, set[int]] = {}
     for node in program.nodes:
         k = kernel_of.get(node.id)
         if k is None:
             continue
         for i in node.inputs:
-            p = producer(i)
+            source = storage(i, transposed)
+            p = kernel_of.get(source.id)
             if p is not None and p != k:
                 deps.add_edge(p, k)
-            source = i
-            while source.inputs and (is_alias(source) or source.id in transposed):
-                source = source.inputs[0]
             readers.setdefault(source.id, set()).add(k)
     for new_id, leaf in in_place.items():
         writer = kernel_of[new_id]

@@ -83,10 +83,6 @@ class NativeExecutor:
         if os.environ.get("DRUG_DEBUG", "0") >= "2":
             print(self.compiled.ir(), self.compiled.asm(), sep="\n", file=sys.stderr)
 
-    @property
-    def kernel_count(self) -> int:
-        return len(self.schedule.kernels)
-
     def _persistent_arrays(self) -> dict[int, np.ndarray]:
         graph = self.program.graph
         out = {}
