@@ -259,7 +259,7 @@ class ModuleBuilder:
 
         fn, ctx = self._function(name, slots)
         b = ctx.b
-        extents = loop_extents(ctx, kernel)
+        extents, _ = _loop_plan(ctx, kernel)
         total = functools.reduce(lambda x, y: b.mul(x, y), extents, i64(1))
         args = list(fn.args)
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
@@ -337,10 +337,6 @@ def parallelizable(kernel: Kernel) -> bool:
         return False
     static = [d for d in kernel.domain if d is not None]
     return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
-
-
-def loop_extents(ctx: KernelContext, kernel: Kernel) -> list[ir.Value]:
-    return _loop_plan(ctx, kernel)[0]
 
 
 def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
