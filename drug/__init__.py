@@ -1,5 +1,6 @@
 """drug: a differentiable graph compiler. Declare a graph, compile its whole train step."""
 
+from . import layers
 from .compiler.autodiff import grad, jacobian
 from .compiler.errors import GraphError, ShapeError
 from .compiler.graph import Graph, Node

@@ -1,11 +1,11 @@
-"""Train a multilayer perceptron on MNIST with drug's graph API and report test accuracy."""
+"""Train a multilayer perceptron on MNIST with drug's layers and report test accuracy."""
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
+from common import example_parser, linear_decay, minibatches, plot_curves
 from tqdm import tqdm
 
 import drug as dg
@@ -16,14 +16,10 @@ def build(hidden: list[int], seed: int):
     g = dg.Graph(seed=seed)
     x = g.input("x", (None, 784))
     y = g.input("y", (None,), dtype="int32")
-    h, width = x, 784
+    h = x
     for i, size in enumerate(hidden, start=1):
-        w = g.parameter(f"w{i}", (width, size))
-        b = g.parameter(f"b{i}", (size,), init="zeros")
-        h, width = dg.relu(h @ w + b), size
-    w = g.parameter("w_out", (width, 10))
-    b = g.parameter("b_out", (10,), init="zeros")
-    logits = h @ w + b
+        h = dg.layers.Dense(size, activation="relu", name=f"fc{i}")(h)
+    logits = dg.layers.Dense(10, name="out")(h)
     return g, logits, dg.softmax_cross_entropy(logits, y)
 
 
@@ -35,16 +31,8 @@ def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, decayed linearly to 0")
+    parser = example_parser(__doc__, epochs=5, batch=128, lr=3e-3)
     parser.add_argument("--hidden", type=int, nargs="*", default=[512, 256])
-    parser.add_argument("--backend", choices=["numpy", "llvm"], default=None, help="default: drug's default")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="a few batches on a slice, for tests")
-    parser.add_argument("--save", help="write a checkpoint here at the end")
-    parser.add_argument("--resume", help="start from this checkpoint")
     args = parser.parse_args()
 
     x_train, y_train = mnist("train")
@@ -57,26 +45,34 @@ def main() -> None:
     if args.resume:
         train.load(args.resume)
     rng = np.random.default_rng(args.seed)
-    start = time.perf_counter()
     total_steps = args.epochs * -(-len(x_train) // args.batch)
-    step = 0
+    step, losses, curve = 0, [], {"train loss": ([], []), "test accuracy": ([], [])}
+    start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        order = rng.permutation(len(x_train))
-        losses = []
-        bar = tqdm(range(0, len(order), args.batch), desc=f"epoch {epoch}", unit="batch", leave=False)
-        for i in bar:
-            idx = order[i : i + args.batch]
-            train.lr = args.lr * (1 - step / total_steps)  # linear decay to zero
+        epoch_losses = []
+        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        for idx in bar:
+            train.lr = linear_decay(args.lr, step, total_steps)
             step += 1
-            losses.append(train(x=x_train[idx], y=y_train[idx]))
-            if len(losses) % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {accuracy(predict, x_test, y_test):.4f}")
+            epoch_losses.append(train(x=x_train[idx], y=y_train[idx]))
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
+                curve["train loss"][0].append(step)
+                curve["train loss"][1].append(float(np.mean(epoch_losses[-20:])))
+        acc = accuracy(predict, x_test, y_test)
+        curve["test accuracy"][0].append(step)
+        curve["test accuracy"][1].append(acc)
+        losses.append(float(np.mean(epoch_losses)))
+        print(f"epoch {epoch}: mean loss {losses[-1]:.4f}, test accuracy {acc:.4f}")
     seconds = time.perf_counter() - start
     if args.save:
         train.save(args.save)
-    acc = accuracy(predict, x_test, y_test)
-    print(f"summary: test accuracy {acc:.4f} after {args.epochs} epoch(s), {seconds:.1f} s, backend {train.backend}")
+    if args.plot:
+        plot_curves(args.plot, curve, "step", "MNIST MLP")
+    print(
+        f"summary: test accuracy {accuracy(predict, x_test, y_test):.4f} after {args.epochs} epoch(s), "
+        f"{seconds:.1f} s ({seconds / args.epochs:.1f} s/epoch), backend {train.backend}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -100,3 +104,16 @@ def assert_grads_match_fd(loss, wrt, feeds: dict):
         expected = numeric_grad(lambda: float(call(f_loss, feeds)), x, FD_EPS)
         np.testing.assert_allclose(value, expected, rtol=FD_RTOL, atol=FD_ATOL, err_msg=f"d loss / d {node.name}")
     return got
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_example(script: str, *args: str, timeout: float = 300) -> str:
+    """Run examples/<script> in a fresh interpreter (as a user would) and return its stdout;
+    a failing run fails the test with the script's stderr."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{script} {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc.stdout

@@ -110,10 +110,10 @@ def test_params_are_live_views_shared_with_predictor(data):
     g, logits, loss = build([32], 0)
     train = g.compile(loss=loss, optimizer=dg.SGD(0.5), backend="llvm")
     predict = g.compile(outputs=logits, backend="llvm")
-    w = g.params["w1"]
+    w = g.params["fc1/w"]
     before, w_before = predict(x=x[:16]), w.copy()
     train(x=x[:64], y=y[:64])
-    assert g.params["w1"] is w and not np.array_equal(w, w_before)
+    assert g.params["fc1/w"] is w and not np.array_equal(w, w_before)
     assert not np.allclose(predict(x=x[:16]), before)
 
 

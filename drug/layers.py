@@ -1,0 +1,240 @@
+"""Layers: callables that own named parameters and build graph ops, so autodiff and fusion see
+through them. A layer creates its parameters on its first call (sizes come from the input) and
+reuses them on every later call: an RNN cell applied T times trains one set of weights.
+
+    dense = dg.layers.Dense(256, activation="relu", name="fc1")  # parameters fc1/w, fc1/b
+    h = dense(x)
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from collections.abc import Callable, Sequence
+
+from .compiler.errors import GraphError, ShapeError
+from .compiler.graph import Graph, Node
+from .compiler.types import format_shape
+from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh
+
+Activation = str | Callable[[Node], Node] | None
+ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
+_counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
+
+
+def activation_fn(activation: Activation) -> Callable[[Node], Node]:
+    if activation is None or activation == "linear":
+        return lambda x: x
+    if callable(activation):
+        return activation
+    if activation not in ACTIVATIONS:
+        raise GraphError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}, None or a function")
+    return ACTIVATIONS[activation]
+
+
+class Layer:
+    """Owns parameters named `<name>/<role>`; `name` defaults to `<kind><n>`, unique per graph."""
+
+    kind = "layer"
+
+    def __init__(self, name: str | None = None):
+        self.name = name
+        self.graph: Graph | None = None
+        self.params: dict[str, Node] = {}
+
+    @property
+    def parameters(self) -> list[Node]:
+        """The layer's parameter nodes (empty until its first call), e.g. for `compile(params=...)`."""
+        return list(self.params.values())
+
+    def _bind(self, x: Node) -> bool:
+        """Attach to x's graph; True on the first call, when parameters must be created."""
+        if not isinstance(x, Node):
+            raise GraphError(f"{self.kind} layer '{self.name}': expects a graph node, got {type(x).__name__}")
+        if self.graph is None:
+            self.graph = x.graph
+            if self.name is None:
+                self.name = _fresh_name(x.graph, self.kind)
+            return True
+        if x.graph is not self.graph:
+            raise GraphError(f"{self.kind} layer '{self.name}': called on a node of another graph")
+        return False
+
+    def _param(self, role: str, shape: Sequence[int], init="xavier") -> Node:
+        node = self.graph.parameter(f"{self.name}/{role}", shape, init=init)
+        self.params[role] = node
+        return node
+
+    def _expect(self, x: Node, axis: int, size: int, what: str) -> None:
+        if x.ndim <= abs(axis) - (axis < 0) or x.shape[axis] != size:
+            raise ShapeError(
+                f"{self.kind} layer '{self.name}': input {x.describe()} must have {what} {size} on axis {axis} "
+                f"(the size its parameters were created for)"
+            )
+
+
+def _fresh_name(graph: Graph, kind: str) -> str:
+    """`<kind><n>` with the next n whose parameter prefix no node of the graph uses yet."""
+    counter = _counters.setdefault(graph, {}).setdefault(kind, itertools.count(1))
+    for i in counter:
+        if not any(name.startswith(f"{kind}{i}/") for name in graph._named):
+            return f"{kind}{i}"
+    raise AssertionError("unreachable")
+
+
+class Dense(Layer):
+    """`activation(x @ w + b)` over the last axis; x is (..., in_features)."""
+
+    kind = "dense"
+
+    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init="xavier", name=None):
+        super().__init__(name)
+        self.units, self.bias, self.init = int(units), bias, init
+        self.activation = activation_fn(activation)
+
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            self._param("w", (x.shape[-1], self.units), self.init)
+            if self.bias:
+                self._param("b", (self.units,), "zeros")
+        self._expect(x, -1, self.params["w"].shape[0], "features")
+        y = x @ self.params["w"]
+        return self.activation(y + self.params["b"] if self.bias else y)
+
+
+class Conv2D(Layer):
+    """Convolution + bias + activation on NCHW input with an OIHW kernel (the seed's conv block)."""
+
+    kind = "conv"
+
+    def __init__(
+        self,
+        filters: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: str = "valid",
+        pad_mode: str = "zeros",
+        activation: Activation = None,
+        bias: bool = True,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
+        self.filters, self.kernel_size, self.bias = int(filters), k, bias
+        self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
+        self.activation = activation_fn(activation)
+
+    def __call__(self, x: Node) -> Node:
+        if x.ndim != 4:
+            raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
+        if self._bind(x):
+            self._param("w", (self.filters, x.shape[1], *self.kernel_size))
+            if self.bias:
+                self._param("b", (self.filters,), "zeros")
+        self._expect(x, 1, self.params["w"].shape[1], "channels")
+        y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode)
+        if self.bias:
+            y = y + reshape(self.params["b"], (self.filters, 1, 1))
+        return self.activation(y)
+
+
+class Embedding(Layer):
+    """A lookup table: integer ids of any shape -> ids.shape + (dim,)."""
+
+    kind = "embedding"
+
+    def __init__(self, vocab: int, dim: int, init="xavier", name: str | None = None):
+        super().__init__(name)
+        self.vocab, self.dim, self.init = int(vocab), int(dim), init
+
+    def __call__(self, ids: Node) -> Node:
+        if self._bind(ids):
+            self._param("table", (self.vocab, self.dim), self.init)
+        return embedding(ids, self.params["table"])
+
+
+class _Recurrent(Layer):
+    """A cell `h' = cell(x, h)` whose input projections of a whole sequence take one matmul."""
+
+    gates: tuple[str, ...] = ()
+
+    def __init__(self, hidden: int, name: str | None = None):
+        super().__init__(name)
+        self.hidden = int(hidden)
+
+    def _build(self, x: Node) -> None:
+        if self._bind(x):
+            h = self.hidden
+            for gate in self.gates:
+                self._param(f"w_{gate}", (x.shape[-1], h))
+            for gate in self.gates:
+                self._param(f"u_{gate}", (h, h))
+            for gate in self.gates:
+                self._param(f"b_{gate}", (h,), "zeros")
+            # gates side by side: one matmul per step for all of them (built once, shared by every step)
+            self.w, self.u, self.b = (self._joined(role) for role in ("w", "u", "b"))
+        self._expect(x, -1, self.w.shape[0], "features")
+
+    def _joined(self, role: str) -> Node:
+        parts = [self.params[f"{role}_{gate}"] for gate in self.gates]
+        return parts[0] if len(parts) == 1 else concat(parts, axis=-1)
+
+    def project(self, x: Node) -> Node:
+        """x @ w + b for every gate at once; x is (..., in) -> (..., gates * hidden)."""
+        self._build(x)
+        return x @ self.w + self.b
+
+    def __call__(self, x: Node, h: Node | None = None) -> Node:
+        """One step. `h=None` is the zero state."""
+        return self.step(self.project(x), h)
+
+    def step(self, projected: Node, h: Node | None) -> Node:
+        raise NotImplementedError
+
+    def sequence(self, xs: Node, h0: Node | None = None) -> tuple[Node, Node]:
+        """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state)."""
+        if xs.ndim != 3:
+            raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
+        projected = self.project(xs)  # all time steps in one matmul
+        h, states = h0, []
+        for t in range(xs.shape[1]):
+            h = self.step(projected[:, t, :], h)
+            states.append(reshape(h, (None, 1, self.hidden)))
+        if not states:
+            raise ShapeError(f"{self.kind} layer '{self.name}': empty sequence {format_shape(xs.shape)}")
+        return concat(states, axis=1), h
+
+
+class RNNCell(_Recurrent):
+    """Elman cell: h' = activation(x @ w_x + h @ u_x + b_x)."""
+
+    kind = "rnn"
+    gates = ("x",)
+
+    def __init__(self, hidden: int, activation: Activation = "tanh", name: str | None = None):
+        super().__init__(hidden, name)
+        self.activation = activation_fn(activation)
+
+    def step(self, projected: Node, h: Node | None) -> Node:
+        return self.activation(projected if h is None else projected + h @ self.u)
+
+
+class GRUCell(_Recurrent):
+    """Gated recurrent unit with PyTorch's formula (Cho et al. 2014, reset gate after the matmul):
+    r = σ(x w_r + h u_r + b_r), z = σ(x w_z + h u_z + b_z), n = tanh(x w_n + r ⊙ (h u_n) + b_n),
+    h' = (1 - z) ⊙ n + z ⊙ h."""
+
+    kind = "gru"
+    gates = ("r", "z", "n")
+
+    def step(self, projected: Node, h: Node | None) -> Node:
+        H = self.hidden
+        pr, pz, pn = projected[..., :H], projected[..., H : 2 * H], projected[..., 2 * H :]
+        if h is None:  # zero state: every h term vanishes
+            z = sigmoid(pz)
+            return (1.0 - z) * tanh(pn)
+        hu = h @ self.u
+        r = sigmoid(pr + hu[..., :H])
+        z = sigmoid(pz + hu[..., H : 2 * H])
+        n = tanh(pn + r * hu[..., 2 * H :])
+        return (1.0 - z) * n + z * h
