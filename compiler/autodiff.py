@@ -88,3 +88,30 @@ def jacobian(y: Node, x: Node) -> Node:
         rows.append(reshape(gradients(element, [x])[0], lead + (1,) + x_shape))
     stacked = concat(rows, axis=len(lead)) if len(rows) > 1 else rows[0]
     return reshape(stacked, lead + y_shape + x_shape)
+
+
+def jvp(y: Node, x: Node, v: Node) -> Node:
+    """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
+    derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
+    the gradient of <Jᵀu, v> with respect to u is J·v; u's value never matters."""
+    from ..ops.elementwise import mul, ones_like
+    from ..ops.reduce import sum as total
+
+    if v.shape != x.shape:
+        raise GraphError(f"jvp: tangent {v.describe()} must have the shape of {x.describe()}")
+    u = mul(ones_like(y), 0.0)  # a stand-in cotangent shaped like y (batch included)
+    (vjp,) = gradients(y, [x], seed=u)
+    return gradients(total(mul(vjp, v)), [u])[0]
+
+
+def hessian_vector_product(loss: Node, x: Node, v: Node) -> Node:
+    """H·v for a scalar loss, v shaped like x: the gradient of <∇loss, v> (reverse over reverse)."""
+    from ..ops.elementwise import mul
+    from ..ops.reduce import sum as total
+
+    if loss.shape != ():
+        raise GraphError(f"hessian_vector_product needs a scalar loss, got {loss.describe()}")
+    if v.shape != x.shape:
+        raise GraphError(f"hessian_vector_product: {v.describe()} must have the shape of {x.describe()}")
+    (g,) = gradients(loss, [x])
+    return gradients(total(mul(g, v)), [x])[0]

@@ -62,6 +62,15 @@ class ScalarEmitter:
         """x where condition > 0 else 0 (NaN condition gives 0, like np.where(c > 0, x, 0))."""
         return self.b.select(self.b.fcmp_ordered(">", condition, self.const(0.0)), x, self.const(0.0))
 
+    def compare(self, symbol: str, x, y):
+        """An i1 comparison with NumPy's NaN semantics (only != holds for NaN)."""
+        if symbol == "!=":
+            return self.b.fcmp_unordered(symbol, x, y)
+        return self.b.fcmp_ordered(symbol, x, y)
+
+    def select(self, condition, x, y):
+        return self.b.select(condition, x, y)
+
     def equal(self, x, y):
         return self.b.uitofp(self.b.fcmp_ordered("==", x, y), self.type)
 
