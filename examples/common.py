@@ -35,6 +35,14 @@ def linear_decay(peak: float, step: int, total: int) -> float:
     return peak * max(0.0, 1.0 - step / max(total, 1))
 
 
+def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
+    """Share of the rows of x whose arg-max prediction is the label, `batch` rows per call."""
+    correct = sum(
+        int((predict(x=x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
+    )
+    return correct / len(x)
+
+
 def plot_curves(path: str, curves: dict[str, tuple[list[float], list[float]]], xlabel: str, title: str) -> None:
     """One panel per curve (name -> (x values, y values)), written as a PNG."""
     try:

@@ -1,4 +1,4 @@
-"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding, global pooling."""
+"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding, global and local pooling."""
 
 from __future__ import annotations
 
@@ -192,6 +192,7 @@ class SoftmaxCrossEntropyRows(Op):
 
     name = "softmax_cross_entropy_rows"
     arity = 2
+    may_fail = True  # labels out of range
 
     def infer(self, logits, labels):
         same_float_dtype(self.name, [logits])
@@ -246,6 +247,7 @@ class SoftmaxCrossEntropyRows(Op):
 class OneHot(Op):
     name = "one_hot"
     arity = 1
+    may_fail = True  # labels out of range
 
     def __init__(self, depth: int, dtype: np.dtype):
         self.depth = depth
@@ -281,6 +283,7 @@ class Embedding(Op):
 
     name = "embedding"
     arity = 2
+    may_fail = True  # ids out of range
 
     def infer(self, ids, table):
         _int_type(self.name, ids, "ids")
@@ -321,6 +324,7 @@ class EmbeddingGrad(Op):
 
     name = "embedding_grad"
     arity = 2
+    may_fail = True  # ids out of range
 
     def __init__(self, vocab: int):
         self.vocab = vocab
@@ -390,3 +394,29 @@ def global_pool(x, kind: str = "avg"):
     if kind not in _POOLS:
         raise ShapeError(f"global_pool kind must be one of {sorted(_POOLS)}, got {kind!r}")
     return _POOLS[kind](x, (2, 3))
+
+
+def _pool_windows(x, size, op_name: str):
+    """x (N, C, H, W) viewed as (N, C, H/sh, sh, W/sw, sw) windows; trailing rows and columns that
+    do not fill a window are dropped first, like PyTorch's default (stride = size, no padding)."""
+    if x.ndim != 4:
+        raise ShapeError(f"{op_name} needs NCHW input, got {x.describe()}")
+    sh, sw = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = x.shape[2], x.shape[3]
+    if None in (h, w) or sh < 1 or sw < 1 or sh > h or sw > w:
+        raise ShapeError(f"{op_name}: window {(sh, sw)} does not fit the spatial size of {x.describe()}")
+    oh, ow = h // sh, w // sw
+    if (oh * sh, ow * sw) != (h, w):
+        x = x[:, :, : oh * sh, : ow * sw]
+    return reshape(x, (x.shape[0], x.shape[1], oh, sh, ow, sw))
+
+
+def max_pool2d(x, size: int | tuple[int, int] = 2):
+    """Max over non-overlapping size x size windows of NCHW input. A reshape (no copy) and one
+    reduction, so it runs as fused native loops and differentiates like `max` (ties share)."""
+    return reduce_max(_pool_windows(x, size, "max_pool2d"), (3, 5))
+
+
+def avg_pool2d(x, size: int | tuple[int, int] = 2):
+    """Mean over non-overlapping size x size windows of NCHW input (see max_pool2d)."""
+    return mean(_pool_windows(x, size, "avg_pool2d"), (3, 5))
