@@ -3,7 +3,9 @@
     i32 drug_step(ptr buffers, i64 batch, ptr runtime)
 
 `buffers` holds one pointer per buffer slot (see schedule.Buffer); `runtime` holds the GEMM
-functions and the Python callback. A non-zero return is the failing callback's status."""
+functions and the Python callback. A non-zero return is the failing kernel's status (irutil's
+STATUS_*); the index of that kernel is then in the global `drug_failed_kernel`. With
+DRUG_BOUNDS_CHECK=1 every kernel's memory accesses are checked (compiler/bounds.py)."""
 
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
+from . import bounds
 from .fusion import Kernel, is_inline, loop_role
 from .graph import Node
 from .irutil import (
     I32,
     I64,
     PTR,
+    STATUS_OUT_OF_BOUNDS,
     VOID,
     dim_value,
     element_count,
@@ -60,6 +64,7 @@ class KernelContext:
     schedule: Schedule
     pointers: dict[int, ir.Value]  # slot -> pointer argument
     blas_int: ir.IntType
+    builder: ModuleBuilder  # for kernels that compile a sub-schedule (loop bodies)
 
     def ptr(self, node: Node) -> ir.Value:
         return self.pointers[self.schedule.slot(node)]
@@ -117,15 +122,32 @@ class KernelContext:
 
 
 class ModuleBuilder:
-    def __init__(self, schedule: Schedule, blas_int_bits: int = 64, name: str = "drug", parallel: bool = False):
+    def __init__(
+        self,
+        schedule: Schedule,
+        blas_int_bits: int = 64,
+        name: str = "drug",
+        parallel: bool = False,
+        module: ir.Module | None = None,
+        prefix: str = "",
+        bounds_check: bool | None = None,
+    ):
         self.schedule = schedule
-        self.module = ir.Module(name=name)
+        self.module = module if module is not None else ir.Module(name=name)
+        self.prefix = prefix  # of function names, when several schedules share a module (loop bodies)
         self.blas_int = ir.IntType(blas_int_bits)
         self.parallel = parallel  # split large loops across OpenMP threads (libgomp's GOMP_parallel)
+        self.bounds_check = bounds.enabled() if bounds_check is None else bounds_check
+        self._checked: list[tuple[ir.Function, list[int]]] = []  # kernel functions to instrument, their slots
 
     def build(self) -> ir.Module:
+        self.entry("drug_step")
+        return self.module
+
+    def entry(self, name: str) -> ir.Function:
+        """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order."""
         schedule = self.schedule
-        step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), "drug_step")
+        step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), name)
         table, batch, runtime = step.args
         table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
         b = ir.IRBuilder(step.append_basic_block("entry"))
@@ -138,8 +160,13 @@ class ModuleBuilder:
             fn = functions[key]
             args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
             status = b.call(fn, args, name=f"status{index}")
+            if self.bounds_check:  # a refused access makes the step stop after its kernel
+                fault = b.load(bounds.module_global(self.module, bounds.FAULT, I32), typ=I32, name="fault")
+                refused = b.icmp_signed("!=", fault, ir.Constant(I32, 0))
+                status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name=f"checked{index}")
             failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
             with b.if_then(failed, likely=False):
+                b.store(ir.Constant(I32, index), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
                 b.ret(status)
         for source, target in schedule.copies:
             buffer = schedule.buffers[source]
@@ -148,7 +175,10 @@ class ModuleBuilder:
             src, dst = self.table_pointer(b, table, source), self.table_pointer(b, table, target)
             b.call(memcpy, [dst, src, size, ir.Constant(ir.IntType(1), 0)])
         b.ret(ir.Constant(I32, 0))
-        return self.module
+        for fn, slots in self._checked if self.bounds_check else ():
+            pointers = {arg: schedule.buffers[slot] for arg, slot in zip(fn.args, slots)}
+            bounds.instrument(fn, pointers, fn.args[len(slots)], nested=bool(self.prefix))
+        return step
 
     @staticmethod
     def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
@@ -196,7 +226,10 @@ class ModuleBuilder:
         )
         outputs = tuple(local[n.id] for n in kernel.outputs)
         shared = kernel.kind != "callback"  # a callback names its kernel index
-        return (kernel.kind, kernel.domain, members, outputs, len(slots), None if shared else index)
+        key = (kernel.kind, kernel.domain, members, outputs, len(slots), None if shared else index)
+        if self.bounds_check:  # the checks compare with each argument's buffer size
+            key += tuple((schedule.buffers[s].shape, schedule.buffers[s].dtype.str) for s in slots)
+        return key
 
     def _function(self, name: str, slots: list[int], extra: list[tuple[str, ir.Type]] = ()) -> tuple:
         """A kernel-shaped function: one noalias pointer per slot, batch, runtime, then `extra`."""
@@ -212,10 +245,11 @@ class ModuleBuilder:
             arg.name = arg_name
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         batch, runtime = fn.args[len(slots) : len(slots) + 2]
-        return fn, KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int)
+        self._checked.append((fn, slots))
+        return fn, KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int, self)
 
     def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
-        name = f"k{index}_{kernel.name}"
+        name = f"{self.prefix}k{index}_{kernel.name}"
         if kernel.kind == "loop" and self.parallel and parallelizable(kernel):
             return self.parallel_loop(name, kernel, slots)
         fn, ctx = self._function(name, slots)

@@ -109,6 +109,9 @@ def form_kernels(program: Program) -> list[Kernel]:
                 dag.add_edge(group[i.id], group[node.id])
                 if loop_role(i) == "reduce":
                     blocked.add((group[i.id], group[node.id]))
+    for node in members:  # results of a multi-output op are written by that op's kernel
+        if getattr(node.op, "joins_input_kernel", False):
+            _merge(dag, kernels, group, blocked, group[node.inputs[0].id], group[node.id])
     first = {k: kernel.nodes[0].id for k, kernel in kernels.items()}
     changed = True
     while changed:
@@ -152,7 +155,10 @@ def _merge(dag: nx.DiGraph, kernels: dict, group: dict, blocked: set, keep: int,
 
 
 def has_native_kernel(node: Node) -> bool:
-    return hasattr(node.op, "emit_kernel")
+    """The op has a kernel and it takes this node (`op.kernel_supports(node)`, if defined, may
+    decline some shapes; those run through the callback)."""
+    supports = getattr(node.op, "kernel_supports", None)
+    return hasattr(node.op, "emit_kernel") and (supports is None or supports(node))
 
 
 def _mark_outputs(program: Program, kernels: list[Kernel], group_of: dict[int, int]) -> None:

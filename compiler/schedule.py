@@ -172,6 +172,10 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
         writer = kernel_of[new_id]
         for reader in readers.get(leaf.id, set()) - {writer}:
             deps.add_edge(reader, writer)
+    # a kernel that may stop the step runs before every in-place update: a failed step changes nothing
+    fallible = [k for k, kernel in enumerate(kernels) if kernel.kind == "callback" or _may_fail(kernel)]
+    for writer in {kernel_of[new_id] for new_id in in_place}:
+        deps.add_edges_from((k, writer) for k in fallible if k != writer)
     if not nx.is_directed_acyclic_graph(deps):
         return None
     return list(nx.lexicographical_topological_sort(deps, key=lambda k: min(n.id for n in kernels[k].nodes)))
@@ -192,3 +196,7 @@ def fingerprint(schedule: Schedule) -> str:
     slots = sorted((local[nid], slot) for nid, slot in schedule.buffer_of.items() if nid in local)
     text = repr((parts, leaves, buffers, slots, schedule.copies, sorted(local[n] for n in schedule.transposed)))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _may_fail(kernel: Kernel) -> bool:
+    return any(getattr(node.op, "may_fail", False) for node in kernel.nodes)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Graph, Node, common_graph
-from ..compiler.types import FLOAT_DTYPES, TensorType, broadcast_shapes
+from ..compiler.types import FLOAT_DTYPES, TensorType, broadcast_shapes, format_shape
 
 REGISTRY: dict[str, type[Op]] = {}
 
@@ -29,6 +29,9 @@ class Op:
 
     name: ClassVar[str] = ""
     arity: ClassVar[int | None] = None  # None: any number of inputs (n-ary)
+    # its native kernel may stop the step (an id out of range): the schedule runs it before every
+    # in-place parameter update, so a failed step changes nothing (Python callbacks are treated alike)
+    may_fail: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -40,6 +43,11 @@ class Op:
 
     def ref(self, *xs: np.ndarray) -> np.ndarray:
         raise NotImplementedError(f"op '{self.name}' has no reference forward")
+
+    def ref_into(self, out: np.ndarray, *xs: np.ndarray) -> None:
+        """The reference forward written into `out`: how the native backend runs an op without a
+        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`)."""
+        out[...] = self.ref(*xs)
 
     def grad(self, g: Node, out: Node, *xs: Node) -> Sequence[Node | None]:
         """Gradients w.r.t. each input as graph nodes (None: not differentiable)."""
@@ -96,6 +104,8 @@ def apply(op: Op, *args: Any) -> Node:
     inputs = [as_node(graph, a, weak_dtype) for a in args]
     try:
         out_type = op.infer(*(i.type for i in inputs))
+        if out_type.shape.count(None) > 1:  # (None, 1) * (None, 1, 4): every example paired with every other
+            raise ShapeError(f"the result {format_shape(out_type.shape)} would have the batch dimension twice")
     except ShapeError as error:
         described = ", ".join(i.describe() for i in inputs)
         raise ShapeError(f"op '{op.name}' on inputs {described}: {error}") from None

@@ -34,6 +34,12 @@ class MatMul(Op):
     def grad(self, g, out, a, b):
         return [matmul(g, swap_last(b)), matmul(swap_last(a), g)]
 
+    def kernel_supports(self, node) -> bool:
+        """Broadcast batched products (leading dimensions that differ) run through the callback."""
+        a, b = node.inputs
+        lead = node.shape[:-2]
+        return b.ndim == 2 or (a.shape[:-2] == lead and b.shape[:-2] == lead)
+
     def emit_kernel(self, k, node):
         """One GEMM call; 2-D transposed operands become BLAS transpose flags. Leading (batch)
         dimensions of `a` fold into M when `b` is a matrix; otherwise one GEMM per matrix."""

@@ -165,6 +165,14 @@ def _normalize_index(index: Any, shape: Shape) -> tuple:
     return tuple(out)
 
 
+def _numpy_index(index: tuple) -> tuple:
+    """The NumPy index of a normalized one. slice.indices() gives stop -1 for a negative step that
+    runs through element 0; passed back to NumPy, -1 would mean the last element (an empty slice)."""
+    return tuple(
+        s if isinstance(s, int) else slice(s[0], None if s[1] is None or s[1] < 0 else s[1], s[2]) for s in index
+    )
+
+
 def _slice_dim(spec, dim):
     if dim is None:
         return None
@@ -183,7 +191,7 @@ class Slice(Op):
         return TensorType(shape, x.dtype)
 
     def ref(self, x):
-        return x[tuple(s if isinstance(s, int) else slice(*s) for s in self.index)]
+        return x[_numpy_index(self.index)]
 
     def grad(self, g, out, x):
         return [apply(SliceGrad(self.index, x.shape), g)]
@@ -217,7 +225,7 @@ class SliceGrad(Op):
         kept = [d for s, d in zip(self.index, self.in_shape) if not isinstance(s, int)]
         batch = g.shape[kept.index(None)] if None in kept else None
         out = np.zeros(_runtime_shape(self.in_shape, batch), g.dtype)
-        out[tuple(s if isinstance(s, int) else slice(*s) for s in self.index)] = g
+        out[_numpy_index(self.index)] = g
         return out
 
     def grad(self, gg, out, g):

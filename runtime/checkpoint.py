@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import tokenize
 import zipfile
 from collections.abc import Mapping
 
@@ -52,8 +53,12 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     # RuntimeError (NotImplementedError too): a damaged zip directory claiming encryption,
-    # an unknown compression method or a newer zip version
-    except (OSError, ValueError, RuntimeError, zipfile.BadZipFile, EOFError) as error:
+    # an unknown compression method or a newer zip version; MemoryError: a .npy header claiming a
+    # huge shape; TokenError, SyntaxError, TypeError: a mangled .npy header dictionary
+    except (
+        OSError, ValueError, RuntimeError, zipfile.BadZipFile, EOFError,
+        MemoryError, tokenize.TokenError, SyntaxError, TypeError,
+    ) as error:  # fmt: skip
         raise GraphError(f"checkpoint {path} is unreadable or truncated: {error}") from None
     stored = arrays.pop("meta/sha256", None)
     if stored is None or str(arrays.get("meta/format")) != FORMAT:

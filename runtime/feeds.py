@@ -28,7 +28,7 @@ def bind_feeds(
     batch_from = ""
     for name, node in by_name.items():
         value = feeds[name]
-        array = value if isinstance(value, np.ndarray) else np.asarray(value, dtype=node.dtype)
+        array = value if isinstance(value, np.ndarray) else _from_python(name, value, node.dtype)
         if array.dtype != node.dtype:
             raise ShapeError(
                 f"input '{name}' expects dtype {node.dtype}, got {array.dtype}; convert with .astype('{node.dtype}')"
@@ -46,5 +46,34 @@ def bind_feeds(
             batch, batch_from = size, name
         if check_finite and array.dtype.kind == "f" and not np.isfinite(array).all():
             raise GraphError(f"input '{name}' contains NaN or Inf (check_finite=True)")
-        arrays[node.id] = np.asarray(array, order="C")  # keeps 0-d feeds 0-d
+        arrays[node.id] = _contiguous(name, array)
     return arrays, batch
+
+
+def _from_python(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
+    """Numbers and nested lists as an array of `dtype`, refusing what would change their values:
+    non-numbers (None would become NaN), floats fed to an integer input (2.7 would become 2),
+    integers the dtype cannot hold."""
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as error:  # ragged lists
+        raise ShapeError(f"input '{name}' is not an array of numbers: {error}") from None
+    if array.dtype.kind not in "biuf":
+        raise ShapeError(f"input '{name}' expects {dtype} numbers, got {type(value).__name__} of {array.dtype}")
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        raise ShapeError(f"input '{name}' expects integers ({dtype}), got floats; convert them explicitly")
+    converted = array.astype(dtype)
+    if dtype.kind in "iu" and not np.array_equal(converted, array):
+        raise ShapeError(f"input '{name}' has integers out of the range of {dtype}")
+    return converted
+
+
+def _contiguous(name: str, array: np.ndarray) -> np.ndarray:
+    """The array itself if C-contiguous, else a C-ordered copy (views, Fortran order, strides)."""
+    if array.flags.c_contiguous:
+        return array
+    from .memory import allocating
+
+    return allocating(
+        f"the C-contiguous copy of input '{name}' {array.shape}", array.nbytes, lambda: np.ascontiguousarray(array)
+    )

@@ -9,16 +9,22 @@ import sys
 
 import numpy as np
 
+from ..compiler import bounds
 from ..compiler.codegen import ModuleBuilder
 from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Node
-from ..compiler.irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE
+from ..compiler.irutil import (
+    STATUS_CALLBACK_FAILED,
+    STATUS_INDEX_OUT_OF_RANGE,
+    STATUS_OUT_OF_BOUNDS,
+    STATUS_OUT_OF_MEMORY,
+)
 from ..compiler.jit import compile_module
 from ..compiler.program import Program
 from ..compiler.schedule import Schedule, fingerprint
-from ..compiler.types import concrete_shape
+from ..compiler.types import concrete_shape, format_shape
 from ..ops.leaves import InputOp
-from . import arena, blas, threads
+from . import arena, blas, memory, threads
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -41,7 +47,7 @@ class Binding:
         schedule = executor.schedule
         self.batch = batch
         offsets, size = arena.pack(schedule.buffers, batch)
-        self.memory = arena.allocate(size)
+        self.memory = memory.allocating(f"the activations of batch size {batch}", size, lambda: arena.allocate(size))
         self.table = np.zeros(len(schedule.buffers), np.uint64)
         self.arrays: dict[int, np.ndarray] = {}
         for buffer in schedule.buffers:
@@ -65,8 +71,12 @@ class NativeExecutor:
         self.state = state
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         parallel = threads.openmp() is not None
-        builder = lambda: str(ModuleBuilder(self.schedule, sgemm.int_bits, parallel=parallel).build())  # noqa: E731
-        key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}"
+        self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
+        self._builder = lambda: ModuleBuilder(  # noqa: E731
+            self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check
+        )
+        builder = lambda: str(self._builder().build())  # noqa: E731
+        key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         self.compiled = compile_module(key, builder)
         self._step = STEP_TYPE(self.compiled.address)
         self._callback = CALLBACK_TYPE(self._run_callback)
@@ -108,21 +118,33 @@ class NativeExecutor:
             binding.arrays[slot] = array
             binding.table[slot] = array.ctypes.data
         redirected = self._redirect_outputs(binding, out or [])
+        arena_arrays = {slot: binding.arrays[slot] for slot in redirected}
+        for slot, (_, target) in redirected.items():  # callbacks and views must see the caller's array too
+            binding.arrays[slot] = target.reshape(arena_arrays[slot].shape)
+            binding.table[slot] = target.ctypes.data
         self._current = binding
         try:
             status = self._step(binding.table_address, batch, self._runtime_address)
+            if status:
+                self._raise(status, binding)
+            return [
+                redirected[slot][1] if redirected.get(slot, (None,))[0] == i else self.view(binding, n)
+                for i, (n, slot) in enumerate((n, self.schedule.slot(n)) for n in self.program.outputs)
+            ]
         finally:
             self._current = None
-            for slot in redirected:
-                binding.table[slot] = binding.arrays[slot].ctypes.data
-        if status:
-            self._raise(status)
-        return [redirected.get(self.schedule.slot(n), self.view(binding, n)) for n in self.program.outputs]
+            for slot, array in arena_arrays.items():
+                binding.arrays[slot] = array
+                binding.table[slot] = array.ctypes.data
+            for slot, _ in self.input_slots:  # do not keep the caller's arrays alive until the next call
+                binding.arrays.pop(slot, None)
 
-    def _redirect_outputs(self, binding: Binding, out: list) -> dict[int, np.ndarray]:
-        """Point output slots at caller arrays that fit exactly (saves a copy of each output)."""
-        redirected = {}
-        for node, target in zip(self.program.outputs, out):
+    def _redirect_outputs(self, binding: Binding, out: list) -> dict[int, tuple[int, np.ndarray]]:
+        """Output slots to point at caller arrays that fit exactly (saves a copy of each output):
+        slot -> (index of the output, array). Other outputs sharing the slot (an alias, a common
+        subexpression) are read from that array."""
+        redirected: dict[int, tuple[int, np.ndarray]] = {}
+        for index, (node, target) in enumerate(zip(self.program.outputs, out)):
             slot = self.schedule.slot(node)
             buffer = self.schedule.buffers[slot]
             fits = (
@@ -136,8 +158,7 @@ class NativeExecutor:
                 and slot not in redirected
             )
             if fits:
-                redirected[slot] = target
-                binding.table[slot] = target.ctypes.data
+                redirected[slot] = (index, target)
         return redirected
 
     def view(self, binding: Binding, node: Node) -> np.ndarray:
@@ -151,19 +172,71 @@ class NativeExecutor:
             binding = self._current
             node = self.schedule.kernels[index].nodes[0]
             inputs = [self.view(binding, i) for i in node.inputs]
-            out = self.view(binding, node)
-            out[...] = node.op.ref(*inputs)
+            node.op.ref_into(self.view(binding, node), *inputs)
             return 0
         except BaseException as error:  # noqa: BLE001 - re-raised after the native call returns
             self._error = error
             return STATUS_CALLBACK_FAILED
 
-    def _raise(self, status: int):
+    def _raise(self, status: int, binding: Binding):
+        kernel_index, site = self._failure()
+        kernel = self.schedule.kernels[kernel_index] if kernel_index is not None else None
+        where = f"kernel {kernel_index} ({_describe(kernel)})" if kernel is not None else "an unknown kernel"
         if status == STATUS_CALLBACK_FAILED and self._error is not None:
             error, self._error = self._error, None
             if isinstance(error, ShapeError):
                 raise ShapeError(str(error)) from None
+            error.add_note(f"raised by the Python forward of {where}")
             raise error
+        if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
+            node = kernel.nodes[0]
+            try:  # the op's reference forward finds the first bad id and says what is wrong with it
+                node.op.ref(*(self.view(binding, i) for i in node.inputs))
+            except ShapeError as error:
+                raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
         if status == STATUS_INDEX_OUT_OF_RANGE:
-            raise ShapeError("an index (label or embedding id) is out of range; the step was not completed")
-        raise GraphError(f"native step failed with status {status}")
+            raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
+        if status == STATUS_OUT_OF_BOUNDS:
+            raise GraphError(
+                f"{bounds.ENV}: {where} accessed memory outside a buffer ({self._site(site, kernel)}) at batch "
+                f"size {binding.batch}; the step was stopped after that kernel, so its results are invalid"
+            )
+        if status == STATUS_OUT_OF_MEMORY:
+            raise MemoryError(f"{where} could not allocate its scratch memory; the step was not completed")
+        raise GraphError(f"native step failed with status {status} in {where}")
+
+    def _failure(self) -> tuple[int | None, int]:
+        """The kernel the step stopped at and the bounds-check site (0: none), read from the
+        module's globals; the site is reset for the next call."""
+        engine = self.compiled.engine
+        kernel_at = engine.get_global_value_address(bounds.FAILED_KERNEL)
+        site_at = engine.get_global_value_address(bounds.FAULT) if self.bounds_check else 0
+        kernel = ctypes.c_int32.from_address(kernel_at).value if kernel_at else None
+        site = 0
+        if site_at:
+            cell = ctypes.c_int32.from_address(site_at)
+            site, cell.value = cell.value, 0
+        return kernel, site
+
+    def _site(self, site: int, kernel) -> str:
+        """What the refused access was, from the site table of a rebuilt module (error path only)."""
+        builder = self._builder()
+        builder.build()
+        sites = bounds.sites(builder.module)
+        if not 0 < site <= len(sites):
+            return "unknown access"
+        found = sites[site - 1]
+        what = f"{found.access} through argument {found.position} of {found.function}"
+        if found.nested or kernel is None:
+            return f"{what}, a {found.buffer} buffer"
+        slot = builder.slots_of(kernel)[found.position]
+        owners = [n.label for n in self.program.nodes if self.schedule.buffer_of.get(n.id) == slot]
+        buffer = self.schedule.buffers[slot]
+        held = f", holding {', '.join(owners[:3])}" if owners else ""
+        return f"{what}: buffer {slot}, {buffer.kind} {format_shape(buffer.shape)} {buffer.dtype}{held}"
+
+
+def _describe(kernel) -> str:
+    nodes = ", ".join(f"{n.label} (op '{n.op.name}', shape {format_shape(n.shape)})" for n in kernel.nodes[:4])
+    more = f" and {len(kernel.nodes) - 4} more" if len(kernel.nodes) > 4 else ""
+    return f"{kernel.kind} kernel of {nodes}{more}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,12 +14,13 @@ from ..compiler.autodiff import ancestors
 from ..compiler.errors import GraphError, ShapeError
 from ..compiler.graph import Graph, Node
 from ..compiler.optimizers import LR_KEY
-from ..compiler.passes import PIPELINE, native_pipeline, run_pipeline
+from ..compiler.passes import PIPELINE, Pass, insert_after, native_pipeline, run_pipeline
 from ..compiler.program import Program
 from ..compiler.types import concrete_shape
 from ..ops.leaves import InputOp, ParameterOp, StateOp
-from . import checkpoint
+from . import checkpoint, memory
 from .feeds import bind_feeds
+from .locks import graph_lock
 
 BACKENDS = ("numpy", "llvm")
 _POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
@@ -41,8 +42,9 @@ class CompiledFunction:
             n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in program.leaves(StateOp)
         }
         self._n_user_outputs = n_user_outputs
-        self._lock = threading.Lock()
+        self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
+        self._fits: set[int] = set()  # batch sizes whose memory was checked
         self._executor = _make_executor(program, self.state, backend)
 
     @property
@@ -73,11 +75,16 @@ class CompiledFunction:
         arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
         first = 1 if self.program.loss is not None else 0
         targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
-        with self._lock:  # one arena per compiled function: concurrent calls take turns
+        if self.trains and batch == 0:
+            raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
+        self._check_before_running(batch, first, targets)
+        with self._lock:  # compiled functions of one graph take turns (see locks.py)
             if self.backend == "llvm":
                 if targets is None:
-                    targets = self._recycled_outputs(batch, first)
-                results = self._executor.run(arrays, batch, [None] * first + targets)
+                    targets = direct = self._recycled_outputs(batch, first)
+                else:
+                    direct = self._unaliased(targets, arrays)
+                results = self._executor.run(arrays, batch, [None] * first + direct)
             else:
                 results = self._executor.run(arrays, batch)
             if self.trains:
@@ -87,6 +94,42 @@ class CompiledFunction:
         if loss is None:
             return values[0] if len(values) == 1 else tuple(values)
         return (loss, *values) if self._n_user_outputs else loss
+
+    def _check_before_running(self, batch: int | None, first: int, targets: list | None) -> None:
+        """Refuse `out=` arrays that cannot take the outputs and batches too big for the machine
+        now, before the step changes anything."""
+        if targets is None and (batch is None or batch in self._fits):
+            return
+        outputs = self.program.outputs[first:]
+        shapes = [concrete_shape(n.shape, batch or 0) for n in outputs]
+        if targets is not None:
+            if len(targets) != len(outputs):
+                raise GraphError(f"out= has {len(targets)} arrays for {len(outputs)} outputs; nothing was run")
+            for target, node, shape in zip(targets, outputs, shapes):
+                if not isinstance(target, np.ndarray) or target.shape != shape or target.dtype != node.dtype:
+                    got = f"{target.shape} {target.dtype}" if isinstance(target, np.ndarray) else type(target).__name__
+                    raise ShapeError(f"out= array is {got}, the output is {shape} {node.dtype}; nothing was run")
+                if not target.flags.writeable:
+                    raise ShapeError("out= array is read-only; nothing was run")
+        if batch is not None and batch not in self._fits:
+            needed = sum(math.prod(s) * n.dtype.itemsize for s, n in zip(shapes, outputs))
+            if self.backend == "numpy":  # the reference keeps every value of the step alive
+                values = [n for n in self.program.nodes if n.inputs and n not in outputs]
+                needed += sum(math.prod(concrete_shape(n.shape, batch)) * n.dtype.itemsize for n in values)
+            memory.check(needed, f"the outputs{' and values' if self.backend == 'numpy' else ''} of batch size {batch}")
+            self._fits.add(batch)
+
+    def _unaliased(self, targets: list[np.ndarray], feeds: dict[int, np.ndarray]) -> list[np.ndarray | None]:
+        """The `out=` arrays native kernels may write directly; None for one that overlaps a feed, a
+        parameter, optimizer state or an earlier `out=` array (kernels would read what they are
+        overwriting): it receives a copy after the step instead, as with the reference backend."""
+        graph = self.program.graph
+        read = list(feeds.values()) + [graph.params[name] for name in self.params] + list(self.state.values())
+        direct: list[np.ndarray | None] = []
+        for i, target in enumerate(targets):
+            others = read + targets[:i]
+            direct.append(None if any(np.may_share_memory(target, other) for other in others) else target)
+        return direct
 
     def _recycled_outputs(self, batch: int | None, first: int) -> list[np.ndarray]:
         """Fresh-looking output arrays for this call. An array returned earlier is reused once
@@ -140,9 +183,10 @@ class CompiledFunction:
         return self._executor
 
     def save(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state and step count, written atomically."""
-        params = {name: self.program.graph.params[name] for name in self.params}
-        checkpoint.save(path, params, self.state, self.step_count)
+        """Parameters, optimizer state and step count, written atomically (never mid-step)."""
+        with self._lock:
+            params = {name: self.program.graph.params[name] for name in self.params}
+            checkpoint.save(path, params, self.state, self.step_count)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint; on any mismatch raise and change nothing."""
@@ -151,12 +195,13 @@ class CompiledFunction:
         checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
         if self.trains:
             checkpoint.check_compatible("optimizer state", self.state, state, path)
-        for name, value in current.items():
-            np.copyto(value, params[name])
-        if self.trains:
-            for key, value in self.state.items():
-                np.copyto(value, state[key])
-            self.step_count = step
+        with self._lock:  # never mid-step
+            for name, value in current.items():
+                np.copyto(value, params[name])
+            if self.trains:
+                for key, value in self.state.items():
+                    np.copyto(value, state[key])
+                self.step_count = step
 
 
 def _only(loaded: dict, current: dict, strict: bool) -> dict:
@@ -190,7 +235,10 @@ def compile_step(
     params: Sequence[Node | str] | None,
     backend: str | None,
     check_finite: bool,
+    gradient_passes: Sequence[tuple[str, Pass]] = (),
 ) -> CompiledFunction:
+    """`gradient_passes` rewrite `program.grads` between autodiff and the optimizer (the
+    allreduce of data-parallel training, drug.distributed)."""
     user_outputs = _as_list(outputs)
     if loss is None and not user_outputs:
         raise GraphError("compile needs a loss, outputs, or both")
@@ -215,5 +263,5 @@ def compile_step(
         optimizer=optimizer,
     )
     backend = backend or DEFAULT_BACKEND
-    pipeline = native_pipeline() if backend == "llvm" else PIPELINE
+    pipeline = insert_after(native_pipeline() if backend == "llvm" else PIPELINE, "autodiff", list(gradient_passes))
     return CompiledFunction(run_pipeline(program, pipeline), backend, check_finite, len(user_outputs))

@@ -9,6 +9,8 @@ import zipfile
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import drug as dg
 
@@ -229,3 +231,110 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     train.save(path)
     assert os.listdir(tmp_path) == ["c.npz"]
     assert path.read_bytes() != good
+
+
+CHILD = """
+import sys
+import numpy as np
+import drug as dg
+
+g = dg.Graph(seed=0)
+x = g.input("x", (None, 1024))
+w = g.parameter("w", (1024, 4096))  # 16 MB: a save takes long enough to be killed inside it
+train = g.compile(loss=dg.mean(x @ w), optimizer=dg.SGD(0.1), backend="numpy")
+version = 0
+while True:
+    version += 1
+    g.params["w"][...] = version
+    train.step_count = version
+    train.save(sys.argv[1])
+    print(version, flush=True)
+"""
+
+
+def test_sigkill_during_saves_leaves_the_previous_checkpoint(tmp_path):
+    """A process saving over and over is killed with SIGKILL at a random moment (mostly inside a
+    save: writing, fsync or rename); the file left behind always loads and holds one complete
+    version (the last one reported, or the next if the kill came between its rename and print)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "c.npz"
+    rng = random.Random(8)
+    for round_ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+        first = child.stdout.readline()  # a complete checkpoint exists from here on
+        assert first.strip(), "the child did not save"
+        time.sleep(rng.uniform(0.0, 0.4))
+        child.send_signal(signal.SIGKILL)
+        reported = [int(first)] + [int(line) for line in child.stdout.read().split()]
+        child.wait()
+        assert child.returncode == -signal.SIGKILL
+        g = dg.Graph(seed=1)
+        x = g.input("x", (None, 1024))
+        loader = g.compile(loss=dg.mean(x @ g.parameter("w", (1024, 4096))), optimizer=dg.SGD(0.1), backend="numpy")
+        loader.load(path)
+        assert loader.step_count in (reported[-1], reported[-1] + 1), (round_, loader.step_count, reported[-1])
+        w = g.params["w"]
+        assert w.min() == w.max() == loader.step_count, "parameters from two different saves"
+
+
+def rewritten(path, member: str, header: str) -> bytes:
+    """The checkpoint with `member`'s .npy header replaced (zip CRCs recomputed, so only the
+    reader's own checks can notice)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(out, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == member:  # a 128-byte version 1.0 header, then the data
+                text = header.encode()
+                pad = 63 - (10 + len(text)) % 64
+                size = (len(text) + pad + 1).to_bytes(2, "little")
+                data = b"\x93NUMPY\x01\x00" + size + text + b" " * pad + b"\n" + data[128:]
+            zout.writestr(info, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000000, 4), }",  # MemoryError
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (5, 4), ",  # tokenize.TokenError
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (5, 4)) }",  # SyntaxError
+        "{'descr': '<f6', 'fortran_order': False, 'shape': (5, 4), }",
+    ],
+)
+def test_forged_array_headers_are_refused(tmp_path, header):
+    """Found while fuzzing: a .npy header claiming a huge shape raised a bare MemoryError, a
+    mangled one tokenize.TokenError, instead of the checkpoint error."""
+    path, _ = saved_checkpoint(tmp_path)
+    assert_refused(path, rewritten(path, "param/w1.npy", header), "unreadable or truncated|corrupt")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_is_refused_or_harmless(tmp_path, data):
+    """Random bytes overwritten anywhere (headers and data) and random truncation: the load either
+    raises GraphError and changes nothing, or (damage in fields the reader ignores) restores
+    exactly the saved values."""
+    g, train = make_train(hidden=2, optimizer=dg.SGD(0.1))
+    train(**batch(0))
+    good = tmp_path / "good.npz"
+    train.save(good)
+    raw = bytearray(good.read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    raw = raw[: data.draw(st.integers(0, len(raw)))] if data.draw(st.booleans()) else raw
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    g2, train2 = make_train(hidden=2, seed=3, optimizer=dg.SGD(0.1))
+    before = snapshot(g2, train2)
+    try:
+        train2.load(bad)
+    except dg.GraphError:
+        assert_same(snapshot(g2, train2), before)
+    else:
+        assert_same(snapshot(g2, train2), snapshot(g, train))
