@@ -24,7 +24,7 @@ def ancestors(outputs: Sequence[Node]) -> list[Node]:
 
 def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Node]:
     """d(sum of y)/dx for each x, as new graph nodes; fan-out contributions are summed."""
-    from ..ops.elementwise import add, mul, ones_like
+    from ..ops.elementwise import mul, ones_like
     from ..ops.shape import sum_to
 
     wanted = {x.id for x in xs}
@@ -38,8 +38,10 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
         parts = contributions.pop(node.id, None)
         if not parts or node.id not in on_path:
             continue
-        g = parts[0] if len(parts) == 1 else add(*parts)
-        grads[node.id] = g
+        if getattr(node.op, "multi_output", False):  # parts are (result index, cotangent) pairs
+            g = [_sum([gi for k, gi in parts if k == index]) for index in range(len(node.op.output_types()))]
+        else:
+            g = grads[node.id] = _sum(parts)
         if not node.inputs:
             continue
         rule = node.op.grad(g, node, *node.inputs)
@@ -50,11 +52,21 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
         for x, gx in zip(node.inputs, rule):
             if gx is None or x.id not in on_path:
                 continue
-            if gx.shape != x.shape:
+            if getattr(x.op, "multi_output", False):
+                gx = (node.op.index, gx)  # node picks result `index` of x
+            elif gx.shape != x.shape:
                 gx = sum_to(gx, x.shape)
             contributions.setdefault(x.id, []).append(gx)
     # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
     return [grads[x.id] if x.id in grads else mul(ones_like(x), 0.0) for x in xs]
+
+
+def _sum(parts: list[Node]) -> Node | None:
+    from ..ops.elementwise import add
+
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else add(*parts)
 
 
 def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:

@@ -83,6 +83,8 @@ def _foldable(node: Node, inputs: list[Node]) -> bool:
 
     if None in node.shape or math.prod(node.shape) > FOLD_LIMIT or not node.inputs:
         return False
+    if getattr(node.op, "multi_output", False):
+        return False
 
     return isinstance(node.op, OnesLike) or all(isinstance(i.op, ConstantOp) for i in inputs)
 

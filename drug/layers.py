@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from .compiler.errors import GraphError, ShapeError
 from .compiler.graph import Graph, Node
 from .compiler.types import format_shape
-from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh
+from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
+from .ops.scan import scan as scan_loop
 
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
@@ -191,11 +192,22 @@ class _Recurrent(Layer):
     def step(self, projected: Node, h: Node | None) -> Node:
         raise NotImplementedError
 
-    def sequence(self, xs: Node, h0: Node | None = None) -> tuple[Node, Node]:
-        """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state)."""
+    def sequence(self, xs: Node, h0: Node | None = None, scan: bool = False) -> tuple[Node, Node]:
+        """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state).
+        `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps."""
         if xs.ndim != 3:
             raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
         projected = self.project(xs)  # all time steps in one matmul
+        if scan:
+            if h0 is None:  # the zero state, with the batch's size
+                h0 = projected[:, 0, : self.hidden] * 0.0
+
+            def body(h: Node, p: Node) -> tuple[Node, Node]:
+                h = self.step(p, h)
+                return h, h
+
+            last, states = scan_loop(body, h0, transpose(projected, (1, 0, 2)))  # over (T, batch, ...)
+            return transpose(states, (1, 0, 2)), last
         h, states = h0, []
         for t in range(xs.shape[1]):
             h = self.step(projected[:, t, :], h)

@@ -24,6 +24,9 @@ NO_EXAMPLE = {
     "ones_like": "the autodiff seed; depends on its input's shape only, gradient None",
     "count": "runtime element count that mean divides by; depends on the shape only",
     "one_hot": "integer labels in; not differentiable",
+    "scan": "a loop with a graph body and several results; tests/test_scan.py checks it against unrolled graphs",
+    "scan_output": "picks one result of a scan; tested with it",
+    "allreduce_sum": "an MPI collective over processes; tests/test_distributed.py runs it under mpirun",
 }
 
 BUILTIN = {name: cls for name, cls in REGISTRY.items() if cls.__module__.startswith("drug.")}

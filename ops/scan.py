@@ -1,0 +1,350 @@
+"""`dg.scan`: a loop over the leading axis whose body is a graph, differentiated by a reverse
+scan and compiled to one native loop (the body is compiled once, whatever the length).
+
+The scan node has several results; `ScanOutput(k)` nodes pick them out. Results, in order: the
+final carries, the stacked per-step outputs `ys`, and the stacked carries each step started
+from (the history the reverse scan needs; filled only when something reads it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from llvmlite import ir
+
+from ..compiler.errors import GraphError, ShapeError
+from ..compiler.graph import Graph, Node
+from ..compiler.irutil import I32, I64, PTR, STATUS_OUT_OF_MEMORY, element_count, for_range, i64
+from ..compiler.subgraph import Body, extract
+from ..compiler.types import TensorType, format_shape
+from .base import Op, apply
+from .leaves import Leaf
+
+I8 = ir.IntType(8)
+ALIGN = 64
+
+
+class ScanSlot(Leaf):
+    """A placeholder the body is traced on; `extract` turns it into a body input."""
+
+    def __repr__(self) -> str:
+        return "scan_slot"
+
+
+class Scan(Op):
+    """Inputs: initial carries, stacked xs, captured values. Body inputs are the same, with
+    one step of each x; body outputs are the new carries, then this step's ys."""
+
+    name = "scan"
+    multi_output = True
+    may_fail = True  # its body may (ids out of range), and its scratch allocation may
+
+    def __init__(self, body: Body, n_carry: int, n_x: int, length: int, reverse: bool = False):
+        self.body, self.n_carry, self.n_x, self.length, self.reverse = body, n_carry, n_x, length, reverse
+        self.n_y = len(body.outputs) - n_carry
+
+    def params(self) -> dict[str, Any]:
+        return {"length": self.length, "reverse": self.reverse, "carries": self.n_carry, "xs": self.n_x}
+
+    def key(self) -> tuple:
+        return ("Scan", self.body.key, self.n_carry, self.n_x, self.length, self.reverse)
+
+    def output_types(self) -> list[TensorType]:
+        carries = [o.type for o in self.body.outputs[: self.n_carry]]
+        stacked = [TensorType((self.length, *o.shape), o.dtype) for o in self.body.outputs[self.n_carry :]]
+        history = [TensorType((self.length, *t.shape), t.dtype) for t in carries]
+        return carries + stacked + history
+
+    def infer(self, *inputs: TensorType) -> TensorType:
+        expected = [i.type for i in self.body.inputs]
+        for k, (got, want) in enumerate(zip(inputs, expected)):
+            if self.n_carry <= k < self.n_carry + self.n_x:
+                want = TensorType((self.length, *want.shape), want.dtype)
+            if got != want:
+                raise ShapeError(f"scan input {k} is {got}, the body expects {want}")
+        return TensorType((), np.dtype(np.float32))  # a token: the results are ScanOutput nodes
+
+    def _steps(self) -> range:
+        return range(self.length - 1, -1, -1) if self.reverse else range(self.length)
+
+    def ref(self, *inputs: np.ndarray) -> tuple[np.ndarray, ...]:
+        nc, nx = self.n_carry, self.n_x
+        carries, xs, captured = list(inputs[:nc]), inputs[nc : nc + nx], list(inputs[nc + nx :])
+        types = self.output_types()
+        ys: list[list] = [[None] * self.length for _ in range(self.n_y)]
+        history: list[list] = [[None] * self.length for _ in range(nc)]
+        for t in self._steps():
+            for j, c in enumerate(carries):
+                history[j][t] = c
+            outs = self.body.run_reference(carries + [x[t] for x in xs] + captured)
+            carries = list(outs[:nc])
+            for m, y in enumerate(outs[nc:]):
+                ys[m][t] = y
+        return tuple(carries + [np.stack(seq).astype(t.dtype, copy=False) for seq, t in zip(ys + history, types[nc:])])
+
+    def grad(self, cotangents: list[Node | None], node: Node, *inputs: Node) -> list[Node | None]:
+        """A reverse scan whose body recomputes the forward step from the saved carry and
+        pulls the cotangents back through it; captured values' gradients are summed in carries."""
+        from ..compiler.autodiff import gradients
+        from .elementwise import add, mul, ones_like
+        from .reduce import sum as total
+
+        nc, nx, ny = self.n_carry, self.n_x, self.n_y
+        inits, xs, captured = inputs[:nc], inputs[nc : nc + nx], inputs[nc + nx :]
+        if any(i.dtype.kind != "f" for i in inits):
+            raise GraphError("scan: gradients need float carries")
+        dx = [i for i, x in enumerate(xs) if x.dtype.kind == "f"]
+        dk = [k for k, c in enumerate(captured) if c.dtype.kind == "f"]
+        seeded = [m for m in range(ny) if cotangents[nc + m] is not None]
+
+        g = Graph(dtype=self.body.graph.dtype)
+
+        def inputs_like(nodes: Sequence[Node | TensorType], step: bool = False) -> list[Node]:
+            out = []
+            for n in nodes:
+                shape = n.shape[1:] if step else n.shape
+                out.append(g.input(f"in{len(g._named)}", shape, str(n.dtype)))
+            return out
+
+        g_carry = inputs_like(inits)
+        g_acc = inputs_like([captured[k] for k in dk])
+        carry = inputs_like(inits)
+        x = inputs_like(xs, step=True)
+        g_y = inputs_like([self.output_types()[nc + m] for m in seeded], step=True)
+        cap = inputs_like(captured)
+        outs = self.body.inline(g, carry + x + cap)
+        terms = [total(mul(outs[j], g_carry[j])) for j in range(nc)]
+        terms += [total(mul(outs[nc + m], gy)) for m, gy in zip(seeded, g_y)]
+        pulled = gradients(
+            add(*terms) if len(terms) > 1 else terms[0], carry + [x[i] for i in dx] + [cap[k] for k in dk]
+        )
+        new_carry = pulled[:nc] + [add(a, p) for a, p in zip(g_acc, pulled[nc + len(dx) :])]
+        body = Body(g, g_carry + g_acc + carry + x + g_y + cap, new_carry + pulled[nc : nc + len(dx)])
+
+        def zeros(n: Node) -> Node:
+            return mul(ones_like(n), 0.0)
+
+        history = [output(node, nc + ny + j) for j in range(nc)]
+        init = [cotangents[j] if cotangents[j] is not None else zeros(inits[j]) for j in range(nc)]
+        init += [zeros(captured[k]) for k in dk]
+        stacked = history + list(xs) + [cotangents[nc + m] for m in seeded]
+        backward = Scan(body, nc + len(dk), len(stacked), self.length, not self.reverse)
+        back = apply(backward, *init, *stacked, *captured)
+        grads: list[Node | None] = [output(back, j) for j in range(nc)]
+        grads += [output(back, backward.n_carry + dx.index(i)) if i in dx else None for i in range(nx)]
+        grads += [output(back, nc + dk.index(k)) if k in dk else None for k in range(len(captured))]
+        return grads
+
+    def emit_kernel(self, k, node: Node) -> None:
+        _ScanEmitter(self, k, node).emit()
+
+
+class ScanOutput(Op):
+    """Result `index` of a scan node."""
+
+    name = "scan_output"
+    arity = 1
+    joins_input_kernel = True  # fusion puts it in its scan's kernel, which writes its buffer
+
+    def __init__(self, index: int, type_: TensorType):
+        self.index = index
+        self.type_ = type_
+
+    def infer(self, scan: TensorType) -> TensorType:
+        return self.type_
+
+    def ref(self, results: tuple) -> np.ndarray:
+        return results[self.index]
+
+    def grad(self, g: Node, out: Node, scan: Node) -> list:
+        return [g]  # autodiff files it under this output's index for the scan's rule
+
+    def emit_kernel(self, k, node: Node) -> None:
+        pass  # the scan's kernel writes this buffer
+
+
+def output(scan: Node, index: int) -> Node:
+    return apply(ScanOutput(index, scan.op.output_types()[index]), scan)
+
+
+def _as_list(value: Any, what: str) -> tuple[list[Node], bool]:
+    """Nodes as a list, and whether the user gave a single node (not a tuple/list)."""
+    if value is None:
+        return [], False
+    if isinstance(value, Node):
+        return [value], True
+    if isinstance(value, (tuple, list)) and all(isinstance(v, Node) for v in value):
+        return list(value), False
+    raise GraphError(f"scan: {what} must be a node or a tuple of nodes, got {type(value).__name__}")
+
+
+def scan(fn: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False):
+    """Loop `carry, y = fn(carry, x)` over the leading axis of `xs` (or `length` times).
+
+    Returns (final carry, ys) where ys stacks every step's y along a new leading axis; carry,
+    x and y may each be a node or a tuple of nodes (y may be None). Like jax.lax.scan."""
+    carries, single_carry = _as_list(init, "init")
+    xlist, single_x = _as_list(xs, "xs")
+    nodes = carries + xlist
+    if not nodes:
+        raise GraphError("scan needs an initial carry or xs")
+    graph = nodes[0].graph
+    lengths = {x.shape[0] if x.ndim else None for x in xlist}
+    if None in lengths:
+        bad = next(x for x in xlist if not x.ndim or x.shape[0] is None)
+        raise ShapeError(f"scan: xs {bad.describe()} needs a static leading axis to loop over")
+    if length is not None:
+        lengths.add(int(length))
+    if len(lengths) != 1:
+        raise ShapeError(f"scan: xs leading axes and length disagree: {sorted(lengths)}")
+    steps = lengths.pop()
+    if steps < 1:
+        raise ShapeError(f"scan: needs at least one step, got length {steps}")
+    slots = [Node(graph, ScanSlot(), (), c.type) for c in carries]
+    slots += [Node(graph, ScanSlot(), (), TensorType(x.shape[1:], x.dtype)) for x in xlist]
+    carry_in = slots[: len(carries)]
+    x_in = slots[len(carries) :]
+    x_arg = x_in[0] if single_x else (tuple(x_in) if x_in else None)
+    result = fn(carry_in[0] if single_carry else tuple(carry_in), x_arg)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise GraphError("scan: fn(carry, x) must return a pair (new carry, y)")
+    new_carries, _ = _as_list(result[0], "the new carry")
+    ys, single_y = _as_list(result[1], "y")
+    if len(new_carries) != len(carries):
+        raise GraphError(f"scan: fn returned {len(new_carries)} carries for {len(carries)}")
+    for old, new in zip(carries, new_carries):
+        if old.type != new.type:
+            raise ShapeError(
+                f"scan: the carry {old.describe()} comes back from fn as {new.describe()}; it must keep its "
+                f"shape {format_shape(old.shape)} and dtype"
+            )
+    body, captured = extract(graph, slots, new_carries + ys)
+    node = apply(Scan(body, len(carries), len(xlist), steps, reverse), *carries, *xlist, *captured)
+    final = [output(node, j) for j in range(len(carries))]
+    stacked = [output(node, len(carries) + m) for m in range(len(ys))]
+    carry_out = final[0] if single_carry else tuple(final)
+    ys_out = stacked[0] if single_y else (tuple(stacked) if stacked else None)
+    return carry_out, ys_out
+
+
+class _ScanEmitter:
+    """The native loop: per step, point the body's input slots at this step's carries and xs,
+    call the body's compiled step, and copy its results out."""
+
+    def __init__(self, op: Scan, k, node: Node):
+        self.op, self.k, self.node, self.b = op, k, node, k.b
+        self.program = op.body.native_program
+        self.schedule = self.program.schedule
+        results = [n for n in k.schedule.program.nodes if isinstance(n.op, ScanOutput) and n.inputs[0] is node]
+        self.results = {n.op.index: n for n in results}
+
+    def bytes_of(self, type_: TensorType) -> ir.Value:
+        count = element_count(self.b, type_.shape, self.k.batch)
+        return self.b.mul(count, i64(type_.dtype.itemsize), name="nbytes")
+
+    def offset(self, pointer: ir.Value, nbytes: ir.Value, name: str) -> ir.Value:
+        return self.b.gep(pointer, [nbytes], source_etype=I8, inbounds=True, name=name)
+
+    def call(self, name: str, ret: ir.Type, args: list[ir.Value], arg_types: list[ir.Type]) -> ir.Value:
+        module = self.b.module
+        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, arg_types), name)
+        return self.b.call(fn, args)
+
+    def copy(self, dst: ir.Value, src: ir.Value, nbytes: ir.Value, overlapping: bool = False) -> None:
+        name = "llvm.memmove" if overlapping else "llvm.memcpy"
+        fn = self.b.module.declare_intrinsic(name, [PTR, PTR, I64])
+        self.b.call(fn, [dst, src, nbytes, ir.Constant(ir.IntType(1), 0)])
+
+    def body_function(self) -> ir.Function:
+        from ..compiler.codegen import ModuleBuilder
+
+        name = f"scan{self.node.id}.step"
+        module = self.b.module
+        if name not in module.globals:
+            builder = ModuleBuilder(self.schedule, self.k.blas_int.width, module=module, prefix=f"scan{self.node.id}.")
+            builder.entry(name)
+        return module.globals[name]
+
+    def constant(self, buffer) -> ir.Value:
+        data = np.ascontiguousarray(buffer.key).tobytes()
+        name = f"scan{self.node.id}.const{buffer.slot}"
+        g = ir.GlobalVariable(self.b.module, ir.ArrayType(I8, len(data)), name)
+        g.initializer = ir.Constant(ir.ArrayType(I8, len(data)), bytearray(data))
+        g.global_constant, g.linkage, g.align = True, "internal", ALIGN
+        return g
+
+    def emit(self) -> None:
+        op, k, b, node = self.op, self.k, self.b, self.node
+        nc, nx = op.n_carry, op.n_x
+        step_fn = self.body_function()
+        carry_types = [i.type for i in op.body.inputs[:nc]]
+        x_types = [i.type for i in op.body.inputs[nc : nc + nx]]
+        y_types = [o.type for o in op.body.outputs[nc:]]
+
+        # scratch: the body's temporaries, and carries nobody reads after the loop
+        regions: list[tuple[str, Any]] = [("temp", buf) for buf in self.schedule.buffers if buf.kind == "temp"]
+        regions += [("carry", j) for j in range(nc) if j not in self.results]
+        total, offsets = i64(ALIGN), []
+        for kind, item in regions:
+            nbytes = self.bytes_of(item if kind == "temp" else carry_types[item])
+            offsets.append(total)
+            total = b.and_(b.add(b.add(total, nbytes), i64(ALIGN - 1)), i64(-ALIGN), name="scratch.end")
+        scratch = self.call("aligned_alloc", PTR, [i64(ALIGN), total], [I64, I64])
+        with b.if_then(b.icmp_unsigned("==", scratch, ir.Constant(PTR, None)), likely=False):
+            b.ret(ir.Constant(I32, STATUS_OUT_OF_MEMORY))
+        where = {(kind, item.slot if kind == "temp" else item): self.offset(scratch, off, "region")
+                 for (kind, item), off in zip(regions, offsets)}  # fmt: skip
+
+        table = b.alloca(PTR, size=len(self.schedule.buffers), name="body.table")
+
+        def set_slot(slot: int, pointer: ir.Value) -> None:
+            b.store(pointer, b.gep(table, [i64(slot)], source_etype=PTR, inbounds=True))
+
+        def get_slot(slot: int) -> ir.Value:
+            return b.load(b.gep(table, [i64(slot)], source_etype=PTR, inbounds=True), typ=PTR)
+
+        # body inputs the body still reads (simplification may have dropped some) -> their slots
+        input_slot = {
+            i: self.schedule.buffer_of[n.id] for i, n in enumerate(op.body.inputs) if n.id in self.schedule.buffer_of
+        }
+        for buf in self.schedule.buffers:
+            if buf.kind == "temp":
+                set_slot(buf.slot, where[("temp", buf.slot)])
+            elif buf.kind == "const":
+                set_slot(buf.slot, self.constant(buf))
+        for i, slot in input_slot.items():
+            if i >= nc + nx:  # captured: the same every step
+                set_slot(slot, k.ptr(node.inputs[i]))
+        carries = [k.ptr(self.results[j]) if j in self.results else where[("carry", j)] for j in range(nc)]
+        carry_bytes = [self.bytes_of(t) for t in carry_types]
+        x_bytes = [self.bytes_of(t) for t in x_types]
+        y_bytes = [self.bytes_of(t) for t in y_types]
+        out_slots = [self.schedule.slot(o) for o in self.program.outputs]
+
+        with for_range(b, i64(op.length), "step") as i:
+            t = b.sub(i64(op.length - 1), i, name="t") if op.reverse else i
+            first = b.icmp_signed("==", i, i64(0), name="first")
+            for j in range(nc):
+                current = b.select(first, k.ptr(node.inputs[j]), carries[j], name=f"carry{j}")
+                history = self.results.get(nc + op.n_y + j)
+                if history is not None:
+                    self.copy(self.offset(k.ptr(history), b.mul(t, carry_bytes[j]), "saved"), current, carry_bytes[j])
+                if j in input_slot:
+                    set_slot(input_slot[j], current)
+            for m in range(nx):
+                if nc + m in input_slot:
+                    stacked = k.ptr(node.inputs[nc + m])
+                    set_slot(input_slot[nc + m], self.offset(stacked, b.mul(t, x_bytes[m]), f"x{m}"))
+            status = b.call(step_fn, [table, k.batch, k.runtime], name="status")
+            with b.if_then(b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
+                self.call("free", ir.VoidType(), [scratch], [PTR])
+                b.ret(status)
+            for j in range(nc):  # the body may return a carry unchanged: source and target can overlap
+                self.copy(carries[j], get_slot(out_slots[j]), carry_bytes[j], overlapping=True)
+            for m in range(op.n_y):
+                stacked = self.results.get(nc + m)
+                if stacked is not None:
+                    target = self.offset(k.ptr(stacked), b.mul(t, y_bytes[m]), f"y{m}")
+                    self.copy(target, get_slot(out_slots[nc + m]), y_bytes[m])
+        self.call("free", ir.VoidType(), [scratch], [PTR])
