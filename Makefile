@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench test lint format demo bench clean
+.PHONY: install install-mpi install-bench test lint format demo aot-demo bench clean
 
 install: $(STAMP)
 
@@ -27,6 +27,20 @@ format: install
 
 demo: install
 	$(PY) examples/mnist_dense.py --epochs 1
+
+# The demo's MLP compiled ahead of time (examples/aot/mlp.py -> build/aot/libmlp.so) and trained from C
+# (examples/aot/mnist_train.c); needs the system OpenBLAS and zlib (apt-get install libopenblas-dev zlib1g-dev).
+AOT := build/aot
+aot-demo: install
+	$(VENV)/bin/drug-compile examples/aot/mlp.py --out $(AOT) --name mlp
+	$(CC) -O2 -std=c11 -Wall -Wextra -I$(AOT) examples/aot/mnist_train.c -L$(AOT) -lmlp -lopenblas -lz \
+		-Wl,-rpath,'$$ORIGIN' -o $(AOT)/mnist_train
+	$(AOT)/mnist_train drug/data/mnist $(AOT)/mnist_mlp.npz
+
+# mpi4py for data-parallel training (drug.distributed, tests/test_distributed.py); it needs an MPI
+# library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
+install-mpi: install
+	$(PY) -m pip install --quiet -e '.[test,mpi]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install

@@ -74,6 +74,18 @@ PIPELINE: list[tuple[str, Pass]] = [
 ]
 
 
+def insert_after(
+    pipeline: list[tuple[str, Pass]], anchor: str, passes: list[tuple[str, Pass]]
+) -> list[tuple[str, Pass]]:
+    """A copy of `pipeline` with `passes` right after the pass named `anchor` (e.g. gradient
+    rewrites such as data-parallel averaging go after "autodiff", before "optimizer")."""
+    names = [name for name, _ in pipeline]
+    if anchor not in names:
+        raise ValueError(f"no pass named {anchor!r}; the pipeline is {names}")
+    at = names.index(anchor) + 1
+    return pipeline[:at] + list(passes) + pipeline[at:]
+
+
 def native_pipeline() -> list[tuple[str, Pass]]:
     from .fusion import fuse
     from .schedule import schedule

@@ -1,13 +1,14 @@
 """drug: a differentiable graph compiler. Declare a graph, compile its whole train step."""
 
-from . import layers
-from .compiler.autodiff import grad, jacobian
+from . import decoding, distributed, layers
+from .compiler.autodiff import grad, hessian_vector_product, jacobian, jvp
 from .compiler.errors import GraphError, ShapeError
 from .compiler.graph import Graph, Node
 from .compiler.optimizers import SGD, Adam, Optimizer, RMSProp
 from .ops import (
     Op,
     add,
+    avg_pool2d,
     concat,
     conv2d,
     div,
@@ -17,6 +18,7 @@ from .ops import (
     log,
     matmul,
     max,
+    max_pool2d,
     mean,
     min,
     mul,
@@ -24,6 +26,7 @@ from .ops import (
     one_hot,
     relu,
     reshape,
+    scan,
     sigmoid,
     softmax,
     softmax_cross_entropy,
@@ -33,6 +36,7 @@ from .ops import (
     tanh,
     transpose,
 )
+from .ops.traced import elementwise
 
 __version__ = "0.1.0"
 

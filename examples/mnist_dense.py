@@ -1,11 +1,15 @@
-"""Train a multilayer perceptron on MNIST with drug's layers and report test accuracy."""
+"""Train a multilayer perceptron on MNIST with drug's layers and report test accuracy.
+
+Data-parallel over MPI: `mpirun -np 2 python examples/mnist_dense.py --distributed`. --batch is
+then the global batch: every rank takes batch/ranks samples of each shuffled batch (all ranks
+shuffle with the same seed), so the run follows the single-process one up to float rounding."""
 
 from __future__ import annotations
 
 import time
 
 import numpy as np
-from common import example_parser, linear_decay, minibatches, plot_curves
+from common import accuracy, example_parser, linear_decay, minibatches, plot_curves
 from tqdm import tqdm
 
 import drug as dg
@@ -23,24 +27,25 @@ def build(hidden: list[int], seed: int):
     return g, logits, dg.softmax_cross_entropy(logits, y)
 
 
-def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
-    correct = sum(
-        int((predict(x=x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
-    )
-    return correct / len(x)
-
-
 def main() -> None:
     parser = example_parser(__doc__, epochs=5, batch=128, lr=3e-3)
     parser.add_argument("--hidden", type=int, nargs="*", default=[512, 256])
+    parser.add_argument("--distributed", action="store_true", help="data-parallel over the ranks of mpirun")
     args = parser.parse_args()
+    dist = dg.distributed.init() if args.distributed else None
+    if dist is not None and args.batch % dist.size:
+        parser.error(f"--batch {args.batch} (the global batch) is not a multiple of the {dist.size} ranks")
+    root = dist is None or dist.is_root  # rank 0 prints, evaluates and writes the plot
 
     x_train, y_train = mnist("train")
     x_test, y_test = mnist("test")
     if args.smoke:
         x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
     g, logits, loss = build(args.hidden, args.seed)
-    train = g.compile(loss=loss, optimizer=dg.Adam(lr=args.lr), backend=args.backend)
+    if dist is not None:
+        train = dg.distributed.compile(g, loss, dg.Adam(lr=args.lr), backend=args.backend)
+    else:
+        train = g.compile(loss=loss, optimizer=dg.Adam(lr=args.lr), backend=args.backend)
     predict = g.compile(outputs=logits, backend=args.backend)
     if args.resume:
         train.load(args.resume)
@@ -48,10 +53,16 @@ def main() -> None:
     total_steps = args.epochs * -(-len(x_train) // args.batch)
     step, losses, curve = 0, [], {"train loss": ([], []), "test accuracy": ([], [])}
     start = time.perf_counter()
+    train_seconds, samples = 0.0, 0  # this rank's time in its training loop and samples it trained on
     for epoch in range(1, args.epochs + 1):
         epoch_losses = []
-        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        batches = minibatches(len(x_train), args.batch, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not root)
+        epoch_start = time.perf_counter()
         for idx in bar:
+            if dist is not None:
+                idx = dist.split(idx)  # this rank's share of the global batch
+            samples += len(idx)
             train.lr = linear_decay(args.lr, step, total_steps)
             step += 1
             epoch_losses.append(train(x=x_train[idx], y=y_train[idx]))
@@ -59,20 +70,29 @@ def main() -> None:
                 bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
                 curve["train loss"][0].append(step)
                 curve["train loss"][1].append(float(np.mean(epoch_losses[-20:])))
+        train_seconds += time.perf_counter() - epoch_start
+        losses.append(float(np.mean(epoch_losses)) if dist is None else dist.average(np.mean(epoch_losses)))
+        if not root:
+            continue  # the other ranks go on and wait in the next step's allreduce
         acc = accuracy(predict, x_test, y_test)
         curve["test accuracy"][0].append(step)
         curve["test accuracy"][1].append(acc)
-        losses.append(float(np.mean(epoch_losses)))
         print(f"epoch {epoch}: mean loss {losses[-1]:.4f}, test accuracy {acc:.4f}")
     seconds = time.perf_counter() - start
     if args.save:
-        train.save(args.save)
+        train.save(args.save)  # with --distributed: rank 0 writes, the other ranks wait for it
+    if not root:
+        return
+    # rank 0's loop time: its steps wait for the slowest rank in each allreduce, never for evaluation
+    ranks = 1 if dist is None else dist.size
+    total = samples * ranks / train_seconds
     if args.plot:
         plot_curves(args.plot, curve, "step", "MNIST MLP")
     print(
         f"summary: test accuracy {accuracy(predict, x_test, y_test):.4f} after {args.epochs} epoch(s), "
         f"{seconds:.1f} s ({seconds / args.epochs:.1f} s/epoch), backend {train.backend}"
     )
+    print(f"throughput: {total:,.0f} samples/s ({total / ranks:,.0f} per rank x {ranks} rank(s), training loop only)")
 
 
 if __name__ == "__main__":
