@@ -24,7 +24,7 @@ def ancestors(outputs: Sequence[Node]) -> list[Node]:
 
 def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Node]:
     """d(sum of y)/dx for each x, as new graph nodes; fan-out contributions are summed."""
-    from ..ops.elementwise import mul, ones_like
+    from ..ops.elementwise import ones_like, zeros_like
     from ..ops.shape import sum_to
 
     wanted = {x.id for x in xs}
@@ -58,7 +58,7 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
                 gx = sum_to(gx, x.shape)
             contributions.setdefault(x.id, []).append(gx)
     # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
-    return [grads[x.id] if x.id in grads else mul(ones_like(x), 0.0) for x in xs]
+    return [grads[x.id] if x.id in grads else zeros_like(x) for x in xs]
 
 
 def _sum(parts: list[Node]) -> Node | None:
@@ -106,12 +106,12 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
     """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
     derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
     the gradient of <Jᵀu, v> with respect to u is J·v; u's value never matters."""
-    from ..ops.elementwise import mul, ones_like
+    from ..ops.elementwise import mul, zeros_like
     from ..ops.reduce import sum as total
 
     if v.shape != x.shape:
         raise GraphError(f"jvp: tangent {v.describe()} must have the shape of {x.describe()}")
-    u = mul(ones_like(y), 0.0)  # a stand-in cotangent shaped like y (batch included)
+    u = zeros_like(y)  # a stand-in cotangent shaped like y (batch included)
     (vjp,) = gradients(y, [x], seed=u)
     return gradients(total(mul(vjp, v)), [u])[0]
 

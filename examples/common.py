@@ -35,6 +35,15 @@ def linear_decay(peak: float, step: int, total: int) -> float:
     return peak * max(0.0, 1.0 - step / max(total, 1))
 
 
+def track_loss(bar, curve: tuple[list, list], step: int, losses: list[float], every: int = 20) -> None:
+    """Every `every` steps: the mean of the last `every` losses on the progress bar and on the curve."""
+    if step % every == 0:
+        recent = float(np.mean(losses[-every:]))
+        bar.set_postfix(loss=f"{recent:.4f}")
+        curve[0].append(step)
+        curve[1].append(recent)
+
+
 def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
     """Share of the rows of x whose arg-max prediction is the label, `batch` rows per call."""
     correct = sum(

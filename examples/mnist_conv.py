@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, linear_decay, minibatches, plot_curves
+from common import accuracy, example_parser, linear_decay, minibatches, plot_curves, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -61,10 +61,7 @@ def train_drug(args, data) -> dict:
             train.lr = linear_decay(args.lr, step, total_steps)
             step += 1
             losses.append(train(x=x_train[idx], y=y_train[idx]))
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                curve["train loss"][0].append(step)
-                curve["train loss"][1].append(float(np.mean(losses[-20:])))
+            track_loss(bar, curve["train loss"], step, losses)
         elapsed = time.perf_counter() - start
         seconds += elapsed
         acc = accuracy(predict, x_test, y_test)

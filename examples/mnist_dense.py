@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, linear_decay, minibatches, plot_curves
+from common import accuracy, example_parser, linear_decay, minibatches, plot_curves, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -66,10 +66,7 @@ def main() -> None:
             train.lr = linear_decay(args.lr, step, total_steps)
             step += 1
             epoch_losses.append(train(x=x_train[idx], y=y_train[idx]))
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{np.mean(epoch_losses[-20:]):.4f}")
-                curve["train loss"][0].append(step)
-                curve["train loss"][1].append(float(np.mean(epoch_losses[-20:])))
+            track_loss(bar, curve["train loss"], step, epoch_losses)
         train_seconds += time.perf_counter() - epoch_start
         losses.append(float(np.mean(epoch_losses)) if dist is None else dist.average(np.mean(epoch_losses)))
         if not root:

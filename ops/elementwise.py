@@ -293,3 +293,8 @@ def equal(a, b):
 
 def ones_like(x):
     return apply(OnesLike(), x)
+
+
+def zeros_like(x):
+    """Zeros with x's (runtime) shape, batch included."""
+    return mul(ones_like(x), 0.0)

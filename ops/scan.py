@@ -87,7 +87,7 @@ class Scan(Op):
         """A reverse scan whose body recomputes the forward step from the saved carry and
         pulls the cotangents back through it; captured values' gradients are summed in carries."""
         from ..compiler.autodiff import gradients
-        from .elementwise import add, mul, ones_like
+        from .elementwise import add, mul, zeros_like
         from .reduce import sum as total
 
         nc, nx, ny = self.n_carry, self.n_x, self.n_y
@@ -122,12 +122,9 @@ class Scan(Op):
         new_carry = pulled[:nc] + [add(a, p) for a, p in zip(g_acc, pulled[nc + len(dx) :])]
         body = Body(g, g_carry + g_acc + carry + x + g_y + cap, new_carry + pulled[nc : nc + len(dx)])
 
-        def zeros(n: Node) -> Node:
-            return mul(ones_like(n), 0.0)
-
         history = [output(node, nc + ny + j) for j in range(nc)]
-        init = [cotangents[j] if cotangents[j] is not None else zeros(inits[j]) for j in range(nc)]
-        init += [zeros(captured[k]) for k in dk]
+        init = [cotangents[j] if cotangents[j] is not None else zeros_like(inits[j]) for j in range(nc)]
+        init += [zeros_like(captured[k]) for k in dk]
         stacked = history + list(xs) + [cotangents[nc + m] for m in seeded]
         backward = Scan(body, nc + len(dk), len(stacked), self.length, not self.reverse)
         back = apply(backward, *init, *stacked, *captured)
