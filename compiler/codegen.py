@@ -236,8 +236,9 @@ class ModuleBuilder:
         fnty = ir.FunctionType(I32, [PTR] * len(slots) + [I64, PTR] + [t for _, t in extra])
         fn = ir.Function(self.module, fnty, name)
         fn.linkage = "internal"
-        if not extra:  # kernels stay functions: inlining hundreds of call sites only costs compile time
-            fn.attributes.add("noinline")
+        # kernels stay functions (inlining hundreds of call sites only costs compile time), and so
+        # does a parallel loop's body: it is called from the serial and the threaded path
+        fn.attributes.add("noinline")
         for arg, slot in zip(fn.args, slots):
             arg.name = f"b{slot}"
             arg.add_attribute("noalias")

@@ -1,15 +1,22 @@
-"""Turning IR into machine code: LLVM's O3 pipeline for the host CPU, MCJIT, and an on-disk
-cache of object code keyed by the program's hash, the llvmlite version and the CPU."""
+"""Turning IR into machine code: LLVM's O2 pipeline for the host CPU on several threads (one
+module split into parts), MCJIT, and an on-disk cache of object code keyed by the program's
+hash, the llvmlite version and the CPU."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
 import functools
 import hashlib
 import os
+import struct
 from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
+from llvmlite.binding import ffi
+
+from .split import split_module
 
 
 @functools.cache
@@ -37,15 +44,86 @@ def target_machine(cpu: str | None = None, features: str | None = None, reloc: s
     )
 
 
-def optimize(module: llvm.ModuleRef, tm) -> None:
+def pass_builder(tm):
     """LLVM's O2 pipeline with the loop and SLP vectorizers on: as fast as O3 for our loops,
     at a third of the compile time (O3 mostly adds unrolled copies)."""
     pto = llvm.create_pipeline_tuning_options(speed_level=2)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
     pto.loop_unrolling = True
-    pb = llvm.create_pass_builder(tm, pto)
+    return llvm.create_pass_builder(tm, pto)
+
+
+def optimize(module: llvm.ModuleRef, tm) -> None:
+    pb = pass_builder(tm)
     pb.getModulePassManager().run(module, pb)
+
+
+def compile_threads() -> int:
+    """How many threads compile one module's parts (DRUG_COMPILE_THREADS, default: the cores, at most 4)."""
+    configured = os.environ.get("DRUG_COMPILE_THREADS")
+    return max(1, int(configured)) if configured else min(os.cpu_count() or 1, 4)
+
+
+# A part smaller than this is not worth its own thread (a pass pipeline's fixed cost).
+MIN_LINES_PER_PART = 300
+
+
+class _Job:
+    """One IR text on its way to an object file, in its own LLVM context (contexts are LLVM's
+    unit of thread safety) with its own target machine and pass pipeline."""
+
+    def __init__(self, text: str):
+        self.context = llvm.create_context()
+        self.module = llvm.parse_assembly(text, context=self.context)
+        self.module.verify()
+        self.tm = target_machine()
+        self.pb = pass_builder(self.tm)
+        self.mpm = self.pb.getModulePassManager()
+        self.buffer = None
+        self.error = ""
+
+    def run(self, lib) -> None:
+        """Optimize and emit object code through `lib`: llvmlite's wrapper (which holds one
+        global lock per call) or, on worker threads, the same C entry points without it."""
+        lib.LLVMPY_RunNewModulePassManager(self.mpm, self.module, self.pb)
+        with ffi.OutputString() as error:
+            self.buffer = lib.LLVMPY_TargetMachineEmitToMemory(self.tm, self.module, 1, error)
+            if not self.buffer:
+                self.error = str(error)
+
+    def object_code(self) -> bytes:
+        if not self.buffer:
+            raise RuntimeError(f"LLVM could not emit object code: {self.error}")
+        try:
+            start, size = ffi.lib.LLVMPY_GetBufferStart(self.buffer), ffi.lib.LLVMPY_GetBufferSize(self.buffer)
+            return ctypes.string_at(start, size)
+        finally:
+            ffi.lib.LLVMPY_DisposeMemoryBuffer(self.buffer)
+
+
+def _unlocked_lib():
+    """libllvmlite's functions without llvmlite's process-wide lock, or None if this llvmlite
+    is laid out differently. Safe for our use: each job owns its context, module, target
+    machine and pipeline, which is LLVM's rule for running on several threads."""
+    raw = getattr(ffi.lib, "_lib", None)
+    needed = ("LLVMPY_RunNewModulePassManager", "LLVMPY_TargetMachineEmitToMemory")
+    return raw if raw is not None and all(hasattr(raw, n) for n in needed) else None
+
+
+def emit_objects(texts: list[str]) -> list[bytes]:
+    """Object code for each IR text, optimized for the host; several texts compile in parallel
+    (ctypes releases the GIL while LLVM works)."""
+    _init()
+    jobs = [_Job(text) for text in texts]
+    raw = _unlocked_lib() if len(jobs) > 1 else None
+    if raw is None:
+        for job in jobs:
+            job.run(ffi.lib)
+    else:
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            list(pool.map(lambda job: job.run(raw), jobs))
+    return [job.object_code() for job in jobs]
 
 
 def cache_dir() -> Path:
@@ -102,28 +180,62 @@ class Compiled:
 
 
 def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
-    """Machine code for the module `build_ir()` returns (as text); it is called only on a cache miss."""
+    """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
+    miss. Large modules are split into parts compiled on `compile_threads()` threads."""
     _init()
     use_cache = os.environ.get("DRUG_CACHE", "1") != "0"
     path = cache_dir() / f"{cache_key(key)}.o"
-    tm = target_machine()
     if use_cache and path.exists():
-        engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), tm)
-        engine.add_object_file(llvm.ObjectFileRef.from_data(path.read_bytes()))
-        engine.finalize_object()
-        address = engine.get_function_address(entry)
-        if address:
+        objects = _unpack(path.read_bytes())
+        compiled = objects and _load(objects, entry)
+        if compiled:
+            engine, address = compiled
             return Compiled(engine, address, build_ir, None, None, True)
     ir_text = build_ir()
-    module = llvm.parse_assembly(ir_text)
-    module.verify()
-    optimize(module, tm)
-    asm = tm.emit_assembly(module) if os.environ.get("DRUG_DEBUG", "0") >= "2" else None
-    engine = llvm.create_mcjit_compiler(module, tm)
+    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
+    objects = emit_objects(split_module(ir_text, entry, parts) or [ir_text])
     if use_cache:
-        engine.set_object_cache(notify_func=lambda _module, obj: _write_atomic(path, obj))
+        _write_atomic(path, _pack(objects))
+    engine, address = _load(objects, entry)
+    if not address:
+        raise RuntimeError(f"the compiled module has no function {entry}")
+    return Compiled(engine, address, build_ir, ir_text, None, False)
+
+
+def _load(objects: list[bytes], entry: str) -> tuple | None:
+    """A JIT engine holding the linked object files and the address of `entry` (0 if absent)."""
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
+    for code in objects:
+        engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
-    return Compiled(engine, engine.get_function_address(entry), build_ir, ir_text, asm, False)
+    return engine, engine.get_function_address(entry)
+
+
+_MAGIC = b"drug-objects-1\n"
+
+
+def _pack(objects: list[bytes]) -> bytes:
+    sizes = struct.pack(f"<{len(objects) + 1}Q", len(objects), *map(len, objects))
+    return _MAGIC + sizes + b"".join(objects)
+
+
+def _unpack(data: bytes) -> list[bytes] | None:
+    """The object files of a cache entry, or None if it is not one of ours (or cut short)."""
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 8:
+        return None
+    at = len(_MAGIC)
+    (count,) = struct.unpack_from("<Q", data, at)
+    if count > 4096 or len(data) < at + 8 * (count + 1):
+        return None
+    sizes = struct.unpack_from(f"<{count}Q", data, at + 8)
+    at += 8 * (count + 1)
+    if at + sum(sizes) != len(data):
+        return None
+    objects = []
+    for size in sizes:
+        objects.append(data[at : at + size])
+        at += size
+    return objects
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -270,12 +270,11 @@ class OneHot(Op):
         depth, type_ = i64(self.depth), llvm_type(self.dtype)
         one, zero = (ir.Constant(type_, v if self.dtype.kind == "f" else int(v)) for v in (1.0, 0.0))
         _check_indices(k, labels, depth, "label")
+        with for_range(b, k.count(node), "fill") as i:  # a memset once LLVM sees it
+            k.store(node, i, zero)
         with for_range(b, k.count(labels), "row") as row:
             label = _load_index(k, labels, row, "label")
-            start = b.mul(row, depth, name="row_start")
-            with for_range(b, depth, "j") as j:
-                hot = b.icmp_signed("==", j, label, name="hot")
-                k.store(node, b.add(start, j, name="at"), b.select(hot, one, zero, name="value"))
+            k.store(node, b.add(b.mul(row, depth, name="row_start"), label, name="hot"), one)
 
 
 class Embedding(Op):

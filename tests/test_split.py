@@ -1,0 +1,138 @@
+"""Compiling one module in parts on several threads (compiler/split.py, jit.emit_objects): the
+parts link back into the same program, every kind of kernel survives the split, and the cache
+file that holds several object files is read back or refused, never misread."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import llvmlite.binding as llvm
+import numpy as np
+import pytest
+
+import drug as dg
+from drug.compiler import jit
+from drug.compiler.split import split_module
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from mnist_dense import build  # noqa: E402
+
+
+@pytest.fixture
+def part_counts(monkeypatch):
+    """Split every module as finely as it goes (4 parts) and record how many parts each had."""
+    counts: list[int] = []
+    emit = jit.emit_objects
+
+    def recording(texts):
+        counts.append(len(texts))
+        return emit(texts)
+
+    monkeypatch.setenv("DRUG_CACHE", "0")
+    monkeypatch.setenv("DRUG_COMPILE_THREADS", "4")
+    monkeypatch.setattr(jit, "MIN_LINES_PER_PART", 1)
+    monkeypatch.setattr(jit, "emit_objects", recording)
+    return counts
+
+
+def _mlp_step(seed):
+    g, logits, loss = build([48, 32], seed)
+    return g, g.compile(loss=loss, outputs=logits, optimizer=dg.Adam(1e-3), backend="llvm")
+
+
+def _conv_step(seed):
+    g = dg.Graph(seed=seed)
+    x, y = g.input("x", (None, 1, 12, 12)), g.input("y", (None,), dtype="int32")
+    h = dg.layers.Conv2D(4, 3, padding="same", pad_mode="reflect", activation="relu", name="conv")(x)
+    h = dg.max_pool2d(h, 2)
+    logits = dg.global_pool(h, "avg") @ g.parameter("w", (4, 10))
+    return g, g.compile(loss=dg.softmax_cross_entropy(logits, y), outputs=logits, optimizer=dg.SGD(0.1), backend="llvm")
+
+
+def _scan_step(seed):
+    g = dg.Graph(seed=seed)
+    xs = g.input("xs", (None, 6, 8))
+    states, last = dg.layers.GRUCell(16, name="gru").sequence(xs, scan=True)
+    weights = g.constant(np.linspace(-1, 1, 16, dtype=np.float32))  # a constant inside a scan body:
+    decayed, _ = dg.scan(lambda c, h: (dg.tanh(c * weights + h), c), last * 0.0, dg.transpose(states, (1, 0, 2)))
+    loss = dg.mean(last * last) + dg.mean(decayed * decayed)  # an internal global that parts copy
+    return g, g.compile(loss=loss, outputs=last, optimizer=dg.RMSProp(1e-2), backend="llvm")
+
+
+def _feeds(name, rng):
+    if name == "mlp":
+        return {"x": rng.random((5, 784), np.float32), "y": rng.integers(0, 10, 5).astype(np.int32)}
+    if name == "conv":
+        return {"x": rng.random((3, 1, 12, 12), np.float32), "y": rng.integers(0, 10, 3).astype(np.int32)}
+    return {"xs": rng.standard_normal((4, 6, 8)).astype(np.float32)}
+
+
+BUILDERS = {"mlp": _mlp_step, "conv": _conv_step, "scan": _scan_step}
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+def test_split_compilation_runs_the_same_program(name, part_counts, monkeypatch):
+    runs = []
+    for threads in ("4", "1"):
+        monkeypatch.setenv("DRUG_COMPILE_THREADS", threads)
+        g, step = BUILDERS[name](seed=3)
+        rng = np.random.default_rng(0)
+        outputs = [step(**_feeds(name, rng)) for _ in range(3)]
+        runs.append((outputs, {k: v.copy() for k, v in g.params.items()}))
+    assert part_counts[0] == 4 and part_counts[1] == 1
+    if name == "scan":
+        assert "internal constant" in step.ir()
+    (split_out, split_params), (whole_out, whole_params) = runs
+    for a, b in zip(split_out, whole_out):
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)  # the same machine code, only in other files
+    for key in whole_params:
+        np.testing.assert_array_equal(split_params[key], whole_params[key])
+
+
+def test_split_keeps_every_definition_once():
+    g, step = _mlp_step(seed=0)
+    text = step.ir()
+    parts = split_module(text, "drug_step", 3)
+    assert parts is not None and len(parts) == 3
+    defined = [line.split('@"')[1].split('"')[0] for p in parts for line in p.splitlines() if line.startswith("define")]
+    original = [line.split('@"')[1].split('"')[0] for line in text.splitlines() if line.startswith("define")]
+    kernels = [n for n in original if n.startswith("k") and "." not in n]
+    assert sorted(n for n in defined if n in kernels) == sorted(kernels)  # each kernel in one part
+    assert set(defined) == set(original)
+    assert sum('@"drug_failed_kernel" = external global i32' in p for p in parts) == 2  # defined in part 0 only
+    for part in parts:
+        llvm.parse_assembly(part).verify()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "define i32 @f() {\nentry:\n  ret i32 0\n}\n",  # no kernels to share out
+        'define i32 @"drug_step"() {\nentry:\n  ret i32 0\n}\nmodule asm "nop"\n',  # a line it does not know
+        '@"g" = internal global i32 0\ndefine i32 @"drug_step"() {\nentry:\n  ret i32 0\n}\n',
+    ],
+)
+def test_unknown_modules_stay_whole(text):
+    assert split_module(text, "drug_step", 2) is None
+
+
+def test_cache_entries_hold_several_objects_and_refuse_damage(tmp_path, monkeypatch):
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DRUG_COMPILE_THREADS", "2")
+    monkeypatch.setattr(jit, "MIN_LINES_PER_PART", 1)
+    x = np.random.default_rng(1).random((4, 784), np.float32)
+    g, logits, _ = build([32], 0)
+    first = g.compile(outputs=logits, backend="llvm")
+    (entry,) = tmp_path.glob("*.o")
+    assert len(jit._unpack(entry.read_bytes())) == 2
+    entry.write_bytes(entry.read_bytes()[:-10])  # cut short: a miss, compiled again
+    g2, logits2, _ = build([32], 0)
+    again = g2.compile(outputs=logits2, backend="llvm")
+    assert not again._executor.compiled.from_cache
+    g3, logits3, _ = build([32], 0)
+    cached = g3.compile(outputs=logits3, backend="llvm")
+    assert cached._executor.compiled.from_cache
+    np.testing.assert_array_equal(cached(x=x), first(x=x))
+    assert jit._unpack(b"not ours") is None
