@@ -38,6 +38,8 @@ from .scalar import ScalarEmitter
 from .schedule import Schedule
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
+GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, next-kernel counter, then one status per kernel
+GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
 
@@ -145,29 +147,20 @@ class ModuleBuilder:
         return self.module
 
     def entry(self, name: str) -> ir.Function:
-        """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order."""
+        """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order (the
+        schedule's groups of independent kernels at once, on the OpenMP threads)."""
         schedule = self.schedule
         step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), name)
         table, batch, runtime = step.args
         table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
         b = ir.IRBuilder(step.append_basic_block("entry"))
-        functions: dict[tuple, ir.Function] = {}  # kernels alike up to their buffers share code
-        for index, kernel in enumerate(schedule.kernels):
-            slots = self.slots_of(kernel)
-            key = self.signature(index, kernel, slots)
-            if key not in functions:
-                functions[key] = self.kernel_function(index, kernel, slots)
-            fn = functions[key]
-            args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
-            status = b.call(fn, args, name=f"status{index}")
-            if self.bounds_check:  # a refused access makes the step stop after its kernel
-                fault = b.load(bounds.module_global(self.module, bounds.FAULT, I32), typ=I32, name="fault")
-                refused = b.icmp_signed("!=", fault, ir.Constant(I32, 0))
-                status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name=f"checked{index}")
-            failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
-            with b.if_then(failed, likely=False):
-                b.store(ir.Constant(I32, index), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
-                b.ret(status)
+        self._functions: dict[tuple, ir.Function] = {}  # kernels alike up to their buffers share code
+        together = self.parallel and not self.bounds_check and schedule.groups
+        for start, end in schedule.groups if together else [(i, i + 1) for i in range(len(schedule.kernels))]:
+            if end - start > 1:
+                self.emit_group(b, start, end, table, batch, runtime)
+            else:
+                self.check_status(b, start, self.call_kernel(b, start, table, batch, runtime))
         for source, target in schedule.copies:
             buffer = schedule.buffers[source]
             size = b.mul(element_count(b, buffer.shape, batch), i64(buffer.dtype.itemsize))
@@ -179,6 +172,90 @@ class ModuleBuilder:
             pointers = {arg: schedule.buffers[slot] for arg, slot in zip(fn.args, slots)}
             bounds.instrument(fn, pointers, fn.args[len(slots)], nested=bool(self.prefix))
         return step
+
+    def call_kernel(self, b: ir.IRBuilder, index: int, table, batch, runtime) -> ir.Value:
+        """Call kernel `index` with its buffers from the pointer table; returns its status."""
+        kernel = self.schedule.kernels[index]
+        slots = self.slots_of(kernel)
+        key = self.signature(index, kernel, slots)
+        if key not in self._functions:
+            self._functions[key] = self.kernel_function(index, kernel, slots)
+        args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
+        return b.call(self._functions[key], args, name=f"status{index}")
+
+    def check_status(self, b: ir.IRBuilder, index: int, status: ir.Value) -> None:
+        """Stop the step with kernel `index`'s status if it failed (or touched memory it must not)."""
+        if self.bounds_check:  # a refused access makes the step stop after its kernel
+            fault = b.load(bounds.module_global(self.module, bounds.FAULT, I32), typ=I32, name="fault")
+            refused = b.icmp_signed("!=", fault, ir.Constant(I32, 0))
+            status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name=f"checked{index}")
+        failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
+        with b.if_then(failed, likely=False):
+            b.store(ir.Constant(I32, index), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
+            b.ret(status)
+
+    def emit_group(self, b: ir.IRBuilder, start: int, end: int, table, batch, runtime) -> None:
+        """Kernels start..end-1, which touch no buffer another of them writes: on the OpenMP
+        threads, each taking the next kernel, when two or more are large enough to pay for it,
+        else one after the other. Statuses are checked in kernel order afterwards, so a failure
+        names the same kernel either way."""
+        indices = range(start, end)
+        large = [b.zext(b.icmp_unsigned(">=", self.work(b, i, batch), i64(GROUP_MIN_WORK)), I64) for i in indices]
+        count = functools.reduce(lambda x, y: b.add(x, y), large)
+        worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
+        with b.if_else(worth) as (at_once, in_order):
+            with at_once:
+                frame = b.alloca(I64, size=GROUP_FRAME + len(indices), name=f"group{start}.frame")
+                fields = [b.ptrtoint(table, I64), batch, b.ptrtoint(runtime, I64), i64(0)]
+                for i, value in enumerate(fields):
+                    b.store(value, b.gep(frame, [i64(i)], source_etype=I64))
+                b.call(self.gomp_parallel(), [self.group_function(start, end), frame, I32(0), I32(0)])
+                for i in indices:
+                    word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
+                    self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
+            with in_order:
+                for i in indices:
+                    self.check_status(b, i, self.call_kernel(b, i, table, batch, runtime))
+
+    def group_function(self, start: int, end: int) -> ir.Function:
+        """`void group(ptr frame)`, run by every OpenMP thread: take the next kernel of the group
+        (an atomic counter in the frame), run it, store its status in the frame; until none is left."""
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{self.prefix}group{start}_{end}")
+        fn.linkage = "internal"
+        frame = fn.args[0]
+        frame.name = "frame"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        word = [b.gep(frame, [i64(i)], source_etype=I64) for i in range(GROUP_FRAME)]
+        table = b.inttoptr(b.load(word[0], typ=I64), PTR, name="buffers")
+        batch = b.load(word[1], typ=I64, name="batch")
+        runtime = b.inttoptr(b.load(word[2], typ=I64), PTR, name="runtime")
+        take, done = fn.append_basic_block("take"), fn.append_basic_block("done")
+        b.branch(take)
+        b.position_at_end(take)
+        mine = b.atomic_rmw("add", word[3], i64(1), "monotonic", name="next_kernel")
+        switch = b.switch(mine, done)
+        for i in range(start, end):
+            block = fn.append_basic_block(f"kernel{i}")
+            switch.add_case(i64(i - start), block)
+            b.position_at_end(block)
+            status = self.call_kernel(b, i, table, batch, runtime)
+            b.store(b.zext(status, I64), b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64))
+            b.branch(take)
+        b.position_at_end(done)
+        b.ret_void()
+        return fn
+
+    def work(self, b: ir.IRBuilder, index: int, batch: ir.Value) -> ir.Value:
+        """Kernel `index`'s size at this batch: its loop's elements, or an op's output elements."""
+        kernel = self.schedule.kernels[index]
+        dims = kernel.domain if kernel.kind == "loop" else kernel.nodes[0].shape
+        return functools.reduce(lambda x, y: b.mul(x, y), [dim_value(d, batch) for d in dims], i64(1))
+
+    def gomp_parallel(self) -> ir.Function:
+        """libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: fn(data) on every thread."""
+        return self.module.globals.get("GOMP_parallel") or ir.Function(
+            self.module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel"
+        )
 
     @staticmethod
     def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
@@ -304,10 +381,7 @@ class ModuleBuilder:
                 for i, value in enumerate(args + [extents[0]]):
                     word = b.ptrtoint(value, I64) if value.type == PTR else value
                     b.store(word, b.gep(data, [i64(i)], source_etype=I64))
-                gomp = self.module.globals.get("GOMP_parallel") or ir.Function(
-                    self.module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel"
-                )
-                b.call(gomp, [thread, data, I32(0), I32(0)])
+                b.call(self.gomp_parallel(), [thread, data, I32(0), I32(0)])
             with serial:
                 b.call(body, args + [i64(0), extents[0]])
         b.ret(ir.Constant(I32, 0))

@@ -86,12 +86,15 @@ def insert_after(
     return pipeline[:at] + list(passes) + pipeline[at:]
 
 
-def native_pipeline() -> list[tuple[str, Pass]]:
+def native_pipeline(concurrent: bool = False) -> list[tuple[str, Pass]]:
+    """The passes of the native backend; `concurrent`: independent kernels may run at once."""
+    from .concurrency import concurrent_kernels
     from .fusion import fuse
     from .schedule import schedule
     from .simplify import simplify
 
-    return PIPELINE + [("simplify", simplify), ("fuse", fuse), ("schedule", schedule)]
+    tail = [("concurrency", concurrent_kernels)] if concurrent else []
+    return PIPELINE + [("simplify", simplify), ("fuse", fuse), ("schedule", schedule)] + tail
 
 
 def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) -> Program:

@@ -39,6 +39,8 @@ class Schedule:
     copies: list[tuple[int, int]] = field(default_factory=list)  # (from slot, to slot) after all kernels
     transposed: set[int] = field(default_factory=set)  # nodes that are GEMM transpose flags
     workspaces: dict[int, int] = field(default_factory=dict)  # node id -> slot of its kernel's scratch buffer
+    # [start, end) runs of kernels that may run at once (compiler/concurrency.py); None: one by one
+    groups: list[tuple[int, int]] | None = None
 
     def slot(self, node: Node) -> int:
         return self.buffer_of[node.id]
@@ -173,7 +175,7 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
         for reader in readers.get(leaf.id, set()) - {writer}:
             deps.add_edge(reader, writer)
     # a kernel that may stop the step runs before every in-place update: a failed step changes nothing
-    fallible = [k for k, kernel in enumerate(kernels) if kernel.kind == "callback" or _may_fail(kernel)]
+    fallible = [k for k, kernel in enumerate(kernels) if kernel.kind == "callback" or may_fail(kernel)]
     for writer in {kernel_of[new_id] for new_id in in_place}:
         deps.add_edges_from((k, writer) for k in fallible if k != writer)
     if not nx.is_directed_acyclic_graph(deps):
@@ -194,9 +196,10 @@ def fingerprint(schedule: Schedule) -> str:
     leaves = [(local[n.id], n.op.key(), n.shape, n.dtype.str) for n in schedule.program.nodes if not n.inputs]
     buffers = [(b.slot, b.shape, b.dtype.str, b.kind) for b in schedule.buffers]
     slots = sorted((local[nid], slot) for nid, slot in schedule.buffer_of.items() if nid in local)
-    text = repr((parts, leaves, buffers, slots, schedule.copies, sorted(local[n] for n in schedule.transposed)))
+    transposed = sorted(local[n] for n in schedule.transposed)
+    text = repr((parts, leaves, buffers, slots, schedule.copies, transposed, schedule.groups))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _may_fail(kernel: Kernel) -> bool:
+def may_fail(kernel: Kernel) -> bool:
     return any(getattr(node.op, "may_fail", False) for node in kernel.nodes)

@@ -32,6 +32,9 @@ class Op:
     # its native kernel may stop the step (an id out of range): the schedule runs it before every
     # in-place parameter update, so a failed step changes nothing (Python callbacks are treated alike)
     may_fail: ClassVar[bool] = False
+    # its kernel calls BLAS, whose own threads already use every core: it never runs beside
+    # other kernels (compiler/concurrency.py)
+    uses_blas: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -119,6 +119,7 @@ class Conv2D(Op):
     """Valid (unpadded) strided convolution; padding is a separate Pad node."""
 
     name = "conv2d"
+    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int]):
@@ -180,6 +181,7 @@ class Conv2DGradInput(Op):
     """Gradient of Conv2D w.r.t. its input: the transposed convolution of g by w."""
 
     name = "conv2d_grad_input"
+    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int], in_hw: tuple[int, int]):
@@ -234,6 +236,7 @@ class Conv2DGradFilter(Op):
     """Gradient of Conv2D w.r.t. its weight: correlation of the input with g."""
 
     name = "conv2d_grad_filter"
+    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int], k_hw: tuple[int, int]):

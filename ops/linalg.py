@@ -13,6 +13,7 @@ from .shape import transpose
 class MatMul(Op):
     name = "matmul"
     arity = 2
+    uses_blas = True
 
     def infer(self, a, b):
         dtype = same_float_dtype(self.name, [a, b])

@@ -39,6 +39,7 @@ class Scan(Op):
     name = "scan"
     multi_output = True
     may_fail = True  # its body may (ids out of range), and its scratch allocation may
+    uses_blas = True  # its body's GEMMs
 
     def __init__(self, body: Body, n_carry: int, n_x: int, length: int, reverse: bool = False):
         self.body, self.n_carry, self.n_x, self.length, self.reverse = body, n_carry, n_x, length, reverse

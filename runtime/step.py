@@ -20,7 +20,7 @@ from ..compiler.passes import PIPELINE, Pass, insert_after, native_pipeline, run
 from ..compiler.program import Program
 from ..compiler.types import concrete_shape
 from ..ops.leaves import InputOp, ParameterOp, StateOp
-from . import checkpoint, memory
+from . import checkpoint, memory, threads
 from .feeds import bind_feeds
 from .locks import graph_lock
 
@@ -265,7 +265,8 @@ def compile_step(
         optimizer=optimizer,
     )
     backend = backend or DEFAULT_BACKEND
-    pipeline = insert_after(native_pipeline() if backend == "llvm" else PIPELINE, "autodiff", list(gradient_passes))
+    base = native_pipeline(concurrent=threads.concurrent_kernels()) if backend == "llvm" else PIPELINE
+    pipeline = insert_after(base, "autodiff", list(gradient_passes))
     with _no_collection_pauses():
         return CompiledFunction(run_pipeline(program, pipeline), backend, check_finite, len(user_outputs))
 

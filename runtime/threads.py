@@ -30,3 +30,14 @@ def openmp() -> ctypes.CDLL | None:
             lib.omp_set_num_threads(int(threads))
         return lib
     return None
+
+
+def concurrent_kernels() -> bool:
+    """Whether independent kernels of a step run at once on the OpenMP threads: opt-in with
+    DRUG_CONCURRENT_KERNELS=1 (on 2 cores it measured no faster for the MLP and GRU examples,
+    whose GEMMs and large loops already use both cores); DRUG_BOUNDS_CHECK=1 keeps it off."""
+    from ..compiler import bounds
+
+    if os.environ.get("DRUG_CONCURRENT_KERNELS", "0") != "1" or bounds.enabled():
+        return False
+    return openmp() is not None
