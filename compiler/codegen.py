@@ -38,6 +38,8 @@ from .scalar import ScalarEmitter
 from .schedule import Schedule
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
+GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta")
+GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM (OpenBLAS's own rule)
 GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, next-kernel counter, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
@@ -118,9 +120,27 @@ class KernelContext:
         flags = [ir.Constant(I32, CBLAS_ROW_MAJOR)] + [
             ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b)
         ]
-        args = flags + [cast(m), cast(n), cast(k), ir.Constant(real, 1.0), a, cast(lda), b_, cast(ldb)]
-        args += [ir.Constant(real, beta), c, cast(ldc)]
-        b.call(Callee(fn, fnty), args)
+        if not self.builder.parallel or self.builder.bounds_check:  # the checks read the operands at the call
+            args = flags + [cast(m), cast(n), cast(k), ir.Constant(real, 1.0), a, cast(lda), b_, cast(ldb)]
+            args += [ir.Constant(real, beta), c, cast(ldc)]
+            b.call(Callee(fn, fnty), args)
+            return
+        # the OpenMP threads share the GEMM out, each calling BLAS (one thread) on its block
+        frame = b.alloca(I64, size=len(GEMM_FRAME), name="gemm.frame")
+        words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
+        words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64))
+        for i, field_name in enumerate(GEMM_FRAME):
+            value = words[field_name]
+            value = b.ptrtoint(value, I64) if value.type == PTR else value
+            b.store(value, b.gep(frame, [i64(i)], source_etype=I64))
+        size = b.mul(b.mul(m, n), k, name="gemm.size")
+        big = b.icmp_unsigned(">=", size, i64(GEMM_SPLIT_MIN), name="gemm.big")
+        thread = self.builder.gemm_thread(dtype)
+        with b.if_else(big) as (split, whole):
+            with split:
+                b.call(self.builder.gomp_parallel(), [thread, frame, I32(0), I32(0)])
+            with whole:
+                b.call(thread, [frame])
 
 
 class ModuleBuilder:
@@ -250,6 +270,60 @@ class ModuleBuilder:
         kernel = self.schedule.kernels[index]
         dims = kernel.domain if kernel.kind == "loop" else kernel.nodes[0].shape
         return functools.reduce(lambda x, y: b.mul(x, y), [dim_value(d, batch) for d in dims], i64(1))
+
+    def gemm_thread(self, dtype) -> ir.Function:
+        """`void gemm_thread(ptr frame)`: this OpenMP thread's block of the GEMM in the frame (rows
+        of C when it has more rows than columns, else columns), through BLAS on one thread."""
+        real = llvm_type(dtype)
+        name = f"drug_gemm_thread.{np.dtype(dtype).name}"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), name)
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        f = {
+            field_name: b.load(b.gep(fn.args[0], [i64(i)], source_etype=I64), typ=I64, name=field_name)
+            for i, field_name in enumerate(GEMM_FRAME)
+        }
+        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
+               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
+        tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
+        threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
+        by_rows = b.icmp_unsigned(">=", f["m"], f["n"], name="by_rows")
+        extent = b.select(by_rows, f["m"], f["n"], name="extent")
+        chunk = b.udiv(b.add(extent, b.sub(threads, i64(1))), threads)
+        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk")  # whole vectors per thread
+        lo = b.mul(tid, chunk, name="lo")
+        hi = b.select(b.icmp_unsigned("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
+        with b.if_then(b.icmp_unsigned("<", lo, hi)):
+            part = b.sub(hi, lo, name="part")
+            ta, tb = (b.icmp_unsigned("!=", f[t], i64(0)) for t in ("trans_a", "trans_b"))
+            # rows lo..hi of op(A) and C, or columns lo..hi of op(B) and C
+            a_step = b.select(ta, i64(1), f["lda"])
+            b_step = b.select(tb, f["ldb"], i64(1))
+            a_off = b.select(by_rows, b.mul(lo, a_step), i64(0))
+            b_off = b.select(by_rows, i64(0), b.mul(lo, b_step))
+            c_off = b.select(by_rows, b.mul(lo, f["ldc"]), lo)
+            m = b.select(by_rows, part, f["m"])
+            n = b.select(by_rows, f["n"], part)
+
+            def at(word, offset):
+                return b.gep(b.inttoptr(f[word], PTR), [offset], source_etype=real)
+
+            def cast(v):
+                return b.trunc(v, self.blas_int) if self.blas_int.width < 64 else v
+
+            beta = b.bitcast(f["beta"], ir.DoubleType())
+            beta = b.fptrunc(beta, real) if real != ir.DoubleType() else beta
+            bi = self.blas_int
+            fnty = ir.FunctionType(VOID, [I32, I32, I32, bi, bi, bi, real, PTR, bi, PTR, bi, real, PTR, bi])
+            flags = [ir.Constant(I32, CBLAS_ROW_MAJOR)]
+            flags += [b.select(t, I32(CBLAS_TRANS), I32(CBLAS_NO_TRANS)) for t in (ta, tb)]
+            args = flags + [cast(m), cast(n), cast(f["k"]), ir.Constant(real, 1.0), at("a", a_off), cast(f["lda"])]
+            args += [at("b", b_off), cast(f["ldb"]), beta, at("c", c_off), cast(f["ldc"])]
+            b.call(Callee(b.inttoptr(f["fn"], PTR), fnty), args)
+        b.ret_void()
+        return fn
 
     def gomp_parallel(self) -> ir.Function:
         """libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: fn(data) on every thread."""

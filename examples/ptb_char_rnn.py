@@ -215,8 +215,8 @@ def parse_args():
         "--threads",
         type=int,
         default=1,
-        help="BLAS threads; 1 by default: this model's small GEMMs gain little from a second thread "
-        "and lose ~10x while another process holds a core (OpenBLAS threads wait for each other)",
+        help="threads (BLAS and drug's OpenMP pool); 1 by default: this model's small GEMMs gain little "
+        "from a second thread and lose ~10x while another process holds a core (threads wait for each other)",
     )
     parser.add_argument(
         "--minutes",
@@ -234,7 +234,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    threadpool_limits(args.threads, user_api="blas")
+    threadpool_limits(args.threads)  # BLAS and the OpenMP threads of drug's loops and GEMMs
     vocab = ptb_vocab()
     splits = {split: ptb_chars(split) for split in ("train", "valid", "test")}
     if args.smoke:

@@ -260,7 +260,13 @@ class _ScanEmitter:
         name = f"scan{self.node.id}.step"
         module = self.b.module
         if name not in module.globals:
-            builder = ModuleBuilder(self.schedule, self.k.blas_int.width, module=module, prefix=f"scan{self.node.id}.")
+            builder = ModuleBuilder(
+                self.schedule,
+                self.k.blas_int.width,
+                module=module,
+                prefix=f"scan{self.node.id}.",
+                parallel=self.k.builder.parallel,  # its GEMMs share out over the threads too
+            )
             builder.entry(name)
         return module.globals[name]
 

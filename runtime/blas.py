@@ -183,6 +183,41 @@ def find_gemm(dtype: str = "float32") -> Gemm:
     raise RuntimeError(f"numpy's BLAS {path} exports none of {', '.join(candidates)}")
 
 
+class OneThread:
+    """A context manager setting numpy's OpenBLAS to one thread while native code runs whose
+    OpenMP threads share out the GEMMs themselves (BLAS threads would sit spinning beside them);
+    a no-op for another BLAS."""
+
+    def __init__(self):
+        self._get = self._set = None
+        path = _numpy_blas_path()
+        lib = _open_loaded(path)
+        affixes = _controller_affixes(path)
+        pairs = ([affixes] if affixes else []) + list(itertools.product(_PREFIXES, _SUFFIXES))
+        for prefix, suffix in dict.fromkeys(pairs) if lib is not None else ():
+            get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+            set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                get.restype, set_.argtypes = ctypes.c_int, [ctypes.c_int]
+                self._get, self._set = get, set_
+                break
+        self._saved: list[int] = []
+
+    def __enter__(self) -> None:
+        if self._set is not None:
+            self._saved.append(self._get())
+            self._set(1)
+
+    def __exit__(self, *exc) -> None:
+        if self._set is not None:
+            self._set(self._saved.pop())
+
+
+@functools.cache
+def one_thread() -> OneThread:
+    return OneThread()
+
+
 @functools.cache
 def _ctypes_gemm(gemm: Gemm):
     index = ctypes.c_int64 if gemm.int_bits == 64 else ctypes.c_int32

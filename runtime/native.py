@@ -3,6 +3,7 @@ per step (ctypes releases the GIL meanwhile) and runs Python callbacks for ops w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import sys
@@ -79,6 +80,7 @@ class NativeExecutor:
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         self.compiled = compile_module(key, builder)
         self._step = STEP_TYPE(self.compiled.address)
+        self._blas_context = blas.one_thread() if parallel else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
             sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
@@ -124,7 +126,8 @@ class NativeExecutor:
             binding.table[slot] = target.ctypes.data
         self._current = binding
         try:
-            status = self._step(binding.table_address, batch, self._runtime_address)
+            with self._blas_context:
+                status = self._step(binding.table_address, batch, self._runtime_address)
             if status:
                 self._raise(status, binding)
             return [

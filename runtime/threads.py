@@ -1,8 +1,12 @@
-"""The OpenMP runtime (libgomp) that parallel loop kernels call through GOMP_parallel.
+"""The OpenMP runtime (libgomp): one thread pool for all the parallel work of a native step.
 
-Loaded once, globally, so that JIT-compiled code resolves its symbols. Its threads sleep
-between loops (OMP_WAIT_POLICY=passive unless the user chose otherwise): spinning threads
-would take the second core from OpenBLAS's GEMM threads, which run between our loops."""
+Loaded once, globally, so that JIT-compiled code resolves its symbols. Large loops and large
+GEMMs (each thread calling BLAS on its own block) are shared out over its threads through
+GOMP_parallel, and OpenBLAS is set to one thread while a step runs (runtime/blas.OneThread):
+with two pools on the same cores, BLAS threads spinning after a GEMM slowed the next loop, and
+the other way round. libgomp's default wait policy applies (spin briefly, then sleep): measured
+on 2 cores it beat both `passive` (every region wakes a sleeping thread) and `active` (threads
+spin forever, taking a core from the Python code between steps)."""
 
 from __future__ import annotations
 
@@ -17,7 +21,6 @@ def openmp() -> ctypes.CDLL | None:
     """libgomp, loaded with RTLD_GLOBAL, or None where there is none (loops then run serially)."""
     if os.environ.get("DRUG_THREADS") == "1":
         return None
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     for name in ("libgomp.so.1", ctypes.util.find_library("gomp")):
         if not name:
             continue
