@@ -36,11 +36,10 @@ def openmp() -> ctypes.CDLL | None:
 
 
 def concurrent_kernels() -> bool:
-    """Whether independent kernels of a step run at once on the OpenMP threads: opt-in with
-    DRUG_CONCURRENT_KERNELS=1 (on 2 cores it measured no faster for the MLP and GRU examples,
-    whose GEMMs and large loops already use both cores); DRUG_BOUNDS_CHECK=1 keeps it off."""
+    """Whether independent kernels of a step run at once on the OpenMP threads (on unless
+    DRUG_CONCURRENT_KERNELS=0; DRUG_BOUNDS_CHECK=1, which checks kernel by kernel, turns it off)."""
     from ..compiler import bounds
 
-    if os.environ.get("DRUG_CONCURRENT_KERNELS", "0") != "1" or bounds.enabled():
+    if os.environ.get("DRUG_CONCURRENT_KERNELS", "1") == "0" or bounds.enabled():
         return False
     return openmp() is not None

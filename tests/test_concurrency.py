@@ -1,4 +1,4 @@
-"""Independent kernels run at once (DRUG_CONCURRENT_KERNELS=1, compiler/concurrency.py): the
+"""Independent kernels run at once (the default; compiler/concurrency.py): the
 groups never hold two kernels that touch a buffer one of them writes, the arena never lets two
 kernels of a group share memory, results equal the one-by-one run, and a failure inside a group
 stops the step as it would serially (the right node named, no parameter changed)."""
@@ -20,7 +20,7 @@ from drug.runtime import arena
 @pytest.fixture(autouse=True)
 def at_once(monkeypatch, tmp_path_factory):
     """Every group runs on the threads, however small its kernels."""
-    monkeypatch.setenv("DRUG_CONCURRENT_KERNELS", "1")
+    monkeypatch.setenv("DRUG_CONCURRENT_KERNELS", "1")  # the default, unless the environment says 0
     monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "concurrency-cache"))
     monkeypatch.setattr(codegen, "GROUP_MIN_WORK", 0)
 

@@ -150,6 +150,19 @@ static void put_bytes(drugrt_zip_writer *w, const void *data, size_t n) {
     w->offset += n;
 }
 
+/* The fields a local header and its central directory entry share: flags, method (stored), time,
+   date, CRC, both sizes, name length. */
+static void put_entry_fields(drugrt_zip_writer *w, const record *r, size_t name_len) {
+    put(w, 0, 2);
+    put(w, 0, 2);
+    put(w, 0, 2);
+    put(w, DOS_DATE_1980_01_01, 2);
+    put(w, r->crc, 4);
+    put(w, r->size, 4);
+    put(w, r->size, 4);
+    put(w, name_len, 2);
+}
+
 drugrt_zip_writer *drugrt_zip_open(int fd) {
     drugrt_zip_writer *w = calloc(1, sizeof *w);
     if (w && !(w->f = fdopen(fd, "wb"))) {
@@ -180,14 +193,7 @@ int drugrt_zip_add(drugrt_zip_writer *w, const char *name, const void *head, siz
     w->count++;
     put(w, LOCAL_SIG, 4);
     put(w, 20, 2); /* version needed: 2.0 */
-    put(w, 0, 2);  /* flags */
-    put(w, 0, 2);  /* stored */
-    put(w, 0, 2);  /* time */
-    put(w, DOS_DATE_1980_01_01, 2);
-    put(w, r->crc, 4);
-    put(w, r->size, 4);
-    put(w, r->size, 4);
-    put(w, name_len, 2);
+    put_entry_fields(w, r, name_len);
     put(w, 0, 2); /* extra */
     put_bytes(w, name, name_len);
     put_bytes(w, head, head_len);
@@ -203,14 +209,7 @@ int drugrt_zip_close(drugrt_zip_writer *w) {
         put(w, CENTRAL_SIG, 4);
         put(w, 20, 2); /* made by: 2.0 */
         put(w, 20, 2); /* needed: 2.0 */
-        put(w, 0, 2);
-        put(w, 0, 2);
-        put(w, 0, 2);
-        put(w, DOS_DATE_1980_01_01, 2);
-        put(w, r->crc, 4);
-        put(w, r->size, 4);
-        put(w, r->size, 4);
-        put(w, name_len, 2);
+        put_entry_fields(w, r, name_len);
         put(w, 0, 2);  /* extra */
         put(w, 0, 2);  /* comment */
         put(w, 0, 2);  /* disk */
