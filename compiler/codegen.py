@@ -126,13 +126,9 @@ class KernelContext:
             b.call(Callee(fn, fnty), args)
             return
         # the OpenMP threads share the GEMM out, each calling BLAS (one thread) on its block
-        frame = b.alloca(I64, size=len(GEMM_FRAME), name="gemm.frame")
         words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
         words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64))
-        for i, field_name in enumerate(GEMM_FRAME):
-            value = words[field_name]
-            value = b.ptrtoint(value, I64) if value.type == PTR else value
-            b.store(value, b.gep(frame, [i64(i)], source_etype=I64))
+        frame = pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
         size = b.mul(b.mul(m, n), k, name="gemm.size")
         big = b.icmp_unsigned(">=", size, i64(GEMM_SPLIT_MIN), name="gemm.big")
         thread = self.builder.gemm_thread(dtype)
@@ -141,6 +137,16 @@ class KernelContext:
                 b.call(self.builder.gomp_parallel(), [thread, frame, I32(0), I32(0)])
             with whole:
                 b.call(thread, [frame])
+
+
+def pack_frame(b: ir.IRBuilder, values: list[ir.Value], name: str, extra: int = 0) -> ir.Value:
+    """A stack array of i64 words holding `values` (pointers as integers), plus `extra` words:
+    what GOMP_parallel hands each thread function."""
+    frame = b.alloca(I64, size=len(values) + extra, name=name)
+    for i, value in enumerate(values):
+        word = b.ptrtoint(value, I64) if value.type == PTR else value
+        b.store(word, b.gep(frame, [i64(i)], source_etype=I64))
+    return frame
 
 
 class ModuleBuilder:
@@ -225,10 +231,7 @@ class ModuleBuilder:
         worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
         with b.if_else(worth) as (at_once, in_order):
             with at_once:
-                frame = b.alloca(I64, size=GROUP_FRAME + len(indices), name=f"group{start}.frame")
-                fields = [b.ptrtoint(table, I64), batch, b.ptrtoint(runtime, I64), i64(0)]
-                for i, value in enumerate(fields):
-                    b.store(value, b.gep(frame, [i64(i)], source_etype=I64))
+                frame = pack_frame(b, [table, batch, runtime, i64(0)], f"group{start}.frame", extra=len(indices))
                 b.call(self.gomp_parallel(), [self.group_function(start, end), frame, I32(0), I32(0)])
                 for i in indices:
                     word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
@@ -285,17 +288,9 @@ class ModuleBuilder:
             field_name: b.load(b.gep(fn.args[0], [i64(i)], source_etype=I64), typ=I64, name=field_name)
             for i, field_name in enumerate(GEMM_FRAME)
         }
-        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
-               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
-        tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
-        threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
         by_rows = b.icmp_unsigned(">=", f["m"], f["n"], name="by_rows")
-        extent = b.select(by_rows, f["m"], f["n"], name="extent")
-        chunk = b.udiv(b.add(extent, b.sub(threads, i64(1))), threads)
-        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk")  # whole vectors per thread
-        lo = b.mul(tid, chunk, name="lo")
-        hi = b.select(b.icmp_unsigned("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
-        with b.if_then(b.icmp_unsigned("<", lo, hi)):
+        lo, hi = self.thread_share(b, b.select(by_rows, f["m"], f["n"], name="extent"))
+        with b.if_then(b.icmp_signed("<", lo, hi)):
             part = b.sub(hi, lo, name="part")
             ta, tb = (b.icmp_unsigned("!=", f[t], i64(0)) for t in ("trans_a", "trans_b"))
             # rows lo..hi of op(A) and C, or columns lo..hi of op(B) and C
@@ -324,6 +319,18 @@ class ModuleBuilder:
             b.call(Callee(b.inttoptr(f["fn"], PTR), fnty), args)
         b.ret_void()
         return fn
+
+    def thread_share(self, b: ir.IRBuilder, extent: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """[lo, hi) of 0..extent for this OpenMP thread: equal chunks in whole vectors (16)."""
+        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
+               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
+        tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
+        threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
+        chunk = b.sdiv(b.add(extent, b.sub(threads, i64(1))), threads, name="chunk")
+        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk16")
+        lo = b.mul(tid, chunk, name="lo")
+        hi = b.select(b.icmp_signed("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
+        return lo, hi
 
     def gomp_parallel(self) -> ir.Function:
         """libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: fn(data) on every thread."""
@@ -430,15 +437,7 @@ class ModuleBuilder:
         tb = ir.IRBuilder(thread.append_basic_block("entry"))
         words = [tb.load(tb.gep(thread.args[0], [i64(i)], source_etype=I64), typ=I64) for i in range(len(frame))]
         fields = [tb.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, frame)]
-        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
-               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
-        tid = tb.sext(tb.call(omp["omp_get_thread_num"], []), I64, name="tid")
-        threads = tb.sext(tb.call(omp["omp_get_num_threads"], []), I64, name="threads")
-        outer = fields[-1]
-        chunk = tb.sdiv(tb.add(outer, tb.sub(threads, i64(1))), threads, name="chunk")
-        chunk = tb.and_(tb.add(chunk, i64(15)), i64(-16), name="chunk16")  # whole vectors per thread
-        lo = tb.mul(tid, chunk, name="lo")
-        hi = tb.select(tb.icmp_signed("<", tb.add(lo, chunk), outer), tb.add(lo, chunk), outer, name="hi")
+        lo, hi = self.thread_share(tb, fields[-1])
         with tb.if_then(tb.icmp_signed("<", lo, hi)):
             tb.call(body, fields[:-1] + [lo, hi])
         tb.ret_void()
@@ -451,10 +450,7 @@ class ModuleBuilder:
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
         with b.if_else(big) as (threaded, serial):
             with threaded:
-                data = b.alloca(I64, size=len(frame), name="frame")
-                for i, value in enumerate(args + [extents[0]]):
-                    word = b.ptrtoint(value, I64) if value.type == PTR else value
-                    b.store(word, b.gep(data, [i64(i)], source_etype=I64))
+                data = pack_frame(b, args + [extents[0]], "frame")
                 b.call(self.gomp_parallel(), [thread, data, I32(0), I32(0)])
             with serial:
                 b.call(body, args + [i64(0), extents[0]])
