@@ -223,22 +223,22 @@ class ModuleBuilder:
     def emit_group(self, b: ir.IRBuilder, start: int, end: int, table, batch, runtime) -> None:
         """Kernels start..end-1, which touch no buffer another of them writes: on the OpenMP
         threads, each taking the next kernel, when two or more are large enough to pay for it,
-        else one after the other. Statuses are checked in kernel order afterwards, so a failure
-        names the same kernel either way."""
+        else one after the other on this thread (the same group function, called directly).
+        Statuses are checked in kernel order afterwards, so a failure names the same kernel."""
         indices = range(start, end)
         large = [b.zext(b.icmp_unsigned(">=", self.work(b, i, batch), i64(GROUP_MIN_WORK)), I64) for i in indices]
         count = functools.reduce(lambda x, y: b.add(x, y), large)
         worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
+        frame = pack_frame(b, [table, batch, runtime, i64(0)], f"group{start}.frame", extra=len(indices))
+        group = self.group_function(start, end)
         with b.if_else(worth) as (at_once, in_order):
             with at_once:
-                frame = pack_frame(b, [table, batch, runtime, i64(0)], f"group{start}.frame", extra=len(indices))
-                b.call(self.gomp_parallel(), [self.group_function(start, end), frame, I32(0), I32(0)])
-                for i in indices:
-                    word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
-                    self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
+                b.call(self.gomp_parallel(), [group, frame, I32(0), I32(0)])
             with in_order:
-                for i in indices:
-                    self.check_status(b, i, self.call_kernel(b, i, table, batch, runtime))
+                b.call(group, [frame])
+        for i in indices:
+            word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
+            self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
 
     def group_function(self, start: int, end: int) -> ir.Function:
         """`void group(ptr frame)`, run by every OpenMP thread: take the next kernel of the group
