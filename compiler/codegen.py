@@ -507,6 +507,7 @@ def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dic
     return extents, accesses
 
 
+WINDOW_MAX = 4  # a reduced innermost axis this short is a window (max_pool2d's 2)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
 
 
@@ -533,7 +534,24 @@ def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
             accesses[node.id] = _reduction_strides(ctx, node, domain)
         elif node.id in outputs:
             accesses[node.id] = _read_strides(ctx, node, domain)
-    return _collapse(ctx.b, [dim_value(d, ctx.batch) for d in domain], accesses)
+    extents, accesses = _collapse(ctx.b, [dim_value(d, ctx.batch) for d in domain], accesses)
+    if _window_innermost(kernel, extents, accesses):  # loop over the window outside the axis before it
+        extents[-2:] = extents[:-3:-1]
+        for strides in accesses.values():
+            strides[-2:] = strides[:-3:-1]
+    return extents, accesses
+
+
+def _window_innermost(kernel: Kernel, extents: list, accesses: dict) -> bool:
+    """After collapsing, the innermost axis is a tiny reduced one (a pooling window) and the
+    axis before it is kept: as the inner loop the window axis would not vectorize; swapped
+    outward, the loop over the kept axis does (stride-2 loads become shuffles). Reduction
+    kernels never split over threads, so which axis is outermost does not matter."""
+    last = extents[-1] if len(extents) >= 2 else None
+    if not isinstance(last, ir.Constant) or last.constant > WINDOW_MAX:
+        return False
+    reduced = [n for n in kernel.nodes if loop_role(n) == "reduce"]
+    return bool(reduced) and all(_is_zero(accesses[n.id][-1]) and not _is_zero(accesses[n.id][-2]) for n in reduced)
 
 
 def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Value] | None = None) -> None:

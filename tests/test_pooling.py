@@ -98,3 +98,19 @@ def test_errors_name_the_op_and_shape(pool):
         pool(g.input("flat", (None, 8)), 2)
     with pytest.raises(dg.ShapeError, match=rf"{pool.__name__}: window \(5, 5\) does not fit .*\(None, 1, 4, 4\)"):
         pool(g.input("small", (None, 1, 4, 4)), 5)
+
+
+def test_max_pool_window_loop_vectorizes():
+    """The 2-wide window axis is reduced innermost in the pooling view; the loop over the window
+    runs outside the output's columns instead, so that loop vectorizes (strided loads)."""
+    from drug.compiler import bounds
+
+    if bounds.enabled():
+        pytest.skip("DRUG_BOUNDS_CHECK=1: the checks keep loops from vectorizing")
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 28, 28))  # at 28 wide, LLVM left the window-innermost loop scalar
+    fn = g.compile(outputs=dg.max_pool2d(x, 2), backend="llvm")
+    asm = fn.asm()
+    assert any(f"vmaxps\t%{reg}" in asm or f"vmaxps %{reg}" in asm for reg in ("ymm", "zmm")), "no vector max"
+    xv = np.random.default_rng(0).standard_normal((5, 2, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(fn(x=xv), xv.reshape(5, 2, 14, 2, 14, 2).max(axis=(3, 5)))
