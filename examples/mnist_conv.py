@@ -1,7 +1,6 @@
 """Train a small convolutional network on MNIST with drug's layers and report test accuracy;
 `--torch` trains the identical network with PyTorch afterwards and prints both side by side.
-PyTorch gets as many threads as numpy's BLAS has (drug's GEMMs): for a like-for-like timing set
-OPENBLAS_NUM_THREADS=N DRUG_THREADS=N (drug's parallel loops)."""
+PyTorch gets as many threads as drug's steps use (DRUG_THREADS=N, default: the cores)."""
 
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 import drug as dg
 from drug.datasets import mnist
+from drug.runtime.threads import thread_count
 
 POOLS = {"max": dg.max_pool2d, "avg": dg.avg_pool2d}
 
@@ -31,14 +31,6 @@ def build(widths: list[int], pool: str, head: str, seed: int):
             h = POOLS[pool](h, 2)
     logits = dg.layers.Dense(10, name="out")(dg.global_pool(h, head))
     return g, logits, dg.softmax_cross_entropy(logits, y)
-
-
-def blas_threads() -> int:
-    """The thread count of numpy's BLAS, which runs drug's GEMMs (the twin gets the same)."""
-    from threadpoolctl import threadpool_info
-
-    counts = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
-    return counts[0] if counts else 1
 
 
 def train_drug(args, data) -> dict:
@@ -100,12 +92,12 @@ def main() -> None:
     if args.smoke:
         x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
     data = (x_train, y_train, x_test, y_test)
-    threads = blas_threads()
+    threads = thread_count()  # the twin gets the same
     result = train_drug(args, data)
     print(
         f"summary: test accuracy {result['accuracy']:.4f} after {args.epochs} epoch(s), "
         f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], args.epochs)}), backend {result['backend']}, "
-        f"{threads} BLAS thread(s)"
+        f"{threads} thread(s)"
     )
     if args.torch:
         from mnist_conv_torch import train_torch  # imports torch only now: its thread pool would slow drug's

@@ -35,6 +35,12 @@ def openmp() -> ctypes.CDLL | None:
     return None
 
 
+def thread_count() -> int:
+    """Threads a native step uses: DRUG_THREADS, else OpenMP's default (the cores)."""
+    lib = openmp()
+    return 1 if lib is None else int(lib.omp_get_max_threads())
+
+
 def concurrent_kernels() -> bool:
     """Whether independent kernels of a step run at once on the OpenMP threads (on unless
     DRUG_CONCURRENT_KERNELS=0; DRUG_BOUNDS_CHECK=1, which checks kernel by kernel, turns it off)."""
