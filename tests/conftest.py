@@ -11,6 +11,12 @@ import pytest
 
 import drug as dg
 
+# drug's own ops, and those of them with a random example (`Op.example`) for the registry-driven tests
+BUILTIN_OPS = {name: cls for name, cls in dg.ops.REGISTRY.items() if cls.__module__.startswith("drug.")}
+OPS_WITH_EXAMPLE = sorted(
+    name for name, cls in BUILTIN_OPS.items() if cls.example(np.random.default_rng(0), [2, 2, 2]) is not None
+)
+
 
 def declared_shape(array: np.ndarray, batch_axis: int | None) -> tuple:
     """The shape to declare for `array`, with `batch_axis` (if any) as the symbolic batch dim."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import build_from_example
+from conftest import OPS_WITH_EXAMPLE, build_from_example
 from llvmlite import ir
 
 import drug as dg
@@ -128,14 +128,9 @@ def test_without_the_mode_kernels_are_not_instrumented(monkeypatch, tmp_path):
 
 
 REGISTRY = dg.ops.REGISTRY
-WITH_EXAMPLE = sorted(
-    name
-    for name, cls in REGISTRY.items()
-    if cls.__module__.startswith("drug.") and cls.example(np.random.default_rng(0), [2, 2, 2]) is not None
-)
 
 
-@pytest.mark.parametrize("name", WITH_EXAMPLE)
+@pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 def test_every_op_runs_checked_and_every_access_is_checked(checked, name):
     """Forward and gradient of each registry op's example pass the checks and agree with the
     reference (float64: see RTOL in test_native_ops.py), and the pass traced every load, store

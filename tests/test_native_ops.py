@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import build_from_example, call
+from conftest import OPS_WITH_EXAMPLE, build_from_example, call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,10 +18,6 @@ import drug as dg
 from drug.compiler import bounds
 
 REGISTRY = dg.ops.REGISTRY
-BUILTIN = {name: cls for name, cls in REGISTRY.items() if cls.__module__.startswith("drug.")}
-WITH_EXAMPLE = sorted(
-    name for name, cls in BUILTIN.items() if cls.example(np.random.default_rng(0), [2, 2, 2]) is not None
-)
 # ops with their own native kernel (emit_kernel) that must never run through the Python callback
 NATIVE = {
     "softmax", "softmax_cross_entropy_rows", "one_hot", "embedding", "embedding_grad",
@@ -67,7 +63,7 @@ def with_int_dtype(example, int_dtype: str):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", WITH_EXAMPLE)
+@pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 @FEW
 @given(dims=DIMS, seed=SEED, int_dtype=INT_DTYPE)
 def test_llvm_matches_numpy(name, dtype, dims, seed, int_dtype):

@@ -12,7 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import FD_ATOL, FD_EPS, FD_RTOL, build_from_example, call, numeric_grad
+from conftest import FD_ATOL, FD_EPS, FD_RTOL, OPS_WITH_EXAMPLE, build_from_example, call, numeric_grad
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,14 +99,9 @@ def test_adam_without_epsilon_gives_nan_only_where_the_reference_does():
 
 
 REGISTRY = dg.ops.REGISTRY
-WITH_EXAMPLE = sorted(
-    name
-    for name, cls in REGISTRY.items()
-    if cls.__module__.startswith("drug.") and cls.example(np.random.default_rng(0), [2, 2, 2]) is not None
-)
 
 
-@pytest.mark.parametrize("name", WITH_EXAMPLE)
+@pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 @settings(max_examples=2, deadline=None)
 @given(dims=st.lists(st.integers(1, 3), min_size=3, max_size=3), seed=st.integers(0, 2**32 - 1))
 def test_native_gradient_matches_finite_differences(name, dims, seed):

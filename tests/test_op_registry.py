@@ -7,7 +7,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import FD_ATOL, FD_EPS, FD_RTOL, assert_grads_match_fd, build_from_example, call, numeric_grad
+from conftest import (
+    BUILTIN_OPS,
+    FD_ATOL,
+    FD_EPS,
+    FD_RTOL,
+    OPS_WITH_EXAMPLE,
+    assert_grads_match_fd,
+    build_from_example,
+    call,
+    numeric_grad,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,10 +39,6 @@ NO_EXAMPLE = {
     "allreduce_sum": "an MPI collective over processes; tests/test_distributed.py runs it under mpirun",
 }
 
-BUILTIN = {name: cls for name, cls in REGISTRY.items() if cls.__module__.startswith("drug.")}
-WITH_EXAMPLE = sorted(
-    name for name, cls in BUILTIN.items() if cls.example(np.random.default_rng(0), [2, 2, 2]) is not None
-)
 
 DIMS = st.lists(st.integers(1, 4), min_size=3, max_size=3)
 SEED = st.integers(0, 2**32 - 1)
@@ -46,7 +52,7 @@ def _batch_size(example):
 
 
 def test_every_builtin_op_has_an_example():
-    missing = {name for name in BUILTIN if name not in WITH_EXAMPLE}
+    missing = {name for name in BUILTIN_OPS if name not in OPS_WITH_EXAMPLE}
     assert missing == LEAVES | set(NO_EXAMPLE), (
         "give the op an `example` classmethod (or document why not in NO_EXAMPLE)"
     )
@@ -55,10 +61,10 @@ def test_every_builtin_op_has_an_example():
 def test_registry_lists_the_public_ops():
     public = {"add", "mul", "sub", "div", "neg", "matmul", "relu", "sigmoid", "tanh", "exp", "log", "sqrt"}
     public |= {"softmax", "conv2d", "embedding", "reshape", "transpose", "concat", "sum", "max", "min"}
-    assert public <= set(BUILTIN)
+    assert public <= set(BUILTIN_OPS)
 
 
-@pytest.mark.parametrize("name", WITH_EXAMPLE)
+@pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 @FEW
 @given(dims=DIMS, seed=SEED)
 def test_forward_matches_reference(name, dims, seed):
@@ -72,7 +78,7 @@ def test_forward_matches_reference(name, dims, seed):
     np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("name", WITH_EXAMPLE)
+@pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 @FEW
 @given(dims=DIMS, seed=SEED)
 def test_gradient_matches_finite_differences(name, dims, seed):
