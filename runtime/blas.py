@@ -63,9 +63,7 @@ def _openblas_config(filepath: str, prefix: str = "", suffix: str = "") -> str:
     lib = _open_loaded(filepath)
     if lib is None:
         return ""
-    names = [f"{prefix}openblas_get_config{suffix}"]
-    names += [f"{p}openblas_get_config{s}" for p, s in itertools.product(_PREFIXES, _SUFFIXES)]
-    for name in dict.fromkeys(names):
+    for name in (f"{p}openblas_get_config{s}" for p, s in _affix_pairs((prefix, suffix))):
         func = getattr(lib, name, None)
         if func is not None:
             func.restype = ctypes.c_char_p
@@ -153,9 +151,13 @@ def _controller_affixes(path: str) -> tuple[str, str] | None:
     return None
 
 
+def _affix_pairs(first: tuple[str, str] | None) -> list[tuple[str, str]]:
+    """Symbol (prefix, suffix) pairs to try: `first` (e.g. what threadpoolctl found), then the known ones."""
+    return list(dict.fromkeys(([first] if first else []) + list(itertools.product(_PREFIXES, _SUFFIXES))))
+
+
 def _symbol_candidates(letter: str, affixes: tuple[str, str] | None) -> list[str]:
-    pairs = ([affixes] if affixes else []) + list(itertools.product(_PREFIXES, _SUFFIXES))
-    return list(dict.fromkeys(f"{p}cblas_{letter}gemm{s}" for p, s in pairs))
+    return [f"{p}cblas_{letter}gemm{s}" for p, s in _affix_pairs(affixes)]
 
 
 @functools.cache
@@ -192,9 +194,7 @@ class OneThread:
         self._get = self._set = None
         path = _numpy_blas_path()
         lib = _open_loaded(path)
-        affixes = _controller_affixes(path)
-        pairs = ([affixes] if affixes else []) + list(itertools.product(_PREFIXES, _SUFFIXES))
-        for prefix, suffix in dict.fromkeys(pairs) if lib is not None else ():
+        for prefix, suffix in _affix_pairs(_controller_affixes(path)) if lib is not None else ():
             get = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
             set_ = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
             if get is not None and set_ is not None:
