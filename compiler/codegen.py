@@ -111,19 +111,9 @@ class KernelContext:
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
         slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
         fn = b.load(slot, typ=PTR, name="gemm")
-        bi = self.blas_int
-        fnty = ir.FunctionType(ir.VoidType(), [I32, I32, I32, bi, bi, bi, real, PTR, bi, PTR, bi, real, PTR, bi])
-
-        def cast(v):
-            return b.trunc(v, bi) if bi.width < 64 else v
-
-        flags = [ir.Constant(I32, CBLAS_ROW_MAJOR)] + [
-            ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b)
-        ]
         if not self.builder.parallel or self.builder.bounds_check:  # the checks read the operands at the call
-            args = flags + [cast(m), cast(n), cast(k), ir.Constant(real, 1.0), a, cast(lda), b_, cast(ldb)]
-            args += [ir.Constant(real, beta), c, cast(ldc)]
-            b.call(Callee(fn, fnty), args)
+            ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
+            cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
             return
         # the OpenMP threads share the GEMM out, each calling BLAS (one thread) on its block
         words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
@@ -137,6 +127,21 @@ class KernelContext:
                 b.call(self.builder.gomp_parallel(), [thread, frame, I32(0), I32(0)])
             with whole:
                 b.call(thread, [frame])
+
+
+def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a, trans_b, m, n, k,
+               a, lda, b_, ldb, beta, c, ldc) -> None:  # fmt: skip
+    """Call `cblas_?gemm` at address `fn`, row-major, alpha 1: sizes are i64 values (narrowed for
+    a 32-bit BLAS), the transpose flags and beta IR values."""
+
+    def cast(v):
+        return b.trunc(v, blas_int) if blas_int.width < 64 else v
+
+    bi = blas_int
+    fnty = ir.FunctionType(VOID, [I32, I32, I32, bi, bi, bi, real, PTR, bi, PTR, bi, real, PTR, bi])
+    args = [ir.Constant(I32, CBLAS_ROW_MAJOR), trans_a, trans_b, cast(m), cast(n), cast(k), ir.Constant(real, 1.0)]
+    args += [a, cast(lda), b_, cast(ldb), beta, c, cast(ldc)]
+    b.call(Callee(fn, fnty), args)
 
 
 def pack_frame(b: ir.IRBuilder, values: list[ir.Value], name: str, extra: int = 0) -> ir.Value:
@@ -305,18 +310,11 @@ class ModuleBuilder:
             def at(word, offset):
                 return b.gep(b.inttoptr(f[word], PTR), [offset], source_etype=real)
 
-            def cast(v):
-                return b.trunc(v, self.blas_int) if self.blas_int.width < 64 else v
-
             beta = b.bitcast(f["beta"], ir.DoubleType())
             beta = b.fptrunc(beta, real) if real != ir.DoubleType() else beta
-            bi = self.blas_int
-            fnty = ir.FunctionType(VOID, [I32, I32, I32, bi, bi, bi, real, PTR, bi, PTR, bi, real, PTR, bi])
-            flags = [ir.Constant(I32, CBLAS_ROW_MAJOR)]
-            flags += [b.select(t, I32(CBLAS_TRANS), I32(CBLAS_NO_TRANS)) for t in (ta, tb)]
-            args = flags + [cast(m), cast(n), cast(f["k"]), ir.Constant(real, 1.0), at("a", a_off), cast(f["lda"])]
-            args += [at("b", b_off), cast(f["ldb"]), beta, at("c", c_off), cast(f["ldc"])]
-            b.call(Callee(b.inttoptr(f["fn"], PTR), fnty), args)
+            ta, tb = (b.select(t, I32(CBLAS_TRANS), I32(CBLAS_NO_TRANS)) for t in (ta, tb))
+            cblas_gemm(b, b.inttoptr(f["fn"], PTR), self.blas_int, real, ta, tb, m, n, f["k"],
+                       at("a", a_off), f["lda"], at("b", b_off), f["ldb"], beta, at("c", c_off), f["ldc"])  # fmt: skip
         b.ret_void()
         return fn
 
