@@ -187,9 +187,8 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     path = cache_dir() / f"{cache_key(key)}.o"
     if use_cache and path.exists():
         objects = _unpack(path.read_bytes())
-        compiled = objects and _load(objects, entry)
-        if compiled:
-            engine, address = compiled
+        engine, address = _load(objects, entry) if objects else (None, 0)
+        if address:  # else not ours, cut short, or without the entry: compile again
             return Compiled(engine, address, build_ir, None, None, True)
     ir_text = build_ir()
     parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
@@ -202,7 +201,7 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     return Compiled(engine, address, build_ir, ir_text, None, False)
 
 
-def _load(objects: list[bytes], entry: str) -> tuple | None:
+def _load(objects: list[bytes], entry: str) -> tuple:
     """A JIT engine holding the linked object files and the address of `entry` (0 if absent)."""
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
     for code in objects:
