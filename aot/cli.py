@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from ..compiler.errors import GraphError
+from ..core.errors import GraphError
 from . import __doc__ as DESCRIPTION
 from .build import compile_library
 from .spec import check_library_name, load_spec

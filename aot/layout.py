@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..compiler.errors import GraphError
+from ..backends.llvm import arena
 from ..compiler.optimizers import LR_KEY
 from ..compiler.schedule import Buffer
-from ..compiler.types import Shape
-from ..ops.leaves import ParameterOp
-from ..runtime import arena, checkpoint
+from ..core.errors import GraphError
+from ..core.leaves import ParameterOp
+from ..core.types import Shape
+from ..runtime import checkpoint
 from .lower import Function
 from .spec import c_identifier
 

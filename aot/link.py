@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..compiler.errors import GraphError
+from ..core.errors import GraphError
 
 CSRC = Path(__file__).parent / "csrc"
 RUNTIME_SOURCES = ("rt_handle.c", "rt_checkpoint.c", "rt_zip.c", "rt_sha256.c")

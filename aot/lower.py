@@ -1,6 +1,6 @@
 """From a CompileSpec to scheduled programs and native object code, with the compiler the JIT uses
-(native_pipeline, codegen.ModuleBuilder, jit.optimize), but serial loops (no libgomp), no Python
-callbacks, position-independent code and an explicit target CPU."""
+(build_program with the LLVM backend's passes, codegen.ModuleBuilder, jit.optimize), but serial
+loops (no libgomp), no Python callbacks, position-independent code and an explicit target CPU."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
 
-from ..compiler.codegen import ModuleBuilder
-from ..compiler.errors import GraphError
-from ..compiler.graph import Node
-from ..compiler.jit import host_cpu, optimize, target_machine
-from ..compiler.passes import native_pipeline, run_pipeline
-from ..compiler.program import Program
-from ..ops.leaves import InputOp, StateOp
+from ..backends.llvm import pipeline
+from ..backends.llvm.codegen import ModuleBuilder
+from ..backends.llvm.jit import host_cpu, optimize, target_machine
+from ..compiler.build import build_program
+from ..core.errors import GraphError
+from ..core.leaves import InputOp
+from ..core.node import Node
+from ..core.program import Program
 from .spec import CompileSpec
 
 SUPPORTED_DTYPES = (np.dtype("float32"), np.dtype("int32"), np.dtype("int64"))
@@ -53,14 +54,9 @@ def plan(spec: CompileSpec) -> list[Function]:
 
 
 def _function(name: str, spec: CompileSpec, **compile_args) -> Function:
-    # g.compile validates the arguments and picks the trained parameters exactly as for the JIT; its
-    # reference backend does no code generation. Its program's leading fields then go through the
-    # native pipeline, as compile_step does for backend="llvm".
-    p = spec.graph.compile(backend="numpy", **compile_args).program
-    fresh = Program(graph=p.graph, outputs=p.outputs, loss=p.loss, wrt=p.wrt, optimizer=p.optimizer)
-    program = run_pipeline(fresh, native_pipeline())
-    state = {n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in program.leaves(StateOp)}  # as step.py
-    return Function(name, program, program.leaves(InputOp), state)
+    """One function through the passes `g.compile(backend="llvm")` runs, kernels one at a time."""
+    program = build_program(spec.graph, tail=pipeline.passes(concurrent=False), **compile_args)
+    return Function(name, program, program.leaves(InputOp), program.initial_state())
 
 
 def check_supported(function: Function) -> None:
@@ -71,8 +67,8 @@ def check_supported(function: Function) -> None:
             node = kernel.nodes[0]
             raise GraphError(
                 f"{function.name}: node {node.label} (op '{node.op.name}') has no native kernel and runs through a "
-                "Python callback in the JIT; a compiled library cannot call Python. Give the op an emit_kernel "
-                "or build the graph from built-in ops"
+                "Python callback in the JIT; a compiled library cannot call Python. Register a native kernel for "
+                "the op (drug.backends.llvm.lowering) or build the graph from built-in ops"
             )
     for node in function.program.nodes:
         if node.id in schedule.buffer_of and node.dtype not in SUPPORTED_DTYPES:

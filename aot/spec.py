@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compiler.errors import GraphError
-from ..compiler.graph import Graph, Node
 from ..compiler.optimizers import Optimizer
+from ..core.errors import GraphError
+from ..core.graph import Graph
+from ..core.node import Node
 
 C_KEYWORDS = frozenset(
     "auto break case char const continue default do double else enum extern float for goto if inline int long "

@@ -12,9 +12,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .autodiff import ancestors
-from .graph import Node
-from .program import Program
+from ..core.leaves import InputOp
+from ..core.node import Node
+from ..core.program import Program, ancestors
+from ..ops.collective import allreduce_mean, allreduce_sum
+from ..ops.elementwise import OnesLike
+from ..ops.shape import concat, getitem, reshape
 
 DEFAULT_BUCKET_BYTES = 25 * 2**20  # PyTorch DDP's default bucket_cap_mb
 
@@ -59,9 +62,6 @@ def buckets(grads: list[Node], bucket_bytes: int) -> list[list[Node]]:
 def _allreduce_bucket(bucket: list[Node], comm: Any) -> list[Node]:
     """Each gradient's mean over the ranks; the 1/size multiply is applied per gradient after
     unpacking, so it fuses into the optimizer's update loop."""
-    from ..ops.collective import allreduce_mean, allreduce_sum
-    from ..ops.shape import concat, getitem, reshape
-
     if len(bucket) == 1:
         return [allreduce_mean(bucket[0], comm)]
     sizes = [math.prod(g.shape) for g in bucket]
@@ -78,9 +78,6 @@ def _data_dependent(grads: tuple[Node, ...]) -> set[int]:
     """Ids of the nodes (among the gradients' ancestors) whose value may differ between ranks:
     those that read an input, except the autodiff seed ones_like(loss), always 1 (a static
     shape). Anything else reading the batch (its size, say) counts as data."""
-    from ..ops.elementwise import OnesLike
-    from ..ops.leaves import InputOp
-
     found: set[int] = set()
     for node in ancestors(list(grads)):  # topological order: inputs before their readers
         constant = isinstance(node.op, OnesLike) and None not in node.shape

@@ -6,27 +6,16 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import GraphError
-from .graph import Node
-
-
-def ancestors(outputs: Sequence[Node]) -> list[Node]:
-    """Every node the outputs depend on, in topological (creation) order."""
-    seen: dict[int, Node] = {}
-    stack = list(outputs)
-    while stack:
-        node = stack.pop()
-        if node.id not in seen:
-            seen[node.id] = node
-            stack.extend(node.inputs)
-    return sorted(seen.values(), key=lambda n: n.id)
+from ..core.errors import GraphError
+from ..core.node import Node, apply
+from ..core.program import ancestors
+from ..ops.elementwise import add, mul, ones_like, zeros_like
+from ..ops.reduce import sum as total
+from ..ops.shape import Slice, concat, reshape, sum_to
 
 
 def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Node]:
     """d(sum of y)/dx for each x, as new graph nodes; fan-out contributions are summed."""
-    from ..ops.elementwise import ones_like, zeros_like
-    from ..ops.shape import sum_to
-
     wanted = {x.id for x in xs}
     on_path: set[int] = set()  # nodes between some x and y
     for node in ancestors([y]):
@@ -38,7 +27,7 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
         parts = contributions.pop(node.id, None)
         if not parts or node.id not in on_path:
             continue
-        if getattr(node.op, "multi_output", False):  # parts are (result index, cotangent) pairs
+        if node.op.multi_output:  # parts are (result index, cotangent) pairs
             g = [_sum([gi for k, gi in parts if k == index]) for index in range(len(node.op.output_types()))]
         else:
             g = grads[node.id] = _sum(parts)
@@ -52,8 +41,8 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
         for x, gx in zip(node.inputs, rule):
             if gx is None or x.id not in on_path:
                 continue
-            if getattr(x.op, "multi_output", False):
-                gx = (node.op.index, gx)  # node picks result `index` of x
+            if x.op.multi_output:
+                gx = (node.op.result_index, gx)  # node picks that result of x
             elif gx.shape != x.shape:
                 gx = sum_to(gx, x.shape)
             contributions.setdefault(x.id, []).append(gx)
@@ -62,8 +51,6 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
 
 
 def _sum(parts: list[Node]) -> Node | None:
-    from ..ops.elementwise import add
-
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else add(*parts)
@@ -79,9 +66,6 @@ def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
 def jacobian(y: Node, x: Node) -> Node:
     """The jacobian, shape y.shape + x.shape. When y and x both lead with the batch axis the
     examples are independent and the result is per example: (batch, *y.shape[1:], *x.shape[1:])."""
-    from ..ops.base import apply
-    from ..ops.shape import Slice, concat, reshape
-
     batched = y.ndim > 0 and y.shape[0] is None
     if batched and not (x.ndim > 0 and x.shape[0] is None):
         raise GraphError(
@@ -106,9 +90,6 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
     """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
     derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
     the gradient of <Jᵀu, v> with respect to u is J·v; u's value never matters."""
-    from ..ops.elementwise import mul, zeros_like
-    from ..ops.reduce import sum as total
-
     if v.shape != x.shape:
         raise GraphError(f"jvp: tangent {v.describe()} must have the shape of {x.describe()}")
     u = zeros_like(y)  # a stand-in cotangent shaped like y (batch included)
@@ -118,9 +99,6 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
 
 def hessian_vector_product(loss: Node, x: Node, v: Node) -> Node:
     """H·v for a scalar loss, v shaped like x: the gradient of <∇loss, v> (reverse over reverse)."""
-    from ..ops.elementwise import mul
-    from ..ops.reduce import sum as total
-
     if loss.shape != ():
         raise GraphError(f"hessian_vector_product needs a scalar loss, got {loss.describe()}")
     if v.shape != x.shape:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from ..ops.leaves import ConstantOp
+from ..core.leaves import ConstantOp
+from ..core.node import Node
+from ..core.program import Program
 from ..ops.linalg import MatMul
-from ..ops.reduce import Reduce
-from ..ops.shape import Reshape, SumTo, Transpose
-from .graph import Node
-from .program import Program
+from ..ops.shape import Transpose
+from .target import Target
 
 
 @dataclass
@@ -42,7 +42,7 @@ def is_leaf(node: Node) -> bool:
 
 
 def is_alias(node: Node) -> bool:
-    return isinstance(node.op, Reshape)
+    return node.op.is_view
 
 
 def storage(node: Node, transposed: set[int]) -> Node:
@@ -52,11 +52,9 @@ def storage(node: Node, transposed: set[int]) -> Node:
     return node
 
 
-def loop_role(node: Node) -> str | None:
-    """'map' for elementwise members, 'reduce' for reductions that can end a loop."""
-    if isinstance(node.op, (Reduce, SumTo)):
-        return "reduce" if node.dtype.kind == "f" else None
-    return "map" if hasattr(node.op, "emit") else None
+def is_reduction(node: Node) -> bool:
+    """A float reduction, which can end a loop over its input's domain."""
+    return node.op.combine is not None and node.dtype.kind == "f"
 
 
 def folded_transposes(program: Program) -> set[int]:
@@ -75,29 +73,31 @@ def folded_transposes(program: Program) -> set[int]:
     return out
 
 
-def fuse(program: Program) -> Program:
-    """The fusion pass: the program with its nodes partitioned into kernels."""
-    return program.with_(kernels=tuple(form_kernels(program)))
+@dataclass(frozen=True)
+class Fuse:
+    """The fusion pass for a target: the program with its nodes partitioned into kernels."""
+
+    target: Target
+
+    def __call__(self, program: Program) -> Program:
+        return program.with_(kernels=tuple(form_kernels(program, self.target)))
 
 
-def _domain(node: Node) -> tuple:
-    return node.inputs[0].shape if loop_role(node) == "reduce" else node.shape
+def _first_kernel(node: Node, target: Target) -> Kernel:
+    if is_reduction(node):
+        return Kernel("loop", [node], node.inputs[0].shape)
+    if target.fusible(node):
+        return Kernel("loop", [node], node.shape)
+    return Kernel("op" if target.has_kernel(node) else "callback", [node])
 
 
-def form_kernels(program: Program) -> list[Kernel]:
+def form_kernels(program: Program, target: Target) -> list[Kernel]:
     """Start with one kernel per node, then merge a loop into a consuming loop over the same
     domain while the merged kernel stays convex (no other path between the two)."""
     skipped = folded_transposes(program)
     members = [n for n in program.nodes if not (is_leaf(n) or is_inline(n) or is_alias(n) or n.id in skipped)]
     group = {n.id: i for i, n in enumerate(members)}
-    kernels = {
-        i: Kernel(
-            "loop" if loop_role(n) else ("op" if has_native_kernel(n) else "callback"),
-            [n],
-            _domain(n) if loop_role(n) else (),
-        )
-        for i, n in enumerate(members)
-    }
+    kernels = {i: _first_kernel(n, target) for i, n in enumerate(members)}
 
     dag = nx.DiGraph()
     dag.add_nodes_from(kernels)
@@ -107,10 +107,10 @@ def form_kernels(program: Program) -> list[Kernel]:
             i = storage(i, skipped)
             if i.id in group and group[i.id] != group[node.id]:
                 dag.add_edge(group[i.id], group[node.id])
-                if loop_role(i) == "reduce":
+                if is_reduction(i):
                     blocked.add((group[i.id], group[node.id]))
     for node in members:  # results of a multi-output op are written by that op's kernel
-        if getattr(node.op, "joins_input_kernel", False):
+        if node.op.result_index is not None:
             _merge(dag, kernels, group, blocked, group[node.inputs[0].id], group[node.id])
     first = {k: kernel.nodes[0].id for k, kernel in kernels.items()}
     changed = True
@@ -152,13 +152,6 @@ def _merge(dag: nx.DiGraph, kernels: dict, group: dict, blocked: set, keep: int,
             if (gone, c) in blocked:
                 blocked.add((keep, c))
     dag.remove_node(gone)
-
-
-def has_native_kernel(node: Node) -> bool:
-    """The op has a kernel and it takes this node (`op.kernel_supports(node)`, if defined, may
-    decline some shapes; those run through the callback)."""
-    supports = getattr(node.op, "kernel_supports", None)
-    return hasattr(node.op, "emit_kernel") and (supports is None or supports(node))
 
 
 def _mark_outputs(program: Program, kernels: list[Kernel], group_of: dict[int, int]) -> None:

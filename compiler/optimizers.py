@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .graph import Node
-from .types import TensorType
+from ..core.leaves import StateOp
+from ..core.node import Node
+from ..core.types import TensorType
+from ..ops.elementwise import add, div, mul, sqrt, sub
 
 LR_KEY = "hyper/lr"
 
@@ -33,8 +35,6 @@ class Optimizer:
 
     def updates(self, params: Sequence[Node], grads: Sequence[Node]) -> list[tuple[Node, Node]]:
         """(leaf, new value) pairs for every parameter and state buffer."""
-        from ..ops import add, div, mul, sqrt, sub
-
         out: list[tuple[Node, Node]] = []
         b1, b2 = self.beta_momentum, self.beta_magnitude
         first = params[0]
@@ -70,8 +70,6 @@ class Optimizer:
 
 
 def _state(like: Node, key: str, shape, init: float) -> Node:
-    from ..ops.leaves import StateOp
-
     return like.graph._leaf(StateOp(key, init), TensorType(tuple(shape), like.dtype), None)
 
 

@@ -8,18 +8,17 @@ from collections.abc import Callable
 
 import networkx as nx
 
-from ..compiler.types import FLOAT_DTYPES
-from .autodiff import ancestors, gradients
-from .errors import GraphError, ShapeError
-from .program import Program, format_program, to_networkx
+from ..core.errors import GraphError, ShapeError
+from ..core.leaves import ParameterOp
+from ..core.program import Program, ancestors, format_program, to_networkx
+from ..core.types import FLOAT_DTYPES
+from .autodiff import gradients
 
 Pass = Callable[[Program], Program]
 
 
 def verify(program: Program) -> Program:
     """Reject what cannot be compiled: foreign nodes, a non-scalar loss, untrainable targets, cycles."""
-    from ..ops.leaves import ParameterOp
-
     nodes = ancestors(program.roots)
     foreign = [n for n in nodes if n.graph is not program.graph]
     if foreign:
@@ -84,17 +83,6 @@ def insert_after(
         raise ValueError(f"no pass named {anchor!r}; the pipeline is {names}")
     at = names.index(anchor) + 1
     return pipeline[:at] + list(passes) + pipeline[at:]
-
-
-def native_pipeline(concurrent: bool = False) -> list[tuple[str, Pass]]:
-    """The passes of the native backend; `concurrent`: independent kernels may run at once."""
-    from .concurrency import concurrent_kernels
-    from .fusion import fuse
-    from .schedule import schedule
-    from .simplify import simplify
-
-    tail = [("concurrency", concurrent_kernels)] if concurrent else []
-    return PIPELINE + [("simplify", simplify), ("fuse", fuse), ("schedule", schedule)] + tail
 
 
 def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) -> Program:

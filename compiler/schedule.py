@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from ..ops.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.node import Node
+from ..core.program import Program
+from ..core.types import Shape
 from .fusion import Kernel, folded_transposes, is_alias, storage
-from .graph import Node
-from .program import Program
-from .types import Shape
+from .target import Target
 
 
 @dataclass
@@ -47,7 +48,6 @@ class Schedule:
 
 
 def _leaf_buffer(node: Node, slot: int) -> Buffer:
-
     op = node.op
     if isinstance(op, InputOp):
         return Buffer(slot, node.shape, node.dtype, "input", node.name)
@@ -60,12 +60,18 @@ def _leaf_buffer(node: Node, slot: int) -> Buffer:
     raise AssertionError(f"not a leaf: {node!r}")
 
 
-def schedule(program: Program) -> Program:
-    """The scheduling and memory-planning pass."""
-    return program.with_(schedule=plan(program))
+@dataclass(frozen=True)
+class Plan:
+    """The scheduling and memory-planning pass for a target (which says what scratch memory its
+    kernels need)."""
+
+    target: Target
+
+    def __call__(self, program: Program) -> Program:
+        return program.with_(schedule=plan(program, self.target))
 
 
-def plan(program: Program) -> Schedule:
+def plan(program: Program, target: Target) -> Schedule:
     kernels = [Kernel(k.kind, list(k.nodes), k.domain, list(k.outputs)) for k in program.kernels]
     transposed = folded_transposes(program)
     buffers: list[Buffer] = []
@@ -130,7 +136,7 @@ def plan(program: Program) -> Schedule:
             slot = buffer_of[node.id]
             if buffers[slot].kind == "temp":
                 buffers[slot].live = (buffers[slot].live[0], len(kernels))
-    workspaces = _workspaces(kernels, buffers)
+    workspaces = _workspaces(kernels, buffers, target)
     copies = [(buffer_of[new.id], buffer_of[leaf.id]) for leaf, new in copies_wanted]
     for source, _ in copies:
         if buffers[source].kind == "temp":
@@ -138,13 +144,13 @@ def plan(program: Program) -> Schedule:
     return Schedule(program, kernels, buffers, buffer_of, copies, transposed, workspaces)
 
 
-def _workspaces(kernels: list[Kernel], buffers: list[Buffer]) -> dict[int, int]:
-    """Scratch memory an op's own kernel asks for (`op.workspace(node) -> (shape, dtype) | None`,
+def _workspaces(kernels: list[Kernel], buffers: list[Buffer], target: Target) -> dict[int, int]:
+    """Scratch memory an op's own kernel asks for (`target.workspace(node) -> (shape, dtype) | None`,
     None in the shape = batch): a temp buffer alive only while that kernel runs."""
     out: dict[int, int] = {}
     for index, kernel in enumerate(kernels):
         node = kernel.nodes[0]
-        spec = node.op.workspace(node) if kernel.kind == "op" and hasattr(node.op, "workspace") else None
+        spec = target.workspace(node) if kernel.kind == "op" else None
         if spec is not None:
             shape, dtype = spec
             out[node.id] = len(buffers)
@@ -202,4 +208,4 @@ def fingerprint(schedule: Schedule) -> str:
 
 
 def may_fail(kernel: Kernel) -> bool:
-    return any(getattr(node.op, "may_fail", False) for node in kernel.nodes)
+    return any(node.op.may_fail for node in kernel.nodes)

@@ -8,14 +8,13 @@ import math
 
 import numpy as np
 
+from ..core.leaves import ConstantOp
+from ..core.node import Node
+from ..core.program import Program, ancestors
 from ..ops import elementwise as ew
 from ..ops import shape as sh
 from ..ops.elementwise import Add, OnesLike
-from ..ops.leaves import ConstantOp
 from ..ops.shape import AssembleSlices, SliceGrad, disjoint
-from .autodiff import ancestors
-from .graph import Node
-from .program import Program
 
 FOLD_LIMIT = 64  # fold constants up to this many elements; larger ones stay computed
 
@@ -83,7 +82,7 @@ def _foldable(node: Node, inputs: list[Node]) -> bool:
 
     if None in node.shape or math.prod(node.shape) > FOLD_LIMIT or not node.inputs:
         return False
-    if getattr(node.op, "multi_output", False):
+    if node.op.multi_output:
         return False
 
     return isinstance(node.op, OnesLike) or all(isinstance(i.op, ConstantOp) for i in inputs)

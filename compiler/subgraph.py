@@ -12,10 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .autodiff import ancestors
-from .errors import GraphError
-from .graph import Graph, Node
-from .program import Program
+from ..core.errors import GraphError
+from ..core.graph import Graph
+from ..core.leaves import ConstantOp
+from ..core.node import Node
+from ..core.program import Program, ancestors
+from .interpret import evaluate
+from .passes import PIPELINE, run_pipeline
 
 
 class Body:
@@ -38,24 +41,14 @@ class Body:
         if uncomputable:
             raise GraphError(f"a loop body cannot hold {uncomputable[0].describe()}")
 
+    @property
+    def program(self) -> Program:
+        """The body as a program of its own, before any pass."""
+        return Program(graph=self.graph, outputs=tuple(self.outputs))
+
     @functools.cached_property
     def reference_program(self) -> Program:
-        from .passes import PIPELINE, run_pipeline
-
-        return run_pipeline(Program(graph=self.graph, outputs=tuple(self.outputs)), PIPELINE)
-
-    @functools.cached_property
-    def native_program(self) -> Program:
-        from .passes import native_pipeline, run_pipeline
-
-        program = run_pipeline(Program(graph=self.graph, outputs=tuple(self.outputs)), native_pipeline())
-        callbacks = [k for k in program.kernels if k.kind == "callback"]
-        if callbacks:
-            node = callbacks[0].nodes[0]
-            raise GraphError(
-                f"op '{node.op.name}' ({node.label}) has no native kernel, so it cannot run in a loop body"
-            )
-        return program
+        return run_pipeline(self.program, PIPELINE)
 
     def inline(self, graph: Graph, values: Sequence[Node]) -> list[Node]:
         """The body's outputs rebuilt in `graph` on the nodes `values` (one per input)."""
@@ -71,21 +64,19 @@ class Body:
 
     def run_reference(self, values: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The outputs for these input values, with every op's NumPy forward."""
-        from ..runtime.reference import ReferenceExecutor
-
         feeds, batch = {}, None
         for node, value in zip(self.inputs, values):
             feeds[node.id] = value
             for dim, size in zip(node.shape, np.shape(value)):
                 batch = size if dim is None else batch
-        return ReferenceExecutor(self.reference_program, {}).run(feeds, batch)
+        program = self.reference_program
+        computed = evaluate(program, feeds, {}, batch)
+        return [computed[o.id] for o in program.outputs]
 
 
 def extract(graph: Graph, placeholders: list[Node], outputs: list[Node]) -> tuple[Body, list[Node]]:
     """The body computing `outputs` from `placeholders`, and the outer nodes it captures (its
     inputs after the placeholders). Scalar constants are copied in, so loops keep them inline."""
-    from ..ops.leaves import ConstantOp
-
     slot_ids = {p.id for p in placeholders}
     variant: set[int] = set()
     for node in ancestors(outputs):

@@ -1,10 +1,13 @@
 """drug: a differentiable graph compiler. Declare a graph, compile its whole train step."""
 
-from . import decoding, distributed, layers
+from . import backends, compiler, core, decoding, distributed, layers, ops, runtime
 from .compiler.autodiff import grad, hessian_vector_product, jacobian, jvp
-from .compiler.errors import GraphError, ShapeError
-from .compiler.graph import Graph, Node
 from .compiler.optimizers import SGD, Adam, Optimizer, RMSProp
+from .compiler.scan import scan
+from .compiler.traced import elementwise
+from .core.errors import GraphError, ShapeError
+from .core.node import Node
+from .graph import Graph
 from .ops import (
     Op,
     add,
@@ -26,7 +29,6 @@ from .ops import (
     one_hot,
     relu,
     reshape,
-    scan,
     sigmoid,
     softmax,
     softmax_cross_entropy,
@@ -36,13 +38,9 @@ from .ops import (
     tanh,
     transpose,
 )
-from .ops.traced import elementwise
 
 __version__ = "0.1.0"
 
-# The compiler and runtime load with the package (networkx, llvmlite and the executors take a
-# few hundred milliseconds to import), so that compiling a graph pays for compiling only.
-from .runtime import native as _native  # noqa: E402
-from .runtime import step as _step  # noqa: E402
-
-_native.warm_up()
+# The backends load with the package (networkx, llvmlite and the executors take a few hundred
+# milliseconds to import): compiling a graph then pays for compiling only.
+backends.llvm.warm_up()

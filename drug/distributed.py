@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from .compiler.allreduce import DEFAULT_BUCKET_BYTES, AllreduceGradients
-from .compiler.errors import GraphError
-from .compiler.graph import Graph, Node
+from .core.errors import GraphError
+from .core.graph import Graph
+from .core.node import Node
 from .runtime.data_parallel import (
     DataParallelStep,
     broadcast_parameters,

@@ -12,11 +12,12 @@ import itertools
 import weakref
 from collections.abc import Callable, Sequence
 
-from .compiler.errors import GraphError, ShapeError
-from .compiler.graph import Graph, Node
-from .compiler.types import format_shape
+from .compiler.scan import scan as scan_loop
+from .core.errors import GraphError, ShapeError
+from .core.graph import Graph
+from .core.node import Node
+from .core.types import format_shape
 from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
-from .ops.scan import scan as scan_loop
 
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}

@@ -11,8 +11,8 @@ from common import accuracy, example_parser, linear_decay, minibatches, plot_cur
 from tqdm import tqdm
 
 import drug as dg
+from drug.backends.llvm.threads import thread_count
 from drug.datasets import mnist
-from drug.runtime.threads import thread_count
 
 POOLS = {"max": dg.max_pool2d, "avg": dg.avg_pool2d}
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.types import TensorType
-from .base import Op, apply, same_float_dtype
+from ..core.node import apply
+from ..core.op import Op, same_float_dtype
+from ..core.types import TensorType
+from .elementwise import mul
 
 
 class AllreduceSum(Op):
@@ -58,7 +60,5 @@ def allreduce_sum(x, comm: Any):
 def allreduce_mean(x, comm: Any):
     """`x` averaged over the ranks of `comm`: the sum times 1/size, a multiply that fuses into
     the loop reading it (an optimizer update) instead of another pass over the buffer."""
-    from .elementwise import mul
-
     size = int(comm.Get_size())
     return allreduce_sum(x, comm) if size == 1 else mul(allreduce_sum(x, comm), 1.0 / size)

@@ -3,16 +3,12 @@ each with its adjoint, so gradients of any order stay graph ops."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass
-
 import numpy as np
-from llvmlite import ir
 
-from ..compiler.errors import ShapeError
-from ..compiler.irutil import I64, PTR, for_range, i64, llvm_type
-from ..compiler.types import TensorType, format_shape
-from .base import Example, Op, apply, same_float_dtype
+from ..core.errors import ShapeError
+from ..core.node import apply
+from ..core.op import Example, Op, same_float_dtype
+from ..core.types import TensorType, format_shape
 
 PAD_MODES = ("zeros", "replicate", "reflect")
 
@@ -79,11 +75,6 @@ class Pad(_Padding):
     def grad(self, g, out, x):
         return [apply(PadGrad(self.pads, self.mode, self.in_hw), g)]
 
-    def emit_kernel(self, k, node):
-        """Row by row: the interior is a contiguous copy, border columns go through the index map."""
-        (x,) = node.inputs
-        _emit_padding(k, self, k.ptr(x), k.ptr(node), x, adjoint=False)
-
 
 class PadGrad(_Padding):
     """Adjoint of Pad: padded positions add back into the rows they copied."""
@@ -100,18 +91,13 @@ class PadGrad(_Padding):
     def grad(self, gg, out, g):
         return [apply(Pad(self.pads, self.mode, self.in_hw), gg)]
 
-    def emit_kernel(self, k, node):
-        """Zero each output plane, then add every padded row back into the row it copied."""
-        (g,) = node.inputs
-        _emit_padding(k, self, k.ptr(node), k.ptr(g), node, adjoint=True)
-
 
 def _windows(stride, out_hw, i, j):
     (sh, sw), (ho, wo) = stride, out_hw
     return (slice(None), slice(None), slice(i, i + sh * (ho - 1) + 1, sh), slice(j, j + sw * (wo - 1) + 1, sw))
 
 
-def _conv_out_hw(in_hw, k_hw, stride):
+def conv_out_hw(in_hw, k_hw, stride):
     return tuple((n - k) // s + 1 for n, k, s in zip(in_hw, k_hw, stride))
 
 
@@ -119,7 +105,6 @@ class Conv2D(Op):
     """Valid (unpadded) strided convolution; padding is a separate Pad node."""
 
     name = "conv2d"
-    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int]):
@@ -135,11 +120,11 @@ class Conv2D(Op):
             raise ShapeError(f"input has {x.shape[1]} channels but the weight expects {w.shape[1]}")
         if x.shape[2] < w.shape[2] or x.shape[3] < w.shape[3]:
             raise ShapeError(f"kernel {w.shape[2:]} is larger than the input's spatial size {x.shape[2:]}")
-        out_hw = _conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
+        out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         return TensorType((x.shape[0], w.shape[0]) + out_hw, dtype)
 
     def ref(self, x, w):
-        out_hw = _conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
+        out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         out = np.zeros((x.shape[0], w.shape[0]) + out_hw, x.dtype)
         for i in range(w.shape[2]):
             for j in range(w.shape[3]):
@@ -151,23 +136,6 @@ class Conv2D(Op):
             apply(Conv2DGradInput(self.stride, x.shape[2:]), g, w),
             apply(Conv2DGradFilter(self.stride, w.shape[2:]), x, g),
         ]
-
-    def workspace(self, node):
-        x, w = node.inputs
-        return _Geometry.of(x.shape, w.shape, self.stride, node.dtype).workspace()
-
-    def emit_kernel(self, k, node):
-        """Per chunk of images: im2col side by side, then one GEMM out = w (O, C*KH*KW) @ columns."""
-        x, w = node.inputs
-        e = _ConvEmitter(k, node, _Geometry.of(x.shape, w.shape, self.stride, node.dtype))
-        geo = e.geo
-        with e.chunks(k.dims(x)[0]) as (first, count):
-            e.im2col(x, first, count)
-            out = e.image(node, first, "out")
-            product = out if e.staging is None else e.staging
-            e.gemm(False, False, geo.outs, e.width(count), geo.rows, k.ptr(w), geo.rows, e.columns, geo.ld, product)
-            if e.staging is not None:
-                e.restage(out, count, to_images=True)
 
     @classmethod
     def example(cls, rng, dims):
@@ -181,7 +149,6 @@ class Conv2DGradInput(Op):
     """Gradient of Conv2D w.r.t. its input: the transposed convolution of g by w."""
 
     name = "conv2d_grad_input"
-    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int], in_hw: tuple[int, int]):
@@ -190,7 +157,7 @@ class Conv2DGradInput(Op):
 
     def infer(self, g, w):
         dtype = same_float_dtype(self.name, [g, w])
-        expected = _conv_out_hw(self.in_hw, w.shape[2:], self.stride)
+        expected = conv_out_hw(self.in_hw, w.shape[2:], self.stride)
         if g.ndim != 4 or w.ndim != 4 or g.shape[1] != w.shape[0] or g.shape[2:] != expected:
             raise ShapeError(
                 f"gradient {format_shape(g.shape)} does not fit weight {format_shape(w.shape)} on an input of "
@@ -208,27 +175,11 @@ class Conv2DGradInput(Op):
     def grad(self, gg, out, g, w):
         return [apply(Conv2D(self.stride), gg, w), apply(Conv2DGradFilter(self.stride, w.shape[2:]), gg, g)]
 
-    def workspace(self, node):
-        _, w = node.inputs
-        return _Geometry.of(node.shape, w.shape, self.stride, node.dtype).workspace()
-
-    def emit_kernel(self, k, node):
-        """Per chunk of images: one GEMM columns = w^T (C*KH*KW, O) @ g, then col2im adds each
-        image's columns into its (zeroed) input gradient."""
-        g, w = node.inputs
-        e = _ConvEmitter(k, node, _Geometry.of(node.shape, w.shape, self.stride, node.dtype))
-        geo = e.geo
-        with e.chunks(k.dims(g)[0]) as (first, count):
-            grads = e.staged(e.image(g, first, "g"), count)
-            e.gemm(True, False, geo.rows, e.width(count), geo.outs, k.ptr(w), geo.rows, grads, geo.ld, e.columns)
-            e.zero(e.image(node, first, "dx"), e.b.mul(count, i64(geo.image_size * geo.itemsize), name="dx_bytes"))
-            e.im2col(node, first, count, adjoint=True)
-
     @classmethod
     def example(cls, rng, dims):
         stride, in_hw = (1 + dims[0] % 2, 1), (dims[1] + 3, 4)
         w = rng.standard_normal((3, 2, 2, 3))
-        g = rng.standard_normal((2, 3) + _conv_out_hw(in_hw, (2, 3), stride))
+        g = rng.standard_normal((2, 3) + conv_out_hw(in_hw, (2, 3), stride))
         return cls(stride, in_hw), Example([g, w], [True, True], {0: 0})
 
 
@@ -236,7 +187,6 @@ class Conv2DGradFilter(Op):
     """Gradient of Conv2D w.r.t. its weight: correlation of the input with g."""
 
     name = "conv2d_grad_filter"
-    uses_blas = True
     arity = 2
 
     def __init__(self, stride: tuple[int, int], k_hw: tuple[int, int]):
@@ -249,7 +199,7 @@ class Conv2DGradFilter(Op):
             x.ndim != 4
             or g.ndim != 4
             or None in x.shape[1:]
-            or g.shape[2:] != _conv_out_hw(x.shape[2:], self.k_hw, self.stride)
+            or g.shape[2:] != conv_out_hw(x.shape[2:], self.k_hw, self.stride)
         ):
             raise ShapeError(
                 f"gradient {format_shape(g.shape)} does not fit a {self.k_hw} kernel on input {format_shape(x.shape)}"
@@ -266,276 +216,12 @@ class Conv2DGradFilter(Op):
     def grad(self, gg, out, x, g):
         return [apply(Conv2DGradInput(self.stride, x.shape[2:]), g, gg), apply(Conv2D(self.stride), x, gg)]
 
-    def workspace(self, node):
-        x, _ = node.inputs
-        geo = _Geometry.of(x.shape, node.shape, self.stride, node.dtype)
-        return geo.workspace(extra=geo.rows * geo.outs)  # + the transposed sum
-
-    def emit_kernel(self, k, node):
-        """dw^T (C*KH*KW, O) = sum over chunks of images of columns @ g^T (O, images*HO*WO)^T, GEMMs with
-        beta=1 into the workspace (BLAS runs this orientation faster: M=C*KH*KW rather than O), then
-        one transpose into dw."""
-        x, g = node.inputs
-        e = _ConvEmitter(k, node, _Geometry.of(x.shape, node.shape, self.stride, node.dtype))
-        geo, b = e.geo, e.b
-        total = e.at(e.columns, i64(geo.matrices_size), "dw_transposed")
-        e.zero(total, i64(geo.rows * geo.outs * geo.itemsize))
-        with e.chunks(k.dims(x)[0]) as (first, count):
-            grads = e.staged(e.image(g, first, "g"), count)
-            e.im2col(x, first, count)
-            e.gemm(False, True, geo.rows, geo.outs, e.width(count), e.columns, geo.ld, grads, geo.ld, total,
-                   ldc=geo.outs, beta=1.0)  # fmt: skip
-        with for_range(b, i64(geo.outs), "o") as o:
-            with for_range(b, i64(geo.rows), "r") as r:
-                source = e.at(total, b.add(b.mul(r, i64(geo.outs)), o, name="summed"), "summed_ptr")
-                target = k.element(node, b.add(b.mul(o, i64(geo.rows)), r, name="dw_index"))
-                b.store(b.load(source, typ=e.real, name="value"), target)
-
     @classmethod
     def example(cls, rng, dims):
         stride, in_hw, k_hw = (1 + dims[0] % 2, 1), (dims[1] + 3, 4), (2, 3)
         x = rng.standard_normal((2, 2) + in_hw)
-        g = rng.standard_normal((2, 3) + _conv_out_hw(in_hw, k_hw, stride))
+        g = rng.standard_normal((2, 3) + conv_out_hw(in_hw, k_hw, stride))
         return cls(stride, k_hw), Example([x, g], [True, True], {0: 0, 1: 0})
-
-
-# ---- native kernels: im2col / col2im around one GEMM per chunk of images; padding by index maps ----
-
-CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small images side by side
-CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the GEMM reads it) in cache
-
-
-@dataclass(frozen=True)
-class _Geometry:
-    """Static sizes of a convolution (only the batch axis is dynamic) and its GEMM layout: a chunk of
-    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO)."""
-
-    channels: int
-    in_hw: tuple[int, int]
-    k_hw: tuple[int, int]
-    stride: tuple[int, int]
-    outs: int
-    dtype: str
-
-    @classmethod
-    def of(cls, x_shape, w_shape, stride, dtype) -> _Geometry:
-        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(stride), w_shape[0], np.dtype(dtype).name)
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return _conv_out_hw(self.in_hw, self.k_hw, self.stride)
-
-    @property
-    def rows(self) -> int:
-        """GEMM depth of the forward: one column-matrix row per (channel, kernel row, kernel column)."""
-        return self.channels * self.k_hw[0] * self.k_hw[1]
-
-    @property
-    def cols(self) -> int:
-        """Columns per image: its output pixels."""
-        return self.out_hw[0] * self.out_hw[1]
-
-    @property
-    def image_size(self) -> int:
-        return self.channels * self.in_hw[0] * self.in_hw[1]
-
-    @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
-
-    @property
-    def chunk(self) -> int:
-        """Images per GEMM. With one, the GEMM reads and writes the NCHW images themselves; more
-        need the staging matrix (copies), worth it when images are small."""
-        wanted = -(-CHUNK_COLUMNS // self.cols)
-        return max(1, min(wanted, CHUNK_BYTES // (self.rows * self.cols * self.itemsize)))
-
-    @property
-    def ld(self) -> int:
-        """Row stride of the column and staging matrices."""
-        return self.chunk * self.cols
-
-    @property
-    def matrices_size(self) -> int:
-        """Elements of the column matrix and (for chunks of several images) the staging matrix."""
-        return (self.rows + (self.outs if self.chunk > 1 else 0)) * self.ld
-
-    def workspace(self, extra: int = 0):
-        return (self.matrices_size + extra,), self.dtype
-
-
-class _ConvEmitter:
-    """IR for one convolution kernel: loops over chunks of images, im2col/col2im into the column
-    matrix (the workspace), copies through the staging matrix, GEMM calls."""
-
-    def __init__(self, k, node, geo: _Geometry):
-        self.k, self.b, self.geo, self.real = k, k.b, geo, llvm_type(geo.dtype)
-        self.columns = k.workspace(node)
-        self.staging = None if geo.chunk == 1 else self.at(self.columns, i64(geo.rows * geo.ld), "staging")
-
-    def at(self, pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
-        return self.b.gep(pointer, [offset], source_etype=self.real, inbounds=True, name=name)
-
-    def image(self, node, index: ir.Value, name: str) -> ir.Value:
-        """Pointer to image `index` of an NCHW node."""
-        size = int(np.prod(node.shape[1:]))
-        return self.at(self.k.ptr(node), self.b.mul(index, i64(size), name=f"{name}_offset"), name)
-
-    def width(self, count: ir.Value) -> ir.Value:
-        return self.b.mul(count, i64(self.geo.cols), name="gemm_width")
-
-    @contextmanager
-    def chunks(self, batch: ir.Value):
-        """Loop over chunks of images; yields (first image, images in the chunk)."""
-        b, chunk = self.b, self.geo.chunk
-        if chunk == 1:
-            with for_range(b, batch, "image") as n:
-                yield n, i64(1)
-            return
-        total = b.udiv(b.add(batch, i64(chunk - 1)), i64(chunk), name="chunks")
-        with for_range(b, total, "chunk") as index:
-            first = b.mul(index, i64(chunk), name="first")
-            left = b.sub(batch, first, name="left")
-            yield first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
-
-    def gemm(self, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc=None, beta=0.0):
-        """`k.gemm` in the kernel's dtype; int sizes become constants; ldc defaults to the chunk stride."""
-        m, n, depth, lda, ldb, ldc = (
-            i64(v) if isinstance(v, int) else v for v in (m, n, depth, lda, ldb, self.geo.ld if ldc is None else ldc)
-        )
-        self.k.gemm(self.geo.dtype, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc, beta=beta)
-
-    def zero(self, pointer: ir.Value, nbytes: ir.Value) -> None:
-        _zero(self.b, pointer, nbytes)
-
-    def staged(self, images: ir.Value, count: ir.Value) -> ir.Value:
-        """`count` NCHW images (O, HO*WO) as one (O, count*HO*WO) GEMM operand."""
-        if self.staging is None:
-            return images
-        self.restage(images, count, to_images=False)
-        return self.staging
-
-    def restage(self, images: ir.Value, count: ir.Value, to_images: bool) -> None:
-        """Copy rows between `count` NCHW images (O, HO*WO) and the staging matrix (O, count*HO*WO)."""
-        b, geo = self.b, self.geo
-        memcpy = b.module.declare_intrinsic("llvm.memcpy", [PTR, PTR, I64])
-        with for_range(b, count, "image") as j:
-            with for_range(b, i64(geo.outs), "o") as o:
-                row = b.add(b.mul(j, i64(geo.outs)), o, name="image_row")
-                image_row = self.at(images, b.mul(row, i64(geo.cols)), "image_row_ptr")
-                staged = b.add(b.mul(o, i64(geo.ld)), b.mul(j, i64(geo.cols)), name="staged_row")
-                staged_row = self.at(self.staging, staged, "staged_row_ptr")
-                dst, src = (image_row, staged_row) if to_images else (staged_row, image_row)
-                b.call(memcpy, [dst, src, i64(geo.cols * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
-
-    def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False) -> None:
-        """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i, q*sw + j]; the adjoint (col2im)
-        adds the columns back into the images instead."""
-        b, geo = self.b, self.geo
-        (h, w), (kh, kw), (sh, sw), (ho, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.out_hw
-        with for_range(b, count, "image") as n:
-            image = self.image(node, b.add(first, n, name="image_index"), "image")
-            block = self.at(self.columns, b.mul(n, i64(geo.cols), name="block_offset"), "block")
-            with for_range(b, i64(geo.channels), "c") as c:
-                with for_range(b, i64(kh), "ki") as i:
-                    with for_range(b, i64(kw), "kj") as j:
-                        row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), j, name="column_row")
-                        with for_range(b, i64(ho), "p") as p:
-                            y = b.add(b.mul(p, i64(sh)), i, name="y")
-                            source = b.add(b.mul(b.add(b.mul(c, i64(h)), y), i64(w)), j, name="image_offset")
-                            target = b.add(b.mul(row, i64(geo.ld)), b.mul(p, i64(wo)), name="column_offset")
-                            self._copy_row(self.at(image, source, "image_row"), self.at(block, target, "column_part"),
-                                           sw, wo, adjoint)  # fmt: skip
-
-    def _copy_row(self, image_row: ir.Value, column_part: ir.Value, stride: int, length: int, adjoint: bool):
-        b, real = self.b, self.real
-        with for_range(b, i64(length), "q") as q:
-            pixel = self.at(image_row, b.mul(q, i64(stride), name="x"), "pixel")
-            entry = self.at(column_part, q, "entry")
-            if adjoint:
-                total = b.fadd(b.load(pixel, typ=real, name="old"), b.load(entry, typ=real, name="add"), name="sum")
-                b.store(total, pixel)
-            else:
-                b.store(b.load(pixel, typ=real, name="value"), entry)
-
-
-def _zero(b: ir.IRBuilder, pointer: ir.Value, nbytes: ir.Value) -> None:
-    memset = b.module.declare_intrinsic("llvm.memset", [PTR, I64])
-    b.call(memset, [pointer, ir.Constant(ir.IntType(8), 0), nbytes, ir.Constant(ir.IntType(1), 0)])
-
-
-def _pad_source(b: ir.IRBuilder, position: ir.Value, n: int, lo: int, mode: str, name: str):
-    """`pad_index` in IR: the source row (or column) of a padded position, and for zeros mode an i1
-    telling whether it has one (None: every position has a source)."""
-    index = b.sub(position, i64(lo), name=f"{name}_index")
-    if mode == "zeros":
-        inside = b.and_(b.icmp_signed(">=", index, i64(0)), b.icmp_signed("<", index, i64(n)), name=f"{name}_inside")
-        return index, inside
-    if mode == "replicate":
-        low = b.select(b.icmp_signed("<", index, i64(0)), i64(0), index, name=f"{name}_low")
-        return b.select(b.icmp_signed(">", low, i64(n - 1)), i64(n - 1), low, name=f"{name}_source"), None
-    mirrored = b.select(b.icmp_signed("<", index, i64(0)), b.neg(index), index, name=f"{name}_mirrored")
-    folded = b.sub(i64(2 * (n - 1)), mirrored, name=f"{name}_folded")
-    return b.select(b.icmp_signed(">", mirrored, i64(n - 1)), folded, mirrored, name=f"{name}_source"), None
-
-
-def _emit_padding(k, op: _Padding, small: ir.Value, padded: ir.Value, small_node, adjoint: bool) -> None:
-    """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane,
-    the interior of each row a contiguous copy. Adjoint (PadGrad): small = 0, then
-    small[rows[p], cols[q]] += padded[p, q]."""
-    b, real, itemsize = k.b, llvm_type(small_node.dtype), small_node.dtype.itemsize
-    (top, _), (left, _) = op.pads
-    (h, w), (hp, wp) = op.in_hw, op.padded_hw()
-    zeros = op.mode == "zeros"
-
-    def at(pointer, offset, name):
-        return b.gep(pointer, [offset], source_etype=real, inbounds=True, name=name)
-
-    def columns(small_row, padded_row, start, stop, name):
-        """Padded columns [start, stop) and their sources: the row's interior or a border."""
-        border = name != "interior"
-        if stop <= start or (zeros and border and adjoint):
-            return
-        if zeros and border:  # no sources
-            _zero(b, at(padded_row, i64(start), f"{name}_start"), i64((stop - start) * itemsize))
-            return
-        with for_range(b, i64(stop), name, start=i64(start)) as q:
-            if border:
-                source, _ = _pad_source(b, q, w, left, op.mode, "col")
-            else:
-                source = b.sub(q, i64(left), name="col_source")
-            pixel, entry = at(small_row, source, "pixel"), at(padded_row, q, "entry")
-            if adjoint:
-                total = b.fadd(b.load(pixel, typ=real, name="old"), b.load(entry, typ=real, name="add"), name="sum")
-                b.store(total, pixel)
-            else:
-                b.store(b.load(pixel, typ=real, name="value"), entry)
-
-    def row(small_plane, padded_row, p):
-        source, _ = _pad_source(b, p, h, top, op.mode, "row")
-        small_row = at(small_plane, b.mul(source, i64(w), name="small_row_offset"), "small_row")
-        columns(small_row, padded_row, 0, left, "left")
-        columns(small_row, padded_row, left, left + w, "interior")
-        columns(small_row, padded_row, left + w, wp, "right")
-
-    planes = b.mul(k.dims(small_node)[0], i64(small_node.shape[1]), name="planes")
-    with for_range(b, planes, "plane") as plane:
-        small_plane = at(small, b.mul(plane, i64(h * w), name="small_plane_offset"), "small_plane")
-        padded_plane = at(padded, b.mul(plane, i64(hp * wp), name="padded_plane_offset"), "padded_plane")
-        if adjoint:
-            _zero(b, small_plane, i64(h * w * itemsize))
-        with for_range(b, i64(hp), "row") as p:
-            padded_row = at(padded_plane, b.mul(p, i64(wp), name="padded_row_offset"), "padded_row")
-            if zeros:  # rows without a source are zero (Pad) or add nothing (PadGrad)
-                _, inside = _pad_source(b, p, h, top, op.mode, "row")
-                with b.if_else(inside) as (copy, blank):
-                    with copy:
-                        row(small_plane, padded_row, p)
-                    with blank:
-                        if not adjoint:
-                            _zero(b, padded_row, i64(wp * itemsize))
-            else:
-                row(small_plane, padded_row, p)
 
 
 def _pair(v) -> tuple[int, int]:

@@ -8,7 +8,31 @@ import operator
 
 import numpy as np
 
-from .base import Elementwise, Example, apply
+from ..core.node import apply
+from ..core.op import Example, Op, same_float_dtype
+from ..core.types import TensorType, broadcast_shapes
+
+
+class Elementwise(Op):
+    """Broadcasting ops computed one element at a time; backends fuse neighbouring ones into one loop."""
+
+    def infer(self, *inputs: TensorType) -> TensorType:
+        dtype = same_float_dtype(self.name, inputs)
+        return TensorType(broadcast_shapes([t.shape for t in inputs]), dtype)
+
+    @classmethod
+    def example(cls, rng, dims):
+        n = cls.arity or 3
+        shape = (dims[0], dims[1])
+        # a binary/n-ary op's last input broadcasts, covering the sum-to-shape gradient
+        shapes = [shape] if n == 1 else [shape] * (n - 1) + [shape[1:]]
+        xs = [cls.sample_input(rng, s) for s in shapes]
+        batched = {i: 0 for i, s in enumerate(shapes) if len(s) == 2}
+        return cls(), Example(xs, [True] * n, batched)
+
+    @staticmethod
+    def sample_input(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        return rng.uniform(-2.0, 2.0, size=shape)
 
 
 class Add(Elementwise):
@@ -19,9 +43,6 @@ class Add(Elementwise):
 
     def grad(self, g, out, *xs):
         return [g] * len(xs)
-
-    def emit(self, b, *xs):
-        return functools.reduce(b.add, xs)
 
 
 class Mul(Elementwise):
@@ -34,9 +55,6 @@ class Mul(Elementwise):
         # the product of the other factors (not out / x_i, which breaks at zeros)
         return [mul(g, *(x for j, x in enumerate(xs) if j != i)) for i in range(len(xs))]
 
-    def emit(self, b, *xs):
-        return functools.reduce(b.mul, xs)
-
 
 class Sub(Elementwise):
     name = "sub"
@@ -48,9 +66,6 @@ class Sub(Elementwise):
     def grad(self, g, out, a, b):
         return [g, neg(g)]
 
-    def emit(self, b, x, y):
-        return b.sub(x, y)
-
 
 class Div(Elementwise):
     name = "div"
@@ -61,9 +76,6 @@ class Div(Elementwise):
 
     def grad(self, g, out, a, b):
         return [div(g, b), neg(div(mul(g, out), b))]
-
-    def emit(self, b, x, y):
-        return b.div(x, y)
 
     @staticmethod
     def sample_input(rng, shape):
@@ -80,9 +92,6 @@ class Neg(Elementwise):
     def grad(self, g, out, x):
         return [neg(g)]
 
-    def emit(self, b, x):
-        return b.neg(x)
-
 
 class Relu(Elementwise):
     name = "relu"
@@ -93,9 +102,6 @@ class Relu(Elementwise):
 
     def grad(self, g, out, x):
         return [apply(ReluGrad(), g, x)]
-
-    def emit(self, b, x):
-        return b.maximum(x, b.const(0.0))
 
     @staticmethod
     def sample_input(rng, shape):
@@ -115,9 +121,6 @@ class ReluGrad(Elementwise):
     def grad(self, gg, out, g, x):
         return [apply(ReluGrad(), gg, x), None]
 
-    def emit(self, b, g, x):
-        return b.select_positive(x, g)
-
     @classmethod
     def example(cls, rng, dims):
         shape = (dims[0], dims[1])
@@ -135,9 +138,6 @@ class Sigmoid(Elementwise):
     def grad(self, g, out, x):
         return [mul(g, out, sub(1.0, out))]
 
-    def emit(self, b, x):
-        return b.sigmoid(x)
-
 
 class Tanh(Elementwise):
     name = "tanh"
@@ -148,9 +148,6 @@ class Tanh(Elementwise):
 
     def grad(self, g, out, x):
         return [mul(g, sub(1.0, mul(out, out)))]
-
-    def emit(self, b, x):
-        return b.tanh(x)
 
 
 class Exp(Elementwise):
@@ -163,9 +160,6 @@ class Exp(Elementwise):
     def grad(self, g, out, x):
         return [mul(g, out)]
 
-    def emit(self, b, x):
-        return b.exp(x)
-
 
 class Log(Elementwise):
     name = "log"
@@ -176,9 +170,6 @@ class Log(Elementwise):
 
     def grad(self, g, out, x):
         return [div(g, x)]
-
-    def emit(self, b, x):
-        return b.log(x)
 
     @staticmethod
     def sample_input(rng, shape):
@@ -195,9 +186,6 @@ class Sqrt(Elementwise):
     def grad(self, g, out, x):
         return [div(g, mul(out, 2.0))]
 
-    def emit(self, b, x):
-        return b.sqrt(x)
-
     sample_input = Log.sample_input
 
 
@@ -213,9 +201,6 @@ class Equal(Elementwise):
     def grad(self, g, out, a, b):
         return [None, None]
 
-    def emit(self, b, x, y):
-        return b.equal(x, y)
-
     @classmethod
     def example(cls, rng, dims):
         return None
@@ -226,15 +211,13 @@ class OnesLike(Elementwise):
 
     name = "ones_like"
     arity = 1
+    shape_only_inputs = (0,)
 
     def ref(self, x):
         return np.ones_like(x)
 
     def grad(self, g, out, x):
         return [None]
-
-    def emit(self, b, x):
-        return b.const(1.0)
 
     @classmethod
     def example(cls, rng, dims):

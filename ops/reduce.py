@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-from ..compiler.types import TensorType, normalize_axes
-from .base import Example, Op, apply, same_float_dtype
+from ..core.node import apply
+from ..core.op import Example, Op, same_float_dtype
+from ..core.types import TensorType, normalize_axes
 from .elementwise import div, equal, mul
 from .shape import broadcast_like, reshape
 
@@ -15,7 +16,7 @@ from .shape import broadcast_like, reshape
 class Reduce(Op):
     arity = 1
     numpy_fn = staticmethod(np.sum)
-    combine = "add"  # how a native loop accumulates
+    combine = "add"
 
     def __init__(self, axes: tuple[int, ...], keepdims: bool = False):
         self.axes = axes
@@ -34,6 +35,10 @@ class Reduce(Op):
 
     def reduced_axes(self, in_shape) -> tuple[int, ...]:
         return self.axes
+
+    @property
+    def keeps_reduced_axes(self) -> bool:
+        return self.keepdims
 
     def kept(self, node, x):
         """`node` (this op's output or its gradient) with the reduced axes kept as size 1."""
@@ -87,14 +92,10 @@ class Count(Op):
     def ref(self, x):
         return np.asarray(math.prod(x.shape[a] for a in self.axes), x.dtype)
 
-    def grad(self, g, out, x):
-        return [None]
-
     shape_only_inputs = (0,)
 
-    def emit(self, b, x):
-        dims = [b.node.inputs[0].shape[a] for a in self.axes]
-        return b.count(dims)
+    def grad(self, g, out, x):
+        return [None]
 
 
 def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name

@@ -7,13 +7,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from llvmlite import ir
 
-from ..compiler.errors import GraphError, ShapeError
-from ..compiler.irutil import element_count, for_range, i64, linear_offset, llvm_type, loop_nest
-from ..compiler.irutil import row_major_strides as strides_of
-from ..compiler.types import Shape, TensorType, broadcast_shapes, format_shape, normalize_axes, normalize_shape
-from .base import Example, Op, apply
+from ..core.errors import GraphError, ShapeError
+from ..core.node import apply
+from ..core.op import Example, Op
+from ..core.types import Shape, TensorType, broadcast_shapes, format_shape, normalize_axes, normalize_shape
 
 
 def _static_size(shape: Shape) -> int:
@@ -29,58 +27,10 @@ def _batch_of(x: np.ndarray, shape: Shape) -> int | None:
     return x.shape[shape.index(None)] if None in shape else None
 
 
-# Native kernels: loop nests over the contiguous side of a copy; the other side is addressed
-# with strides. Offsets carry no `nuw` flag where a slice step may be negative.
-
-
-def _times(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str = "") -> ir.Value:
-    """x * y for i64 values (signed; either may be negative), folded when a factor is a constant."""
-    if isinstance(x, ir.Constant) and isinstance(y, ir.Constant):
-        return i64(x.constant * y.constant)
-    for a, c in ((x, y), (y, x)):
-        if isinstance(c, ir.Constant) and c.constant in (0, 1):
-            return a if c.constant == 1 else i64(0)
-    return b.mul(x, y, flags=("nsw",), name=name)
-
-
-def _plus(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str = "") -> ir.Value:
-    if isinstance(x, ir.Constant) and isinstance(y, ir.Constant):
-        return i64(x.constant + y.constant)
-    for a, c in ((x, y), (y, x)):
-        if isinstance(c, ir.Constant) and c.constant == 0:
-            return a
-    return b.add(x, y, flags=("nsw",), name=name)
-
-
-def _contiguous_offset(k, node, index: list[ir.Value]) -> ir.Value:
-    return linear_offset(k.b, list(zip(index, strides_of(k.b, node.shape, k.batch))))
-
-
-def _sliced_offset(k, spec: tuple, shape: Shape, index: list[ir.Value]) -> ir.Value:
-    """Offset in a buffer of `shape` of the element that slice `spec` maps position `index` to:
-    the sum over axes of (start + i * step) * stride, or fixed * stride for an int index."""
-    b = k.b
-    offset: ir.Value = i64(0)
-    kept = iter(index)
-    for item, stride in zip(spec, strides_of(b, shape, k.batch)):
-        if isinstance(item, int):
-            offset = _plus(b, offset, _times(b, i64(item), stride, "fixed"), "offset")
-            continue
-        start, _, step = item
-        offset = _plus(b, offset, _times(b, i64(start), stride, "start"), "offset")
-        offset = _plus(b, offset, _times(b, next(kept), _times(b, i64(step), stride, "step"), "term"), "offset")
-    return offset
-
-
-def _zero(k, node) -> None:
-    zero = ir.Constant(llvm_type(node.dtype), 0.0 if node.dtype.kind == "f" else 0)
-    with for_range(k.b, k.count(node), "zero") as i:
-        k.store(node, i, zero)
-
-
 class Reshape(Op):
     name = "reshape"
     arity = 1
+    is_view = True
 
     def __init__(self, shape: Shape, in_shape: Shape):
         self.shape = shape
@@ -120,14 +70,6 @@ class Transpose(Op):
 
     def grad(self, g, out, x):
         return [transpose(g, tuple(np.argsort(self.perm)))]
-
-    def emit_kernel(self, k, node):
-        """Walk the output in order; output axis a reads input axis perm[a]."""
-        (x,) = node.inputs
-        source = strides_of(k.b, x.shape, k.batch)
-        with loop_nest(k.b, k.dims(node)) as index:
-            offset = linear_offset(k.b, [(i, source[p]) for i, p in zip(index, self.perm)])
-            k.store(node, _contiguous_offset(k, node, index), k.load(x, offset))
 
     @classmethod
     def example(cls, rng, dims):
@@ -196,12 +138,6 @@ class Slice(Op):
     def grad(self, g, out, x):
         return [apply(SliceGrad(self.index, x.shape), g)]
 
-    def emit_kernel(self, k, node):
-        (x,) = node.inputs
-        with loop_nest(k.b, k.dims(node)) as index:
-            value = k.load(x, _sliced_offset(k, self.index, x.shape, index))
-            k.store(node, _contiguous_offset(k, node, index), value)
-
     @classmethod
     def example(cls, rng, dims):
         x = rng.standard_normal((dims[0], dims[1] + 2, 3))
@@ -230,14 +166,6 @@ class SliceGrad(Op):
 
     def grad(self, gg, out, g):
         return [apply(Slice(self.index), gg)]
-
-    def emit_kernel(self, k, node):
-        """Zero the output, then write `g` where Slice would have read it."""
-        (g,) = node.inputs
-        _zero(k, node)
-        with loop_nest(k.b, k.dims(g)) as index:
-            value = k.load(g, _contiguous_offset(k, g, index))
-            k.store(node, _sliced_offset(k, self.index, self.in_shape, index), value)
 
     @classmethod
     def example(cls, rng, dims):
@@ -289,15 +217,6 @@ class AssembleSlices(Op):
         total = sum(math.prod(len(r) for r in _region(i, self.in_shape) if r is not None) for i in self.indices)
         return total == _static_size(self.in_shape)
 
-    def emit_kernel(self, k, node):
-        """Zero what no slice covers (nothing, when they tile the tensor), then copy each slice."""
-        if not self.covers_all():
-            _zero(k, node)
-        for index, g in zip(self.indices, node.inputs):
-            with loop_nest(k.b, k.dims(g)) as position:
-                value = k.load(g, _contiguous_offset(k, g, position))
-                k.store(node, _sliced_offset(k, index, self.in_shape, position), value)
-
     @classmethod
     def example(cls, rng, dims):
         n = dims[1] + 2
@@ -329,25 +248,6 @@ class Concat(Op):
     def ref(self, *xs):
         return np.concatenate(xs, axis=self.axis)
 
-    def emit_kernel(self, k, node):
-        """Input x fills columns [start, start + x.shape[axis]) of every row of the output, where a
-        row is everything before `axis` and a column one element of the trailing axes."""
-        b, axis = k.b, self.axis
-        outer = element_count(b, node.shape[:axis], k.batch)
-        inner = element_count(b, node.shape[axis + 1 :], k.batch)
-        row = element_count(b, node.shape[axis:], k.batch)
-        start = 0
-        for x in node.inputs:
-            width = element_count(b, x.shape[axis:], k.batch)
-            first = _times(b, i64(start), inner, "first")
-            with for_range(b, outer, "row") as r:
-                source = _times(b, r, width, "source")
-                target = _plus(b, _times(b, r, row, "row_offset"), first, "target")
-                with for_range(b, width, "col") as c:
-                    value = k.load(x, b.add(source, c, name="from"))
-                    k.store(node, b.add(target, c, name="to"), value)
-            start += x.shape[axis]
-
     def grad(self, g, out, *xs):
         grads, start = [], 0
         for x in xs:
@@ -377,13 +277,10 @@ class BroadcastLike(Op):
     def ref(self, x, like):
         return np.broadcast_to(x, like.shape).copy()
 
-    def grad(self, g, out, x, like):
-        return [g, None]  # autodiff sums g back to x's shape
-
     shape_only_inputs = (1,)
 
-    def emit(self, b, x, like):
-        return x
+    def grad(self, g, out, x, like):
+        return [g, None]  # autodiff sums g back to x's shape
 
     @classmethod
     def example(cls, rng, dims):
@@ -396,6 +293,8 @@ class SumTo(Op):
 
     name = "sum_to"
     arity = 1
+    combine = "add"
+    keeps_reduced_axes = True  # the output's axes align with the input's trailing axes
 
     def __init__(self, shape: Shape):
         self.shape = shape
@@ -407,17 +306,12 @@ class SumTo(Op):
 
     def ref(self, x):
         lead = x.ndim - len(self.shape)
-        axes = tuple(range(lead)) + tuple(
-            lead + i for i, d in enumerate(self.shape) if d == 1 and x.shape[lead + i] != 1
-        )
-        return np.sum(x, axis=axes).reshape(
+        return np.sum(x, axis=self.reduced_axes(x.shape)).reshape(
             tuple(x.shape[lead + i] if d is None else d for i, d in enumerate(self.shape))
         )
 
     def grad(self, g, out, x):
         return [apply(BroadcastLike(), g, x)]
-
-    combine = "add"
 
     def reduced_axes(self, in_shape: Shape) -> tuple[int, ...]:
         lead = len(in_shape) - len(self.shape)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..compiler.errors import GraphError
+from ..core.errors import GraphError
 
 FORMAT = "drug-checkpoint-1"
 

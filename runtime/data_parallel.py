@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.errors import GraphError
+from ..core.errors import GraphError
 from ..ops.collective import AllreduceSum
 from .step import CompiledFunction
 

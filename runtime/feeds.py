@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler.errors import GraphError, ShapeError
-from ..compiler.graph import Node
-from ..compiler.types import format_shape
+from ..core.errors import GraphError, ShapeError
+from ..core.memory import allocating
+from ..core.node import Node
+from ..core.types import format_shape
 
 
 def bind_feeds(
@@ -72,8 +73,6 @@ def _contiguous(name: str, array: np.ndarray) -> np.ndarray:
     """The array itself if C-contiguous, else a C-ordered copy (views, Fortran order, strides)."""
     if array.flags.c_contiguous:
         return array
-    from .memory import allocating
-
     return allocating(
         f"the C-contiguous copy of input '{name}' {array.shape}", array.nbytes, lambda: np.ascontiguousarray(array)
     )

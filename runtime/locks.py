@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import weakref
 
-from ..compiler.errors import GraphError
+from ..core.errors import GraphError
 
 
 class GraphLock:

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..compiler.autodiff import ancestors
-from ..compiler.errors import GraphError, ShapeError
-from ..compiler.graph import Graph, Node
+from ..backends import Backend, get_backend
+from ..compiler.build import build_program
 from ..compiler.optimizers import LR_KEY
-from ..compiler.passes import PIPELINE, Pass, insert_after, native_pipeline, run_pipeline
-from ..compiler.program import Program
-from ..compiler.types import concrete_shape
-from ..ops.leaves import InputOp, ParameterOp, StateOp
-from . import checkpoint, memory, threads
+from ..compiler.passes import Pass
+from ..core import memory
+from ..core.errors import GraphError, ShapeError
+from ..core.graph import Graph
+from ..core.leaves import InputOp, ParameterOp
+from ..core.node import Node
+from ..core.program import Program
+from ..core.types import concrete_shape
+from . import checkpoint
 from .feeds import bind_feeds
 from .locks import graph_lock
 
-BACKENDS = ("numpy", "llvm")
 _POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
 _POOL_REFS = 3  # sys.getrefcount of a pooled array nobody else holds: pool list, comprehension, argument
 DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "llvm")
@@ -34,20 +34,18 @@ class CompiledFunction:
     """One compiled graph function. Training calls return the loss as a float and update the
     graph's parameters in place; inference calls return the outputs (a tuple if several)."""
 
-    def __init__(self, program: Program, backend: str, check_finite: bool, n_user_outputs: int):
+    def __init__(self, program: Program, backend: Backend, check_finite: bool):
         self.program = program
-        self.backend = backend
+        self.backend = backend.name
         self.check_finite = check_finite
         self.inputs = program.leaves(InputOp)
         self.step_count = 0
-        self.state: dict[str, np.ndarray] = {
-            n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in program.leaves(StateOp)
-        }
-        self._n_user_outputs = n_user_outputs
+        self.state: dict[str, np.ndarray] = program.initial_state()
+        self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._fits: set[int] = set()  # batch sizes whose memory was checked
-        self._executor = _make_executor(program, self.state, backend)
+        self._executor = backend.executor(program, self.state)
 
     @property
     def trains(self) -> bool:
@@ -81,7 +79,7 @@ class CompiledFunction:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
         with self._lock:  # compiled functions of one graph take turns (see locks.py)
-            if self.backend == "llvm":
+            if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
                 else:
@@ -115,10 +113,8 @@ class CompiledFunction:
                     raise ShapeError("out= array is read-only; nothing was run")
         if batch is not None and batch not in self._fits:
             needed = sum(math.prod(s) * n.dtype.itemsize for s, n in zip(shapes, outputs))
-            if self.backend == "numpy":  # the reference keeps every value of the step alive
-                values = [n for n in self.program.nodes if n.inputs and n not in outputs]
-                needed += sum(math.prod(concrete_shape(n.shape, batch)) * n.dtype.itemsize for n in values)
-            memory.check(needed, f"the outputs{' and values' if self.backend == 'numpy' else ''} of batch size {batch}")
+            values = self._executor.bytes_needed(batch)
+            memory.check(needed + values, f"the outputs{' and values' if values else ''} of batch size {batch}")
             self._fits.add(batch)
 
     def _unaliased(self, targets: list[np.ndarray], feeds: dict[int, np.ndarray]) -> list[np.ndarray | None]:
@@ -173,16 +169,11 @@ class CompiledFunction:
 
     def ir(self) -> str:
         """The LLVM IR of the whole step (native backend)."""
-        return self._native().compiled.ir()
+        return self._executor.ir()
 
     def asm(self) -> str:
         """The optimized machine code of the whole step, as assembly text (native backend)."""
-        return self._native().compiled.asm()
-
-    def _native(self):
-        if self.backend != "llvm":
-            raise GraphError("ir() and asm() exist for backend='llvm' only")
-        return self._executor
+        return self._executor.asm()
 
     def save(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state and step count, written atomically (never mid-step)."""
@@ -211,75 +202,18 @@ def _only(loaded: dict, current: dict, strict: bool) -> dict:
     return loaded if strict else {k: v for k, v in loaded.items() if k in current}
 
 
-def _make_executor(program: Program, state: dict[str, np.ndarray], backend: str):
-    if backend == "numpy":
-        from .reference import ReferenceExecutor
-
-        return ReferenceExecutor(program, state)
-    if backend == "llvm":
-        from .native import NativeExecutor
-
-        return NativeExecutor(program, state)
-    raise GraphError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-
-
-def _as_list(nodes: Node | Sequence[Node] | None) -> list[Node]:
-    if nodes is None:
-        return []
-    return [nodes] if isinstance(nodes, Node) else list(nodes)
-
-
 def compile_step(
     graph: Graph,
-    loss: Node | None,
-    outputs: Node | Sequence[Node] | None,
-    optimizer: Any,
-    params: Sequence[Node | str] | None,
-    backend: str | None,
-    check_finite: bool,
+    loss: Node | None = None,
+    outputs: Node | Sequence[Node] | None = None,
+    optimizer: Any = None,
+    params: Sequence[Node | str] | None = None,
+    backend: str | None = None,
+    check_finite: bool = False,
     gradient_passes: Sequence[tuple[str, Pass]] = (),
 ) -> CompiledFunction:
-    """`gradient_passes` rewrite `program.grads` between autodiff and the optimizer (the
-    allreduce of data-parallel training, drug.distributed)."""
-    user_outputs = _as_list(outputs)
-    if loss is None and not user_outputs:
-        raise GraphError("compile needs a loss, outputs, or both")
-    if optimizer is not None and loss is None:
-        raise GraphError("an optimizer needs a loss to minimize")
-    for node in user_outputs + ([loss] if loss is not None else []):
-        if not isinstance(node, Node):
-            raise GraphError(f"compile expects graph nodes, got {type(node).__name__}")
-    wrt: list[Node] = []
-    if optimizer is not None:
-        if params is None:
-            wrt = [n for n in ancestors([loss]) if isinstance(n.op, ParameterOp)]
-        else:
-            wrt = [graph[p] if isinstance(p, str) else p for p in params]
-        if not wrt:
-            raise GraphError("nothing to train: the loss depends on no parameter")
-    program = Program(
-        graph=graph,
-        outputs=tuple(([loss] if loss is not None else []) + user_outputs),
-        loss=loss,
-        wrt=tuple(wrt),
-        optimizer=optimizer,
-    )
-    backend = backend or DEFAULT_BACKEND
-    base = native_pipeline(concurrent=threads.concurrent_kernels()) if backend == "llvm" else PIPELINE
-    pipeline = insert_after(base, "autodiff", list(gradient_passes))
-    with _no_collection_pauses():
-        return CompiledFunction(run_pipeline(program, pipeline), backend, check_finite, len(user_outputs))
-
-
-@contextlib.contextmanager
-def _no_collection_pauses() -> Iterator[None]:
-    """Compiling allocates tens of thousands of short-lived objects, enough to set off a full
-    garbage collection that scans the whole process heap (~65 ms, a tenth of a cold compile);
-    the collector runs again as usual afterwards."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
+    """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
+    `gradient_passes` as in compiler.build.build_program."""
+    chosen = get_backend(backend or DEFAULT_BACKEND)
+    program = build_program(graph, loss, outputs, optimizer, params, chosen.passes(), gradient_passes)
+    return CompiledFunction(program, chosen, check_finite)

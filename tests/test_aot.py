@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from drug.aot import load_spec
-from drug.runtime import blas
+from drug.backends.llvm import blas
 
 STEPS, TRAIN_BATCH, PREDICT_BATCH = 20, 8, 5
 DRIVER = Path(__file__).with_name("aot_driver.c")

@@ -1,7 +1,7 @@
 """DRUG_BOUNDS_CHECK=1 (compiler/bounds.py): kernels that read or write outside their buffers are
 stopped with an error naming the kernel, the node and the buffer; correct graphs run unchanged.
 
-The faulty kernels are test ops whose `emit_kernel` gets a size wrong on purpose, the way a bug in
+The faulty kernels are test ops whose registered native kernel gets a size wrong on purpose, the way a bug in
 an op's kernel would."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from conftest import OPS_WITH_EXAMPLE, build_from_example
 from llvmlite import ir
 
 import drug as dg
-from drug.compiler import bounds
-from drug.compiler.codegen import ModuleBuilder
-from drug.compiler.irutil import I64, PTR, for_range, i64
+from drug.backends.llvm import bounds
+from drug.backends.llvm.codegen import ModuleBuilder
+from drug.backends.llvm.irutil import I64, PTR, for_range, i64
+from drug.backends.llvm.lowering import kernel
 
 
 @pytest.fixture
@@ -36,29 +37,13 @@ class _Faulty(dg.Op):
 class StoresOnePastTheEnd(_Faulty):
     name = "test_bounds_store"
 
-    def emit_kernel(self, k, node):
-        (x,) = node.inputs
-        with for_range(k.b, k.count(node), "i") as i:  # out[i + 1] = 2 x[i]: the last store overruns
-            k.store(node, k.b.add(i, i64(1)), k.b.fmul(k.load(x, i), k.scalar(node).const(2.0)))
-
 
 class LoadsBeforeTheStart(_Faulty):
     name = "test_bounds_load"
 
-    def emit_kernel(self, k, node):
-        (x,) = node.inputs
-        with for_range(k.b, k.count(node), "i") as i:  # reads x[i - 1]: the first load underruns
-            k.store(node, i, k.load(x, k.b.sub(i, i64(1))))
-
 
 class ZeroesTooMuch(_Faulty):
     name = "test_bounds_memset"
-
-    def emit_kernel(self, k, node):
-        b = k.b  # memset(out, 0, (count + 1) * itemsize)
-        memset = b.module.declare_intrinsic("llvm.memset", [PTR, I64])
-        nbytes = b.mul(b.add(k.count(node), i64(1)), i64(node.dtype.itemsize))
-        b.call(memset, [k.ptr(node), ir.Constant(ir.IntType(8), 0), nbytes, ir.Constant(ir.IntType(1), 0)])
 
 
 class SquareGemmOneRowTooMany(dg.Op):
@@ -73,10 +58,34 @@ class SquareGemmOneRowTooMany(dg.Op):
     def ref(self, x):
         return x @ x.T
 
-    def emit_kernel(self, k, node):
-        (x,) = node.inputs
-        n = i64(x.shape[0])
-        k.gemm(node.dtype, False, True, k.b.add(n, i64(1)), n, n, k.ptr(x), n, k.ptr(x), n, k.ptr(node), n)
+
+@kernel(StoresOnePastTheEnd)
+def _stores_one_past_the_end(k, node):
+    (x,) = node.inputs
+    with for_range(k.b, k.count(node), "i") as i:  # out[i + 1] = 2 x[i]: the last store overruns
+        k.store(node, k.b.add(i, i64(1)), k.b.fmul(k.load(x, i), k.scalar(node).const(2.0)))
+
+
+@kernel(LoadsBeforeTheStart)
+def _loads_before_the_start(k, node):
+    (x,) = node.inputs
+    with for_range(k.b, k.count(node), "i") as i:  # reads x[i - 1]: the first load underruns
+        k.store(node, i, k.load(x, k.b.sub(i, i64(1))))
+
+
+@kernel(ZeroesTooMuch)
+def _zeroes_too_much(k, node):
+    b = k.b  # memset(out, 0, (count + 1) * itemsize)
+    memset = b.module.declare_intrinsic("llvm.memset", [PTR, I64])
+    nbytes = b.mul(b.add(k.count(node), i64(1)), i64(node.dtype.itemsize))
+    b.call(memset, [k.ptr(node), ir.Constant(ir.IntType(8), 0), nbytes, ir.Constant(ir.IntType(1), 0)])
+
+
+@kernel(SquareGemmOneRowTooMany)
+def _square_gemm_one_row_too_many(k, node):
+    (x,) = node.inputs
+    n = i64(x.shape[0])
+    k.gemm(node.dtype, False, True, k.b.add(n, i64(1)), n, n, k.ptr(x), n, k.ptr(x), n, k.ptr(node), n)
 
 
 def _run(op, shape=(None, 3), batch=2):

@@ -11,10 +11,9 @@ from graph_fuzz import build, check, size, specs
 from hypothesis import HealthCheck, assume, given, settings
 
 import drug as dg
-from drug.compiler import bounds, codegen
-from drug.compiler.concurrency import kernel_access, runs_alone
+from drug.backends.llvm import arena, bounds, codegen
+from drug.backends.llvm.concurrency import kernel_access, runs_alone
 from drug.compiler.schedule import may_fail
-from drug.runtime import arena
 
 pytestmark = pytest.mark.skipif(bounds.enabled(), reason="DRUG_BOUNDS_CHECK=1 runs kernels one by one")
 

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 import drug as dg
-from drug.runtime.native import MAX_BINDINGS
+from drug.backends.llvm.executor import MAX_BINDINGS
 
 STEPS = 10_000
 # Measured growth on this machine: 0 to 28 KiB (one malloc arena page set). The bound, 256 KiB,

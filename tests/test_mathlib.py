@@ -1,4 +1,4 @@
-"""drug.compiler.mathlib: accuracy against NumPy, special values, and proof that a loop calling it vectorizes.
+"""drug.backends.llvm.mathlib: accuracy against NumPy, special values, and proof that a loop calling it vectorizes.
 
 Every (function, dtype) pair becomes one kernel `void f(T* noalias out, T* noalias in, i64 n)` in a
 single module (so intrinsic declarations are shared), optimized at O3 for the host CPU and JIT-compiled.
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from llvmlite import ir
 
-from drug.compiler import mathlib
+from drug.backends.llvm import mathlib
 
 DTYPES = ("float32", "float64")
 IR_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType()}

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.compiler import bounds
+from drug.backends.llvm import bounds
 from drug.datasets import mnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -243,7 +243,7 @@ def test_random_graphs_agree_with_reference(spec, batch):
 
 
 def test_large_loops_split_across_threads():
-    from drug.runtime import threads
+    from drug.backends.llvm import threads
 
     g = dg.Graph()
     a, b, c, d, e = (g.input(n, (None,)) for n in "abcde")

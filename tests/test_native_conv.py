@@ -17,7 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, _Geometry, same_pads
+from drug.backends.llvm.kernels.conv import _Geometry
+from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, same_pads
 
 NATIVE_OPS = (Conv2D, Conv2DGradInput, Conv2DGradFilter, Pad, PadGrad)
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}

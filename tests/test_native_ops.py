@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.compiler import bounds
+from drug.backends.llvm import bounds
 
 REGISTRY = dg.ops.REGISTRY
 # ops with their own native kernel (emit_kernel) that must never run through the Python callback

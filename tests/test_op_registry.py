@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import drug as dg
 
 REGISTRY = dg.ops.REGISTRY
-concrete_shape = dg.compiler.types.concrete_shape
+concrete_shape = dg.core.types.concrete_shape
 
 # Leaves have no inputs: their values come from feeds, the graph or the optimizer, not from `ref`.
 LEAVES = {"input", "parameter", "state", "constant"}

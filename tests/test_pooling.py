@@ -103,7 +103,7 @@ def test_errors_name_the_op_and_shape(pool):
 def test_max_pool_window_loop_vectorizes():
     """The 2-wide window axis is reduced innermost in the pooling view; the loop over the window
     runs outside the output's columns instead, so that loop vectorizes (strided loads)."""
-    from drug.compiler import bounds
+    from drug.backends.llvm import bounds
 
     if bounds.enabled():
         pytest.skip("DRUG_BOUNDS_CHECK=1: the checks keep loops from vectorizing")

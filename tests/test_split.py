@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import drug as dg
-from drug.compiler import jit
-from drug.compiler.split import split_module
+from drug.backends.llvm import jit
+from drug.backends.llvm.split import split_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from mnist_dense import build  # noqa: E402

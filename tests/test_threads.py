@@ -119,7 +119,7 @@ def test_gemms_shared_out_over_threads_match_numpy(dtype, trans_a, trans_b, m, n
     a = g.input("a", (k, m) if trans_a else (m, k))
     b = g.input("b", (n, k) if trans_b else (k, n))
     fn = g.compile(outputs=(dg.transpose(a) if trans_a else a) @ (dg.transpose(b) if trans_b else b), backend="llvm")
-    from drug.compiler import bounds
+    from drug.backends.llvm import bounds
 
     if not bounds.enabled():  # checked builds call BLAS directly, where the checks can see the operands
         assert "drug_gemm_thread" in fn.ir()

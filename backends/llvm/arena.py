@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.schedule import Buffer
+from ...compiler.schedule import Buffer
 
 ALIGN = 64
 

@@ -15,6 +15,8 @@ import ctypes.util
 import functools
 import os
 
+from . import bounds
+
 
 @functools.cache
 def openmp() -> ctypes.CDLL | None:
@@ -44,8 +46,6 @@ def thread_count() -> int:
 def concurrent_kernels() -> bool:
     """Whether independent kernels of a step run at once on the OpenMP threads (on unless
     DRUG_CONCURRENT_KERNELS=0; DRUG_BOUNDS_CHECK=1, which checks kernel by kernel, turns it off)."""
-    from ..compiler import bounds
-
     if os.environ.get("DRUG_CONCURRENT_KERNELS", "1") == "0" or bounds.enabled():
         return False
     return openmp() is not None

@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
-from ..compiler.errors import GraphError
-from ..compiler.types import Shape
-from .base import Op
+from .errors import GraphError
+from .op import Op
+from .types import Shape
 
 
 class Leaf(Op):

@@ -11,10 +11,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..compiler import tracing
-from ..compiler.errors import GraphError
-from ..compiler.graph import Node
-from .base import Elementwise, Example, apply
+from ..core.errors import GraphError
+from ..core.node import Node, apply
+from ..core.op import Example
+from ..ops.elementwise import Elementwise
+from . import tracing
 
 
 class _NumpyScalars:
@@ -65,9 +66,6 @@ class Traced(Elementwise):
             op = Traced(tracing.linearize(tracing.mul(d, seed)), f"d_{self.label}/d{i}")
             grads.append(apply(op, *xs, g))
         return grads
-
-    def emit(self, b, *xs):
-        return tracing.evaluate(self.code, list(xs), b)
 
     def __repr__(self) -> str:
         return f"traced({self.label})"

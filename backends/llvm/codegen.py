@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
+from ...compiler.fusion import Kernel, is_inline, is_reduction
+from ...compiler.schedule import Schedule
+from ...core.node import Node
 from . import bounds
-from .fusion import Kernel, is_inline, loop_role
-from .graph import Node
 from .irutil import (
     I32,
     I64,
@@ -34,8 +35,8 @@ from .irutil import (
     loop_nest,
     row_major_strides,
 )
+from .lowering import lowering_of
 from .scalar import ScalarEmitter
-from .schedule import Schedule
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta")
@@ -60,7 +61,7 @@ class Callee:
 
 @dataclass
 class KernelContext:
-    """What an op's `emit_kernel` builds with: pointers and run-time shapes of its nodes."""
+    """What a kernel rule (lowering.kernel) builds with: pointers and run-time shapes of its nodes."""
 
     b: ir.IRBuilder
     batch: ir.Value
@@ -80,7 +81,7 @@ class KernelContext:
         return element_count(self.b, node.shape, self.batch)
 
     def workspace(self, node: Node) -> ir.Value:
-        """Pointer to the scratch buffer the schedule allocated for `node.op.workspace(node)`."""
+        """Pointer to the scratch buffer the schedule allocated for the node (lowering's `workspace`)."""
         return self.pointers[self.schedule.workspaces[node.id]]
 
     def is_transposed(self, node: Node) -> bool:
@@ -414,7 +415,8 @@ class ModuleBuilder:
         if kernel.kind == "loop":
             emit_loop(ctx, kernel)
         elif kernel.kind == "op":
-            kernel.nodes[0].op.emit_kernel(ctx, kernel.nodes[0])
+            node = kernel.nodes[0]
+            lowering_of(node.op).kernel(ctx, node)
         else:
             status = self.emit_callback(ctx, index)
             b.ret(status)
@@ -485,7 +487,7 @@ def _reduction_strides(ctx: KernelContext, node: Node, domain) -> list[ir.Value]
     """Per domain axis, the stride of the output element a reduction accumulates into."""
     reduced = set(node.op.reduced_axes(domain))
     strides = row_major_strides(ctx.b, node.shape, ctx.batch)
-    if getattr(node.op, "keepdims", True):  # sum_to and keepdims reductions keep the axes aligned
+    if node.op.keeps_reduced_axes:  # aligned with the domain's trailing axes
         lead = len(domain) - len(node.shape)
         return [ZERO if a in reduced or a < lead else strides[a - lead] for a in range(len(domain))]
     kept = iter(strides)
@@ -511,7 +513,7 @@ PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more
 
 def parallelizable(kernel: Kernel) -> bool:
     """Map-only loops whose size is not known to be small (reductions stay serial)."""
-    if any(loop_role(n) == "reduce" for n in kernel.nodes) or not kernel.domain:
+    if any(is_reduction(n) for n in kernel.nodes) or not kernel.domain:
         return False
     static = [d for d in kernel.domain if d is not None]
     return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
@@ -524,11 +526,10 @@ def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
     members = {n.id for n in kernel.nodes}
     accesses: dict[int, list[ir.Value]] = {}
     for node in kernel.nodes:
-        skip = getattr(node.op, "shape_only_inputs", ())
         for pos, i in enumerate(node.inputs):
-            if pos not in skip and i.id not in members and not is_inline(i):
+            if pos not in node.op.shape_only_inputs and i.id not in members and not is_inline(i):
                 accesses[i.id] = _read_strides(ctx, i, domain)
-        if loop_role(node) == "reduce":
+        if is_reduction(node):
             accesses[node.id] = _reduction_strides(ctx, node, domain)
         elif node.id in outputs:
             accesses[node.id] = _read_strides(ctx, node, domain)
@@ -548,7 +549,7 @@ def _window_innermost(kernel: Kernel, extents: list, accesses: dict) -> bool:
     last = extents[-1] if len(extents) >= 2 else None
     if not isinstance(last, ir.Constant) or last.constant > WINDOW_MAX:
         return False
-    reduced = [n for n in kernel.nodes if loop_role(n) == "reduce"]
+    reduced = [n for n in kernel.nodes if is_reduction(n)]
     return bool(reduced) and all(_is_zero(accesses[n.id][-1]) and not _is_zero(accesses[n.id][-2]) for n in reduced)
 
 
@@ -558,7 +559,7 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Valu
     b = ctx.b
     outputs = {n.id for n in kernel.outputs}
     for node in kernel.nodes:  # reductions start from their identity
-        if loop_role(node) == "reduce":
+        if is_reduction(node):
             identity = _identity(node.op.combine, llvm_type(node.dtype))
             with for_range(b, ctx.count(node), "fill") as i:
                 ctx.store(node, i, identity)
@@ -577,13 +578,13 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Valu
             return values[node.id]
 
         for node in kernel.nodes:
-            if loop_role(node) == "reduce":
+            if is_reduction(node):
                 at = offset(node)
                 acc, x = ctx.load(node, at), value(node.inputs[0])
                 ctx.store(node, at, ctx.scalar(node).accumulate(node.op.combine, acc, x))
                 continue
-            skip = getattr(node.op, "shape_only_inputs", ())
+            skip = node.op.shape_only_inputs
             args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
-            values[node.id] = node.op.emit(ctx.scalar(node), *args)
+            values[node.id] = lowering_of(node.op).scalar(ctx.scalar(node), *args)
             if node.id in outputs:
                 ctx.store(node, offset(node), values[node.id])

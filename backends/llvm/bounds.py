@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
+from ...core.types import format_shape
 from .irutil import I32, I64, element_count, i64
-from .types import format_shape
 
 ENV = "DRUG_BOUNDS_CHECK"
 FAULT = "drug_bounds_fault"  # i32: 1 + the site of the first out-of-bounds access; 0 if none

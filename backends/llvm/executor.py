@@ -10,22 +10,18 @@ import sys
 
 import numpy as np
 
-from ..compiler import bounds
-from ..compiler.codegen import ModuleBuilder
-from ..compiler.errors import GraphError, ShapeError
-from ..compiler.graph import Node
-from ..compiler.irutil import (
-    STATUS_CALLBACK_FAILED,
-    STATUS_INDEX_OUT_OF_RANGE,
-    STATUS_OUT_OF_BOUNDS,
-    STATUS_OUT_OF_MEMORY,
-)
-from ..compiler.jit import compile_module
-from ..compiler.program import Program
-from ..compiler.schedule import Schedule, fingerprint
-from ..compiler.types import concrete_shape, format_shape
-from ..ops.leaves import InputOp
-from . import arena, blas, memory, threads
+from ...compiler.schedule import Schedule, fingerprint
+from ...core import memory
+from ...core.errors import GraphError, ShapeError
+from ...core.leaves import InputOp
+from ...core.node import Node
+from ...core.program import Program
+from ...core.types import concrete_shape, format_shape
+from ..base import Executor
+from . import arena, blas, bounds, threads
+from .codegen import ModuleBuilder
+from .irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS, STATUS_OUT_OF_MEMORY
+from .jit import compile_module, host_cpu
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -34,8 +30,6 @@ MAX_BINDINGS = 4  # arenas kept, one per recently used batch size
 
 def warm_up() -> None:
     """Per-process set-up shared by every compiled function: find NumPy's BLAS, start LLVM."""
-    from ..compiler.jit import host_cpu
-
     blas.find_gemm("float32")
     blas.find_gemm("float64")
     host_cpu()
@@ -65,7 +59,9 @@ class Binding:
         self.table_address = self.table.ctypes.data
 
 
-class NativeExecutor:
+class NativeExecutor(Executor):
+    fills_outputs = True
+
     def __init__(self, program: Program, state: dict[str, np.ndarray]):
         self.program = program
         self.schedule: Schedule = program.schedule
@@ -94,6 +90,12 @@ class NativeExecutor:
         self._error: BaseException | None = None
         if os.environ.get("DRUG_DEBUG", "0") >= "2":
             print(self.compiled.ir(), self.compiled.asm(), sep="\n", file=sys.stderr)
+
+    def ir(self) -> str:
+        return self.compiled.ir()
+
+    def asm(self) -> str:
+        return self.compiled.asm()
 
     def _persistent_arrays(self) -> dict[int, np.ndarray]:
         graph = self.program.graph

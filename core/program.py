@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
-from .graph import Graph, Node
+from .graph import Graph
+from .leaves import StateOp
+from .node import Node
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,22 @@ class Program:
 
     def leaves(self, op_type: type) -> list[Node]:
         return [n for n in self.nodes if isinstance(n.op, op_type)]
+
+    def initial_state(self) -> dict[str, np.ndarray]:
+        """Fresh optimizer state buffers (moments, beta powers, lr) by key, at their initial values."""
+        return {n.op.key_name: np.full(n.shape, n.op.init, n.dtype) for n in self.leaves(StateOp)}
+
+
+def ancestors(outputs: Sequence[Node]) -> list[Node]:
+    """Every node the outputs depend on, in topological (creation) order."""
+    seen: dict[int, Node] = {}
+    stack = list(outputs)
+    while stack:
+        node = stack.pop()
+        if node.id not in seen:
+            seen[node.id] = node
+            stack.extend(node.inputs)
+    return sorted(seen.values(), key=lambda n: n.id)
 
 
 def to_networkx(nodes: tuple[Node, ...] | list[Node]) -> nx.DiGraph:

@@ -1,4 +1,4 @@
-"""Scalar IR for elementwise ops: what an op's `emit` method builds with, one element at a time.
+"""Scalar IR for elementwise ops: what a scalar rule (lowering.lowering) builds with, one element at a time.
 Fused loops call these inside their innermost body, so everything here must vectorize."""
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ class ScalarEmitter:
         self.type = type_
         self.batch = batch  # the run-time batch size (i64)
         self.node = node  # the node being emitted, for ops that need its static shapes
+
+    @property
+    def op(self):
+        """The op of the node being emitted (its parameters: an alpha, a set of axes)."""
+        return self.node.op
 
     def const(self, value: float) -> ir.Value:
         return ir.Constant(self.type, float(value))

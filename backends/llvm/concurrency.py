@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from ...compiler.fusion import Kernel
+from ...compiler.schedule import Schedule, may_fail
+from ...core.program import Program
 from .codegen import parallelizable
-from .fusion import Kernel
-from .program import Program
-from .schedule import Schedule, may_fail
+from .lowering import uses_blas
 
 
 def kernel_access(schedule: Schedule, kernel: Kernel) -> tuple[set[int], set[int]]:
@@ -48,7 +49,7 @@ def runs_alone(kernel: Kernel) -> bool:
         return True
     if kernel.kind == "loop":
         return parallelizable(kernel)
-    return any(getattr(n.op, "uses_blas", False) for n in kernel.nodes)
+    return any(uses_blas(n) for n in kernel.nodes)
 
 
 def find_groups(schedule: Schedule) -> list[tuple[int, int]]:

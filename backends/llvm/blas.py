@@ -71,6 +71,15 @@ def _openblas_config(filepath: str, prefix: str = "", suffix: str = "") -> str:
     return ""
 
 
+def build_options(config: str) -> str:
+    """The build part of an `openblas_get_config()` string: name, version and the upper-case build
+    flags (USE64BITINT, DYNAMIC_ARCH, MAX_THREADS=64, ...). A DYNAMIC_ARCH library also names the
+    CPU core it picked at run time (Haswell, SkylakeX), which differs between machines running the
+    same file, so that word is left out."""
+    words = config.split()
+    return " ".join(words[:2] + [w for w in words[2:] if w == w.upper()])
+
+
 def _open_loaded(filepath: str) -> ctypes.CDLL | None:
     """The handle of a library that is already loaded; never loads a new copy."""
     mode = ctypes.RTLD_LOCAL | getattr(os, "RTLD_NOLOAD", 0) | getattr(os, "RTLD_LAZY", 0)
@@ -102,10 +111,10 @@ def _pick_numpy_blas(entries: list[dict], numpy_dir: str, numpy_config: dict, co
         )
     site = os.path.dirname(os.path.realpath(numpy_dir))
     wheel_dirs = [os.path.join(site, "numpy.libs"), numpy_dir]
-    wanted_config = (numpy_config.get("openblas configuration") or "").strip()
+    wanted_config = build_options(numpy_config.get("openblas configuration") or "")
     filters = [
         lambda e: any(_under(e["filepath"], d) for d in wheel_dirs),
-        lambda e: bool(wanted_config) and config_of(e["filepath"]).strip() == wanted_config,
+        lambda e: bool(wanted_config) and build_options(config_of(e["filepath"])) == wanted_config,
         lambda e: "scipy" not in os.path.realpath(e["filepath"]).replace("scipy_openblas", ""),
     ]
     candidates = list(entries)

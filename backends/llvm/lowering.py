@@ -1,0 +1,102 @@
+"""How the LLVM backend runs each op, registered per op class (the way JAX registers a lowering
+per primitive): a scalar rule that fused loops inline element by element, or a kernel of the op's
+own. An op class without either runs through the Python callback (its NumPy `ref`).
+
+    @lowering(Tanh)
+    def _tanh(b, x):                     # b: ScalarEmitter (b.op is the op), x: the input's value
+        return b.tanh(x)
+
+    @kernel(Softmax, workspace=softmax_workspace)
+    def _softmax(k, node):               # k: codegen.KernelContext
+        ...
+
+Rules are found along the op class's MRO, so a subclass runs like its parent unless it registers
+its own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+import numpy as np
+
+from ...core.node import Node
+from ...core.op import Op
+from ...core.types import Shape
+
+Workspace = tuple[Shape, np.dtype] | None
+
+
+@dataclass(frozen=True)
+class Lowering:
+    """Everything codegen and the LLVM backend's passes need to know about one op class."""
+
+    scalar: Callable | None = None  # (ScalarEmitter, *values) -> value, inlined in a fused loop
+    kernel: Callable[..., None] | None = None  # (codegen.KernelContext, node): emits the op's own kernel
+    # scratch memory the kernel needs, (shape, dtype) with None as the batch, or None
+    workspace: Callable[[Node], Workspace] | None = None
+    # whether the kernel takes this node (others of the class run through the callback)
+    supports: Callable[[Node], bool] | None = None
+    # the kernel calls BLAS, whose threads already use every core: it never runs beside another kernel
+    uses_blas: bool = False
+
+
+_RULES: dict[type[Op], Lowering] = {}
+
+
+def _register(op_class: type[Op], **fields) -> None:
+    _RULES[op_class] = replace(_RULES.get(op_class, Lowering()), **fields)
+
+
+def lowering(*op_classes: type[Op]) -> Callable:
+    """Decorator: the scalar rule of elementwise op classes, fused into loops."""
+
+    def register(rule: Callable) -> Callable:
+        for op_class in op_classes:
+            _register(op_class, scalar=rule)
+        return rule
+
+    return register
+
+
+def kernel(
+    op_class: type[Op],
+    *,
+    workspace: Callable[[Node], Workspace] | None = None,
+    supports: Callable[[Node], bool] | None = None,
+    uses_blas: bool = False,
+) -> Callable:
+    """Decorator: the native kernel of an op class, `rule(k, node)`."""
+
+    def register(rule: Callable) -> Callable:
+        _register(op_class, kernel=rule, workspace=workspace, supports=supports, uses_blas=uses_blas)
+        return rule
+
+    return register
+
+
+def lowering_of(op: Op) -> Lowering | None:
+    for cls in type(op).__mro__:
+        if cls in _RULES:
+            return _RULES[cls]
+    return None
+
+
+def fusible(node: Node) -> bool:
+    """The node can be computed element by element inside a fused loop."""
+    rule = lowering_of(node.op)
+    return rule is not None and rule.scalar is not None
+
+
+def has_kernel(node: Node) -> bool:
+    rule = lowering_of(node.op)
+    return rule is not None and rule.kernel is not None and (rule.supports is None or rule.supports(node))
+
+
+def workspace(node: Node) -> Workspace:
+    rule = lowering_of(node.op)
+    return rule.workspace(node) if rule is not None and rule.workspace is not None else None
+
+
+def uses_blas(node: Node) -> bool:
+    rule = lowering_of(node.op)
+    return rule is not None and rule.uses_blas

@@ -1,0 +1,36 @@
+"""The reference executor: runs each node's NumPy `ref` (compiler/interpret.py), the oracle the
+other backends are tested against."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...compiler.interpret import evaluate
+from ...core.leaves import ParameterOp
+from ...core.program import Program
+from ...core.types import concrete_shape
+from ..base import Executor
+
+
+class ReferenceExecutor(Executor):
+    def __init__(self, program: Program, state: dict[str, np.ndarray]):
+        self.program = program
+        self.state = state
+
+    def run(self, feeds: dict[int, np.ndarray], batch: int | None, out=None) -> list[np.ndarray]:
+        program = self.program
+        values = evaluate(program, feeds, self.state, batch)
+        outputs = [values[o.id] for o in program.outputs]
+        for leaf, new in program.updates:
+            target = (
+                program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
+            )
+            np.copyto(target, values[new.id])
+        return outputs
+
+    def bytes_needed(self, batch: int) -> int:
+        """Every value of the step is alive until it ends."""
+        values = [n for n in self.program.nodes if n.inputs and not n.op.multi_output]
+        return sum(math.prod(concrete_shape(n.shape, batch)) * n.dtype.itemsize for n in values)

@@ -1,0 +1,46 @@
+"""The meaning of a program: every node's NumPy reference forward, in order. The reference backend
+runs programs this way, and loop bodies (scan) are evaluated with it on that backend."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..core.errors import GraphError, ShapeError
+from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.program import Program
+from ..core.types import concrete_shape
+
+
+def evaluate(
+    program: Program, feeds: Mapping[int, np.ndarray], state: Mapping[str, np.ndarray], batch: int | None
+) -> dict[int, np.ndarray]:
+    """The value of every node of `program` (by node id), from the fed inputs (by node id), the
+    graph's parameters and the optimizer `state` (by key). Each value is checked against its
+    node's type, so an op whose `ref` breaks its own shape rule is named."""
+    values: dict[int, np.ndarray] = {}
+    for node in program.nodes:
+        op = node.op
+        if isinstance(op, InputOp):
+            value = feeds[node.id]
+        elif isinstance(op, ParameterOp):
+            value = program.graph.params[node.name]
+        elif isinstance(op, StateOp):
+            value = state[op.key_name]
+        elif isinstance(op, ConstantOp):
+            value = op.value
+        else:
+            try:
+                value = op.ref(*(values[i.id] for i in node.inputs))
+            except ShapeError as error:
+                raise ShapeError(f"node {node.label}: {error}") from None
+            if op.multi_output:  # a tuple; the nodes picking its results check their shapes
+                values[node.id] = value
+                continue
+            value = np.asarray(value).astype(node.dtype, copy=False)
+        expected = concrete_shape(node.shape, batch)
+        if value.shape != expected:
+            raise GraphError(f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}")
+        values[node.id] = value
+    return values

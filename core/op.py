@@ -1,0 +1,151 @@
+"""The Op contract: one class holds an op's meaning. Every hook a pass or a backend reads is an
+attribute or method here, with a default; op classes override what applies to them.
+
+What an op means lives in its class (ops/ and the higher-order ops of compiler/): the shape rule
+(`infer`), the NumPy reference forward (`ref`) and the gradient rule (`grad`, in graph ops). How a
+backend runs it is registered in that backend (backends/llvm/kernels/), keyed by the op class."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from .errors import GraphError, ShapeError
+from .node import apply
+from .types import FLOAT_DTYPES, Shape, TensorType
+
+if TYPE_CHECKING:
+    from .node import Node
+
+REGISTRY: dict[str, type[Op]] = {}
+
+
+@dataclass
+class Example:
+    """Inputs for registry-driven tests: arrays, and which of them are differentiable."""
+
+    inputs: list[np.ndarray]
+    differentiable: list[bool]
+    batch_axis: dict[int, int] = field(default_factory=dict)  # input index -> axis declared None
+
+
+class Op:
+    """Subclass to define an op. Attributes set in __init__ are its (hashable) parameters."""
+
+    name: ClassVar[str] = ""
+    arity: ClassVar[int | None] = None  # None: any number of inputs (n-ary)
+    # Its forward may stop the step on bad data (an id out of range): schedules run it before every
+    # in-place parameter update, so a failed step changes nothing (Python callbacks are treated alike).
+    may_fail: ClassVar[bool] = False
+    # Inputs read for their (run-time) shape only, never for their values (ones_like's, count's).
+    shape_only_inputs: ClassVar[tuple[int, ...]] = ()
+    # A reduction: how its values accumulate ("add", "max" or "min"). Fusion lets a reduction over
+    # a loop's domain end that loop; `reduced_axes` and `keeps_reduced_axes` say over what.
+    combine: ClassVar[str | None] = None
+    # Several results (scan): `ref` returns a tuple, `output_types` lists their types, and nodes of
+    # ops with `result_index` set pick them out; autodiff hands `grad` one cotangent per result.
+    multi_output: ClassVar[bool] = False
+    # The output is the input's data seen with another shape (reshape): no computation, no buffer.
+    is_view: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("name"):
+            REGISTRY[cls.name] = cls
+
+    def infer(self, *inputs: TensorType) -> TensorType:
+        """The output type from the input types; raise ShapeError (no node names: apply adds them)."""
+        raise NotImplementedError(f"op '{self.name}' has no shape rule")
+
+    def ref(self, *xs: np.ndarray) -> np.ndarray:
+        """The NumPy reference forward: what the op means, and the oracle every backend is tested against."""
+        raise NotImplementedError(f"op '{self.name}' has no reference forward")
+
+    def ref_into(self, out: np.ndarray, *xs: np.ndarray) -> None:
+        """The reference forward written into `out`: how a native backend runs an op without a
+        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`)."""
+        out[...] = self.ref(*xs)
+
+    def grad(self, g: Node, out: Node, *xs: Node) -> Sequence[Node | None]:
+        """Gradients w.r.t. each input as graph nodes (None: not differentiable), given the
+        cotangent `g` of the output `out`. Autodiff sums a gradient back to its input's shape."""
+        raise GraphError(f"op '{self.name}' has no gradient rule")
+
+    @classmethod
+    def example(cls, rng: np.random.Generator, dims: Sequence[int]) -> tuple[Op, Example] | None:
+        """A random instance for the registry tests; `dims` are small sizes drawn by the test."""
+        return None
+
+    def reduced_axes(self, in_shape: Shape) -> tuple[int, ...]:
+        """For a reduction (`combine` set): the input axes it reduces."""
+        raise NotImplementedError(f"op '{self.name}' is not a reduction")
+
+    @property
+    def keeps_reduced_axes(self) -> bool:
+        """For a reduction: whether the output keeps the reduced axes (as size 1, aligned with
+        the trailing axes of the input) or drops them."""
+        return False
+
+    def output_types(self) -> list[TensorType]:
+        """For a multi-output op: the type of each result."""
+        raise NotImplementedError(f"op '{self.name}' has a single result")
+
+    @property
+    def result_index(self) -> int | None:
+        """For an op that picks result k of a multi-output input: k. Such a node computes
+        nothing; the multi-output op's kernel writes its buffer."""
+        return None
+
+    def params(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def key(self) -> tuple:
+        """Identity for caching and common-subexpression elimination: the class itself (two classes
+        with one name are two ops) and its parameters."""
+        return (_class_identity(type(self)),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
+
+    def __call__(self, *inputs: Any) -> Node:
+        return apply(self, *inputs)
+
+    def __repr__(self) -> str:
+        attrs = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if not isinstance(v, np.ndarray))
+        return f"{self.name}({attrs})" if attrs else self.name
+
+
+@functools.cache
+def _class_identity(cls: type) -> tuple:
+    """Module and qualified name; for classes defined inside functions (a factory making several
+    ops of one qualname) also their source, so that ops that behave differently never merge."""
+    if "<locals>" not in cls.__qualname__:
+        return (cls.__module__, cls.__qualname__)
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        source = ""
+    return (cls.__module__, cls.__qualname__, source, id(cls))
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return (value.dtype.str, value.shape, value.tobytes())
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, np.dtype):
+        return value.str
+    return value
+
+
+def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
+    """The one float dtype all `types` share; ShapeError for mixed or non-float dtypes."""
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise ShapeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
+    dtype = dtypes.pop()
+    if dtype not in FLOAT_DTYPES:
+        raise ShapeError(f"needs float inputs, got {dtype}")
+    return dtype
