@@ -17,9 +17,15 @@ $(STAMP): setup.cfg pyproject.toml
 test: install
 	$(PY) -m pytest -q
 
+# lint-imports checks the layer contracts in setup.cfg on an installed copy of the package (grimp
+# reads the package's own folder; here setuptools assembles drug/ from the top-level folders).
+IMPORTS := build/importlinter
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	rm -rf $(IMPORTS)
+	$(PY) -m pip install --quiet --no-deps --target $(IMPORTS) .
+	cd $(IMPORTS) && $(abspath $(VENV))/bin/lint-imports $(abspath setup.cfg)
 
 format: install
 	$(VENV)/bin/ruff format .
@@ -37,7 +43,7 @@ aot-demo: install
 		-Wl,-rpath,'$$ORIGIN' -o $(AOT)/mnist_train
 	$(AOT)/mnist_train drug/data/mnist $(AOT)/mnist_mlp.npz
 
-# mpi4py for data-parallel training (drug.distributed, tests/test_distributed.py); it needs an MPI
+# mpi4py for data-parallel training (drug.distributed, tests/api/test_distributed.py); it needs an MPI
 # library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
 install-mpi: install
 	$(PY) -m pip install --quiet -e '.[test,mpi]'

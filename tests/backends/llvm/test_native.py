@@ -9,10 +9,10 @@ amplify the differences slowly (chaotic dynamics), so 50 steps are compared at 1
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +20,7 @@ import drug as dg
 from drug.backends.llvm import bounds
 from drug.datasets import mnist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(EXAMPLES))
 from mnist_dense import build  # noqa: E402
 
 OPTIMIZERS = {

@@ -1,5 +1,5 @@
 """Data-parallel training (drug.distributed): the allreduce pass in process with a stand-in
-communicator, then real 2-rank jobs under mpirun (tests/mpi_worker.py), skipped with a reason
+communicator, then real 2-rank jobs under mpirun (tests/api/mpi_worker.py), skipped with a reason
 where mpi4py or mpirun is missing. MPI itself never starts in the pytest process: every MPI
 run is a subprocess with a timeout, so a hanging job fails its test instead of the suite."""
 
@@ -23,6 +23,7 @@ from drug.runtime.step import compile_step
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "mpi_worker.py"
+EXAMPLES = HERE.parents[1] / "examples"  # (not conftest's: subprocesses import this module)
 MPIRUN = shutil.which("mpirun")
 HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
 INSTALL = "apt-get install openmpi-bin libopenmpi-dev; pip install 'drug[mpi]' (or make install-mpi)"
@@ -242,7 +243,7 @@ def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path, scenario, mess
 
 @needs_mpirun
 def test_mnist_example_runs_data_parallel(tmp_path):
-    example = HERE.parent / "examples" / "mnist_dense.py"
+    example = EXAMPLES / "mnist_dense.py"
     ckpt = tmp_path / "mlp.npz"
     args = [str(example), "--distributed", "--smoke", "--epochs", "1", "--save", str(ckpt)]
     proc = _mpirun(2, *args, timeout=120)

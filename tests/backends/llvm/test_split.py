@@ -5,17 +5,17 @@ file that holds several object files is read back or refused, never misread."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import llvmlite.binding as llvm
 import numpy as np
 import pytest
+from conftest import EXAMPLES
 
 import drug as dg
 from drug.backends.llvm import jit
 from drug.backends.llvm.split import split_module
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(EXAMPLES))
 from mnist_dense import build  # noqa: E402
 
 

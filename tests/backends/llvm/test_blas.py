@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 
 from drug.backends.llvm.blas import (
     Gemm,
-    build_options,
     _openblas_config,
     _pick_numpy_blas,
     blas_info,
+    build_options,
     call_gemm,
     find_gemm,
 )
