@@ -8,36 +8,7 @@ from .compiler.traced import elementwise
 from .core.errors import GraphError, ShapeError
 from .core.node import Node
 from .graph import Graph
-from .ops import (
-    Op,
-    add,
-    avg_pool2d,
-    concat,
-    conv2d,
-    div,
-    embedding,
-    exp,
-    global_pool,
-    log,
-    matmul,
-    max,
-    max_pool2d,
-    mean,
-    min,
-    mul,
-    neg,
-    one_hot,
-    relu,
-    reshape,
-    sigmoid,
-    softmax,
-    softmax_cross_entropy,
-    sqrt,
-    sub,
-    sum,
-    tanh,
-    transpose,
-)
+from .ops import *  # noqa: F403 (the public ops, listed in ops.__all__)
 
 __version__ = "0.1.0"
 

@@ -30,9 +30,9 @@ from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
 
 register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, getitem=getitem, transpose=transpose)
 
+# The public ops: drug exports exactly these as dg.<name> (the rest stay reachable as dg.ops.<name>).
 __all__ = [
-    "REGISTRY", "Elementwise", "Example", "Op", "add", "avg_pool2d", "broadcast_like", "concat", "conv2d", "div",
-    "embedding", "equal", "exp", "getitem", "global_pool", "log", "matmul", "max", "max_pool2d", "mean", "min",
-    "mul", "neg", "one_hot", "ones_like", "relu", "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt",
-    "sub", "sum", "sum_to", "tanh", "transpose", "zeros_like",
+    "Op", "add", "avg_pool2d", "concat", "conv2d", "div", "embedding", "exp", "global_pool", "log", "matmul",
+    "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu", "reshape", "sigmoid", "softmax",
+    "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip

@@ -17,6 +17,7 @@ import numpy as np
 from llvmlite import ir
 
 from ...compiler.fusion import Kernel, is_inline, is_reduction
+from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.node import Node
 from . import bounds
@@ -585,6 +586,6 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Valu
                 continue
             skip = node.op.shape_only_inputs
             args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
-            values[node.id] = lowering_of(node.op).scalar(ctx.scalar(node), *args)
+            values[node.id] = scalar_rule_of(node.op)(ctx.scalar(node), *args)
             if node.id in outputs:
                 ctx.store(node, offset(node), values[node.id])

@@ -1,25 +1,23 @@
-"""How the LLVM backend runs each op, registered per op class (the way JAX registers a lowering
-per primitive): a scalar rule that fused loops inline element by element, or a kernel of the op's
-own. An op class without either runs through the Python callback (its NumPy `ref`).
-
-    @lowering(Tanh)
-    def _tanh(b, x):                     # b: ScalarEmitter (b.op is the op), x: the input's value
-        return b.tanh(x)
+"""How the LLVM backend runs each op that is not fused elementwise code: a kernel of the op's own,
+registered per op class (the way JAX registers a lowering per primitive). Elementwise ops are
+fused into loops from their scalar rules (compiler/scalar.py), which codegen builds as IR; an op
+with neither runs through the Python callback (its NumPy `ref`).
 
     @kernel(Softmax, workspace=softmax_workspace)
     def _softmax(k, node):               # k: codegen.KernelContext
         ...
 
-Rules are found along the op class's MRO, so a subclass runs like its parent unless it registers
-its own."""
+Kernels are found along the op class's MRO, so a subclass runs like its parent unless it
+registers its own."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
+from ...compiler.scalar import scalar_rule_of
 from ...core.node import Node
 from ...core.op import Op
 from ...core.types import Shape
@@ -31,7 +29,6 @@ Workspace = tuple[Shape, np.dtype] | None
 class Lowering:
     """Everything codegen and the LLVM backend's passes need to know about one op class."""
 
-    scalar: Callable | None = None  # (ScalarEmitter, *values) -> value, inlined in a fused loop
     kernel: Callable[..., None] | None = None  # (codegen.KernelContext, node): emits the op's own kernel
     # scratch memory the kernel needs, (shape, dtype) with None as the batch, or None
     workspace: Callable[[Node], Workspace] | None = None
@@ -44,21 +41,6 @@ class Lowering:
 _RULES: dict[type[Op], Lowering] = {}
 
 
-def _register(op_class: type[Op], **fields) -> None:
-    _RULES[op_class] = replace(_RULES.get(op_class, Lowering()), **fields)
-
-
-def lowering(*op_classes: type[Op]) -> Callable:
-    """Decorator: the scalar rule of elementwise op classes, fused into loops."""
-
-    def register(rule: Callable) -> Callable:
-        for op_class in op_classes:
-            _register(op_class, scalar=rule)
-        return rule
-
-    return register
-
-
 def kernel(
     op_class: type[Op],
     *,
@@ -69,7 +51,7 @@ def kernel(
     """Decorator: the native kernel of an op class, `rule(k, node)`."""
 
     def register(rule: Callable) -> Callable:
-        _register(op_class, kernel=rule, workspace=workspace, supports=supports, uses_blas=uses_blas)
+        _RULES[op_class] = Lowering(rule, workspace, supports, uses_blas)
         return rule
 
     return register
@@ -84,8 +66,7 @@ def lowering_of(op: Op) -> Lowering | None:
 
 def fusible(node: Node) -> bool:
     """The node can be computed element by element inside a fused loop."""
-    rule = lowering_of(node.op)
-    return rule is not None and rule.scalar is not None
+    return scalar_rule_of(node.op) is not None
 
 
 def has_kernel(node: Node) -> bool:

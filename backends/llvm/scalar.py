@@ -1,5 +1,6 @@
-"""Scalar IR for elementwise ops: what a scalar rule (lowering.lowering) builds with, one element at a time.
-Fused loops call these inside their innermost body, so everything here must vectorize."""
+"""Scalar IR: the LLVM backend's ScalarBuilder (compiler/scalar.py), which scalar rules build one
+element of a fused loop with. Fused loops call these inside their innermost body, so everything
+here must vectorize."""
 
 from __future__ import annotations
 
@@ -63,10 +64,6 @@ class ScalarEmitter:
     def sqrt(self, x):
         return self._intrinsic("llvm.sqrt", x)
 
-    def select_positive(self, condition, x):
-        """x where condition > 0 else 0 (NaN condition gives 0, like np.where(c > 0, x, 0))."""
-        return self.b.select(self.b.fcmp_ordered(">", condition, self.const(0.0)), x, self.const(0.0))
-
     def compare(self, symbol: str, x, y):
         """An i1 comparison with NumPy's NaN semantics (only != holds for NaN)."""
         if symbol == "!=":
@@ -75,9 +72,6 @@ class ScalarEmitter:
 
     def select(self, condition, x, y):
         return self.b.select(condition, x, y)
-
-    def equal(self, x, y):
-        return self.b.uitofp(self.b.fcmp_ordered("==", x, y), self.type)
 
     def count(self, dims) -> ir.Value:
         """The number of elements over `dims` (None is the run-time batch), as a float."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 from llvmlite import ir
 
 from ....core.types import Shape
-from ....ops.shape import AssembleSlices, BroadcastLike, Concat, Slice, SliceGrad, Transpose
+from ....ops.shape import AssembleSlices, Concat, Slice, SliceGrad, Transpose
 from ..irutil import element_count, for_range, i64, linear_offset, llvm_type, loop_nest
 from ..irutil import row_major_strides as strides_of
-from ..lowering import kernel, lowering
+from ..lowering import kernel
 
 
 def _times(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str = "") -> ir.Value:
@@ -117,8 +117,3 @@ def _concat(k, node):
                 value = k.load(x, b.add(source, c, name="from"))
                 k.store(node, b.add(target, c, name="to"), value)
         start += x.shape[axis]
-
-
-@lowering(BroadcastLike)
-def _broadcast_like(b, x, like):
-    return x  # the loop reads x broadcast over the domain
