@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import GraphError
-from ..core.node import Node, apply
+from ..core.node import Call, Node, apply, recording, user_call, user_name
 from ..core.program import ancestors
 from ..ops.elementwise import add, mul, ones_like, zeros_like
 from ..ops.reduce import sum as total
@@ -33,19 +33,20 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
             g = grads[node.id] = _sum(parts)
         if not node.inputs:
             continue
-        rule = node.op.grad(g, node, *node.inputs)
-        if len(rule) != len(node.inputs):
-            raise GraphError(
-                f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
-            )
-        for x, gx in zip(node.inputs, rule):
-            if gx is None or x.id not in on_path:
-                continue
-            if x.op.multi_output:
-                gx = (node.op.result_index, gx)  # node picks that result of x
-            elif gx.shape != x.shape:
-                gx = sum_to(gx, x.shape)
-            contributions.setdefault(x.id, []).append(gx)
+        with recording(Call(f"gradient of {user_name(node)}", "gradient"), force=True):  # named in profiles, errors
+            rule = node.op.grad(g, node, *node.inputs)
+            if len(rule) != len(node.inputs):
+                raise GraphError(
+                    f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
+                )
+            for x, gx in zip(node.inputs, rule):
+                if gx is None or x.id not in on_path:
+                    continue
+                if x.op.multi_output:
+                    gx = (node.op.result_index, gx)  # node picks that result of x
+                elif gx.shape != x.shape:
+                    gx = sum_to(gx, x.shape)
+                contributions.setdefault(x.id, []).append(gx)
     # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
     return [grads[x.id] if x.id in grads else zeros_like(x) for x in xs]
 
@@ -56,6 +57,7 @@ def _sum(parts: list[Node]) -> Node | None:
     return parts[0] if len(parts) == 1 else add(*parts)
 
 
+@user_call()
 def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
     """Symbolic gradient of (the sum of) y w.r.t. one node or a list of nodes."""
     single = isinstance(xs, Node)
@@ -63,6 +65,7 @@ def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
     return result[0] if single else result
 
 
+@user_call()
 def jacobian(y: Node, x: Node) -> Node:
     """The jacobian, shape y.shape + x.shape. When y and x both lead with the batch axis the
     examples are independent and the result is per example: (batch, *y.shape[1:], *x.shape[1:])."""
@@ -86,6 +89,7 @@ def jacobian(y: Node, x: Node) -> Node:
     return reshape(stacked, lead + y_shape + x_shape)
 
 
+@user_call()
 def jvp(y: Node, x: Node, v: Node) -> Node:
     """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
     derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
@@ -97,6 +101,7 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
     return gradients(total(mul(vjp, v)), [u])[0]
 
 
+@user_call()
 def hessian_vector_product(loss: Node, x: Node, v: Node) -> Node:
     """H·v for a scalar loss, v shaped like x: the gradient of <∇loss, v> (reverse over reverse)."""
     if loss.shape != ():

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import networkx as nx
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import GraphError, ShapeError, with_context
 from ..core.leaves import ParameterOp
 from ..core.program import Program, ancestors, format_program, to_networkx
 from ..core.types import FLOAT_DTYPES
@@ -41,9 +41,9 @@ def infer_shapes(program: Program) -> Program:
         try:
             inferred = node.op.infer(*(i.type for i in node.inputs))
         except ShapeError as error:
-            raise ShapeError(f"node {node.label} (op '{node.op.name}'): {error}") from None
+            raise with_context(error, f"node {node.where}: ") from None
         if inferred != node.type:
-            raise ShapeError(f"node {node.label} (op '{node.op.name}'): type {node.type} but inputs give {inferred}")
+            raise ShapeError(f"node {node.where}: type {node.type} but inputs give {inferred}")
     return program
 
 

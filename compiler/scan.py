@@ -15,7 +15,7 @@ import numpy as np
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
 from ..core.leaves import Leaf
-from ..core.node import Node, apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Op
 from ..core.types import TensorType, format_shape
 from ..ops.elementwise import add, mul, zeros_like
@@ -168,6 +168,7 @@ def _as_list(value: Any, what: str) -> tuple[list[Node], bool]:
     raise GraphError(f"scan: {what} must be a node or a tuple of nodes, got {type(value).__name__}")
 
 
+@user_call()
 def scan(fn: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False):
     """Loop `carry, y = fn(carry, x)` over the leading axis of `xs` (or `length` times).
 

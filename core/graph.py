@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -15,7 +17,18 @@ from .types import TensorType, format_shape, normalize_shape
 
 
 class ParameterStore(Mapping[str, np.ndarray]):
-    """Live parameter buffers, by name. Arrays are never replaced, so views stay valid."""
+    """Live parameter buffers, by name (`g.params["w1"]`). Arrays are never replaced, so views
+    stay valid: train steps update them in place, and writing into them changes the model.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> w = g.parameter("w", (3, 2), init="zeros")
+        >>> g.params
+        ParameterStore(w (3, 2) float32; 6 values, 24 B)
+        >>> g.params["w"].sum()
+        np.float32(0.0)
+    """
 
     def __init__(self) -> None:
         self._arrays: dict[str, np.ndarray] = {}
@@ -35,15 +48,73 @@ class ParameterStore(Mapping[str, np.ndarray]):
     def _add(self, name: str, value: np.ndarray) -> None:
         self._arrays[name] = value
 
+    @property
+    def size(self) -> int:
+        """Values in all parameters together."""
+        return sum(a.size for a in self._arrays.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all parameters together."""
+        return sum(a.nbytes for a in self._arrays.values())
+
+    def __repr__(self) -> str:
+        shown = [f"{k} {format_shape(a.shape)} {a.dtype}" for k, a in list(self._arrays.items())[:8]]
+        more = f", ... {len(self) - 8} more" if len(self) > 8 else ""
+        return f"ParameterStore({', '.join(shown)}{more}; {self.size:,} values, {format_bytes(self.nbytes)})"
+
+
+def format_bytes(n: int) -> str:
+    """`n` bytes as B, KiB, MiB or GiB with three significant digits."""
+    if n < 1024:
+        return f"{n} B"
+    exponent = min(int(math.log(n, 1024)), 3)
+    return f"{n / 1024**exponent:.3g} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
 
 class Graph:
     """A DAG declared with inputs, parameters, constants and ops (drug.Graph adds `compile`)."""
 
     def __init__(self, seed: int = 0, dtype: str = "float32"):
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.params = ParameterStore()
         self._named: dict[str, Node] = {}
+        self._made: list[weakref.ref[Node]] = []  # nodes made at top level (not by the compiler)
+
+    def _adopt(self, node: Node) -> None:
+        """Remember a node the user made (Node calls this; nodes made while compiling are not)."""
+        self._made.append(weakref.ref(node))
+        if len(self._made) % 4096 == 0:  # forget nodes nobody holds any more
+            self._made = [ref for ref in self._made if ref() is not None]
+
+    def nodes(self) -> list[Node]:
+        """Every node made by the user's calls that is still alive (referenced by the user or by a
+        later node), in creation order, internal nodes of composite calls included."""
+        alive = [n for n in (ref() for ref in self._made) if n is not None]
+        self._made = [weakref.ref(n) for n in alive]
+        seen: dict[int, Node] = {}
+        for node in alive:
+            stack = [node]
+            while stack:
+                n = stack.pop()
+                if n.id not in seen and n.graph is self:
+                    seen[n.id] = n
+                    stack.extend(n.inputs)
+        return sorted(seen.values(), key=lambda n: n.id)
+
+    def evaluate(self, nodes: Node | Sequence[Node], feeds: Mapping[str, Any]) -> Any:
+        """The value of `nodes` for `feeds` (drug.Graph computes it; a bare core graph cannot)."""
+        raise GraphError("evaluating nodes needs a drug.Graph (import drug and build with dg.Graph)")
+
+    def __repr__(self) -> str:
+        nodes = self.nodes()
+        inputs = [n.label for n in nodes if isinstance(n.op, InputOp)]
+        return (
+            f"<Graph: {len(nodes)} nodes, inputs {inputs}, {len(self.params)} parameters "
+            f"({self.params.size:,} values, {format_bytes(self.params.nbytes)}), {self.dtype}, seed {self.seed}>"
+        )
 
     def __getitem__(self, name: str) -> Node:
         try:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import DTypeError, GraphError
 from .node import apply
 from .types import FLOAT_DTYPES, Shape, TensorType
 
@@ -81,6 +81,12 @@ class Op:
         """A random instance for the registry tests; `dims` are small sizes drawn by the test."""
         return None
 
+    def flops(self, out: tuple[int, ...], *inputs: tuple[int, ...]) -> int | None:
+        """Floating-point operations of one evaluation, given the concrete shapes of the output and
+        the inputs: the profiler reports GFLOP/s for ops that count them (GEMMs, convolutions)
+        and GB/s for the rest (None)."""
+        return None
+
     def reduced_axes(self, in_shape: Shape) -> tuple[int, ...]:
         """For a reduction (`combine` set): the input axes it reduces."""
         raise NotImplementedError(f"op '{self.name}' is not a reduction")
@@ -141,11 +147,11 @@ def _hashable(value: Any) -> Any:
 
 
 def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
-    """The one float dtype all `types` share; ShapeError for mixed or non-float dtypes."""
+    """The one float dtype all `types` share; DTypeError for mixed or non-float dtypes."""
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise ShapeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
+        raise DTypeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
     dtype = dtypes.pop()
     if dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"needs float inputs, got {dtype}")
+        raise DTypeError(f"needs float inputs, got {dtype}")
     return dtype

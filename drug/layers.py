@@ -8,6 +8,7 @@ reuses them on every later call: an RNN cell applied T times trains one set of w
 
 from __future__ import annotations
 
+import functools
 import itertools
 import weakref
 from collections.abc import Callable, Sequence
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from .compiler.scan import scan as scan_loop
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
-from .core.node import Node
+from .core.node import Call, Node, building_internally, recording
 from .core.types import format_shape
 from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
 
@@ -32,6 +33,24 @@ def activation_fn(activation: Activation) -> Callable[[Node], Node]:
     if activation not in ACTIVATIONS:
         raise GraphError(f"unknown activation {activation!r}; use one of {sorted(ACTIVATIONS)}, None or a function")
     return ACTIVATIONS[activation]
+
+
+def layer_call(method: Callable) -> Callable:
+    """Record the nodes a layer method makes as one call of the layer (for summaries, pictures
+    and error messages), named after the layer once its first call has named it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Layer, *args, **kwargs):
+        if building_internally():  # inside another call (or the compiler): that one owns the nodes
+            return method(self, *args, **kwargs)
+        call = Call(self.name or self.kind, type(self).__name__)
+        with recording(call):
+            out = method(self, *args, **kwargs)
+        call.name = self.name or call.name
+        call.finish(out)
+        return out
+
+    return wrapper
 
 
 class Layer:
@@ -94,6 +113,7 @@ class Dense(Layer):
         self.units, self.bias, self.init = int(units), bias, init
         self.activation = activation_fn(activation)
 
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             self._param("w", (x.shape[-1], self.units), self.init)
@@ -126,6 +146,7 @@ class Conv2D(Layer):
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.activation = activation_fn(activation)
 
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if x.ndim != 4:
             raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
@@ -149,6 +170,7 @@ class Embedding(Layer):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
+    @layer_call
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
             self._param("table", (self.vocab, self.dim), self.init)
@@ -186,6 +208,7 @@ class _Recurrent(Layer):
         self._build(x)
         return x @ self.w + self.b
 
+    @layer_call
     def __call__(self, x: Node, h: Node | None = None) -> Node:
         """One step. `h=None` is the zero state."""
         return self.step(self.project(x), h)
@@ -193,6 +216,7 @@ class _Recurrent(Layer):
     def step(self, projected: Node, h: Node | None) -> Node:
         raise NotImplementedError
 
+    @layer_call
     def sequence(self, xs: Node, h0: Node | None = None, scan: bool = False) -> tuple[Node, Node]:
         """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state).
         `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps."""

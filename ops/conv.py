@@ -3,10 +3,12 @@ each with its adjoint, so gradients of any order stay graph ops."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape
 
@@ -123,6 +125,9 @@ class Conv2D(Op):
         out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         return TensorType((x.shape[0], w.shape[0]) + out_hw, dtype)
 
+    def flops(self, out, x, w):
+        return 2 * math.prod(out) * math.prod(w[1:])
+
     def ref(self, x, w):
         out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         out = np.zeros((x.shape[0], w.shape[0]) + out_hw, x.dtype)
@@ -165,6 +170,9 @@ class Conv2DGradInput(Op):
             )
         return TensorType((g.shape[0], w.shape[1]) + self.in_hw, dtype)
 
+    def flops(self, out, g, w):
+        return 2 * math.prod(g) * math.prod(w[1:])
+
     def ref(self, g, w):
         out = np.zeros((g.shape[0], w.shape[1]) + self.in_hw, g.dtype)
         for i in range(w.shape[2]):
@@ -206,6 +214,9 @@ class Conv2DGradFilter(Op):
             )
         return TensorType((g.shape[1], x.shape[1]) + self.k_hw, dtype)
 
+    def flops(self, out, x, g):
+        return 2 * math.prod(g) * math.prod(out[1:])
+
     def ref(self, x, g):
         out = np.zeros((g.shape[1], x.shape[1]) + self.k_hw, x.dtype)
         for i in range(self.k_hw[0]):
@@ -237,6 +248,7 @@ def same_pads(in_hw, k_hw, stride) -> tuple[tuple[int, int], tuple[int, int]]:
     return tuple(pads)
 
 
+@user_call()
 def conv2d(x, w, stride=1, padding: str = "valid", pad_mode: str = "zeros"):
     """Convolution of NCHW `x` by OIHW `w`; padding 'valid' or 'same', pad_mode zeros/replicate/reflect."""
     stride = _pair(stride)

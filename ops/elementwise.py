@@ -8,7 +8,7 @@ import operator
 
 import numpy as np
 
-from ..core.node import apply
+from ..core.node import apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, broadcast_shapes
 
@@ -224,60 +224,74 @@ class OnesLike(Elementwise):
         return None
 
 
+@user_call()
 def add(*xs):
     """Sum of any number of inputs (broadcasting)."""
     return apply(Add(), *xs)
 
 
+@user_call()
 def mul(*xs):
     """Product of any number of inputs (broadcasting)."""
     return apply(Mul(), *xs)
 
 
+@user_call()
 def sub(a, b):
     return apply(Sub(), a, b)
 
 
+@user_call()
 def div(a, b):
     return apply(Div(), a, b)
 
 
+@user_call()
 def neg(x):
     return apply(Neg(), x)
 
 
+@user_call()
 def relu(x):
     return apply(Relu(), x)
 
 
+@user_call()
 def sigmoid(x):
     return apply(Sigmoid(), x)
 
 
+@user_call()
 def tanh(x):
     return apply(Tanh(), x)
 
 
+@user_call()
 def exp(x):
     return apply(Exp(), x)
 
 
+@user_call()
 def log(x):
     return apply(Log(), x)
 
 
+@user_call()
 def sqrt(x):
     return apply(Sqrt(), x)
 
 
+@user_call()
 def equal(a, b):
     return apply(Equal(), a, b)
 
 
+@user_call()
 def ones_like(x):
     return apply(OnesLike(), x)
 
 
+@user_call()
 def zeros_like(x):
     """Zeros with x's (runtime) shape, batch included."""
     return mul(ones_like(x), 0.0)

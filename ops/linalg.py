@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, broadcast_shapes, format_shape
 from .shape import transpose
@@ -32,6 +34,9 @@ class MatMul(Op):
     def ref(self, a, b):
         return np.matmul(a, b)
 
+    def flops(self, out, a, b):
+        return 2 * math.prod(out) * a[-1]
+
     def grad(self, g, out, a, b):
         return [matmul(g, swap_last(b)), matmul(swap_last(a), g)]
 
@@ -49,5 +54,6 @@ def swap_last(x):
     return transpose(x, perm)
 
 
+@user_call()
 def matmul(a, b):
     return apply(MatMul(), a, b)

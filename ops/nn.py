@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.errors import DTypeError, ShapeError
+from ..core.node import apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .elementwise import mul, sub
@@ -19,12 +19,12 @@ from .shape import broadcast_like, reshape
 def _check_labels(op: Op, labels: np.ndarray, depth: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= depth):
         bad = labels[(labels < 0) | (labels >= depth)][0]
-        raise ShapeError(f"op '{op.name}': label/id {bad} out of range [0, {depth})")
+        raise ShapeError(f"label/id {bad} out of range [0, {depth}); the step was not completed")
 
 
 def _int_type(op_name: str, t: TensorType, what: str) -> None:
     if t.dtype not in INT_DTYPES:
-        raise ShapeError(f"{what} must be int32 or int64, got {t.dtype}")
+        raise DTypeError(f"{what} must be int32 or int64, got {t.dtype}")
 
 
 class Softmax(Op):
@@ -169,19 +169,23 @@ class EmbeddingGrad(Op):
         return cls(vocab), Example([rng.standard_normal((dims[0], 3, 2)), ids], [True, False], {0: 0, 1: 0})
 
 
+@user_call()
 def softmax(x, axis: int = -1):
     return apply(Softmax(normalize_axes(axis, x.ndim)[0]), x)
 
 
+@user_call()
 def softmax_cross_entropy(logits, labels):
     """Mean over all rows of -log softmax(logits)[label]; stable for large logits."""
     return mean(apply(SoftmaxCrossEntropyRows(), logits, labels))
 
 
+@user_call()
 def one_hot(labels, depth: int, dtype="float32"):
     return apply(OneHot(int(depth), np.dtype(dtype)), labels)
 
 
+@user_call()
 def embedding(ids, table):
     return apply(Embedding(), ids, table)
 
@@ -189,6 +193,7 @@ def embedding(ids, table):
 _POOLS = {"avg": mean, "mean": mean, "sum": reduce_sum, "max": reduce_max, "min": reduce_min}
 
 
+@user_call()
 def global_pool(x, kind: str = "avg"):
     """Pool NCHW over both spatial axes -> NC."""
     if x.ndim != 4:
@@ -213,12 +218,14 @@ def _pool_windows(x, size, op_name: str):
     return reshape(x, (x.shape[0], x.shape[1], oh, sh, ow, sw))
 
 
+@user_call()
 def max_pool2d(x, size: int | tuple[int, int] = 2):
     """Max over non-overlapping size x size windows of NCHW input. A reshape (no copy) and one
     reduction, so it runs as fused native loops and differentiates like `max` (ties share)."""
     return reduce_max(_pool_windows(x, size, "max_pool2d"), (3, 5))
 
 
+@user_call()
 def avg_pool2d(x, size: int | tuple[int, int] = 2):
     """Mean over non-overlapping size x size windows of NCHW input (see max_pool2d)."""
     return mean(_pool_windows(x, size, "avg_pool2d"), (3, 5))

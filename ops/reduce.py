@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ..core.node import apply
+from ..core.node import apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, normalize_axes
 from .elementwise import div, equal, mul
@@ -98,10 +98,12 @@ class Count(Op):
         return [None]
 
 
+@user_call()
 def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name
     return apply(Sum(normalize_axes(axis, x.ndim), keepdims), x)
 
 
+@user_call()
 def mean(x, axis=None, keepdims: bool = False):
     axes = normalize_axes(axis, x.ndim)
     total = sum(x, axes, keepdims)
@@ -110,9 +112,11 @@ def mean(x, axis=None, keepdims: bool = False):
     return mul(total, 1.0 / math.prod(x.shape[a] for a in axes))
 
 
+@user_call()
 def max(x, axis=None, keepdims: bool = False):  # noqa: A001
     return apply(Max(normalize_axes(axis, x.ndim), keepdims), x)
 
 
+@user_call()
 def min(x, axis=None, keepdims: bool = False):  # noqa: A001
     return apply(Min(normalize_axes(axis, x.ndim), keepdims), x)

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
-from ..core.node import apply
+from ..core.errors import DTypeError, GraphError, ShapeError
+from ..core.node import apply, user_call
 from ..core.op import Example, Op
 from ..core.types import Shape, TensorType, broadcast_shapes, format_shape, normalize_axes, normalize_shape
 
@@ -236,7 +236,7 @@ class Concat(Op):
         axis = self.axis
         dtypes = {x.dtype for x in xs}
         if len(dtypes) > 1:
-            raise ShapeError(f"mixed dtypes {sorted(map(str, dtypes))}")
+            raise DTypeError(f"mixed dtypes {sorted(map(str, dtypes))}")
         for x in xs:
             if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis):
                 raise ShapeError(f"shapes differ outside axis {axis}")
@@ -325,6 +325,7 @@ class SumTo(Op):
         return cls((dims[1], 1)), Example([x], [True], {})
 
 
+@user_call()
 def reshape(x, shape: Sequence[int | None]):
     """Reshape; None keeps the batch dimension, -1 infers one static dimension."""
     shape = tuple(shape)
@@ -335,16 +336,19 @@ def reshape(x, shape: Sequence[int | None]):
     return apply(Reshape(normalize_shape(shape), x.shape), x)
 
 
+@user_call()
 def transpose(x, perm: Sequence[int] | None = None):
     """Permute axes (reverse them by default)."""
     perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
     return apply(Transpose(perm), x)
 
 
+@user_call()
 def getitem(x, index):
     return apply(Slice(_normalize_index(index, x.shape)), x)
 
 
+@user_call()
 def concat(xs: Sequence, axis: int = 0):
     xs = list(xs)
     if not xs:
@@ -352,9 +356,11 @@ def concat(xs: Sequence, axis: int = 0):
     return apply(Concat(normalize_axes(axis, xs[0].ndim)[0]), *xs)
 
 
+@user_call()
 def broadcast_like(x, like):
     return apply(BroadcastLike(), x, like)
 
 
+@user_call()
 def sum_to(x, shape: Shape):
     return apply(SumTo(tuple(shape)), x)

@@ -3,6 +3,7 @@ and checked by a SHA-256 so that a torn or corrupted file is never loaded."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -48,7 +49,10 @@ def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], state: Mappi
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    """Parameters, state and step of a checkpoint, after checking its integrity."""
+    """Parameters, state and step of a checkpoint, after checking its integrity; FileNotFoundError
+    if there is no file at `path`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no checkpoint file", os.fspath(path))
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
