@@ -89,10 +89,12 @@ def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) 
     debug = os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
     for name, run_pass in pipeline:
         program = run_pass(program)
-        if debug:
-            print(f"== after {name}: {len(program.nodes)} nodes", file=sys.stderr)
-            if program.nodes:
-                print(format_program(program), file=sys.stderr)
+        if debug:  # the nodes the pass left: before prune fills program.nodes, those the roots reach
+            nodes = program.nodes or tuple(ancestors(program.roots + list(program.grads)))
+            extra = f", {len(program.grads)} gradients" if program.grads else ""
+            extra += f", {len(program.updates)} updates" if program.updates else ""
+            print(f"== after {name}: {len(nodes)} nodes{extra}", file=sys.stderr)
+            print(format_program(program.with_(nodes=nodes)), file=sys.stderr)
             for index, kernel in enumerate(program.kernels if name == "fuse" else ()):
                 members = ", ".join(n.label for n in kernel.nodes)
                 print(f"  kernel {index} {kernel.kind} {kernel.domain}: {members}", file=sys.stderr)
