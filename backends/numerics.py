@@ -38,7 +38,7 @@ def first_non_finite(nodes: Iterable[Node], value_of: Callable[[Node], object]) 
 
 def compiler_role(node: Node, program: Program) -> str:
     """For a node the compiler made (no user call made it): what it is part of."""
-    if node.call is not None or not node.inputs or any(node is n for n in program.outputs):
+    if node.call is not None or not node.inputs or any(n is node for n in program.graph.nodes()):
         return ""
     for leaf, new in program.updates:
         if any(n is node for n in ancestors([new])) and not any(n is node for n in ancestors(list(program.grads))):

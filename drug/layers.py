@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -23,6 +24,13 @@ from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transp
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
+
+
+def activation_name(activation: Activation) -> str | None:
+    """How `repr` shows an activation: its name, or a function's name."""
+    if activation is None or isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", repr(activation))
 
 
 def activation_fn(activation: Activation) -> Callable[[Node], Node]:
@@ -68,6 +76,19 @@ class Layer:
         """The layer's parameter nodes (empty until its first call), e.g. for `compile(params=...)`."""
         return list(self.params.values())
 
+    def config(self) -> list[str]:
+        """The constructor arguments that differ from the defaults, as `repr` shows them."""
+        return []
+
+    def __repr__(self) -> str:
+        args = ", ".join(self.config() + ([f"name={self.name!r}"] if self.name else []))
+        head = f"{type(self).__name__}({args})"
+        if not self.params:
+            return f"{head} (not built yet)"
+        shapes = ", ".join(f"{p.name} {format_shape(p.shape)}" for p in self.params.values())
+        total = sum(math.prod(p.shape) for p in self.params.values())
+        return f"{head}: {shapes}; {total:,} parameters"
+
     def _bind(self, x: Node) -> bool:
         """Attach to x's graph; True on the first call, when parameters must be created."""
         if not isinstance(x, Node):
@@ -112,6 +133,13 @@ class Dense(Layer):
         super().__init__(name)
         self.units, self.bias, self.init = int(units), bias, init
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
+
+    def config(self) -> list[str]:
+        out = [str(self.units)]
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        out += ["bias=False"] if not self.bias else []
+        return out + ([f"init={self.init!r}"] if self.init != "xavier" else [])
 
     @layer_call
     def __call__(self, x: Node) -> Node:
@@ -145,6 +173,15 @@ class Conv2D(Layer):
         self.filters, self.kernel_size, self.bias = int(filters), k, bias
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
+
+    def config(self) -> list[str]:
+        out = [str(self.filters), f"kernel_size={self.kernel_size}"]
+        out += [f"stride={self.stride}"] if self.stride != 1 else []
+        out += [f"padding={self.padding!r}"] if self.padding != "valid" else []
+        out += [f"pad_mode={self.pad_mode!r}"] if self.pad_mode != "zeros" else []
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        return out + (["bias=False"] if not self.bias else [])
 
     @layer_call
     def __call__(self, x: Node) -> Node:
@@ -170,6 +207,9 @@ class Embedding(Layer):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
+    def config(self) -> list[str]:
+        return [str(self.vocab), str(self.dim)] + ([f"init={self.init!r}"] if self.init != "xavier" else [])
+
     @layer_call
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
@@ -185,6 +225,9 @@ class _Recurrent(Layer):
     def __init__(self, hidden: int, name: str | None = None):
         super().__init__(name)
         self.hidden = int(hidden)
+
+    def config(self) -> list[str]:
+        return [str(self.hidden)]
 
     def _build(self, x: Node) -> None:
         if self._bind(x):
@@ -251,6 +294,10 @@ class RNNCell(_Recurrent):
     def __init__(self, hidden: int, activation: Activation = "tanh", name: str | None = None):
         super().__init__(hidden, name)
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
+
+    def config(self) -> list[str]:
+        return super().config() + ([f"activation={self._activation!r}"] if self._activation != "tanh" else [])
 
     def step(self, projected: Node, h: Node | None) -> Node:
         return self.activation(projected if h is None else projected + h @ self.u)
