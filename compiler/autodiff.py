@@ -59,7 +59,28 @@ def _sum(parts: list[Node]) -> Node | None:
 
 @user_call()
 def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
-    """Symbolic gradient of (the sum of) y w.r.t. one node or a list of nodes."""
+    """The gradient of (the sum of) `y` with respect to one node or a list of nodes, as new
+    graph nodes you can compile, evaluate or differentiate again.
+
+    Args:
+        y: A float node (non-scalars are summed first).
+        xs: A node (input, parameter or any intermediate) or a list of them.
+
+    Returns:
+        A node shaped like `xs` (a list of them for a list); a node `y` does not depend on gets
+        zeros.
+
+    Raises:
+        GraphError: An op on the path has no gradient rule.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dx = dg.grad(dg.sum(x * x), x)
+        >>> dx.eval(x=np.array([[1.0, -3.0]], np.float32))
+        array([[ 2., -6.]], dtype=float32)
+    """
     single = isinstance(xs, Node)
     result = gradients(y, [xs] if single else list(xs))
     return result[0] if single else result
@@ -67,8 +88,30 @@ def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
 
 @user_call()
 def jacobian(y: Node, x: Node) -> Node:
-    """The jacobian, shape y.shape + x.shape. When y and x both lead with the batch axis the
-    examples are independent and the result is per example: (batch, *y.shape[1:], *x.shape[1:])."""
+    """The jacobian of `y` with respect to `x` (reverse mode, one gradient per element of y).
+
+    Args:
+        y: A float node; only a leading batch axis may be None.
+        x: A node y depends on. When y and x both lead with the batch axis, examples are
+            independent and the jacobian is per example.
+
+    Returns:
+        A node of shape y.shape + x.shape, or (batch, *y.shape[1:], *x.shape[1:]) per example.
+
+    Raises:
+        GraphError: y is batched and x is not, or y has a symbolic axis besides the first.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> jac = dg.jacobian(x * x, x)
+        >>> jac.shape
+        (None, 2, 2)
+        >>> jac.eval(x=np.array([[1.0, 3.0]], np.float32))
+        array([[[2., 0.],
+                [0., 6.]]], dtype=float32)
+    """
     batched = y.ndim > 0 and y.shape[0] is None
     if batched and not (x.ndim > 0 and x.shape[0] is None):
         raise GraphError(
@@ -91,9 +134,28 @@ def jacobian(y: Node, x: Node) -> Node:
 
 @user_call()
 def jvp(y: Node, x: Node, v: Node) -> Node:
-    """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
-    derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
-    the gradient of <Jᵀu, v> with respect to u is J·v; u's value never matters."""
+    """The Jacobian-vector product J·v: the forward-mode derivative of `y` along `v`. Built by
+    transposing the reverse pass: u ↦ Jᵀu is linear in u, so the gradient of <Jᵀu, v> with
+    respect to u is J·v; u's value never matters.
+
+    Args:
+        y: A float node.
+        x: A node y depends on.
+        v: The tangent, shaped like x.
+
+    Returns:
+        A node shaped like y.
+
+    Raises:
+        GraphError: v's shape differs from x's.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x, v = g.input("x", (None, 2)), g.input("v", (None, 2))
+        >>> dg.jvp(x * x, x, v).eval(x=np.array([[1.0, 3.0]], np.float32), v=np.ones((1, 2), np.float32))
+        array([[2., 6.]], dtype=float32)
+    """
     if v.shape != x.shape:
         raise GraphError(f"jvp: tangent {v.describe()} must have the shape of {x.describe()}")
     u = zeros_like(y)  # a stand-in cotangent shaped like y (batch included)
@@ -103,7 +165,28 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
 
 @user_call()
 def hessian_vector_product(loss: Node, x: Node, v: Node) -> Node:
-    """H·v for a scalar loss, v shaped like x: the gradient of <∇loss, v> (reverse over reverse)."""
+    """H·v, the Hessian of a scalar `loss` times `v`: the gradient of <∇loss, v> (reverse over
+    reverse), without forming H.
+
+    Args:
+        loss: A float scalar node.
+        x: A node the loss depends on.
+        v: A node shaped like x.
+
+    Returns:
+        A node shaped like x.
+
+    Raises:
+        GraphError: The loss is not a scalar, or v's shape differs from x's.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x, v = g.input("x", (3,)), g.input("v", (3,))
+        >>> hv = dg.hessian_vector_product(dg.sum(x * x * x), x, v)
+        >>> hv.eval(x=np.array([1.0, 2.0, 3.0], np.float32), v=np.ones(3, np.float32))
+        array([ 6., 12., 18.], dtype=float32)
+    """
     if loss.shape != ():
         raise GraphError(f"hessian_vector_product needs a scalar loss, got {loss.describe()}")
     if v.shape != x.shape:

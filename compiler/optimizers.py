@@ -32,6 +32,12 @@ class Optimizer:
 
     Raises:
         ValueError: A beta outside [0, 1), or a negative lr or epsilon.
+
+    Example:
+        >>> import drug as dg
+        >>> adam_without_correction = dg.Optimizer(1e-3, 0.9, 0.999)
+        >>> adam_without_correction.bias_correction
+        False
     """
 
     lr: float

@@ -117,6 +117,11 @@ class Graph:
         )
 
     def __getitem__(self, name: str) -> Node:
+        """The node named `name` (inputs, parameters, and nodes named with `node.named(...)`).
+
+        Raises:
+            GraphError: No node has that name (the message lists the names).
+        """
         try:
             return self._named[name]
         except KeyError:
@@ -127,6 +132,7 @@ class Graph:
 
     @property
     def parameters(self) -> list[Node]:
+        """The parameter nodes, in the order they were declared (their values: `g.params`)."""
         return [n for n in self._named.values() if isinstance(n.op, ParameterOp)]
 
     def _register(self, node: Node, name: str) -> None:
@@ -146,13 +152,56 @@ class Graph:
         return node
 
     def input(self, name: str, shape: Sequence[int | None], dtype: str | None = None) -> Node:
-        """A value fed at each call; a None dimension is the batch size, bound per call."""
+        """A value fed at each call of a compiled function, by name.
+
+        Args:
+            name: The feed's name (`train(x=...)`); unique in the graph.
+            shape: The shape; one None dimension is the batch size, bound per call (every
+                batched feed of a call must agree on it).
+            dtype: "float32", "float64", "int32" or "int64" (default: the graph's dtype).
+
+        Returns:
+            The input node.
+
+        Raises:
+            GraphError: The name is taken or empty.
+            ShapeError: A negative dimension, or more than one None.
+
+        Example:
+            >>> import drug as dg
+            >>> g = dg.Graph()
+            >>> g.input("labels", (None,), dtype="int32")
+            <labels = input : (None,) int32>
+        """
         return self._leaf(InputOp(), TensorType(normalize_shape(shape), self._dtype(dtype)), name)
 
     def parameter(
         self, name: str, shape: Sequence[int], init: str | np.ndarray = "xavier", dtype: str | None = None
     ) -> Node:
-        """A trained value owned by the graph; Xavier (Glorot uniform) unless `init` says otherwise."""
+        """A trained value owned by the graph; its live array is `g.params[name]`.
+
+        Args:
+            name: Unique in the graph; checkpoints store the value under it.
+            shape: A static shape (no batch dimension).
+            init: "xavier" (or "glorot": uniform in ±sqrt(6 / (fan_in + fan_out)), the default),
+                "normal" (Gaussian with variance 2 / (fan_in + fan_out)), "zeros", "ones", or an
+                array of this shape. Fans follow Glorot: (in, out) matrices, OIHW kernels.
+            dtype: Default: the graph's dtype.
+
+        Returns:
+            The parameter node.
+
+        Raises:
+            GraphError: The name is taken, an unknown init, or an init array of another shape.
+            ShapeError: A None dimension.
+
+        Example:
+            >>> import drug as dg
+            >>> g = dg.Graph(seed=0)
+            >>> w = g.parameter("w", (784, 256))
+            >>> g.params["w"].shape, bool(abs(g.params["w"]).max() <= (6 / (784 + 256)) ** 0.5)
+            ((784, 256), True)
+        """
         shape = normalize_shape(shape)
         if None in shape:
             raise ShapeError(f"parameter '{name}' {format_shape(shape)}: parameters cannot have a batch dimension")
@@ -165,7 +214,23 @@ class Graph:
         return node
 
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:
-        """A fixed value baked into the compiled code; float data takes the graph's dtype."""
+        """A fixed value baked into the compiled code (Python numbers and arrays given to ops
+        become constants by themselves).
+
+        Args:
+            value: A number or an array.
+            name: Optional, to find it with `g[name]`.
+            dtype: Default: float data takes the graph's dtype, integers int32 (int64 if wider).
+
+        Returns:
+            The constant node (read-only value).
+
+        Example:
+            >>> import drug as dg
+            >>> g = dg.Graph()
+            >>> g.constant([1.0, 2.0])
+            <constant#... = constant(shape=(2,)) : (2,) float32>
+        """
         array = np.asarray(value)
         if dtype is not None:
             array = array.astype(dtype)

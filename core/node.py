@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
@@ -134,6 +134,10 @@ def building_internally() -> bool:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# What op functions take as inputs: graph nodes, and Python numbers or NumPy arrays, which become
+# constants (a number takes the dtype of the other float operands).
+Operand: TypeAlias = "Node | float | int | np.ndarray"
+
 
 def user_call(kind: str = "op") -> Callable[[F], F]:
     """Decorate a public op function: the nodes it makes share one `Call`, and a `GraphError`
@@ -245,6 +249,8 @@ class Node:
         return self
 
     def __repr__(self) -> str:
+        if not self.inputs:  # a leaf: input, parameter, constant, optimizer state
+            return f"<{self.label} = {self.op!r} : {self.type}>"
         args = ", ".join(i.label for i in self.inputs)
         return f"<{self.label} = {self.op!r}({args}) : {self.type}>"
 

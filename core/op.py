@@ -35,7 +35,27 @@ class Example:
 
 
 class Op:
-    """Subclass to define an op. Attributes set in __init__ are its (hashable) parameters."""
+    """Subclass to define an op: a name, a shape rule (`infer`), a NumPy forward (`ref`) and a
+    gradient rule written with graph ops (`grad`). Attributes set in `__init__` are its
+    (hashable) parameters. An op without a native kernel runs in native steps through a Python
+    callback of its `ref` (correct, slower); apply it with `MyOp(...)(x, ...)`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> class Cube(dg.Op):
+        ...     name = "cube"
+        ...     arity = 1
+        ...     def infer(self, x):
+        ...         return x                        # same shape and dtype
+        ...     def ref(self, x):
+        ...         return x**3
+        ...     def grad(self, g, out, x):
+        ...         return [g * 3.0 * x * x]        # graph ops, so it differentiates again
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.grad(dg.sum(Cube()(x)), x).eval(x=np.array([[1.0, 2.0]], np.float32))
+        array([[ 3., 12.]], dtype=float32)
+    """
 
     name: ClassVar[str] = ""
     arity: ClassVar[int | None] = None  # None: any number of inputs (n-ary)

@@ -82,7 +82,7 @@ class Graph(CoreGraph):
             >>> import drug as dg, numpy as np
             >>> g = dg.Graph(seed=0)
             >>> x, y = g.input("x", (None, 4)), g.input("y", (None,), dtype="int32")
-            >>> logits = x @ g.parameter("w", (4, 3))
+            >>> logits = x @ g.parameter("w", (4, 3), init="zeros")
             >>> train = g.compile(loss=dg.softmax_cross_entropy(logits, y), optimizer=dg.SGD(0.1))
             >>> loss = train(x=np.ones((8, 4), np.float32), y=np.zeros(8, np.int32))
             >>> round(loss, 4)
@@ -131,6 +131,12 @@ class Graph(CoreGraph):
         Render it with `dg.render_dot(g.to_dot(), "graph.svg")` (needs `pip install
         "drug[graphviz]"` and the Graphviz program), or paste it into any DOT viewer. The
         compiled program, with one cluster per fused kernel, is `compiled.to_dot()`.
+
+        Args:
+            outputs: Draw only what these nodes depend on (default: every node made so far).
+
+        Returns:
+            The DOT source text.
 
         Example:
             >>> import drug as dg
@@ -192,7 +198,21 @@ def render_dot(source: str, path: str, format: str | None = None) -> str:
     the format (svg, png, pdf); returns the path. Needs the optional `graphviz` package
     (`pip install "drug[graphviz]"`) and the Graphviz program (`apt-get install graphviz`).
 
+    Args:
+        source: DOT text.
+        path: The file to write.
+        format: Overrides the format the suffix gives.
+
+    Returns:
+        The path written.
+
     Raises:
         ImportError: The `graphviz` package is not installed.
+
+    Example:
+        ```python
+        dg.render_dot(g.to_dot(), "model.svg")
+        dg.render_dot(train.to_dot(), "kernels.png")
+        ```
     """
     return visualize.render(source, path, format)

@@ -93,10 +93,12 @@ class CompiledFunction:
 
     @property
     def trains(self) -> bool:
+        """Whether a call updates parameters (a train step)."""
         return bool(self.program.updates)
 
     @property
     def params(self) -> list[str]:
+        """The names of the parameters the function reads (and a train step updates)."""
         return [n.name for n in self.program.leaves(ParameterOp)]
 
     @property
@@ -142,6 +144,13 @@ class CompiledFunction:
             ShapeError: A feed of the wrong shape, a label or id out of range (nothing is updated).
             DTypeError: A feed of the wrong dtype.
             NonFiniteError: With `debug_numerics=True`, a node produced NaN or Inf (nothing is updated).
+
+        Example:
+            ```python
+            loss = train(x=images[:128], y=labels[:128])   # one train step
+            logits = predict(x=images[:10])                # (10, 10)
+            predict(x=images[:10], out=buffer)             # into your own array
+            ```
         """
         arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
         first = 1 if self.program.loss is not None else 0
@@ -322,18 +331,39 @@ class CompiledFunction:
         return self._executor.asm()
 
     def save(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state and step count, written atomically (never mid-step)."""
+        """Write the parameters, the optimizer state and the step count to `path` (an .npz),
+        atomically: a crash mid-save leaves the previous file loadable; never mid-step.
+
+        Args:
+            path: The file to write (replaced if it exists).
+
+        Example:
+            ```python
+            train.save("mnist.npz")
+            train.load("mnist.npz")     # the same or a freshly compiled step of the same graph
+            predict.load("mnist.npz")   # a predictor takes the parameters only
+            ```
+        """
         with self._lock:
             params = {name: self.program.graph.params[name] for name in self.params}
             checkpoint.save(path, params, self.state, self.step_count)
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint; on any mismatch raise and change nothing.
+        """Restore a checkpoint written by `save` (or by an AOT library); on any mismatch raise
+        and change nothing. A predictor takes the parameters of a train step's checkpoint.
+
+        Args:
+            path: The .npz file.
 
         Raises:
             FileNotFoundError: There is no file at `path`.
             GraphError: The file is damaged or not a checkpoint, or its parameters or optimizer
                 state do not fit this function (the message names each difference).
+
+        Example:
+            ```python
+            train.load("mnist.npz")     # parameters, optimizer state, step count
+            ```
         """
         params, state, step = checkpoint.read(path)
         current = {name: self.program.graph.params[name] for name in self.params}
