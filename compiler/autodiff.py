@@ -68,7 +68,7 @@ def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
 
     Returns:
         A node shaped like `xs` (a list of them for a list); a node `y` does not depend on gets
-        zeros.
+            zeros.
 
     Raises:
         GraphError: An op on the path has no gradient rule.

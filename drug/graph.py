@@ -69,9 +69,9 @@ class Graph(CoreGraph):
 
         Returns:
             A `CompiledFunction`: call it with feeds by input name, e.g.
-            `train(x=images, y=labels)`. A train step and an evaluator return the loss as a
-            float (a tuple `(loss, *outputs)` when outputs are compiled too); a predictor
-            returns its output array (a tuple if several).
+                `train(x=images, y=labels)`. A train step and an evaluator return the loss as a
+                float (a tuple `(loss, *outputs)` when outputs are compiled too); a predictor
+                returns its output array (a tuple if several).
 
         Raises:
             GraphError: Nothing to compile, an optimizer without a loss, nothing to train, a
@@ -109,16 +109,17 @@ class Graph(CoreGraph):
             >>> import drug as dg
             >>> g = dg.Graph()
             >>> x = g.input("x", (None, 784))
-            >>> h = dg.layers.Dense(256, "relu", name="fc1")(x)
-            >>> print(g.summary())  # doctest: +NORMALIZE_WHITESPACE
-            layer / op    output   shape        dtype    params
-            ---------------------------------------------------
-            input         x        (None, 784)  float32
-            fc1 (Dense)   fc1#...  (None, 256)  float32  200,960
-            ---------------------------------------------------
+            >>> h = dg.layers.Dense(256, "relu", name="fc1")(x).named("h")
+            >>> print(g.summary())
+            layer / op   output  shape        dtype     params
+            --------------------------------------------------
+            input        x       (None, 784)  float32
+            fc1 (Dense)  h       (None, 256)  float32  200,960
+            --------------------------------------------------
             parameters: 200,960 (785 KiB)
-            values: 3 KiB per example (forward values before fusion and memory reuse: an upper bound of the native
-            arena for inference; a train step also holds gradients, about twice as much)
+            values: 3 KiB per example
+              (forward values before fusion and memory reuse: an upper bound of the native arena
+              for inference; a train step also holds the gradients, about twice as much)
         """
         nodes = self.nodes() if outputs is None else ancestors(as_node_list(outputs))
         return summaries.summarize(nodes, batch)

@@ -14,6 +14,8 @@ import math
 import weakref
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from .compiler.scan import scan as scan_loop
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
@@ -22,6 +24,7 @@ from .core.types import format_shape
 from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
 
 Activation = str | Callable[[Node], Node] | None
+Init = str | np.ndarray  # a parameter's init: "xavier", "normal", "zeros", "ones" or an array
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
 
@@ -159,7 +162,14 @@ class Dense(Layer):
 
     kind = "dense"
 
-    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init="xavier", name=None):
+    def __init__(
+        self,
+        units: int,
+        activation: Activation = None,
+        bias: bool = True,
+        init: Init = "xavier",
+        name: str | None = None,
+    ):
         super().__init__(name)
         self.units, self.bias, self.init = int(units), bias, init
         self.activation = activation_fn(activation)
@@ -272,7 +282,7 @@ class Embedding(Layer):
 
     kind = "embedding"
 
-    def __init__(self, vocab: int, dim: int, init="xavier", name: str | None = None):
+    def __init__(self, vocab: int, dim: int, init: Init = "xavier", name: str | None = None):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 

@@ -30,7 +30,7 @@ class KernelProfile:
     name: str  # kind and ops, e.g. "loop_add_relu" or "op_matmul"
     nodes: list[str]  # the labels of its nodes
     origin: list[str]  # what the user called to make them: layers, op calls, "gradient of fc1", ...
-    seconds: float  # mean time per step
+    seconds: float  # median time per step
     share: float  # of the sum of all kernels' times
     flops: int | None  # floating-point operations per step (GEMMs, convolutions), else None
     bytes: int  # bytes its buffers hold (each read or written once at least)
@@ -47,7 +47,8 @@ class KernelProfile:
 
 @dataclass
 class Profile:
-    """Per-kernel times of `steps` calls of a compiled function at one batch size.
+    """Per-kernel times of `steps` calls of a compiled function at one batch size (medians over
+    the steps, so that a step another process preempted does not distort them).
 
     `str(profile)` (or `profile.table()`) is the table; `profile.write_trace(path)` writes a
     Chrome / Perfetto trace (open it at ui.perfetto.dev or chrome://tracing)."""
@@ -62,15 +63,15 @@ class Profile:
 
     @property
     def kernel_seconds(self) -> float:
-        """The sum of the kernels' mean times (kernels run at once in a group overlap)."""
+        """The sum of the kernels' median times (kernels run at once in a group overlap)."""
         return sum(k.seconds for k in self.kernels)
 
     def table(self, top: int | None = None) -> str:
         """The kernels, slowest first (`top` of them), as a text table."""
         call = f", call {_ms(self.call_seconds)}" if self.call_seconds is not None else ""
         lines = [
-            f"{self.title}: batch {self.batch}, {self.steps} steps; median native step {_ms(self.step_seconds)}{call}, "
-            f"{len(self.kernels)} kernels"
+            f"{self.title}: batch {self.batch}, medians of {self.steps} steps; native step {_ms(self.step_seconds)}"
+            f"{call}, {len(self.kernels)} kernels"
         ]
         rows = sorted(self.kernels, key=lambda k: -k.seconds)[:top]
         header = ("#", "kernel", "made by", "time", "share", "rate")
@@ -153,7 +154,8 @@ def build_profile(
     stacked = np.stack(spans) if spans else np.zeros((0, len(kernels), 3), np.int64)
     ran = stacked[:, :, START] > 0
     durations = np.where(ran, stacked[:, :, END] - stacked[:, :, START], 0) / 1e9
-    means = durations.mean(axis=0) if len(spans) else np.zeros(len(kernels))
+    # medians: a step preempted by another process would otherwise inflate every figure
+    means = np.median(durations, axis=0) if len(spans) else np.zeros(len(kernels))
     total = float(means.sum()) or 1.0
     transposed = schedule.transposed if schedule is not None else set()
     rows = [

@@ -124,7 +124,7 @@ class CompiledFunction:
             raise GraphError("this compiled function has no optimizer, so no learning rate")
         return self.state[LR_KEY]
 
-    def __call__(self, feeds: dict[str, Any] | None = None, /, *, out: Any = None, **named: Any):
+    def __call__(self, feeds: dict[str, Any] | None = None, /, *, out: Any = None, **named: Any) -> Any:
         """Run one step: a train step returns the loss (a float) after updating the parameters,
         an evaluator the loss, a predictor its output array (a tuple if several).
 
@@ -137,7 +137,7 @@ class CompiledFunction:
 
         Returns:
             The loss as a float (train step, evaluator; `(loss, *outputs)` when `outputs` were
-            compiled too), else the output array or a tuple of them.
+                compiled too), else the output array or a tuple of them.
 
         Raises:
             GraphError: Unknown or missing feeds; NaN/Inf in a feed with `check_finite=True`.
@@ -279,8 +279,9 @@ class CompiledFunction:
             **named: Arrays by input name.
 
         Returns:
-            A `Profile`: `print(profile)` shows the kernels, slowest first, with their nodes,
-            mean time, share and GFLOP/s (GEMMs, convolutions) or GB/s.
+            A `Profile`: `print(profile)` shows the kernels, slowest first, with what made them
+                (layers, gradients, updates), median time, share and GFLOP/s (GEMMs, convolutions)
+                or GB/s.
 
         Raises:
             GraphError: The backend cannot profile (the "numpy" reference backend).

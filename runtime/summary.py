@@ -56,8 +56,9 @@ class Summary:
             values += f" + {format_bytes(self.fixed_activation_bytes)}"
         if self.batch is not None:
             values += f"; {format_bytes(self.activation_bytes(self.batch))} at batch {self.batch}"
-        out.append(values + " (forward values before fusion and memory reuse: an upper bound of the native")
-        out.append("arena for inference; a train step also holds gradients, about twice as much)")
+        out.append(values)
+        out.append("  (forward values before fusion and memory reuse: an upper bound of the native arena")
+        out.append("  for inference; a train step also holds the gradients, about twice as much)")
         return "\n".join(out)
 
     __str__ = table

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 
 from ..compiler.fusion import is_inline
 from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
-from ..core.node import Call, Node
+from ..core.node import COMPILER_KINDS, Call, Node
 from ..core.program import Program
 from ..core.types import format_shape
 
@@ -27,11 +27,15 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _node_line(node: Node, extra: str = "") -> str:
+def _node_line(node: Node, extra: str = "", origin: bool = False) -> str:
+    """One DOT node: label, op (with its scalar constants), shape and dtype; `origin` adds what
+    made it when the compiler did (a gradient, an optimizer update)."""
     style = next((s for cls, s in _STYLE.items() if isinstance(node.op, cls)), _OP_STYLE)
     constants = [f"{i.op.value.item():g}" for i in node.inputs if is_inline(i)]
     op = node.op.name + (f" ({', '.join(constants)})" if constants else "")
-    lines = [node.label] + ([op] if node.inputs else []) + [f"{format_shape(node.shape)} {node.dtype}"]
+    made_by = [node.call.name] if origin and node.call is not None and node.call.kind in COMPILER_KINDS else []
+    shows_op = node.inputs and not (node.label.startswith(f"{node.op.name}#") and not constants)
+    lines = [node.label] + ([op] if shows_op else []) + made_by + [f"{format_shape(node.shape)} {node.dtype}"]
     text = quote("\n".join(lines))
     return f"  n{node.id} [label={text}, {style}{extra}];"
 
@@ -46,7 +50,11 @@ def graph_dot(nodes: Sequence[Node], outputs: Sequence[Node] = (), title: str = 
     shown = [n for n in nodes if not is_inline(n)]
     ids = {n.id for n in shown}
     marked = {o.id for o in outputs}
-    lines = ["digraph drug {", f"  label={quote(title)}; labelloc=t; rankdir=TB;", "  node [fontname=Helvetica];"]
+    lines = [
+        "digraph drug {",
+        f"  label={quote(title)}; labelloc=t; rankdir=TB;",
+        "  graph [fontname=Helvetica]; node [fontname=Helvetica];",
+    ]
     calls: dict[int, tuple[Call, list[Node]]] = {}
     for node in shown:
         if node.call is not None:
@@ -76,19 +84,23 @@ def program_dot(program: Program, title: str = "compiled function") -> str:
     ids = {n.id for n in nodes}
     outputs = {o.id for o in program.outputs}
     kernels = program.schedule.kernels if program.schedule is not None else []
-    lines = ["digraph drug {", f"  label={quote(title)}; labelloc=t; rankdir=TB;", "  node [fontname=Helvetica];"]
+    lines = [
+        "digraph drug {",
+        f"  label={quote(title)}; labelloc=t; rankdir=TB;",
+        "  graph [fontname=Helvetica]; node [fontname=Helvetica];",
+    ]
     placed: set[int] = set()
     for index, kernel in enumerate(kernels):
         domain = f" over {format_shape(kernel.domain)}" if kernel.kind == "loop" else ""
         lines.append(f"  subgraph cluster_kernel{index} {{")
-        lines.append(f'    label={quote(f"kernel {index}: {kernel.kind}{domain}")}; style=filled; color="#e0e7ff";')
+        lines.append(f'    label={quote(f"kernel {index}: {kernel.name}{domain}")}; style=filled; color="#e0e7ff";')
         for node in kernel.nodes:
-            lines.append("  " + _node_line(node, ", peripheries=2" if node.id in outputs else ""))
+            lines.append("  " + _node_line(node, ", peripheries=2" if node.id in outputs else "", origin=True))
             placed.add(node.id)
         lines.append("  }")
     for node in nodes:
         if node.id not in placed:
-            lines.append(_node_line(node, ", peripheries=2" if node.id in outputs else ""))
+            lines.append(_node_line(node, ", peripheries=2" if node.id in outputs else "", origin=True))
     lines += _edges(nodes, ids)
     for leaf, new in program.updates:
         if leaf.id in ids and new.id in ids:

@@ -46,7 +46,7 @@ def test_profile_times_every_kernel_and_changes_nothing(tmp_path):
     assert gemm.flops == 2 * 16 * 64 * 32 and gemm.rate.endswith("GFLOP/s")
     assert any(k.rate.endswith("GB/s") for k in profile.kernels)
     table = str(profile)
-    assert table.startswith("profile of train step: batch 16, 5 steps")
+    assert table.startswith("profile of train step: batch 16, medians of 5 steps")
     assert "kernel" in table and "made by" in table and "share" in table
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     assert len(events) == 5 * train.kernel_count
@@ -99,7 +99,7 @@ def test_drug_profile_reports_at_exit(tmp_path):
     )
     env = {**os.environ, "DRUG_PROFILE": str(trace)}
     err = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stderr
-    assert "DRUG_PROFILE: train step: batch 5, 7 steps" in err
+    assert "DRUG_PROFILE: train step: batch 5, medians of 7 steps" in err
     assert f"trace written to {trace}" in err
     events = json.loads(trace.read_text())["traceEvents"]
     assert len({e["args"]["step"] for e in events}) == 7
