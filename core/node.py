@@ -48,12 +48,13 @@ class Call:
     call (softmax_cross_entropy: a per-row loss, then a mean) makes internal nodes the user never
     sees; errors about them name the call and its output, the node the user holds."""
 
-    __slots__ = ("name", "kind", "_output")
+    __slots__ = ("name", "kind", "_output", "composite")
 
     def __init__(self, name: str, kind: str = "op"):
         self.name = name  # the function's name ("softmax_cross_entropy") or the layer's ("dense1")
         self.kind = kind  # "op", or the layer's class name ("Dense")
         self._output: weakref.ref | None = None
+        self.composite = False  # it made more than one computing node
 
     @property
     def output(self) -> Node | None:
@@ -118,6 +119,7 @@ def recording(call: Call | None, force: bool = False) -> Iterator[list[Node]]:
     finally:
         stack.pop()
         if call is not None and (force or not outer):
+            call.composite = sum(1 for node in made if node.inputs) > 1
             for node in made:
                 node.call = call
         if force and outer:
@@ -210,7 +212,7 @@ class Node:
         if self.name is not None:
             return self.name
         call = self.call
-        if call is not None and call.name != self.op.name and call.output is self:
+        if call is not None and call.composite and call.name != self.op.name and call.output is self:
             return f"{call.name}#{self.id}"
         return f"{self.op.name}#{self.id}"
 
