@@ -17,7 +17,7 @@ from ..compiler.passes import Pass
 from ..core import memory
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
-from ..core.leaves import InputOp, ParameterOp
+from ..core.leaves import BufferOp, InputOp, ParameterOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape
@@ -175,26 +175,37 @@ class CompiledFunction:
         """The optimized machine code of the whole step, as assembly text (native backend)."""
         return self._executor.asm()
 
+    @property
+    def buffers(self) -> list[str]:
+        """The graph's state buffers this function reads or updates."""
+        return [n.name for n in self.program.leaves(BufferOp)]
+
     def save(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state and step count, written atomically (never mid-step)."""
+        """Parameters, state buffers, optimizer state and step count, written atomically (never mid-step)."""
+        graph = self.program.graph
         with self._lock:
-            params = {name: self.program.graph.params[name] for name in self.params}
-            checkpoint.save(path, params, self.state, self.step_count)
+            params = {name: graph.params[name] for name in self.params}
+            buffers = {name: graph.state[name] for name in self.buffers}
+            checkpoint.save(path, params, self.state, self.step_count, buffers)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint; on any mismatch raise and change nothing."""
-        params, state, step = checkpoint.read(path)
-        current = {name: self.program.graph.params[name] for name in self.params}
-        checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
+        loaded = checkpoint.read(path)
+        graph = self.program.graph
+        params = {name: graph.params[name] for name in self.params}
+        buffers = {name: graph.state[name] for name in self.buffers}
+        checkpoint.check_compatible("parameter", params, _only(loaded.params, params, self.trains), path)
+        checkpoint.check_compatible("state buffer", buffers, _only(loaded.buffers, buffers, self.trains), path)
         if self.trains:
-            checkpoint.check_compatible("optimizer state", self.state, state, path)
+            checkpoint.check_compatible("optimizer state", self.state, loaded.state, path)
         with self._lock:  # never mid-step
-            for name, value in current.items():
-                np.copyto(value, params[name])
+            for current, stored in ((params, loaded.params), (buffers, loaded.buffers)):
+                for name, value in current.items():
+                    np.copyto(value, stored[name])
             if self.trains:
                 for key, value in self.state.items():
-                    np.copyto(value, state[key])
-                self.step_count = step
+                    np.copyto(value, loaded.state[key])
+                self.step_count = loaded.step
 
 
 def _only(loaded: dict, current: dict, strict: bool) -> dict:
@@ -211,9 +222,10 @@ def compile_step(
     backend: str | None = None,
     check_finite: bool = False,
     gradient_passes: Sequence[tuple[str, Pass]] = (),
+    training: bool | None = None,
 ) -> CompiledFunction:
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
     `gradient_passes` as in compiler.build.build_program."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
-    program = build_program(graph, loss, outputs, optimizer, params, chosen.passes(), gradient_passes)
+    program = build_program(graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes)
     return CompiledFunction(program, chosen, check_finite)
