@@ -10,34 +10,36 @@ from typing import Any
 import numpy as np
 
 from .errors import GraphError, ShapeError
-from .leaves import ConstantOp, InputOp, ParameterOp, initial_value
+from .leaves import BufferOp, ConstantOp, InputOp, ParameterOp, initial_value
 from .node import Node
 from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
 
-class ParameterStore(Mapping[str, np.ndarray]):
-    """Live parameter buffers, by name (`g.params["w1"]`). Arrays are never replaced, so views
-    stay valid: train steps update them in place, and writing into them changes the model.
+class ArrayStore(Mapping[str, np.ndarray]):
+    """Live arrays of a graph by name: its parameters (`g.params["w1"]`), its state buffers
+    (`g.state`). Arrays are never replaced, so views stay valid: compiled steps update them in
+    place, and writing into them changes the model.
 
     Example:
         >>> import drug as dg
         >>> g = dg.Graph()
         >>> w = g.parameter("w", (3, 2), init="zeros")
         >>> g.params
-        ParameterStore(w (3, 2) float32; 6 values, 24 B)
+        ArrayStore(parameters: w (3, 2) float32; 6 values, 24 B)
         >>> g.params["w"].sum()
         np.float32(0.0)
     """
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "parameter", "state buffer": for error messages
         self._arrays: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
             return self._arrays[name]
         except KeyError:
-            raise GraphError(f"no parameter named '{name}'; parameters are {sorted(self._arrays)}") from None
+            raise GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._arrays)
@@ -50,18 +52,21 @@ class ParameterStore(Mapping[str, np.ndarray]):
 
     @property
     def size(self) -> int:
-        """Values in all parameters together."""
+        """Values in all arrays together."""
         return sum(a.size for a in self._arrays.values())
 
     @property
     def nbytes(self) -> int:
-        """Bytes of all parameters together."""
+        """Bytes of all arrays together."""
         return sum(a.nbytes for a in self._arrays.values())
 
     def __repr__(self) -> str:
+        if not self._arrays:
+            return f"ArrayStore({self.kind}s: none)"
         shown = [f"{k} {format_shape(a.shape)} {a.dtype}" for k, a in list(self._arrays.items())[:8]]
         more = f", ... {len(self) - 8} more" if len(self) > 8 else ""
-        return f"ParameterStore({', '.join(shown)}{more}; {self.size:,} values, {format_bytes(self.nbytes)})"
+        listed = ", ".join(shown) + more
+        return f"ArrayStore({self.kind}s: {listed}; {self.size:,} values, {format_bytes(self.nbytes)})"
 
 
 def format_bytes(n: int) -> str:
@@ -79,7 +84,8 @@ class Graph:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
-        self.params = ParameterStore()
+        self.params = ArrayStore("parameter")
+        self.state = ArrayStore("state buffer")  # not trained, updated by steps: batch-norm statistics, RNG counters
         self._named: dict[str, Node] = {}
         self._made: list[weakref.ref[Node]] = []  # nodes made at top level (not by the compiler)
 
@@ -211,6 +217,18 @@ class Graph:
         value = np.asarray(initial_value(name, shape, dt, init, self.rng), order="C")
         node = self._leaf(ParameterOp(), TensorType(shape, dt), name)
         self.params._add(name, value)
+        return node
+
+    def buffer(self, name: str, value: Any, dtype: str | None = None) -> Node:
+        """A state buffer: a value the graph owns that steps read and update in place without
+        training it (batch-norm running statistics, the random-number counter). Its initial
+        value is `value` (a number or an array; floats take the graph's dtype); it lives in
+        `graph.state[name]` and in checkpoints."""
+        if name in self._named:
+            raise GraphError(f"duplicate node name '{name}': {self._named[name]!r} already has it")
+        array = np.array(value, dtype=dtype or (self.dtype if np.asarray(value).dtype.kind == "f" else None))
+        node = self._leaf(BufferOp(), TensorType(array.shape, array.dtype), name)
+        self.state._add(name, array)
         return node
 
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:

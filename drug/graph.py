@@ -45,6 +45,7 @@ class Graph(CoreGraph):
         params: Sequence[Node | str] | None = None,
         backend: str | None = None,
         check_finite: bool = False,
+        training: bool | None = None,
         debug_numerics: bool = False,
     ) -> CompiledFunction:
         """Compile a train step (loss + optimizer), an evaluator (loss) or a predictor (outputs).
@@ -63,6 +64,8 @@ class Graph(CoreGraph):
                 or "numpy" (every op's NumPy reference: slow, the oracle tests compare with).
             check_finite: Refuse float feeds that hold NaN or Inf (GraphError naming the input;
                 nothing runs).
+            training: What mode-dependent ops (dropout, batch norm) compute: their training or
+                their inference behaviour. Default: training for a train step, inference otherwise.
             debug_numerics: Check every kernel's results; the first node that produces a NaN or
                 an Inf raises `dg.NonFiniteError` naming it and its inputs, and the step changes
                 nothing. Slower: a debugging aid.
@@ -89,7 +92,15 @@ class Graph(CoreGraph):
             1.0986
         """
         return compile_step(
-            self, loss, outputs, optimizer, params, backend, check_finite, debug_numerics=debug_numerics
+            self,
+            loss,
+            outputs,
+            optimizer,
+            params,
+            backend,
+            check_finite,
+            training=training,
+            debug_numerics=debug_numerics,
         )
 
     def summary(self, outputs: Node | Sequence[Node] | None = None, batch: int | None = None) -> summaries.Summary:

@@ -15,12 +15,13 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..compiler.build import build_program
+from ..compiler.interpret import live_array
 from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import Pass
 from ..core import memory
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
-from ..core.leaves import InputOp, ParameterOp
+from ..core.leaves import BufferOp, InputOp, ParameterOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape, format_shape
@@ -320,20 +321,22 @@ class CompiledFunction:
         return result
 
     def _updated_buffers(self) -> list[np.ndarray]:
-        """The parameter and state arrays a step writes."""
-        graph = self.program.graph
-        return [
-            graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
-            for leaf, _ in self.program.updates
-        ]
+        """The parameter, state-buffer and optimizer-state arrays a step writes."""
+        return [live_array(self.program, self.state, leaf) for leaf, _ in self.program.updates]
 
     def asm(self) -> str:
         """The optimized machine code of the whole step, as assembly text (native backend)."""
         return self._executor.asm()
 
+    @property
+    def buffers(self) -> list[str]:
+        """The graph's state buffers this function reads or updates."""
+        return [n.name for n in self.program.leaves(BufferOp)]
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write the parameters, the optimizer state and the step count to `path` (an .npz),
-        atomically: a crash mid-save leaves the previous file loadable; never mid-step.
+        """Write the parameters, the state buffers, the optimizer state and the step count to
+        `path` (an .npz), atomically: a crash mid-save leaves the previous file loadable; never
+        mid-step.
 
         Args:
             path: The file to write (replaced if it exists).
@@ -345,9 +348,11 @@ class CompiledFunction:
             predict.load("mnist.npz")   # a predictor takes the parameters only
             ```
         """
+        graph = self.program.graph
         with self._lock:
-            params = {name: self.program.graph.params[name] for name in self.params}
-            checkpoint.save(path, params, self.state, self.step_count)
+            params = {name: graph.params[name] for name in self.params}
+            buffers = {name: graph.state[name] for name in self.buffers}
+            checkpoint.save(path, params, self.state, self.step_count, buffers)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by `save` (or by an AOT library); on any mismatch raise
@@ -366,19 +371,23 @@ class CompiledFunction:
             train.load("mnist.npz")     # parameters, optimizer state, step count
             ```
         """
-        params, state, step = checkpoint.read(path)
-        current = {name: self.program.graph.params[name] for name in self.params}
-        checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
+        loaded = checkpoint.read(path)
+        graph = self.program.graph
+        params = {name: graph.params[name] for name in self.params}
+        buffers = {name: graph.state[name] for name in self.buffers}
+        checkpoint.check_compatible("parameter", params, _only(loaded.params, params, self.trains), path)
+        checkpoint.check_compatible("state buffer", buffers, _only(loaded.buffers, buffers, self.trains), path)
         if self.trains:
-            _check_optimizer(self.program.optimizer, self.state, state, path)
-            checkpoint.check_compatible("optimizer state", self.state, state, path)
+            _check_optimizer(self.program.optimizer, self.state, loaded.state, path)
+            checkpoint.check_compatible("optimizer state", self.state, loaded.state, path)
         with self._lock:  # never mid-step
-            for name, value in current.items():
-                np.copyto(value, params[name])
+            for current, stored in ((params, loaded.params), (buffers, loaded.buffers)):
+                for name, value in current.items():
+                    np.copyto(value, stored[name])
             if self.trains:
                 for key, value in self.state.items():
-                    np.copyto(value, state[key])
-                self.step_count = step
+                    np.copyto(value, loaded.state[key])
+                self.step_count = loaded.step
 
 
 def _state_roles(state: dict) -> set[str]:
@@ -418,13 +427,14 @@ def compile_step(
     backend: str | None = None,
     check_finite: bool = False,
     gradient_passes: Sequence[tuple[str, Pass]] = (),
+    training: bool | None = None,
     *,
     debug_numerics: bool = False,
 ) -> CompiledFunction:
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
     `gradient_passes` as in compiler.build.build_program."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
-    program = build_program(graph, loss, outputs, optimizer, params, chosen.passes(), gradient_passes)
+    program = build_program(graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes)
     return CompiledFunction(program, chosen, check_finite, debug_numerics)
 
 

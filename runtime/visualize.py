@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 
 from ..compiler.fusion import is_inline
-from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import COMPILER_KINDS, Call, Node
 from ..core.program import Program
 from ..core.types import format_shape
@@ -17,6 +17,7 @@ _STYLE = {
     InputOp: 'shape=ellipse, style=filled, fillcolor="#dbeafe"',
     ParameterOp: 'shape=box, style=filled, fillcolor="#fef3c7"',
     StateOp: 'shape=box, style="filled,dashed", fillcolor="#f3f4f6"',
+    BufferOp: 'shape=box, style="filled,dashed", fillcolor="#fef3c7"',
     ConstantOp: 'shape=box, style=filled, fillcolor="#f3f4f6", fontsize=10',
 }
 _OP_STYLE = 'shape=box, style="rounded,filled", fillcolor="#ffffff"'

@@ -10,10 +10,11 @@ import sys
 
 import numpy as np
 
+from ...compiler.interpret import live_array
 from ...compiler.schedule import Schedule, fingerprint
 from ...core import memory
 from ...core.errors import GraphError, ShapeError, with_context
-from ...core.leaves import ConstantOp, InputOp, ParameterOp
+from ...core.leaves import ConstantOp, InputOp
 from ...core.node import Node
 from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
@@ -119,6 +120,8 @@ class NativeExecutor(Executor):
         for buffer in self.schedule.buffers:
             if buffer.kind == "param":
                 out[buffer.slot] = graph.params[buffer.key]
+            elif buffer.kind == "buffer":
+                out[buffer.slot] = graph.state[buffer.key]
             elif buffer.kind == "state":
                 out[buffer.slot] = self.state[buffer.key]
             elif buffer.kind == "const":
@@ -174,11 +177,7 @@ class NativeExecutor(Executor):
 
     def _snapshot(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(live array, copy) of every parameter and state buffer the step updates."""
-        graph = self.program.graph
-        live = [
-            graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
-            for leaf, _ in self.program.updates
-        ]
+        live = [live_array(self.program, self.state, leaf) for leaf, _ in self.program.updates]
         return [(array, array.copy()) for array in live]
 
     def _profile_words(self) -> np.ndarray:

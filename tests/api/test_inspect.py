@@ -33,7 +33,8 @@ def test_graph_repr_counts_nodes_and_parameters():
 
 def test_parameter_store_repr():
     g, *_ = mlp()
-    assert repr(g.params).startswith("ParameterStore(fc1/w (784, 256) float32, fc1/b (256,) float32")
+    assert repr(g.params).startswith("ArrayStore(parameters: fc1/w (784, 256) float32, fc1/b (256,) float32")
+    assert repr(g.state) == "ArrayStore(state buffers: none)"
     assert repr(g.params).endswith("; 203,530 values, 795 KiB)")
 
 
