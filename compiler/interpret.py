@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import ResultShapeError, ShapeError
 from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.program import Program
 from ..core.types import concrete_shape
@@ -41,6 +41,6 @@ def evaluate(
             value = np.asarray(value).astype(node.dtype, copy=False)
         expected = concrete_shape(node.shape, batch)
         if value.shape != expected:
-            raise GraphError(f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}")
+            raise ResultShapeError(value.shape, expected).at(node.label, op.name)
         values[node.id] = value
     return values

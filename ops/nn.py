@@ -155,6 +155,7 @@ class EmbeddingGrad(Op):
         return TensorType((self.vocab, g.shape[-1]), g.dtype)
 
     def ref(self, g, ids):
+        _check_labels(self, ids, self.vocab)  # np.add.at would count negative ids from the end
         out = np.zeros((self.vocab, g.shape[-1]), g.dtype)
         np.add.at(out, ids.reshape(-1), g.reshape(-1, g.shape[-1]))
         return out

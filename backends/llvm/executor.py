@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
+from ...compiler.scan import Scan
 from ...compiler.schedule import Schedule, fingerprint
 from ...core import memory
-from ...core.errors import GraphError, ShapeError
+from ...core.errors import GraphError, ResultShapeError, ShapeError
 from ...core.leaves import InputOp
 from ...core.node import Node
 from ...core.program import Program
@@ -22,6 +25,7 @@ from . import arena, blas, bounds, threads
 from .codegen import ModuleBuilder
 from .irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS, STATUS_OUT_OF_MEMORY
 from .jit import compile_module, host_cpu
+from .lowering import user_code
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -74,6 +78,10 @@ class NativeExecutor(Executor):
         )
         builder = lambda: str(self._builder().build())  # noqa: E731
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
+        if any(user_code(node.op) for node in _all_nodes(program)):
+            text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
+            key += f"|ir{hashlib.sha256(text.encode()).hexdigest()}"
+            builder = lambda: text  # noqa: E731
         self.compiled = compile_module(key, builder)
         self._step = STEP_TYPE(self.compiled.address)
         self._blas_context = blas.one_thread() if parallel else contextlib.nullcontext()
@@ -173,15 +181,19 @@ class NativeExecutor(Executor):
         return array.reshape(concrete_shape(node.shape, binding.batch))
 
     def _run_callback(self, index: int, batch: int) -> int:
+        node = self.schedule.kernels[index].nodes[0]
         try:
             binding = self._current
-            node = self.schedule.kernels[index].nodes[0]
             inputs = [self.view(binding, i) for i in node.inputs]
             node.op.ref_into(self.view(binding, node), *inputs)
             return 0
+        except ResultShapeError as error:  # named as the reference backend names it
+            self._error = error.at(node.label, node.op.name)
+        except ShapeError as error:  # bad data (an id out of range), named as the reference does
+            self._error = ShapeError(f"node {node.label}: {error}")
         except BaseException as error:  # noqa: BLE001 - re-raised after the native call returns
             self._error = error
-            return STATUS_CALLBACK_FAILED
+        return STATUS_CALLBACK_FAILED
 
     def _raise(self, status: int, binding: Binding):
         kernel_index, site = self._failure()
@@ -189,8 +201,8 @@ class NativeExecutor(Executor):
         where = f"kernel {kernel_index} ({_describe(kernel)})" if kernel is not None else "an unknown kernel"
         if status == STATUS_CALLBACK_FAILED and self._error is not None:
             error, self._error = self._error, None
-            if isinstance(error, ShapeError):
-                raise ShapeError(str(error)) from None
+            if isinstance(error, (ResultShapeError, ShapeError)):  # named by _run_callback
+                raise error from None
             error.add_note(f"raised by the Python forward of {where}")
             raise error
         if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
@@ -199,6 +211,8 @@ class NativeExecutor(Executor):
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
             except ShapeError as error:
                 raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
+            except Exception:  # noqa: BLE001 - ids changed by another thread since the kernel read them
+                pass
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
         if status == STATUS_OUT_OF_BOUNDS:
@@ -239,6 +253,14 @@ class NativeExecutor(Executor):
         buffer = self.schedule.buffers[slot]
         held = f", holding {', '.join(owners[:3])}" if owners else ""
         return f"{what}: buffer {slot}, {buffer.kind} {format_shape(buffer.shape)} {buffer.dtype}{held}"
+
+
+def _all_nodes(program: Program) -> Iterator[Node]:
+    """The program's nodes and those of the loop bodies in it (compiled into the same module)."""
+    for node in program.nodes:
+        yield node
+        if isinstance(node.op, Scan):
+            yield from _all_nodes(node.op.body.program)
 
 
 def _describe(kernel) -> str:
