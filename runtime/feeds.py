@@ -63,9 +63,13 @@ def _from_python(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         raise ShapeError(f"input '{name}' expects {dtype} numbers, got {type(value).__name__} of {array.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise ShapeError(f"input '{name}' expects integers ({dtype}), got floats; convert them explicitly")
-    converted = array.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is checked just below
+        converted = array.astype(dtype)
     if dtype.kind in "iu" and not np.array_equal(converted, array):
         raise ShapeError(f"input '{name}' has integers out of the range of {dtype}")
+    if dtype.kind == "f" and np.any(np.isinf(converted) & ~np.isinf(array)):
+        bad = array[np.isinf(converted) & ~np.isinf(array)].flat[0]
+        raise ShapeError(f"input '{name}' has numbers beyond the range of {dtype} (such as {bad!r}): they would be inf")
     return converted
 
 

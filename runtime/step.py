@@ -23,6 +23,7 @@ from ..core.program import Program
 from ..core.types import concrete_shape
 from . import checkpoint
 from .feeds import bind_feeds
+from .interrupts import deferred_interrupts
 from .locks import graph_lock
 
 _POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
@@ -42,10 +43,13 @@ class CompiledFunction:
         self.step_count = 0
         self.state: dict[str, np.ndarray] = program.initial_state()
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
-        self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._fits: set[int] = set()  # batch sizes whose memory was checked
+        self._undefined_when_empty = _reductions_without_identity(program)
         self._executor = backend.executor(program, self.state)
+        lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
+        self._turn = lock.turn(self._executor.runs_python)
+        self._quiet_turn = lock.turn(False)  # save and load run no step
 
     @property
     def trains(self) -> bool:
@@ -78,17 +82,21 @@ class CompiledFunction:
         if self.trains and batch == 0:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
-        with self._lock:  # compiled functions of one graph take turns (see locks.py)
+        with self._turn:  # compiled functions of one graph take turns (see locks.py)
             if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
                 else:
                     direct = self._unaliased(targets, arrays)
-                results = self._executor.run(arrays, batch, [None] * first + direct)
+                out = [None] * first + direct
             else:
-                results = self._executor.run(arrays, batch)
-            if self.trains:
-                self.step_count += 1
+                out = None
+            if self.trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
+                with deferred_interrupts():
+                    results = self._executor.run(arrays, batch, out)
+                    self.step_count += 1
+            else:
+                results = self._executor.run(arrays, batch, out)
             values = self._deliver(results[first:], targets)
             loss = float(results[0]) if first else None
         if loss is None:
@@ -98,6 +106,12 @@ class CompiledFunction:
     def _check_before_running(self, batch: int | None, first: int, targets: list | None) -> None:
         """Refuse `out=` arrays that cannot take the outputs and batches too big for the machine
         now, before the step changes anything."""
+        if batch == 0 and self._undefined_when_empty:
+            node = self._undefined_when_empty[0]
+            raise ShapeError(
+                f"node {node.label} (op '{node.op.name}') reduces over the batch axis, which is empty (batch "
+                f"size 0): the {node.op.name} of no values is undefined; nothing was run"
+            )
         if targets is None and (batch is None or batch in self._fits):
             return
         outputs = self.program.outputs[first:]
@@ -177,29 +191,34 @@ class CompiledFunction:
 
     def save(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state and step count, written atomically (never mid-step)."""
-        with self._lock:
+        with self._quiet_turn:
             params = {name: self.program.graph.params[name] for name in self.params}
             checkpoint.save(path, params, self.state, self.step_count)
 
     def load(self, path: str | os.PathLike) -> None:
-        """Restore a checkpoint; on any mismatch raise and change nothing."""
-        params, state, step = checkpoint.read(path)
+        """Restore a checkpoint; on any mismatch raise and change nothing. Everything is read and
+        checked first, then copied in at once (a Ctrl-C meanwhile waits until the copy is done)."""
         current = {name: self.program.graph.params[name] for name in self.params}
-        checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
+        wanted = {f"param/{name}": array for name, array in current.items()}
         if self.trains:
-            checkpoint.check_compatible("optimizer state", self.state, state, path)
-        with self._lock:  # never mid-step
-            for name, value in current.items():
-                np.copyto(value, params[name])
+            wanted |= {f"state/{key}": array for key, array in self.state.items()}
+        staged, step = checkpoint.read(path, wanted, exact=self.trains)
+        with self._quiet_turn, deferred_interrupts():  # never mid-step, never half-loaded
+            for key, value in staged.items():
+                np.copyto(wanted[key], value)
             if self.trains:
-                for key, value in self.state.items():
-                    np.copyto(value, state[key])
                 self.step_count = step
 
 
-def _only(loaded: dict, current: dict, strict: bool) -> dict:
-    """A predictor may load a bigger training checkpoint; a train step must match exactly."""
-    return loaded if strict else {k: v for k, v in loaded.items() if k in current}
+def _reductions_without_identity(program: Program) -> list[Node]:
+    """Nodes taking the max or min over an axis that is the batch: undefined for a batch of 0."""
+    found = []
+    for node in program.nodes:
+        if node.op.combine in ("max", "min") and node.inputs:
+            shape = node.inputs[0].shape
+            if any(shape[axis] is None for axis in node.op.reduced_axes(shape)):
+                found.append(node)
+    return found
 
 
 def compile_step(

@@ -70,6 +70,7 @@ class NativeExecutor(Executor):
         self.program = program
         self.schedule: Schedule = program.schedule
         self.state = state
+        self.runs_python = any(kernel.kind == "callback" for kernel in self.schedule.kernels)
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         parallel = threads.openmp() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked

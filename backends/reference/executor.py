@@ -15,6 +15,8 @@ from ..base import Executor
 
 
 class ReferenceExecutor(Executor):
+    runs_python = True  # every op's NumPy forward
+
     def __init__(self, program: Program, state: dict[str, np.ndarray]):
         self.program = program
         self.state = state
