@@ -31,8 +31,8 @@ def evaluate(
         elif isinstance(op, ConstantOp):
             value = op.value
         else:
-            try:
-                value = op.ref(*(values[i.id] for i in node.inputs))
+            try:  # read-only views: a forward writing into its inputs would change feeds, parameters or values
+                value = op.ref(*(read_only(values[i.id]) for i in node.inputs))
             except ShapeError as error:
                 raise ShapeError(f"node {node.label}: {error}") from None
             if op.multi_output:  # a tuple; the nodes picking its results check their shapes
@@ -44,3 +44,13 @@ def evaluate(
             raise ResultShapeError(value.shape, expected).at(node.label, op.name)
         values[node.id] = value
     return values
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A view of `array` that cannot be written through (what Python forwards of ops receive);
+    anything else (the tuple of a multi-output op) as it is."""
+    if not isinstance(array, np.ndarray):
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view

@@ -32,6 +32,7 @@ KINDS = {"param/": "parameter", "state/": "optimizer state"}
 MAX_HEADER = 65_536 + 12  # the largest .npy header numpy reads by default, with its preamble
 MAX_META_BYTES = 4096
 CHUNK = 1 << 20
+MAX_LISTED = 20  # problems named in an error (a forged file may have thousands of members)
 _TEMPORARY = re.compile(r"\.(\d+)\.[0-9a-f]+\.npz")  # after ".tmp-<name>": ".<pid>.<random>.npz"
 
 # What a damaged or forged file makes the zip and .npy readers raise (zlib.error: a damaged deflate
@@ -251,7 +252,8 @@ class _Reader:
 
     def _refuse(self, problems: list[str]) -> None:
         if problems:
-            listed = "; ".join(problems)
+            more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+            listed = "; ".join(problems[:MAX_LISTED]) + more
             raise GraphError(f"checkpoint {self.path} does not fit this graph; nothing was loaded: {listed}")
 
 

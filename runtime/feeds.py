@@ -29,6 +29,8 @@ def bind_feeds(
     batch_from = ""
     for name, node in by_name.items():
         value = feeds[name]
+        if isinstance(value, np.ma.MaskedArray):
+            raise ShapeError(f"input '{name}' is a masked array, whose mask would be ignored; fill it (.filled())")
         array = value if isinstance(value, np.ndarray) else _from_python(name, value, node.dtype)
         if array.dtype != node.dtype:
             raise ShapeError(

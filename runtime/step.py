@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,15 @@ class CompiledFunction:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr_buffer()[...] = value
+        buffer = self._lr_buffer()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+            raise GraphError(f"the learning rate must be a finite non-negative number, got {value!r}")
+        with np.errstate(over="ignore"):
+            fits = np.isfinite(buffer.dtype.type(value))
+        if not fits:
+            raise GraphError(f"the learning rate {value!r} does not fit in {buffer.dtype}")
+        with self._quiet_turn:  # not in the middle of a step
+            buffer[...] = value
 
     def _lr_buffer(self) -> np.ndarray:
         if LR_KEY not in self.state:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from ...compiler.interpret import read_only
 from ...compiler.scan import Scan
 from ...compiler.schedule import Schedule, fingerprint
 from ...core import memory
@@ -185,7 +186,7 @@ class NativeExecutor(Executor):
         node = self.schedule.kernels[index].nodes[0]
         try:
             binding = self._current
-            inputs = [self.view(binding, i) for i in node.inputs]
+            inputs = [read_only(self.view(binding, i)) for i in node.inputs]  # feeds, parameters, arena
             node.op.ref_into(self.view(binding, node), *inputs)
             return 0
         except ResultShapeError as error:  # named as the reference backend names it

@@ -25,6 +25,7 @@ import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
 from ... import compiler, core, ops
+from ...core.errors import GraphError
 from .split import split_module
 
 
@@ -71,7 +72,11 @@ def optimize(module: llvm.ModuleRef, tm) -> None:
 def compile_threads() -> int:
     """How many threads compile one module's parts (DRUG_COMPILE_THREADS, default: the cores, at most 4)."""
     configured = os.environ.get("DRUG_COMPILE_THREADS")
-    return max(1, int(configured)) if configured else min(os.cpu_count() or 1, 4)
+    if not configured:
+        return min(os.cpu_count() or 1, 4)
+    if not configured.strip().isdigit():
+        raise GraphError(f"DRUG_COMPILE_THREADS must be a positive integer, got {configured!r}")
+    return max(1, int(configured))
 
 
 # A part smaller than this is not worth its own thread (a pass pipeline's fixed cost).
@@ -234,6 +239,12 @@ def _digest_path(path: Path) -> Path:
     return path.with_suffix(".sha256")
 
 
+def _entry_digest(path: Path, data: bytes) -> str:
+    """The SHA-256 of an entry's bytes and its name (its key): the objects of one key copied
+    under another's name fail it too."""
+    return hashlib.sha256(path.stem.encode() + b"\n" + data).hexdigest()
+
+
 def _read_entry(path: Path) -> list[bytes] | None:
     """The object files of a cache entry whose bytes match the SHA-256 stored beside it, or None
     (absent, damaged, edited, not ours, or unreadable)."""
@@ -246,7 +257,7 @@ def _read_entry(path: Path) -> list[bytes] | None:
         if isinstance(error, OSError):
             _warn_once("read", error)
         return None
-    if hashlib.sha256(data).hexdigest() != stored:
+    if _entry_digest(path, data) != stored:
         return None
     return _unpack(data)
 
@@ -257,7 +268,7 @@ def _write_entry(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, data)
-        _write_atomic(_digest_path(path), (hashlib.sha256(data).hexdigest() + "\n").encode())
+        _write_atomic(_digest_path(path), (_entry_digest(path, data) + "\n").encode())
     except OSError as error:  # read-only, full, or a file where the directory should be
         _warn_once("write", error)
 

@@ -93,38 +93,39 @@ def test_long_straight_line_code_still_traces_and_differentiates():
 
 
 def test_functions_traced_on_several_threads_at_once_keep_their_own_branches():
-    """The tracer's current path was one module global: two threads tracing at once mixed up each
-    other's branch decisions."""
+    """The tracer's current path was one module global: a function traced while another thread was
+    inside a trace (here both meet at a barrier between two branches) took the other's decisions,
+    and the two expressions came out wrong."""
+    barrier = threading.Barrier(2, timeout=10)
 
     def make(k):
         def f(x):
-            y = x
-            for i in range(6):
-                if x > i * k:
-                    y = y * (1.0 + k)
-                else:
-                    y = y - k
+            y = x * k
+            if x > k:
+                y = y + 1.0
+            barrier.wait()  # both threads are inside a run of the tracer here
+            if x < 2.0 * k:
+                y = y * 3.0
             return y
 
-        f.__name__ = f"f{k}"
         return f
 
     results, errors = {}, []
 
     def trace(k):
         try:
-            for _ in range(5):
-                results[k] = dg.elementwise(make(k))
+            results[k] = dg.elementwise(make(k))
         except Exception as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=trace, args=(k,)) for k in (0.5, 1.5, 2.5, 3.5)]
+    threads = [threading.Thread(target=trace, args=(k,)) for k in (1.0, 3.0)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert not errors
-    xs = np.array([-1.0, 0.3, 1.2, 2.7, 4.9, 9.0])
+        t.join(30)
+    assert not errors, errors
+    xs = np.array([-1.0, 0.5, 1.5, 2.5, 4.0, 7.0])
+    barrier = threading.Barrier(1)  # the plain functions below run alone
     for k, op in results.items():
         g = dg.Graph(dtype="float64")
         x = g.input("x", (None,))

@@ -221,3 +221,15 @@ def test_stray_temporary_files_of_killed_saves_are_removed(tmp_path):
     (tmp_path / "notes.txt").write_text("keep")
     train.save(path)
     assert sorted(os.listdir(tmp_path)) == sorted(["c.npz", other.name, "notes.txt"])
+
+
+def test_thousands_of_unexpected_members_give_a_short_error(tmp_path, saved):
+    """A forged file with 5,000 tiny members: refused with the first few named, not a message of
+    every one (found by the issue-16 campaign)."""
+    raw = forged(saved, {f"junk/{i}": np.zeros(1, np.int8) for i in range(5000)})
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(raw)
+    _, train = make_train(seed=1)
+    with pytest.raises(dg.GraphError, match="unexpected member 'junk/0'") as info:
+        train.load(bad)
+    assert len(str(info.value)) < 2000 and "more" in str(info.value)

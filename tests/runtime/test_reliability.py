@@ -371,3 +371,81 @@ def test_reductions_with_an_identity_and_softmax_agree_on_an_empty_batch(backend
     np.testing.assert_array_equal(total, np.zeros(3, np.float32))
     assert np.isnan(mean).all() and mean.shape == (3,)
     assert soft0.shape == soft1.shape == (0, 3) and row_max.shape == (0,)
+
+
+# ---- found by the issue-16 campaign ----
+
+
+class Increments(dg.Op):
+    """A custom op whose forward writes into its input (a bug of the user's)."""
+
+    name = "test_reliability_increments"
+    arity = 1
+
+    def infer(self, x):
+        return x
+
+    def ref(self, x):
+        x += 1.0
+        return x.copy()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_forward_writing_into_its_inputs_cannot_change_feeds_or_parameters(backend):
+    """A Python forward got the caller's feed and (natively) the parameter buffer itself: `x += 1`
+    in it changed the user's array and the parameter. Forwards now get read-only views."""
+    g = dg.Graph(dtype="float64")
+    x = g.input("x", (None, 2))
+    w = g.parameter("w", (2,), init="zeros")
+    fn = g.compile(outputs=[Increments()(w + 0.0), Increments()(x)], backend=backend)
+    xv = np.zeros((1, 2))
+    with pytest.raises(ValueError, match="read-only"):
+        fn(x=xv)
+    np.testing.assert_array_equal(xv, np.zeros((1, 2)))
+    np.testing.assert_array_equal(g.params["w"], np.zeros(2))
+
+
+@pytest.mark.parametrize("value", ["abc", float("nan"), -1.0, float("inf"), 1e300, None, True])
+def test_the_learning_rate_takes_only_finite_non_negative_numbers(value):
+    """train.lr = 'abc' raised NumPy's ValueError; NaN, -1, None (as NaN) and 1e300 (as inf) were stored."""
+    g = dg.Graph()
+    x = g.input("x", (None, 2))
+    train = g.compile(loss=dg.mean(x @ g.parameter("w", (2, 1))), optimizer=dg.SGD(0.1))
+    with pytest.raises(dg.GraphError, match="learning rate"):
+        train.lr = value
+    assert train.lr == pytest.approx(0.1)
+    train.lr = 0.25
+    assert train.lr == 0.25
+
+
+def test_a_masked_array_feed_is_refused():
+    """The mask was ignored silently (the values under it were used)."""
+    g = dg.Graph()
+    x = g.input("x", (None, 2))
+    fn = g.compile(outputs=x * 2.0)
+    masked = np.ma.array(np.ones((2, 2), np.float32), mask=[[0, 1], [0, 0]])
+    with pytest.raises(dg.ShapeError, match="masked array"):
+        fn(x=masked)
+    np.testing.assert_array_equal(fn(x=masked.filled(0)), [[2, 0], [2, 2]])
+
+
+def test_the_reference_embedding_gradient_refuses_negative_ids():
+    """np.add.at counted negative ids from the end of the table (found re-checking native errors)."""
+    op = dg.ops.REGISTRY["embedding_grad"](4)
+    with pytest.raises(dg.ShapeError, match="-1 out of range"):
+        op.ref(np.ones((2, 3)), np.array([0, -1]))
+
+
+def test_a_read_only_parameter_fails_the_reference_step_before_anything_is_written():
+    """The reference backend copied the updates in one by one and hit the read-only parameter
+    half-way, leaving the others updated."""
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, 2))
+    w1, w2 = g.parameter("w1", (2, 2)), g.parameter("w2", (2, 1))
+    train = g.compile(loss=dg.mean(dg.tanh(x @ w1) @ w2), optimizer=dg.SGD(0.1), backend="numpy")
+    g.params["w2"].flags.writeable = False
+    before = g.params["w1"].copy()
+    with pytest.raises(dg.GraphError, match="w2 was made read-only"):
+        train(x=np.ones((2, 2), np.float32))
+    np.testing.assert_array_equal(g.params["w1"], before)
+    assert train.step_count == 0

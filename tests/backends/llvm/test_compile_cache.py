@@ -6,7 +6,6 @@ and compiled functions give their LLVM memory back when they go."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import subprocess
 import sys
@@ -319,8 +318,24 @@ def test_warnings_module_filters_apply(cache, tmp_path, monkeypatch):
             scaled(3.0)
 
 
-def test_the_hash_file_is_separate_and_matches(cache):
+def test_an_entry_copied_under_another_keys_name_is_a_miss(cache):
+    """The hash covers the entry's name (its key) too: a valid entry of one program copied over
+    another's is not run for it (found by the issue-16 campaign: such a copy passed a hash of the
+    bytes alone and ran another program's code)."""
     scaled()
-    entry = entry_of(cache)
-    digest = entry.with_suffix(".sha256")
-    assert digest.read_text().strip() == hashlib.sha256(entry.read_bytes()).hexdigest()
+    (first,) = cache.glob("*.o")
+    scaled(2.0)
+    (second,) = set(cache.glob("*.o")) - {first}
+    second.write_bytes(first.read_bytes())
+    second.with_suffix(".sha256").write_bytes(first.with_suffix(".sha256").read_bytes())
+    fn = scaled(2.0)
+    assert not fn._executor.compiled.from_cache
+    np.testing.assert_allclose(fn(x=X), np.tanh(X) * 2, rtol=1e-6)
+
+
+def test_an_invalid_compile_thread_count_is_named():
+    """DRUG_COMPILE_THREADS=abc made compile() fail with int()'s ValueError (campaign)."""
+    env = {**os.environ, "DRUG_COMPILE_THREADS": "abc", "DRUG_CACHE": "0"}
+    script = "import drug as dg\ng = dg.Graph()\ng.compile(outputs=g.input('x', (2,)) * 2.0)"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1 and "GraphError: DRUG_COMPILE_THREADS must be a positive integer" in result.stderr
