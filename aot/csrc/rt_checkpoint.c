@@ -8,7 +8,7 @@
    nothing unless the whole file is intact and fits the model: every member name, no member twice,
    meta/step a non-negative int64 scalar, meta/format and meta/sha256 strings, every array's dtype
    and shape (the rules of runtime/checkpoint.py). */
-#define _POSIX_C_SOURCE 200809L
+#define _XOPEN_SOURCE 700 /* POSIX.1-2008 with its XSI part: realpath */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>

@@ -8,7 +8,9 @@ import ctypes
 import hashlib
 import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -637,3 +639,25 @@ def build():
     assert err.strip().splitlines()[-1].startswith("drug-compile: error: "), err
     if case != "build raises":
         assert "Traceback" not in err, err
+
+
+def test_c_saves_keep_the_mode_and_write_through_symlinks(trained, workdir):
+    """The C library's save wrote a 0600 temporary file over the old one and replaced a symbolic
+    link by a file, as Python's did (issue 16)."""
+    got = trained["mlp"]
+    sgemm, _ = numpy_sgemm()
+    api = Api(got["built"])
+    handle = api.create(sgemm)
+    (workdir / "real").mkdir(exist_ok=True)
+    target = workdir / "real" / "c.npz"
+    assert api.save(handle, str(target).encode()) == 0
+    os.chmod(target, 0o640)
+    link = workdir / "latest.npz"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    assert api.save(handle, str(link).encode()) == 0
+    api.destroy(handle)
+    assert link.is_symlink() and stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert sorted(p.name for p in (workdir / "real").iterdir()) == ["c.npz"]
+    spec = got["built"].spec()
+    spec.graph.compile(outputs=spec.outputs[0]).load(target)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import stat
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -71,6 +72,16 @@ def assert_refused(tmp_path, raw: bytes, match: str) -> None:
         train.load(bad)
     after = list(g.params.values()) + list(train.state.values())
     assert all(np.array_equal(a, b) for a, b in zip(before, after)) and train.step_count == 0
+
+
+def peak_memory(function, *args) -> int:
+    """The most memory Python and NumPy held at once while `function(*args)` ran."""
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 BAD_STEPS = {
@@ -137,26 +148,13 @@ def test_a_small_file_inflating_to_a_huge_member_is_refused_before_inflating(tmp
     raw = forged(saved, {"param/w": huge}, compress=True)
     del huge
     assert len(raw) < 4 << 20
-    tracemalloc = pytest.importorskip("tracemalloc")
-    tracemalloc.start()
-    try:
-        assert_refused(tmp_path, raw, "parameter 'w'")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = peak_memory(assert_refused, tmp_path, raw, "parameter 'w'")
     assert peak < 64 << 20, f"{peak >> 20} MiB allocated while refusing the file"
 
 
 def test_an_unknown_huge_member_is_refused_before_inflating(tmp_path, saved):
     raw = forged(saved, {"param/other": np.zeros((1 << 28,), np.float32)}, compress=True)
-    tracemalloc = pytest.importorskip("tracemalloc")
-    tracemalloc.start()
-    try:
-        assert_refused(tmp_path, raw, "unexpected parameter 'other'")
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 64 << 20
+    assert peak_memory(assert_refused, tmp_path, raw, "unexpected parameter 'other'") < 64 << 20
 
 
 def test_compressed_checkpoints_that_fit_still_load(tmp_path, saved):

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import graph_errors_in_thread
 
 import drug as dg
 from drug.runtime import locks
@@ -267,18 +268,7 @@ def test_a_call_made_for_a_running_step_from_another_thread_does_not_hang(backen
     fn = g.compile(outputs=HandsOff()(x) + 1.0, backend=backend)
     other = g.compile(outputs=x * 2.0, backend=backend)
     monkeypatch.setattr(HandsOff, "target", other)
-    errors = []
-
-    def call():
-        try:
-            fn(x=np.zeros((1, 2)))
-        except dg.GraphError as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(timeout=60)
-    assert not thread.is_alive(), "the call for the running step deadlocked"
+    errors = graph_errors_in_thread(fn, x=np.zeros((1, 2)))
     assert errors and "waited" in str(errors[0]) and "running a Python forward" in str(errors[0])
     monkeypatch.setattr(HandsOff, "target", lambda **feeds: None)
     np.testing.assert_array_equal(fn(x=np.zeros((1, 2))), np.ones((1, 2)))
