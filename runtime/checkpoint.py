@@ -55,7 +55,7 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
     for key in sorted(arrays):
         value = np.asarray(arrays[key])
         h.update(_hash_prefix(key, value.dtype, value.shape))
-        h.update(value.tobytes())
+        h.update(_bytes_of(value))
     return h.hexdigest()
 
 
@@ -245,7 +245,7 @@ class _Reader:
             value = np.empty(shape, dtype)
             _fill(f, value)
             if h is not None:
-                h.update(value.tobytes())
+                h.update(_bytes_of(value))
             if f.read(1):
                 raise ValueError(f"member '{key}' holds more data than its header says")
             return value
@@ -282,8 +282,14 @@ def _step(value: np.ndarray | None, path) -> int:
     return int(value)
 
 
+def _bytes_of(value: np.ndarray) -> memoryview:
+    """The array's bytes in C order, without a copy when it is already C-contiguous."""
+    flat = np.ascontiguousarray(value).reshape(-1)
+    return memoryview(flat.view(np.uint8)) if flat.size else memoryview(b"")
+
+
 def _fill(f, value: np.ndarray) -> None:
-    view = memoryview(value.reshape(-1).view(np.uint8)) if value.size else memoryview(b"")
+    view = _bytes_of(value)
     at = 0
     while at < len(view):
         n = f.readinto(view[at : at + CHUNK])

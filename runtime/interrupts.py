@@ -10,11 +10,13 @@ an interrupt raised in the main thread cannot tear a step running on another one
 
 from __future__ import annotations
 
+import _signal  # the C module under `signal`: its wrappers convert to enums via exceptions, ~5 us a call
 import signal
 import threading
 from types import FrameType
 
-_MAIN = threading.main_thread()
+_MAIN = threading.main_thread().ident
+_SIGINT = int(signal.SIGINT)
 
 
 class deferred_interrupts:  # noqa: N801 - used like a function: `with deferred_interrupts():`
@@ -26,12 +28,12 @@ class deferred_interrupts:  # noqa: N801 - used like a function: `with deferred_
     def __enter__(self) -> deferred_interrupts:
         self._previous = None
         self._received: tuple[int, FrameType | None] | None = None
-        if threading.current_thread() is not _MAIN:
+        if threading.get_ident() != _MAIN:
             return self
-        previous = signal.getsignal(signal.SIGINT)
+        previous = _signal.getsignal(_SIGINT)
         if previous is None:  # a handler installed outside Python: leave it alone
             return self
-        signal.signal(signal.SIGINT, self._record)  # a pending Ctrl-C is raised here, before anything changed
+        _signal.signal(_SIGINT, self._record)  # a pending Ctrl-C is raised here, before anything changed
         self._previous = previous
         return self
 
@@ -43,11 +45,11 @@ class deferred_interrupts:  # noqa: N801 - used like a function: `with deferred_
         if previous is None:
             return
         self._previous = None
-        signal.signal(signal.SIGINT, previous)
+        _signal.signal(_SIGINT, previous)
         if self._received is None:
             return
         received, self._received = self._received, None
         if callable(previous):
             previous(*received)  # default_int_handler raises KeyboardInterrupt
-        elif previous == signal.SIG_DFL:
-            signal.raise_signal(signal.SIGINT)
+        elif previous == _signal.SIG_DFL:
+            signal.raise_signal(_SIGINT)
