@@ -439,3 +439,14 @@ def test_a_read_only_parameter_fails_the_reference_step_before_anything_is_writt
         train(x=np.ones((2, 2), np.float32))
     np.testing.assert_array_equal(g.params["w1"], before)
     assert train.step_count == 0
+
+
+def test_max_over_a_declared_empty_axis_is_refused_when_built():
+    """x (None, 0): max over axis 1 raised NumPy's ValueError in the reference and gave -inf natively."""
+    g = dg.Graph()
+    x = g.input("x", (None, 0))
+    for reduce in (dg.max, dg.min):
+        with pytest.raises(dg.ShapeError, match="empty axis"):
+            reduce(x, 1)
+    fn = g.compile(outputs=dg.softmax(x, 1))
+    assert fn(x=np.zeros((2, 0), np.float32)).shape == (2, 0)
