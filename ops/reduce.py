@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 
+from ..core.errors import ShapeError
 from ..core.node import apply
 from ..core.op import Example, Op, same_float_dtype
-from ..core.errors import ShapeError
 from ..core.types import TensorType, format_shape, normalize_axes
 from .elementwise import div, equal, mul
 from .shape import broadcast_like, reshape

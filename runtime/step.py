@@ -68,6 +68,8 @@ class CompiledFunction:
     @lr.setter
     def lr(self, value: float) -> None:
         buffer = self._lr_buffer()
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
             raise GraphError(f"the learning rate must be a finite non-negative number, got {value!r}")
         with np.errstate(over="ignore"):
