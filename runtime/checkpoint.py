@@ -1,5 +1,5 @@
-"""Checkpoints: parameters, optimizer state and step count in one .npz, written atomically and
-checked by a SHA-256 so that a torn or corrupted file is never loaded.
+"""Checkpoints: parameters, state buffers, optimizer state and step count in one .npz, written
+atomically and checked by a SHA-256 so that a torn or corrupted file is never loaded.
 
 Reading trusts nothing in the file: member names are checked against what the caller wants before
 anything is read, declared sizes against the arrays they must fill before anything is inflated
@@ -28,7 +28,7 @@ from ..core.errors import GraphError
 
 FORMAT = "drug-checkpoint-1"
 META = ("meta/step", "meta/format", "meta/sha256")
-KINDS = {"param/": "parameter", "state/": "optimizer state"}
+KINDS = {"param/": "parameter", "buffer/": "state buffer", "state/": "optimizer state"}
 MAX_HEADER = 65_536 + 12  # the largest .npy header numpy reads by default, with its preamble
 MAX_META_BYTES = 4096
 CHUNK = 1 << 20
@@ -62,14 +62,22 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
 # ---- writing ----
 
 
-def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], step: int) -> None:
+def save(
+    path: str | os.PathLike,
+    params: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    step: int,
+    buffers: Mapping[str, np.ndarray] | None = None,
+) -> None:
     """Write atomically: a temporary file beside the target (through a symbolic link: beside the
     file it points to), fsynced, given the old file's mode, renamed over it. Temporary files left
-    by earlier saves of the same path that were killed are removed after a successful save."""
+    by earlier saves of the same path that were killed are removed after a successful save.
+    `state` is the optimizer state (by key), `buffers` the graph's state buffers (by name)."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**63:
         raise GraphError(f"the step count must be an integer in [0, 2**63), got {step!r}")
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays |= {f"state/{k}": v for k, v in state.items()}
+    arrays |= {f"buffer/{k}": v for k, v in (buffers or {}).items()}
     arrays["meta/step"] = np.asarray(step, np.int64)
     arrays["meta/format"] = np.asarray(FORMAT)
     arrays["meta/sha256"] = np.asarray(_digest(arrays))
@@ -142,11 +150,11 @@ def _alive(pid: int) -> bool:
 
 
 def read(path: str | os.PathLike, wanted: Mapping[str, np.ndarray], exact: bool) -> tuple[dict[str, np.ndarray], int]:
-    """New arrays for the `wanted` members ("param/<name>", "state/<key>" -> the array each must
-    fit: same shape and dtype) and the step count, after checking the whole file; GraphError
-    naming every problem otherwise. `exact`: the file holds exactly these members (a train step);
-    else other param/ and state/ members may be there too (a predictor loading a training
-    checkpoint), read only for the checksum."""
+    """New arrays for the `wanted` members ("param/<name>", "buffer/<name>", "state/<key>" -> the
+    array each must fit: same shape and dtype) and the step count, after checking the whole file;
+    GraphError naming every problem otherwise. `exact`: the file holds exactly these members (a
+    train step); else other param/, buffer/ and state/ members may be there too (a predictor
+    loading a training checkpoint), read only for the checksum."""
     try:
         with zipfile.ZipFile(path) as archive:
             return _Reader(archive, path, wanted, exact).read()

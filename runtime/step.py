@@ -18,7 +18,7 @@ from ..compiler.passes import Pass
 from ..core import memory
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
-from ..core.leaves import InputOp, ParameterOp
+from ..core.leaves import BufferOp, InputOp, ParameterOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape
@@ -200,17 +200,25 @@ class CompiledFunction:
         """The optimized machine code of the whole step, as assembly text (native backend)."""
         return self._executor.asm()
 
+    @property
+    def buffers(self) -> list[str]:
+        """The graph's state buffers this function reads or updates."""
+        return [n.name for n in self.program.leaves(BufferOp)]
+
     def save(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state and step count, written atomically (never mid-step)."""
+        """Parameters, state buffers, optimizer state and step count, written atomically (never mid-step)."""
+        graph = self.program.graph
         with self._quiet_turn:
-            params = {name: self.program.graph.params[name] for name in self.params}
-            checkpoint.save(path, params, self.state, self.step_count)
+            params = {name: graph.params[name] for name in self.params}
+            buffers = {name: graph.state[name] for name in self.buffers}
+            checkpoint.save(path, params, self.state, self.step_count, buffers)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint; on any mismatch raise and change nothing. Everything is read and
         checked first, then copied in at once (a Ctrl-C meanwhile waits until the copy is done)."""
-        current = {name: self.program.graph.params[name] for name in self.params}
-        wanted = {f"param/{name}": array for name, array in current.items()}
+        graph = self.program.graph
+        wanted = {f"param/{name}": graph.params[name] for name in self.params}
+        wanted |= {f"buffer/{name}": graph.state[name] for name in self.buffers}
         if self.trains:
             wanted |= {f"state/{key}": array for key, array in self.state.items()}
         staged, step = checkpoint.read(path, wanted, exact=self.trains)
@@ -241,9 +249,10 @@ def compile_step(
     backend: str | None = None,
     check_finite: bool = False,
     gradient_passes: Sequence[tuple[str, Pass]] = (),
+    training: bool | None = None,
 ) -> CompiledFunction:
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
     `gradient_passes` as in compiler.build.build_program."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
-    program = build_program(graph, loss, outputs, optimizer, params, chosen.passes(), gradient_passes)
+    program = build_program(graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes)
     return CompiledFunction(program, chosen, check_finite)

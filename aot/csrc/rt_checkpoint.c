@@ -352,14 +352,17 @@ static void check_fit(char *out, size_t len, const array *arrays, size_t n, cons
 }
 
 /* Append to `out` every member that has no place in a checkpoint, appears twice, or is missing
-   (meta/step): the names runtime/checkpoint.py accepts. */
-static void check_names(char *out, size_t len, const array *arrays, size_t n) {
+   (meta/step): the names runtime/checkpoint.py accepts. Libraries have no state buffers, so with
+   `strict` (a train step) a buffer/ member is unexpected; a predictor ignores it. */
+static void check_names(char *out, size_t len, const array *arrays, size_t n, int strict) {
     int has_step = 0;
     for (size_t i = 0; i < n; i++) {
         const char *key = arrays[i].key;
+        int buffer = !strncmp(key, "buffer/", 7) && key[7];
         int known = !strcmp(key, "meta/step") || !strcmp(key, "meta/format") || !strcmp(key, "meta/sha256") ||
-                    (!strncmp(key, "param/", 6) && key[6]) || (!strncmp(key, "state/", 6) && key[6]);
+                    (!strncmp(key, "param/", 6) && key[6]) || (!strncmp(key, "state/", 6) && key[6]) || buffer;
         if (!known) append(out, len, "; unexpected member '%s'", key);
+        if (buffer && strict) append(out, len, "; unexpected state buffer '%s'", key + 7);
         has_step |= !strcmp(key, "meta/step");
         for (size_t j = 0; j < i; j++)
             if (!strcmp(arrays[j].key, key)) append(out, len, "; member '%s' appears twice", key);
@@ -412,7 +415,8 @@ int drugrt_load(drugrt_handle *h, const char *where, const char *path) {
         drugrt_fail(h, status, "%s: '%s' is not a drug checkpoint", where, path);
         goto done;
     }
-    if (check_names(problems, sizeof problems, arrays, count), problems[0]) {
+    int strict = m->programs[0] != NULL; /* a train step needs its exact parameters and state */
+    if (check_names(problems, sizeof problems, arrays, count, strict), problems[0]) {
         drugrt_fail(h, status, "%s: checkpoint '%s' does not fit this model; nothing was loaded: %s", where, path,
                      problems + 2);
         goto done;
@@ -433,7 +437,6 @@ int drugrt_load(drugrt_handle *h, const char *where, const char *path) {
         drugrt_fail(h, status, "%s: checkpoint '%s': meta/step must be a non-negative int64 scalar", where, path);
         goto done;
     }
-    int strict = m->programs[0] != NULL; /* a train step needs its exact parameters and state */
     check_fit(problems, sizeof problems, arrays, count, "param/", "parameter", m->params, m->nparams, m->saved_params,
               strict);
     if (strict)

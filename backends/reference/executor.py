@@ -7,9 +7,8 @@ import math
 
 import numpy as np
 
-from ...compiler.interpret import evaluate
+from ...compiler.interpret import evaluate, live_array
 from ...core.errors import GraphError
-from ...core.leaves import ParameterOp
 from ...core.program import Program
 from ...core.types import concrete_shape
 from ..base import Executor
@@ -26,14 +25,11 @@ class ReferenceExecutor(Executor):
         program = self.program
         values = evaluate(program, feeds, self.state, batch)
         outputs = [values[o.id] for o in program.outputs]
-        targets = [
-            (program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name], new)
-            for leaf, new in program.updates
-        ]
-        for (target, _), (leaf, _) in zip(targets, program.updates):  # all checked before any is written
+        targets = [(leaf, live_array(program, self.state, leaf), new) for leaf, new in program.updates]
+        for leaf, target, _ in targets:  # all checked before any is written
             if not target.flags.writeable:
                 raise GraphError(f"{leaf.name} was made read-only, so the step cannot update it; nothing was updated")
-        for target, new in targets:
+        for _, target, new in targets:
             np.copyto(target, values[new.id])
         return outputs
 
