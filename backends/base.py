@@ -19,6 +19,9 @@ class Executor(ABC):
     # Whether `run` writes outputs straight into the `out` arrays it is given (so the caller
     # passes recycled arrays instead of copying results afterwards).
     fills_outputs = False
+    # Whether a step runs Python code: forwards of ops without a native kernel (the runtime lets a
+    # call waiting for such a step give up, since the forward may be waiting for that call).
+    runs_python = False
 
     @abstractmethod
     def run(

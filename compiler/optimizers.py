@@ -3,9 +3,12 @@ elementwise code. One rule with two betas covers SGD, momentum, RMSProp and Adam
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..core.errors import GraphError
 from ..core.leaves import StateOp
 from ..core.node import Call, Node, recording
 from ..core.types import TensorType
@@ -50,10 +53,13 @@ class Optimizer:
 
     def __post_init__(self):
         for field in ("beta_momentum", "beta_magnitude"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                raise ValueError(f"{type(self).__name__}: {field} must be in [0, 1), got {getattr(self, field)}")
-        if self.lr < 0 or self.epsilon < 0:
-            raise ValueError(f"{type(self).__name__}: lr and epsilon must be non-negative")
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+                raise GraphError(f"{type(self).__name__}: {field} must be in [0, 1), got {value!r}")
+        for field in ("lr", "epsilon"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise GraphError(f"{type(self).__name__}: {field} must be a finite non-negative number, got {value!r}")
 
     def updates(self, params: Sequence[Node], grads: Sequence[Node]) -> list[tuple[Node, Node]]:
         """(leaf, new value) pairs for every parameter and state buffer."""

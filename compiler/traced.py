@@ -59,12 +59,12 @@ class Traced(Elementwise):
         seed = tracing.Expr("input", value=len(xs))  # g is passed after the inputs
         grads = []
         for i in range(len(xs)):
-            d = tracing.derivative(expr, i)
-            if tracing.is_const(d, 0.0):
-                grads.append(None)
-                continue
-            op = Traced(tracing.linearize(tracing.mul(d, seed)), f"d_{self.label}/d{i}")
-            grads.append(apply(op, *xs, g))
+            try:
+                d = tracing.derivative(expr, i)
+                code = None if tracing.is_const(d, 0.0) else tracing.linearize(tracing.mul(d, seed))
+            except GraphError as error:  # a derivative nested deeper than the tracer allows
+                raise GraphError(f"@dg.elementwise: the derivative of {self.label}: {error}") from None
+            grads.append(None if code is None else apply(Traced(code, f"d_{self.label}/d{i}"), *xs, g))
         return grads
 
     def __repr__(self) -> str:

@@ -1,6 +1,8 @@
 """The error types users see. All are ValueErrors, so generic handlers still work; a dtype
 mismatch is also a TypeError, which is what Python raises for a value of the wrong type."""
 
+from __future__ import annotations
+
 
 class GraphError(ValueError):
     """A graph that cannot be built, compiled or run: bad names, cycles, wrong feeds, a failed step.
@@ -42,3 +44,15 @@ class NonFiniteError(GraphError, FloatingPointError):
     def __init__(self, message: str, node: str | None = None):
         super().__init__(message)
         self.node = node
+
+
+class ResultShapeError(GraphError):
+    """An op's forward returned a value of another shape than its own shape rule gave (a bug in a
+    custom op). Every backend raises it naming the node (`at(node.where)`), with the same message."""
+
+    def __init__(self, shape: tuple, expected: tuple, where: str = ""):
+        self.shape, self.expected = tuple(shape), tuple(expected)
+        super().__init__(f"{where}produced shape {self.shape}, expected {self.expected}")
+
+    def at(self, where: str) -> ResultShapeError:
+        return ResultShapeError(self.shape, self.expected, f"node {where} ")

@@ -7,15 +7,13 @@ backend runs it is registered in that backend (backends/llvm/kernels/), keyed by
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import DTypeError, GraphError
+from .errors import DTypeError, GraphError, ResultShapeError
 from .node import apply
 from .types import FLOAT_DTYPES, Shape, TensorType
 
@@ -99,8 +97,12 @@ class Op:
 
     def ref_into(self, out: np.ndarray, *xs: np.ndarray) -> None:
         """The reference forward written into `out`: how a native backend runs an op without a
-        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`)."""
-        out[...] = self.ref(*xs)
+        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`).
+        A result of another shape than `out` raises ResultShapeError (never broadcast into it)."""
+        value = np.asarray(self.ref(*xs))
+        if value.shape != out.shape:
+            raise ResultShapeError(value.shape, out.shape)
+        out[...] = value
 
     def grad(self, g: Node, out: Node, *xs: Node) -> Sequence[Node | None]:
         """Gradients w.r.t. each input as graph nodes (None: not differentiable), given the
@@ -147,9 +149,11 @@ class Op:
         return dict(vars(self))
 
     def key(self) -> tuple:
-        """Identity for caching and common-subexpression elimination: the class itself (two classes
-        with one name are two ops) and its parameters."""
-        return (_class_identity(type(self)),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
+        """Identity for common-subexpression elimination and in-process caches: the class object
+        itself (two classes of one name, such as two made by one factory function, are two ops)
+        and its parameters. Its repr (class names, parameters) is the same in every process, which
+        on-disk caches rely on; what their code generates is keyed there (a backend's business)."""
+        return (type(self),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
 
     def __call__(self, *inputs: Any) -> Node:
         return apply(self, *inputs)
@@ -157,19 +161,6 @@ class Op:
     def __repr__(self) -> str:
         attrs = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if not isinstance(v, np.ndarray))
         return f"{self.name}({attrs})" if attrs else self.name
-
-
-@functools.cache
-def _class_identity(cls: type) -> tuple:
-    """Module and qualified name; for classes defined inside functions (a factory making several
-    ops of one qualname) also their source, so that ops that behave differently never merge."""
-    if "<locals>" not in cls.__qualname__:
-        return (cls.__module__, cls.__qualname__)
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        source = ""
-    return (cls.__module__, cls.__qualname__, source, id(cls))
 
 
 def _hashable(value: Any) -> Any:

@@ -8,9 +8,10 @@ from typing import TypeAlias
 
 import numpy as np
 
+from ..core.errors import ShapeError
 from ..core.node import Node, Operand, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
-from ..core.types import TensorType, normalize_axes
+from ..core.types import TensorType, format_shape, normalize_axes
 from .elementwise import div, equal, mul
 from .shape import broadcast_like, reshape
 
@@ -65,6 +66,11 @@ class Max(Reduce):
     name = "max"
     numpy_fn = staticmethod(np.max)
     combine = "max"
+
+    def infer(self, x):
+        if any(x.shape[axis] == 0 for axis in self.axes):  # an empty batch axis is refused at the call
+            raise ShapeError(f"{self.name} over an empty axis of {format_shape(x.shape)} has no value")
+        return super().infer(x)
 
     def grad(self, g, out, x):
         # ties share the gradient equally, like JAX

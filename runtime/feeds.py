@@ -29,6 +29,8 @@ def bind_feeds(
     batch_from = ""
     for name, node in by_name.items():
         value = feeds[name]
+        if isinstance(value, np.ma.MaskedArray):
+            raise ShapeError(f"input '{name}' is a masked array, whose mask would be ignored; fill it (.filled())")
         array = value if isinstance(value, np.ndarray) else _from_python(name, value, node.dtype)
         if array.dtype != node.dtype:
             raise DTypeError(
@@ -63,9 +65,13 @@ def _from_python(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
         raise DTypeError(f"input '{name}' expects {dtype} numbers, got {type(value).__name__} of {array.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise DTypeError(f"input '{name}' expects integers ({dtype}), got floats; convert them explicitly")
-    converted = array.astype(dtype)
+    with np.errstate(over="ignore"):  # overflow is checked just below
+        converted = array.astype(dtype)
     if dtype.kind in "iu" and not np.array_equal(converted, array):
         raise ShapeError(f"input '{name}' has integers out of the range of {dtype}")
+    if dtype.kind == "f" and np.any(np.isinf(converted) & ~np.isinf(array)):
+        bad = array[np.isinf(converted) & ~np.isinf(array)].flat[0]
+        raise ShapeError(f"input '{name}' has numbers beyond the range of {dtype} (such as {bad!r}): they would be inf")
     return converted
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import numbers
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from ..core.program import Program
 from ..core.types import concrete_shape, format_shape
 from . import checkpoint, visualize
 from .feeds import bind_feeds
+from .interrupts import deferred_interrupts
 from .locks import graph_lock
 from .profile import Profile, build_profile
 
@@ -58,12 +60,12 @@ class CompiledFunction:
         self.step_count = 0
         self.state: dict[str, np.ndarray] = program.initial_state()
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
-        self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._fits: set[int] = set()  # batch sizes whose memory was checked
         self._backend = backend
         self._lr = program.optimizer.lr if program.optimizer is not None else None  # as the user gave it
         self._profiler = None  # the profiling executor, built on the first profile()
+        self._undefined_when_empty = _reductions_without_identity(program)
         if debug_numerics:
             self._executor = backend.instrumented_executor(program, self.state, "numerics")
         elif os.environ.get(PROFILE_ENV, "0") not in ("", "0") and backend.name == "llvm":
@@ -71,6 +73,9 @@ class CompiledFunction:
             _profiled_at_exit.add(self)
         else:
             self._executor = backend.executor(program, self.state)
+        lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
+        self._turn = lock.turn(self._executor.runs_python)
+        self._quiet_turn = lock.turn(False)  # save and load run no step
 
     @property
     def kind(self) -> str:
@@ -117,8 +122,18 @@ class CompiledFunction:
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr_buffer()[...] = value
-        self._lr = float(value)
+        buffer = self._lr_buffer()
+        if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+            raise GraphError(f"the learning rate must be a finite non-negative number, got {value!r}")
+        with np.errstate(over="ignore"):
+            fits = np.isfinite(buffer.dtype.type(value))
+        if not fits:
+            raise GraphError(f"the learning rate {value!r} does not fit in {buffer.dtype}")
+        with self._quiet_turn:  # not in the middle of a step
+            buffer[...] = value
+        self._lr = value
 
     def _lr_buffer(self) -> np.ndarray:
         if LR_KEY not in self.state:
@@ -159,17 +174,21 @@ class CompiledFunction:
         if self.trains and batch == 0:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
-        with self._lock:  # compiled functions of one graph take turns (see locks.py)
+        with self._turn:  # compiled functions of one graph take turns (see locks.py)
             if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
                 else:
                     direct = self._unaliased(targets, arrays)
-                results = self._executor.run(arrays, batch, [None] * first + direct)
+                out = [None] * first + direct
             else:
-                results = self._executor.run(arrays, batch)
-            if self.trains:
-                self.step_count += 1
+                out = None
+            if self.trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
+                with deferred_interrupts():
+                    results = self._executor.run(arrays, batch, out)
+                    self.step_count += 1
+            else:
+                results = self._executor.run(arrays, batch, out)
             values = self._deliver(results[first:], targets)
             loss = float(results[0]) if first else None
         if loss is None:
@@ -179,6 +198,12 @@ class CompiledFunction:
     def _check_before_running(self, batch: int | None, first: int, targets: list | None) -> None:
         """Refuse `out=` arrays that cannot take the outputs and batches too big for the machine
         now, before the step changes anything."""
+        if batch == 0 and self._undefined_when_empty:
+            node = self._undefined_when_empty[0]
+            raise ShapeError(
+                f"node {node.label} (op '{node.op.name}') reduces over the batch axis, which is empty (batch "
+                f"size 0): the {node.op.name} of no values is undefined; nothing was run"
+            )
         if targets is None and (batch is None or batch in self._fits):
             return
         outputs = self.program.outputs[first:]
@@ -302,7 +327,7 @@ class CompiledFunction:
             self._profiler = self._backend.instrumented_executor(self.program, self.state, "profile")
         profiler = self._profiler
         walls = []
-        with self._lock:
+        with self._turn:  # a step: it takes its turn like a call
             saved = self._updated_buffers()
             copies = [array.copy() for array in saved]
             try:
@@ -349,7 +374,7 @@ class CompiledFunction:
             ```
         """
         graph = self.program.graph
-        with self._lock:
+        with self._quiet_turn:
             params = {name: graph.params[name] for name in self.params}
             buffers = {name: graph.state[name] for name in self.buffers}
             checkpoint.save(path, params, self.state, self.step_count, buffers)
@@ -357,6 +382,8 @@ class CompiledFunction:
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by `save` (or by an AOT library); on any mismatch raise
         and change nothing. A predictor takes the parameters of a train step's checkpoint.
+        Everything is read and checked first, then copied in at once (a Ctrl-C meanwhile waits
+        until the copy is done).
 
         Args:
             path: The .npz file.
@@ -371,51 +398,29 @@ class CompiledFunction:
             train.load("mnist.npz")     # parameters, optimizer state, step count
             ```
         """
-        loaded = checkpoint.read(path)
         graph = self.program.graph
-        params = {name: graph.params[name] for name in self.params}
-        buffers = {name: graph.state[name] for name in self.buffers}
-        checkpoint.check_compatible("parameter", params, _only(loaded.params, params, self.trains), path)
-        checkpoint.check_compatible("state buffer", buffers, _only(loaded.buffers, buffers, self.trains), path)
+        wanted = {f"param/{name}": graph.params[name] for name in self.params}
+        wanted |= {f"buffer/{name}": graph.state[name] for name in self.buffers}
         if self.trains:
-            _check_optimizer(self.program.optimizer, self.state, loaded.state, path)
-            checkpoint.check_compatible("optimizer state", self.state, loaded.state, path)
-        with self._lock:  # never mid-step
-            for current, stored in ((params, loaded.params), (buffers, loaded.buffers)):
-                for name, value in current.items():
-                    np.copyto(value, stored[name])
+            wanted |= {f"state/{key}": array for key, array in self.state.items()}
+        optimizer = self.program.optimizer if self.trains else None
+        staged, step = checkpoint.read(path, wanted, exact=self.trains, optimizer=optimizer)
+        with self._quiet_turn, deferred_interrupts():  # never mid-step, never half-loaded
+            for key, value in staged.items():
+                np.copyto(wanted[key], value)
             if self.trains:
-                for key, value in self.state.items():
-                    np.copyto(value, loaded.state[key])
-                self.step_count = loaded.step
+                self.step_count = step
 
 
-def _state_roles(state: dict) -> set[str]:
-    """What kinds of optimizer state a set of buffers holds ("momentum", "magnitude", ...)."""
-    return {key.rsplit("/", 1)[-1] for key in state if key != LR_KEY}
-
-
-def _check_optimizer(optimizer: Any, current: dict, loaded: dict, path) -> None:
-    """A checkpoint of another optimizer (Adam's moments loaded into an SGD step) is refused
-    with what differs, before the buffer-by-buffer comparison lists every key."""
-    have, want = _state_roles(loaded), _state_roles(current)
-    if have == want:
-        return
-    kept = ", ".join(sorted(have)) or "no state"
-    needed = ", ".join(sorted(want)) or "no state"
-    missing = ", ".join(sorted(want - have))
-    extra = ", ".join(sorted(have - want))
-    diff = "; ".join(p for p in (f"missing {missing}" if missing else "", f"extra {extra}" if extra else "") if p)
-    raise GraphError(
-        f"checkpoint {path} was saved by a step with another optimizer: the file holds optimizer state "
-        f"{kept}, this step's {optimizer!r} keeps {needed} ({diff}); nothing was loaded. Compile with the "
-        "optimizer the checkpoint was trained with, or load it into a predictor (parameters only)"
-    )
-
-
-def _only(loaded: dict, current: dict, strict: bool) -> dict:
-    """A predictor may load a bigger training checkpoint; a train step must match exactly."""
-    return loaded if strict else {k: v for k, v in loaded.items() if k in current}
+def _reductions_without_identity(program: Program) -> list[Node]:
+    """Nodes taking the max or min over an axis that is the batch: undefined for a batch of 0."""
+    found = []
+    for node in program.nodes:
+        if node.op.combine in ("max", "min") and node.inputs:
+            shape = node.inputs[0].shape
+            if any(shape[axis] is None for axis in node.op.reduced_axes(shape)):
+                found.append(node)
+    return found
 
 
 def compile_step(

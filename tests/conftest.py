@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,24 @@ def assert_grads_match_fd(loss, wrt, feeds: dict):
         expected = numeric_grad(lambda: float(call(f_loss, feeds)), x, FD_EPS)
         np.testing.assert_allclose(value, expected, rtol=FD_RTOL, atol=FD_ATOL, err_msg=f"d loss / d {node.name}")
     return got
+
+
+def graph_errors_in_thread(fn, timeout: float = 60, **feeds) -> list:
+    """Call `fn(**feeds)` on a daemon thread and return the GraphErrors it raised; fails the test if
+    the call is still running after `timeout` seconds (a deadlock)."""
+    errors = []
+
+    def call():
+        try:
+            fn(**feeds)
+        except dg.GraphError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the call deadlocked"
+    return errors
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 
-from ...compiler.interpret import live_array
+from ...compiler.interpret import live_array, read_only
+from ...compiler.scan import Scan
 from ...compiler.schedule import Schedule, fingerprint
 from ...core import memory
-from ...core.errors import GraphError, ShapeError, with_context
+from ...core.errors import GraphError, ResultShapeError, ShapeError, with_context
 from ...core.leaves import ConstantOp, InputOp
 from ...core.node import Node
 from ...core.program import Program
@@ -30,6 +33,7 @@ from .irutil import (
     STATUS_OUT_OF_MEMORY,
 )
 from .jit import compile_module, host_cpu
+from .lowering import user_code
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -78,6 +82,7 @@ class NativeExecutor(Executor):
         self.schedule: Schedule = program.schedule
         self.state = state
         self.instrument = instrument
+        self.runs_python = any(kernel.kind == "callback" for kernel in self.schedule.kernels)
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         parallel = threads.openmp() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
@@ -88,6 +93,10 @@ class NativeExecutor(Executor):
         builder = lambda: str(self._builder().build())  # noqa: E731
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         key += f"|probe-{instrument}" if instrument else ""
+        if any(user_code(node.op) for node in _all_nodes(program)):
+            text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
+            key += f"|ir{hashlib.sha256(text.encode()).hexdigest()}"
+            builder = lambda: text  # noqa: E731
         self.compiled = compile_module(key, builder)
         self.spans: list[np.ndarray] = []  # "profile": per step, (kernels, 3) start ns, end ns, thread
         self.last_batch: int | None = None
@@ -255,15 +264,19 @@ class NativeExecutor(Executor):
         return array.reshape(concrete_shape(node.shape, binding.batch))
 
     def _run_callback(self, index: int, batch: int) -> int:
+        node = self.schedule.kernels[index].nodes[0]
         try:
             binding = self._current
-            node = self.schedule.kernels[index].nodes[0]
-            inputs = [self.view(binding, i) for i in node.inputs]
+            inputs = [read_only(self.view(binding, i)) for i in node.inputs]  # feeds, parameters, arena
             node.op.ref_into(self.view(binding, node), *inputs)
             return 0
+        except ResultShapeError as error:  # named as the reference backend names it
+            self._error = error.at(node.where)
+        except ShapeError as error:  # bad data (an id out of range), named as the reference does
+            self._error = with_context(error, f"node {node.where}: ")
         except BaseException as error:  # noqa: BLE001 - re-raised after the native call returns
             self._error = error
-            return STATUS_CALLBACK_FAILED
+        return STATUS_CALLBACK_FAILED
 
     def _raise(self, status: int, binding: Binding):
         kernel_index, site = self._failure()
@@ -271,8 +284,8 @@ class NativeExecutor(Executor):
         where = f"kernel {kernel_index} ({_describe(kernel)})" if kernel is not None else "an unknown kernel"
         if status == STATUS_CALLBACK_FAILED and self._error is not None:
             error, self._error = self._error, None
-            if isinstance(error, ShapeError):
-                raise ShapeError(str(error)) from None
+            if isinstance(error, (ResultShapeError, ShapeError)):  # named by _run_callback
+                raise error from None
             error.add_note(f"raised by the Python forward of {where}")
             raise error
         if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
@@ -281,6 +294,8 @@ class NativeExecutor(Executor):
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
             except ShapeError as error:
                 raise with_context(error, f"node {node.where}: ") from None
+            except Exception:  # noqa: BLE001 - ids changed by another thread since the kernel read them
+                pass
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
         if status == STATUS_OUT_OF_BOUNDS:
@@ -331,6 +346,14 @@ def _probe(instrument: str | None, schedule: Schedule, threaded: bool) -> probes
     if instrument == "numerics":
         return probes.FiniteCheck(schedule)
     raise ValueError(f"unknown instrument {instrument!r}; use 'profile' or 'numerics'")
+
+
+def _all_nodes(program: Program) -> Iterator[Node]:
+    """The program's nodes and those of the loop bodies in it (compiled into the same module)."""
+    for node in program.nodes:
+        yield node
+        if isinstance(node.op, Scan):
+            yield from _all_nodes(node.op.body.program)
 
 
 def _describe(kernel) -> str:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from ...compiler.interpret import evaluate, live_array
+from ...core.errors import GraphError
 from ...core.program import Program
 from ...core.types import concrete_shape
 from .. import numerics
@@ -15,6 +16,8 @@ from ..base import Executor
 
 
 class ReferenceExecutor(Executor):
+    runs_python = True  # every op's NumPy forward
+
     def __init__(self, program: Program, state: dict[str, np.ndarray], check_numerics: bool = False):
         self.program = program
         self.state = state
@@ -29,8 +32,12 @@ class ReferenceExecutor(Executor):
             if node is not None:
                 raise numerics.non_finite_error(node, value_of, program)
         outputs = [values[o.id] for o in program.outputs]
-        for leaf, new in program.updates:
-            np.copyto(live_array(program, self.state, leaf), values[new.id])
+        targets = [(leaf, live_array(program, self.state, leaf), new) for leaf, new in program.updates]
+        for leaf, target, _ in targets:  # all checked before any is written
+            if not target.flags.writeable:
+                raise GraphError(f"{leaf.name} was made read-only, so the step cannot update it; nothing was updated")
+        for _, target, new in targets:
+            np.copyto(target, values[new.id])
         return outputs
 
     def bytes_needed(self, batch: int) -> int:
