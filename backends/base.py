@@ -5,10 +5,12 @@ looks them up here, so a new backend is one more package that calls `register`."
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..compiler.passes import Pass
+from ..core.arrays import HostArrays
 from ..core.errors import GraphError
 from ..core.program import Program
 
@@ -32,6 +34,16 @@ class Executor(ABC):
         """Memory a step of this batch size needs besides its outputs, checked before it runs."""
         return 0
 
+    def before_step(self, params: HostArrays, reads: Sequence[str]) -> None:
+        """Make the parameters a step reads current where it reads them. Host executors read the
+        host arrays, which a device backend's steps may have left behind its own copies."""
+        params.refresh(reads)
+
+    def after_step(self, params: HostArrays, written: Sequence[str]) -> None:
+        """Record where the newest values of the parameters a step updated are: for host
+        executors the host arrays (a device's copies of them are then outdated)."""
+        params.written_on_host(written)
+
     def ir(self) -> str:
         raise GraphError(f"the {type(self).__name__} has no LLVM IR; compile with backend='llvm'")
 
@@ -43,6 +55,16 @@ class Backend(ABC):
     """A way to run programs, registered under `name`."""
 
     name: str = ""
+
+    def with_option(self, option: str) -> Backend:
+        """This backend configured by the text after the colon of `backend="name:option"` (the
+        OpenCL backend takes a device)."""
+        raise GraphError(f"backend {self.name!r} takes no option, got {self.name}:{option}")
+
+    @property
+    def label(self) -> str:
+        """What the backend runs on, for reports (a device backend names its device)."""
+        return self.name
 
     @abstractmethod
     def passes(self) -> list[tuple[str, Pass]]:
@@ -66,10 +88,14 @@ def register(backend: Backend) -> Backend:
 
 
 def get_backend(name: str) -> Backend:
+    """The backend registered as `name`, or as the part before a colon, configured by the rest
+    ("opencl:1": the OpenCL backend on device 1)."""
+    base, colon, option = name.partition(":")
     try:
-        return _BACKENDS[name]
+        backend = _BACKENDS[base]
     except KeyError:
         raise GraphError(f"unknown backend {name!r}; choose one of {available()}") from None
+    return backend.with_option(option) if colon else backend
 
 
 def available() -> list[str]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from .arrays import HostArrays
 from .errors import GraphError, ShapeError
 from .leaves import ConstantOp, InputOp, ParameterOp, initial_value
 from .node import Node
@@ -14,26 +15,12 @@ from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
 
-class ParameterStore(Mapping[str, np.ndarray]):
-    """Live parameter buffers, by name. Arrays are never replaced, so views stay valid."""
+class ParameterStore(HostArrays):
+    """Live parameter buffers, by name. Arrays are never replaced, so views stay valid; reading one
+    here brings back a newer value a device backend holds (see core/arrays.py)."""
 
-    def __init__(self) -> None:
-        self._arrays: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self._arrays[name]
-        except KeyError:
-            raise GraphError(f"no parameter named '{name}'; parameters are {sorted(self._arrays)}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
-
-    def __len__(self) -> int:
-        return len(self._arrays)
-
-    def _add(self, name: str, value: np.ndarray) -> None:
-        self._arrays[name] = value
+    def _missing(self, name: str) -> GraphError:
+        return GraphError(f"no parameter named '{name}'; parameters are {sorted(self._arrays)}")
 
 
 class Graph:

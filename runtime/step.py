@@ -15,6 +15,7 @@ from ..compiler.build import build_program
 from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import Pass
 from ..core import memory
+from ..core.arrays import HostArrays
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
 from ..core.leaves import InputOp, ParameterOp
@@ -40,7 +41,10 @@ class CompiledFunction:
         self.check_finite = check_finite
         self.inputs = program.leaves(InputOp)
         self.step_count = 0
-        self.state: dict[str, np.ndarray] = program.initial_state()
+        # optimizer state: on a device backend its newest values live on the device (core/arrays.py)
+        self.state = HostArrays(program.initial_state())
+        self._param_names = self.params
+        self._updated_params = [leaf.name for leaf, _ in program.updates if isinstance(leaf.op, ParameterOp)]
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
@@ -58,16 +62,17 @@ class CompiledFunction:
     @property
     def lr(self) -> float:
         """The optimizer's learning rate; assign to it to follow a schedule."""
-        return float(self._lr_buffer())
+        self._check_lr()
+        return float(self.state.current(LR_KEY))
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._lr_buffer()[...] = value
+        self._check_lr()
+        self.state[LR_KEY][...] = value
 
-    def _lr_buffer(self) -> np.ndarray:
+    def _check_lr(self) -> None:
         if LR_KEY not in self.state:
             raise GraphError("this compiled function has no optimizer, so no learning rate")
-        return self.state[LR_KEY]
 
     def __call__(self, feeds: dict[str, Any] | None = None, /, *, out: Any = None, **named: Any):
         """Run one step. Feeds go by input name (or in a dict, e.g. for an input called "out");
@@ -79,6 +84,8 @@ class CompiledFunction:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
         with self._lock:  # compiled functions of one graph take turns (see locks.py)
+            params = self.program.graph.params
+            self._executor.before_step(params, self._param_names)
             if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
@@ -87,6 +94,7 @@ class CompiledFunction:
                 results = self._executor.run(arrays, batch, [None] * first + direct)
             else:
                 results = self._executor.run(arrays, batch)
+            self._executor.after_step(params, self._updated_params)
             if self.trains:
                 self.step_count += 1
             values = self._deliver(results[first:], targets)
@@ -122,7 +130,8 @@ class CompiledFunction:
         parameter, optimizer state or an earlier `out=` array (kernels would read what they are
         overwriting): it receives a copy after the step instead, as with the reference backend."""
         graph = self.program.graph
-        read = list(feeds.values()) + [graph.params[name] for name in self.params] + list(self.state.values())
+        read = list(feeds.values()) + [graph.params.storage(name) for name in self._param_names]
+        read += [self.state.storage(key) for key in self.state]
         direct: list[np.ndarray | None] = []
         for i, target in enumerate(targets):
             others = read + targets[:i]
@@ -178,8 +187,9 @@ class CompiledFunction:
     def save(self, path: str | os.PathLike) -> None:
         """Parameters, optimizer state and step count, written atomically (never mid-step)."""
         with self._lock:
-            params = {name: self.program.graph.params[name] for name in self.params}
-            checkpoint.save(path, params, self.state, self.step_count)
+            params = {name: self.program.graph.params.current(name) for name in self._param_names}
+            state = {key: self.state.current(key) for key in self.state}
+            checkpoint.save(path, params, state, self.step_count)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint; on any mismatch raise and change nothing."""

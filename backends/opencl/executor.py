@@ -1,0 +1,273 @@
+"""The OpenCL executor: builds the step's program once, keeps parameters, optimizer state and
+constants in device buffers, and runs a step by enqueuing every kernel and GEMM on the device's
+in-order queue (no wait between them): feeds go up first, outputs and the status word come back
+at the end, and only then does the host wait.
+
+A kernel that finds bad data (an id out of range) records its index in the status word; the
+kernels that write parameters or state check it first, so a failed step changes nothing."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import pyopencl as cl
+
+from ...compiler.schedule import Schedule, pack_temps
+from ...core.arrays import HostArrays
+from ...core.errors import ShapeError
+from ...core.leaves import InputOp, StateOp
+from ...core.memory import human
+from ...core.program import Program
+from ...core.types import concrete_shape
+from ..base import Executor
+from . import blas
+from .device import Device
+from .lowering import Gemm
+from .program import StepProgram, build_error, describe
+
+MAX_BINDINGS = 4  # batch sizes whose device memory is kept
+
+
+class Resident:
+    """Device copies of named host arrays (parameters, or optimizer state): the DeviceCopies of
+    core/arrays.py. `valid` names the copies that hold the newest value or the host's."""
+
+    def __init__(self, device: Device, arrays: dict[str, tuple[tuple[int, ...], np.dtype]]):
+        self.device = device
+        self.buffers = {key: _allocate(device, math.prod(shape) * np.dtype(dtype).itemsize, key)
+                        for key, (shape, dtype) in arrays.items()}  # fmt: skip
+        self.valid: set[str] = set()
+
+    def download(self, key: str, out: np.ndarray) -> None:
+        if out.nbytes:
+            cl.enqueue_copy(self.device.queue, out, self.buffers[key], is_blocking=True)
+
+    def drop(self, key: str) -> None:
+        self.valid.discard(key)
+
+    def upload(self, store: HostArrays, keys) -> None:
+        """Bring the newest values of `keys` (wherever they are) into these buffers."""
+        for key in keys:
+            if key not in self.valid:
+                array = store.current(key)
+                if array.nbytes:
+                    cl.enqueue_copy(self.device.queue, self.buffers[key], array, is_blocking=False)
+                store.copied_to(self, key)
+                self.valid.add(key)
+
+
+def _allocate(device: Device, nbytes: int, what: str):
+    if nbytes > device.largest_buffer:
+        raise MemoryError(
+            f"{what} needs {human(nbytes)}, more than the largest buffer {device.title} allocates "
+            f"({human(device.largest_buffer)}); nothing was run"
+        )
+    try:
+        return cl.Buffer(device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
+    except cl.MemoryError as error:
+        raise MemoryError(f"{what} needs {human(nbytes)}, which {device.title} could not allocate: {error}") from None
+
+
+def _forget(stores, copies) -> None:
+    """When an executor goes away: bring back what only its device holds."""
+    for store, resident in zip(stores, copies):
+        store.forget(resident)
+
+
+@dataclass
+class _Call:
+    """One prepared launch: an NDRange of a kernel object with its arguments set, or a GEMM."""
+
+    kernel: object = None
+    items: tuple[int] = (0,)
+    group: tuple[int] | None = None
+    gemm: object = None  # a callable enqueuing the GEMM
+
+
+class Binding:
+    """Device memory and prepared launches for one batch size: the arena (temps packed by
+    liveness, each a sub-buffer), input buffers, and every kernel object with its arguments."""
+
+    def __init__(self, executor: OpenCLExecutor, batch: int):
+        device, schedule = executor.device, executor.schedule
+        self.batch = batch
+        offsets, size = pack_temps(schedule.buffers, batch, device.align)
+        inputs = sum(b.nbytes(batch) for b in schedule.buffers if b.kind == "input")
+        executor.check_memory(size + inputs, batch)
+        self.arena = _allocate(device, size, f"the activations of batch size {batch}")
+        self.buffers: dict[int, object] = {}
+        for buffer in schedule.buffers:
+            if buffer.kind == "temp":
+                region = -(-max(buffer.nbytes(batch), 1) // device.align) * device.align
+                self.buffers[buffer.slot] = self.arena.get_sub_region(offsets[buffer.slot], region)
+            elif buffer.kind == "input":
+                self.buffers[buffer.slot] = _allocate(device, buffer.nbytes(batch), f"input '{buffer.key}'")
+            else:
+                self.buffers[buffer.slot] = executor.persistent[buffer.slot]
+        self.calls = [call for step in executor.program_.steps for call in self._prepare(executor, step)]
+
+    def _prepare(self, executor: OpenCLExecutor, step) -> list[_Call]:
+        calls = []
+        for launch in step.launches:
+            if isinstance(launch, Gemm):
+                call = blas.prepare(executor.device, launch, self.batch, self.buffers, executor.schedule)
+                if call is not None:
+                    calls.append(_Call(gemm=call))
+                continue
+            items = launch.items.at(self.batch)
+            if items == 0:
+                continue
+            kernel = cl.Kernel(executor.cl_program, launch.name)
+            args = [self.buffers[s] for s in launch.slots]
+            kernel.set_args(*args, np.int64(self.batch), executor.status, np.int32(step.index))
+            group = launch.group_size or min(executor.device.group, executor.group_limit(kernel))
+            calls.append(_Call(kernel, (-(-items // group) * group,), (group,)))
+        return calls
+
+
+class OpenCLExecutor(Executor):
+    fills_outputs = True
+
+    def __init__(self, program: Program, state: HostArrays, device: Device):
+        self.program, self.state, self.device = program, state, device
+        self.schedule: Schedule = program.schedule
+        self.program_ = StepProgram(self.schedule, device.lanes)
+        if os.environ.get("DRUG_DEBUG", "0") >= "2":
+            print(self.program_.source, file=sys.stderr)
+        self.cl_program = self._build()
+        self.status = cl.Buffer(device.context, cl.mem_flags.READ_WRITE, 4)
+        self._status = np.zeros(1, np.int32)
+        graph = program.graph
+        self.params = Resident(device, self._shapes("param", lambda key: graph.params.storage(key)))
+        self.states = Resident(device, self._shapes("state", state.storage))
+        self.persistent = self._persistent_buffers()
+        self._updated_state = [leaf.op.key_name for leaf, _ in program.updates if isinstance(leaf.op, StateOp)]
+        slot_of = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
+        self.input_slots = [(slot_of[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of]
+        self._bindings: dict[int, Binding] = {}
+        self._group_limits: dict[str, int] = {}
+        finalizer = weakref.finalize(self, _forget, (graph.params, state), (self.params, self.states))
+        finalizer.atexit = False
+
+    def _build(self):
+        try:
+            return cl.Program(self.device.context, self.program_.source).build()
+        except cl.RuntimeError as error:  # pyopencl's message holds the compiler's log
+            raise build_error(self.program_, self.device.title, str(error)) from None
+
+    def group_limit(self, kernel) -> int:
+        name = kernel.function_name
+        if name not in self._group_limits:
+            info = cl.kernel_work_group_info.WORK_GROUP_SIZE
+            self._group_limits[name] = kernel.get_work_group_info(info, self.device.device)
+        return self._group_limits[name]
+
+    def _shapes(self, kind: str, array_of) -> dict[str, tuple]:
+        return {b.key: (array_of(b.key).shape, b.dtype) for b in self.schedule.buffers if b.kind == kind}
+
+    def _persistent_buffers(self) -> dict[int, object]:
+        out = {}
+        for buffer in self.schedule.buffers:
+            if buffer.kind == "param":
+                out[buffer.slot] = self.params.buffers[buffer.key]
+            elif buffer.kind == "state":
+                out[buffer.slot] = self.states.buffers[buffer.key]
+            elif buffer.kind == "const":
+                value = np.ascontiguousarray(buffer.key)
+                out[buffer.slot] = _allocate(self.device, value.nbytes, "a constant")
+                if value.nbytes:
+                    cl.enqueue_copy(self.device.queue, out[buffer.slot], value, is_blocking=True)
+        return out
+
+    def check_memory(self, nbytes: int, batch: int) -> None:
+        """Refuse a batch whose activations cannot fit beside the parameters and state."""
+        resident = sum(b.nbytes(batch) for b in self.schedule.buffers if b.kind in ("param", "state", "const"))
+        if nbytes + resident > self.device.memory:
+            raise MemoryError(
+                f"the activations and inputs of batch size {batch} need {human(nbytes)} on {self.device.title} "
+                f"beside {human(resident)} of parameters, state and constants, more than its "
+                f"{human(self.device.memory)}; use a smaller batch. Nothing was run."
+            )
+
+    def before_step(self, params: HostArrays, reads) -> None:
+        """Parameters this step reads that the device has no current copy of go up first."""
+        self.params.upload(params, reads)
+
+    def after_step(self, params: HostArrays, written) -> None:
+        params.written_on_device(self.params, written)
+
+    def _binding(self, batch: int) -> Binding:
+        binding = self._bindings.pop(batch, None) or Binding(self, batch)
+        self._bindings[batch] = binding  # most recently used last
+        if len(self._bindings) > MAX_BINDINGS:
+            del self._bindings[next(iter(self._bindings))]
+        return binding
+
+    def run(self, feeds: dict[int, np.ndarray], batch: int | None, out: list | None = None) -> list[np.ndarray]:
+        batch = batch or 0
+        binding = self._binding(batch)
+        queue = self.device.queue
+        self.states.upload(self.state, self.state)
+        cl.enqueue_fill_buffer(queue, self.status, np.int32(0), 0, 4)
+        for slot, node_id in self.input_slots:
+            array = np.ascontiguousarray(feeds[node_id])
+            if array.nbytes:
+                cl.enqueue_copy(queue, binding.buffers[slot], array, is_blocking=False)
+        try:
+            for call in binding.calls:
+                if call.gemm is not None:
+                    call.gemm()
+                else:
+                    cl.enqueue_nd_range_kernel(queue, call.kernel, call.items, call.group)
+            results = self._read_outputs(binding, out or [])
+            cl.enqueue_copy(queue, self._status, self.status, is_blocking=False)
+            queue.finish()
+        except BaseException:
+            # the device may have stopped anywhere: its copies are no longer trusted
+            self.params.valid.clear()
+            self.states.valid.clear()
+            raise
+        if self._status[0]:
+            self._raise_failed(int(self._status[0]) - 1, feeds, batch)
+        self.state.written_on_device(self.states, self._updated_state)
+        return results
+
+    def _read_outputs(self, binding: Binding, out: list) -> list[np.ndarray]:
+        results = []
+        for i, node in enumerate(self.program.outputs):
+            shape = concrete_shape(node.shape, binding.batch)
+            target = out[i] if i < len(out) else None
+            fits = (
+                isinstance(target, np.ndarray)
+                and target.shape == shape
+                and target.dtype == node.dtype
+                and target.flags.c_contiguous
+                and target.flags.writeable
+            )
+            array = target if fits else np.empty(shape, node.dtype)
+            if array.nbytes:
+                source = binding.buffers[self.schedule.slot(node)]
+                cl.enqueue_copy(self.device.queue, array, source, is_blocking=False)
+            results.append(array)
+        return results
+
+    def _raise_failed(self, index: int, feeds: dict[int, np.ndarray], batch: int):
+        """A kernel found an id out of range: say which, with the op's own message when its ids
+        are fed (its reference forward, given zeros for the other inputs, finds the first bad one)."""
+        kernel = self.schedule.kernels[index] if index < len(self.schedule.kernels) else None
+        node = kernel.nodes[0] if kernel is not None and kernel.nodes else None
+        if node is not None and all(i.id in feeds or i.dtype.kind == "f" for i in node.inputs):
+            args = [feeds.get(i.id, np.zeros(concrete_shape(i.shape, batch), i.dtype)) for i in node.inputs]
+            try:
+                node.op.ref(*args)
+            except ShapeError as error:
+                raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
+            except (IndexError, ValueError):
+                pass
+        where = describe(index, kernel)
+        raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
