@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-mpi install-bench test lint format demo aot-demo bench clean
+.PHONY: install install-mpi install-gpu install-bench test lint format demo aot-demo bench clean
 
 install: $(STAMP)
 
@@ -47,6 +47,11 @@ aot-demo: install
 # library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
 install-mpi: install
 	$(PY) -m pip install --quiet -e '.[test,mpi]'
+
+# pyopencl and pyclblast for the OpenCL backend (backend="opencl", tests/backends/opencl); they need an OpenCL
+# driver and CLBlast first: apt-get install pocl-opencl-icd ocl-icd-libopencl1 libclblast-dev (.ci/run does).
+install-gpu: install
+	$(PY) -m pip install --quiet -e '.[test,gpu]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install

@@ -38,6 +38,7 @@ class CompiledFunction:
     def __init__(self, program: Program, backend: Backend, check_finite: bool):
         self.program = program
         self.backend = backend.name
+        self.device = backend.label  # what the steps run on (a device backend names its device)
         self.check_finite = check_finite
         self.inputs = program.leaves(InputOp)
         self.step_count = 0

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ...compiler.fusion import is_alias, is_reduction
 from ...compiler.grid import ONE, ZERO, Size
 from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
@@ -107,8 +108,9 @@ def lowering_of(op: Op) -> Lowering | None:
 
 
 def refusal(node: Node) -> str | None:
-    """Why `node` has no OpenCL code (None: it has)."""
-    if scalar_rule_of(node.op) is not None:
+    """Why `node` has no OpenCL code (None: it has: a scalar rule or a reduction, which loops
+    compute, a view, which is no code, or a kernel)."""
+    if scalar_rule_of(node.op) is not None or is_reduction(node) or is_alias(node) or not node.inputs:
         return None
     rule = lowering_of(node.op)
     if rule is None:

@@ -147,7 +147,7 @@ def build_error(program: StepProgram, device: str, log: str) -> GraphError:
     where = "".join(f"\n  function {n}, run by {'; '.join(program.users(n))}" for n in names)
     return GraphError(
         f"the OpenCL compiler of {device} rejected the step's program{where or ' (no line named)'}; "
-        f"nothing was run. Build log:\n{log.strip()}"
+        f"nothing was run (DRUG_DEBUG=2 prints the program). Build log:\n{log.strip()}"
     )
 
 

@@ -68,9 +68,10 @@ def unflatten(flat: str, extents: Sequence[Size], names: Sequence[str], lines: l
             lines.append(f"{indent}const long {names[i]} = {rest};")
         elif extents[i].is_one:
             lines.append(f"{indent}const long {names[i]} = 0;")
-        else:
-            lines.append(f"{indent}const long {names[i]} = {rest} % {size(extents[i])};")
-            lines.append(f"{indent}const long {names[i]}_rest = {rest} / {size(extents[i])};")
+        else:  # an empty extent means no work item runs this: divide by 1, not 0, to compile cleanly
+            divisor = "1" if extents[i].is_zero else size(extents[i])
+            lines.append(f"{indent}const long {names[i]} = {rest} % {divisor};")
+            lines.append(f"{indent}const long {names[i]}_rest = {rest} / {divisor};")
             rest = f"{names[i]}_rest"
 
 
