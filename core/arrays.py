@@ -96,12 +96,3 @@ class HostArrays(Mapping[str, np.ndarray]):
                     other.drop(key)
             self._copies[key] = [device]
             self._newest[key] = device
-
-    def forget(self, device: DeviceCopies) -> None:
-        """`device` goes away: bring back what only it holds, then stop tracking its copies."""
-        for key in [k for k, d in self._newest.items() if d is device]:
-            self.current(key)
-        for key, holders in list(self._copies.items()):
-            holders[:] = [h for h in holders if h is not device]
-            if not holders:
-                del self._copies[key]

@@ -8,10 +8,8 @@ kernels that write parameters or state check it first, so a failed step changes 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
-import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,54 +27,9 @@ from . import blas
 from .device import Device
 from .lowering import Gemm
 from .program import StepProgram, build_error, describe
+from .resident import allocate, resident
 
 MAX_BINDINGS = 4  # batch sizes whose device memory is kept
-
-
-class Resident:
-    """Device copies of named host arrays (parameters, or optimizer state): the DeviceCopies of
-    core/arrays.py. `valid` names the copies that hold the newest value or the host's."""
-
-    def __init__(self, device: Device, arrays: dict[str, tuple[tuple[int, ...], np.dtype]]):
-        self.device = device
-        self.buffers = {key: _allocate(device, math.prod(shape) * np.dtype(dtype).itemsize, key)
-                        for key, (shape, dtype) in arrays.items()}  # fmt: skip
-        self.valid: set[str] = set()
-
-    def download(self, key: str, out: np.ndarray) -> None:
-        if out.nbytes:
-            cl.enqueue_copy(self.device.queue, out, self.buffers[key], is_blocking=True)
-
-    def drop(self, key: str) -> None:
-        self.valid.discard(key)
-
-    def upload(self, store: HostArrays, keys) -> None:
-        """Bring the newest values of `keys` (wherever they are) into these buffers."""
-        for key in keys:
-            if key not in self.valid:
-                array = store.current(key)
-                if array.nbytes:
-                    cl.enqueue_copy(self.device.queue, self.buffers[key], array, is_blocking=False)
-                store.copied_to(self, key)
-                self.valid.add(key)
-
-
-def _allocate(device: Device, nbytes: int, what: str):
-    if nbytes > device.largest_buffer:
-        raise MemoryError(
-            f"{what} needs {human(nbytes)}, more than the largest buffer {device.title} allocates "
-            f"({human(device.largest_buffer)}); nothing was run"
-        )
-    try:
-        return cl.Buffer(device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
-    except cl.MemoryError as error:
-        raise MemoryError(f"{what} needs {human(nbytes)}, which {device.title} could not allocate: {error}") from None
-
-
-def _forget(stores, copies) -> None:
-    """When an executor goes away: bring back what only its device holds."""
-    for store, resident in zip(stores, copies):
-        store.forget(resident)
 
 
 @dataclass
@@ -99,14 +52,14 @@ class Binding:
         offsets, size = pack_temps(schedule.buffers, batch, device.align)
         inputs = sum(b.nbytes(batch) for b in schedule.buffers if b.kind == "input")
         executor.check_memory(size + inputs, batch)
-        self.arena = _allocate(device, size, f"the activations of batch size {batch}")
+        self.arena = allocate(device, size, f"the activations of batch size {batch}")
         self.buffers: dict[int, object] = {}
         for buffer in schedule.buffers:
             if buffer.kind == "temp":
                 region = -(-max(buffer.nbytes(batch), 1) // device.align) * device.align
                 self.buffers[buffer.slot] = self.arena.get_sub_region(offsets[buffer.slot], region)
             elif buffer.kind == "input":
-                self.buffers[buffer.slot] = _allocate(device, buffer.nbytes(batch), f"input '{buffer.key}'")
+                self.buffers[buffer.slot] = allocate(device, buffer.nbytes(batch), f"input '{buffer.key}'")
             else:
                 self.buffers[buffer.slot] = executor.persistent[buffer.slot]
         self.calls = [call for step in executor.program_.steps for call in self._prepare(executor, step)]
@@ -142,17 +95,13 @@ class OpenCLExecutor(Executor):
         self.cl_program = self._build()
         self.status = cl.Buffer(device.context, cl.mem_flags.READ_WRITE, 4)
         self._status = np.zeros(1, np.int32)
-        graph = program.graph
-        self.params = Resident(device, self._shapes("param", lambda key: graph.params.storage(key)))
-        self.states = Resident(device, self._shapes("state", state.storage))
+        self.params, self.states = resident(program.graph.params, device), resident(state, device)
         self.persistent = self._persistent_buffers()
         self._updated_state = [leaf.op.key_name for leaf, _ in program.updates if isinstance(leaf.op, StateOp)]
         slot_of = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
         self.input_slots = [(slot_of[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of]
         self._bindings: dict[int, Binding] = {}
         self._group_limits: dict[str, int] = {}
-        finalizer = weakref.finalize(self, _forget, (graph.params, state), (self.params, self.states))
-        finalizer.atexit = False
 
     def _build(self):
         try:
@@ -167,30 +116,27 @@ class OpenCLExecutor(Executor):
             self._group_limits[name] = kernel.get_work_group_info(info, self.device.device)
         return self._group_limits[name]
 
-    def _shapes(self, kind: str, array_of) -> dict[str, tuple]:
-        return {b.key: (array_of(b.key).shape, b.dtype) for b in self.schedule.buffers if b.kind == kind}
-
     def _persistent_buffers(self) -> dict[int, object]:
         out = {}
         for buffer in self.schedule.buffers:
             if buffer.kind == "param":
-                out[buffer.slot] = self.params.buffers[buffer.key]
+                out[buffer.slot] = self.params.buffer(buffer.key, self.program.graph.params.storage(buffer.key))
             elif buffer.kind == "state":
-                out[buffer.slot] = self.states.buffers[buffer.key]
+                out[buffer.slot] = self.states.buffer(buffer.key, self.state.storage(buffer.key))
             elif buffer.kind == "const":
                 value = np.ascontiguousarray(buffer.key)
-                out[buffer.slot] = _allocate(self.device, value.nbytes, "a constant")
+                out[buffer.slot] = allocate(self.device, value.nbytes, "a constant")
                 if value.nbytes:
                     cl.enqueue_copy(self.device.queue, out[buffer.slot], value, is_blocking=True)
         return out
 
     def check_memory(self, nbytes: int, batch: int) -> None:
         """Refuse a batch whose activations cannot fit beside the parameters and state."""
-        resident = sum(b.nbytes(batch) for b in self.schedule.buffers if b.kind in ("param", "state", "const"))
-        if nbytes + resident > self.device.memory:
+        persistent = sum(b.nbytes(batch) for b in self.schedule.buffers if b.kind in ("param", "state", "const"))
+        if nbytes + persistent > self.device.memory:
             raise MemoryError(
                 f"the activations and inputs of batch size {batch} need {human(nbytes)} on {self.device.title} "
-                f"beside {human(resident)} of parameters, state and constants, more than its "
+                f"beside {human(persistent)} of parameters, state and constants, more than its "
                 f"{human(self.device.memory)}; use a smaller batch. Nothing was run."
             )
 

@@ -123,9 +123,11 @@ def test_batch_sizes_and_out_arrays(rng):
 
 def test_a_step_waits_once(monkeypatch, rng):
     """Every kernel and GEMM of a train step is enqueued without a host round trip: no blocking
-    transfer during the step; the host waits once, for the loss and the status word."""
+    transfer during the step; the host waits once, for the loss and the status word. A predictor
+    of the same graph on the same device reads the trained parameters where they are."""
     cl = pytest.importorskip("pyopencl")
-    g, train, *_ = mlp("opencl", dg.Adam(lr=0.05), dtype="float32")
+    g, train, logits, _ = mlp("opencl", dg.Adam(lr=0.05), dtype="float32")
+    predict = g.compile(outputs=logits, backend="opencl")
     x, y = batches(rng, 1)[0]
     x = x.astype(np.float32)
     train(x=x, y=y)  # binds the batch size and uploads the parameters
@@ -140,3 +142,8 @@ def test_a_step_waits_once(monkeypatch, rng):
     loss = train(x=x, y=y)
     assert np.isfinite(loss)
     assert copies and not any(copies), f"blocking copies during a step: {copies}"
+    copies.clear()
+    got = predict(x=x)
+    assert not any(copies), f"blocking copies in the predictor after training: {copies}"
+    want = g.compile(outputs=logits, backend="numpy")(x=x)  # takes the newest values back to the host
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
