@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 REGISTRY: dict[str, type[Op]] = {}
+T = TypeVar("T")
 
 
 @dataclass
@@ -149,3 +150,12 @@ def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
     if dtype not in FLOAT_DTYPES:
         raise ShapeError(f"needs float inputs, got {dtype}")
     return dtype
+
+
+def registered_for(table: dict[type, T], op: Op) -> T | None:
+    """What `table` (a backend's rules, keyed by op class) holds for `op`, found along its class's
+    MRO: a subclass runs like its parent unless it registers a rule of its own."""
+    for cls in type(op).__mro__:
+        if cls in table:
+            return table[cls]
+    return None

@@ -24,7 +24,7 @@ from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.errors import GraphError
 from ...core.node import Node
-from ...core.op import Op
+from ...core.op import Op, registered_for
 from ...core.types import Shape, format_shape
 from .source import Function, Params, size
 
@@ -101,10 +101,7 @@ def kernel(
 
 
 def lowering_of(op: Op) -> Lowering | None:
-    for cls in type(op).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
+    return registered_for(_RULES, op)
 
 
 def refusal(node: Node) -> str | None:

@@ -17,7 +17,7 @@ from ...core.errors import GraphError
 from ...core.types import format_shape
 from . import kernels  # noqa: F401 (registers every op's kernel)
 from .loops import render_loop
-from .lowering import Gemm, KernelContext, Launch, Run, lowering_of
+from .lowering import KernelContext, Launch, Run, lowering_of
 from .scalar import helpers
 from .source import STATUS, Function, Params, size
 
@@ -149,7 +149,3 @@ def build_error(program: StepProgram, device: str, log: str) -> GraphError:
         f"the OpenCL compiler of {device} rejected the step's program{where or ' (no line named)'}; "
         f"nothing was run (DRUG_DEBUG=2 prints the program). Build log:\n{log.strip()}"
     )
-
-
-def gemms(program: StepProgram) -> list[Gemm]:
-    return [launch for step in program.steps for launch in step.launches if isinstance(launch, Gemm)]

@@ -17,29 +17,27 @@ from ..source import c_type, literal, size
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Static sizes of a convolution (only the batch is dynamic) and its GEMM layout: the column
-    matrix (C*KH*KW, N*HO*WO) and the staging matrix (O, N*HO*WO), both in the workspace."""
+    """Static sizes of a convolution (the number of images may be the batch) and its GEMM layout:
+    the column matrix (C*KH*KW rows, one column per output pixel of every image) and the staging
+    matrix (O rows, the same columns), both in the workspace."""
 
     images: int | None  # N (None: the batch)
     channels: int
     in_hw: tuple[int, int]
     k_hw: tuple[int, int]
     stride: tuple[int, int]
+    out_hw: tuple[int, int]
     outs: int
     dtype: np.dtype
 
     @classmethod
     def of(cls, x_shape, w_shape, stride, dtype) -> _Geometry:
-        hw, k_hw = tuple(x_shape[2:]), tuple(w_shape[2:])
-        return cls(x_shape[0], x_shape[1], hw, k_hw, tuple(stride), w_shape[0], np.dtype(dtype))
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return conv_out_hw(self.in_hw, self.k_hw, self.stride)
+        in_hw, k_hw = tuple(x_shape[2:]), tuple(w_shape[2:])
+        out_hw = conv_out_hw(in_hw, k_hw, stride)
+        return cls(x_shape[0], x_shape[1], in_hw, k_hw, tuple(stride), out_hw, w_shape[0], np.dtype(dtype))
 
     @property
     def rows(self) -> int:
-        """Column-matrix rows: one per (channel, kernel row, kernel column)."""
         return self.channels * self.k_hw[0] * self.k_hw[1]
 
     @property
@@ -48,7 +46,6 @@ class _Geometry:
 
     @property
     def width(self) -> Size:
-        """Columns of the GEMM matrices: every output pixel of every image."""
         return Size.of([self.images]) * self.pixels
 
     @property

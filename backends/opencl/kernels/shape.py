@@ -50,25 +50,24 @@ def _slice_hit(index: tuple, in_shape: Shape, position: list[str], g_shape: Shap
     return " && ".join(conditions) or "1", where
 
 
-@kernel(Transpose)
-def _transpose(k, node):
-    """Output axis a reads input axis perm[a]."""
+def _gather(k, node, source_offset) -> None:
+    """Each output element reads the input's element at `source_offset(output index names)`."""
     (x,) = node.inputs
     f = k.function(Size.of(node.shape))
     source, out = f.read(x), f.write(node)
-    index = _indices(f, node.shape)
-    strides = row_major_strides(x.shape)
-    at = offset([(i, strides[p]) for i, p in zip(index, node.op.perm)])
-    f.lines += [f"    {out}[item] = {source}[{at}];"]
+    f.lines += [f"    {out}[item] = {source}[{source_offset(_indices(f, node.shape))}];"]
+
+
+@kernel(Transpose)
+def _transpose(k, node):
+    """Output axis a reads input axis perm[a]."""
+    strides = row_major_strides(node.inputs[0].shape)
+    _gather(k, node, lambda index: offset([(i, strides[p]) for i, p in zip(index, node.op.perm)]))
 
 
 @kernel(Slice)
 def _slice(k, node):
-    (x,) = node.inputs
-    f = k.function(Size.of(node.shape))
-    source, out = f.read(x), f.write(node)
-    index = _indices(f, node.shape)
-    f.lines += [f"    {out}[item] = {source}[{_slice_source(node.op.index, x.shape, index)}];"]
+    _gather(k, node, lambda index: _slice_source(node.op.index, node.inputs[0].shape, index))
 
 
 def _gather_slices(k, node, indices: tuple, grads: list) -> None:

@@ -122,45 +122,46 @@ def test_reductions_over_any_axes(rng):
         assert_close(got, want, "float64", "reduction")
 
 
-@pytest.mark.parametrize("int_dtype", ["int32", "int64"])
-@pytest.mark.parametrize("bad", [3, -1, "largest"])
-def test_cross_entropy_label_out_of_range_changes_nothing(bad, int_dtype, rng):
-    bad = np.iinfo(int_dtype).max if bad == "largest" else bad
+def _classifier(int_dtype: str):
+    """A train step reading labels: (graph, step, feeds for a list of 5 labels < 3)."""
     g = dg.Graph(dtype="float32", seed=0)
-    x = g.input("x", (None, 4))
-    y = g.input("y", (None,), dtype=int_dtype)
-    w = g.parameter("w", (4, 3))
-    b = g.parameter("b", (3,), init="zeros")
-    step = g.compile(loss=dg.softmax_cross_entropy(x @ w + b, y), optimizer=dg.Adam(lr=0.1), backend="opencl")
-    xv = rng.standard_normal((5, 4)).astype(np.float32)
-    step(x=xv, y=np.array([0, 1, 2, 1, 0], int_dtype))
-    before = {k: v.copy() for k, v in g.params.items()}
-    state = {k: v.copy() for k, v in step.state.items()}
-    with pytest.raises(dg.ShapeError, match=f"label/id {bad} out of range"):
-        step(x=xv, y=np.array([0, 1, bad, 1, 0], int_dtype))
-    assert step.step_count == 1
-    for name, value in before.items():
-        np.testing.assert_array_equal(g.params[name], value, err_msg=name)
-    for key, value in state.items():
-        np.testing.assert_array_equal(step.state[key], value, err_msg=key)
-    step(x=xv, y=np.array([0, 1, 2, 1, 0], int_dtype))  # the step still works afterwards
-    assert not np.array_equal(g.params["w"], before["w"])
+    x, y = g.input("x", (None, 4)), g.input("y", (None,), dtype=int_dtype)
+    logits = x @ g.parameter("w", (4, 3)) + g.parameter("b", (3,), init="zeros")
+    step = g.compile(loss=dg.softmax_cross_entropy(logits, y), optimizer=dg.Adam(lr=0.1), backend="opencl")
+    xv = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    return g, step, lambda labels: {"x": xv, "y": np.array(labels, int_dtype)}
 
 
-@pytest.mark.parametrize("bad", [6, -1])
-def test_embedding_id_out_of_range_changes_nothing(bad):
+def _embedder(int_dtype: str):
+    """A train step reading embedding ids: (graph, step, feeds for a list of 6 ids < 6, in pairs)."""
     g = dg.Graph(dtype="float32", seed=0)
-    ids = g.input("ids", (None, 2), dtype="int32")
-    table = g.parameter("table", (6, 3))
-    w = g.parameter("w", (6, 1))
-    loss = dg.mean(dg.tanh(dg.reshape(dg.embedding(ids, table), (None, 6)) @ w))
+    ids = g.input("ids", (None, 2), dtype=int_dtype)
+    h = dg.reshape(dg.embedding(ids, g.parameter("table", (6, 3))), (None, 6))
+    loss = dg.mean(dg.tanh(h @ g.parameter("w", (6, 1))))
     step = g.compile(loss=loss, optimizer=dg.SGD(lr=0.5, momentum=0.9), backend="opencl")
-    step(ids=np.array([[0, 5], [2, 2], [4, 1]], np.int32))
-    before = {k: v.copy() for k, v in g.params.items()}
-    with pytest.raises(dg.ShapeError, match="out of range"):
-        step(ids=np.array([[0, 5], [2, bad], [4, 1]], np.int32))
-    for name, value in before.items():
-        np.testing.assert_array_equal(g.params[name], value, err_msg=name)
+    return g, step, lambda values: {"ids": np.array(values, int_dtype).reshape(-1, 2)}
+
+
+# a step's builder, ids that work, where to put a bad one, the bound ids must stay below
+BAD_ID_CASES = {"labels": (_classifier, [0, 1, 2, 1, 0], 2, 3), "embedding ids": (_embedder, [0, 5, 2, 2, 4, 1], 3, 6)}
+
+
+@pytest.mark.parametrize("int_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("bad", ["bound", -1, "largest"])
+@pytest.mark.parametrize("case", sorted(BAD_ID_CASES))
+def test_bad_id_fails_the_step_and_changes_nothing(case, bad, int_dtype):
+    build, good, at, bound = BAD_ID_CASES[case]
+    g, step, feeds = build(int_dtype)
+    bad = {"bound": bound, "largest": np.iinfo(int_dtype).max}.get(bad, bad)
+    step(**feeds(good))
+    before = [v.copy() for v in [*g.params.values(), *step.state.values()]]
+    with pytest.raises(dg.ShapeError, match=f"label/id {bad} out of range"):
+        step(**feeds(good[:at] + [bad] + good[at + 1 :]))
+    assert step.step_count == 1
+    for old, new in zip(before, [*g.params.values(), *step.state.values()]):
+        np.testing.assert_array_equal(new, old)
+    step(**feeds(good))  # the step still works afterwards
+    assert not all(np.array_equal(old, new) for old, new in zip(before, g.params.values()))
 
 
 def test_embedding_gradient_accumulates_repeated_ids():
