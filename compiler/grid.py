@@ -16,6 +16,8 @@ from ..core.node import Node
 from ..core.types import Shape
 from .fusion import Kernel, is_inline, is_reduction
 
+FEW_OUTPUTS = 1024  # reductions to fewer elements share each element's walk among a work group
+
 
 @dataclass(frozen=True)
 class Size:
@@ -102,11 +104,13 @@ class LoopGrid:
     def serial_size(self) -> Size:
         return _product(self.extents[a] for a in self.serial)
 
-    @property
-    def shared_walk(self) -> bool:
-        """Every axis is reduced into registers: one work group splits the serial walk between its
-        work items and combines their partial results (a tree in local memory)."""
-        return bool(self.reductions) and self.work_items.is_one and not self.in_memory
+    def shares_walks(self, lanes: int) -> bool:
+        """Whether each work item's walk is better shared by a work group of `lanes` items, which
+        split it and combine their partial results (a tree in local memory): when reductions
+        (in registers) leave few outputs (a loss, a bias gradient) and long walks."""
+        items, walk = self.work_items, self.serial_size
+        few = items.power == 0 and items.coefficient <= FEW_OUTPUTS
+        return bool(self.reductions) and not self.in_memory and few and (walk.power > 0 or walk.coefficient >= lanes)
 
 
 def _product(sizes) -> Size:

@@ -21,8 +21,8 @@ IDENTITY = {"add": 0.0, "max": float("-inf"), "min": float("inf")}
 
 @dataclass
 class LoopLaunch:
-    """A rendered loop kernel: its function, how many work items it needs and, for a shared
-    walk, the work-group size its local-memory tree is written for."""
+    """A rendered loop kernel: its function, how many work items it needs and, for shared walks,
+    the work-group size its local-memory tree is written for."""
 
     function: Function
     work_items: Size
@@ -32,11 +32,12 @@ class LoopLaunch:
 def render_loop(kernel: Kernel, schedule: Schedule, lanes: int) -> LoopLaunch:
     """`lanes`: the work-group size of shared walks (a power of two the device allows)."""
     grid = loop_grid(kernel)
-    shared = grid.shared_walk
-    renderer = _LoopRenderer(grid, schedule, lanes if shared else 1)
-    body = renderer.render()
-    function = Function(renderer.params, body, lanes if shared else None)
-    return LoopLaunch(function, Size(lanes) if shared else grid.work_items, lanes if shared else None)
+    if not grid.shares_walks(lanes):
+        renderer = _LoopRenderer(grid, schedule, 1)
+        return LoopLaunch(Function(renderer.params, renderer.render()), grid.work_items, None)
+    renderer = _LoopRenderer(grid, schedule, lanes)
+    function = Function(renderer.params, renderer.render(), lanes)
+    return LoopLaunch(function, grid.work_items * lanes, lanes)
 
 
 class _LoopRenderer:
@@ -63,14 +64,11 @@ class _LoopRenderer:
         grid, lines = self.grid, self.lines
         shared = self.lanes > 1
         parallel = grid.parallel
-        if shared:
-            lines.append("    const long lane = get_local_id(0);")
-            for a in parallel:
-                lines.append(f"    const long {self.index[a]} = 0;")
+        if shared:  # a work group per element of the parallel axes, its lanes sharing the walk
+            lines += ["    const long lane = get_local_id(0);", "    const long item = get_group_id(0);"]
         else:
-            lines.append("    const long item = get_global_id(0);")
-            lines.append(f"    if (item >= {size(grid.work_items)}) return;")
-            unflatten("item", [grid.extents[a] for a in parallel], [self.index[a] for a in parallel], lines, "    ")
+            lines += ["    const long item = get_global_id(0);", f"    if (item >= {size(grid.work_items)}) return;"]
+        unflatten("item", [grid.extents[a] for a in parallel], [self.index[a] for a in parallel], lines, "    ")
         for node in grid.reductions:
             identity = literal(IDENTITY[node.op.combine], node.dtype)
             if node.id in grid.in_memory:
