@@ -132,7 +132,7 @@ def describe(
 
 def _baked(current: dict[str, np.ndarray], path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A checkpoint's values of our parameters (extra ones, e.g. of another function, are ignored)."""
-    loaded = checkpoint.read(path)[0]
+    loaded = checkpoint.read(path).params
     subset = {k: v for k, v in loaded.items() if k in current}
     checkpoint.check_compatible("parameter", current, subset, path)
     return subset

@@ -51,6 +51,12 @@ def _function(name: str, spec: CompileSpec, **compile_args) -> Function:
 def check_supported(function: Function) -> None:
     """Refuse what a library without Python cannot run, naming the node."""
     schedule = function.program.schedule
+    for buffer in schedule.buffers:
+        if buffer.kind == "buffer":
+            raise GraphError(
+                f"{function.name}: the graph's state buffer '{buffer.key}' (batch-norm statistics, a random-number "
+                "counter) is not supported by drug-compile yet; compile a graph without it"
+            )
     for kernel in schedule.kernels:
         if kernel.kind == "callback":
             node = kernel.nodes[0]

@@ -14,6 +14,8 @@ from ..core.arrays import HostArrays
 from ..core.errors import GraphError
 from ..core.program import Program
 
+NamedArrays = Sequence[tuple[HostArrays, Sequence[str]]]  # stores of host arrays, each with names in it
+
 
 class Executor(ABC):
     """Runs one compiled program, step after step; owns whatever memory the backend needs."""
@@ -34,15 +36,18 @@ class Executor(ABC):
         """Memory a step of this batch size needs besides its outputs, checked before it runs."""
         return 0
 
-    def before_step(self, params: HostArrays, reads: Sequence[str]) -> None:
-        """Make the parameters a step reads current where it reads them. Host executors read the
-        host arrays, which a device backend's steps may have left behind its own copies."""
-        params.refresh(reads)
+    def before_step(self, reads: NamedArrays) -> None:
+        """Make the arrays a step reads (parameters, state buffers, optimizer state: each store with
+        the names read in it) current where it reads them. Host executors read the host arrays,
+        which a device backend's steps may have left behind the device's copies."""
+        for arrays, names in reads:
+            arrays.refresh(names)
 
-    def after_step(self, params: HostArrays, written: Sequence[str]) -> None:
-        """Record where the newest values of the parameters a step updated are: for host
-        executors the host arrays (a device's copies of them are then outdated)."""
-        params.written_on_host(written)
+    def after_step(self, written: NamedArrays) -> None:
+        """Record where the newest values of the arrays a step updated are: for host executors the
+        host arrays (a device's copies of them are then outdated)."""
+        for arrays, names in written:
+            arrays.written_on_host(names)
 
     def ir(self) -> str:
         raise GraphError(f"the {type(self).__name__} has no LLVM IR; compile with backend='llvm'")

@@ -29,12 +29,14 @@ def build_program(
     outputs: Node | Sequence[Node] | None = None,
     optimizer: Any = None,
     params: Sequence[Node | str] | None = None,
+    training: bool | None = None,
     tail: Sequence[tuple[str, Pass]] = (),
     gradient_passes: Sequence[tuple[str, Pass]] = (),
 ) -> Program:
     """The program computing `loss` (first) and `outputs`, training `params` (default: every
     parameter the loss depends on) with `optimizer`, after the common passes and a backend's
-    `tail`. `gradient_passes` rewrite `program.grads` between autodiff and the optimizer (the
+    `tail`. `training` is the mode of mode-dependent ops (default: training when there is an
+    optimizer). `gradient_passes` rewrite `program.grads` between autodiff and the optimizer (the
     allreduce of data-parallel training)."""
     user_outputs = as_node_list(outputs)
     if loss is None and not user_outputs:
@@ -58,6 +60,7 @@ def build_program(
         loss=loss,
         wrt=tuple(wrt),
         optimizer=optimizer,
+        training=optimizer is not None if training is None else bool(training),
     )
     pipeline = insert_after(PIPELINE + list(tail), "autodiff", list(gradient_passes))
     with _no_collection_pauses():

@@ -8,26 +8,36 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..core.errors import GraphError, ShapeError
-from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape
+
+
+def live_array(program: Program, state: Mapping[str, np.ndarray], leaf: Node) -> np.ndarray:
+    """The array a parameter, state-buffer or optimizer-state leaf reads (and its update writes)."""
+    if isinstance(leaf.op, ParameterOp):
+        return program.graph.params[leaf.name]
+    if isinstance(leaf.op, BufferOp):
+        return program.graph.state[leaf.name]
+    if isinstance(leaf.op, StateOp):
+        return state[leaf.op.key_name]
+    raise GraphError(f"node {leaf.label} (op '{leaf.op.name}') holds no live array")
 
 
 def evaluate(
     program: Program, feeds: Mapping[int, np.ndarray], state: Mapping[str, np.ndarray], batch: int | None
 ) -> dict[int, np.ndarray]:
     """The value of every node of `program` (by node id), from the fed inputs (by node id), the
-    graph's parameters and the optimizer `state` (by key). Each value is checked against its
+    graph's parameters and state buffers, and the optimizer `state` (by key). Each value is checked against its
     node's type, so an op whose `ref` breaks its own shape rule is named."""
     values: dict[int, np.ndarray] = {}
     for node in program.nodes:
         op = node.op
         if isinstance(op, InputOp):
             value = feeds[node.id]
-        elif isinstance(op, ParameterOp):
-            value = program.graph.params[node.name]
-        elif isinstance(op, StateOp):
-            value = state[op.key_name]
+        elif isinstance(op, (ParameterOp, BufferOp, StateOp)):
+            value = live_array(program, state, node)
         elif isinstance(op, ConstantOp):
             value = op.value
         else:

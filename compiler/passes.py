@@ -13,6 +13,7 @@ from ..core.leaves import ParameterOp
 from ..core.program import Program, ancestors, format_program, to_networkx
 from ..core.types import FLOAT_DTYPES
 from .autodiff import gradients
+from .modes import specialize_modes
 
 Pass = Callable[[Program], Program]
 
@@ -56,7 +57,7 @@ def autodiff(program: Program) -> Program:
 def apply_optimizer(program: Program) -> Program:
     if program.optimizer is None or not program.wrt:
         return program
-    return program.with_(updates=tuple(program.optimizer.updates(program.wrt, program.grads)))
+    return program.with_(updates=program.updates + tuple(program.optimizer.updates(program.wrt, program.grads)))
 
 
 def prune(program: Program) -> Program:
@@ -67,6 +68,7 @@ def prune(program: Program) -> Program:
 PIPELINE: list[tuple[str, Pass]] = [
     ("verify", verify),
     ("shapes", infer_shapes),
+    ("modes", specialize_modes),
     ("autodiff", autodiff),
     ("optimizer", apply_optimizer),
     ("prune", prune),

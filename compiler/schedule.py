@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 import numpy as np
 
-from ..core.leaves import ConstantOp, InputOp, ParameterOp, StateOp
+from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import Shape
@@ -23,7 +23,7 @@ class Buffer:
     slot: int  # index in the pointer table the native step reads
     shape: Shape
     dtype: np.dtype
-    kind: str  # input | param | state | const | temp
+    kind: str  # input | param | buffer (graph state) | state (optimizer) | const | temp
     key: object = None  # input/param name, state key, constant array
     live: tuple[int, int] = (0, 0)  # first and last kernel touching a temp
 
@@ -53,6 +53,8 @@ def _leaf_buffer(node: Node, slot: int) -> Buffer:
         return Buffer(slot, node.shape, node.dtype, "input", node.name)
     if isinstance(op, ParameterOp):
         return Buffer(slot, node.shape, node.dtype, "param", node.name)
+    if isinstance(op, BufferOp):
+        return Buffer(slot, node.shape, node.dtype, "buffer", node.name)
     if isinstance(op, StateOp):
         return Buffer(slot, node.shape, node.dtype, "state", op.key_name)
     if isinstance(op, ConstantOp):

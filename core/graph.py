@@ -9,18 +9,23 @@ import numpy as np
 
 from .arrays import HostArrays
 from .errors import GraphError, ShapeError
-from .leaves import ConstantOp, InputOp, ParameterOp, initial_value
+from .leaves import BufferOp, ConstantOp, InputOp, ParameterOp, initial_value
 from .node import Node
 from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
 
-class ParameterStore(HostArrays):
-    """Live parameter buffers, by name. Arrays are never replaced, so views stay valid; reading one
-    here brings back a newer value a device backend holds (see core/arrays.py)."""
+class ArrayStore(HostArrays):
+    """Live arrays of a graph by name (its parameters, its state buffers). Arrays are never
+    replaced, so views stay valid; compiled steps update them in place, or on a device backend
+    in the device's copies, which reading an array here brings back (see core/arrays.py)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind  # "parameter", "state buffer": for error messages
 
     def _missing(self, name: str) -> GraphError:
-        return GraphError(f"no parameter named '{name}'; parameters are {sorted(self._arrays)}")
+        return GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}")
 
 
 class Graph:
@@ -29,7 +34,8 @@ class Graph:
     def __init__(self, seed: int = 0, dtype: str = "float32"):
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
-        self.params = ParameterStore()
+        self.params = ArrayStore("parameter")
+        self.state = ArrayStore("state buffer")  # not trained, updated by steps: batch-norm statistics, RNG counters
         self._named: dict[str, Node] = {}
 
     def __getitem__(self, name: str) -> Node:
@@ -78,6 +84,18 @@ class Graph:
         value = np.asarray(initial_value(name, shape, dt, init, self.rng), order="C")
         node = self._leaf(ParameterOp(), TensorType(shape, dt), name)
         self.params._add(name, value)
+        return node
+
+    def buffer(self, name: str, value: Any, dtype: str | None = None) -> Node:
+        """A state buffer: a value the graph owns that steps read and update in place without
+        training it (batch-norm running statistics, the random-number counter). Its initial
+        value is `value` (a number or an array; floats take the graph's dtype); it lives in
+        `graph.state[name]` and in checkpoints."""
+        if name in self._named:
+            raise GraphError(f"duplicate node name '{name}': {self._named[name]!r} already has it")
+        array = np.array(value, dtype=dtype or (self.dtype if np.asarray(value).dtype.kind == "f" else None))
+        node = self._leaf(BufferOp(), TensorType(array.shape, array.dtype), name)
+        self.state._add(name, array)
         return node
 
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:

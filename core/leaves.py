@@ -23,6 +23,13 @@ class ParameterOp(Leaf):
     name = "parameter"
 
 
+class BufferOp(Leaf):
+    """A state buffer of the graph (Graph.buffer): read by steps, updated in place by them, not
+    trained; its value lives in `graph.state` and in checkpoints."""
+
+    name = "buffer"
+
+
 class StateOp(Leaf):
     """Optimizer state (moments, beta powers): owned by a compiled step, saved in checkpoints."""
 

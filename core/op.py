@@ -26,6 +26,14 @@ REGISTRY: dict[str, type[Op]] = {}
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Specialized:
+    """What a mode-dependent op becomes in one mode: its value and (buffer, new value) updates."""
+
+    value: Node
+    updates: tuple[tuple[Node, Node], ...] = ()
+
+
 @dataclass
 class Example:
     """Inputs for registry-driven tests: arrays, and which of them are differentiable."""
@@ -53,6 +61,9 @@ class Op:
     multi_output: ClassVar[bool] = False
     # The output is the input's data seen with another shape (reshape): no computation, no buffer.
     is_view: ClassVar[bool] = False
+    # The op means one thing in a training step and another in inference (dropout, batch norm):
+    # the `modes` pass replaces each of its nodes by what `specialize` builds for the program's mode.
+    mode_dependent: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -81,6 +92,11 @@ class Op:
     def example(cls, rng: np.random.Generator, dims: Sequence[int]) -> tuple[Op, Example] | None:
         """A random instance for the registry tests; `dims` are small sizes drawn by the test."""
         return None
+
+    def specialize(self, inputs: Sequence[Node], training: bool) -> Specialized:
+        """For a mode-dependent op: the node computing it in this mode from `inputs` (built with
+        other ops), and the state-buffer updates the mode makes (batch norm's running statistics)."""
+        raise NotImplementedError(f"op '{self.name}' does not depend on the mode")
 
     def reduced_axes(self, in_shape: Shape) -> tuple[int, ...]:
         """For a reduction (`combine` set): the input axes it reduces."""

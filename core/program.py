@@ -21,8 +21,9 @@ class Program:
     loss: Node | None = None
     wrt: tuple[Node, ...] = ()  # trained parameters
     optimizer: Any = None
+    training: bool = False  # the mode mode-dependent ops compute in (dropout, batch norm)
     grads: tuple[Node, ...] = ()  # d loss / d wrt, filled by autodiff
-    updates: tuple[tuple[Node, Node], ...] = ()  # (parameter or state leaf, its new value)
+    updates: tuple[tuple[Node, Node], ...] = ()  # (parameter, optimizer state or buffer leaf, its new value)
     nodes: tuple[Node, ...] = ()  # every node needed, in execution order
     kernels: tuple = ()  # fusion's partition of the nodes (native backend)
     schedule: Any = None  # kernel order and memory plan (native backend)

@@ -21,6 +21,8 @@ class Graph(CoreGraph):
         params: Sequence[Node | str] | None = None,
         backend: str | None = None,
         check_finite: bool = False,
+        training: bool | None = None,
     ) -> CompiledFunction:
-        """Compile a train step (loss + optimizer), an evaluator (loss) or a predictor (outputs)."""
-        return compile_step(self, loss, outputs, optimizer, params, backend, check_finite)
+        """Compile a train step (loss + optimizer), an evaluator (loss) or a predictor (outputs).
+        `training` picks what dropout and batch norm do (default: training for a train step)."""
+        return compile_step(self, loss, outputs, optimizer, params, backend, check_finite, training=training)

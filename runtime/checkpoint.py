@@ -1,5 +1,5 @@
-"""Checkpoints: parameters, optimizer state and step count in one .npz, written atomically
-and checked by a SHA-256 so that a torn or corrupted file is never loaded."""
+"""Checkpoints: parameters, state buffers, optimizer state and step count in one .npz, written
+atomically and checked by a SHA-256 so that a torn or corrupted file is never loaded."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import tempfile
 import tokenize
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,9 +27,24 @@ def _digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], state: Mapping[str, np.ndarray], step: int) -> None:
+@dataclass(frozen=True)
+class Checkpoint:
+    params: dict[str, np.ndarray]
+    state: dict[str, np.ndarray]  # optimizer state, by key
+    buffers: dict[str, np.ndarray]  # the graph's state buffers (batch-norm statistics, RNG counter)
+    step: int
+
+
+def save(
+    path: str | os.PathLike,
+    params: Mapping[str, np.ndarray],
+    state: Mapping[str, np.ndarray],
+    step: int,
+    buffers: Mapping[str, np.ndarray] | None = None,
+) -> None:
     arrays = {f"param/{k}": v for k, v in params.items()}
     arrays |= {f"state/{k}": v for k, v in state.items()}
+    arrays |= {f"buffer/{k}": v for k, v in (buffers or {}).items()}
     arrays["meta/step"] = np.asarray(step, np.int64)
     arrays["meta/format"] = np.asarray(FORMAT)
     arrays["meta/sha256"] = np.asarray(_digest(arrays))
@@ -47,8 +63,8 @@ def save(path: str | os.PathLike, params: Mapping[str, np.ndarray], state: Mappi
         raise
 
 
-def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    """Parameters, state and step of a checkpoint, after checking its integrity."""
+def read(path: str | os.PathLike) -> Checkpoint:
+    """A checkpoint's contents, after checking its integrity."""
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
@@ -65,9 +81,11 @@ def read(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, np.n
         raise GraphError(f"{path} is not a drug checkpoint")
     if str(stored) != _digest(arrays):
         raise GraphError(f"checkpoint {path} is corrupted: checksum mismatch")
-    params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
-    state = {k[6:]: v for k, v in arrays.items() if k.startswith("state/")}
-    return params, state, int(arrays["meta/step"])
+
+    def part(prefix: str) -> dict[str, np.ndarray]:
+        return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    return Checkpoint(part("param/"), part("state/"), part("buffer/"), int(arrays["meta/step"]))
 
 
 def check_compatible(kind: str, current: Mapping[str, np.ndarray], loaded: Mapping[str, np.ndarray], path) -> None:

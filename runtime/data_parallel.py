@@ -76,7 +76,8 @@ class DataParallelStep:
     def _replicated_arrays(self) -> list[np.ndarray]:
         graph = self.step.program.graph
         params = [graph.params[name] for name in sorted(self.step.params)]
-        return params + [self.step.state[key] for key in sorted(self.step.state)]
+        buffers = [graph.state[name] for name in sorted(self.step.buffers)]
+        return params + buffers + [self.step.state[key] for key in sorted(self.step.state)]
 
     def _on_root(self, action: Callable[[], None], what: str) -> None:
         error: Exception | None = None

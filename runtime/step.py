@@ -18,7 +18,7 @@ from ..core import memory
 from ..core.arrays import HostArrays
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
-from ..core.leaves import InputOp, ParameterOp
+from ..core.leaves import BufferOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape
@@ -44,8 +44,14 @@ class CompiledFunction:
         self.step_count = 0
         # optimizer state: on a device backend its newest values live on the device (core/arrays.py)
         self.state = HostArrays(program.initial_state())
-        self._param_names = self.params
-        self._updated_params = [leaf.name for leaf, _ in program.updates if isinstance(leaf.op, ParameterOp)]
+        # the named host arrays a step reads and those it writes: the executor keeps them current
+        graph, updated = program.graph, [leaf for leaf, _ in program.updates]
+        self._reads = [(graph.params, self.params), (graph.state, self.buffers), (self.state, list(self.state))]
+        self._writes = [
+            (graph.params, [leaf.name for leaf in updated if isinstance(leaf.op, ParameterOp)]),
+            (graph.state, [leaf.name for leaf in updated if isinstance(leaf.op, BufferOp)]),
+            (self.state, [leaf.op.key_name for leaf in updated if isinstance(leaf.op, StateOp)]),
+        ]
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._output_pool: dict[int, list[np.ndarray]] = {}
@@ -85,8 +91,7 @@ class CompiledFunction:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
         with self._lock:  # compiled functions of one graph take turns (see locks.py)
-            params = self.program.graph.params
-            self._executor.before_step(params, self._param_names)
+            self._executor.before_step(self._reads)
             if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
@@ -95,7 +100,7 @@ class CompiledFunction:
                 results = self._executor.run(arrays, batch, [None] * first + direct)
             else:
                 results = self._executor.run(arrays, batch)
-            self._executor.after_step(params, self._updated_params)
+            self._executor.after_step(self._writes)
             if self.trains:
                 self.step_count += 1
             values = self._deliver(results[first:], targets)
@@ -128,11 +133,9 @@ class CompiledFunction:
 
     def _unaliased(self, targets: list[np.ndarray], feeds: dict[int, np.ndarray]) -> list[np.ndarray | None]:
         """The `out=` arrays native kernels may write directly; None for one that overlaps a feed, a
-        parameter, optimizer state or an earlier `out=` array (kernels would read what they are
-        overwriting): it receives a copy after the step instead, as with the reference backend."""
-        graph = self.program.graph
-        read = list(feeds.values()) + [graph.params.storage(name) for name in self._param_names]
-        read += [self.state.storage(key) for key in self.state]
+        parameter, a state buffer, optimizer state or an earlier `out=` array (kernels would read what
+        they are overwriting): it receives a copy after the step instead, as with the reference backend."""
+        read = list(feeds.values()) + [arrays.storage(name) for arrays, names in self._reads for name in names]
         direct: list[np.ndarray | None] = []
         for i, target in enumerate(targets):
             others = read + targets[:i]
@@ -185,27 +188,38 @@ class CompiledFunction:
         """The optimized machine code of the whole step, as assembly text (native backend)."""
         return self._executor.asm()
 
+    @property
+    def buffers(self) -> list[str]:
+        """The graph's state buffers this function reads or updates."""
+        return [n.name for n in self.program.leaves(BufferOp)]
+
     def save(self, path: str | os.PathLike) -> None:
-        """Parameters, optimizer state and step count, written atomically (never mid-step)."""
+        """Parameters, state buffers, optimizer state and step count, written atomically (never mid-step)."""
+        graph = self.program.graph
         with self._lock:
-            params = {name: self.program.graph.params.current(name) for name in self._param_names}
+            params = {name: graph.params.current(name) for name in self.params}
+            buffers = {name: graph.state.current(name) for name in self.buffers}
             state = {key: self.state.current(key) for key in self.state}
-            checkpoint.save(path, params, state, self.step_count)
+            checkpoint.save(path, params, state, self.step_count, buffers)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint; on any mismatch raise and change nothing."""
-        params, state, step = checkpoint.read(path)
-        current = {name: self.program.graph.params[name] for name in self.params}
-        checkpoint.check_compatible("parameter", current, _only(params, current, self.trains), path)
+        loaded = checkpoint.read(path)
+        graph = self.program.graph
+        params = {name: graph.params[name] for name in self.params}
+        buffers = {name: graph.state[name] for name in self.buffers}
+        checkpoint.check_compatible("parameter", params, _only(loaded.params, params, self.trains), path)
+        checkpoint.check_compatible("state buffer", buffers, _only(loaded.buffers, buffers, self.trains), path)
         if self.trains:
-            checkpoint.check_compatible("optimizer state", self.state, state, path)
+            checkpoint.check_compatible("optimizer state", self.state, loaded.state, path)
         with self._lock:  # never mid-step
-            for name, value in current.items():
-                np.copyto(value, params[name])
+            for current, stored in ((params, loaded.params), (buffers, loaded.buffers)):
+                for name, value in current.items():
+                    np.copyto(value, stored[name])
             if self.trains:
                 for key, value in self.state.items():
-                    np.copyto(value, state[key])
-                self.step_count = step
+                    np.copyto(value, loaded.state[key])
+                self.step_count = loaded.step
 
 
 def _only(loaded: dict, current: dict, strict: bool) -> dict:
@@ -222,9 +236,10 @@ def compile_step(
     backend: str | None = None,
     check_finite: bool = False,
     gradient_passes: Sequence[tuple[str, Pass]] = (),
+    training: bool | None = None,
 ) -> CompiledFunction:
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
     `gradient_passes` as in compiler.build.build_program."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
-    program = build_program(graph, loss, outputs, optimizer, params, chosen.passes(), gradient_passes)
+    program = build_program(graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes)
     return CompiledFunction(program, chosen, check_finite)

@@ -61,7 +61,7 @@ def find_groups(schedule: Schedule) -> list[tuple[int, int]]:
         k_reads, k_writes = kernel_access(schedule, kernel)
         k_alone = runs_alone(kernel)
         k_fallible = may_fail(kernel)
-        k_updates = any(schedule.buffers[s].kind in ("param", "state") for s in k_writes)
+        k_updates = any(schedule.buffers[s].kind in ("param", "buffer", "state") for s in k_writes)
         joins = (
             index > start
             and not (alone or k_alone)

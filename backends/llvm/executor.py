@@ -103,6 +103,8 @@ class NativeExecutor(Executor):
         for buffer in self.schedule.buffers:
             if buffer.kind == "param":
                 out[buffer.slot] = graph.params[buffer.key]
+            elif buffer.kind == "buffer":
+                out[buffer.slot] = graph.state[buffer.key]
             elif buffer.kind == "state":
                 out[buffer.slot] = self.state[buffer.key]
             elif buffer.kind == "const":

@@ -1,10 +1,10 @@
-"""The OpenCL executor: builds the step's program once, keeps parameters, optimizer state and
-constants in device buffers, and runs a step by enqueuing every kernel and GEMM on the device's
-in-order queue (no wait between them): feeds go up first, outputs and the status word come back
-at the end, and only then does the host wait.
+"""The OpenCL executor: builds the step's program once, keeps parameters, state buffers, optimizer
+state and constants in device buffers, and runs a step by enqueuing every kernel and GEMM on the
+device's in-order queue (no wait between them): feeds go up first, outputs and the status word
+come back at the end, and only then does the host wait.
 
 A kernel that finds bad data (an id out of range) records its index in the status word; the
-kernels that write parameters or state check it first, so a failed step changes nothing."""
+kernels that write persistent buffers check it first, so a failed step changes nothing."""
 
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import pyopencl as cl
 from ...compiler.schedule import Schedule, pack_temps
 from ...core.arrays import HostArrays
 from ...core.errors import ShapeError
-from ...core.leaves import InputOp, StateOp
+from ...core.leaves import InputOp
 from ...core.memory import human
 from ...core.program import Program
 from ...core.types import concrete_shape
-from ..base import Executor
+from ..base import Executor, NamedArrays
 from . import blas
 from .device import Device
 from .lowering import Gemm
-from .program import StepProgram, build_error, describe
+from .program import PERSISTENT, StepProgram, build_error, describe
 from .resident import allocate, resident
 
 MAX_BINDINGS = 4  # batch sizes whose device memory is kept
@@ -95,9 +95,10 @@ class OpenCLExecutor(Executor):
         self.cl_program = self._build()
         self.status = cl.Buffer(device.context, cl.mem_flags.READ_WRITE, 4)
         self._status = np.zeros(1, np.int32)
-        self.params, self.states = resident(program.graph.params, device), resident(state, device)
+        graph = program.graph
+        # where each kind of persistent buffer lives on the host: parameters, state buffers, optimizer state
+        self.stores: dict[str, HostArrays] = {"param": graph.params, "buffer": graph.state, "state": state}
         self.persistent = self._persistent_buffers()
-        self._updated_state = [leaf.op.key_name for leaf, _ in program.updates if isinstance(leaf.op, StateOp)]
         slot_of = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
         self.input_slots = [(slot_of[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of]
         self._bindings: dict[int, Binding] = {}
@@ -119,10 +120,9 @@ class OpenCLExecutor(Executor):
     def _persistent_buffers(self) -> dict[int, object]:
         out = {}
         for buffer in self.schedule.buffers:
-            if buffer.kind == "param":
-                out[buffer.slot] = self.params.buffer(buffer.key, self.program.graph.params.storage(buffer.key))
-            elif buffer.kind == "state":
-                out[buffer.slot] = self.states.buffer(buffer.key, self.state.storage(buffer.key))
+            if buffer.kind in self.stores:
+                store = self.stores[buffer.kind]
+                out[buffer.slot] = resident(store, self.device).buffer(buffer.key, store.storage(buffer.key))
             elif buffer.kind == "const":
                 value = np.ascontiguousarray(buffer.key)
                 out[buffer.slot] = allocate(self.device, value.nbytes, "a constant")
@@ -132,7 +132,7 @@ class OpenCLExecutor(Executor):
 
     def check_memory(self, nbytes: int, batch: int) -> None:
         """Refuse a batch whose activations cannot fit beside the parameters and state."""
-        persistent = sum(b.nbytes(batch) for b in self.schedule.buffers if b.kind in ("param", "state", "const"))
+        persistent = sum(b.nbytes(batch) for b in self.schedule.buffers if b.kind in PERSISTENT)
         if nbytes + persistent > self.device.memory:
             raise MemoryError(
                 f"the activations and inputs of batch size {batch} need {human(nbytes)} on {self.device.title} "
@@ -140,12 +140,15 @@ class OpenCLExecutor(Executor):
                 f"{human(self.device.memory)}; use a smaller batch. Nothing was run."
             )
 
-    def before_step(self, params: HostArrays, reads) -> None:
-        """Parameters this step reads that the device has no current copy of go up first."""
-        self.params.upload(params, reads)
+    def before_step(self, reads: NamedArrays) -> None:
+        """Arrays this step reads that the device has no current copy of go up first."""
+        for arrays, names in reads:
+            resident(arrays, self.device).upload(arrays, names)
 
-    def after_step(self, params: HostArrays, written) -> None:
-        params.written_on_device(self.params, written)
+    def after_step(self, written: NamedArrays) -> None:
+        """The device's copies of what the step updated are the newest values now."""
+        for arrays, names in written:
+            arrays.written_on_device(resident(arrays, self.device), names)
 
     def _binding(self, batch: int) -> Binding:
         binding = self._bindings.pop(batch, None) or Binding(self, batch)
@@ -158,7 +161,6 @@ class OpenCLExecutor(Executor):
         batch = batch or 0
         binding = self._binding(batch)
         queue = self.device.queue
-        self.states.upload(self.state, self.state)
         cl.enqueue_fill_buffer(queue, self.status, np.int32(0), 0, 4)
         for slot, node_id in self.input_slots:
             array = np.ascontiguousarray(feeds[node_id])
@@ -174,13 +176,11 @@ class OpenCLExecutor(Executor):
             cl.enqueue_copy(queue, self._status, self.status, is_blocking=False)
             queue.finish()
         except BaseException:
-            # the device may have stopped anywhere: its copies are no longer trusted
-            self.params.valid.clear()
-            self.states.valid.clear()
+            for store in self.stores.values():  # the device may have stopped anywhere: its copies are not trusted
+                resident(store, self.device).valid.clear()
             raise
         if self._status[0]:
             self._raise_failed(int(self._status[0]) - 1, feeds, batch)
-        self.state.written_on_device(self.states, self._updated_state)
         return results
 
     def _read_outputs(self, binding: Binding, out: list) -> list[np.ndarray]:

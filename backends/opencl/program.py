@@ -21,7 +21,7 @@ from .lowering import KernelContext, Launch, Run, lowering_of
 from .scalar import helpers
 from .source import STATUS, Function, Params, size
 
-PERSISTENT = ("param", "state", "const")
+PERSISTENT = ("param", "buffer", "state", "const")  # buffer kinds that outlive a step
 LOCATION = re.compile(r":(\d+):\d+:")  # file:line:column in a compiler's message
 GUARD = f"    if ({STATUS}[0] != 0) return;  // an earlier kernel failed: leave parameters and state alone"
 

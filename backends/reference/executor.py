@@ -7,8 +7,7 @@ import math
 
 import numpy as np
 
-from ...compiler.interpret import evaluate
-from ...core.leaves import ParameterOp
+from ...compiler.interpret import evaluate, live_array
 from ...core.program import Program
 from ...core.types import concrete_shape
 from ..base import Executor
@@ -24,10 +23,7 @@ class ReferenceExecutor(Executor):
         values = evaluate(program, feeds, self.state, batch)
         outputs = [values[o.id] for o in program.outputs]
         for leaf, new in program.updates:
-            target = (
-                program.graph.params[leaf.name] if isinstance(leaf.op, ParameterOp) else self.state[leaf.op.key_name]
-            )
-            np.copyto(target, values[new.id])
+            np.copyto(live_array(program, self.state, leaf), values[new.id])
         return outputs
 
     def bytes_needed(self, batch: int) -> int:

@@ -1,7 +1,7 @@
 """Differential fuzzing: random graphs of up to 30 ops (broadcasting, reductions, matmul, conv,
 pooling, slicing, concat, softmax, cross-entropy, embedding) give the same outputs, gradients and
 train steps with backend="llvm" as with the NumPy reference, or the same dg error
-(tests/api/graph_fuzz.py builds and compares them). Every failing graph the fuzzer found is kept
+(tests/graph_fuzz.py builds and compares them). Every failing graph the fuzzer found is kept
 below as an explicit regression test."""
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ REGISTRY = dg.ops.REGISTRY
 concrete_shape = dg.core.types.concrete_shape
 
 # Leaves have no inputs: their values come from feeds, the graph or the optimizer, not from `ref`.
-LEAVES = {"input", "parameter", "state", "constant"}
+LEAVES = {"input", "parameter", "buffer", "state", "constant"}
 # Ops without an example, and why; their forward is tested by hand below.
 NO_EXAMPLE = {
     "equal": "0/1 mask routing max/min gradients; piecewise constant, gradient None",

@@ -1,4 +1,4 @@
-"""Independent kernels run at once (the default; compiler/concurrency.py): the
+"""Independent kernels run at once (the default; backends/llvm/concurrency.py): the
 groups never hold two kernels that touch a buffer one of them writes, the arena never lets two
 kernels of a group share memory, results equal the one-by-one run, and a failure inside a group
 stops the step as it would serially (the right node named, no parameter changed)."""
@@ -11,8 +11,9 @@ from graph_fuzz import build, check, size, specs
 from hypothesis import HealthCheck, assume, given, settings
 
 import drug as dg
-from drug.backends.llvm import arena, bounds, codegen
-from drug.backends.llvm.concurrency import kernel_access, runs_alone
+from drug.backends.llvm import arena, bounds, codegen, pipeline
+from drug.backends.llvm.concurrency import find_groups, kernel_access, runs_alone
+from drug.compiler.build import build_program
 from drug.compiler.schedule import may_fail
 
 pytestmark = pytest.mark.skipif(bounds.enabled(), reason="DRUG_BOUNDS_CHECK=1 runs kernels one by one")
@@ -42,7 +43,7 @@ def assert_groups_are_safe(schedule, batch: int = 7) -> int:
         for i, (reads, writes) in enumerate(access):
             for other_reads, other_writes in access[i + 1 :]:
                 assert not writes & (other_reads | other_writes) and not reads & other_writes
-        updates = any(schedule.buffers[s].kind in ("param", "state") for _, w in access for s in w)
+        updates = any(schedule.buffers[s].kind in ("param", "buffer", "state") for _, w in access for s in w)
         assert not (updates and any(may_fail(k) for k in kernels))
         touched = {s for reads, writes in access for s in reads | writes if s in offsets}
         spans = sorted((offsets[s], offsets[s] + schedule.buffers[s].nbytes(batch)) for s in touched)
@@ -112,3 +113,56 @@ def test_failure_inside_a_group_names_the_node_and_changes_nothing():
         np.testing.assert_array_equal(g.params[key], value)
     step(ids_a=good, ids_b=good)  # the step still works afterwards
     assert any(not np.array_equal(g.params[k], before[k]) for k in before)
+
+
+# ---- the grouping rules on their own (find_groups on small schedules) ----
+
+
+def _groups_of(outputs, **compile_args):
+    """The schedule's kernels as op-name lists, grouped as find_groups groups them."""
+    graph = outputs[0].graph
+    program = build_program(graph, outputs=outputs, tail=pipeline.passes(concurrent=False), **compile_args)
+    schedule = program.schedule
+    names = [[n.op.name for n in k.nodes] for k in schedule.kernels]
+    return [names[start:end] for start, end in find_groups(schedule)], schedule
+
+
+def test_independent_kernels_share_a_group_and_dependent_ones_do_not():
+    g = dg.Graph()
+    x, y = g.input("x", (None, 8)), g.input("y", (None, 8))
+    a, b = dg.sum(dg.exp(x), axis=1), dg.max(y * 2.0, axis=1)  # independent reductions
+    groups, _ = _groups_of([a, b])
+    assert groups == [[["exp", "sum"], ["mul", "max"]]]
+    c = dg.sum(dg.softmax(x), axis=1)  # a softmax kernel, then a reduction reading it
+    groups, _ = _groups_of([c])
+    assert [len(group) for group in groups] == [1, 1]
+
+
+def test_gemms_and_callbacks_run_alone():
+    class Plus(dg.Op):  # no native kernel: a Python callback
+        name = "test_concurrency_plus"
+        arity = 1
+
+        def infer(self, x):
+            return x
+
+        def ref(self, x):
+            return x + 1.0
+
+    g = dg.Graph()
+    x, w = g.input("x", (None, 8)), g.input("w", (8, 8))
+    groups, _ = _groups_of([x @ w, Plus()(x), dg.sum(dg.exp(x), axis=1), dg.max(x, axis=1)])
+    assert groups == [[["matmul"]], [["test_concurrency_plus"]], [["exp", "sum"], ["max"]]]
+
+
+def test_a_kernel_that_may_fail_never_shares_a_group_with_an_update():
+    g = dg.Graph()
+    ids, y = g.input("ids", (None,), dtype="int32"), g.input("y", (None,), dtype="int32")
+    table, w = g.parameter("table", (10, 4)), g.parameter("w", (4, 10))
+    loss = dg.softmax_cross_entropy(dg.embedding(ids, table) @ w, y)
+    _, schedule = _groups_of([loss], loss=loss, optimizer=dg.SGD(0.1))
+    for start, end in find_groups(schedule):
+        kernels = schedule.kernels[start:end]
+        writes = {s for k in kernels for s in kernel_access(schedule, k)[1]}
+        updates = any(schedule.buffers[s].kind in ("param", "buffer", "state") for s in writes)
+        assert not (updates and any(may_fail(k) for k in kernels))

@@ -8,9 +8,8 @@ import re
 
 import pytest
 from conftest import run_example
-from opencl_device import DEVICE, needs_device
 
-pytestmark = needs_device
+pytestmark = pytest.mark.usefixtures("opencl")
 
 
 def summary(out: str) -> tuple[float, float]:
@@ -21,10 +20,10 @@ def summary(out: str) -> tuple[float, float]:
 
 
 @pytest.mark.parametrize("script", ["mnist_dense.py", "mnist_conv.py"])
-def test_example_on_the_device_matches_llvm(script, monkeypatch):
+def test_example_on_the_device_matches_llvm(script, monkeypatch, opencl):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")  # see tests/examples/test_examples_vision.py
     device = run_example(script, "--smoke", "--epochs", "1", "--backend", "opencl")
-    assert re.search(rf"backend opencl \({re.escape(DEVICE.title)}\)", device), device
+    assert re.search(rf"backend opencl \({re.escape(opencl.title)}\)", device), device
     host = run_example(script, "--smoke", "--epochs", "1", "--backend", "llvm")
     (device_loss, device_accuracy), (host_loss, host_accuracy) = summary(device), summary(host)
     assert device_loss == pytest.approx(host_loss, rel=2e-3), (device, host)

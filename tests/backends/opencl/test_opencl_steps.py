@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from opencl_device import needs_device
 
 import drug as dg
 
-pytestmark = needs_device
+pytestmark = pytest.mark.usefixtures("opencl")
 
 
 def mlp(backend: str, optimizer, dtype: str = "float64"):

@@ -1,4 +1,4 @@
-"""A longer differential-fuzzing campaign than the test suite runs (tests/api/graph_fuzz.py): random
+"""A longer differential-fuzzing campaign than the test suite runs (tests/graph_fuzz.py): random
 graphs on both backends, failures written out (without shrinking) instead of stopping.
 
     .venv/bin/python tests/fuzz_campaign.py 2000 failures.txt   # graphs, where to write failures"""
