@@ -17,7 +17,7 @@ import pyopencl as cl
 
 from ...compiler.schedule import Schedule, pack_temps
 from ...core.arrays import HostArrays
-from ...core.errors import ShapeError
+from ...core.errors import ShapeError, with_context
 from ...core.leaves import InputOp
 from ...core.memory import human
 from ...core.program import Program
@@ -212,7 +212,7 @@ class OpenCLExecutor(Executor):
             try:
                 node.op.ref(*args)
             except ShapeError as error:
-                raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
+                raise with_context(error, f"node {node.where}: ") from None
             except (IndexError, ValueError):
                 pass
         where = describe(index, kernel)

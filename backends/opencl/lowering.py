@@ -190,12 +190,12 @@ def check(program, fp64: bool, device: str):
             reason = refusal(node) if kernel.kind != "loop" else None
             if reason is not None:
                 raise GraphError(
-                    f"node {node.label} (op '{node.op.name}', {format_shape(node.shape)} {node.dtype}) cannot run on "
-                    f"the opencl backend: {reason}; compile it with backend='llvm'"
+                    f"node {node.where}, {format_shape(node.shape)} {node.dtype}, cannot run on the opencl backend: "
+                    f"{reason}; compile it with backend='llvm'"
                 )
             if not fp64 and np.dtype(node.dtype) == np.float64:
                 raise GraphError(
-                    f"node {node.label} (op '{node.op.name}') is float64, which {device} does not support "
-                    "(no cl_khr_fp64); use a float32 graph or another device"
+                    f"node {node.where} is float64, which {device} does not support (no cl_khr_fp64); "
+                    "use a float32 graph or another device"
                 )
     return program

@@ -67,7 +67,7 @@ def test_opencl_matches_numpy(name, dtype, dims, seed, int_dtype, opencl):
     targets = [out] + list(dg.grad(loss, wrt))
     if refusal(out) is not None:  # an op without OpenCL code is refused by name, never run elsewhere
         assert name not in OPENCL_OPS, f"op '{name}' should run on OpenCL: {refusal(out)}"
-        with pytest.raises(dg.GraphError, match=rf"node {re.escape(out.label)}.*cannot run on the opencl backend"):
+        with pytest.raises(dg.GraphError, match=rf"node '{re.escape(out.label)}'.*cannot run on the opencl backend"):
             g.compile(outputs=targets, backend="opencl")
         return
     device, reference = both(g, targets)
