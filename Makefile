@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-mpi install-bench install-docs test lint format demo aot-demo bench docs wheel-check clean
+.PHONY: install install-mpi install-gpu install-bench install-docs test lint format demo aot-demo bench docs wheel-check clean
 
 install: $(STAMP)
 
@@ -49,6 +49,11 @@ aot-demo: install
 # library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
 install-mpi: install
 	$(PY) -m pip install --progress-bar on -e '.[test,mpi]'
+
+# pyopencl and pyclblast for the OpenCL backend (backend="opencl", tests/backends/opencl); they need an OpenCL
+# driver and CLBlast first: apt-get install pocl-opencl-icd ocl-icd-libopencl1 libclblast-dev (.ci/run does).
+install-gpu: install
+	$(PY) -m pip install --progress-bar on -e '.[test,gpu]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install

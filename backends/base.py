@@ -5,12 +5,16 @@ looks them up here, so a new backend is one more package that calls `register`."
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..compiler.passes import Pass
+from ..core.arrays import HostArrays
 from ..core.errors import GraphError
 from ..core.program import Program
+
+NamedArrays = Sequence[tuple[HostArrays, Sequence[str]]]  # stores of host arrays, each with names in it
 
 
 class Executor(ABC):
@@ -35,6 +39,19 @@ class Executor(ABC):
         """Memory a step of this batch size needs besides its outputs, checked before it runs."""
         return 0
 
+    def before_step(self, reads: NamedArrays) -> None:
+        """Make the arrays a step reads (parameters, state buffers, optimizer state: each store with
+        the names read in it) current where it reads them. Host executors read the host arrays,
+        which a device backend's steps may have left behind the device's copies."""
+        for arrays, names in reads:
+            arrays.refresh(names)
+
+    def after_step(self, written: NamedArrays) -> None:
+        """Record where the newest values of the arrays a step updated are: for host executors the
+        host arrays (a device's copies of them are then outdated)."""
+        for arrays, names in written:
+            arrays.written_on_host(names)
+
     def ir(self) -> str:
         raise GraphError(f"the {type(self).__name__} has no LLVM IR; compile with backend='llvm'")
 
@@ -46,6 +63,16 @@ class Backend(ABC):
     """A way to run programs, registered under `name`."""
 
     name: str = ""
+
+    def with_option(self, option: str) -> Backend:
+        """This backend configured by the text after the colon of `backend="name:option"` (the
+        OpenCL backend takes a device)."""
+        raise GraphError(f"backend {self.name!r} takes no option, got {self.name}:{option}")
+
+    @property
+    def label(self) -> str:
+        """What the backend runs on, for reports (a device backend names its device)."""
+        return self.name
 
     @abstractmethod
     def passes(self) -> list[tuple[str, Pass]]:
@@ -76,10 +103,14 @@ def register(backend: Backend) -> Backend:
 
 
 def get_backend(name: str) -> Backend:
+    """The backend registered as `name`, or as the part before a colon, configured by the rest
+    ("opencl:1": the OpenCL backend on device 1)."""
+    base, colon, option = name.partition(":")
     try:
-        return _BACKENDS[name]
+        backend = _BACKENDS[base]
     except KeyError:
         raise GraphError(f"unknown backend {name!r}; choose one of {available()}") from None
+    return backend.with_option(option) if colon else backend
 
 
 def available() -> list[str]:

@@ -29,8 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--only", help=f"comma-separated workloads (default: all of {','.join(ALL_WORKLOADS)})")
     p.add_argument("--peers", help=f"comma-separated frameworks (default: all installed of {','.join(PEERS)})")
-    p.add_argument("--backend", default="llvm", choices=["llvm", "numpy"], help="drug's backend (default llvm; "
-                   "falls back to numpy with a note while the native backend is unavailable)")  # fmt: skip
+    p.add_argument("--backend", default="llvm", choices=["llvm", "numpy", "opencl"], help="drug's backend (default "
+                   "llvm; falls back to numpy with a note while the native backend is unavailable); opencl runs on "
+                   "DRUG_OPENCL_DEVICE (default: the first OpenCL device)")  # fmt: skip
     p.add_argument(
         "--same-process",
         action="store_true",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .arrays import HostArrays
 from .errors import GraphError, ShapeError
 from .leaves import BufferOp, ConstantOp, InputOp, ParameterOp, initial_value
 from .node import Node
@@ -16,10 +17,11 @@ from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
 
-class ArrayStore(Mapping[str, np.ndarray]):
+class ArrayStore(HostArrays):
     """Live arrays of a graph by name: its parameters (`g.params["w1"]`), its state buffers
     (`g.state`). Arrays are never replaced, so views stay valid: compiled steps update them in
-    place, and writing into them changes the model.
+    place, and writing into them changes the model. On a device backend (OpenCL) the steps update
+    the device's copies; reading an array here brings their values back (see core/arrays.py).
 
     Example:
         >>> import drug as dg
@@ -32,23 +34,11 @@ class ArrayStore(Mapping[str, np.ndarray]):
     """
 
     def __init__(self, kind: str) -> None:
+        super().__init__()
         self.kind = kind  # "parameter", "state buffer": for error messages
-        self._arrays: dict[str, np.ndarray] = {}
 
-    def __getitem__(self, name: str) -> np.ndarray:
-        try:
-            return self._arrays[name]
-        except KeyError:
-            raise GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}") from None
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._arrays)
-
-    def __len__(self) -> int:
-        return len(self._arrays)
-
-    def _add(self, name: str, value: np.ndarray) -> None:
-        self._arrays[name] = value
+    def _missing(self, name: str) -> GraphError:
+        return GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}")
 
     @property
     def size(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 REGISTRY: dict[str, type[Op]] = {}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -182,3 +183,12 @@ def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
     if dtype not in FLOAT_DTYPES:
         raise DTypeError(f"needs float inputs, got {dtype}")
     return dtype
+
+
+def registered_for(table: dict[type, T], op: Op) -> T | None:
+    """What `table` (a backend's rules, keyed by op class) holds for `op`, found along its class's
+    MRO: a subclass runs like its parent unless it registers a rule of its own."""
+    for cls in type(op).__mro__:
+        if cls in table:
+            return table[cls]
+    return None

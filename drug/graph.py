@@ -60,8 +60,9 @@ class Graph(CoreGraph):
                 With it, each call is a train step that updates the parameters in place.
             params: The parameters to train (nodes or names); default: every parameter the loss
                 depends on. Train a subset, e.g. one side of a GAN.
-            backend: "llvm" (native code; the default, or the DRUG_BACKEND environment variable)
-                or "numpy" (every op's NumPy reference: slow, the oracle tests compare with).
+            backend: "llvm" (native code; the default, or the DRUG_BACKEND environment variable),
+                "numpy" (every op's NumPy reference: slow, the oracle tests compare with) or
+                "opencl" (an OpenCL device; "opencl:<index or name>" picks one, see docs/gpu.md).
             check_finite: Refuse float feeds that hold NaN or Inf (GraphError naming the input;
                 nothing runs).
             training: What mode-dependent ops (dropout, batch norm) compute: their training or

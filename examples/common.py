@@ -8,19 +8,33 @@ from collections.abc import Iterator
 
 import numpy as np
 
+import drug as dg
+
 
 def example_parser(description: str, epochs: int, batch: int, lr: float) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    parser.add_argument("--backend", choices=["numpy", "llvm"], default="llvm")
+    parser.add_argument(
+        "--backend",
+        default="llvm",
+        type=backend_name,
+        help="numpy, llvm (default) or opencl; opencl:<device> picks an OpenCL device (python -m drug.backends.opencl)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a few batches on a slice of the data, for tests")
     parser.add_argument("--save", metavar="PATH", help="write a checkpoint here at the end")
     parser.add_argument("--resume", metavar="PATH", help="start from this checkpoint")
     parser.add_argument("--plot", metavar="PNG", help="save the loss/metric curves to this PNG (needs matplotlib)")
     return parser
+
+
+def backend_name(text: str) -> str:
+    """A registered backend, with an option after a colon if it takes one ("opencl:1")."""
+    if text.partition(":")[0] not in dg.backends.available():
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; choose one of {dg.backends.available()}")
+    return text
 
 
 def batch_count(n: int, batch: int) -> int:

@@ -66,7 +66,7 @@ def train_drug(args, data) -> dict:
     if args.plot:
         plot_curves(args.plot, curve, "step", "MNIST CNN")
     acc = accuracy(predict, x_test, y_test)
-    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
+    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.device}
 
 
 def per_epoch(seconds: float, epochs: int) -> str:

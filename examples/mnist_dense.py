@@ -88,7 +88,7 @@ def main() -> None:
         plot_curves(args.plot, curve, "step", "MNIST MLP")
     print(
         f"summary: test accuracy {accuracy(predict, x_test, y_test):.4f} after {args.epochs} epoch(s), "
-        f"{seconds:.1f} s ({seconds / args.epochs:.1f} s/epoch), backend {train.backend}"
+        f"{seconds:.1f} s ({seconds / args.epochs:.1f} s/epoch), backend {train.device}"
     )
     print(f"throughput: {total:,.0f} samples/s ({total / ranks:,.0f} per rank x {ranks} rank(s), training loop only)")
 

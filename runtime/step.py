@@ -20,9 +20,10 @@ from ..compiler.interpret import live_array
 from ..compiler.optimizers import LR_KEY
 from ..compiler.passes import Pass
 from ..core import memory
+from ..core.arrays import HostArrays
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
-from ..core.leaves import BufferOp, InputOp, ParameterOp
+from ..core.leaves import BufferOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape, format_shape
@@ -45,7 +46,8 @@ class CompiledFunction:
 
     Attributes:
         program: The compiled program (nodes, kernels, schedule) after every pass.
-        backend: The backend's name ("llvm" or "numpy").
+        backend: The backend's name ("llvm", "numpy" or "opencl").
+        device: What the steps run on: the backend's name, or for "opencl" also the device's.
         inputs: The input nodes a call must feed, by name.
         step_count: Train steps taken (saved in checkpoints).
         state: Optimizer state buffers (moments, bias-correction powers, the learning rate) by key.
@@ -54,11 +56,21 @@ class CompiledFunction:
     def __init__(self, program: Program, backend: Backend, check_finite: bool, debug_numerics: bool = False):
         self.program = program
         self.backend = backend.name
+        self.device = backend.label  # what the steps run on (a device backend names its device)
         self.check_finite = check_finite
         self.debug_numerics = debug_numerics
         self.inputs = program.leaves(InputOp)
         self.step_count = 0
-        self.state: dict[str, np.ndarray] = program.initial_state()
+        # optimizer state: on a device backend its newest values live on the device (core/arrays.py)
+        self.state = HostArrays(program.initial_state())
+        # the named host arrays a step reads and those it writes: the executor keeps them current
+        graph, updated = program.graph, [leaf for leaf, _ in program.updates]
+        self._reads = [(graph.params, self.params), (graph.state, self.buffers), (self.state, list(self.state))]
+        self._writes = [
+            (graph.params, [leaf.name for leaf in updated if isinstance(leaf.op, ParameterOp)]),
+            (graph.state, [leaf.name for leaf in updated if isinstance(leaf.op, BufferOp)]),
+            (self.state, [leaf.op.key_name for leaf in updated if isinstance(leaf.op, StateOp)]),
+        ]
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._fits: set[int] = set()  # batch sizes whose memory was checked
@@ -115,30 +127,31 @@ class CompiledFunction:
         Raises:
             GraphError: The function has no optimizer.
         """
-        buffer = self._lr_buffer()
+        self._check_lr()
+        buffer = self.state.current(LR_KEY)
         if self._lr is not None and buffer == buffer.dtype.type(self._lr):
             return self._lr
         return float(buffer)  # changed behind our back (a checkpoint was loaded)
 
     @lr.setter
     def lr(self, value: float) -> None:
-        buffer = self._lr_buffer()
+        self._check_lr()
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
             raise GraphError(f"the learning rate must be a finite non-negative number, got {value!r}")
+        dtype = self.state.current(LR_KEY).dtype
         with np.errstate(over="ignore"):
-            fits = np.isfinite(buffer.dtype.type(value))
+            fits = np.isfinite(dtype.type(value))
         if not fits:
-            raise GraphError(f"the learning rate {value!r} does not fit in {buffer.dtype}")
+            raise GraphError(f"the learning rate {value!r} does not fit in {dtype}")
         with self._quiet_turn:  # not in the middle of a step
-            buffer[...] = value
+            self.state[LR_KEY][...] = value  # the host copy, which becomes the newest
         self._lr = value
 
-    def _lr_buffer(self) -> np.ndarray:
+    def _check_lr(self) -> None:
         if LR_KEY not in self.state:
             raise GraphError("this compiled function has no optimizer, so no learning rate")
-        return self.state[LR_KEY]
 
     def __call__(self, feeds: dict[str, Any] | None = None, /, *, out: Any = None, **named: Any) -> Any:
         """Run one step: a train step returns the loss (a float) after updating the parameters,
@@ -175,6 +188,7 @@ class CompiledFunction:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
         with self._turn:  # compiled functions of one graph take turns (see locks.py)
+            self._executor.before_step(self._reads)
             if self._executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
@@ -186,9 +200,11 @@ class CompiledFunction:
             if self.trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
                 with deferred_interrupts():
                     results = self._executor.run(arrays, batch, out)
+                    self._executor.after_step(self._writes)
                     self.step_count += 1
             else:
                 results = self._executor.run(arrays, batch, out)
+                self._executor.after_step(self._writes)
             values = self._deliver(results[first:], targets)
             loss = float(results[0]) if first else None
         if loss is None:
@@ -225,10 +241,9 @@ class CompiledFunction:
 
     def _unaliased(self, targets: list[np.ndarray], feeds: dict[int, np.ndarray]) -> list[np.ndarray | None]:
         """The `out=` arrays native kernels may write directly; None for one that overlaps a feed, a
-        parameter, optimizer state or an earlier `out=` array (kernels would read what they are
-        overwriting): it receives a copy after the step instead, as with the reference backend."""
-        graph = self.program.graph
-        read = list(feeds.values()) + [graph.params[name] for name in self.params] + list(self.state.values())
+        parameter, a state buffer, optimizer state or an earlier `out=` array (kernels would read what
+        they are overwriting): it receives a copy after the step instead, as with the reference backend."""
+        read = list(feeds.values()) + [arrays.storage(name) for arrays, names in self._reads for name in names]
         direct: list[np.ndarray | None] = []
         for i, target in enumerate(targets):
             others = read + targets[:i]
@@ -328,6 +343,7 @@ class CompiledFunction:
         profiler = self._profiler
         walls = []
         with self._turn:  # a step: it takes its turn like a call
+            profiler.before_step(self._reads)  # a device backend may hold newer values
             saved = self._updated_buffers()
             copies = [array.copy() for array in saved]
             try:
@@ -338,6 +354,7 @@ class CompiledFunction:
             finally:
                 for array, copy in zip(saved, copies):
                     np.copyto(array, copy)
+                profiler.after_step(self._writes)
             spans = profiler.spans[-n_steps:]
             del profiler.spans[-(warmup + n_steps) :]  # not training steps: DRUG_PROFILE's report skips them
         result = build_profile(f"profile of {self.kind}", self.program, spans, batch, float(np.median(walls[warmup:])))
@@ -375,9 +392,10 @@ class CompiledFunction:
         """
         graph = self.program.graph
         with self._quiet_turn:
-            params = {name: graph.params[name] for name in self.params}
-            buffers = {name: graph.state[name] for name in self.buffers}
-            checkpoint.save(path, params, self.state, self.step_count, buffers)
+            params = {name: graph.params.current(name) for name in self.params}
+            buffers = {name: graph.state.current(name) for name in self.buffers}
+            state = {key: self.state.current(key) for key in self.state}
+            checkpoint.save(path, params, state, self.step_count, buffers)
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by `save` (or by an AOT library); on any mismatch raise

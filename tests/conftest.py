@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import threading
@@ -76,6 +77,37 @@ def numeric_jacobian(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         flat[i] = old
         jac[:, i] = (plus - minus) / (2 * eps)
     return jac.reshape(y_shape + x.shape)
+
+
+@functools.cache
+def opencl_device():
+    """The device OpenCL tests run on (DRUG_OPENCL_DEVICE's, else the first) and "", or None and why
+    there is none (no pyopencl, no OpenCL driver)."""
+    try:
+        return dg.backends.get_backend("opencl").device(), ""
+    except dg.GraphError as error:
+        return None, str(error)
+
+
+def unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run on this machine, or None: the opencl backend needs a device."""
+    if backend.partition(":")[0] != "opencl":
+        return None
+    device, reason = opencl_device()
+    return None if device is not None else f"no OpenCL device: {reason}"
+
+
+def skip_unless_available(backend: str) -> None:
+    reason = unavailable(backend)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def opencl():
+    """The OpenCL device; a test using it skips, saying why, where there is none."""
+    skip_unless_available("opencl")
+    return opencl_device()[0]
 
 
 @pytest.fixture
