@@ -27,6 +27,7 @@ ROOMS = [
     ("drug.runtime", "runtime/"),
     ("drug.backends.llvm", "backends/llvm/"),
     ("drug.backends.reference", "backends/reference/"),
+    ("drug.backends.opencl", "backends/opencl/"),
     ("drug.backends", "backends/ (registry)"),
     ("drug.compiler", "compiler/"),
     ("drug.ops", "ops/"),
