@@ -20,7 +20,7 @@ from ...compiler.fusion import Kernel, is_inline, is_reduction
 from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.node import Node
-from . import bounds
+from . import bounds, parallel
 from .irutil import (
     I32,
     I64,
@@ -40,9 +40,12 @@ from .lowering import lowering_of
 from .scalar import ScalarEmitter
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
-GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta")
+GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM (OpenBLAS's own rule)
-GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, next-kernel counter, then one status per kernel
+# a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
+# columns of this multiple (each block packs the other operand again: not too small)
+GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
+GROUP_FRAME = 3  # a group's frame: buffers, batch, runtime, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
@@ -117,18 +120,24 @@ class KernelContext:
             ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
             cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
             return
-        # the OpenMP threads share the GEMM out, each calling BLAS (one thread) on its block
-        words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
-        words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64))
-        frame = pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
+        # large GEMMs are shared out over the pool, a task calling BLAS (one thread) on a block of
+        # rows of C (when it has more rows than columns) or of columns
         size = b.mul(b.mul(m, n), k, name="gemm.size")
+        by_rows = b.icmp_unsigned(">=", m, n, name="gemm.by_rows")
+        extent = b.select(by_rows, m, n, name="gemm.extent")
+        chunk, tasks = parallel.split(b, extent, size, GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN)
         big = b.icmp_unsigned(">=", size, i64(GEMM_SPLIT_MIN), name="gemm.big")
-        thread = self.builder.gemm_thread(dtype)
+        tasks = b.select(big, tasks, i64(1), name="gemm.tasks")
+        chunk = b.select(big, chunk, extent, name="gemm.chunk")
+        words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
+        words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64), chunk=chunk)
+        frame = parallel.pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
+        task = self.builder.gemm_task(dtype)
         with b.if_else(big) as (split, whole):
             with split:
-                b.call(self.builder.gomp_parallel(), [thread, frame, I32(0), I32(0)])
+                b.call(parallel.pool_run(b.module), [task, frame, tasks])
             with whole:
-                b.call(thread, [frame])
+                b.call(task, [frame, i64(0)])
 
 
 def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a, trans_b, m, n, k,
@@ -146,16 +155,6 @@ def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a
     b.call(Callee(fn, fnty), args)
 
 
-def pack_frame(b: ir.IRBuilder, values: list[ir.Value], name: str, extra: int = 0) -> ir.Value:
-    """A stack array of i64 words holding `values` (pointers as integers), plus `extra` words:
-    what GOMP_parallel hands each thread function."""
-    frame = b.alloca(I64, size=len(values) + extra, name=name)
-    for i, value in enumerate(values):
-        word = b.ptrtoint(value, I64) if value.type == PTR else value
-        b.store(word, b.gep(frame, [i64(i)], source_etype=I64))
-    return frame
-
-
 class ModuleBuilder:
     def __init__(
         self,
@@ -171,7 +170,7 @@ class ModuleBuilder:
         self.module = module if module is not None else ir.Module(name=name)
         self.prefix = prefix  # of function names, when several schedules share a module (loop bodies)
         self.blas_int = ir.IntType(blas_int_bits)
-        self.parallel = parallel  # split large loops across OpenMP threads (libgomp's GOMP_parallel)
+        self.parallel = parallel  # share large loops, GEMMs and kernel groups out over the thread pool
         self.bounds_check = bounds.enabled() if bounds_check is None else bounds_check
         self._checked: list[tuple[ir.Function, list[int]]] = []  # kernel functions to instrument, their slots
 
@@ -181,7 +180,7 @@ class ModuleBuilder:
 
     def entry(self, name: str) -> ir.Function:
         """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order (the
-        schedule's groups of independent kernels at once, on the OpenMP threads)."""
+        schedule's groups of independent kernels at once, on the thread pool)."""
         schedule = self.schedule
         step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), name)
         table, batch, runtime = step.args
@@ -228,49 +227,39 @@ class ModuleBuilder:
             b.ret(status)
 
     def emit_group(self, b: ir.IRBuilder, start: int, end: int, table, batch, runtime) -> None:
-        """Kernels start..end-1, which touch no buffer another of them writes: on the OpenMP
-        threads, each taking the next kernel, when two or more are large enough to pay for it,
-        else one after the other on this thread (the same group function, called directly).
-        Statuses are checked in kernel order afterwards, so a failure names the same kernel."""
+        """Kernels start..end-1, which touch no buffer another of them writes: one task each on
+        the pool when two or more are large enough to pay for it, else one after the other on
+        this thread (the same task function, called directly). Statuses are checked in kernel
+        order afterwards, so a failure names the same kernel."""
         indices = range(start, end)
         large = [b.zext(b.icmp_unsigned(">=", self.work(b, i, batch), i64(GROUP_MIN_WORK)), I64) for i in indices]
         count = functools.reduce(lambda x, y: b.add(x, y), large)
         worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
-        frame = pack_frame(b, [table, batch, runtime, i64(0)], f"group{start}.frame", extra=len(indices))
+        frame = parallel.pack_frame(b, [table, batch, runtime], f"group{start}.frame", extra=len(indices))
         group = self.group_function(start, end)
         with b.if_else(worth) as (at_once, in_order):
             with at_once:
-                b.call(self.gomp_parallel(), [group, frame, I32(0), I32(0)])
+                b.call(parallel.pool_run(self.module), [group, frame, i64(len(indices))])
             with in_order:
-                b.call(group, [frame])
+                with for_range(b, i64(len(indices)), f"group{start}.kernel") as i:
+                    b.call(group, [frame, i])
         for i in indices:
-            word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
+            word = parallel.frame_word(b, frame, GROUP_FRAME + i - start)
             self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
 
     def group_function(self, start: int, end: int) -> ir.Function:
-        """`void group(ptr frame)`, run by every OpenMP thread: take the next kernel of the group
-        (an atomic counter in the frame), run it, store its status in the frame; until none is left."""
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{self.prefix}group{start}_{end}")
-        fn.linkage = "internal"
-        frame = fn.args[0]
-        frame.name = "frame"
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        word = [b.gep(frame, [i64(i)], source_etype=I64) for i in range(GROUP_FRAME)]
-        table = b.inttoptr(b.load(word[0], typ=I64), PTR, name="buffers")
-        batch = b.load(word[1], typ=I64, name="batch")
-        runtime = b.inttoptr(b.load(word[2], typ=I64), PTR, name="runtime")
-        take, done = fn.append_basic_block("take"), fn.append_basic_block("done")
-        b.branch(take)
-        b.position_at_end(take)
-        mine = b.atomic_rmw("add", word[3], i64(1), "monotonic", name="next_kernel")
-        switch = b.switch(mine, done)
+        """The group's task function: task i runs kernel start+i and stores its status in the frame."""
+        fn, b, frame, task = parallel.task_function(self.module, f"{self.prefix}group{start}_{end}")
+        table, batch, runtime = parallel.unpack_frame(b, frame, [PTR, I64, PTR])
+        done = fn.append_basic_block("done")
+        switch = b.switch(task, done)
         for i in range(start, end):
             block = fn.append_basic_block(f"kernel{i}")
             switch.add_case(i64(i - start), block)
             b.position_at_end(block)
             status = self.call_kernel(b, i, table, batch, runtime)
             b.store(b.zext(status, I64), b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64))
-            b.branch(take)
+            b.branch(done)
         b.position_at_end(done)
         b.ret_void()
         return fn
@@ -281,22 +270,17 @@ class ModuleBuilder:
         dims = kernel.domain if kernel.kind == "loop" else kernel.nodes[0].shape
         return functools.reduce(lambda x, y: b.mul(x, y), [dim_value(d, batch) for d in dims], i64(1))
 
-    def gemm_thread(self, dtype) -> ir.Function:
-        """`void gemm_thread(ptr frame)`: this OpenMP thread's block of the GEMM in the frame (rows
-        of C when it has more rows than columns, else columns), through BLAS on one thread."""
+    def gemm_task(self, dtype) -> ir.Function:
+        """The task function of a shared-out GEMM: block `task` of the GEMM in the frame (rows of
+        C when it has more rows than columns, else columns), through BLAS on one thread."""
         real = llvm_type(dtype)
-        name = f"drug_gemm_thread.{np.dtype(dtype).name}"
+        name = f"drug_gemm_task.{np.dtype(dtype).name}"
         if name in self.module.globals:
             return self.module.globals[name]
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), name)
-        fn.linkage = "internal"
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        f = {
-            field_name: b.load(b.gep(fn.args[0], [i64(i)], source_etype=I64), typ=I64, name=field_name)
-            for i, field_name in enumerate(GEMM_FRAME)
-        }
+        fn, b, frame, task = parallel.task_function(self.module, name)
+        f = {word: parallel.frame_word(b, frame, i, word) for i, word in enumerate(GEMM_FRAME)}
         by_rows = b.icmp_unsigned(">=", f["m"], f["n"], name="by_rows")
-        lo, hi = self.thread_share(b, b.select(by_rows, f["m"], f["n"], name="extent"))
+        lo, hi = parallel.task_range(b, task, f["chunk"], b.select(by_rows, f["m"], f["n"], name="extent"))
         with b.if_then(b.icmp_signed("<", lo, hi)):
             part = b.sub(hi, lo, name="part")
             ta, tb = (b.icmp_unsigned("!=", f[t], i64(0)) for t in ("trans_a", "trans_b"))
@@ -319,24 +303,6 @@ class ModuleBuilder:
                        at("a", a_off), f["lda"], at("b", b_off), f["ldb"], beta, at("c", c_off), f["ldc"])  # fmt: skip
         b.ret_void()
         return fn
-
-    def thread_share(self, b: ir.IRBuilder, extent: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """[lo, hi) of 0..extent for this OpenMP thread: equal chunks in whole vectors (16)."""
-        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
-               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
-        tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
-        threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
-        chunk = b.sdiv(b.add(extent, b.sub(threads, i64(1))), threads, name="chunk")
-        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk16")
-        lo = b.mul(tid, chunk, name="lo")
-        hi = b.select(b.icmp_signed("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
-        return lo, hi
-
-    def gomp_parallel(self) -> ir.Function:
-        """libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: fn(data) on every thread."""
-        return self.module.globals.get("GOMP_parallel") or ir.Function(
-            self.module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel"
-        )
 
     @staticmethod
     def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
@@ -427,20 +393,17 @@ class ModuleBuilder:
 
     def parallel_loop(self, name: str, kernel: Kernel, slots: list[int]) -> ir.Function:
         """A loop split over its outermost (collapsed) axis: `name.body` runs a range of it;
-        large loops hand `name.thread` to GOMP_parallel, which runs it on every OpenMP thread."""
+        large loops share ranges out over the pool through the task function `name.task`."""
         body, ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
         emit_loop(ctx, kernel, outer=tuple(body.args[-2:]))
         ctx.b.ret(ir.Constant(I32, 0))
 
-        frame = [PTR] * len(slots) + [I64, PTR, I64]  # kernel arguments + outer extent, as i64 words
-        thread = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{name}.thread")
-        thread.linkage = "internal"
-        tb = ir.IRBuilder(thread.append_basic_block("entry"))
-        words = [tb.load(tb.gep(thread.args[0], [i64(i)], source_etype=I64), typ=I64) for i in range(len(frame))]
-        fields = [tb.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, frame)]
-        lo, hi = self.thread_share(tb, fields[-1])
+        frame = [PTR] * len(slots) + [I64, PTR, I64, I64]  # kernel arguments, outer extent, chunk
+        task_fn, tb, data, task = parallel.task_function(self.module, f"{name}.task")
+        fields = parallel.unpack_frame(tb, data, frame)
+        lo, hi = parallel.task_range(tb, task, fields[-1], fields[-2])
         with tb.if_then(tb.icmp_signed("<", lo, hi)):
-            tb.call(body, fields[:-1] + [lo, hi])
+            tb.call(body, fields[:-2] + [lo, hi])
         tb.ret_void()
 
         fn, ctx = self._function(name, slots)
@@ -451,8 +414,10 @@ class ModuleBuilder:
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
         with b.if_else(big) as (threaded, serial):
             with threaded:
-                data = pack_frame(b, args + [extents[0]], "frame")
-                b.call(self.gomp_parallel(), [thread, data, I32(0), I32(0)])
+                align = 16 if len(extents) == 1 else 1  # whole vectors (and cache lines) per task
+                chunk, tasks = parallel.split(b, extents[0], total, LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS, align)
+                data = parallel.pack_frame(b, args + [extents[0], chunk], "frame")
+                b.call(parallel.pool_run(self.module), [task_fn, data, tasks])
             with serial:
                 b.call(body, args + [i64(0), extents[0]])
         b.ret(ir.Constant(I32, 0))
@@ -510,6 +475,7 @@ def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dic
 
 WINDOW_MAX = 4  # a reduced innermost axis this short is a window (max_pool2d's 2)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
+LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS = 1 << 15, 16  # a split loop's tasks: about this many elements, at most this many
 
 
 def parallelizable(kernel: Kernel) -> bool:

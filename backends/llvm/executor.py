@@ -67,7 +67,7 @@ class NativeExecutor(Executor):
         self.schedule: Schedule = program.schedule
         self.state = state
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
-        parallel = threads.openmp() is not None
+        parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         self._builder = lambda: ModuleBuilder(  # noqa: E731
             self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check

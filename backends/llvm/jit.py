@@ -16,6 +16,7 @@ import llvmlite
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
+from . import perfmap
 from .split import split_module
 
 
@@ -206,6 +207,7 @@ def _load(objects: list[bytes], entry: str) -> tuple:
     for code in objects:
         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
+    perfmap.record(objects, engine)
     return engine, engine.get_function_address(entry)
 
 
