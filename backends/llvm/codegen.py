@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,7 @@ class KernelContext:
     pointers: dict[int, ir.Value]  # slot -> pointer argument
     blas_int: ir.IntType
     builder: ModuleBuilder  # for kernels that compile a sub-schedule (loop bodies)
+    in_task: bool = False  # code of one task of a job on the pool: its GEMMs call BLAS directly
 
     def ptr(self, node: Node) -> ir.Value:
         return self.pointers[self.schedule.slot(node)]
@@ -116,7 +118,7 @@ class KernelContext:
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
         slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
         fn = b.load(slot, typ=PTR, name="gemm")
-        if not self.builder.parallel or self.builder.bounds_check:  # the checks read the operands at the call
+        if not self.builder.parallel or self.builder.bounds_check or self.in_task:  # the checks read the operands
             ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
             cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
             return
@@ -138,6 +140,39 @@ class KernelContext:
                 b.call(parallel.pool_run(b.module), [task, frame, tasks])
             with whole:
                 b.call(task, [frame, i64(0)])
+
+    @contextmanager
+    def tasks(self, count: ir.Value, name: str):
+        """`with k.tasks(count, "images") as (t, task):` the block's code, built with `t` (a context
+        whose pointers are this kernel's), runs once per task 0..count-1, the tasks shared out over
+        the pool; `t.thread()` tells which thread runs a task (for scratch memory of its own)."""
+        slots = list(self.pointers)
+        outer = self.b.function.name
+        body, t = self.builder._function(f"{outer}.{name}", slots, [("task", I64)])
+        t.in_task = True
+        yield t, body.args[-1]
+        t.b.ret(ir.Constant(I32, 0))
+        args = [self.pointers[s] for s in slots] + [self.batch, self.runtime]
+        b = self.b
+        if not self.builder.parallel or self.builder.bounds_check:
+            with for_range(b, count, name) as task:
+                b.call(body, args + [task])
+            return
+        task_fn, tb, frame, task = parallel.task_function(self.module, f"{outer}.{name}.task")
+        fields = parallel.unpack_frame(tb, frame, [PTR] * len(slots) + [I64, PTR])
+        tb.call(body, fields + [task])
+        tb.ret_void()
+        b.call(parallel.pool_run(self.module), [task_fn, parallel.pack_frame(b, args, f"{name}.frame"), count])
+
+    @property
+    def module(self) -> ir.Module:
+        return self.b.module
+
+    def thread(self) -> ir.Value:
+        """Which thread runs this code: 0 .. thread_count()-1 (always 0 in serial code)."""
+        if not self.builder.parallel or self.builder.bounds_check:
+            return i64(0)
+        return self.b.call(parallel.thread_index(self.module), [], name="thread")
 
 
 def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a, trans_b, m, n, k,

@@ -3,7 +3,6 @@ per step (ctypes releases the GIL meanwhile) and runs Python callbacks for ops w
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import sys
@@ -76,7 +75,7 @@ class NativeExecutor(Executor):
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         self.compiled = compile_module(key, builder)
         self._step = STEP_TYPE(self.compiled.address)
-        self._blas_context = blas.one_thread() if parallel else contextlib.nullcontext()
+        self._blas_context = blas.one_thread()  # the pool shares GEMMs out; with one thread, so does BLAS
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
             sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from .irutil import I64, PTR, VOID, i64
-from .threads import RUN_SYMBOL
+from .threads import RUN_SYMBOL, THREAD_SYMBOL
 
 TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
 
@@ -19,6 +19,11 @@ TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
 def pool_run(module: ir.Module) -> ir.Function:
     """`void drug_pool_run(ptr task_fn, ptr frame, i64 tasks)`."""
     return module.globals.get(RUN_SYMBOL) or ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64]), RUN_SYMBOL)
+
+
+def thread_index(module: ir.Module) -> ir.Function:
+    """`i64 drug_pool_thread()`: 0 on a calling thread, 1 .. threads-1 on the pool's workers."""
+    return module.globals.get(THREAD_SYMBOL) or ir.Function(module, ir.FunctionType(I64, []), THREAD_SYMBOL)
 
 
 def task_function(module: ir.Module, name: str) -> tuple[ir.Function, ir.IRBuilder, ir.Value, ir.Value]:

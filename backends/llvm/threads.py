@@ -30,7 +30,7 @@ from . import bounds
 from .jit import cache_dir
 
 SOURCE = Path(__file__).parent / "csrc" / "drug_pool.c"
-RUN_SYMBOL = "drug_pool_run"
+RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
 # An idle worker watches for the next job this long before it sleeps (a futex wake costs the
 # caller microseconds); a caller whose last tasks run elsewhere watches this long, then sleeps.
 WORKER_SPIN_NS = 200_000
@@ -116,7 +116,8 @@ def pool() -> ctypes.CDLL | None:
             return None
     lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS)
-    llvm.add_symbol(RUN_SYMBOL, ctypes.cast(lib.drug_pool_run, ctypes.c_void_p).value)
+    for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
+        llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib
 
 

@@ -47,6 +47,7 @@ static struct {
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int inside_task; /* jobs started from a task run there, on their caller */
+static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
     syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
@@ -97,8 +98,8 @@ static uint64_t take_tasks(void) {
     }
 }
 
-static void *worker(void *unused) {
-    (void)unused;
+static void *worker(void *index) {
+    thread_index = (int)(intptr_t)index;
     inside_task = 1;
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
@@ -167,7 +168,7 @@ EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_s
     int started = 0;
     for (; started < wanted; started++) {
         pthread_t thread;
-        if (pthread_create(&thread, &attr, worker, NULL)) break;
+        if (pthread_create(&thread, &attr, worker, (void *)(intptr_t)(started + 1))) break;
     }
     pthread_attr_destroy(&attr);
     pool.workers = started;
@@ -175,6 +176,11 @@ EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_s
 }
 
 EXPORT int drug_pool_threads(void) { return pool.workers + 1; }
+
+/* Which thread runs the current task: 0 for a thread that calls drug_pool_run (whichever it is),
+   1 .. threads-1 for the workers. Tasks use it to pick their own scratch memory: two threads
+   never run tasks of one job under the same index. */
+EXPORT int64_t drug_pool_thread(void) { return thread_index; }
 
 #ifndef DRUG_POOL_SOURCE
 #define DRUG_POOL_SOURCE "unknown"
