@@ -84,20 +84,20 @@ class _Geometry:
         """One column (and staging) matrix per thread, then `extra` elements."""
         return (thread_count() * self.matrices_size + extra,), self.dtype
 
-    def chunk_count(self, b: ir.IRBuilder, batch: ir.Value) -> ir.Value:
-        return b.udiv(b.add(batch, i64(self.chunk - 1)), i64(self.chunk), name="chunks")
+    def chunk_count(self, b: ir.IRBuilder, images: ir.Value) -> ir.Value:
+        return b.udiv(b.add(images, i64(self.chunk - 1)), i64(self.chunk), name="chunks")
 
 
 class _ConvEmitter:
     """IR for one task of a convolution kernel: im2col/col2im into this thread's column matrix
     (in the workspace), copies through its staging matrix, GEMM calls."""
 
-    def __init__(self, t, node, geo: _Geometry):
+    def __init__(self, t, node, geo: _Geometry, images: ir.Value):
         self.k, self.b, self.geo, self.real = t, t.b, geo, llvm_type(geo.dtype)
+        self.images = images  # in the batch (a static batch axis need not be the run-time batch)
         offset = self.b.mul(t.thread(), i64(geo.matrices_size), name="thread_matrices")
         self.columns = self.at(t.workspace(node), offset, "columns")
         self.staging = None if geo.chunk == 1 else self.at(self.columns, i64(geo.rows * geo.ld), "staging")
-        self.batch = t.batch
 
     def at(self, pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
         return self.b.gep(pointer, [offset], source_etype=self.real, inbounds=True, name=name)
@@ -116,7 +116,7 @@ class _ConvEmitter:
         first = b.mul(index, i64(chunk), name="first")
         if chunk == 1:
             return first, i64(1)
-        left = b.sub(self.batch, first, name="left")
+        left = b.sub(self.images, first, name="left")
         return first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
 
     def gemm(self, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc=None, beta=0.0):
@@ -270,8 +270,8 @@ def _conv2d(k, node):
     """Per chunk of images: im2col side by side, then one GEMM out = w (O, C*KH*KW) @ columns."""
     x, w = node.inputs
     geo = _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype)
-    with k.tasks(geo.chunk_count(k.b, k.batch), "chunk") as (t, index):
-        e = _ConvEmitter(t, node, geo)
+    with k.tasks(geo.chunk_count(k.b, k.dims(x)[0]), "chunk") as (t, index):
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0])
         first, count = e.chunk(index)
         e.im2col(x, first, count)
         out = e.image(node, first, "out")
@@ -292,8 +292,8 @@ def _conv2d_grad_input(k, node):
     image's columns into its (zeroed) input gradient."""
     g, w = node.inputs
     geo = _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype)
-    with k.tasks(geo.chunk_count(k.b, k.batch), "chunk") as (t, index):
-        e = _ConvEmitter(t, node, geo)
+    with k.tasks(geo.chunk_count(k.b, k.dims(g)[0]), "chunk") as (t, index):
+        e = _ConvEmitter(t, node, geo, t.dims(g)[0])
         first, count = e.chunk(index)
         grads = e.staged(e.image(g, first, "g"), count)
         e.gemm(True, False, geo.rows, e.width(count), geo.outs, t.ptr(w), geo.rows, grads, geo.ld, e.columns)
@@ -307,10 +307,10 @@ def _conv_grad_filter_workspace(node):
     return geo.workspace(extra=FILTER_TASKS * geo.rows * geo.outs)  # + the tasks' transposed partial sums
 
 
-def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, batch: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
     """(chunks, chunks per task, tasks) of a filter gradient: at most FILTER_TASKS tasks, at least one
     (task 0 zeroes partial sum 0 even for an empty batch)."""
-    chunks = geo.chunk_count(b, batch)
+    chunks = geo.chunk_count(b, images)
     per_task = b.udiv(b.add(chunks, i64(FILTER_TASKS - 1)), i64(FILTER_TASKS))
     per_task = b.select(b.icmp_unsigned("<", per_task, i64(1)), i64(1), per_task, name="chunks_per_task")
     tasks = b.udiv(b.add(chunks, b.sub(per_task, i64(1))), per_task)
@@ -326,17 +326,17 @@ def _conv2d_grad_filter(k, node):
     geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
     b, real, size = k.b, llvm_type(node.dtype), geo.rows * geo.outs
     partials_at = i64(thread_count() * geo.matrices_size)
-    _, _, tasks = _filter_tasks(b, geo, k.batch)
+    _, _, tasks = _filter_tasks(b, geo, k.dims(x)[0])
 
     def partial(ctx, index: ir.Value) -> ir.Value:
         offset = ctx.b.add(partials_at, ctx.b.mul(index, i64(size)), name="partial_offset")
         return ctx.b.gep(ctx.workspace(node), [offset], source_etype=real, inbounds=True, name="partial")
 
     with k.tasks(tasks, "chunks") as (t, index):
-        e = _ConvEmitter(t, node, geo)
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0])
         total = partial(t, index)
         e.zero(total, i64(size * geo.itemsize))
-        chunks, per_task, _ = _filter_tasks(t.b, geo, t.batch)
+        chunks, per_task, _ = _filter_tasks(t.b, geo, e.images)
         start = t.b.mul(index, per_task, name="start")
         end = t.b.add(start, per_task)
         end = t.b.select(t.b.icmp_signed("<", end, chunks), end, chunks, name="end")
