@@ -46,7 +46,7 @@ GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole 
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
 # columns of this multiple (each block packs the other operand again: not too small)
 GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
-GROUP_FRAME = 3  # a group's frame: buffers, batch, runtime, then one status per kernel
+GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, first kernel, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
@@ -215,19 +215,50 @@ class ModuleBuilder:
 
     def entry(self, name: str) -> ir.Function:
         """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order (the
-        schedule's groups of independent kernels at once, on the thread pool)."""
-        schedule = self.schedule
+        schedule's groups of independent kernels at once, on the thread pool).
+
+        Its code does not grow with the number of kernels: constant tables say which code each
+        kernel runs on which buffers, `name.kernel` runs kernel i, and one loop goes through the
+        kernels (an unrolled RNN has hundreds of them but a few dozen distinct ones; straight-line
+        calls made the entry the largest function of the module and its slowest to compile)."""
+        schedule, count = self.schedule, len(self.schedule.kernels)
         step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), name)
         table, batch, runtime = step.args
         table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
-        b = ir.IRBuilder(step.append_basic_block("entry"))
-        self._functions: dict[tuple, ir.Function] = {}  # kernels alike up to their buffers share code
+        self._functions: dict[tuple, tuple[int, ir.Function]] = {}  # kernels alike up to their buffers share code
         together = self.parallel and not self.bounds_check and schedule.groups
-        for start, end in schedule.groups if together else [(i, i + 1) for i in range(len(schedule.kernels))]:
-            if end - start > 1:
-                self.emit_group(b, start, end, table, batch, runtime)
-            else:
-                self.check_status(b, start, self.call_kernel(b, start, table, batch, runtime))
+        groups = schedule.groups if together else [(i, i + 1) for i in range(count)]
+        run = self.dispatch_function(f"{name}.kernel")
+        ends = [0] * count
+        for start, end in groups:
+            ends[start] = end
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        statuses = None
+        if any(end - start > 1 for start, end in groups):
+            widest = max(end - start for start, end in groups)
+            statuses = parallel.pack_frame(b, [table, batch, runtime, i64(0)], "group.frame", extra=widest)
+        group_end = self.constant_table(f"{name}.group_end", I32, ends)
+        before, cond = b.block, step.append_basic_block("kernel.cond")
+        body, done = step.append_basic_block("kernel.body"), step.append_basic_block("kernel.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        index = b.phi(I64, name="kernel")
+        index.add_incoming(i64(0), before)
+        b.cbranch(b.icmp_signed("<", index, i64(count)), body, done)
+        b.position_at_end(body)
+        end = b.sext(self.table_entry(b, group_end, index), I64, name="group_end")
+        if statuses is None:
+            self.check_status(b, index, b.call(run, [table, index, batch, runtime], name="status"))
+        else:
+            alone = b.icmp_signed("==", end, b.add(index, i64(1)), name="alone")
+            with b.if_else(alone) as (one, several):
+                with one:
+                    self.check_status(b, index, b.call(run, [table, index, batch, runtime], name="status"))
+                with several:
+                    self.emit_group(b, index, end, batch, statuses, f"{name}.group", run)
+        index.add_incoming(end, b.block)
+        b.branch(cond)
+        b.position_at_end(done)
         for source, target in schedule.copies:
             buffer = schedule.buffers[source]
             size = b.mul(element_count(b, buffer.shape, batch), i64(buffer.dtype.itemsize))
@@ -240,70 +271,129 @@ class ModuleBuilder:
             bounds.instrument(fn, pointers, fn.args[len(slots)], nested=bool(self.prefix))
         return step
 
-    def call_kernel(self, b: ir.IRBuilder, index: int, table, batch, runtime) -> ir.Value:
-        """Call kernel `index` with its buffers from the pointer table; returns its status."""
+    def dispatch_function(self, name: str) -> ir.Function:
+        """`i32 name(ptr buffers, i64 index, i64 batch, ptr runtime)`: run kernel `index` (its
+        function, with its buffers from the pointer table) and return its status."""
+        kernels = self.schedule.kernels
+        fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64, PTR]), name)
+        fn.linkage = "internal"
+        table, index, batch, runtime = fn.args
+        table.name, index.name, batch.name, runtime.name = "buffers", "index", "batch", "runtime"
+        cases, slot_lists = [], []
+        for i in range(len(kernels)):
+            case, slots = self.kernel_case(i)
+            cases.append(case)
+            slot_lists.append(slots)
+        starts = [sum(map(len, slot_lists[:i])) for i in range(len(slot_lists))]
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        case = self.table_entry(b, self.constant_table(f"{name}.case", I32, cases), index, "case")
+        first = self.table_entry(b, self.constant_table(f"{name}.first_slot", I32, starts), index, "first_slot")
+        slot_table = self.constant_table(f"{name}.slots", I32, [s for slots in slot_lists for s in slots])
+        unknown = fn.append_basic_block("unknown")
+        switch = b.switch(case, unknown)
+        for number, function in sorted(self._functions.values(), key=lambda item: item[0]):
+            block = fn.append_basic_block(f"case{number}")
+            switch.add_case(ir.Constant(I32, number), block)
+            b.position_at_end(block)
+            pointers = []
+            for j in range(len(function.args) - 2):
+                slot = self.table_entry(b, slot_table, b.add(b.sext(first, I64), i64(j)), f"slot{j}")
+                address = b.gep(table, [b.sext(slot, I64)], source_etype=PTR, inbounds=True)
+                pointers.append(b.load(address, typ=PTR, name=f"arg{j}"))
+            b.ret(b.call(function, pointers + [batch, runtime], name="status"))
+        b.position_at_end(unknown)
+        b.unreachable()
+        return fn
+
+    def kernel_case(self, index: int) -> tuple[int, list[int]]:
+        """The dispatch case of kernel `index` (kernels alike up to their buffers share one, and
+        their code) and the buffer slots it runs on."""
         kernel = self.schedule.kernels[index]
         slots = self.slots_of(kernel)
         key = self.signature(index, kernel, slots)
         if key not in self._functions:
-            self._functions[key] = self.kernel_function(index, kernel, slots)
-        args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
-        return b.call(self._functions[key], args, name=f"status{index}")
+            self._functions[key] = (len(self._functions), self.kernel_function(index, kernel, slots))
+        return self._functions[key][0], slots
 
-    def check_status(self, b: ir.IRBuilder, index: int, status: ir.Value) -> None:
+    def constant_table(self, name: str, type_: ir.IntType, values: list[int]) -> ir.GlobalVariable:
+        """An internal constant array of integers (at least one element)."""
+        values = list(values) or [0]
+        array = ir.ArrayType(type_, len(values))
+        g = ir.GlobalVariable(self.module, array, name)
+        g.initializer = ir.Constant(array, [ir.Constant(type_, v) for v in values])
+        g.global_constant, g.linkage = True, "internal"
+        return g
+
+    @staticmethod
+    def table_entry(b: ir.IRBuilder, g: ir.GlobalVariable, index: ir.Value, name: str = "") -> ir.Value:
+        element = g.value_type.element
+        return b.load(b.gep(g, [i64(0), index], source_etype=g.value_type, inbounds=True), typ=element, name=name)
+
+    def check_status(self, b: ir.IRBuilder, index: ir.Value, status: ir.Value) -> None:
         """Stop the step with kernel `index`'s status if it failed (or touched memory it must not)."""
         if self.bounds_check:  # a refused access makes the step stop after its kernel
             fault = b.load(bounds.module_global(self.module, bounds.FAULT, I32), typ=I32, name="fault")
             refused = b.icmp_signed("!=", fault, ir.Constant(I32, 0))
-            status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name=f"checked{index}")
+            status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name="checked")
         failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
         with b.if_then(failed, likely=False):
-            b.store(ir.Constant(I32, index), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
+            b.store(b.trunc(index, I32), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
             b.ret(status)
 
-    def emit_group(self, b: ir.IRBuilder, start: int, end: int, table, batch, runtime) -> None:
+    def emit_group(self, b: ir.IRBuilder, start, end, batch, frame: ir.Value, name: str, run: ir.Function) -> None:
         """Kernels start..end-1, which touch no buffer another of them writes: one task each on
         the pool when two or more are large enough to pay for it, else one after the other on
         this thread (the same task function, called directly). Statuses are checked in kernel
         order afterwards, so a failure names the same kernel."""
-        indices = range(start, end)
-        large = [b.zext(b.icmp_unsigned(">=", self.work(b, i, batch), i64(GROUP_MIN_WORK)), I64) for i in indices]
-        count = functools.reduce(lambda x, y: b.add(x, y), large)
-        worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
-        frame = parallel.pack_frame(b, [table, batch, runtime], f"group{start}.frame", extra=len(indices))
-        group = self.group_function(start, end)
+        size = b.sub(end, start, name="group_size")
+        minimum = [self.batch_for_group(i) for i in range(len(self.schedule.kernels))]
+        minimum_batch = self.constant_table(f"{name}.minimum_batch", I64, minimum)
+        large = b.alloca(I64, name="large")
+        b.store(i64(0), large)
+        with for_range(b, end, "member", start=start) as i:
+            worth_one = b.icmp_signed(">=", batch, self.table_entry(b, minimum_batch, i))
+            b.store(b.add(b.load(large, typ=I64), b.zext(worth_one, I64)), large)
+        b.store(start, b.gep(frame, [i64(3)], source_etype=I64))
+        task_fn = self.group_function(name, run)
+        worth = b.icmp_unsigned(">=", b.load(large, typ=I64), i64(2), name="worth")
         with b.if_else(worth) as (at_once, in_order):
             with at_once:
-                b.call(parallel.pool_run(self.module), [group, frame, i64(len(indices))])
+                b.call(parallel.pool_run(self.module), [task_fn, frame, size])
             with in_order:
-                with for_range(b, i64(len(indices)), f"group{start}.kernel") as i:
-                    b.call(group, [frame, i])
-        for i in indices:
-            word = parallel.frame_word(b, frame, GROUP_FRAME + i - start)
-            self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
+                with for_range(b, size, "in_order") as i:
+                    b.call(task_fn, [frame, i])
+        with for_range(b, size, "checked") as i:
+            word = b.load(b.gep(frame, [b.add(i, i64(GROUP_FRAME))], source_etype=I64), typ=I64)
+            self.check_status(b, b.add(start, i), b.trunc(word, I32, name="member_status"))
 
-    def group_function(self, start: int, end: int) -> ir.Function:
-        """The group's task function: task i runs kernel start+i and stores its status in the frame."""
-        fn, b, frame, task = parallel.task_function(self.module, f"{self.prefix}group{start}_{end}")
-        table, batch, runtime = parallel.unpack_frame(b, frame, [PTR, I64, PTR])
-        done = fn.append_basic_block("done")
-        switch = b.switch(task, done)
-        for i in range(start, end):
-            block = fn.append_basic_block(f"kernel{i}")
-            switch.add_case(i64(i - start), block)
-            b.position_at_end(block)
-            status = self.call_kernel(b, i, table, batch, runtime)
-            b.store(b.zext(status, I64), b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64))
-            b.branch(done)
-        b.position_at_end(done)
+    def group_function(self, name: str, run: ir.Function) -> ir.Function:
+        """The groups' task function: task i of the group starting at kernel `start` (frame word
+        3) runs kernel start+i and stores its status in the frame."""
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn, b, frame, task = parallel.task_function(self.module, name)
+        table, batch, runtime, start = parallel.unpack_frame(b, frame, [PTR, I64, PTR, I64])
+        status = b.call(run, [table, b.add(start, task, name="index"), batch, runtime], name="status")
+        b.store(b.zext(status, I64), b.gep(frame, [b.add(task, i64(GROUP_FRAME))], source_etype=I64))
         b.ret_void()
         return fn
 
-    def work(self, b: ir.IRBuilder, index: int, batch: ir.Value) -> ir.Value:
-        """Kernel `index`'s size at this batch: its loop's elements, or an op's output elements."""
+    def batch_for_group(self, index: int) -> int:
+        """The smallest batch size at which kernel `index` is large enough to take a task of
+        its own in a group (its loop's elements, or its op's output elements, at least
+        GROUP_MIN_WORK); 2^62 if never."""
         kernel = self.schedule.kernels[index]
         dims = kernel.domain if kernel.kind == "loop" else kernel.nodes[0].shape
-        return functools.reduce(lambda x, y: b.mul(x, y), [dim_value(d, batch) for d in dims], i64(1))
+        static = math.prod(d for d in dims if d is not None)
+        axes = sum(d is None for d in dims)
+        if static >= GROUP_MIN_WORK:
+            return 0
+        if not axes or static == 0:
+            return 1 << 62
+        batch = math.ceil((GROUP_MIN_WORK / static) ** (1 / axes))
+        while batch > 1 and static * (batch - 1) ** axes >= GROUP_MIN_WORK:  # float rounding
+            batch -= 1
+        return batch
 
     def gemm_task(self, dtype) -> ir.Function:
         """The task function of a shared-out GEMM: block `task` of the GEMM in the frame (rows of
