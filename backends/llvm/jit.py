@@ -16,7 +16,7 @@ import llvmlite
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
-from . import perfmap
+from . import forked, perfmap
 from .split import split_module
 
 
@@ -181,9 +181,16 @@ class Compiled:
         return self._asm
 
 
+def objects_of(ir_text: str, entry: str) -> list[bytes]:
+    """Object code for a module: split into parts compiled on `compile_threads()` threads."""
+    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
+    return emit_objects(split_module(ir_text, entry, parts) or [ir_text])
+
+
 def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
-    miss. Large modules are split into parts compiled on `compile_threads()` threads."""
+    miss, in a child process (forked.py). Large modules are split into parts compiled on
+    `compile_threads()` threads."""
     _init()
     use_cache = os.environ.get("DRUG_CACHE", "1") != "0"
     path = cache_dir() / f"{cache_key(key)}.o"
@@ -192,9 +199,11 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
         engine, address = _load(objects, entry) if objects else (None, 0)
         if address:  # else not ours, cut short, or without the entry: compile again
             return Compiled(engine, address, build_ir, None, None, True)
-    ir_text = build_ir()
-    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
-    objects = emit_objects(split_module(ir_text, entry, parts) or [ir_text])
+    if forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
+        ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry))))
+    else:
+        ir_text = build_ir()
+        objects = objects_of(ir_text, entry)
     if use_cache:
         _write_atomic(path, _pack(objects))
     engine, address = _load(objects, entry)
