@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -25,6 +26,12 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_WORKERS 255
 #define MAX_TASKS (1u << 30)
+/* After a thread was preempted (another process wanted its core), it spins this little before
+   it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
+   that the thread it waits for (or the other process) needs, and a sleeping one is woken with
+   priority when its work arrives. */
+#define CONTENDED_SPIN_NS 2000
+#define CONTENDED_FOR_NS 100000000
 
 typedef void (*drug_task)(void *data, int64_t task);
 
@@ -47,6 +54,8 @@ static struct {
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int inside_task; /* jobs started from a task run there, on their caller */
+static _Thread_local long preemptions;   /* this thread's involuntary context switches so far */
+static _Thread_local int64_t contended_until;
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
@@ -69,6 +78,18 @@ static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* How long this thread may spin: `budget_ns`, or a little if it was preempted lately. */
+static int64_t spin_budget(int64_t budget_ns) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return budget_ns;
+    int64_t now = now_ns();
+    if (usage.ru_nivcsw != preemptions) {
+        preemptions = usage.ru_nivcsw;
+        contended_until = now + CONTENDED_FOR_NS;
+    }
+    return now < contended_until && budget_ns > CONTENDED_SPIN_NS ? CONTENDED_SPIN_NS : budget_ns;
 }
 
 /* Spin until *word differs from value or budget_ns has passed; returns whether it changed. */
@@ -104,7 +125,7 @@ static void *worker(void *index) {
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
         take_tasks();
-        if (!spin_while_equal(&pool.seq, seen, pool.worker_spin_ns)) {
+        if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
             atomic_fetch_add(&pool.sleepers, 1);
             while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen);
             atomic_fetch_sub(&pool.sleepers, 1);
@@ -138,9 +159,9 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     inside_task = 0;
     uint32_t done = atomic_load(&pool.done);
     if (done != (uint32_t)tasks) { /* tasks started by workers are still running */
-        int64_t start = now_ns();
+        int64_t start = now_ns(), budget = spin_budget(pool.caller_spin_ns);
         while (done != (uint32_t)tasks) {
-            if (!spin_while_equal(&pool.done, done, pool.caller_spin_ns)) {
+            if (!spin_while_equal(&pool.done, done, budget)) {
                 atomic_store(&pool.caller_sleeps, 1);
                 done = atomic_load(&pool.done);
                 if (done != (uint32_t)tasks) futex_wait(&pool.done, done);
