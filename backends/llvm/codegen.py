@@ -517,13 +517,24 @@ class ModuleBuilder:
         return fn
 
     def parallel_loop(self, name: str, kernel: Kernel, slots: list[int]) -> ir.Function:
-        """A loop split over its outermost (collapsed) axis: `name.body` runs a range of it;
-        large loops share ranges out over the pool through the task function `name.task`."""
-        body, ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
-        emit_loop(ctx, kernel, outer=tuple(body.args[-2:]))
-        ctx.b.ret(ir.Constant(I32, 0))
+        """A loop split over one (collapsed) axis (`split_axis`): `name.body` runs a range of it;
+        large loops share ranges out over the pool through the task function `name.task`.
+        Reductions start from their identity before the ranges run."""
+        fn, ctx = self._function(name, slots)
+        b = ctx.b
+        fill_reductions(ctx, kernel)
+        extents, accesses = _loop_plan(ctx, kernel)
+        axis = split_axis(kernel, accesses)
+        if axis is None:  # every axis reduced after all (size-1 axes broadcast)
+            emit_loop(ctx, kernel, fill=False)
+            b.ret(ir.Constant(I32, 0))
+            return fn
 
-        frame = [PTR] * len(slots) + [I64, PTR, I64, I64]  # kernel arguments, outer extent, chunk
+        body, body_ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
+        emit_loop(body_ctx, kernel, split=tuple(body.args[-2:]), fill=False)
+        body_ctx.b.ret(ir.Constant(I32, 0))
+
+        frame = [PTR] * len(slots) + [I64, PTR, I64, I64]  # kernel arguments, extent, chunk
         task_fn, tb, data, task = parallel.task_function(self.module, f"{name}.task")
         fields = parallel.unpack_frame(tb, data, frame)
         lo, hi = parallel.task_range(tb, task, fields[-1], fields[-2])
@@ -531,20 +542,17 @@ class ModuleBuilder:
             tb.call(body, fields[:-2] + [lo, hi])
         tb.ret_void()
 
-        fn, ctx = self._function(name, slots)
-        b = ctx.b
-        extents, _ = _loop_plan(ctx, kernel)
         total = functools.reduce(lambda x, y: b.mul(x, y), extents, i64(1))
         args = list(fn.args)
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
         with b.if_else(big) as (threaded, serial):
             with threaded:
-                align = 16 if len(extents) == 1 else 1  # whole vectors (and cache lines) per task
-                chunk, tasks = parallel.split(b, extents[0], total, LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS, align)
-                data = parallel.pack_frame(b, args + [extents[0], chunk], "frame")
+                align = 16 if axis == len(extents) - 1 else 1  # whole vectors (and cache lines) per task
+                chunk, tasks = parallel.split(b, extents[axis], total, LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS, align)
+                data = parallel.pack_frame(b, args + [extents[axis], chunk], "frame")
                 b.call(parallel.pool_run(self.module), [task_fn, data, tasks])
             with serial:
-                b.call(body, args + [i64(0), extents[0]])
+                b.call(body, args + [i64(0), extents[axis]])
         b.ret(ir.Constant(I32, 0))
         return fn
 
@@ -600,15 +608,31 @@ def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dic
 
 WINDOW_MAX = 4  # a reduced innermost axis this short is a window (max_pool2d's 2)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
+REDUCTION_SPLIT_MIN = 1 << 14  # elements per batch item
 LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS = 1 << 15, 16  # a split loop's tasks: about this many elements, at most this many
 
 
 def parallelizable(kernel: Kernel) -> bool:
-    """Map-only loops whose size is not known to be small (reductions stay serial)."""
-    if any(is_reduction(n) for n in kernel.nodes) or not kernel.domain:
+    """Map loops whose size is not known to be small, and reductions large even without the batch
+    axis that have an axis none of them reduces: split over that axis, every output element is
+    computed by one task, in the serial order (a full reduction, to a scalar, stays serial)."""
+    if not kernel.domain:
         return False
-    static = [d for d in kernel.domain if d is not None]
-    return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
+    domain = kernel.domain
+    reductions = [n for n in kernel.nodes if is_reduction(n)]
+    reduced = set().union(*(n.op.reduced_axes(domain) for n in reductions))
+    static = math.prod(d for d in domain if d is not None)
+    if reductions:  # split when large whatever the batch; small ones rather share a group
+        return len(reduced) < len(domain) and static >= REDUCTION_SPLIT_MIN
+    return None in domain or static >= PARALLEL_MIN_ELEMENTS
+
+
+def split_axis(kernel: Kernel, accesses: dict) -> int | None:
+    """The (collapsed) loop axis a parallel loop is split over: the outermost one along which every
+    reduction's output moves (none of them reduces it); None if there is none."""
+    reductions = [accesses[n.id] for n in kernel.nodes if is_reduction(n)]
+    axes = len(next(iter(accesses.values()))) if accesses else 1
+    return next((a for a in range(axes) if not any(_is_zero(strides[a]) for strides in reductions)), None)
 
 
 def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
@@ -645,18 +669,26 @@ def _window_innermost(kernel: Kernel, extents: list, accesses: dict) -> bool:
     return bool(reduced) and all(_is_zero(accesses[n.id][-1]) and not _is_zero(accesses[n.id][-2]) for n in reduced)
 
 
-def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Value] | None = None) -> None:
-    """One loop nest over the kernel's domain computing every member per element; `outer`
-    restricts the outermost loop to [lo, hi) for a thread's share."""
-    b = ctx.b
-    outputs = {n.id for n in kernel.outputs}
-    for node in kernel.nodes:  # reductions start from their identity
+def fill_reductions(ctx: KernelContext, kernel: Kernel) -> None:
+    """Reductions start from their identity."""
+    for node in kernel.nodes:
         if is_reduction(node):
             identity = _identity(node.op.combine, llvm_type(node.dtype))
-            with for_range(b, ctx.count(node), "fill") as i:
+            with for_range(ctx.b, ctx.count(node), "fill") as i:
                 ctx.store(node, i, identity)
+
+
+def emit_loop(ctx: KernelContext, kernel: Kernel, split: tuple | None = None, fill: bool = True) -> None:
+    """One loop nest over the kernel's domain computing every member per element; `split` =
+    (lo, hi) restricts the loop over `split_axis` to that range (a task's share); `fill`: start
+    reductions from their identity first."""
+    b = ctx.b
+    outputs = {n.id for n in kernel.outputs}
+    if fill:
+        fill_reductions(ctx, kernel)
     extents, accesses = _loop_plan(ctx, kernel)
-    with loop_nest(b, extents, first=outer) as index:
+    ranges = {split_axis(kernel, accesses): split} if split is not None else {}
+    with loop_nest(b, extents, bounds=ranges) as index:
         values: dict[int, ir.Value] = {}
 
         def offset(node: Node) -> ir.Value:

@@ -258,3 +258,26 @@ def test_large_loops_split_across_threads():
         out = np.empty(n, np.float32)
         assert fn(**xs, out=out) is out
         np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((9, 32, 28, 28), (0, 2, 3)),  # a bias gradient: only the channel axis (in the middle) is kept
+        ((9, 32, 28, 28), (2, 3)),  # a global pool: batch and channel kept
+        ((9, 24, 1024), (0, 1)),  # only the innermost axis kept
+    ],
+)
+def test_large_reductions_split_over_a_kept_axis(shape, axis):
+    """A reduction large without its batch axis is shared out over an axis it does not reduce:
+    each output element summed by one task, in the serial order."""
+    from drug.backends.llvm import threads
+
+    g = dg.Graph(dtype="float64")
+    x = g.input("x", (None,) + shape[1:])
+    out = dg.sum(dg.relu(x) * 1.5, axis=axis)
+    fn = g.compile(outputs=out, backend="llvm")
+    if threads.pool() is not None:
+        assert ".task" in fn.ir() and "drug_pool_run" in fn.ir()
+    xv = np.random.default_rng(0).standard_normal(shape)
+    np.testing.assert_allclose(fn(x=xv), (np.maximum(xv, 0) * 1.5).sum(axis=axis), rtol=1e-12, atol=1e-9)
