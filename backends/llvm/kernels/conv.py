@@ -10,18 +10,21 @@ depend on which thread ran what."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
 
 from ....ops.conv import Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, conv_out_hw
+from .. import parallel
 from ..irutil import I64, PTR, for_range, i64, llvm_type
 from ..lowering import kernel
 from ..threads import thread_count
 
 CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small images side by side
 CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the GEMM reads it) in cache
+PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of planes
 FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
 
 
@@ -200,10 +203,11 @@ def _pad_source(b: ir.IRBuilder, position: ir.Value, n: int, lo: int, mode: str,
     return b.select(b.icmp_signed(">", mirrored, i64(n - 1)), folded, mirrored, name=f"{name}_source"), None
 
 
-def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small_node, adjoint: bool) -> None:
-    """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane,
-    the interior of each row a contiguous copy. Adjoint (PadGrad): small = 0, then
-    small[rows[p], cols[q]] += padded[p, q]."""
+def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small_node, adjoint: bool,
+                  planes: tuple[ir.Value, ir.Value]) -> None:  # fmt: skip
+    """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane
+    in the range `planes`, the interior of each row a contiguous copy. Adjoint (PadGrad): small =
+    0, then small[rows[p], cols[q]] += padded[p, q]."""
     b, real, itemsize = k.b, llvm_type(small_node.dtype), small_node.dtype.itemsize
     (top, _), (left, _) = op.pads
     (h, w), (hp, wp) = op.in_hw, op.padded_hw()
@@ -239,8 +243,7 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
         columns(small_row, padded_row, left, left + w, "interior")
         columns(small_row, padded_row, left + w, wp, "right")
 
-    planes = b.mul(k.dims(small_node)[0], i64(small_node.shape[1]), name="planes")
-    with for_range(b, planes, "plane") as plane:
+    with for_range(b, planes[1], "plane", start=planes[0]) as plane:
         small_plane = at(small, b.mul(plane, i64(h * w), name="small_plane_offset"), "small_plane")
         padded_plane = at(padded, b.mul(plane, i64(hp * wp), name="padded_plane_offset"), "padded_plane")
         if adjoint:
@@ -359,15 +362,32 @@ def _conv2d_grad_filter(k, node):
             b.store(b.load(source, typ=real, name="value"), target)
 
 
+@contextmanager
+def _plane_tasks(k, small_node):
+    """Tasks over ranges of the (n, c) planes: yields (task context, first plane, end plane)."""
+
+    def plan(ctx):
+        planes = ctx.b.mul(ctx.dims(small_node)[0], i64(small_node.shape[1]), name="planes")
+        size = ctx.b.mul(planes, i64(int(np.prod(small_node.shape[2:]))), name="elements")
+        return planes, *parallel.split(ctx.b, planes, size, PAD_TASK_ELEMENTS, PAD_MAX_TASKS, 1)
+
+    _, _, tasks = plan(k)
+    with k.tasks(tasks, "planes") as (t, index):
+        planes, chunk, _ = plan(t)
+        yield t, *parallel.task_range(t.b, index, chunk, planes)
+
+
 @kernel(Pad)
 def _pad(k, node):
     """Row by row: the interior is a contiguous copy, border columns go through the index map."""
     (x,) = node.inputs
-    _emit_padding(k, node.op, k.ptr(x), k.ptr(node), x, adjoint=False)
+    with _plane_tasks(k, x) as (t, first, end):
+        _emit_padding(t, node.op, t.ptr(x), t.ptr(node), x, adjoint=False, planes=(first, end))
 
 
 @kernel(PadGrad)
 def _pad_grad(k, node):
     """Zero each output plane, then add every padded row back into the row it copied."""
     (g,) = node.inputs
-    _emit_padding(k, node.op, k.ptr(node), k.ptr(g), node, adjoint=True)
+    with _plane_tasks(k, node) as (t, first, end):
+        _emit_padding(t, node.op, t.ptr(node), t.ptr(g), node, adjoint=True, planes=(first, end))
