@@ -281,3 +281,14 @@ def test_large_reductions_split_over_a_kept_axis(shape, axis):
         assert ".task" in fn.ir() and "drug_pool_run" in fn.ir()
     xv = np.random.default_rng(0).standard_normal(shape)
     np.testing.assert_allclose(fn(x=xv), (np.maximum(xv, 0) * 1.5).sum(axis=axis), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("nbytes", [1, 1000, 40 << 20])
+def test_arena_memory_is_zeroed_aligned_and_writable(nbytes):
+    """Small arenas and large ones (which ask for transparent huge pages) alike."""
+    from drug.backends.llvm import arena
+
+    memory = arena.allocate(nbytes)
+    assert memory.size == nbytes and memory.ctypes.data % arena.ALIGN == 0 and not memory.any()
+    memory[:] = 7
+    assert memory[-1] == 7
