@@ -34,10 +34,12 @@ def call(work: Callable[[], bytes]) -> bytes:
         return work()
     read_end, write_end = os.pipe()
     # llvmlite's lock is held across fork(), so that no other thread is inside LLVM at that
-    # moment (the child would inherit a lock nobody releases); Python >= 3.12 warns about fork()
-    # in a process with threads for that reason.
+    # moment (the child would inherit a lock nobody releases). Python >= 3.12, and JAX when it is
+    # loaded, warn about fork() in a process with threads for that reason; the child runs only
+    # drug's compiler, which takes no lock but llvmlite's.
     with ffi.lib._lock, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
