@@ -35,6 +35,7 @@ RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
 # caller microseconds); a caller whose last tasks run elsewhere watches this long, then sleeps.
 WORKER_SPIN_NS = 200_000
 CALLER_SPIN_NS = 50_000
+CONTENDED_SPIN_NS = 2_000  # either, for a thread preempted lately (csrc/drug_pool.c)
 
 
 def usable_cpus() -> int:
@@ -114,10 +115,12 @@ def pool() -> ctypes.CDLL | None:
         except (OSError, subprocess.CalledProcessError) as error:
             warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
             return None
-    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
     spins = os.environ.get("DRUG_POOL_SPIN_US")  # EXPERIMENT
-    worker, caller = (int(v) * 1000 for v in spins.split(",")) if spins else (WORKER_SPIN_NS, CALLER_SPIN_NS)
-    lib.drug_pool_start(threads, worker, caller)
+    worker, caller, contended = (
+        (int(v) * 1000 for v in spins.split(",")) if spins else (WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS)
+    )
+    lib.drug_pool_start(threads, worker, caller, contended)
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
         llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib

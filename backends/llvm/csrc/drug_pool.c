@@ -26,11 +26,10 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_WORKERS 255
 #define MAX_TASKS (1u << 30)
-/* After a thread was preempted (another process wanted its core), it spins this little before
-   it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
+/* After a thread was preempted (another process wanted its core), it spins only
+   `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
    that the thread it waits for (or the other process) needs, and a sleeping one is woken with
    priority when its work arrives. */
-#define CONTENDED_SPIN_NS 2000
 #define CONTENDED_FOR_NS 100000000
 
 typedef void (*drug_task)(void *data, int64_t task);
@@ -49,6 +48,7 @@ static struct {
     int workers;
     int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
     int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
+    int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
     /* counters for diagnostics (written by callers under the lock) */
     uint64_t jobs, tasks, caller_tasks, waits, wait_ns;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -89,7 +89,7 @@ static int64_t spin_budget(int64_t budget_ns) {
         preemptions = usage.ru_nivcsw;
         contended_until = now + CONTENDED_FOR_NS;
     }
-    return now < contended_until && budget_ns > CONTENDED_SPIN_NS ? CONTENDED_SPIN_NS : budget_ns;
+    return now < contended_until && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
 }
 
 /* Spin until *word differs from value or budget_ns has passed; returns whether it changed. */
@@ -179,9 +179,10 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
 }
 
 /* Start the workers (threads - 1 of them); returns how many started. Call once. */
-EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns) {
+EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns) {
     pool.worker_spin_ns = worker_spin_ns;
     pool.caller_spin_ns = caller_spin_ns;
+    pool.contended_spin_ns = contended_spin_ns;
     int wanted = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
