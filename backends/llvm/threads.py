@@ -116,11 +116,7 @@ def pool() -> ctypes.CDLL | None:
             warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
             return None
     lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    spins = os.environ.get("DRUG_POOL_SPIN_US")  # EXPERIMENT
-    worker, caller, contended = (
-        (int(v) * 1000 for v in spins.split(",")) if spins else (WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS)
-    )
-    lib.drug_pool_start(threads, worker, caller, contended)
+    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS)
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
         llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib
