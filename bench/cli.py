@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import asdict
 
 from . import threads
+from .load import BusyLoad
 
 DESCRIPTION = __doc__
 
@@ -46,12 +47,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plot", metavar="PATH", help="write a bar chart (PNG; needs matplotlib)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-framework peak-memory processes")
     p.add_argument("--seed", type=int, default=0, help="seed of the shared initial parameters and batches")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="run N busy processes (python -c 'while True: pass') beside it: a shared machine")  # fmt: skip
+    p.add_argument("--load-cpus", metavar="LIST", help="pin the --load processes to these CPUs (e.g. 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     args.only = _split(args.only, ALL_WORKLOADS, "workload", p)
     args.peers = _split(args.peers, PEERS, "peer", p)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.load < 0:
+        p.error("--load must be at least 0")
+    try:
+        args.load_cpus = [int(c) for c in args.load_cpus.split(",")] if args.load_cpus else None
+    except ValueError:
+        p.error("--load-cpus takes a comma-separated list of CPU numbers")
     return args
 
 
@@ -161,19 +171,25 @@ def main(argv: list[str] | None = None) -> int:
         settings = timing_settings(args)
         report: dict = {"machine": machine_info, "workloads": {}, "notes": notes}
         workloads = workloads_of(args.size)
-        for wname in [w for w in args.only if w != "compile"]:
-            progress.begin(wname)
-            result = suite.run_workload(
-                workloads[wname], factories, settings, machine_info, args.seed, log=progress.update, note=progress.note
-            )
-            for name in args.peers:
-                if name not in available:
-                    result["peers"][name] = {"status": "skipped", "note": "not installed"}
-            report["workloads"][wname] = result
-        run_probes(args, report, available, progress)
+        busy = BusyLoad(args.load, args.load_cpus)
+        if args.load:
+            notes.append(busy.describe())
+            progress.note(notes[-1])
+        with busy:
+            for wname in [w for w in args.only if w != "compile"]:
+                progress.begin(wname)
+                result = suite.run_workload(
+                    workloads[wname], factories, settings, machine_info, args.seed, log=progress.update,
+                    note=progress.note,
+                )  # fmt: skip
+                for name in args.peers:
+                    if name not in available:
+                        result["peers"][name] = {"status": "skipped", "note": "not installed"}
+                report["workloads"][wname] = result
+            run_probes(args, report, available, progress)
         machine_info["threads"] = machine.thread_info()
     machine_info["other_load_cpus"] = other = load.other_load()
-    if other is not None and other > 0.1 * (os.cpu_count() or 1):
+    if other is not None and other > 0.1 * (os.cpu_count() or 1):  # --load's processes count as our own
         notes.append(
             f"other processes kept {other:.2f} of {os.cpu_count()} CPUs busy during the run: numbers are noisy, "
             "and multi-threaded frameworks (OpenMP) can slow down many times over on a shared machine"
@@ -188,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "size": args.size,
         "seed": args.seed,
+        "load": args.load,
+        "load_cpus": args.load_cpus,
         "workloads": args.only,
         "peers": args.peers,
         "timing": asdict(settings),

@@ -1,6 +1,6 @@
 """The LLVM backend: fused loops and op kernels emitted as LLVM IR (codegen.py, kernels/), compiled
 for the host CPU by llvmlite (jit.py), run by one native entry per step (executor.py) with the
-GEMMs of NumPy's own BLAS (blas.py) and one OpenMP thread pool (threads.py)."""
+GEMMs of NumPy's own BLAS (blas.py) and one thread pool (threads.py)."""
 
 from __future__ import annotations
 

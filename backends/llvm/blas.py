@@ -196,7 +196,7 @@ def find_gemm(dtype: str = "float32") -> Gemm:
 
 class OneThread:
     """A context manager setting numpy's OpenBLAS to one thread while native code runs whose
-    OpenMP threads share out the GEMMs themselves (BLAS threads would sit spinning beside them);
+    pool's threads share out the GEMMs themselves (BLAS threads would sit spinning beside them);
     a no-op for another BLAS."""
 
     def __init__(self):

@@ -157,7 +157,7 @@ def _check_call(
         return
     fnty = getattr(callee, "function_type", None)
     if isinstance(callee, ir.Function) or fnty is None or len(fnty.args) != GEMM_ARITY:
-        return  # the Python callback, libc and OpenMP calls: no buffer arguments
+        return  # the Python callback, libc and thread pool calls: no buffer arguments
     b.position_before(call)
     _, ta, tb, m, n, k, alpha, a, lda, b_, ldb, _, c, ldc = args
     m64, n64, k64, lda64, ldb64, ldc64 = (b.sext(v, I64) if v.type.width < 64 else v for v in (m, n, k, lda, ldb, ldc))

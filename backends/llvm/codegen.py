@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from ...compiler.fusion import Kernel, is_inline, is_reduction
 from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.node import Node
-from . import bounds
+from . import bounds, parallel
 from .irutil import (
     I32,
     I64,
@@ -41,9 +42,12 @@ from .probes import Probe
 from .scalar import ScalarEmitter
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
-GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta")
+GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM (OpenBLAS's own rule)
-GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, next-kernel counter, then one status per kernel
+# a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
+# columns of this multiple (each block packs the other operand again: not too small)
+GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
+GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, first kernel, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
 
@@ -72,6 +76,7 @@ class KernelContext:
     pointers: dict[int, ir.Value]  # slot -> pointer argument
     blas_int: ir.IntType
     builder: ModuleBuilder  # for kernels that compile a sub-schedule (loop bodies)
+    in_task: bool = False  # code of one task of a job on the pool: its GEMMs call BLAS directly
 
     def ptr(self, node: Node) -> ir.Value:
         return self.pointers[self.schedule.slot(node)]
@@ -114,22 +119,61 @@ class KernelContext:
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
         slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
         fn = b.load(slot, typ=PTR, name="gemm")
-        if not self.builder.parallel or self.builder.bounds_check:  # the checks read the operands at the call
+        if not self.builder.parallel or self.builder.bounds_check or self.in_task:  # the checks read the operands
             ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
             cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
             return
-        # the OpenMP threads share the GEMM out, each calling BLAS (one thread) on its block
-        words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
-        words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64))
-        frame = pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
+        # large GEMMs are shared out over the pool, a task calling BLAS (one thread) on a block of
+        # rows of C (when it has more rows than columns) or of columns
         size = b.mul(b.mul(m, n), k, name="gemm.size")
+        by_rows = b.icmp_unsigned(">=", m, n, name="gemm.by_rows")
+        extent = b.select(by_rows, m, n, name="gemm.extent")
+        chunk, tasks = parallel.split(b, extent, size, GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN)
         big = b.icmp_unsigned(">=", size, i64(GEMM_SPLIT_MIN), name="gemm.big")
-        thread = self.builder.gemm_thread(dtype)
+        tasks = b.select(big, tasks, i64(1), name="gemm.tasks")
+        chunk = b.select(big, chunk, extent, name="gemm.chunk")
+        words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
+        words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64), chunk=chunk)
+        frame = parallel.pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
+        task = self.builder.gemm_task(dtype)
         with b.if_else(big) as (split, whole):
             with split:
-                b.call(self.builder.gomp_parallel(), [thread, frame, I32(0), I32(0)])
+                b.call(parallel.pool_run(b.module), [task, frame, tasks])
             with whole:
-                b.call(thread, [frame])
+                b.call(task, [frame, i64(0)])
+
+    @contextmanager
+    def tasks(self, count: ir.Value, name: str):
+        """`with k.tasks(count, "images") as (t, task):` the block's code, built with `t` (a context
+        whose pointers are this kernel's), runs once per task 0..count-1, the tasks shared out over
+        the pool; `t.thread()` tells which thread runs a task (for scratch memory of its own)."""
+        slots = list(self.pointers)
+        outer = self.b.function.name
+        body, t = self.builder._function(f"{outer}.{name}", slots, [("task", I64)])
+        t.in_task = True
+        yield t, body.args[-1]
+        t.b.ret(ir.Constant(I32, 0))
+        args = [self.pointers[s] for s in slots] + [self.batch, self.runtime]
+        b = self.b
+        if not self.builder.parallel or self.builder.bounds_check:
+            with for_range(b, count, name) as task:
+                b.call(body, args + [task])
+            return
+        task_fn, tb, frame, task = parallel.task_function(self.module, f"{outer}.{name}.task")
+        fields = parallel.unpack_frame(tb, frame, [PTR] * len(slots) + [I64, PTR])
+        tb.call(body, fields + [task])
+        tb.ret_void()
+        b.call(parallel.pool_run(self.module), [task_fn, parallel.pack_frame(b, args, f"{name}.frame"), count])
+
+    @property
+    def module(self) -> ir.Module:
+        return self.b.module
+
+    def thread(self) -> ir.Value:
+        """Which thread runs this code: 0 .. thread_count()-1 (always 0 in serial code)."""
+        if not self.builder.parallel or self.builder.bounds_check:
+            return i64(0)
+        return self.b.call(parallel.thread_index(self.module), [], name="thread")
 
 
 def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a, trans_b, m, n, k,
@@ -145,16 +189,6 @@ def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a
     args = [ir.Constant(I32, CBLAS_ROW_MAJOR), trans_a, trans_b, cast(m), cast(n), cast(k), ir.Constant(real, 1.0)]
     args += [a, cast(lda), b_, cast(ldb), beta, c, cast(ldc)]
     b.call(Callee(fn, fnty), args)
-
-
-def pack_frame(b: ir.IRBuilder, values: list[ir.Value], name: str, extra: int = 0) -> ir.Value:
-    """A stack array of i64 words holding `values` (pointers as integers), plus `extra` words:
-    what GOMP_parallel hands each thread function."""
-    frame = b.alloca(I64, size=len(values) + extra, name=name)
-    for i, value in enumerate(values):
-        word = b.ptrtoint(value, I64) if value.type == PTR else value
-        b.store(word, b.gep(frame, [i64(i)], source_etype=I64))
-    return frame
 
 
 class ModuleBuilder:
@@ -174,7 +208,7 @@ class ModuleBuilder:
         self.module = module if module is not None else ir.Module(name=name)
         self.prefix = prefix  # of function names, when several schedules share a module (loop bodies)
         self.blas_int = ir.IntType(blas_int_bits)
-        self.parallel = parallel  # split large loops across OpenMP threads (libgomp's GOMP_parallel)
+        self.parallel = parallel  # share large loops, GEMMs and kernel groups out over the thread pool
         self.bounds_check = bounds.enabled() if bounds_check is None else bounds_check
         self._checked: list[tuple[ir.Function, list[int]]] = []  # kernel functions to instrument, their slots
 
@@ -184,19 +218,50 @@ class ModuleBuilder:
 
     def entry(self, name: str) -> ir.Function:
         """`i32 name(ptr buffers, i64 batch, ptr runtime)` running every kernel in order (the
-        schedule's groups of independent kernels at once, on the OpenMP threads)."""
-        schedule = self.schedule
+        schedule's groups of independent kernels at once, on the thread pool).
+
+        Its code does not grow with the number of kernels: constant tables say which code each
+        kernel runs on which buffers, `name.kernel` runs kernel i, and one loop goes through the
+        kernels (an unrolled RNN has hundreds of them but a few dozen distinct ones; straight-line
+        calls made the entry the largest function of the module and its slowest to compile)."""
+        schedule, count = self.schedule, len(self.schedule.kernels)
         step = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, PTR]), name)
         table, batch, runtime = step.args
         table.name, batch.name, runtime.name = "buffers", "batch", "runtime"
-        b = ir.IRBuilder(step.append_basic_block("entry"))
-        self._functions: dict[tuple, ir.Function] = {}  # kernels alike up to their buffers share code
+        self._functions: dict[tuple, tuple[int, ir.Function]] = {}  # kernels alike up to their buffers share code
         together = self.parallel and not self.bounds_check and schedule.groups
-        for start, end in schedule.groups if together else [(i, i + 1) for i in range(len(schedule.kernels))]:
-            if end - start > 1:
-                self.emit_group(b, start, end, table, batch, runtime)
-            else:
-                self.check_status(b, start, self.call_kernel(b, start, table, batch, runtime))
+        groups = schedule.groups if together else [(i, i + 1) for i in range(count)]
+        run = self.dispatch_function(f"{name}.kernel")
+        ends = [0] * count
+        for start, end in groups:
+            ends[start] = end
+        b = ir.IRBuilder(step.append_basic_block("entry"))
+        statuses = None
+        if any(end - start > 1 for start, end in groups):
+            widest = max(end - start for start, end in groups)
+            statuses = parallel.pack_frame(b, [table, batch, runtime, i64(0)], "group.frame", extra=widest)
+        group_end = self.constant_table(f"{name}.group_end", I32, ends)
+        before, cond = b.block, step.append_basic_block("kernel.cond")
+        body, done = step.append_basic_block("kernel.body"), step.append_basic_block("kernel.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        index = b.phi(I64, name="kernel")
+        index.add_incoming(i64(0), before)
+        b.cbranch(b.icmp_signed("<", index, i64(count)), body, done)
+        b.position_at_end(body)
+        end = b.sext(self.table_entry(b, group_end, index), I64, name="group_end")
+        if statuses is None:
+            self.check_status(b, index, b.call(run, [table, index, batch, runtime], name="status"))
+        else:
+            alone = b.icmp_signed("==", end, b.add(index, i64(1)), name="alone")
+            with b.if_else(alone) as (one, several):
+                with one:
+                    self.check_status(b, index, b.call(run, [table, index, batch, runtime], name="status"))
+                with several:
+                    self.emit_group(b, index, end, batch, statuses, f"{name}.group", run)
+        index.add_incoming(end, b.block)
+        b.branch(cond)
+        b.position_at_end(done)
         for source, target in schedule.copies:
             buffer = schedule.buffers[source]
             size = b.mul(element_count(b, buffer.shape, batch), i64(buffer.dtype.itemsize))
@@ -209,99 +274,162 @@ class ModuleBuilder:
             bounds.instrument(fn, pointers, fn.args[len(slots)], nested=bool(self.prefix))
         return step
 
-    def call_kernel(self, b: ir.IRBuilder, index: int, table, batch, runtime) -> ir.Value:
-        """Call kernel `index` with its buffers from the pointer table; returns its status."""
+    def dispatch_function(self, name: str) -> ir.Function:
+        """`i32 name(ptr buffers, i64 index, i64 batch, ptr runtime)`: run kernel `index` (its
+        function, with its buffers from the pointer table) and return its status."""
+        kernels = self.schedule.kernels
+        fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64, PTR]), name)
+        fn.linkage = "internal"
+        table, index, batch, runtime = fn.args
+        table.name, index.name, batch.name, runtime.name = "buffers", "index", "batch", "runtime"
+        cases, slot_lists = [], []
+        for i in range(len(kernels)):
+            case, slots = self.kernel_case(i)
+            cases.append(case)
+            slot_lists.append(slots)
+        starts = [sum(map(len, slot_lists[:i])) for i in range(len(slot_lists))]
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        if self.probe is not None:  # instrumented builds: one case per kernel, the probe around its call
+            self.probed_cases(fn, b, cases, slot_lists)
+            return fn
+        case = self.table_entry(b, self.constant_table(f"{name}.case", I32, cases), index, "case")
+        first = self.table_entry(b, self.constant_table(f"{name}.first_slot", I32, starts), index, "first_slot")
+        slot_table = self.constant_table(f"{name}.slots", I32, [s for slots in slot_lists for s in slots])
+        unknown = fn.append_basic_block("unknown")
+        switch = b.switch(case, unknown)
+        for number, function in sorted(self._functions.values(), key=lambda item: item[0]):
+            block = fn.append_basic_block(f"case{number}")
+            switch.add_case(ir.Constant(I32, number), block)
+            b.position_at_end(block)
+            pointers = []
+            for j in range(len(function.args) - 2):
+                slot = self.table_entry(b, slot_table, b.add(b.sext(first, I64), i64(j)), f"slot{j}")
+                address = b.gep(table, [b.sext(slot, I64)], source_etype=PTR, inbounds=True)
+                pointers.append(b.load(address, typ=PTR, name=f"arg{j}"))
+            b.ret(b.call(function, pointers + [batch, runtime], name="status"))
+        b.position_at_end(unknown)
+        b.unreachable()
+        return fn
+
+    def probed_cases(self, fn: ir.Function, b: ir.IRBuilder, cases: list[int], slot_lists: list[list[int]]) -> None:
+        """The dispatch of an instrumented build: a case per kernel (not per distinct function), so
+        the probe (probes.py) knows at compile time which kernel it surrounds."""
+        table, index, batch, runtime = fn.args
+        functions = {number: function for number, function in self._functions.values()}
+        unknown = fn.append_basic_block("unknown")
+        switch = b.switch(index, unknown)
+        for i, (case, slots) in enumerate(zip(cases, slot_lists)):
+            block = fn.append_basic_block(f"kernel{i}")
+            switch.add_case(i64(i), block)
+            b.position_at_end(block)
+            pointers = [self.table_pointer(b, table, slot) for slot in slots]
+            token = self.probe.before(b, i)
+            status = b.call(functions[case], pointers + [batch, runtime], name=f"status{i}")
+            b.ret(self.probe.after(b, i, token, status, table, batch))
+        b.position_at_end(unknown)
+        b.unreachable()
+
+    def kernel_case(self, index: int) -> tuple[int, list[int]]:
+        """The dispatch case of kernel `index` (kernels alike up to their buffers share one, and
+        their code) and the buffer slots it runs on."""
         kernel = self.schedule.kernels[index]
         slots = self.slots_of(kernel)
         key = self.signature(index, kernel, slots)
         if key not in self._functions:
-            self._functions[key] = self.kernel_function(index, kernel, slots)
-        args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
-        token = self.probe.before(b, index) if self.probe else None
-        status = b.call(self._functions[key], args, name=f"status{index}")
-        return self.probe.after(b, index, token, status, table, batch) if self.probe else status
+            self._functions[key] = (len(self._functions), self.kernel_function(index, kernel, slots))
+        return self._functions[key][0], slots
 
-    def check_status(self, b: ir.IRBuilder, index: int, status: ir.Value) -> None:
+    def constant_table(self, name: str, type_: ir.IntType, values: list[int]) -> ir.GlobalVariable:
+        """An internal constant array of integers (at least one element)."""
+        values = list(values) or [0]
+        array = ir.ArrayType(type_, len(values))
+        g = ir.GlobalVariable(self.module, array, name)
+        g.initializer = ir.Constant(array, [ir.Constant(type_, v) for v in values])
+        g.global_constant, g.linkage = True, "internal"
+        return g
+
+    @staticmethod
+    def table_entry(b: ir.IRBuilder, g: ir.GlobalVariable, index: ir.Value, name: str = "") -> ir.Value:
+        element = g.value_type.element
+        return b.load(b.gep(g, [i64(0), index], source_etype=g.value_type, inbounds=True), typ=element, name=name)
+
+    def check_status(self, b: ir.IRBuilder, index: ir.Value, status: ir.Value) -> None:
         """Stop the step with kernel `index`'s status if it failed (or touched memory it must not)."""
         if self.bounds_check:  # a refused access makes the step stop after its kernel
             fault = b.load(bounds.module_global(self.module, bounds.FAULT, I32), typ=I32, name="fault")
             refused = b.icmp_signed("!=", fault, ir.Constant(I32, 0))
-            status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name=f"checked{index}")
+            status = b.select(refused, ir.Constant(I32, STATUS_OUT_OF_BOUNDS), status, name="checked")
         failed = b.icmp_signed("!=", status, ir.Constant(I32, 0))
         with b.if_then(failed, likely=False):
-            b.store(ir.Constant(I32, index), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
+            b.store(b.trunc(index, I32), bounds.module_global(self.module, bounds.FAILED_KERNEL, I32))
             b.ret(status)
 
-    def emit_group(self, b: ir.IRBuilder, start: int, end: int, table, batch, runtime) -> None:
-        """Kernels start..end-1, which touch no buffer another of them writes: on the OpenMP
-        threads, each taking the next kernel, when two or more are large enough to pay for it,
-        else one after the other on this thread (the same group function, called directly).
-        Statuses are checked in kernel order afterwards, so a failure names the same kernel."""
-        indices = range(start, end)
-        large = [b.zext(b.icmp_unsigned(">=", self.work(b, i, batch), i64(GROUP_MIN_WORK)), I64) for i in indices]
-        count = functools.reduce(lambda x, y: b.add(x, y), large)
-        worth = b.icmp_unsigned(">=", count, i64(2), name=f"group{start}.worth")
-        frame = pack_frame(b, [table, batch, runtime, i64(0)], f"group{start}.frame", extra=len(indices))
-        group = self.group_function(start, end)
+    def emit_group(self, b: ir.IRBuilder, start, end, batch, frame: ir.Value, name: str, run: ir.Function) -> None:
+        """Kernels start..end-1, which touch no buffer another of them writes: one task each on
+        the pool when two or more are large enough to pay for it, else one after the other on
+        this thread (the same task function, called directly). Statuses are checked in kernel
+        order afterwards, so a failure names the same kernel."""
+        size = b.sub(end, start, name="group_size")
+        minimum = [self.batch_for_group(i) for i in range(len(self.schedule.kernels))]
+        minimum_batch = self.constant_table(f"{name}.minimum_batch", I64, minimum)
+        large = b.alloca(I64, name="large")
+        b.store(i64(0), large)
+        with for_range(b, end, "member", start=start) as i:
+            worth_one = b.icmp_signed(">=", batch, self.table_entry(b, minimum_batch, i))
+            b.store(b.add(b.load(large, typ=I64), b.zext(worth_one, I64)), large)
+        b.store(start, b.gep(frame, [i64(3)], source_etype=I64))
+        task_fn = self.group_function(name, run)
+        worth = b.icmp_unsigned(">=", b.load(large, typ=I64), i64(2), name="worth")
         with b.if_else(worth) as (at_once, in_order):
             with at_once:
-                b.call(self.gomp_parallel(), [group, frame, I32(0), I32(0)])
+                b.call(parallel.pool_run(self.module), [task_fn, frame, size])
             with in_order:
-                b.call(group, [frame])
-        for i in indices:
-            word = b.load(b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64), typ=I64)
-            self.check_status(b, i, b.trunc(word, I32, name=f"status{i}"))
+                with for_range(b, size, "in_order") as i:
+                    b.call(task_fn, [frame, i])
+        with for_range(b, size, "checked") as i:
+            word = b.load(b.gep(frame, [b.add(i, i64(GROUP_FRAME))], source_etype=I64), typ=I64)
+            self.check_status(b, b.add(start, i), b.trunc(word, I32, name="member_status"))
 
-    def group_function(self, start: int, end: int) -> ir.Function:
-        """`void group(ptr frame)`, run by every OpenMP thread: take the next kernel of the group
-        (an atomic counter in the frame), run it, store its status in the frame; until none is left."""
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{self.prefix}group{start}_{end}")
-        fn.linkage = "internal"
-        frame = fn.args[0]
-        frame.name = "frame"
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        word = [b.gep(frame, [i64(i)], source_etype=I64) for i in range(GROUP_FRAME)]
-        table = b.inttoptr(b.load(word[0], typ=I64), PTR, name="buffers")
-        batch = b.load(word[1], typ=I64, name="batch")
-        runtime = b.inttoptr(b.load(word[2], typ=I64), PTR, name="runtime")
-        take, done = fn.append_basic_block("take"), fn.append_basic_block("done")
-        b.branch(take)
-        b.position_at_end(take)
-        mine = b.atomic_rmw("add", word[3], i64(1), "monotonic", name="next_kernel")
-        switch = b.switch(mine, done)
-        for i in range(start, end):
-            block = fn.append_basic_block(f"kernel{i}")
-            switch.add_case(i64(i - start), block)
-            b.position_at_end(block)
-            status = self.call_kernel(b, i, table, batch, runtime)
-            b.store(b.zext(status, I64), b.gep(frame, [i64(GROUP_FRAME + i - start)], source_etype=I64))
-            b.branch(take)
-        b.position_at_end(done)
+    def group_function(self, name: str, run: ir.Function) -> ir.Function:
+        """The groups' task function: task i of the group starting at kernel `start` (frame word
+        3) runs kernel start+i and stores its status in the frame."""
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn, b, frame, task = parallel.task_function(self.module, name)
+        table, batch, runtime, start = parallel.unpack_frame(b, frame, [PTR, I64, PTR, I64])
+        status = b.call(run, [table, b.add(start, task, name="index"), batch, runtime], name="status")
+        b.store(b.zext(status, I64), b.gep(frame, [b.add(task, i64(GROUP_FRAME))], source_etype=I64))
         b.ret_void()
         return fn
 
-    def work(self, b: ir.IRBuilder, index: int, batch: ir.Value) -> ir.Value:
-        """Kernel `index`'s size at this batch: its loop's elements, or an op's output elements."""
+    def batch_for_group(self, index: int) -> int:
+        """The smallest batch size at which kernel `index` is large enough to take a task of
+        its own in a group (its loop's elements, or its op's output elements, at least
+        GROUP_MIN_WORK); 2^62 if never."""
         kernel = self.schedule.kernels[index]
         dims = kernel.domain if kernel.kind == "loop" else kernel.nodes[0].shape
-        return functools.reduce(lambda x, y: b.mul(x, y), [dim_value(d, batch) for d in dims], i64(1))
+        static = math.prod(d for d in dims if d is not None)
+        axes = sum(d is None for d in dims)
+        if static >= GROUP_MIN_WORK:
+            return 0
+        if not axes or static == 0:
+            return 1 << 62
+        batch = math.ceil((GROUP_MIN_WORK / static) ** (1 / axes))
+        while batch > 1 and static * (batch - 1) ** axes >= GROUP_MIN_WORK:  # float rounding
+            batch -= 1
+        return batch
 
-    def gemm_thread(self, dtype) -> ir.Function:
-        """`void gemm_thread(ptr frame)`: this OpenMP thread's block of the GEMM in the frame (rows
-        of C when it has more rows than columns, else columns), through BLAS on one thread."""
+    def gemm_task(self, dtype) -> ir.Function:
+        """The task function of a shared-out GEMM: block `task` of the GEMM in the frame (rows of
+        C when it has more rows than columns, else columns), through BLAS on one thread."""
         real = llvm_type(dtype)
-        name = f"drug_gemm_thread.{np.dtype(dtype).name}"
+        name = f"drug_gemm_task.{np.dtype(dtype).name}"
         if name in self.module.globals:
             return self.module.globals[name]
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), name)
-        fn.linkage = "internal"
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        f = {
-            field_name: b.load(b.gep(fn.args[0], [i64(i)], source_etype=I64), typ=I64, name=field_name)
-            for i, field_name in enumerate(GEMM_FRAME)
-        }
+        fn, b, frame, task = parallel.task_function(self.module, name)
+        f = {word: parallel.frame_word(b, frame, i, word) for i, word in enumerate(GEMM_FRAME)}
         by_rows = b.icmp_unsigned(">=", f["m"], f["n"], name="by_rows")
-        lo, hi = self.thread_share(b, b.select(by_rows, f["m"], f["n"], name="extent"))
+        lo, hi = parallel.task_range(b, task, f["chunk"], b.select(by_rows, f["m"], f["n"], name="extent"))
         with b.if_then(b.icmp_signed("<", lo, hi)):
             part = b.sub(hi, lo, name="part")
             ta, tb = (b.icmp_unsigned("!=", f[t], i64(0)) for t in ("trans_a", "trans_b"))
@@ -324,24 +452,6 @@ class ModuleBuilder:
                        at("a", a_off), f["lda"], at("b", b_off), f["ldb"], beta, at("c", c_off), f["ldc"])  # fmt: skip
         b.ret_void()
         return fn
-
-    def thread_share(self, b: ir.IRBuilder, extent: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """[lo, hi) of 0..extent for this OpenMP thread: equal chunks in whole vectors (16)."""
-        omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
-               for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
-        tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
-        threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
-        chunk = b.sdiv(b.add(extent, b.sub(threads, i64(1))), threads, name="chunk")
-        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk16")
-        lo = b.mul(tid, chunk, name="lo")
-        hi = b.select(b.icmp_signed("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
-        return lo, hi
-
-    def gomp_parallel(self) -> ir.Function:
-        """libgomp's `GOMP_parallel(fn, data, num_threads, flags)`: fn(data) on every thread."""
-        return self.module.globals.get("GOMP_parallel") or ir.Function(
-            self.module, ir.FunctionType(VOID, [PTR, PTR, I32, I32]), "GOMP_parallel"
-        )
 
     @staticmethod
     def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
@@ -431,35 +541,42 @@ class ModuleBuilder:
         return fn
 
     def parallel_loop(self, name: str, kernel: Kernel, slots: list[int]) -> ir.Function:
-        """A loop split over its outermost (collapsed) axis: `name.body` runs a range of it;
-        large loops hand `name.thread` to GOMP_parallel, which runs it on every OpenMP thread."""
-        body, ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
-        emit_loop(ctx, kernel, outer=tuple(body.args[-2:]))
-        ctx.b.ret(ir.Constant(I32, 0))
-
-        frame = [PTR] * len(slots) + [I64, PTR, I64]  # kernel arguments + outer extent, as i64 words
-        thread = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{name}.thread")
-        thread.linkage = "internal"
-        tb = ir.IRBuilder(thread.append_basic_block("entry"))
-        words = [tb.load(tb.gep(thread.args[0], [i64(i)], source_etype=I64), typ=I64) for i in range(len(frame))]
-        fields = [tb.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, frame)]
-        lo, hi = self.thread_share(tb, fields[-1])
-        with tb.if_then(tb.icmp_signed("<", lo, hi)):
-            tb.call(body, fields[:-1] + [lo, hi])
-        tb.ret_void()
-
+        """A loop split over one (collapsed) axis (`split_axis`): `name.body` runs a range of it;
+        large loops share ranges out over the pool through the task function `name.task`.
+        Reductions start from their identity before the ranges run."""
         fn, ctx = self._function(name, slots)
         b = ctx.b
-        extents, _ = _loop_plan(ctx, kernel)
+        fill_reductions(ctx, kernel)
+        extents, accesses = _loop_plan(ctx, kernel)
+        axis = split_axis(kernel, accesses)
+        if axis is None:  # every axis reduced after all (size-1 axes broadcast)
+            emit_loop(ctx, kernel, fill=False)
+            b.ret(ir.Constant(I32, 0))
+            return fn
+
+        body, body_ctx = self._function(f"{name}.body", slots, [("lo", I64), ("hi", I64)])
+        emit_loop(body_ctx, kernel, split=tuple(body.args[-2:]), fill=False)
+        body_ctx.b.ret(ir.Constant(I32, 0))
+
+        frame = [PTR] * len(slots) + [I64, PTR, I64, I64]  # kernel arguments, extent, chunk
+        task_fn, tb, data, task = parallel.task_function(self.module, f"{name}.task")
+        fields = parallel.unpack_frame(tb, data, frame)
+        lo, hi = parallel.task_range(tb, task, fields[-1], fields[-2])
+        with tb.if_then(tb.icmp_signed("<", lo, hi)):
+            tb.call(body, fields[:-2] + [lo, hi])
+        tb.ret_void()
+
         total = functools.reduce(lambda x, y: b.mul(x, y), extents, i64(1))
         args = list(fn.args)
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
         with b.if_else(big) as (threaded, serial):
             with threaded:
-                data = pack_frame(b, args + [extents[0]], "frame")
-                b.call(self.gomp_parallel(), [thread, data, I32(0), I32(0)])
+                align = 16 if axis == len(extents) - 1 else 1  # whole vectors (and cache lines) per task
+                chunk, tasks = parallel.split(b, extents[axis], total, LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS, align)
+                data = parallel.pack_frame(b, args + [extents[axis], chunk], "frame")
+                b.call(parallel.pool_run(self.module), [task_fn, data, tasks])
             with serial:
-                b.call(body, args + [i64(0), extents[0]])
+                b.call(body, args + [i64(0), extents[axis]])
         b.ret(ir.Constant(I32, 0))
         return fn
 
@@ -515,14 +632,31 @@ def _collapse(b: ir.IRBuilder, extents: list, accesses: dict) -> tuple[list, dic
 
 WINDOW_MAX = 4  # a reduced innermost axis this short is a window (max_pool2d's 2)
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
+REDUCTION_SPLIT_MIN = 1 << 14  # elements per batch item
+LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS = 1 << 15, 16  # a split loop's tasks: about this many elements, at most this many
 
 
 def parallelizable(kernel: Kernel) -> bool:
-    """Map-only loops whose size is not known to be small (reductions stay serial)."""
-    if any(is_reduction(n) for n in kernel.nodes) or not kernel.domain:
+    """Map loops whose size is not known to be small, and reductions large even without the batch
+    axis that have an axis none of them reduces: split over that axis, every output element is
+    computed by one task, in the serial order (a full reduction, to a scalar, stays serial)."""
+    if not kernel.domain:
         return False
-    static = [d for d in kernel.domain if d is not None]
-    return None in kernel.domain or math.prod(static) >= PARALLEL_MIN_ELEMENTS
+    domain = kernel.domain
+    reductions = [n for n in kernel.nodes if is_reduction(n)]
+    reduced = set().union(*(n.op.reduced_axes(domain) for n in reductions))
+    static = math.prod(d for d in domain if d is not None)
+    if reductions:  # split when large whatever the batch; small ones rather share a group
+        return len(reduced) < len(domain) and static >= REDUCTION_SPLIT_MIN
+    return None in domain or static >= PARALLEL_MIN_ELEMENTS
+
+
+def split_axis(kernel: Kernel, accesses: dict) -> int | None:
+    """The (collapsed) loop axis a parallel loop is split over: the outermost one along which every
+    reduction's output moves (none of them reduces it); None if there is none."""
+    reductions = [accesses[n.id] for n in kernel.nodes if is_reduction(n)]
+    axes = len(next(iter(accesses.values()))) if accesses else 1
+    return next((a for a in range(axes) if not any(_is_zero(strides[a]) for strides in reductions)), None)
 
 
 def _loop_plan(ctx: KernelContext, kernel: Kernel) -> tuple[list, dict]:
@@ -559,18 +693,26 @@ def _window_innermost(kernel: Kernel, extents: list, accesses: dict) -> bool:
     return bool(reduced) and all(_is_zero(accesses[n.id][-1]) and not _is_zero(accesses[n.id][-2]) for n in reduced)
 
 
-def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Value] | None = None) -> None:
-    """One loop nest over the kernel's domain computing every member per element; `outer`
-    restricts the outermost loop to [lo, hi) for a thread's share."""
-    b = ctx.b
-    outputs = {n.id for n in kernel.outputs}
-    for node in kernel.nodes:  # reductions start from their identity
+def fill_reductions(ctx: KernelContext, kernel: Kernel) -> None:
+    """Reductions start from their identity."""
+    for node in kernel.nodes:
         if is_reduction(node):
             identity = _identity(node.op.combine, llvm_type(node.dtype))
-            with for_range(b, ctx.count(node), "fill") as i:
+            with for_range(ctx.b, ctx.count(node), "fill") as i:
                 ctx.store(node, i, identity)
+
+
+def emit_loop(ctx: KernelContext, kernel: Kernel, split: tuple | None = None, fill: bool = True) -> None:
+    """One loop nest over the kernel's domain computing every member per element; `split` =
+    (lo, hi) restricts the loop over `split_axis` to that range (a task's share); `fill`: start
+    reductions from their identity first."""
+    b = ctx.b
+    outputs = {n.id for n in kernel.outputs}
+    if fill:
+        fill_reductions(ctx, kernel)
     extents, accesses = _loop_plan(ctx, kernel)
-    with loop_nest(b, extents, first=outer) as index:
+    ranges = {split_axis(kernel, accesses): split} if split is not None else {}
+    with loop_nest(b, extents, bounds=ranges) as index:
         values: dict[int, ir.Value] = {}
 
         def offset(node: Node) -> ir.Value:

@@ -4,7 +4,7 @@ Kernels that use one core each (reductions such as bias gradients, small loops, 
 gathers and scatters) often sit next to an independent one in the serial order. A group is a
 run of consecutive kernels in which no kernel reads or writes a buffer another one writes
 (checked on buffer slots, so it holds whatever the earlier passes did). The native step runs a
-group's kernels on the OpenMP threads when at least two of them are large enough to pay for
+group's kernels on the thread pool when at least two of them are large enough to pay for
 waking a thread (decided at run time, with the batch size known).
 
 Kernels that already spread over the cores run alone: GEMMs and convolutions (BLAS threads)

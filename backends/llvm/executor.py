@@ -3,7 +3,6 @@ per step (ctypes releases the GIL meanwhile) and runs Python callbacks for ops w
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import os
@@ -84,7 +83,7 @@ class NativeExecutor(Executor):
         self.instrument = instrument
         self.runs_python = any(kernel.kind == "callback" for kernel in self.schedule.kernels)
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
-        parallel = threads.openmp() is not None
+        parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)
         self._builder = lambda: ModuleBuilder(  # noqa: E731
@@ -102,7 +101,7 @@ class NativeExecutor(Executor):
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
-        self._blas_context = blas.one_thread() if parallel else contextlib.nullcontext()
+        self._blas_context = blas.one_thread()  # the pool shares GEMMs out; with one thread, so does BLAS
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
             sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)

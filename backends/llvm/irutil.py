@@ -51,16 +51,18 @@ def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value 
 
 @contextmanager
 def loop_nest(
-    b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i", first: tuple[ir.Value, ir.Value] | None = None
+    b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i", bounds: dict | None = None
 ) -> Iterator[list[ir.Value]]:
-    """Row-major nested loops; yields the index of every level. `first` = (start, stop)
-    replaces the outermost range."""
+    """Row-major nested loops; yields the index of every level. `bounds` maps a level to the
+    (start, stop) that replaces its range."""
     if not extents:
         yield []
         return
-    start, stop = first if first is not None else (None, extents[0])
+    bounds = bounds or {}
+    start, stop = bounds.get(0, (None, extents[0]))
+    inner = {level - 1: range_ for level, range_ in bounds.items() if level > 0}
     with for_range(b, stop, f"{prefix}{0}", start=start) as index:
-        with loop_nest(b, extents[1:], prefix + "_") as rest:
+        with loop_nest(b, extents[1:], prefix + "_", inner) as rest:
             yield [index] + rest
 
 

@@ -26,6 +26,7 @@ from llvmlite.binding import ffi
 
 from ... import compiler, core, ops
 from ...core.errors import GraphError
+from . import forked, perfmap
 from .split import split_module
 
 
@@ -56,11 +57,13 @@ def target_machine(cpu: str | None = None, features: str | None = None, reloc: s
 
 def pass_builder(tm):
     """LLVM's O2 pipeline with the loop and SLP vectorizers on: as fast as O3 for our loops,
-    at a third of the compile time (O3 mostly adds unrolled copies)."""
+    at a third of the compile time (O3 mostly adds unrolled copies). No loop unrolling: the
+    vectorizer interleaves the loops that matter already, and the unroller's copies (of
+    every small copy loop too) cost a third of the compile time for no measurable speed."""
     pto = llvm.create_pipeline_tuning_options(speed_level=2)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
-    pto.loop_unrolling = True
+    pto.loop_unrolling = False
     return llvm.create_pass_builder(tm, pto)
 
 
@@ -195,9 +198,16 @@ class Compiled:
         return self._asm
 
 
+def objects_of(ir_text: str, entry: str) -> list[bytes]:
+    """Object code for a module: split into parts compiled on `compile_threads()` threads."""
+    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
+    return emit_objects(split_module(ir_text, entry, parts) or [ir_text])
+
+
 def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
-    miss. Large modules are split into parts compiled on `compile_threads()` threads."""
+    miss, in a child process (forked.py). Large modules are split into parts compiled on
+    `compile_threads()` threads."""
     _init()
     use_cache = os.environ.get("DRUG_CACHE", "1") != "0"
     path = cache_dir() / f"{cache_key(key)}.o"
@@ -206,9 +216,11 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
         engine, address = _load(objects, entry)
         if address:  # else not ours or without the entry: compile again
             return Compiled(engine, address, build_ir, None, None, True)
-    ir_text = build_ir()
-    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
-    objects = emit_objects(split_module(ir_text, entry, parts) or [ir_text])
+    if forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
+        ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry))))
+    else:
+        ir_text = build_ir()
+        objects = objects_of(ir_text, entry)
     if use_cache:
         _write_entry(path, _pack(objects))
     engine, address = _load(objects, entry)
@@ -279,6 +291,7 @@ def _load(objects: list[bytes], entry: str) -> tuple:
     for code in objects:
         engine.add_object_file(llvm.ObjectFileRef.from_data(code))
     engine.finalize_object()
+    perfmap.record(objects, engine)
     return engine, engine.get_function_address(entry)
 
 

@@ -1,6 +1,6 @@
 """Object code for an ahead-of-time library (drug-compile): the step modules of its functions and a
 data blob linked into one position-independent object for an explicit target CPU, with the
-serial (no libgomp) code generation the JIT would use with one thread."""
+serial (no thread pool) code generation the JIT would use with one thread."""
 
 from __future__ import annotations
 

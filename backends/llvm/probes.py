@@ -1,7 +1,7 @@
 """Probes: code the entry function runs around each kernel call in an instrumented build.
 
 `KernelClock` (profiling) reads CLOCK_MONOTONIC before and after each kernel and stores both
-times and the OpenMP thread number in the module's `drug_profile` array, three i64 words per
+times and the pool thread number in the module's `drug_profile` array, three i64 words per
 kernel, which the executor reads after the step. `FiniteCheck` (debug_numerics) scans every
 float buffer a kernel wrote and turns a NaN or Inf into the step's status STATUS_NOT_FINITE,
 so the step stops right after the kernel that produced it. Both live outside the kernels, so
@@ -14,14 +14,15 @@ from llvmlite import ir
 from ...compiler.schedule import Schedule
 from . import bounds
 from .irutil import I32, I64, PTR, STATUS_NOT_FINITE, element_count, for_range, i64, llvm_type
+from .parallel import thread_index
 
 PROFILE_GLOBAL = "drug_profile"
-PROFILE_WORDS = 3  # per kernel: start ns, end ns, OpenMP thread number
+PROFILE_WORDS = 3  # per kernel: start ns, end ns, pool thread number
 CLOCK_MONOTONIC = 1  # Linux; Python's time.monotonic_ns reads the same clock
 
 
 class Probe:
-    """What a probe adds around the call of kernel `index` (codegen.ModuleBuilder.call_kernel)."""
+    """What a probe adds around the call of kernel `index` (codegen.ModuleBuilder.probed_cases)."""
 
     name = ""
 
@@ -45,7 +46,7 @@ class KernelClock(Probe):
 
     def __init__(self, schedule: Schedule, threaded: bool):
         self.kernels = len(schedule.kernels)
-        self.threaded = threaded  # the module links libgomp, so omp_get_thread_num exists
+        self.threaded = threaded  # the module runs on the thread pool, so drug_pool_thread exists
 
     def now(self, b: ir.IRBuilder) -> ir.Value:
         module = b.module
@@ -63,10 +64,7 @@ class KernelClock(Probe):
     def after(self, b, index, token, status, table, batch):
         end = self.now(b)
         words = bounds.module_global(b.module, PROFILE_GLOBAL, I64, size=PROFILE_WORDS * max(self.kernels, 1))
-        thread = i64(0)
-        if self.threaded:
-            thread_num = _function(b.module, "omp_get_thread_num", ir.FunctionType(I32, []))
-            thread = b.sext(b.call(thread_num, []), I64, name="thread")
+        thread = b.call(thread_index(b.module), [], name="thread") if self.threaded else i64(0)
         for offset, value in enumerate((token, end, thread)):
             b.store(value, b.gep(words, [i64(0), i64(PROFILE_WORDS * index + offset)], inbounds=True))
         return status

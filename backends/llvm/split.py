@@ -1,9 +1,10 @@
 """Splitting one module's IR text into parts that LLVM compiles on several threads at once.
 
-The entry function calls one function per kernel (the roots). Each part gets a share of the
-roots, balanced by IR lines, with every internal helper and constant they use copied in; the
-roots it calls but does not hold become declarations, and the module's shared (non-internal)
-globals are defined in part 0 and declared elsewhere. The parts link back together in one
+The entry function and its own helpers (functions named `entry.*`: the hubs) call one function
+per kernel (the roots). Part 0 holds the hubs; each part gets a share of the roots, balanced by
+IR lines, with every internal helper and constant they use copied in; the roots it calls but does
+not hold become declarations, and the module's shared (non-internal) globals are defined in part
+0 and declared elsewhere. The parts link back together in one
 JIT engine. Anything this reader does not recognise makes it return None: the module is then
 compiled whole, which is always correct.
 """
@@ -12,6 +13,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
+# The hubs' lines are table loads and calls, which LLVM compiles several times faster per line
+# than the kernels' loops: counted at full weight, part 0 would get hardly any kernel.
+HUB_DISCOUNT = 3
 
 _REFERENCE = re.compile(r'@"([^"]+)"|@([-\w$.]+)')
 _DEFINE = re.compile(r'^define (internal |private |hidden )?(.*?@"?([^"(]+)"?\(.*)$')
@@ -127,11 +132,11 @@ def split_module(text: str, entry: str, parts: int) -> list[str] | None:
     module = _read(text)
     if parts < 2 or module is None or entry not in module.functions:
         return None
-    roots = {r for r in module.functions[entry].references if r in module.functions and r != entry}
+    hubs = [entry] + sorted(f for f in module.functions if f.startswith(f"{entry}."))
+    roots = {r for h in hubs for r in module.functions[h].references if r in module.functions} - set(hubs)
     if len(roots) < parts:
         return None
-    owned = {r: _closure(module, r, roots) for r in sorted(roots)}
-    owned[entry] = _closure(module, entry, roots)
+    owned = {r: _closure(module, r, roots) for r in sorted(roots | set(hubs))}
     if any(g.internal and not g.constant for g in module.globals.values()):
         return None  # a mutable internal global cannot be copied into several parts
     if any(g.type_text is None for g in module.globals.values() if not g.internal):
@@ -141,8 +146,8 @@ def split_module(text: str, entry: str, parts: int) -> list[str] | None:
         helpers, _ = owned[name]
         return sum(len(module.functions[f].lines) for f in helpers | {name})
 
-    bins: list[list[str]] = [[entry]] + [[] for _ in range(parts - 1)]
-    load = [weight(entry)] + [0] * (parts - 1)
+    bins: list[list[str]] = [list(hubs)] + [[] for _ in range(parts - 1)]
+    load = [sum(map(weight, hubs)) // HUB_DISCOUNT] + [0] * (parts - 1)
     for root in sorted(roots, key=weight, reverse=True):
         target = load.index(min(load))
         bins[target].append(root)

@@ -1,51 +1,146 @@
-"""The OpenMP runtime (libgomp): one thread pool for all the parallel work of a native step.
+"""The thread pool native steps share their work on (csrc/drug_pool.c), loaded once per process.
 
-Loaded once, globally, so that JIT-compiled code resolves its symbols. Large loops and large
-GEMMs (each thread calling BLAS on its own block) are shared out over its threads through
-GOMP_parallel, and OpenBLAS is set to one thread while a step runs (runtime/blas.OneThread):
-with two pools on the same cores, BLAS threads spinning after a GEMM slowed the next loop, and
-the other way round. libgomp's default wait policy applies (spin briefly, then sleep): measured
-on 2 cores it beat both `passive` (every region wakes a sleeping thread) and `active` (threads
-spin forever, taking a core from the Python code between steps)."""
+Generated code calls `drug_pool_run(task, frame, tasks)`: the thread running the step publishes
+`tasks` pieces of work and takes them one at a time itself, beside the pool's workers; it only
+ever waits for a piece another thread has started. Large loops, large GEMMs (each piece a block
+of rows or columns through BLAS on one thread) and groups of independent kernels are split this
+way, and OpenBLAS is set to one thread while a step runs (blas.OneThread). On a machine shared
+with other processes a worker that is not running takes no work, where a fork-join region (what
+libgomp offered) waits at its barrier for every thread of the team.
+
+The library is built when drug is installed (setup.py); a missing or out-of-date build is
+compiled with the C compiler into the cache directory instead. Without either, steps run on
+one thread."""
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
+import hashlib
+import math
 import os
+import shlex
+import subprocess
+import warnings
+from pathlib import Path
+
+import llvmlite.binding as llvm
 
 from . import bounds
+from .jit import cache_dir
+
+SOURCE = Path(__file__).parent / "csrc" / "drug_pool.c"
+RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
+# An idle worker watches for the next job this long before it sleeps (a futex wake costs the
+# caller microseconds); a caller whose last tasks run elsewhere watches this long, then sleeps.
+WORKER_SPIN_NS = 200_000
+CALLER_SPIN_NS = 50_000
+CONTENDED_SPIN_NS = 2_000  # either, for a thread preempted lately (csrc/drug_pool.c)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota() -> float | None:
+    """CPUs' worth of time the cgroup may use (cgroup v2 cpu.max, or v1 cfs quota), None if unlimited."""
+    try:
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def requested_threads() -> int:
+    """DRUG_THREADS, else the usable CPUs."""
+    configured = os.environ.get("DRUG_THREADS")
+    return max(1, int(configured)) if configured else usable_cpus()
+
+
+def _source_digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
+def _open(path: Path, digest: str) -> ctypes.CDLL | None:
+    """The library at `path` if it was built from the current source."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    lib.drug_pool_source.restype = ctypes.c_char_p
+    return lib if lib.drug_pool_source().decode() == digest else None
+
+
+def _installed() -> list[Path]:
+    return sorted(Path(__file__).parent.glob("_drug_pool*.so"))
+
+
+def _compile(digest: str) -> Path:
+    """Build the library into the cache directory (a development tree whose build is stale)."""
+    target = cache_dir() / f"drug_pool-{digest[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    cc = shlex.split(os.environ.get("CC") or "cc")
+    command = [*cc, "-std=c11", "-O2", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden"]
+    command += [f'-DDRUG_POOL_SOURCE="{digest}"', str(SOURCE), "-o", str(tmp)]
+    subprocess.run(command, check=True, capture_output=True)
+    os.replace(tmp, target)
+    return target
 
 
 @functools.cache
-def openmp() -> ctypes.CDLL | None:
-    """libgomp, loaded with RTLD_GLOBAL, or None where there is none (loops then run serially)."""
-    if os.environ.get("DRUG_THREADS") == "1":
+def pool() -> ctypes.CDLL | None:
+    """The started pool (its `drug_pool_run` known to the JIT), or None when steps run on one
+    thread: DRUG_THREADS=1, a single usable CPU, or no library."""
+    threads = requested_threads()
+    if threads < 2:
         return None
-    for name in ("libgomp.so.1", ctypes.util.find_library("gomp")):
-        if not name:
-            continue
+    digest = _source_digest()
+    lib = next(filter(None, (_open(path, digest) for path in _installed())), None)
+    if lib is None:
         try:
-            lib = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            continue
-        threads = os.environ.get("DRUG_THREADS")
-        if threads:
-            lib.omp_set_num_threads(int(threads))
-        return lib
-    return None
+            lib = _open(_compile(digest), digest)
+        except (OSError, subprocess.CalledProcessError) as error:
+            warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
+            return None
+    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
+    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS)
+    for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
+        llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
+    return lib
 
 
 def thread_count() -> int:
-    """Threads a native step uses: DRUG_THREADS, else OpenMP's default (the cores)."""
-    lib = openmp()
-    return 1 if lib is None else int(lib.omp_get_max_threads())
+    """Threads a native step uses: DRUG_THREADS, else the usable CPUs."""
+    lib = pool()
+    return 1 if lib is None else int(lib.drug_pool_threads())
+
+
+def stats() -> dict[str, int]:
+    """The pool's counters since it started (jobs, tasks, tasks run by the calling threads,
+    waits for tasks running elsewhere, nanoseconds waited): how a machine's load shows."""
+    lib = pool()
+    out = (ctypes.c_uint64 * 5)()
+    if lib is not None:
+        lib.drug_pool_stats(out)
+    return dict(zip(("jobs", "tasks", "caller_tasks", "waits", "wait_ns"), out))
 
 
 def concurrent_kernels() -> bool:
-    """Whether independent kernels of a step run at once on the OpenMP threads (on unless
+    """Whether independent kernels of a step run at once on the pool (on unless
     DRUG_CONCURRENT_KERNELS=0; DRUG_BOUNDS_CHECK=1, which checks kernel by kernel, turns it off)."""
     if os.environ.get("DRUG_CONCURRENT_KERNELS", "1") == "0" or bounds.enabled():
         return False
-    return openmp() is not None
+    return pool() is not None

@@ -4,6 +4,7 @@ Fast tests only (tiny shapes); nothing here asserts on timings."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from drug.bench import report, suite, timing
+from drug.bench.load import BusyLoad
 from drug.bench.peers import drug_impl, numpy_impl
 from drug.bench.workloads import MODEL_WORKLOADS, tiny_suite
 
@@ -188,3 +190,21 @@ def test_plot_is_written(tmp_path):
     path = tmp_path / "bench.png"
     write_plot({"machine": fake_machine(), "settings": fake_settings(), "workloads": {"fusion": result}}, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_busy_load_runs_for_the_block_only():
+    with BusyLoad(2, cpus=[sorted(os.sched_getaffinity(0))[0]]) as load:
+        assert len(load.processes) == 2 and all(p.poll() is None for p in load.processes)
+        assert all(os.sched_getaffinity(p.pid) == set(load.cpus) for p in load.processes)
+        processes = list(load.processes)
+    assert all(p.returncode is not None for p in processes)
+
+
+def test_cli_load_says_so(tmp_path):
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "drug.bench", "--quick", "--size", "tiny", "--only", "fusion", "--load", "1"]
+    cmd += ["--peers", "drug", "--backend", "numpy", "--no-memory", "--json", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "--load 1: 1 busy process" in done.stdout
+    assert json.loads(out.read_text())["settings"]["load"] == 1

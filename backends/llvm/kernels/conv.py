@@ -1,5 +1,12 @@
 """Convolution kernels: im2col / col2im around one GEMM per chunk of images, and padding by index
-maps (each padded position reads the row or column `ops.conv.pad_index` names)."""
+maps (each padded position reads the row or column `ops.conv.pad_index` names).
+
+Chunks of images are tasks on the thread pool: a thread does a chunk's im2col, GEMM and col2im
+in its own column matrix (the workspace holds one per thread), so that the copies run on every
+thread and a step has one parallel job per convolution rather than one per GEMM. The filter
+gradient sums over images: each of a fixed number of tasks sums a fixed range of chunks into
+its own partial sum, and the partial sums are added in task order, so the result does not
+depend on which thread ran what."""
 
 from __future__ import annotations
 
@@ -10,11 +17,15 @@ import numpy as np
 from llvmlite import ir
 
 from ....ops.conv import Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, conv_out_hw
+from .. import parallel
 from ..irutil import I64, PTR, for_range, i64, llvm_type
 from ..lowering import kernel
+from ..threads import thread_count
 
 CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small images side by side
 CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the GEMM reads it) in cache
+PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of planes
+FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
 
 
 @dataclass(frozen=True)
@@ -73,16 +84,22 @@ class _Geometry:
         return (self.rows + (self.outs if self.chunk > 1 else 0)) * self.ld
 
     def workspace(self, extra: int = 0):
-        return (self.matrices_size + extra,), self.dtype
+        """One column (and staging) matrix per thread, then `extra` elements."""
+        return (thread_count() * self.matrices_size + extra,), self.dtype
+
+    def chunk_count(self, b: ir.IRBuilder, images: ir.Value) -> ir.Value:
+        return b.udiv(b.add(images, i64(self.chunk - 1)), i64(self.chunk), name="chunks")
 
 
 class _ConvEmitter:
-    """IR for one convolution kernel: loops over chunks of images, im2col/col2im into the column
-    matrix (the workspace), copies through the staging matrix, GEMM calls."""
+    """IR for one task of a convolution kernel: im2col/col2im into this thread's column matrix
+    (in the workspace), copies through its staging matrix, GEMM calls."""
 
-    def __init__(self, k, node, geo: _Geometry):
-        self.k, self.b, self.geo, self.real = k, k.b, geo, llvm_type(geo.dtype)
-        self.columns = k.workspace(node)
+    def __init__(self, t, node, geo: _Geometry, images: ir.Value):
+        self.k, self.b, self.geo, self.real = t, t.b, geo, llvm_type(geo.dtype)
+        self.images = images  # in the batch (a static batch axis need not be the run-time batch)
+        offset = self.b.mul(t.thread(), i64(geo.matrices_size), name="thread_matrices")
+        self.columns = self.at(t.workspace(node), offset, "columns")
         self.staging = None if geo.chunk == 1 else self.at(self.columns, i64(geo.rows * geo.ld), "staging")
 
     def at(self, pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
@@ -96,19 +113,14 @@ class _ConvEmitter:
     def width(self, count: ir.Value) -> ir.Value:
         return self.b.mul(count, i64(self.geo.cols), name="gemm_width")
 
-    @contextmanager
-    def chunks(self, batch: ir.Value):
-        """Loop over chunks of images; yields (first image, images in the chunk)."""
+    def chunk(self, index: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Chunk `index` of the batch: (first image, images in it)."""
         b, chunk = self.b, self.geo.chunk
+        first = b.mul(index, i64(chunk), name="first")
         if chunk == 1:
-            with for_range(b, batch, "image") as n:
-                yield n, i64(1)
-            return
-        total = b.udiv(b.add(batch, i64(chunk - 1)), i64(chunk), name="chunks")
-        with for_range(b, total, "chunk") as index:
-            first = b.mul(index, i64(chunk), name="first")
-            left = b.sub(batch, first, name="left")
-            yield first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
+            return first, i64(1)
+        left = b.sub(self.images, first, name="left")
+        return first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
 
     def gemm(self, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc=None, beta=0.0):
         """`k.gemm` in the kernel's dtype; int sizes become constants; ldc defaults to the chunk stride."""
@@ -191,10 +203,11 @@ def _pad_source(b: ir.IRBuilder, position: ir.Value, n: int, lo: int, mode: str,
     return b.select(b.icmp_signed(">", mirrored, i64(n - 1)), folded, mirrored, name=f"{name}_source"), None
 
 
-def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small_node, adjoint: bool) -> None:
-    """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane,
-    the interior of each row a contiguous copy. Adjoint (PadGrad): small = 0, then
-    small[rows[p], cols[q]] += padded[p, q]."""
+def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small_node, adjoint: bool,
+                  planes: tuple[ir.Value, ir.Value]) -> None:  # fmt: skip
+    """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane
+    in the range `planes`, the interior of each row a contiguous copy. Adjoint (PadGrad): small =
+    0, then small[rows[p], cols[q]] += padded[p, q]."""
     b, real, itemsize = k.b, llvm_type(small_node.dtype), small_node.dtype.itemsize
     (top, _), (left, _) = op.pads
     (h, w), (hp, wp) = op.in_hw, op.padded_hw()
@@ -230,8 +243,7 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
         columns(small_row, padded_row, left, left + w, "interior")
         columns(small_row, padded_row, left + w, wp, "right")
 
-    planes = b.mul(k.dims(small_node)[0], i64(small_node.shape[1]), name="planes")
-    with for_range(b, planes, "plane") as plane:
+    with for_range(b, planes[1], "plane", start=planes[0]) as plane:
         small_plane = at(small, b.mul(plane, i64(h * w), name="small_plane_offset"), "small_plane")
         padded_plane = at(padded, b.mul(plane, i64(hp * wp), name="padded_plane_offset"), "padded_plane")
         if adjoint:
@@ -260,13 +272,14 @@ def _conv_workspace(node):
 def _conv2d(k, node):
     """Per chunk of images: im2col side by side, then one GEMM out = w (O, C*KH*KW) @ columns."""
     x, w = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype))
-    geo = e.geo
-    with e.chunks(k.dims(x)[0]) as (first, count):
+    geo = _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype)
+    with k.tasks(geo.chunk_count(k.b, k.dims(x)[0]), "chunk") as (t, index):
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0])
+        first, count = e.chunk(index)
         e.im2col(x, first, count)
         out = e.image(node, first, "out")
         product = out if e.staging is None else e.staging
-        e.gemm(False, False, geo.outs, e.width(count), geo.rows, k.ptr(w), geo.rows, e.columns, geo.ld, product)
+        e.gemm(False, False, geo.outs, e.width(count), geo.rows, t.ptr(w), geo.rows, e.columns, geo.ld, product)
         if e.staging is not None:
             e.restage(out, count, to_images=True)
 
@@ -281,11 +294,12 @@ def _conv2d_grad_input(k, node):
     """Per chunk of images: one GEMM columns = w^T (C*KH*KW, O) @ g, then col2im adds each
     image's columns into its (zeroed) input gradient."""
     g, w = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype))
-    geo = e.geo
-    with e.chunks(k.dims(g)[0]) as (first, count):
+    geo = _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype)
+    with k.tasks(geo.chunk_count(k.b, k.dims(g)[0]), "chunk") as (t, index):
+        e = _ConvEmitter(t, node, geo, t.dims(g)[0])
+        first, count = e.chunk(index)
         grads = e.staged(e.image(g, first, "g"), count)
-        e.gemm(True, False, geo.rows, e.width(count), geo.outs, k.ptr(w), geo.rows, grads, geo.ld, e.columns)
+        e.gemm(True, False, geo.rows, e.width(count), geo.outs, t.ptr(w), geo.rows, grads, geo.ld, e.columns)
         e.zero(e.image(node, first, "dx"), e.b.mul(count, i64(geo.image_size * geo.itemsize), name="dx_bytes"))
         e.im2col(node, first, count, adjoint=True)
 
@@ -293,40 +307,87 @@ def _conv2d_grad_input(k, node):
 def _conv_grad_filter_workspace(node):
     x, _ = node.inputs
     geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
-    return geo.workspace(extra=geo.rows * geo.outs)  # + the transposed sum
+    return geo.workspace(extra=FILTER_TASKS * geo.rows * geo.outs)  # + the tasks' transposed partial sums
+
+
+def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    """(chunks, chunks per task, tasks) of a filter gradient: at most FILTER_TASKS tasks, at least one
+    (task 0 zeroes partial sum 0 even for an empty batch)."""
+    chunks = geo.chunk_count(b, images)
+    per_task = b.udiv(b.add(chunks, i64(FILTER_TASKS - 1)), i64(FILTER_TASKS))
+    per_task = b.select(b.icmp_unsigned("<", per_task, i64(1)), i64(1), per_task, name="chunks_per_task")
+    tasks = b.udiv(b.add(chunks, b.sub(per_task, i64(1))), per_task)
+    return chunks, per_task, b.select(b.icmp_unsigned("<", tasks, i64(1)), i64(1), tasks, name="tasks")
 
 
 @kernel(Conv2DGradFilter, workspace=_conv_grad_filter_workspace, uses_blas=True)
 def _conv2d_grad_filter(k, node):
-    """dw^T (C*KH*KW, O) = sum over chunks of images of columns @ g^T (O, images*HO*WO)^T, GEMMs with
-    beta=1 into the workspace (BLAS runs this orientation faster: M=C*KH*KW rather than O), then
-    one transpose into dw."""
+    """dw^T (C*KH*KW, O) = sum over chunks of images of columns @ g^T (O, images*HO*WO)^T (BLAS runs
+    this orientation faster: M=C*KH*KW rather than O): task i sums its range of chunks into
+    partial sum i with beta=1 GEMMs; then the partial sums, added in order, transposed into dw."""
     x, g = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype))
-    geo, b = e.geo, e.b
-    total = e.at(e.columns, i64(geo.matrices_size), "dw_transposed")
-    e.zero(total, i64(geo.rows * geo.outs * geo.itemsize))
-    with e.chunks(k.dims(x)[0]) as (first, count):
-        grads = e.staged(e.image(g, first, "g"), count)
-        e.im2col(x, first, count)
-        e.gemm(False, True, geo.rows, geo.outs, e.width(count), e.columns, geo.ld, grads, geo.ld, total,
-               ldc=geo.outs, beta=1.0)  # fmt: skip
+    geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
+    b, real, size = k.b, llvm_type(node.dtype), geo.rows * geo.outs
+    partials_at = i64(thread_count() * geo.matrices_size)
+    _, _, tasks = _filter_tasks(b, geo, k.dims(x)[0])
+
+    def partial(ctx, index: ir.Value) -> ir.Value:
+        offset = ctx.b.add(partials_at, ctx.b.mul(index, i64(size)), name="partial_offset")
+        return ctx.b.gep(ctx.workspace(node), [offset], source_etype=real, inbounds=True, name="partial")
+
+    with k.tasks(tasks, "chunks") as (t, index):
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0])
+        total = partial(t, index)
+        e.zero(total, i64(size * geo.itemsize))
+        chunks, per_task, _ = _filter_tasks(t.b, geo, e.images)
+        start = t.b.mul(index, per_task, name="start")
+        end = t.b.add(start, per_task)
+        end = t.b.select(t.b.icmp_signed("<", end, chunks), end, chunks, name="end")
+        with for_range(t.b, end, "chunk", start=start) as chunk:
+            first, count = e.chunk(chunk)
+            grads = e.staged(e.image(g, first, "g"), count)
+            e.im2col(x, first, count)
+            e.gemm(False, True, geo.rows, geo.outs, e.width(count), e.columns, geo.ld, grads, geo.ld, total,
+                   ldc=geo.outs, beta=1.0)  # fmt: skip
+    first = partial(k, i64(0))
+    with for_range(b, b.sub(tasks, i64(1)), "partial") as i:
+        source = partial(k, b.add(i, i64(1)))
+        with for_range(b, i64(size), "element") as j:
+            at = [b.gep(p, [j], source_etype=real, inbounds=True) for p in (first, source)]
+            b.store(b.fadd(*(b.load(p, typ=real) for p in at), name="sum"), at[0])
     with for_range(b, i64(geo.outs), "o") as o:
         with for_range(b, i64(geo.rows), "r") as r:
-            source = e.at(total, b.add(b.mul(r, i64(geo.outs)), o, name="summed"), "summed_ptr")
+            source = b.gep(first, [b.add(b.mul(r, i64(geo.outs)), o, name="summed")], source_etype=real, inbounds=True)
             target = k.element(node, b.add(b.mul(o, i64(geo.rows)), r, name="dw_index"))
-            b.store(b.load(source, typ=e.real, name="value"), target)
+            b.store(b.load(source, typ=real, name="value"), target)
+
+
+@contextmanager
+def _plane_tasks(k, small_node):
+    """Tasks over ranges of the (n, c) planes: yields (task context, first plane, end plane)."""
+
+    def plan(ctx):
+        planes = ctx.b.mul(ctx.dims(small_node)[0], i64(small_node.shape[1]), name="planes")
+        size = ctx.b.mul(planes, i64(int(np.prod(small_node.shape[2:]))), name="elements")
+        return planes, *parallel.split(ctx.b, planes, size, PAD_TASK_ELEMENTS, PAD_MAX_TASKS, 1)
+
+    _, _, tasks = plan(k)
+    with k.tasks(tasks, "planes") as (t, index):
+        planes, chunk, _ = plan(t)
+        yield t, *parallel.task_range(t.b, index, chunk, planes)
 
 
 @kernel(Pad)
 def _pad(k, node):
     """Row by row: the interior is a contiguous copy, border columns go through the index map."""
     (x,) = node.inputs
-    _emit_padding(k, node.op, k.ptr(x), k.ptr(node), x, adjoint=False)
+    with _plane_tasks(k, x) as (t, first, end):
+        _emit_padding(t, node.op, t.ptr(x), t.ptr(node), x, adjoint=False, planes=(first, end))
 
 
 @kernel(PadGrad)
 def _pad_grad(k, node):
     """Zero each output plane, then add every padded row back into the row it copied."""
     (g,) = node.inputs
-    _emit_padding(k, node.op, k.ptr(node), k.ptr(g), node, adjoint=True)
+    with _plane_tasks(k, node) as (t, first, end):
+        _emit_padding(t, node.op, t.ptr(node), t.ptr(g), node, adjoint=True, planes=(first, end))

@@ -248,9 +248,9 @@ def test_large_loops_split_across_threads():
     g = dg.Graph()
     a, b, c, d, e = (g.input(n, (None,)) for n in "abcde")
     fn = g.compile(outputs=dg.relu(a * b + c) * d - e, backend="llvm")
-    if threads.openmp() is None:
-        pytest.skip("no OpenMP runtime on this machine: loops run serially")
-    assert "GOMP_parallel" in fn.ir()
+    if threads.pool() is None:
+        pytest.skip("one thread (DRUG_THREADS=1 or one usable CPU): loops run serially")
+    assert "drug_pool_run" in fn.ir()
     rng = np.random.default_rng(0)
     for n in (1 << 20, 1000, 1):  # threaded, then below the threshold
         xs = {k: rng.standard_normal(n).astype(np.float32) for k in "abcde"}
@@ -258,3 +258,37 @@ def test_large_loops_split_across_threads():
         out = np.empty(n, np.float32)
         assert fn(**xs, out=out) is out
         np.testing.assert_allclose(out, exact, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, axis",
+    [
+        ((9, 32, 28, 28), (0, 2, 3)),  # a bias gradient: only the channel axis (in the middle) is kept
+        ((9, 32, 28, 28), (2, 3)),  # a global pool: batch and channel kept
+        ((9, 24, 1024), (0, 1)),  # only the innermost axis kept
+    ],
+)
+def test_large_reductions_split_over_a_kept_axis(shape, axis):
+    """A reduction large without its batch axis is shared out over an axis it does not reduce:
+    each output element summed by one task, in the serial order."""
+    from drug.backends.llvm import threads
+
+    g = dg.Graph(dtype="float64")
+    x = g.input("x", (None,) + shape[1:])
+    out = dg.sum(dg.relu(x) * 1.5, axis=axis)
+    fn = g.compile(outputs=out, backend="llvm")
+    if threads.pool() is not None:
+        assert ".task" in fn.ir() and "drug_pool_run" in fn.ir()
+    xv = np.random.default_rng(0).standard_normal(shape)
+    np.testing.assert_allclose(fn(x=xv), (np.maximum(xv, 0) * 1.5).sum(axis=axis), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("nbytes", [1, 1000, 40 << 20])
+def test_arena_memory_is_zeroed_aligned_and_writable(nbytes):
+    """Small arenas and large ones (which ask for transparent huge pages) alike."""
+    from drug.backends.llvm import arena
+
+    memory = arena.allocate(nbytes)
+    assert memory.size == nbytes and memory.ctypes.data % arena.ALIGN == 0 and not memory.any()
+    memory[:] = 7
+    assert memory[-1] == 7

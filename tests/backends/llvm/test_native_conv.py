@@ -97,17 +97,33 @@ def test_conv_matches_reference(dtype, case):
     "n, hw, k_hw, stride, layout",
     [
         (3, (24, 26), (3, 3), (1, 1), "in place"),  # a wide image: one per GEMM, no staging copies
+        (37, (24, 26), (3, 3), (1, 1), "in place"),  # filter gradient: several chunks per task, a short last task
         (7, (10, 10), (3, 3), (1, 1), "partial"),  # small images side by side; a shorter last chunk
         (13, (9, 11), (2, 4), (2, 1), "partial"),
     ],
 )
 @pytest.mark.parametrize("mode", PAD_MODES)
 def test_conv_chunking(n, hw, k_hw, stride, layout, mode):
-    """Both GEMM layouts (images in place / staged side by side) and a partial last chunk."""
+    """Both GEMM layouts (images in place / staged side by side), a partial last chunk, and more
+    chunks than the filter gradient has tasks."""
     g, outputs, feeds = conv_problem(n, 2, 3, hw, k_hw, stride, "same", mode, "float64")
     padded = outputs[0].inputs[0]
     chunk = _Geometry.of(padded.shape, (3, 2) + k_hw, stride, "float64").chunk
     assert chunk == 1 if layout == "in place" else 1 < chunk < n and n % chunk
+    check_against_reference(g, outputs, feeds, "float64")
+
+
+def test_conv_with_a_static_batch_axis():
+    """Images counted from the input's own (static) first axis, not the step's batch size."""
+    g = dg.Graph(dtype="float64")
+    x = g.input("x", (3, 2, 6, 7))
+    w = g.input("w", (4, 2, 3, 3))
+    y = dg.conv2d(x, w, padding="same")
+    r = g.input("r", y.shape)
+    outputs = [y, *dg.grad(dg.sum(y * r), [x, w])]
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((3, 2, 6, 7)), "w": rng.standard_normal((4, 2, 3, 3))}
+    feeds["r"] = rng.standard_normal(y.shape)
     check_against_reference(g, outputs, feeds, "float64")
 
 

@@ -113,8 +113,8 @@ def test_checkpoint_saved_during_training_is_consistent(backend, tmp_path):
 @pytest.mark.parametrize("trans_b", [False, True])
 @pytest.mark.parametrize("m,n,k", [(300, 40, 50), (40, 300, 50), (133, 131, 17)])
 def test_gemms_shared_out_over_threads_match_numpy(dtype, trans_a, trans_b, m, n, k):
-    """Large GEMMs are split by rows or by columns (whichever C has more) over the OpenMP threads,
-    each calling BLAS on its block; odd sizes leave the last thread a short block."""
+    """Large GEMMs are split by rows or by columns (whichever C has more) into tasks
+    on the thread pool, each calling BLAS on its block; odd sizes leave the last task a short block."""
     g = dg.Graph(dtype=dtype)
     a = g.input("a", (k, m) if trans_a else (m, k))
     b = g.input("b", (n, k) if trans_b else (k, n))
@@ -122,7 +122,7 @@ def test_gemms_shared_out_over_threads_match_numpy(dtype, trans_a, trans_b, m, n
     from drug.backends.llvm import bounds
 
     if not bounds.enabled():  # checked builds call BLAS directly, where the checks can see the operands
-        assert "drug_gemm_thread" in fn.ir()
+        assert "drug_gemm_task" in fn.ir()
     rng = np.random.default_rng(0)
     a_val, b_val = (rng.standard_normal(n.shape).astype(dtype) for n in (a, b))
     want = (a_val.T if trans_a else a_val) @ (b_val.T if trans_b else b_val)

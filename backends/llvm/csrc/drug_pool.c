@@ -1,0 +1,222 @@
+/* The thread pool native steps share their work on.
+
+   A job is `tasks` calls fn(data, i), i = 0 .. tasks-1, in any order and on any thread. The
+   thread that runs a job (the caller) publishes it and then takes tasks itself, one at a time,
+   like every worker; it waits only for tasks another thread has already started.
+
+   Why not OpenMP's fork-join: a region there ends in a barrier that waits for every thread of
+   the team, and each thread has its share fixed in advance. On a machine shared with other
+   processes a thread is often not running; the region then stalls for a scheduler time slice,
+   dozens of times per step. Here a worker that is not running simply takes no task.
+
+   A job started while another runs (a second Python thread, or a task that starts a job) runs
+   on its caller alone. The pool survives fork(): the child has no workers, so its callers take
+   every task themselves. */
+#define _GNU_SOURCE
+#include <limits.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define MAX_WORKERS 255
+#define MAX_TASKS (1u << 30)
+/* After a thread was preempted (another process wanted its core), it spins only
+   `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
+   that the thread it waits for (or the other process) needs, and a sleeping one is woken with
+   priority when its work arrives. */
+#define CONTENDED_FOR_NS 100000000
+
+typedef void (*drug_task)(void *data, int64_t task);
+
+static struct {
+    /* the job: task count in the high half, next task to take in the low half (a worker that
+       finds nothing left adds one too many, at most once per job: the low half cannot overflow) */
+    _Atomic uint64_t state;
+    drug_task fn; /* written by the caller before it publishes the job, read by whoever takes a task */
+    void *data;
+    _Atomic uint32_t done; /* tasks finished: the futex word a waiting caller sleeps on */
+    _Atomic uint32_t seq;  /* counts jobs: the futex word idle workers sleep on */
+    _Atomic uint32_t sleepers;
+    _Atomic uint32_t caller_sleeps;
+    pthread_mutex_t lock; /* held by the caller of the running job */
+    int workers;
+    int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
+    int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
+    int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
+    /* counters for diagnostics (written by callers under the lock) */
+    uint64_t jobs, tasks, caller_tasks, waits, wait_ns;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static _Thread_local int inside_task; /* jobs started from a task run there, on their caller */
+static _Thread_local long preemptions;   /* this thread's involuntary context switches so far */
+static _Thread_local int64_t contended_until;
+static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
+
+static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+}
+
+static void futex_wake(_Atomic uint32_t *word, int count) {
+    syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
+}
+
+static inline void relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* How long this thread may spin: `budget_ns`, or a little if it was preempted lately. */
+static int64_t spin_budget(int64_t budget_ns) {
+    struct rusage usage;
+    if (getrusage(RUSAGE_THREAD, &usage) != 0) return budget_ns;
+    int64_t now = now_ns();
+    if (usage.ru_nivcsw != preemptions) {
+        preemptions = usage.ru_nivcsw;
+        contended_until = now + CONTENDED_FOR_NS;
+    }
+    return now < contended_until && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
+}
+
+/* Spin until *word differs from value or budget_ns has passed; returns whether it changed. */
+static int spin_while_equal(_Atomic uint32_t *word, uint32_t value, int64_t budget_ns) {
+    if (budget_ns <= 0) return atomic_load(word) != value;
+    int64_t deadline = now_ns() + budget_ns;
+    for (;;) {
+        for (int i = 0; i < 64; i++) {
+            if (atomic_load_explicit(word, memory_order_relaxed) != value) return 1;
+            relax();
+        }
+        if (now_ns() > deadline) return atomic_load(word) != value;
+    }
+}
+
+/* Take and run tasks of the current job until none is left; returns how many this thread ran. */
+static uint64_t take_tasks(void) {
+    uint64_t ran = 0;
+    for (;;) {
+        uint64_t s = atomic_fetch_add_explicit(&pool.state, 1, memory_order_acquire);
+        uint32_t task = (uint32_t)s, tasks = (uint32_t)(s >> 32);
+        if (task >= tasks) return ran;
+        pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
+        ran++;
+        if (atomic_fetch_add(&pool.done, 1) + 1 == tasks && atomic_load(&pool.caller_sleeps))
+            futex_wake(&pool.done, 1);
+    }
+}
+
+static void *worker(void *index) {
+    thread_index = (int)(intptr_t)index;
+    inside_task = 1;
+    uint32_t seen = atomic_load(&pool.seq);
+    for (;;) {
+        take_tasks();
+        if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen);
+            atomic_fetch_sub(&pool.sleepers, 1);
+        }
+        seen = atomic_load(&pool.seq);
+    }
+    return NULL;
+}
+
+static void run_here(drug_task fn, void *data, int64_t tasks) {
+    int was = inside_task;
+    inside_task = 1;
+    for (int64_t i = 0; i < tasks; i++) fn(data, i);
+    inside_task = was;
+}
+
+/* Run fn(data, i) for i in 0 .. tasks-1 and return when all have finished. */
+EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
+    if (tasks <= 1 || inside_task || pool.workers == 0 || tasks > MAX_TASKS || pthread_mutex_trylock(&pool.lock)) {
+        run_here(fn, data, tasks);
+        return;
+    }
+    pool.fn = fn;
+    pool.data = data;
+    atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
+    atomic_store_explicit(&pool.state, (uint64_t)tasks << 32, memory_order_release);
+    atomic_fetch_add(&pool.seq, 1);
+    if (atomic_load(&pool.sleepers)) futex_wake(&pool.seq, INT_MAX);
+    inside_task = 1;
+    uint64_t mine = take_tasks();
+    inside_task = 0;
+    uint32_t done = atomic_load(&pool.done);
+    if (done != (uint32_t)tasks) { /* tasks started by workers are still running */
+        int64_t start = now_ns(), budget = spin_budget(pool.caller_spin_ns);
+        while (done != (uint32_t)tasks) {
+            if (!spin_while_equal(&pool.done, done, budget)) {
+                atomic_store(&pool.caller_sleeps, 1);
+                done = atomic_load(&pool.done);
+                if (done != (uint32_t)tasks) futex_wait(&pool.done, done);
+                atomic_store(&pool.caller_sleeps, 0);
+            }
+            done = atomic_load(&pool.done);
+        }
+        pool.waits++;
+        pool.wait_ns += (uint64_t)(now_ns() - start);
+    }
+    pool.jobs++;
+    pool.tasks += (uint64_t)tasks;
+    pool.caller_tasks += mine;
+    pthread_mutex_unlock(&pool.lock);
+}
+
+/* Start the workers (threads - 1 of them); returns how many started. Call once. */
+EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns) {
+    pool.worker_spin_ns = worker_spin_ns;
+    pool.caller_spin_ns = caller_spin_ns;
+    pool.contended_spin_ns = contended_spin_ns;
+    int wanted = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int started = 0;
+    for (; started < wanted; started++) {
+        pthread_t thread;
+        if (pthread_create(&thread, &attr, worker, (void *)(intptr_t)(started + 1))) break;
+    }
+    pthread_attr_destroy(&attr);
+    pool.workers = started;
+    return started;
+}
+
+EXPORT int drug_pool_threads(void) { return pool.workers + 1; }
+
+/* Which thread runs the current task: 0 for a thread that calls drug_pool_run (whichever it is),
+   1 .. threads-1 for the workers. Tasks use it to pick their own scratch memory: two threads
+   never run tasks of one job under the same index. */
+EXPORT int64_t drug_pool_thread(void) { return thread_index; }
+
+#ifndef DRUG_POOL_SOURCE
+#define DRUG_POOL_SOURCE "unknown"
+#endif
+/* The SHA-256 of the source this library was built from (the build passes it in). */
+EXPORT const char *drug_pool_source(void) { return DRUG_POOL_SOURCE; }
+
+/* Counters since the start: jobs, tasks, tasks the callers ran, waits for started tasks, ns waited. */
+EXPORT void drug_pool_stats(uint64_t *out) {
+    pthread_mutex_lock(&pool.lock);
+    out[0] = pool.jobs;
+    out[1] = pool.tasks;
+    out[2] = pool.caller_tasks;
+    out[3] = pool.waits;
+    out[4] = pool.wait_ns;
+    pthread_mutex_unlock(&pool.lock);
+}

@@ -1,0 +1,85 @@
+"""Compiling in a forked child process, so that the training process never holds the compiler.
+
+Building a module's IR and running LLVM's optimizer and code generator on it fill the heap with
+memory that the allocator keeps, and touch tens of megabytes of LLVM's own code: a process that
+compiled once stays that much larger for its whole life, although it only ever runs the machine
+code. A child made by fork() does that work on a copy of the process and sends back the object
+code; only loading the objects (a small part of LLVM) happens here. A crash inside LLVM then
+also ends the child, not the user's program.
+
+`DRUG_COMPILE_PROCESS=0` compiles in this process instead, and so does a platform without fork.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import traceback
+import warnings
+from collections.abc import Callable
+
+from llvmlite.binding import ffi
+
+ENV = "DRUG_COMPILE_PROCESS"
+_OK, _RAISED = b"0", b"1"
+
+
+def enabled() -> bool:
+    return hasattr(os, "fork") and os.environ.get(ENV, "1") != "0"
+
+
+def call(work: Callable[[], bytes]) -> bytes:
+    """`work()` in a forked child (or here, when that is off); its exception is raised here."""
+    if not enabled():
+        return work()
+    read_end, write_end = os.pipe()
+    # llvmlite's lock is held across fork(), so that no other thread is inside LLVM at that
+    # moment (the child would inherit a lock nobody releases). Python >= 3.12, and JAX when it is
+    # loaded, warn about fork() in a process with threads for that reason; the child runs only
+    # drug's compiler, which takes no lock but llvmlite's.
+    with ffi.lib._lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        _child(work, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        payload = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if payload[:1] == _OK and os.waitstatus_to_exitcode(status) == 0:
+        return payload[1:]
+    if payload[:1] == _RAISED:
+        raise _unpickle(payload[1:])
+    raise RuntimeError(f"the compiler process ended without a result (exit status {os.waitstatus_to_exitcode(status)})")
+
+
+def _child(work: Callable[[], bytes], fd: int) -> None:
+    code = 0
+    try:
+        try:
+            payload = _OK + work()
+        except BaseException as error:  # noqa: BLE001 - sent to the parent, which raises it
+            payload = _RAISED + _pickle(error)
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(payload)
+    except BaseException:  # noqa: BLE001 - the parent reports the missing result
+        code = 1
+    finally:
+        os._exit(code)  # no atexit handlers, no second flush of the parent's buffers
+
+
+def _pickle(error: BaseException) -> bytes:
+    text = "".join(traceback.format_exception(error))
+    try:
+        data = pickle.dumps(error)
+        pickle.loads(data)
+        return data
+    except Exception:  # noqa: BLE001 - an exception that does not pickle travels as text
+        return pickle.dumps(RuntimeError(f"compiling failed in the compiler process:\n{text}"))
+
+
+def _unpickle(data: bytes) -> BaseException:
+    error = pickle.loads(data)
+    return error if isinstance(error, BaseException) else RuntimeError(str(error))

@@ -1,0 +1,42 @@
+"""`drug-bench --load N`: N busy processes beside the benchmark, to see how each framework holds
+up on a shared machine (multi-threaded code whose threads wait for each other can slow down far
+more than its fair share of the CPUs when another process holds a core)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+BUSY = "while True: pass"
+
+
+class BusyLoad:
+    """A context manager running `count` Python processes that spin (`while True: pass`),
+    pinned to `cpus` if given; stopped (and waited for) on exit."""
+
+    def __init__(self, count: int, cpus: list[int] | None = None):
+        self.count, self.cpus = count, cpus
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> BusyLoad:
+        for _ in range(self.count):
+            process = subprocess.Popen([sys.executable, "-c", BUSY], stdin=subprocess.DEVNULL)
+            self.processes.append(process)
+            if self.cpus:
+                os.sched_setaffinity(process.pid, self.cpus)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.processes:
+            process.kill()
+        for process in self.processes:
+            process.wait()
+        self.processes = []
+
+    def describe(self) -> str:
+        where = f", pinned to CPU {','.join(map(str, self.cpus))}" if self.cpus else ", unpinned"
+        return (
+            f"--load {self.count}: {self.count} busy process{'es' if self.count != 1 else ''} "
+            f"(`python -c '{BUSY}'`{where}) ran beside the benchmark, started after the machine's peaks were measured"
+        )

@@ -1,0 +1,68 @@
+"""Compiling in a forked child process (backends/llvm/forked.py): the result is the same machine
+code as compiling here, an error in the child is raised here as itself, and a child that dies
+without a result is reported rather than waited for."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import drug as dg
+from drug.backends.llvm import forked
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+
+
+def _train(monkeypatch, tmp_path, in_child: bool):
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path / ("child" if in_child else "here")))
+    monkeypatch.setenv(forked.ENV, "1" if in_child else "0")
+    g = dg.Graph(seed=0)
+    x, y = g.input("x", (None, 12)), g.input("y", (None,), dtype="int32")
+    h = dg.relu(x @ g.parameter("w1", (12, 16)) + g.parameter("b1", (16,)))
+    step = g.compile(loss=dg.softmax_cross_entropy(h @ g.parameter("w2", (16, 3)), y), optimizer=dg.Adam(0.01))
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((8, 12)).astype(np.float32), "y": rng.integers(0, 3, 8).astype(np.int32)}
+    return [step(**feeds) for _ in range(3)], step
+
+
+def test_a_child_compiles_the_same_program(monkeypatch, tmp_path):
+    here, _ = _train(monkeypatch, tmp_path, in_child=False)
+    there, step = _train(monkeypatch, tmp_path, in_child=True)
+    assert here == there
+    assert not step._executor.compiled.from_cache and "drug_step" in step.ir()  # the IR is rebuilt on demand
+
+
+def test_an_error_in_the_child_is_raised_here():
+    def fails() -> bytes:
+        raise dg.ShapeError("node n7: shapes (2, 3) and (4,) do not match")
+
+    with pytest.raises(dg.ShapeError, match="node n7"):
+        forked.call(fails)
+
+
+def test_an_error_that_does_not_pickle_arrives_as_text():
+    class Local(Exception):  # a local class: pickle cannot find it by name
+        pass
+
+    def fails() -> bytes:
+        raise Local("inner detail")
+
+    with pytest.raises(RuntimeError, match="inner detail"):
+        forked.call(fails)
+
+
+def test_a_child_that_dies_is_reported():
+    def dies() -> bytes:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return b""
+
+    with pytest.raises(RuntimeError, match="without a result"):
+        forked.call(dies)
+
+
+def test_the_result_comes_back_whole():
+    data = bytes(range(256)) * 40_000  # larger than a pipe's buffer
+    assert forked.call(lambda: data) == data

@@ -1,0 +1,121 @@
+"""The thread pool of native steps (backends/llvm/csrc/drug_pool.c) on its own: every task of a
+job runs exactly once, whichever threads take them; a job started inside a task, or while
+another job runs, runs on its caller; a forked child (no workers) still runs its jobs; and the
+pool is sized from the CPUs the process may use."""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import shutil
+import threading
+
+import pytest
+
+from drug.backends.llvm import threads
+
+TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
+
+pytestmark = pytest.mark.skipif(threads.pool() is None, reason="one thread: no pool")
+
+
+def run(fn, tasks: int) -> None:
+    lib = threads.pool()
+    lib.drug_pool_run.argtypes = [TASK, ctypes.c_void_p, ctypes.c_int64]
+    lib.drug_pool_run(fn, None, tasks)
+
+
+def counting(counts: list[int], lock: threading.Lock, inner=None):
+    def task(_frame, index):
+        with lock:
+            counts[index] += 1
+        if inner is not None:
+            inner(index)
+
+    return TASK(task)
+
+
+@pytest.mark.parametrize("tasks", [0, 1, 2, 7, 200])
+def test_every_task_runs_exactly_once(tasks):
+    counts, lock = [0] * tasks, threading.Lock()
+    fn = counting(counts, lock)
+    for _ in range(5):
+        run(fn, tasks)
+    assert counts == [5] * tasks
+
+
+def test_jobs_started_inside_a_task_run_there():
+    outer, inner, lock = [0] * 6, {}, threading.Lock()
+
+    def nested(index):
+        counts = [0] * 9
+        run(counting(counts, lock), 9)
+        inner[index] = counts
+
+    run(counting(outer, lock, nested), 6)
+    assert outer == [1] * 6 and inner == {i: [1] * 9 for i in range(6)}
+
+
+def test_two_callers_at_once_both_finish():
+    results = {}
+
+    def caller(name):
+        counts, lock = [0] * 50, threading.Lock()
+        fn = counting(counts, lock)
+        for _ in range(20):
+            run(fn, 50)
+        results[name] = counts
+
+    workers = [threading.Thread(target=caller, args=(i,)) for i in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=60)
+    assert results == {i: [20] * 50 for i in range(3)}
+
+
+def _child(queue):
+    counts, lock = [0] * 16, threading.Lock()
+    run(counting(counts, lock), 16)
+    queue.put(counts)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_forked_child_runs_every_task_itself():
+    run(counting([0] * 4, threading.Lock()), 4)  # the parent's workers exist before the fork
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child, args=(queue,))
+    child.start()
+    counts = queue.get(timeout=60)
+    child.join(timeout=60)
+    assert counts == [1] * 16 and child.exitcode == 0
+
+
+def test_the_counters_add_up():
+    before = threads.stats()
+    run(counting([0] * 10, threading.Lock()), 10)
+    after = threads.stats()
+    assert after["jobs"] == before["jobs"] + 1 and after["tasks"] == before["tasks"] + 10
+    assert before["caller_tasks"] <= after["caller_tasks"] <= before["caller_tasks"] + 10
+
+
+def test_pool_size_follows_the_usable_cpus(monkeypatch):
+    monkeypatch.setattr(threads, "_cgroup_quota", lambda: 1.5)
+    assert threads.usable_cpus() == min(2, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(threads, "_cgroup_quota", lambda: None)
+    assert threads.usable_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("DRUG_THREADS", "3")
+    assert threads.requested_threads() == 3
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+def test_a_build_from_another_source_is_not_used(tmp_path, monkeypatch):
+    """A development tree whose installed build is older than its source compiles the source into
+    the cache directory; a library reports the source it was built from."""
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
+    digest = threads._source_digest()
+    path = threads._compile(digest)
+    assert path.parent == tmp_path and threads._open(path, digest) is not None
+    assert threads._open(path, "0" * 64) is None
