@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-mpi install-bench test lint format demo aot-demo bench clean
+.PHONY: install install-mpi install-bench install-onnx test lint format demo aot-demo bench clean
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ aot-demo: install
 # library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
 install-mpi: install
 	$(PY) -m pip install --quiet -e '.[test,mpi]'
+
+# onnx and onnxruntime for drug.onnx (import/export), its tests and the onnx benchmark workload.
+install-onnx: install
+	$(PY) -m pip install --quiet -e '.[test,onnx]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install

@@ -1,0 +1,148 @@
+"""What an op's converter sees: the ONNX node, its attributes, and its inputs as drug nodes or as
+values known at import time (constants, shapes, folded subgraphs)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.helper
+
+from ..core.errors import GraphError
+from ..core.graph import Graph
+from ..core.node import Node
+from ..core.types import FLOAT_DTYPES, INT_DTYPES, Shape
+
+# The batch size inside a shape known at import time (Shape of a batched value): drug binds the
+# batch per call, so a shape vector carries this marker where the batch goes. Ops that only move
+# such vectors around (Gather, Concat, Unsqueeze, ...) keep it; arithmetic on it is refused.
+BATCH = np.iinfo(np.int64).min
+HOLDABLE_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what a drug tensor can be
+
+
+class ConversionError(GraphError):
+    """A converter's refusal; the importer prefixes the file, the node and its op_type."""
+
+
+def has_batch(value: np.ndarray) -> bool:
+    return value.dtype == np.int64 and bool(np.any(value == BATCH))
+
+
+def numpy_dtype(elem_type: int) -> np.dtype:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
+
+
+class Values:
+    """Every ONNX value by name: a drug node (computed at run time), an array known now, or a float
+    initializer that becomes a trained parameter when an op first needs it as a tensor."""
+
+    def __init__(self, graph: Graph, source: str):
+        self.graph = graph
+        self.source = source
+        self.nodes: dict[str, Node] = {}
+        self.known: dict[str, np.ndarray] = {}
+        self.trainable: dict[str, np.ndarray] = {}  # parameters-to-be, created on first use
+
+    def is_runtime(self, name: str) -> bool:
+        return name in self.nodes or name in self.trainable
+
+    def node(self, name: str) -> Node:
+        """The drug node of a value, creating the parameter or constant it stands for if needed."""
+        if name in self.nodes:
+            return self.nodes[name]
+        if name in self.trainable:
+            value = self.trainable.pop(name)
+            node = self.graph.parameter(name, value.shape, init=value, dtype=str(value.dtype))
+        elif name in self.known:
+            value = as_holdable(self.known[name], f"value '{name}'")
+            node = self.graph.constant(value, dtype=str(value.dtype))
+        else:
+            raise ConversionError(f"value '{name}' is not computed by any earlier node, input or initializer")
+        self.nodes[name] = node
+        return node
+
+
+def as_holdable(value: np.ndarray, what: str) -> np.ndarray:
+    """`value` if a drug tensor can hold it, otherwise a ConversionError naming `what` and the dtype."""
+    if has_batch(value):
+        raise ConversionError(
+            f"{what} holds the batch size (it comes from a Shape), which drug binds per call and cannot "
+            f"use as data"
+        )
+    if value.dtype not in HOLDABLE_DTYPES:
+        raise ConversionError(
+            f"{what} has dtype {value.dtype}, which drug cannot hold (it holds {', '.join(map(str, HOLDABLE_DTYPES))})"
+        )
+    return value
+
+
+class NodeContext:
+    """One ONNX node being converted."""
+
+    def __init__(self, proto: onnx.NodeProto, values: Values, opset: int, out_shapes: Sequence[Shape | None]):
+        self.proto = proto
+        self.values = values
+        self.opset = opset
+        self.out_shapes = out_shapes  # ONNX's inferred output shapes (None: unknown), batch = None
+        self._attrs = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
+
+    @property
+    def graph(self) -> Graph:
+        return self.values.graph
+
+    @property
+    def op_type(self) -> str:
+        return self.proto.op_type
+
+    @property
+    def label(self) -> str:
+        return self.proto.name or self.proto.output[0]
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        value = self._attrs.get(name, default)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def fail(self, message: str) -> ConversionError:
+        return ConversionError(message)
+
+    def has(self, i: int) -> bool:
+        """Whether optional input `i` is given."""
+        return i < len(self.proto.input) and self.proto.input[i] != ""
+
+    @property
+    def arity(self) -> int:
+        return len(self.proto.input)
+
+    def input(self, i: int) -> Node:
+        """Input `i` as a drug node (a value known now becomes a constant)."""
+        if not self.has(i):
+            raise self.fail(f"input {i} is missing")
+        return self.values.node(self.proto.input[i])
+
+    def inputs(self) -> list[Node]:
+        return [self.input(i) for i in range(self.arity) if self.has(i)]
+
+    def known(self, i: int) -> np.ndarray | None:
+        """Input `i` if its value is known at import time (not computed, not trained), else None."""
+        if not self.has(i) or self.values.is_runtime(self.proto.input[i]):
+            return None
+        return self.values.known.get(self.proto.input[i])
+
+    def static(self, i: int, what: str) -> np.ndarray:
+        """Input `i`, which drug needs at import time (a shape, axes, indices): refused otherwise."""
+        value = self.known(i)
+        if value is None:
+            raise self.fail(
+                f"input {i} ({what}, '{self.proto.input[i]}') must be known when importing (a constant, an "
+                f"initializer loaded as a constant, or computed from shapes); here it is computed at run time"
+            )
+        return value
+
+    def ints(self, i: int, what: str) -> list[int]:
+        return [int(v) for v in np.asarray(self.static(i, what)).reshape(-1)]
+
+    def constant(self, value: Any, like: Node) -> Node:
+        """A constant with `like`'s dtype (ONNX's scalars and tensors of one op share a type)."""
+        return self.graph.constant(as_holdable(np.asarray(value), "a constant"), dtype=str(like.dtype))
