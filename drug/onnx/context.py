@@ -68,8 +68,7 @@ def as_holdable(value: np.ndarray, what: str) -> np.ndarray:
     """`value` if a drug tensor can hold it, otherwise a ConversionError naming `what` and the dtype."""
     if has_batch(value):
         raise ConversionError(
-            f"{what} holds the batch size (it comes from a Shape), which drug binds per call and cannot "
-            f"use as data"
+            f"{what} holds the batch size (it comes from a Shape), which drug binds per call and cannot use as data"
         )
     if value.dtype not in HOLDABLE_DTYPES:
         raise ConversionError(
@@ -129,6 +128,14 @@ class NodeContext:
         if not self.has(i) or self.values.is_runtime(self.proto.input[i]):
             return None
         return self.values.known.get(self.proto.input[i])
+
+    def fixed(self, i: int) -> np.ndarray | None:
+        """Input `i` as a value fixed at import (known, or an initializer's value without making it
+        a parameter: exponents, padding values), else None."""
+        if not self.has(i):
+            return None
+        name = self.proto.input[i]
+        return self.values.trainable.get(name, self.known(i))
 
     def static(self, i: int, what: str) -> np.ndarray:
         """Input `i`, which drug needs at import time (a shape, axes, indices): refused otherwise."""

@@ -146,7 +146,9 @@ def _slice(ctx, node):
         steps.append(step)
     out = ctx.value(node.inputs[0])
     if axes:
-        names = [ctx.ints(v, hint) for v, hint in ((starts, "starts"), (ends, "ends"), (axes, "axes"), (steps, "steps"))]
+        names = [
+            ctx.ints(v, hint) for v, hint in ((starts, "starts"), (ends, "ends"), (axes, "axes"), (steps, "steps"))
+        ]
         out = ctx.add("Slice", [out] + names)
     return ctx.add("Squeeze", [out, ctx.ints(dropped, "axes")]) if dropped else out
 

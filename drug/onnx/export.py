@@ -75,7 +75,9 @@ def _program(model, outputs) -> Program:
         if not as_node_list(outputs):
             raise GraphError("export(graph, path, outputs=...) needs the output nodes to write")
         return build_program(model, outputs=outputs, training=False)
-    raise GraphError(f"export takes a compiled predictor, a Graph or drug.onnx.load's result, not {type(model).__name__}")
+    raise GraphError(
+        f"export takes a compiled predictor, a Graph or drug.onnx.load's result, not {type(model).__name__}"
+    )
 
 
 def _value_info(name: str, node: Node, ctx: EmitContext, batch_name: str) -> onnx.ValueInfoProto:

@@ -132,7 +132,9 @@ class _Importer:
                 return
             converter = CONVERTERS.get(proto.op_type)
             if converter is None:
-                raise GraphError(f"{where}: op {proto.op_type} is not supported; drug imports {', '.join(SUPPORTED_OPS)}")
+                raise GraphError(
+                    f"{where}: op {proto.op_type} is not supported; drug imports {', '.join(SUPPORTED_OPS)}"
+                )
             context = NodeContext(proto, self.values, self.prepared.opset, self._inferred_shapes(proto))
             results = converter(context)
             self._bind(proto, results if isinstance(results, (list, tuple)) else [results], where)
@@ -160,7 +162,9 @@ class _Importer:
         try:
             results = ReferenceEvaluator(proto, opsets={"": self.prepared.opset}).run(None, feeds)
         except Exception as error:  # the reference evaluator raises whatever its kernels raise
-            raise ConversionError(f"evaluating it on its known inputs failed: {type(error).__name__}: {error}") from None
+            raise ConversionError(
+                f"evaluating it on its known inputs failed: {type(error).__name__}: {error}"
+            ) from None
         for name, value in zip(proto.output, results):
             if name:
                 self.values.known[name] = np.asarray(value)
@@ -185,7 +189,7 @@ class _Importer:
             if not name:
                 continue
             if isinstance(result, Node):
-                self._check_against_inference(name, result, where)
+                self._check_against_inference(name, result)
                 self.values.nodes[name] = result
             else:
                 self.values.known[name] = np.asarray(result)
@@ -193,14 +197,14 @@ class _Importer:
             missing = [n for n in proto.output[len(results) :] if n]
             raise GraphError(f"{where}: drug computes only its first {len(results)} output(s), not {missing}")
 
-    def _check_against_inference(self, name: str, node: Node, where: str) -> None:
+    def _check_against_inference(self, name: str, node: Node) -> None:
         value_type = self.prepared.value_types.get(name)
         if value_type is None:
             return
         expected = shape_of(value_type)
         elem = value_type.tensor_type.elem_type
         if elem and numpy_dtype(elem) != node.dtype:
-            raise GraphError(f"{where}: drug computes {name!r} as {node.dtype}, ONNX says {numpy_dtype(elem)}")
+            raise ConversionError(f"drug computes {name!r} as {node.dtype}, ONNX says {numpy_dtype(elem)}")
         if expected is None:
             return
         fits = len(expected) == node.ndim and all(
@@ -210,7 +214,7 @@ class _Importer:
         if not fits:
             shown = "(" + ", ".join("None" if e == BATCH_PARAM else str(e) for e in expected) + ")"
             raise ShapeError(
-                f"{where}: drug computes {name!r} with shape {format_shape(node.shape)} but ONNX's shape inference "
+                f"drug computes {name!r} with shape {format_shape(node.shape)} but ONNX's shape inference "
                 f"gives {shown} (None: the batch)"
             )
 

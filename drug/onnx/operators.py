@@ -131,7 +131,7 @@ def _dropout(ctx):
 
 @converts("Pow")
 def _pow(ctx):
-    x, exponent = ctx.input(0), ctx.known(1)
+    x, exponent = ctx.input(0), ctx.fixed(1)
     if exponent is None or exponent.size != 1:
         raise ctx.fail("drug raises to a constant scalar power (2, 3, 0.5, -0.5, -1, 1) only")
     p = float(exponent.reshape(()))
@@ -263,7 +263,7 @@ def _pad(ctx):
     axes = [_axis(a, x.ndim, ctx) for a in ctx.ints(3, "axes")] if ctx.has(3) else list(range(x.ndim))
     before, after = dict(zip(axes, pads[: len(axes)])), dict(zip(axes, pads[len(axes) :]))
     mode = ctx.attr("mode", "constant")
-    value = ctx.known(2)
+    value = ctx.fixed(2)
     if any(before.get(a, 0) or after.get(a, 0) for a in (0, 1)) or mode not in PAD_MODES:
         raise ctx.fail(f"mode {mode!r}, pads {pads}: drug pads the spatial axes of images (constant, edge, reflect)")
     if mode == "constant" and ctx.has(2) and (value is None or np.any(value != 0)):
@@ -405,7 +405,9 @@ def _merged(ctx, dims: Sequence[int | None]) -> int | None:
     if None not in dims:
         return math.prod(dims)
     if math.prod(d for d in dims if d is not None) != 1:
-        raise ctx.fail(f"it would merge the batch with other axes {tuple(dims)}; drug keeps the batch an axis of its own")
+        raise ctx.fail(
+            f"it would merge the batch with other axes {tuple(dims)}; drug keeps the batch an axis of its own"
+        )
     return None
 
 
@@ -459,8 +461,18 @@ def _slice(ctx):
             if (start, step) != (0, 1) or end < np.iinfo(np.int32).max:
                 raise ctx.fail(f"it slices the batch axis {axis} ({start}:{end}:{step}); drug keeps every example")
             continue
-        index[axis] = slice(start, end, step)
+        index[axis] = _onnx_slice(start, end, step, x.shape[axis])
     return x[tuple(index)]
+
+
+def _onnx_slice(start: int, end: int, step: int, size: int) -> slice:
+    """ONNX's clamping (a negative start below -size clamps to 0 even when stepping backwards, where
+    Python's slices would give nothing), as a Python slice."""
+    start, end = start + size if start < 0 else start, end + size if end < 0 else end
+    if step > 0:
+        return slice(min(max(start, 0), size), min(max(end, 0), size), step)
+    start, end = min(max(start, 0), size - 1), min(max(end, -1), size - 1)
+    return slice(start, None if end < 0 else end, step)
 
 
 @converts("Split")

@@ -79,11 +79,13 @@ def _dims_of(value: onnx.ValueInfoProto) -> list[onnx.TensorShapeProto.Dimension
     return list(tensor.shape.dim) if tensor.HasField("shape") else None
 
 
-def _batch_names(inputs: list[onnx.ValueInfoProto], batch_dim: int | str | None, source: str) -> set[str]:
+def _batch_axes(inputs: list[onnx.ValueInfoProto], batch_dim: int | str | None, source: str) -> tuple[set[str], bool]:
+    """The symbolic names that mean the batch, and whether fixed sizes on the batch axis do too
+    (a file exported with a fixed batch size: no input has a symbolic size on that axis)."""
     if batch_dim is None:
-        return set()
+        return set(), False
     if isinstance(batch_dim, str):
-        return {batch_dim}
+        return {batch_dim}, False
     if not isinstance(batch_dim, (int, np.integer)):
         raise GraphError(f"batch_dim must be an axis (int), a dimension name (str) or None, got {batch_dim!r}")
     names = set()
@@ -91,26 +93,27 @@ def _batch_names(inputs: list[onnx.ValueInfoProto], batch_dim: int | str | None,
         dims = _dims_of(value)
         if dims is not None and len(dims) > batch_dim and dims[batch_dim].HasField("dim_param"):
             names.add(dims[batch_dim].dim_param)
-    return names
+    return names, not names
 
 
 def resolve_dims(
     model: onnx.ModelProto, source: str, batch_dim: int | str | None, fixed: Mapping[str, int]
 ) -> tuple[onnx.ModelProto, set[str]]:
     """A copy of the model whose graph inputs have fixed sizes everywhere but the batch, which is
-    named BATCH_PARAM. `fixed` gives sizes to other symbolic dimensions; any dimension left
+    named BATCH_PARAM. An int `batch_dim` means the symbolic sizes on that axis of the inputs (or,
+    when the file fixes every size, that axis of every input). `fixed` gives sizes to other symbolic dimensions; any dimension left
     symbolic or unknown is refused, naming the input and the axis."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
-    batch_names = _batch_names(inputs, batch_dim, source)
+    batch_names, fixed_batch = _batch_axes(inputs, batch_dim, source)
     for value in inputs:
         dims = _dims_of(value)
         if dims is None:
             raise GraphError(f"{source}: input '{value.name}' has no shape; drug needs every input's rank and sizes")
         for axis, dim in enumerate(dims):
-            if isinstance(batch_dim, (int, np.integer)) and axis == batch_dim:
-                dim.dim_param = BATCH_PARAM  # a size fixed in the file becomes the batch too
+            if fixed_batch and axis == batch_dim:
+                dim.dim_param = BATCH_PARAM  # the file fixed the batch size: drug binds it per call
             elif dim.HasField("dim_param") and dim.dim_param in batch_names:
                 dim.dim_param = BATCH_PARAM
             elif dim.HasField("dim_param") and dim.dim_param in fixed:
@@ -124,7 +127,8 @@ def resolve_dims(
                 )
         if sum(d.dim_param == BATCH_PARAM for d in dims) > 1:
             raise GraphError(f"{source}: input '{value.name}' has the batch dimension on more than one axis")
-    del model.graph.output[:]  # outputs keep what the file says (re-added below)
+    for value in model.graph.output:  # shape inference gives the outputs' shapes from the inputs'
+        value.type.tensor_type.ClearField("shape")
     return model, batch_names
 
 
@@ -154,7 +158,6 @@ def prepare(
     except Exception as error:  # the inliner raises C++ errors of no documented type
         raise GraphError(f"{label}: cannot inline the model's local functions: {error}") from None
     model, batch_names = resolve_dims(inlined, label, batch_dim, fixed or {})
-    model.graph.output.extend(original.graph.output)
     try:
         model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as error:
