@@ -101,8 +101,9 @@ def resolve_dims(
 ) -> tuple[onnx.ModelProto, set[str]]:
     """A copy of the model whose graph inputs have fixed sizes everywhere but the batch, which is
     named BATCH_PARAM. An int `batch_dim` means the symbolic sizes on that axis of the inputs (or,
-    when the file fixes every size, that axis of every input). `fixed` gives sizes to other symbolic dimensions; any dimension left
-    symbolic or unknown is refused, naming the input and the axis."""
+    when the file fixes every size, that axis of every input). `fixed` gives sizes to other
+    symbolic dimensions; any dimension left symbolic or unknown is refused, naming the input and
+    the axis."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     initializers = {t.name for t in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in initializers]
