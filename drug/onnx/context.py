@@ -120,6 +120,14 @@ class NodeContext:
             raise self.fail(f"input {i} is missing")
         return self.values.node(self.proto.input[i])
 
+    def state(self, i: int) -> Node:
+        """Input `i` as a state buffer of the graph when it is a float initializer (statistics that
+        steps read and may update, never trained: batch norm's running mean and variance)."""
+        name = self.proto.input[i] if self.has(i) else ""
+        if name in self.values.trainable:
+            self.values.nodes[name] = self.graph.buffer(name, self.values.trainable.pop(name))
+        return self.input(i)
+
     def inputs(self) -> list[Node]:
         return [self.input(i) for i in range(self.arity) if self.has(i)]
 

@@ -19,7 +19,7 @@ from ..core.errors import GraphError, ShapeError
 from ..core.node import Node
 from ..core.types import FLOAT_DTYPES, format_shape
 from ..graph import Graph
-from .context import ConversionError, NodeContext, Values, has_batch, numpy_dtype
+from .context import HOLDABLE_DTYPES, ConversionError, NodeContext, Values, has_batch, numpy_dtype
 from .operators import CONVERTERS, SUPPORTED_OPS
 from .reading import BATCH_PARAM, MAX_OPSET, MIN_OPSET, Prepared, prepare, shape_of
 
@@ -97,6 +97,8 @@ class _Importer:
     def _input(self, name: str) -> Node:
         value = next(v for v in self.prepared.model.graph.input if v.name == name)
         dtype = numpy_dtype(value.type.tensor_type.elem_type)
+        if dtype not in HOLDABLE_DTYPES:
+            raise GraphError(f"{self.source}: input '{name}' has dtype {dtype}, which drug cannot hold")
         try:
             node = self.graph.input(name, self.prepared.input_shapes[name], dtype=str(dtype))
         except (GraphError, ShapeError, TypeError) as error:

@@ -323,7 +323,8 @@ def _batch_norm(ctx):
         raise ctx.fail("training_mode=1: drug imports batch normalization for inference (running statistics)")
     x = ctx.input(0)
     per_channel = lambda node: reshape(node, (node.shape[0],) + (1,) * (x.ndim - 2))
-    scale, bias, mu, var = (per_channel(ctx.input(i)) for i in range(1, 5))
+    scale, bias = (per_channel(ctx.input(i)) for i in (1, 2))
+    mu, var = (per_channel(ctx.state(i)) for i in (3, 4))
     eps = ctx.constant(ctx.attr("epsilon", 1e-5), x)
     return add(mul(div(sub(x, mu), sqrt(add(var, eps))), scale), bias)
 
