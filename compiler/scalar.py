@@ -73,10 +73,10 @@ def scalar_rule(*op_classes: type[Op]) -> Callable[[ScalarRule], ScalarRule]:
     return register
 
 
-def scalar_rule_of(op: Op) -> ScalarRule | None:
-    """The op's rule, found along its class's MRO (a subclass computes like its parent unless it
-    registers a rule of its own)."""
-    for cls in type(op).__mro__:
+def scalar_rule_of(op: Op | type[Op]) -> ScalarRule | None:
+    """The op's (or op class's) rule, found along its class's MRO (a subclass computes like its
+    parent unless it registers a rule of its own)."""
+    for cls in (op if isinstance(op, type) else type(op)).__mro__:
         if cls in _RULES:
             return _RULES[cls]
     return None

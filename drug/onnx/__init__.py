@@ -13,8 +13,10 @@ try:
 except ImportError as error:  # pragma: no cover - exercised where the extra is missing
     raise ImportError(f"drug.onnx needs the 'onnx' extra: pip install 'drug[onnx]' ({error})") from error
 
-from .export import DEFAULT_OPSET, EXPORTABLE_OPS, export
+from .export import DEFAULT_OPSET, export, exportable_ops
 from .importer import MAX_OPSET, MIN_OPSET, Imported, load
 from .operators import SUPPORTED_OPS
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_OPS", "MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "Imported", "export", "load"]
+__all__ = [
+    "DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "SUPPORTED_OPS", "Imported", "export", "exportable_ops", "load",
+]  # fmt: skip

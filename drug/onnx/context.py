@@ -20,6 +20,9 @@ from ..core.types import FLOAT_DTYPES, INT_DTYPES, Shape
 # such vectors around (Gather, Concat, Unsqueeze, ...) keep it; arithmetic on it is refused.
 BATCH = np.iinfo(np.int64).min
 HOLDABLE_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what a drug tensor can be
+# Ops that move the entries of a shape vector without computing with them: folded at import even
+# when a vector holds the batch marker.
+BATCH_MOVERS = frozenset({"Identity", "Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Equal", "Where"})
 
 
 class ConversionError(GraphError):
@@ -44,6 +47,13 @@ class Values:
         self.nodes: dict[str, Node] = {}
         self.known: dict[str, np.ndarray] = {}
         self.trainable: dict[str, np.ndarray] = {}  # parameters-to-be, created on first use
+        self.shape_sources: dict[str, Node] = {}  # a known shape vector -> the node it is the Shape of
+
+    def batched_input(self, dtype: np.dtype) -> Node | None:
+        """A graph input with the batch dimension and this dtype (to count the batch at run time)."""
+        return next(
+            (n for n in self.nodes.values() if n.op.name == "input" and None in n.shape and n.dtype == dtype), None
+        )
 
     def is_runtime(self, name: str) -> bool:
         return name in self.nodes or name in self.trainable
@@ -144,6 +154,11 @@ class NodeContext:
             return None
         name = self.proto.input[i]
         return self.values.trainable.get(name, self.known(i))
+
+    def shape_source(self, i: int) -> Node | None:
+        """The node whose whole Shape input `i` is, if it is one (Expand(x, Shape(y)) broadcasts
+        like y, batch included)."""
+        return self.values.shape_sources.get(self.proto.input[i]) if self.has(i) else None
 
     def static(self, i: int, what: str) -> np.ndarray:
         """Input `i`, which drug needs at import time (a shape, axes, indices): refused otherwise."""

@@ -1,5 +1,6 @@
-"""The export table: one emitter per drug op class, writing the ONNX nodes that compute it. Adding
-an op is one entry:
+"""The export table: one emitter per drug op class, writing the ONNX nodes that compute it (ops
+without one but with a scalar rule, elementwise ones, are written through the rule: scalars.py).
+Adding an op is one entry:
 
     @emits(Relu)
     def _relu(ctx, node):
@@ -17,10 +18,13 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 
+from ..compiler.scalar import scalar_rule_of
 from ..core.errors import GraphError
 from ..core.node import Node
+from ..core.op import REGISTRY
 from ..ops import conv, linalg, nn, reduce, shape
 from ..ops import elementwise as ew
+from .scalars import emit_by_rule
 
 Emitter = Callable[["EmitContext", Node], str]
 EMITTERS: dict[type, Emitter] = {}
@@ -102,18 +106,6 @@ for _cls, _op_type in {ew.Add: "Add", ew.Mul: "Mul", ew.Sub: "Sub", ew.Div: "Div
     emits(_cls)(_binary(_op_type))
 
 
-@emits(ew.Equal)
-def _equal(ctx, node):
-    flags = ctx.add("Equal", [ctx.value(i) for i in node.inputs])
-    return ctx.add("Cast", [flags], to=ctx.elem_type(node.dtype))
-
-
-@emits(ew.OnesLike)
-def _ones_like(ctx, node):
-    one = ctx.const(np.ones((), node.dtype), "one")
-    return ctx.add("Expand", [one, ctx.add("Shape", [ctx.value(node.inputs[0])])])
-
-
 @emits(nn.Softmax)
 def _softmax(ctx, node):
     return ctx.add("Softmax", [ctx.value(node.inputs[0])], axis=node.op.axis)
@@ -158,12 +150,6 @@ def _concat(ctx, node):
     return ctx.add("Concat", [ctx.value(i) for i in node.inputs], axis=node.op.axis)
 
 
-@emits(shape.BroadcastLike)
-def _broadcast_like(ctx, node):
-    x, like = node.inputs
-    return ctx.add("Expand", [ctx.value(x), ctx.add("Shape", [ctx.value(like)])])
-
-
 def _reduction(op_type: str, axes_input_since: int) -> Emitter:
     def emit(ctx, node):
         keepdims = int(node.op.keepdims)
@@ -177,13 +163,6 @@ def _reduction(op_type: str, axes_input_since: int) -> Emitter:
 emits(reduce.Sum)(_reduction("ReduceSum", 13))
 emits(reduce.Max)(_reduction("ReduceMax", 18))
 emits(reduce.Min)(_reduction("ReduceMin", 18))
-
-
-@emits(reduce.Count)
-def _count(ctx, node):
-    """The run-time element count over some axes (mean over the batch divides by it)."""
-    dims = ctx.add("Gather", [ctx.add("Shape", [ctx.value(node.inputs[0])]), ctx.ints(node.op.axes, "axes")])
-    return ctx.add("Cast", [ctx.add("ReduceProd", [dims], keepdims=0)], to=ctx.elem_type(node.dtype))
 
 
 @emits(conv.Conv2D)
@@ -209,13 +188,17 @@ def _embedding(ctx, node):
 
 
 def emitter_for(node: Node) -> Emitter:
+    """The node's entry in the table, else its scalar rule (elementwise ops, traced functions)."""
     emitter = EMITTERS.get(type(node.op))
-    if emitter is None:
-        raise GraphError(
-            f"node {node.label} (op '{node.op.name}') has no ONNX form; drug exports "
-            f"{', '.join(sorted(cls.name for cls in EMITTERS))}"
-        )
-    return emitter
+    if emitter is not None:
+        return emitter
+    if scalar_rule_of(node.op) is not None:
+        return emit_by_rule
+    raise GraphError(
+        f"node {node.label} (op '{node.op.name}') has no ONNX form; drug exports {', '.join(exportable_ops())}"
+    )
 
 
-EXPORTABLE_OPS = tuple(sorted(cls.name for cls in EMITTERS))
+def exportable_ops() -> tuple[str, ...]:
+    """Names of the registered ops the exporter writes: table entries and ops with scalar rules."""
+    return tuple(sorted(name for name, cls in REGISTRY.items() if cls in EMITTERS or scalar_rule_of(cls) is not None))

@@ -20,11 +20,11 @@ from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp
 from ..core.node import Node
 from ..core.program import Program
 from ..runtime.step import CompiledFunction
-from .emitters import EXPORTABLE_OPS, EmitContext, emitter_for
+from .emitters import EmitContext, emitter_for, exportable_ops
 from .importer import Imported
 from .reading import MAX_OPSET, MIN_OPSET
 
-__all__ = ["DEFAULT_OPSET", "EXPORTABLE_OPS", "export"]
+__all__ = ["DEFAULT_OPSET", "export", "exportable_ops"]
 
 DEFAULT_OPSET = 18
 

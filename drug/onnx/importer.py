@@ -19,16 +19,13 @@ from ..core.errors import GraphError, ShapeError
 from ..core.node import Node
 from ..core.types import FLOAT_DTYPES, format_shape
 from ..graph import Graph
-from .context import HOLDABLE_DTYPES, ConversionError, NodeContext, Values, has_batch, numpy_dtype
+from .context import BATCH_MOVERS, HOLDABLE_DTYPES, ConversionError, NodeContext, Values, has_batch, numpy_dtype
 from .operators import CONVERTERS, SUPPORTED_OPS
 from .reading import BATCH_PARAM, MAX_OPSET, MIN_OPSET, Prepared, prepare, shape_of
 
 __all__ = ["MAX_OPSET", "MIN_OPSET", "Imported", "load"]
 
 INITIALIZER_MODES = ("parameters", "constants")
-# Ops that move the entries of a shape vector without computing with them: they may carry the batch
-# marker (context.BATCH) when folded. Any other op on a shape holding the batch is refused.
-BATCH_SAFE = frozenset({"Identity", "Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Equal", "Where"})
 NEVER_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
 
 
@@ -148,19 +145,19 @@ class _Importer:
             raise GraphError(f"{where}: {error}") from None
 
     def _foldable(self, proto: onnx.NodeProto) -> bool:
+        """Whether the node can be evaluated now: its inputs are known, and if they hold the batch
+        size (from a Shape) the op only moves it around. Otherwise its converter decides: casting
+        the batch size to a float makes a run-time value; other arithmetic on it is refused."""
         if proto.op_type in NEVER_FOLDED:
             return False
         names = [n for n in proto.input if n]
-        return all(n in self.values.known and not self.values.is_runtime(n) for n in names)
+        if not all(n in self.values.known and not self.values.is_runtime(n) for n in names):
+            return False
+        return self._moves_batch(proto) or not any(has_batch(self.values.known[n]) for n in names)
 
     def _fold(self, proto: onnx.NodeProto) -> None:
         """Evaluate a node whose inputs are all known now (onnx's reference evaluator)."""
         feeds = {n: self.values.known[n] for n in proto.input if n}
-        if any(has_batch(v) for v in feeds.values()) and not self._moves_batch(proto):
-            raise ConversionError(
-                "computes with the batch size (from a Shape), which drug binds per call; only "
-                f"{', '.join(sorted(BATCH_SAFE))} may carry it (export with fixed sizes or another formulation)"
-            )
         try:
             results = ReferenceEvaluator(proto, opsets={"": self.prepared.opset}).run(None, feeds)
         except Exception as error:  # the reference evaluator raises whatever its kernels raise
@@ -175,7 +172,7 @@ class _Importer:
     def _moves_batch(proto: onnx.NodeProto) -> bool:
         if proto.op_type == "Cast":
             return any(a.name == "to" and a.i == onnx.TensorProto.INT64 for a in proto.attribute)
-        return proto.op_type in BATCH_SAFE
+        return proto.op_type in BATCH_MOVERS
 
     def _inferred_shapes(self, proto: onnx.NodeProto) -> list:
         shapes = []

@@ -17,9 +17,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx.numpy_helper
 
+from ..core.errors import ShapeError
 from ..core.node import Node, apply
+from ..core.types import broadcast_shapes
 from ..ops import (
     add,
+    broadcast_like,
     concat,
     conv2d,
     div,
@@ -45,7 +48,8 @@ from ..ops import min as reduce_min
 from ..ops import sum as reduce_sum
 from ..ops.conv import Pad
 from ..ops.nn import avg_pool2d
-from .context import BATCH, NodeContext, numpy_dtype
+from ..ops.reduce import Count
+from .context import BATCH, NodeContext, has_batch, numpy_dtype
 
 Converter = Callable[[NodeContext], "Node | np.ndarray | list"]
 CONVERTERS: dict[str, Converter] = {}
@@ -90,6 +94,8 @@ def _shape(ctx):
     x = ctx.input(0)
     shape = np.array([BATCH if d is None else d for d in x.shape], np.int64)
     start, end = ctx.attr("start", 0), ctx.attr("end", None)
+    if len(shape[start:end]) == x.ndim:
+        ctx.values.shape_sources[ctx.proto.output[0]] = x
     return shape[start:end]
 
 
@@ -476,6 +482,26 @@ def _onnx_slice(start: int, end: int, step: int, size: int) -> slice:
     return slice(start, None if end < 0 else end, step)
 
 
+@converts("Expand")
+def _expand(ctx):
+    """Broadcast to a shape: known sizes, or the Shape of a node (then the batch may be among them)."""
+    x = ctx.input(0)
+    like = ctx.shape_source(1)
+    target = [None if d == BATCH else d for d in ctx.ints(1, "shape")]
+    try:
+        out_shape = broadcast_shapes([x.shape, tuple(target)])
+    except ShapeError:
+        raise ctx.fail(f"{x.describe()} does not broadcast to {target}") from None
+    if out_shape == x.shape:
+        return x
+    if like is not None and out_shape == like.shape:
+        return broadcast_like(x, like)
+    if None in out_shape and None not in x.shape:
+        raise ctx.fail(f"it broadcasts {x.describe()} to a batch of {target} that is not the Shape of one value")
+    zeros = np.zeros(tuple(1 if d is None else d for d in out_shape), x.dtype)  # x carries the batch
+    return add(x, ctx.graph.constant(zeros, dtype=str(x.dtype)))
+
+
 @converts("Split")
 def _split(ctx):
     x = ctx.input(0)
@@ -523,11 +549,26 @@ def _gather(ctx):
 
 @converts("Cast")
 def _cast(ctx):
-    x = ctx.input(0)
     dtype = numpy_dtype(ctx.attr("to"))
+    known = ctx.known(0)
+    if known is not None and has_batch(known) and dtype.kind == "f":
+        return _batch_size_value(ctx, known, dtype)
+    x = ctx.input(0)
     if dtype != x.dtype:
         raise ctx.fail(f"drug has no cast from {x.dtype} to {dtype} yet")
     return x
+
+
+def _batch_size_value(ctx, shape: np.ndarray, dtype: np.dtype) -> Node:
+    """A shape holding the batch size, as floats computed at run time (what a mean over the batch
+    divides by): the known sizes plus the batch's run-time count where the marker is."""
+    source = ctx.values.batched_input(dtype)
+    if source is None:
+        raise ctx.fail(f"it casts the batch size to {dtype}, which needs a batched {dtype} input to count")
+    marker = shape == BATCH
+    count = apply(Count((source.shape.index(None),)), source)
+    known = ctx.graph.constant(np.where(marker, 0, shape).astype(dtype), dtype=str(dtype))
+    return add(known, mul(ctx.graph.constant(marker.astype(dtype), dtype=str(dtype)), count))
 
 
 SUPPORTED_OPS = tuple(sorted(CONVERTERS))

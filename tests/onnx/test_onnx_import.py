@@ -106,6 +106,15 @@ CASES = [
         "slice-negative",
         single_op("Slice", {"x": ["N", 10]}, initializers={"s": ints(-4), "e": ints(-1), "a": ints(-1)}),
     ),
+    ("expand", single_op("Expand", {"x": ["N", 1, 3]}, initializers={"s": ints(4, 1)})),
+    (
+        "expand-like",
+        model(
+            [oh.make_node("Shape", ["y"], ["s"]), oh.make_node("Expand", ["x", "s"], ["y0"])],
+            [value("x", [1, 3]), value("y", ["N", 2, 3])],
+            [value("y0", None)],
+        ),
+    ),
     ("split", single_op("Split", {"x": ["N", 7]}, initializers={"s": ints(3, 4)}, outputs=2, axis=1)),
     ("split-equal", single_op("Split", {"x": ["N", 6, 2]}, outputs=3, axis=1, num_outputs=3)),
     ("squeeze", single_op("Squeeze", {"x": ["N", 1, 4, 1]}, initializers={"a": ints(1, -1)})),
