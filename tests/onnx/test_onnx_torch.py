@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (make inst
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-from onnx_models import RTOL, ATOL, run_onnxruntime  # noqa: E402
+from onnx_models import ATOL, RTOL, run_onnxruntime  # noqa: E402
 
 import drug as dg  # noqa: E402
 import drug.onnx  # noqa: E402
