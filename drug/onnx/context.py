@@ -48,6 +48,13 @@ class Values:
         self.known: dict[str, np.ndarray] = {}
         self.trainable: dict[str, np.ndarray] = {}  # parameters-to-be, created on first use
         self.shape_sources: dict[str, Node] = {}  # a known shape vector -> the node it is the Shape of
+        self.aliases: dict[str, str] = {}  # Identity outputs of initializers not created yet -> their names
+        self.statistics_as_constants = False  # running statistics (batch norm) as constants, not buffers
+
+    def resolve(self, name: str) -> str:
+        while name in self.aliases:
+            name = self.aliases[name]
+        return name
 
     def batched_input(self, dtype: np.dtype) -> Node | None:
         """A graph input with the batch dimension and this dtype (to count the batch at run time)."""
@@ -56,10 +63,12 @@ class Values:
         )
 
     def is_runtime(self, name: str) -> bool:
+        name = self.resolve(name)
         return name in self.nodes or name in self.trainable
 
     def node(self, name: str) -> Node:
         """The drug node of a value, creating the parameter or constant it stands for if needed."""
+        name = self.resolve(name)
         if name in self.nodes:
             return self.nodes[name]
         if name in self.trainable:
@@ -132,10 +141,15 @@ class NodeContext:
 
     def state(self, i: int) -> Node:
         """Input `i` as a state buffer of the graph when it is a float initializer (statistics that
-        steps read and may update, never trained: batch norm's running mean and variance)."""
-        name = self.proto.input[i] if self.has(i) else ""
+        steps read and may update, never trained: batch norm's running mean and variance), or as
+        a constant if the importer was asked for that."""
+        name = self.values.resolve(self.proto.input[i]) if self.has(i) else ""
         if name in self.values.trainable:
-            self.values.nodes[name] = self.graph.buffer(name, self.values.trainable.pop(name))
+            value = self.values.trainable.pop(name)
+            if self.values.statistics_as_constants:
+                self.values.known[name] = value
+            else:
+                self.values.nodes[name] = self.graph.buffer(name, value)
         return self.input(i)
 
     def inputs(self) -> list[Node]:
@@ -152,8 +166,7 @@ class NodeContext:
         a parameter: exponents, padding values), else None."""
         if not self.has(i):
             return None
-        name = self.proto.input[i]
-        return self.values.trainable.get(name, self.known(i))
+        return self.values.trainable.get(self.values.resolve(self.proto.input[i]), self.known(i))
 
     def shape_source(self, i: int) -> Node | None:
         """The node whose whole Shape input `i` is, if it is one (Expand(x, Shape(y)) broadcasts

@@ -26,6 +26,7 @@ from .reading import BATCH_PARAM, MAX_OPSET, MIN_OPSET, Prepared, prepare, shape
 __all__ = ["MAX_OPSET", "MIN_OPSET", "Imported", "load"]
 
 INITIALIZER_MODES = ("parameters", "constants")
+STATISTICS_MODES = ("buffers", "constants")
 NEVER_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
 
 
@@ -43,6 +44,7 @@ def load(
     *,
     initializers: str = "parameters",
     dims: Mapping[str, int] | None = None,
+    running_statistics: str = "buffers",
     seed: int = 0,
 ) -> Imported:
     """Import an ONNX model (a file or an `onnx.ModelProto`) as a drug graph.
@@ -53,13 +55,19 @@ def load(
     initializers: "parameters" (float initializers become trainable parameters named as in the
       file: fine-tune them with any optimizer) or "constants" (baked into the compiled code).
     dims: sizes for other symbolic dimensions ({"sequence": 128}); drug compiles fixed sizes.
+    running_statistics: batch normalization's running mean and variance as "buffers" (graph state,
+      updated when a train step runs batch norm in training mode) or "constants".
 
     Unsupported ops, opsets outside MIN_OPSET..MAX_OPSET, dynamic sizes other than the batch and
     dtypes drug cannot hold raise GraphError naming the file and the node; nothing is returned then."""
     if initializers not in INITIALIZER_MODES:
         raise GraphError(f"initializers must be one of {INITIALIZER_MODES}, got {initializers!r}")
+    if running_statistics not in STATISTICS_MODES:
+        raise GraphError(f"running_statistics must be one of {STATISTICS_MODES}, got {running_statistics!r}")
     prepared = prepare(source, batch_dim, dims)
-    return _Importer(prepared, initializers, seed).run()
+    importer = _Importer(prepared, initializers, seed)
+    importer.values.statistics_as_constants = running_statistics == "constants"
+    return importer.run()
 
 
 class _Importer:
@@ -192,8 +200,8 @@ class _Importer:
                 self.values.nodes[name] = result
             else:
                 self.values.known[name] = np.asarray(result)
-        if len(results) < len([n for n in proto.output if n]):
-            missing = [n for n in proto.output[len(results) :] if n]
+        missing = [n for n in proto.output[len(results) :] if n and n not in self.values.aliases]
+        if missing:
             raise GraphError(f"{where}: drug computes only its first {len(results)} output(s), not {missing}")
 
     def _check_against_inference(self, name: str, node: Node) -> None:

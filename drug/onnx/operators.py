@@ -123,6 +123,10 @@ for _op_type, _fn in {
 
 @converts("Identity")
 def _identity(ctx):
+    source = ctx.values.resolve(ctx.proto.input[0])
+    if source in ctx.values.trainable:  # an initializer passed through (as exporters write them):
+        ctx.values.aliases[ctx.proto.output[0]] = source  # created (parameter, buffer) where it is used
+        return []
     return ctx.input(0)
 
 

@@ -294,3 +294,21 @@ def test_load_reads_files(tmp_path):
     np.testing.assert_allclose(
         run_drug(str(path), feeds)[0], run_onnxruntime(onnx_model, feeds)[0], rtol=1e-5, atol=1e-5
     )
+
+
+def test_initializers_passed_through_identity_keep_their_names():
+    """Exporters write Identity(initializer) for shared weights: the parameter is the initializer."""
+    nodes = [oh.make_node("Identity", ["w"], ["w_copy"]), oh.make_node("MatMul", ["x", "w_copy"], ["y"])]
+    onnx_model = model(nodes, [value("x", ["N", 3])], [value("y", ["N", 2])], {"w": w(3, 2)})
+    graph, _, _ = drug.onnx.load(onnx_model)
+    assert list(graph.params) == ["w"]
+    assert_same_as_onnxruntime(onnx_model, feeds_for(onnx_model, 2))
+
+
+def test_running_statistics_as_buffers_or_constants():
+    onnx_model = dict(CASES)["batch-norm"]
+    graph, _, _ = drug.onnx.load(onnx_model)
+    assert sorted(graph.state) == ["m", "v"] and sorted(graph.params) == ["b", "s"]
+    graph, _, _ = drug.onnx.load(onnx_model, running_statistics="constants")
+    assert len(graph.state) == 0 and sorted(graph.params) == ["b", "s"]
+    assert_same_as_onnxruntime(onnx_model, feeds_for(onnx_model, 2), running_statistics="constants")
