@@ -14,7 +14,6 @@ ort = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed
 
 import numpy as np  # noqa: E402
 import onnx.helper as oh  # noqa: E402
-import onnx.numpy_helper  # noqa: E402
 from test_aot import DRUG_COMPILE, numpy_sgemm  # noqa: E402
 
 rng = np.random.default_rng(7)
