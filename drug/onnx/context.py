@@ -3,7 +3,6 @@ values known at import time (constants, shapes, folded subgraphs)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import onnx.helper
 from ..core.errors import GraphError
 from ..core.graph import Graph
 from ..core.node import Node
-from ..core.types import FLOAT_DTYPES, INT_DTYPES, Shape
+from ..core.types import FLOAT_DTYPES, INT_DTYPES
 
 # The batch size inside a shape known at import time (Shape of a batched value): drug binds the
 # batch per call, so a shape vector carries this marker where the batch goes. Ops that only move
@@ -41,15 +40,14 @@ class Values:
     """Every ONNX value by name: a drug node (computed at run time), an array known now, or a float
     initializer that becomes a trained parameter when an op first needs it as a tensor."""
 
-    def __init__(self, graph: Graph, source: str):
+    def __init__(self, graph: Graph, statistics_as_constants: bool = False):
         self.graph = graph
-        self.source = source
+        self.statistics_as_constants = statistics_as_constants  # batch norm's running statistics
         self.nodes: dict[str, Node] = {}
         self.known: dict[str, np.ndarray] = {}
         self.trainable: dict[str, np.ndarray] = {}  # parameters-to-be, created on first use
         self.shape_sources: dict[str, Node] = {}  # a known shape vector -> the node it is the Shape of
         self.aliases: dict[str, str] = {}  # Identity outputs of initializers not created yet -> their names
-        self.statistics_as_constants = False  # running statistics (batch norm) as constants, not buffers
 
     def resolve(self, name: str) -> str:
         while name in self.aliases:
@@ -99,11 +97,10 @@ def as_holdable(value: np.ndarray, what: str) -> np.ndarray:
 class NodeContext:
     """One ONNX node being converted."""
 
-    def __init__(self, proto: onnx.NodeProto, values: Values, opset: int, out_shapes: Sequence[Shape | None]):
+    def __init__(self, proto: onnx.NodeProto, values: Values, opset: int):
         self.proto = proto
         self.values = values
         self.opset = opset
-        self.out_shapes = out_shapes  # ONNX's inferred output shapes (None: unknown), batch = None
         self._attrs = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
 
     @property
@@ -113,10 +110,6 @@ class NodeContext:
     @property
     def op_type(self) -> str:
         return self.proto.op_type
-
-    @property
-    def label(self) -> str:
-        return self.proto.name or self.proto.output[0]
 
     def attr(self, name: str, default: Any = None) -> Any:
         value = self._attrs.get(name, default)

@@ -27,7 +27,7 @@ __all__ = ["MAX_OPSET", "MIN_OPSET", "Imported", "load"]
 
 INITIALIZER_MODES = ("parameters", "constants")
 STATISTICS_MODES = ("buffers", "constants")
-NEVER_FOLDED = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli"})
+NEVER_FOLDED = frozenset({"RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"})  # random draws
 
 
 class Imported(NamedTuple):
@@ -65,18 +65,16 @@ def load(
     if running_statistics not in STATISTICS_MODES:
         raise GraphError(f"running_statistics must be one of {STATISTICS_MODES}, got {running_statistics!r}")
     prepared = prepare(source, batch_dim, dims)
-    importer = _Importer(prepared, initializers, seed)
-    importer.values.statistics_as_constants = running_statistics == "constants"
-    return importer.run()
+    return _Importer(prepared, initializers == "parameters", running_statistics == "constants", seed).run()
 
 
 class _Importer:
-    def __init__(self, prepared: Prepared, initializers: str, seed: int):
+    def __init__(self, prepared: Prepared, trainable: bool, statistics_as_constants: bool, seed: int):
         self.prepared = prepared
         self.source = prepared.source
         self.graph = Graph(seed=seed, dtype=self._float_dtype())
-        self.values = Values(self.graph, self.source)
-        self.trainable = initializers == "parameters"
+        self.values = Values(self.graph, statistics_as_constants)
+        self.trainable = trainable
 
     def _float_dtype(self) -> str:
         """The graph's float dtype: its first float input's (float32 when there is none)."""
@@ -127,38 +125,31 @@ class _Importer:
             self.values.known[tensor.name] = array
 
     def _convert(self, proto: onnx.NodeProto) -> None:
-        where = f"{self.source}: node '{proto.name or proto.output[0]}' ({proto.op_type})"
-        if proto.domain not in ("", "ai.onnx"):
-            raise GraphError(
-                f"{where}: ops of domain '{proto.domain}' are not supported; drug imports the default ONNX "
-                f"domain's {', '.join(SUPPORTED_OPS)}"
-            )
         try:
+            if proto.domain not in ("", "ai.onnx"):
+                raise ConversionError(
+                    f"ops of domain '{proto.domain}' are not supported; drug imports the default ONNX domain's "
+                    f"{', '.join(SUPPORTED_OPS)}"
+                )
             if self._foldable(proto):
                 self._fold(proto)
                 return
             converter = CONVERTERS.get(proto.op_type)
             if converter is None:
-                raise GraphError(
-                    f"{where}: op {proto.op_type} is not supported; drug imports {', '.join(SUPPORTED_OPS)}"
-                )
-            context = NodeContext(proto, self.values, self.prepared.opset, self._inferred_shapes(proto))
-            results = converter(context)
-            self._bind(proto, results if isinstance(results, (list, tuple)) else [results], where)
-        except (ConversionError, ShapeError) as error:
+                raise ConversionError(f"op {proto.op_type} is not supported; drug imports {', '.join(SUPPORTED_OPS)}")
+            results = converter(NodeContext(proto, self.values, self.prepared.opset))
+            self._bind(proto, results if isinstance(results, (list, tuple)) else [results])
+        except GraphError as error:  # ShapeError included: drug's ops check what converters build
+            where = f"{self.source}: node '{proto.name or proto.output[0]}' ({proto.op_type})"
             raise type(error)(f"{where}: {error}") from None
-        except GraphError as error:
-            if str(error).startswith(self.source):
-                raise
-            raise GraphError(f"{where}: {error}") from None
 
     def _foldable(self, proto: onnx.NodeProto) -> bool:
         """Whether the node can be evaluated now: its inputs are known, and if they hold the batch
         size (from a Shape) the op only moves it around. Otherwise its converter decides: casting
         the batch size to a float makes a run-time value; other arithmetic on it is refused."""
-        if proto.op_type in NEVER_FOLDED:
-            return False
         names = [n for n in proto.input if n]
+        if proto.op_type in NEVER_FOLDED or not names:  # a Constant goes to its converter
+            return False
         if not all(n in self.values.known and not self.values.is_runtime(n) for n in names):
             return False
         return self._moves_batch(proto) or not any(has_batch(self.values.known[n]) for n in names)
@@ -182,15 +173,7 @@ class _Importer:
             return any(a.name == "to" and a.i == onnx.TensorProto.INT64 for a in proto.attribute)
         return proto.op_type in BATCH_MOVERS
 
-    def _inferred_shapes(self, proto: onnx.NodeProto) -> list:
-        shapes = []
-        for name in proto.output:
-            value_type = self.prepared.value_types.get(name)
-            shape = shape_of(value_type) if value_type is not None else None
-            shapes.append(None if shape is None else tuple(None if d == BATCH_PARAM else d for d in shape))
-        return shapes
-
-    def _bind(self, proto: onnx.NodeProto, results: list, where: str) -> None:
+    def _bind(self, proto: onnx.NodeProto, results: list) -> None:
         """Record a converter's results, checking each node against ONNX's inferred type."""
         for name, result in zip(proto.output, results):
             if not name:
@@ -202,7 +185,7 @@ class _Importer:
                 self.values.known[name] = np.asarray(result)
         missing = [n for n in proto.output[len(results) :] if n and n not in self.values.aliases]
         if missing:
-            raise GraphError(f"{where}: drug computes only its first {len(results)} output(s), not {missing}")
+            raise ConversionError(f"drug computes only its first {len(results)} output(s), not {missing}")
 
     def _check_against_inference(self, name: str, node: Node) -> None:
         value_type = self.prepared.value_types.get(name)
