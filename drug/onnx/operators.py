@@ -22,6 +22,7 @@ from ..core.node import Node, apply
 from ..core.types import broadcast_shapes
 from ..ops import (
     add,
+    avg_pool2d,
     broadcast_like,
     concat,
     conv2d,
@@ -47,7 +48,6 @@ from ..ops import max as reduce_max
 from ..ops import min as reduce_min
 from ..ops import sum as reduce_sum
 from ..ops.conv import Pad
-from ..ops.nn import avg_pool2d
 from ..ops.reduce import Count
 from .context import BATCH, NodeContext, has_batch, numpy_dtype
 

@@ -129,8 +129,8 @@ def test_arithmetic_on_the_batch_size_is_refused():
 
 
 def test_unsupported_attribute_values_are_explained():
-    built = single_op("MaxPool", {"x": ["N", 1, 6, 6]}, kernel_shape=[3, 3], strides=[1, 1])
-    with pytest.raises(dg.GraphError, match=r"\(MaxPool\): kernel \[3, 3\], strides \[1, 1\].*non-overlapping"):
+    built = single_op("MaxPool", {"x": ["N", 1, 6, 6]}, kernel_shape=[2, 2], strides=[2, 2], dilations=[2, 2])
+    with pytest.raises(dg.GraphError, match=r"\(MaxPool\): kernel \[2, 2\], strides \[2, 2\].*dilations \[2, 2\]"):
         drug.onnx.load(built)
     built = single_op("Dropout", {"x": ["N", 3]}, initializers={"r": np.array(0.5, np.float32)}, outputs=2)
     with pytest.raises(dg.GraphError, match=r"\(Dropout\): drug computes only its first 1 output"):
