@@ -3,6 +3,7 @@ values known at import time (constants, shapes, folded subgraphs)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,25 @@ HOLDABLE_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what a drug tensor can be
 # Ops that move the entries of a shape vector without computing with them: folded at import even
 # when a vector holds the batch marker.
 BATCH_MOVERS = frozenset({"Identity", "Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Equal", "Where"})
+
+
+@dataclass(frozen=True)
+class Merged:
+    """An ONNX value whose first axis is the batch merged with the next axes of `node` (the
+    (batch * heads, time, dim) of attention written with 3-D products): `node` holds it with
+    its first `axes` axes apart, batch first. Ops that work on trailing axes (products, softmax,
+    elementwise ops, transposes and reshapes that leave the first axis alone) run on `node`."""
+
+    node: Node
+    axes: int
+
+    @property
+    def rank(self) -> int:
+        """The rank of the ONNX value."""
+        return self.node.ndim - self.axes + 1
+
+    def with_node(self, node: Node) -> Merged:
+        return Merged(node, self.axes)
 
 
 class ConversionError(GraphError):
@@ -48,6 +68,7 @@ class Values:
         self.trainable: dict[str, np.ndarray] = {}  # parameters-to-be, created on first use
         self.shape_sources: dict[str, Node] = {}  # a known shape vector -> the node it is the Shape of
         self.aliases: dict[str, str] = {}  # Identity outputs of initializers not created yet -> their names
+        self.merged: dict[str, Merged] = {}  # values whose first axis is the batch merged with others
 
     def resolve(self, name: str) -> str:
         while name in self.aliases:
@@ -62,13 +83,18 @@ class Values:
 
     def is_runtime(self, name: str) -> bool:
         name = self.resolve(name)
-        return name in self.nodes or name in self.trainable
+        return name in self.nodes or name in self.trainable or name in self.merged
 
     def node(self, name: str) -> Node:
         """The drug node of a value, creating the parameter or constant it stands for if needed."""
         name = self.resolve(name)
         if name in self.nodes:
             return self.nodes[name]
+        if name in self.merged:
+            raise ConversionError(
+                f"value '{name}' merges the batch with other axes (as batch * heads), which drug takes only in "
+                f"MatMul, Softmax, elementwise ops, Transpose and Reshape that keep the first axis"
+            )
         if name in self.trainable:
             value = self.trainable.pop(name)
             node = self.graph.parameter(name, value.shape, init=value, dtype=str(value.dtype))
@@ -144,6 +170,10 @@ class NodeContext:
             else:
                 self.values.nodes[name] = self.graph.buffer(name, value)
         return self.input(i)
+
+    def merged(self, i: int) -> Merged | None:
+        """Input `i` if its first axis is the batch merged with other axes (see Merged)."""
+        return self.values.merged.get(self.values.resolve(self.proto.input[i])) if self.has(i) else None
 
     def inputs(self) -> list[Node]:
         return [self.input(i) for i in range(self.arity) if self.has(i)]

@@ -19,7 +19,7 @@ from ..core.errors import GraphError, ShapeError
 from ..core.node import Node
 from ..core.types import FLOAT_DTYPES, format_shape
 from ..graph import Graph
-from .context import BATCH_MOVERS, HOLDABLE_DTYPES, ConversionError, NodeContext, Values, has_batch, numpy_dtype
+from .context import BATCH_MOVERS, HOLDABLE_DTYPES, ConversionError, Merged, NodeContext, Values, has_batch, numpy_dtype
 from .operators import CONVERTERS, SUPPORTED_OPS
 from .reading import BATCH_PARAM, MAX_OPSET, MIN_OPSET, Prepared, prepare, shape_of
 
@@ -52,8 +52,9 @@ def load(
     batch_dim: which dimension of the inputs is the batch, bound per call: an axis (default 0: the
       first axis of every input, whether the file names it or fixes its size), the name of a
       symbolic dimension, or None (every size fixed).
-    initializers: "parameters" (float initializers become trainable parameters named as in the
-      file: fine-tune them with any optimizer) or "constants" (baked into the compiled code).
+    initializers: "parameters" (float initializers of rank 1 and more become trainable parameters
+      named as in the file: fine-tune them with any optimizer; scalars stay constants) or
+      "constants" (all baked into the compiled code).
     dims: sizes for other symbolic dimensions ({"sequence": 128}); drug compiles fixed sizes.
     running_statistics: batch normalization's running mean and variance as "buffers" (graph state,
       updated when a train step runs batch norm in training mode) or "constants".
@@ -119,8 +120,8 @@ class _Importer:
             array = onnx.numpy_helper.to_array(tensor)
         except (ValueError, TypeError) as error:
             raise GraphError(f"{self.source}: initializer '{tensor.name}' cannot be read: {error}") from None
-        if self.trainable and array.dtype in FLOAT_DTYPES:
-            self.values.trainable[tensor.name] = array
+        if self.trainable and array.dtype in FLOAT_DTYPES and array.ndim > 0:
+            self.values.trainable[tensor.name] = array  # scalars are exporters' constants (eps, 1.0, masks' fill)
         else:
             self.values.known[tensor.name] = array
 
@@ -181,6 +182,8 @@ class _Importer:
             if isinstance(result, Node):
                 self._check_against_inference(name, result)
                 self.values.nodes[name] = result
+            elif isinstance(result, Merged):
+                self.values.merged[name] = result
             else:
                 self.values.known[name] = np.asarray(result)
         missing = [n for n in proto.output[len(results) :] if n and n not in self.values.aliases]

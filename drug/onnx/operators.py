@@ -49,7 +49,7 @@ from ..ops import min as reduce_min
 from ..ops import sum as reduce_sum
 from ..ops.conv import Pad
 from ..ops.reduce import Count
-from .context import BATCH, NodeContext, has_batch, numpy_dtype
+from .context import BATCH, Merged, NodeContext, has_batch, numpy_dtype
 
 Converter = Callable[[NodeContext], "Node | np.ndarray | list"]
 CONVERTERS: dict[str, Converter] = {}
@@ -111,7 +111,28 @@ def _size(ctx):
 
 
 def _elementwise(op_type: str, fn: Callable[..., Node]) -> None:
-    converts(op_type)(lambda ctx: fn(*ctx.inputs()))
+    converts(op_type)(lambda ctx: _merged_elementwise(ctx, fn) or fn(*ctx.inputs()))
+
+
+def _merged_elementwise(ctx, fn: Callable[..., Node]) -> Merged | None:
+    """An elementwise op on values with the batch merged into their first axis: on the nodes that
+    hold them apart, when the other operands broadcast over trailing axes only."""
+    merged = [ctx.merged(i) for i in range(ctx.arity)]
+    first = next((m for m in merged if m is not None), None)
+    if first is None:
+        return None
+    operands = []
+    for i, m in enumerate(merged):
+        if m is not None:
+            if m.axes != first.axes or m.node.shape[: m.axes] != first.node.shape[: first.axes]:
+                raise ctx.fail("its operands merge the batch with different axes")
+            operands.append(m.node)
+        elif ctx.has(i):
+            x = ctx.input(i)
+            if x.ndim >= first.rank:
+                raise ctx.fail(f"{x.describe()} would meet the batch merged with other axes")
+            operands.append(x)
+    return first.with_node(fn(*operands))
 
 
 for _op_type, _fn in {
@@ -163,6 +184,16 @@ def _pow(ctx):
 
 @converts("MatMul")
 def _matmul(ctx):
+    merged_a, merged_b = ctx.merged(0), ctx.merged(1)
+    if merged_a or merged_b:  # batched products over (batch * heads, ...): per (batch, head) here
+        m = merged_a or merged_b
+        a = merged_a.node if merged_a else ctx.input(0)
+        b = merged_b.node if merged_b else ctx.input(1)
+        if (merged_a and merged_b and merged_a.node.shape[: m.axes] != merged_b.node.shape[: m.axes]) or (
+            min(a.ndim, b.ndim) < 2 or (not merged_a and a.ndim > 2) or (not merged_b and b.ndim > 2)
+        ):
+            raise ctx.fail("its operands merge the batch with other axes in ways that do not match")
+        return m.with_node(matmul(a, b))
     a, b = ctx.input(0), ctx.input(1)
     vector_a, vector_b = a.ndim == 1, b.ndim == 1
     if vector_a:
@@ -197,19 +228,32 @@ def _gemm(ctx):
 # --- softmax ----------------------------------------------------------------------------------------
 
 
+def _softmax_axis(ctx) -> tuple[Node, int, Merged | None]:
+    """The input, the axis on it, and the merged view if the input merges the batch."""
+    merged = ctx.merged(0)
+    if merged is None:
+        x = ctx.input(0)
+        return x, _axis(ctx.attr("axis", -1), x.ndim, ctx), None
+    axis = _axis(ctx.attr("axis", -1), merged.rank, ctx)
+    if axis == 0:
+        raise ctx.fail("it normalizes over the batch merged with other axes")
+    return merged.node, axis + merged.axes - 1, merged
+
+
 @converts("Softmax")
 def _softmax(ctx):
-    x = ctx.input(0)
-    return softmax(x, _axis(ctx.attr("axis", -1), x.ndim, ctx))
+    x, axis, merged = _softmax_axis(ctx)
+    out = softmax(x, axis)
+    return merged.with_node(out) if merged else out
 
 
 @converts("LogSoftmax")
 def _log_softmax(ctx):
     """x - max - log(sum(exp(x - max))): stable for large logits."""
-    x = ctx.input(0)
-    axis = _axis(ctx.attr("axis", -1), x.ndim, ctx)
+    x, axis, merged = _softmax_axis(ctx)
     shifted = sub(x, reduce_max(x, axis, keepdims=True))
-    return sub(shifted, log(reduce_sum(exp(shifted), axis, keepdims=True)))
+    out = sub(shifted, log(reduce_sum(exp(shifted), axis, keepdims=True)))
+    return merged.with_node(out) if merged else out
 
 
 # --- convolution and pooling ------------------------------------------------------------------------
@@ -383,14 +427,16 @@ converts("ReduceMin")(_reduce(reduce_min, 18))
 
 @converts("Reshape")
 def _reshape(ctx):
-    x = ctx.input(0)
     target = ctx.ints(1, "shape")
-    allow_zero = ctx.attr("allowzero", 0)
+    merged = ctx.merged(0)
+    if merged is not None:
+        return _reshape_merged(ctx, merged, target)
+    x = ctx.input(0)
     shape = []
     for i, d in enumerate(target):
         if d == BATCH:
             shape.append(None)
-        elif d == 0 and not allow_zero:
+        elif d == 0 and not ctx.attr("allowzero", 0):
             if i >= x.ndim:
                 raise ctx.fail(f"target {target} copies axis {i}, which {x.describe()} does not have")
             shape.append(x.shape[i])
@@ -401,13 +447,38 @@ def _reshape(ctx):
         # for every non-batch element
         if math.prod(d for d in shape if d != -1) == math.prod(d for d in x.shape if d is not None):
             shape[shape.index(-1)] = None
+        elif x.shape[0] is None and shape[0] == -1 and x.shape[-(len(shape) - 1) :] == tuple(shape[1:]):
+            return Merged(x, x.ndim - len(shape) + 1)  # (batch, heads, t, d) -> (batch * heads, t, d)
+    if None in x.shape and None not in shape:
+        raise ctx.fail(
+            f"reshaping {x.describe()} to {target} merges the batch with other axes in a way drug does not "
+            f"follow; drug keeps the batch an axis of its own"
+        )
     return reshape(x, shape)
+
+
+def _reshape_merged(ctx, merged: Merged, target: list[int]):
+    """A value merging the batch with `lead` axes, reshaped: apart again ([batch, *lead, ...]), or
+    merged the same way with other trailing sizes ([-1, ...])."""
+    node, lead = merged.node, list(merged.node.shape[1 : merged.axes])
+    trailing = math.prod(merged.node.shape[merged.axes :])
+    if target[: merged.axes] == [BATCH, *lead] and math.prod(target[merged.axes :]) == trailing:
+        return reshape(node, (None, *lead, *target[merged.axes :]))
+    if target[0] == -1 and -1 not in target[1:] and 0 not in target and math.prod(target[1:]) == trailing:
+        return merged.with_node(reshape(node, (None, *lead, *target[1:])))
+    raise ctx.fail(f"it reshapes a value merging the batch with axes {lead} to {target}, which drug does not follow")
 
 
 @converts("Transpose")
 def _transpose(ctx):
-    x = ctx.input(0)
     perm = ctx.attr("perm")
+    merged = ctx.merged(0)
+    if merged is not None:
+        if perm is None or perm[0] != 0:
+            raise ctx.fail("it moves the first axis, which merges the batch with other axes")
+        shift = merged.axes - 1
+        return merged.with_node(transpose(merged.node, list(range(merged.axes)) + [p + shift for p in perm[1:]]))
+    x = ctx.input(0)
     return transpose(x, None if perm is None else list(perm))
 
 

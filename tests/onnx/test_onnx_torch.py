@@ -70,6 +70,20 @@ class TransformerBlock(torch.nn.Module):
         return x + self.fc2(self.act(self.fc1(self.ln2(x))))
 
 
+class CausalSelfAttention(torch.nn.Module):
+    """scaled_dot_product_attention with a causal mask (the exporters write the mask as constants)."""
+
+    def __init__(self, d=16, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, torch.nn.Linear(d, 3 * d), torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = (z.reshape(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).chunk(3, -1))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(b, t, d))
+
+
 def _randomize_batch_norm(module: torch.nn.Module, seed: int) -> None:
     """Running statistics and affine parameters away from their initial 0/1, so they matter."""
     gen = torch.Generator().manual_seed(seed)
@@ -148,6 +162,31 @@ def test_transformer_block(exporter, activation, tmp_path):
         pytest.skip(f"drug.onnx does not import {sorted(missing)} yet (needs erf among drug's ops)")
     torch.manual_seed(4)
     check_round_trip(TransformerBlock(activation=activation), (6, 32), exporter, tmp_path)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_causal_scaled_dot_product_attention(exporter, tmp_path):
+    torch.manual_seed(6)
+    check_round_trip(CausalSelfAttention(), (5, 16), exporter, tmp_path)
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_multihead_attention_module_is_refused_by_name(exporter, tmp_path):
+    """nn.MultiheadAttention reshapes to (batch * heads, ...): drug keeps the batch an axis of its
+    own, and says so naming the node."""
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+
+        def forward(self, x):
+            return self.attention(x, x, x, need_weights=False)[0]
+
+    path = tmp_path / "mha.onnx"
+    export(Block(), torch.randn(3, 5, 16), exporter, path)
+    with pytest.raises(dg.GraphError, match=rf"{path}: node '[^']+' \((Mul|Reshape)\): .*batch"):
+        drug.onnx.load(path)
 
 
 def test_imported_pytorch_model_fine_tunes(tmp_path):
