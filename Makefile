@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-mpi install-gpu install-bench install-docs test lint format demo aot-demo bench docs wheel-check clean
+.PHONY: install install-mpi install-gpu install-onnx install-torch install-bench install-docs test lint format demo aot-demo bench docs wheel-check clean
 
 install: $(STAMP)
 
@@ -54,6 +54,15 @@ install-mpi: install
 # driver and CLBlast first: apt-get install pocl-opencl-icd ocl-icd-libopencl1 libclblast-dev (.ci/run does).
 install-gpu: install
 	$(PY) -m pip install --progress-bar on -e '.[test,gpu]'
+
+# onnx and onnxruntime for drug.onnx (import/export), its tests and the onnx benchmark workload.
+install-onnx: install
+	$(PY) -m pip install --progress-bar on -e '.[test,onnx]'
+
+# PyTorch's CPU wheel and onnxscript, for the tests that compare with PyTorch (convolutions,
+# attention, ONNX round trips from torch.onnx.export); without them those tests skip, saying so.
+install-torch: install
+	$(PY) -m pip install --progress-bar on -e '.[test,torch]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install

@@ -2,6 +2,7 @@
 
     drug-compile model.py --out build/ [--name mlp] [--target-cpu host|generic|<cpu>]
                  [--blas-int 32|64] [--max-batch N] [--checkpoint ckpt.npz]
+    drug-compile model.onnx --out build/ [--dim NAME=SIZE ...]
 
 model.py (or a module, `drug-compile pkg.model`) defines build(), which returns a dict (or a
 drug.aot.CompileSpec) with:
@@ -16,6 +17,10 @@ drug.aot.CompileSpec) with:
         x, y = g.input("x", (None, 784)), g.input("y", (None,), dtype="int32")
         ...
         return dict(graph=g, loss=dg.softmax_cross_entropy(logits, y), optimizer=dg.Adam(1e-3), outputs=[logits])
+
+An ONNX file (the `onnx` extra: pip install 'drug[onnx]') becomes a predictor library: it is
+imported with drug.onnx.load (axis 0 of the inputs is the batch; --dim gives sizes to other
+symbolic dimensions), its initializers are the library's parameters and its outputs predict's.
 
 The --out directory receives lib<name>.so, <name>.h (the documented C API: create/destroy,
 train_step, predict, parameters by name, learning rate, checkpoints in the format of Python's

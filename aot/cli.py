@@ -17,7 +17,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="drug-compile", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("source", help="a Python file (path/to/model.py) or module (pkg.model) defining build()")
+    p.add_argument(
+        "source", help="a Python file (path/to/model.py) or module (pkg.model) defining build(), or an ONNX file"
+    )
     p.add_argument("--out", required=True, help="directory for lib<name>.so, <name>.h and <name>.json")
     p.add_argument("--name", help="library name, a C identifier (default: the file or module name)")
     p.add_argument(
@@ -36,8 +38,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=65536, help="largest batch a call accepts (default 65536)")
     p.add_argument("--checkpoint", help="a train.save() checkpoint whose parameters become the initial values")
     p.add_argument("--cc", help="C compiler (default: $CC or cc)")
+    p.add_argument(
+        "--dim",
+        action="append",
+        default=[],
+        metavar="NAME=SIZE",
+        help="ONNX files: the size of a symbolic dimension other than the batch (repeatable)",
+    )
     p.add_argument("--keep", metavar="DIR", help="also keep the generated C, the object file and the export map here")
     return p.parse_args(argv)
+
+
+def parse_dims(items: list[str]) -> dict[str, int]:
+    dims = {}
+    for item in items:
+        name, _, size = item.partition("=")
+        if not name or not size.isdigit():
+            raise GraphError(f"--dim {item!r}: expected NAME=SIZE, e.g. --dim sequence=128")
+        dims[name] = int(size)
+    return dims
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.name is not None:
             check_library_name(args.name)  # before running the user's build()
-        spec, default_name = load_spec(args.source)
+        spec, default_name = load_spec(args.source, parse_dims(args.dim))
         outputs = compile_library(
             spec,
             args.out,

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,12 @@ def as_spec(value: Any, origin: str) -> CompileSpec:
     raise GraphError(f"{origin}: build() must return a dict or a drug.aot.CompileSpec, got {type(value).__name__}")
 
 
-def load_spec(target: str) -> tuple[CompileSpec, str]:
-    """Import `target` (a .py path or a module name), call its build(); also return a default name."""
+def load_spec(target: str, dims: Mapping[str, int] | None = None) -> tuple[CompileSpec, str]:
+    """Import `target` (a .py path or a module name), call its build(); also return a default name.
+    An .onnx file is imported with drug.onnx (`dims`: sizes of symbolic dimensions other than the batch)."""
     path = Path(target)
+    if target.endswith(".onnx"):
+        return onnx_spec(path, dims), path.stem
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
             raise GraphError(f"no such file: {target}")
@@ -101,6 +104,18 @@ def _run_user_code(what: str, function, *args):
         return function(*args)
     except Exception as error:  # noqa: BLE001 - any exception of the user's code is reported as such
         raise UserCodeError(f"{what}: {type(error).__name__}: {error}") from error
+
+
+def onnx_spec(path: Path, dims: Mapping[str, int] | None) -> CompileSpec:
+    """The predictor of an ONNX model: drug.onnx is imported here, as the `onnx` extra is optional."""
+    try:
+        drug_onnx = importlib.import_module("drug.onnx")
+    except ImportError as error:
+        raise GraphError(
+            f"{path}: compiling ONNX models needs the 'onnx' extra: pip install 'drug[onnx]' ({error})"
+        ) from None
+    imported = drug_onnx.load(path, dims=dims, running_statistics="constants")  # drug-compile takes no buffers
+    return CompileSpec(graph=imported.graph, outputs=list(imported.outputs.values()))
 
 
 def _importable(directory: str) -> None:

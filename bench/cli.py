@@ -23,12 +23,16 @@ DESCRIPTION = __doc__
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .peers import PEERS
-    from .workloads import ALL_WORKLOADS, SIZES
+    from .workloads import ALL_WORKLOADS, ONNX_WORKLOADS, SIZES
 
     p = argparse.ArgumentParser(
         prog="drug-bench", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--only", help=f"comma-separated workloads (default: all of {','.join(ALL_WORKLOADS)})")
+    p.add_argument(
+        "--only",
+        help=f"comma-separated workloads (default: all of {','.join(ALL_WORKLOADS)}); 'onnx' runs the ONNX "
+        f"inference workloads ({','.join(ONNX_WORKLOADS)}: drug against onnxruntime, the onnx extra)",
+    )
     p.add_argument("--peers", help=f"comma-separated frameworks (default: all installed of {','.join(PEERS)})")
     p.add_argument("--backend", default="llvm", choices=["llvm", "numpy", "opencl"], help="drug's backend (default "
                    "llvm; falls back to numpy with a note while the native backend is unavailable); opencl runs on "
@@ -52,7 +56,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--load-cpus", metavar="LIST", help="pin the --load processes to these CPUs (e.g. 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
-    args.only = _split(args.only, ALL_WORKLOADS, "workload", p)
+    args.only = _split(args.only, ALL_WORKLOADS + ONNX_WORKLOADS + ("onnx",), "workload", p, ALL_WORKLOADS)
+    if "onnx" in args.only:
+        at = args.only.index("onnx")
+        args.only[at : at + 1] = [w for w in ONNX_WORKLOADS if w not in args.only]
     args.peers = _split(args.peers, PEERS, "peer", p)
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
@@ -65,9 +72,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _split(value: str | None, known: tuple[str, ...], what: str, parser) -> list[str]:
+def _split(value: str | None, known: tuple[str, ...], what: str, parser, default=None) -> list[str]:
     if not value:
-        return list(known)
+        return list(default or known)
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in items if v not in known]
     if unknown:

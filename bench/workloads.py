@@ -246,14 +246,62 @@ class Fusion(Workload):
 
     @staticmethod
     def checksum(out: np.ndarray) -> list[float]:
-        """Summaries of the output that a wrong kernel would not reproduce."""
-        out = np.asarray(out, dtype=np.float64)
+        """Summaries of an output (of any shape: inference workloads use them too) that a wrong
+        kernel would not reproduce."""
+        out = np.asarray(out, dtype=np.float64).reshape(-1)
         ramp = np.linspace(-1.0, 1.0, out.size)
         return [float(out.mean()), float(np.abs(out).mean()), float(out @ ramp / out.size)]
 
 
+@dataclass
+class OnnxInference(Workload):
+    """Inference of a model read from an ONNX file (bench/onnx_file.py writes it from `model`'s
+    parameters): drug imports and compiles it, onnxruntime runs the same file."""
+
+    name: str = "onnx-mlp-b1"
+    model: Classifier = field(default_factory=MLP)  # the MLP or CNN whose forward pass the file holds
+    batch: int = 1
+    trains: bool = False
+    rtol: float = 1e-5
+
+    def make_data(self, seed: int = 0) -> Data:
+        rng = np.random.default_rng(seed)
+        params = self.model.init_params(rng)
+        shape = (self.batch, *self.model.input_shape)
+        return Data(params, [{"x": rng.uniform(0.0, 1.0, size=shape).astype(np.float32)} for _ in range(N_BATCHES)])
+
+    @property
+    def items_per_step(self):
+        return self.batch
+
+    @property
+    def flops_per_step(self):
+        m = self.model
+        if isinstance(m, MLP):
+            return sum(2.0 * self.batch * a * b for a, b in zip(m.sizes, m.sizes[1:]))
+        c0, c1, c2 = m.channels
+        pixels = self.batch * m.hw * m.hw * m.kernel**2
+        return 2.0 * pixels * (c0 * c1 + c1 * c2) + 2.0 * self.batch * c2 * m.classes
+
+    def describe(self):
+        if isinstance(self.model, MLP):
+            model = f"MLP {'-'.join(map(str, self.model.sizes))}"
+        else:
+            c0, c1, c2 = self.model.channels
+            model = f"CNN conv{self.model.kernel} {c0}->{c1}->{c2} {self.model.hw}x{self.model.hw}, avg pool, dense"
+        return f"ONNX inference: {model}, batch {self.batch} (drug imports the file, onnxruntime runs it)"
+
+
+def _onnx_workloads(mlp: MLP, cnn: CNN) -> list[OnnxInference]:
+    return [
+        OnnxInference(name=f"onnx-{model.name}-b{batch}", model=model, batch=batch)
+        for model in (mlp, cnn)
+        for batch in (1, 64)
+    ]
+
+
 def full_suite() -> dict[str, Workload]:
-    return {w.name: w for w in (MLP(), CNN(), GRU(), Fusion())}
+    return {w.name: w for w in (MLP(), CNN(), GRU(), Fusion(), *_onnx_workloads(MLP(), CNN()))}
 
 
 def tiny_suite() -> dict[str, Workload]:
@@ -265,13 +313,15 @@ def tiny_suite() -> dict[str, Workload]:
             CNN(batch=4, hw=8, channels=(1, 4, 8)),
             GRU(vocab=11, embed=8, hidden=16, seq=6, batch=4),
             Fusion(n=65536),
+            *_onnx_workloads(MLP(sizes=(64, 32, 16, 10)), CNN(hw=8, channels=(1, 4, 8))),
         )
     }
 
 
 SIZES = {"full": full_suite, "tiny": tiny_suite}
 MODEL_WORKLOADS = ("mlp", "cnn", "gru", "fusion")
-ALL_WORKLOADS = MODEL_WORKLOADS + ("compile",)
+ONNX_WORKLOADS = tuple(w.name for w in _onnx_workloads(MLP(), CNN()))  # `--only onnx`: all of them
+ALL_WORKLOADS = MODEL_WORKLOADS + ("compile",)  # the default run (the onnx ones need the onnx extra)
 
 
 def suite(size: str = "full") -> dict[str, Workload]:

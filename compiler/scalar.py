@@ -73,9 +73,9 @@ def scalar_rule(*op_classes: type[Op]) -> Callable[[ScalarRule], ScalarRule]:
     return register
 
 
-def scalar_rule_of(op: Op) -> ScalarRule | None:
-    """The op's rule, found along its class's MRO (a subclass computes like its parent unless it
-    registers a rule of its own)."""
+def scalar_rule_of(op: Op | type[Op]) -> ScalarRule | None:
+    """The op's (or op class's) rule, found along its class's MRO (a subclass computes like its
+    parent unless it registers a rule of its own)."""
     return registered_for(_RULES, op)
 
 

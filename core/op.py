@@ -185,10 +185,10 @@ def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
     return dtype
 
 
-def registered_for(table: dict[type, T], op: Op) -> T | None:
-    """What `table` (a backend's rules, keyed by op class) holds for `op`, found along its class's
-    MRO: a subclass runs like its parent unless it registers a rule of its own."""
-    for cls in type(op).__mro__:
+def registered_for(table: dict[type, T], op: Op | type[Op]) -> T | None:
+    """What `table` (a backend's rules, keyed by op class) holds for `op` (an op or an op class),
+    found along its class's MRO: a subclass runs like its parent unless it registers its own."""
+    for cls in (op if isinstance(op, type) else type(op)).__mro__:
         if cls in table:
             return table[cls]
     return None

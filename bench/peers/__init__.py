@@ -9,7 +9,7 @@ from collections.abc import Callable
 from ..workloads import Data, Workload
 from .base import Peer, Unsupported
 
-PEERS = ("drug", "numpy", "torch", "torch.compile", "jax")
+PEERS = ("drug", "numpy", "torch", "torch.compile", "jax", "onnxruntime")
 COMPILING_PEERS = ("drug", "torch.compile", "jax")
 _MODULES = {
     "drug": "drug_impl",
@@ -17,6 +17,7 @@ _MODULES = {
     "torch": "torch_impl",
     "torch.compile": "torch_impl",
     "jax": "jax_impl",
+    "onnxruntime": "onnxruntime_impl",
 }
 
 Factory = Callable[[Workload, Data], Peer]

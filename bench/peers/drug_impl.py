@@ -6,7 +6,7 @@ import sys
 
 import drug as dg
 
-from ..workloads import CNN, GRU, MLP, Data, Fusion, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, OnnxInference, Workload
 from .base import Peer, Unsupported
 
 FALLBACK_ERRORS = (ImportError, NotImplementedError)
@@ -90,6 +90,8 @@ BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "gru": build_gru}
 
 def build_and_compile(workload: Workload, data: Data, backend: str, notes: list[str] | None = None):
     """A fresh graph for `workload` and its compiled step: (function, backend used)."""
+    if isinstance(workload, OnnxInference):
+        return compile_onnx(workload, data, backend, notes)
     g = dg.Graph(seed=0)
     if isinstance(workload, Fusion):
         return compile_graph(g, backend, notes, outputs=build_fusion(workload, g))
@@ -97,6 +99,16 @@ def build_and_compile(workload: Workload, data: Data, backend: str, notes: list[
         raise Unsupported(workload.name)
     loss = BUILDERS[workload.name](workload, data, g)
     return compile_graph(g, backend, notes, loss=loss, optimizer=dg.Adam(lr=workload.lr))
+
+
+def compile_onnx(workload: OnnxInference, data: Data, backend: str, notes: list[str] | None):
+    """The workload's ONNX file imported by drug.onnx and compiled as a predictor."""
+    import drug.onnx  # the onnx extra: imported only for these workloads
+
+    from ..onnx_file import model_file
+
+    imported = drug.onnx.load(model_file(workload, data))
+    return compile_graph(imported.graph, backend, notes, outputs=imported.outputs["logits"])
 
 
 class DrugPeer(Peer):

@@ -14,7 +14,7 @@ import pytest
 from drug.bench import report, suite, timing
 from drug.bench.load import BusyLoad
 from drug.bench.peers import drug_impl, numpy_impl
-from drug.bench.workloads import MODEL_WORKLOADS, tiny_suite
+from drug.bench.workloads import MODEL_WORKLOADS, ONNX_WORKLOADS, tiny_suite
 
 TINY = tiny_suite()
 FAST = timing.Settings(warmup_calls=1, warmup_seconds=0.0, rounds=3, block_seconds=0.001, max_seconds=5.0)
@@ -208,3 +208,32 @@ def test_cli_load_says_so(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "--load 1: 1 busy process" in done.stdout
     assert json.loads(out.read_text())["settings"]["load"] == 1
+
+
+@pytest.mark.parametrize("name", ONNX_WORKLOADS)
+def test_onnx_workloads_drug_and_onnxruntime_agree(name):
+    """The same ONNX file through drug.onnx and the JIT, and through onnxruntime: equal outputs."""
+    require("onnx")
+    require("onnxruntime")
+    from drug.bench.peers import onnxruntime_impl
+
+    w = TINY[name]
+    got, ref = values(drug_impl.build, name), values(onnxruntime_impl.build, name)
+    check = suite.compare(got, ref, w.rtol, w.atol)
+    assert check["ok"], check
+
+
+def test_cli_onnx_alias_selects_the_onnx_workloads(tmp_path):
+    require("onnx")
+    require("onnxruntime")
+    out = tmp_path / "onnx.json"
+    cmd = [sys.executable, "-m", "drug.bench", "--quick", "--only", "onnx", "--peers", "drug,onnxruntime"]
+    cmd += ["--size", "tiny", "--rounds", "2", "--no-memory", "--json", str(out), "--no-progress"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(out.read_text())
+    assert data["settings"]["workloads"] == list(ONNX_WORKLOADS)
+    for name in ONNX_WORKLOADS:
+        peers = data["workloads"][name]["peers"]
+        assert peers["drug"]["status"] == "ok" and peers["onnxruntime"]["status"] == "ok", peers
+        assert peers["onnxruntime"]["check"]["ok"] and peers["onnxruntime"]["drug_speedup"] > 0

@@ -1,0 +1,162 @@
+"""Convolution, padding, pooling and normalization of NCHW images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ...core.node import Node, apply
+from ...ops import (
+    add,
+    avg_pool2d,
+    conv2d,
+    div,
+    max_pool2d,
+    mean,
+    mul,
+    reshape,
+    sqrt,
+    sub,
+)
+from ...ops import max as reduce_max
+from ...ops.conv import Pad
+from .registry import axis_of, converts
+
+
+def _spatial_pads(ctx, in_hw: Sequence[int], k_hw: Sequence[int], strides, dilations) -> list[tuple[int, int]]:
+    """Per spatial axis (before, after), from auto_pad or pads ([x1_begin, x2_begin, x1_end, x2_end])."""
+    auto_pad = ctx.attr("auto_pad", "NOTSET")
+    n = len(k_hw)
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        pads = []
+        for size, k, s, d in zip(in_hw, k_hw, strides, dilations):
+            total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+            small, large = total // 2, total - total // 2
+            pads.append((small, large) if auto_pad == "SAME_UPPER" else (large, small))
+        return pads
+    if auto_pad == "VALID":
+        return [(0, 0)] * n
+    if auto_pad != "NOTSET":
+        raise ctx.fail(f"unknown auto_pad {auto_pad!r}")
+    flat = list(ctx.attr("pads", [0] * (2 * n)))
+    return list(zip(flat[:n], flat[n:]))
+
+
+def _image(ctx, x: Node) -> tuple[int, int]:
+    if x.ndim != 4:
+        raise ctx.fail(f"drug computes 2-D images (N, C, H, W); this input is {x.describe()}")
+    if None in x.shape[1:]:
+        raise ctx.fail(f"only the batch axis may be the batch; input is {x.describe()}")
+    return x.shape[2], x.shape[3]
+
+
+@converts("Conv")
+def _conv(ctx):
+    x, w = ctx.input(0), ctx.input(1)
+    in_hw = _image(ctx, x)
+    k_hw = tuple(ctx.attr("kernel_shape", w.shape[2:]))
+    strides = tuple(ctx.attr("strides", [1, 1]))
+    dilations = tuple(ctx.attr("dilations", [1, 1]))
+    if ctx.attr("group", 1) != 1 or dilations != (1, 1):
+        raise ctx.fail(f"group={ctx.attr('group', 1)}, dilations={list(dilations)}: drug's conv2d has neither yet")
+    pads = _spatial_pads(ctx, in_hw, k_hw, strides, dilations)
+    if any(p for pair in pads for p in pair):
+        x = apply(Pad(tuple(pads), "zeros", in_hw), x)
+    out = conv2d(x, w, stride=strides)
+    if ctx.has(2):
+        bias = ctx.input(2)
+        out = add(out, reshape(bias, (bias.shape[0], 1, 1)))
+    return out
+
+
+PAD_MODES = {"constant": "zeros", "edge": "replicate", "reflect": "reflect"}
+
+
+@converts("Pad")
+def _pad(ctx):
+    """Padding of the two spatial axes of NCHW images (zeros, edge or reflect)."""
+    x = ctx.input(0)
+    in_hw = _image(ctx, x)
+    pads = ctx.ints(1, "pads")
+    axes = [axis_of(a, x.ndim, ctx) for a in ctx.ints(3, "axes")] if ctx.has(3) else list(range(x.ndim))
+    before, after = dict(zip(axes, pads[: len(axes)])), dict(zip(axes, pads[len(axes) :]))
+    mode = ctx.attr("mode", "constant")
+    value = ctx.fixed(2)
+    if any(before.get(a, 0) or after.get(a, 0) for a in (0, 1)) or mode not in PAD_MODES:
+        raise ctx.fail(f"mode {mode!r}, pads {pads}: drug pads the spatial axes of images (constant, edge, reflect)")
+    if mode == "constant" and ctx.has(2) and (value is None or np.any(value != 0)):
+        raise ctx.fail("drug pads with zeros only (the constant value must be 0)")
+    spatial = ((before.get(2, 0), after.get(2, 0)), (before.get(3, 0), after.get(3, 0)))
+    if min(min(p) for p in spatial) < 0:
+        raise ctx.fail(f"negative pads {pads} (cropping) are not supported")
+    return apply(Pad(spatial, PAD_MODES[mode], in_hw), x)
+
+
+def _pool(ctx, pool_fn: Callable) -> Node:
+    """Non-overlapping windows (stride = kernel, no padding): what drug's pools compute."""
+    x = ctx.input(0)
+    in_hw = _image(ctx, x)
+    kernel = tuple(ctx.attr("kernel_shape"))
+    strides = tuple(ctx.attr("strides", [1] * len(kernel)))
+    dilations = tuple(ctx.attr("dilations", [1] * len(kernel)))
+    pads = _spatial_pads(ctx, in_hw, kernel, strides, dilations)
+    ceil_mode = ctx.attr("ceil_mode", 0) and any(n % k for n, k in zip(in_hw, kernel))
+    if strides != kernel or any(p for pair in pads for p in pair) or dilations != (1, 1) or ceil_mode:
+        raise ctx.fail(
+            f"kernel {list(kernel)}, strides {list(strides)}, pads {pads}, dilations {list(dilations)}, "
+            f"ceil_mode {ctx.attr('ceil_mode', 0)}: drug pools non-overlapping windows (strides = kernel, no padding)"
+        )
+    return pool_fn(x, kernel)
+
+
+@converts("MaxPool")
+def _max_pool(ctx):
+    return _pool(ctx, max_pool2d)
+
+
+@converts("AveragePool")
+def _average_pool(ctx):
+    return _pool(ctx, avg_pool2d)
+
+
+@converts("GlobalAveragePool")
+def _global_average_pool(ctx):
+    x = ctx.input(0)
+    return mean(x, tuple(range(2, x.ndim)), keepdims=True)
+
+
+@converts("GlobalMaxPool")
+def _global_max_pool(ctx):
+    x = ctx.input(0)
+    return reduce_max(x, tuple(range(2, x.ndim)), keepdims=True)
+
+
+# --- normalization ----------------------------------------------------------------------------------
+
+
+@converts("BatchNormalization")
+def _batch_norm(ctx):
+    """Inference: (x - running mean) / sqrt(running var + eps) * scale + bias, per channel (axis 1)."""
+    if ctx.attr("training_mode", 0):
+        raise ctx.fail("training_mode=1: drug imports batch normalization for inference (running statistics)")
+    x = ctx.input(0)
+    per_channel = lambda node: reshape(node, (node.shape[0],) + (1,) * (x.ndim - 2))
+    scale, bias = (per_channel(ctx.input(i)) for i in (1, 2))
+    mu, var = (per_channel(ctx.state(i)) for i in (3, 4))
+    eps = ctx.constant(ctx.attr("epsilon", 1e-5), x)
+    return add(mul(div(sub(x, mu), sqrt(add(var, eps))), scale), bias)
+
+
+@converts("LayerNormalization")
+def _layer_norm(ctx):
+    """Normalize over the axes from `axis` on (mean and biased variance), then scale and shift."""
+    x = ctx.input(0)
+    axes = tuple(range(axis_of(ctx.attr("axis", -1), x.ndim, ctx), x.ndim))
+    centered = sub(x, mean(x, axes, keepdims=True))
+    variance = mean(mul(centered, centered), axes, keepdims=True)
+    eps = ctx.constant(ctx.attr("epsilon", 1e-5), x)
+    out = mul(div(centered, sqrt(add(variance, eps))), ctx.input(1))
+    if any(ctx.has(i) for i in (3, 4)) and len(ctx.proto.output) > 1:
+        raise ctx.fail("drug computes only Y, not the Mean and InvStdDev outputs")
+    return add(out, ctx.input(2)) if ctx.has(2) else out
