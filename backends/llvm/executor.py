@@ -289,8 +289,11 @@ class NativeExecutor(Executor):
             raise error
         if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
             node = kernel.nodes[0]
-            try:  # the op's reference forward finds the first bad id and says what is wrong with it
-                node.op.ref(*(self.view(binding, i) for i in node.inputs))
+            # The op's reference forward finds the first bad id and says what is wrong with it. It
+            # reads copies: a feed another thread changes between numpy's check of an index and its
+            # use would send np.add.at outside its output.
+            try:
+                node.op.ref(*(np.array(self.view(binding, i), copy=True) for i in node.inputs))
             except ShapeError as error:
                 raise with_context(error, f"node {node.where}: ") from None
             except Exception:  # noqa: BLE001 - ids changed by another thread since the kernel read them

@@ -25,6 +25,9 @@ class ReferenceExecutor(Executor):
 
     def run(self, feeds: dict[int, np.ndarray], batch: int | None, out=None) -> list[np.ndarray]:
         program = self.program
+        # Integer feeds are ids and labels: an op checks their range, then indexes with them, so it
+        # must read a copy that no other thread changes in between.
+        feeds = {key: value.copy() if value.dtype.kind in "iu" else value for key, value in feeds.items()}
         values = evaluate(program, feeds, self.state, batch)
         if self.check_numerics:
             value_of = lambda node: values[node.id]  # noqa: E731
