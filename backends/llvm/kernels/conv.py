@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ....ops.conv import Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, conv_out_hw
-from ..irutil import I64, PTR, for_range, i64, llvm_type
+from ....ops.conv import NO_PADS, Conv2D, Conv2DGradFilter, Convolution, ConvTranspose2D, Pad, PadGrad, conv_out_hw
+from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
 
 CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small images side by side
@@ -20,7 +20,9 @@ CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the
 @dataclass(frozen=True)
 class _Geometry:
     """Static sizes of a convolution (only the batch axis is dynamic) and its GEMM layout: a chunk of
-    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO)."""
+    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO).
+    With groups, group g's rows of the column matrix, of the staging matrix and of the weight are
+    contiguous blocks, so each group is one GEMM on sub-matrices."""
 
     channels: int
     in_hw: tuple[int, int]
@@ -28,19 +30,33 @@ class _Geometry:
     stride: tuple[int, int]
     outs: int
     dtype: str
+    pads: tuple[tuple[int, int], tuple[int, int]] = NO_PADS
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     @classmethod
-    def of(cls, x_shape, w_shape, stride, dtype) -> _Geometry:
-        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(stride), w_shape[0], np.dtype(dtype).name)
+    def of(cls, x_shape, w_shape, op: Convolution, dtype) -> _Geometry:
+        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
+        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), op.stride, w_shape[0], np.dtype(dtype).name,
+                   op.pads, op.dilation, op.groups)  # fmt: skip
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return conv_out_hw(self.in_hw, self.k_hw, self.stride)
+        return conv_out_hw(self.in_hw, self.k_hw, self.stride, self.pads, self.dilation)
 
     @property
     def rows(self) -> int:
-        """GEMM depth of the forward: one column-matrix row per (channel, kernel row, kernel column)."""
+        """Column-matrix rows: one per (channel, kernel row, kernel column)."""
         return self.channels * self.k_hw[0] * self.k_hw[1]
+
+    @property
+    def group_rows(self) -> int:
+        """GEMM depth of the forward: the column-matrix rows of one group."""
+        return self.rows // self.groups
+
+    @property
+    def group_outs(self) -> int:
+        return self.outs // self.groups
 
     @property
     def cols(self) -> int:
@@ -75,10 +91,18 @@ class _Geometry:
     def workspace(self, extra: int = 0):
         return (self.matrices_size + extra,), self.dtype
 
+    def valid_columns(self, j: int) -> tuple[int, int]:
+        """[lo, hi): the output columns q whose input column q*sw + j*dw - left lies inside the
+        image for kernel column j; the others read padding."""
+        w, sw, dw, left, wo = self.in_hw[1], self.stride[1], self.dilation[1], self.pads[1][0], self.out_hw[1]
+        lo = max(0, -(-(left - j * dw) // sw))
+        hi = min(wo, max(lo, (w - 1 + left - j * dw) // sw + 1))
+        return lo, hi
+
 
 class _ConvEmitter:
     """IR for one convolution kernel: loops over chunks of images, im2col/col2im into the column
-    matrix (the workspace), copies through the staging matrix, GEMM calls."""
+    matrix (the workspace), copies through the staging matrix, GEMM calls (one per group)."""
 
     def __init__(self, k, node, geo: _Geometry):
         self.k, self.b, self.geo, self.real = k, k.b, geo, llvm_type(geo.dtype)
@@ -109,6 +133,25 @@ class _ConvEmitter:
             first = b.mul(index, i64(chunk), name="first")
             left = b.sub(batch, first, name="left")
             yield first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
+
+    @contextmanager
+    def groups(self):
+        """Loop over the groups; yields a function giving a pointer to the group's block of a
+        matrix from the matrix and the block's size in elements. One group: no loop."""
+        b = self.b
+        if self.geo.groups == 1:
+            yield lambda pointer, size, name: pointer
+            return
+        stacksave = _intrinsic(b, "llvm.stacksave.p0", PTR, [])
+        stackrestore = _intrinsic(b, "llvm.stackrestore.p0", VOID, [PTR])
+        with for_range(b, i64(self.geo.groups), "group") as group:
+            stack = b.call(stacksave, [], name="stack")  # the GEMM's argument frame, freed per group
+
+            def block(pointer, size, name):
+                return self.at(pointer, b.mul(group, size if isinstance(size, ir.Value) else i64(size)), name)
+
+            yield block
+            b.call(stackrestore, [stack])
 
     def gemm(self, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc=None, beta=0.0):
         """`k.gemm` in the kernel's dtype; int sizes become constants; ldc defaults to the chunk stride."""
@@ -141,34 +184,63 @@ class _ConvEmitter:
                 b.call(memcpy, [dst, src, i64(geo.cols * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
 
     def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False) -> None:
-        """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i, q*sw + j]; the adjoint (col2im)
-        adds the columns back into the images instead."""
+        """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i*dh - top, q*sw + j*dw - left],
+        zero where that pixel is padding; the adjoint (col2im) adds the columns back into the
+        images instead (padding takes nothing). Kernel columns j are unrolled, so the padded ends
+        of each row segment are known statically and the copy in between has no test."""
         b, geo = self.b, self.geo
-        (h, w), (kh, kw), (sh, sw), (ho, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.out_hw
+        h, (kh, kw), sh, dh, (ho, wo) = geo.in_hw[0], geo.k_hw, geo.stride[0], geo.dilation[0], geo.out_hw
+        (top, bottom), _ = geo.pads
         with for_range(b, count, "image") as n:
             image = self.image(node, b.add(first, n, name="image_index"), "image")
             block = self.at(self.columns, b.mul(n, i64(geo.cols), name="block_offset"), "block")
             with for_range(b, i64(geo.channels), "c") as c:
                 with for_range(b, i64(kh), "ki") as i:
-                    with for_range(b, i64(kw), "kj") as j:
-                        row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), j, name="column_row")
-                        with for_range(b, i64(ho), "p") as p:
-                            y = b.add(b.mul(p, i64(sh)), i, name="y")
-                            source = b.add(b.mul(b.add(b.mul(c, i64(h)), y), i64(w)), j, name="image_offset")
+                    with for_range(b, i64(ho), "p") as p:
+                        y = b.sub(b.add(b.mul(p, i64(sh)), b.mul(i, i64(dh))), i64(top), name="y")
+                        for j in range(kw):
+                            row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), i64(j), name="column_row")
                             target = b.add(b.mul(row, i64(geo.ld)), b.mul(p, i64(wo)), name="column_offset")
-                            self._copy_row(self.at(image, source, "image_row"), self.at(block, target, "column_part"),
-                                           sw, wo, adjoint)  # fmt: skip
+                            segment = self.at(block, target, "column_part")
+                            if top == 0 and bottom == 0:
+                                self._row_segment(image, c, y, j, segment, adjoint)
+                                continue
+                            inside = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(h)), name="in")
+                            with b.if_else(inside) as (copy, blank):
+                                with copy:
+                                    self._row_segment(image, c, y, j, segment, adjoint)
+                                with blank:
+                                    if not adjoint:  # a padding row: zeros (its adjoint adds nothing)
+                                        self.zero(segment, i64(wo * geo.itemsize))
 
-    def _copy_row(self, image_row: ir.Value, column_part: ir.Value, stride: int, length: int, adjoint: bool):
-        b, real = self.b, self.real
-        with for_range(b, i64(length), "q") as q:
-            pixel = self.at(image_row, b.mul(q, i64(stride), name="x"), "pixel")
-            entry = self.at(column_part, q, "entry")
+    def _row_segment(self, image, c, y, j: int, segment, adjoint: bool) -> None:
+        """One output row's entries for kernel tap column j: padding columns at both ends (zeros),
+        the pixels of input row y in between, stride sw apart."""
+        b, geo = self.b, self.geo
+        (h, w), sw, dw, left, wo = geo.in_hw, geo.stride[1], geo.dilation[1], geo.pads[1][0], geo.out_hw[1]
+        lo, hi = geo.valid_columns(j)
+        if not adjoint:
+            for start, stop in ((0, lo), (hi, wo)):
+                if stop > start:
+                    self.zero(self.at(segment, i64(start), "pad_columns"), i64((stop - start) * geo.itemsize))
+        if hi <= lo:
+            return
+        row_start = b.add(b.mul(b.add(b.mul(c, i64(h)), y), i64(w)), i64(j * dw - left), name="image_offset")
+        image_row = self.at(image, row_start, "image_row")
+        with for_range(b, i64(hi), "q", start=i64(lo)) as q:
+            pixel = self.at(image_row, b.mul(q, i64(sw), name="x"), "pixel")
+            entry = self.at(segment, q, "entry")
             if adjoint:
-                total = b.fadd(b.load(pixel, typ=real, name="old"), b.load(entry, typ=real, name="add"), name="sum")
+                total = b.fadd(b.load(pixel, typ=self.real, name="old"), b.load(entry, typ=self.real, name="add"),
+                               name="sum")  # fmt: skip
                 b.store(total, pixel)
             else:
-                b.store(b.load(pixel, typ=real, name="value"), entry)
+                b.store(b.load(pixel, typ=self.real, name="value"), entry)
+
+
+def _intrinsic(b: ir.IRBuilder, name: str, result: ir.Type, args: list[ir.Type]) -> ir.Function:
+    module = b.module
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args), name)
 
 
 def _zero(b: ir.IRBuilder, pointer: ir.Value, nbytes: ir.Value) -> None:
@@ -253,68 +325,84 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
 def _conv_workspace(node):
     """im2col's column matrix (and staging matrix) for the forward."""
     x, w = node.inputs
-    return _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype).workspace()
+    return _Geometry.of(x.shape, w.shape, node.op, node.dtype).workspace()
 
 
 @kernel(Conv2D, workspace=_conv_workspace, uses_blas=True)
 def _conv2d(k, node):
-    """Per chunk of images: im2col side by side, then one GEMM out = w (O, C*KH*KW) @ columns."""
+    """Per chunk of images: im2col side by side, then per group one GEMM
+    out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
     x, w = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype))
+    e = _ConvEmitter(k, node, _Geometry.of(x.shape, w.shape, node.op, node.dtype))
     geo = e.geo
     with e.chunks(k.dims(x)[0]) as (first, count):
         e.im2col(x, first, count)
         out = e.image(node, first, "out")
         product = out if e.staging is None else e.staging
-        e.gemm(False, False, geo.outs, e.width(count), geo.rows, k.ptr(w), geo.rows, e.columns, geo.ld, product)
+        with e.groups() as block:
+            e.gemm(False, False, geo.group_outs, e.width(count), geo.group_rows,
+                   block(k.ptr(w), geo.group_outs * geo.group_rows, "w_group"), geo.group_rows,
+                   block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
+                   block(product, geo.group_outs * geo.ld, "out_group"))  # fmt: skip
         if e.staging is not None:
             e.restage(out, count, to_images=True)
 
 
-def _conv_grad_input_workspace(node):
+def _conv_transpose_workspace(node):
     _, w = node.inputs
-    return _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype).workspace()
+    return _Geometry.of(node.shape, w.shape, node.op, node.dtype).workspace()
 
 
-@kernel(Conv2DGradInput, workspace=_conv_grad_input_workspace, uses_blas=True)
-def _conv2d_grad_input(k, node):
-    """Per chunk of images: one GEMM columns = w^T (C*KH*KW, O) @ g, then col2im adds each
-    image's columns into its (zeroed) input gradient."""
+@kernel(ConvTranspose2D, workspace=_conv_transpose_workspace, uses_blas=True)
+def _conv_transpose2d(k, node):
+    """Per chunk of images: per group one GEMM columns[g] = w[g]^T (C/G*KH*KW, O/G) @ g[g], then
+    col2im adds each image's columns into its (zeroed) output."""
     g, w = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype))
+    e = _ConvEmitter(k, node, _Geometry.of(node.shape, w.shape, node.op, node.dtype))
     geo = e.geo
     with e.chunks(k.dims(g)[0]) as (first, count):
         grads = e.staged(e.image(g, first, "g"), count)
-        e.gemm(True, False, geo.rows, e.width(count), geo.outs, k.ptr(w), geo.rows, grads, geo.ld, e.columns)
+        with e.groups() as block:
+            e.gemm(True, False, geo.group_rows, e.width(count), geo.group_outs,
+                   block(k.ptr(w), geo.group_outs * geo.group_rows, "w_group"), geo.group_rows,
+                   block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
+                   block(e.columns, geo.group_rows * geo.ld, "columns_group"))  # fmt: skip
         e.zero(e.image(node, first, "dx"), e.b.mul(count, i64(geo.image_size * geo.itemsize), name="dx_bytes"))
         e.im2col(node, first, count, adjoint=True)
 
 
 def _conv_grad_filter_workspace(node):
     x, _ = node.inputs
-    geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
-    return geo.workspace(extra=geo.rows * geo.outs)  # + the transposed sum
+    geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+    return geo.workspace(extra=geo.group_rows * geo.outs)  # + the transposed sum
 
 
 @kernel(Conv2DGradFilter, workspace=_conv_grad_filter_workspace, uses_blas=True)
 def _conv2d_grad_filter(k, node):
-    """dw^T (C*KH*KW, O) = sum over chunks of images of columns @ g^T (O, images*HO*WO)^T, GEMMs with
-    beta=1 into the workspace (BLAS runs this orientation faster: M=C*KH*KW rather than O), then
-    one transpose into dw."""
+    """Per group, dw[g]^T (C/G*KH*KW, O/G) = sum over chunks of images of columns[g] @ g[g]^T, GEMMs
+    with beta=1 into the workspace (BLAS runs this orientation faster: M=C*KH*KW rather than O),
+    then one transpose into dw."""
     x, g = node.inputs
-    e = _ConvEmitter(k, node, _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype))
+    e = _ConvEmitter(k, node, _Geometry.of(x.shape, node.shape, node.op, node.dtype))
     geo, b = e.geo, e.b
     total = e.at(e.columns, i64(geo.matrices_size), "dw_transposed")
-    e.zero(total, i64(geo.rows * geo.outs * geo.itemsize))
+    block_size = geo.group_rows * geo.group_outs
+    e.zero(total, i64(geo.group_rows * geo.outs * geo.itemsize))
     with e.chunks(k.dims(x)[0]) as (first, count):
         grads = e.staged(e.image(g, first, "g"), count)
         e.im2col(x, first, count)
-        e.gemm(False, True, geo.rows, geo.outs, e.width(count), e.columns, geo.ld, grads, geo.ld, total,
-               ldc=geo.outs, beta=1.0)  # fmt: skip
+        with e.groups() as block:
+            e.gemm(False, True, geo.group_rows, geo.group_outs, e.width(count),
+                   block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
+                   block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
+                   block(total, block_size, "sum_group"), ldc=geo.group_outs, beta=1.0)  # fmt: skip
     with for_range(b, i64(geo.outs), "o") as o:
-        with for_range(b, i64(geo.rows), "r") as r:
-            source = e.at(total, b.add(b.mul(r, i64(geo.outs)), o, name="summed"), "summed_ptr")
-            target = k.element(node, b.add(b.mul(o, i64(geo.rows)), r, name="dw_index"))
+        group = b.udiv(o, i64(geo.group_outs), name="group")
+        within = b.urem(o, i64(geo.group_outs), name="within")
+        summed = e.at(total, b.add(b.mul(group, i64(block_size)), within, name="block_start"), "summed_block")
+        with for_range(b, i64(geo.group_rows), "r") as r:
+            source = e.at(summed, b.mul(r, i64(geo.group_outs), name="summed"), "summed_ptr")
+            target = k.element(node, b.add(b.mul(o, i64(geo.group_rows)), r, name="dw_index"))
             b.store(b.load(source, typ=e.real, name="value"), target)
 
 
