@@ -24,7 +24,8 @@ from .elementwise import (
     zeros_like,
 )  # fmt: skip
 from .linalg import matmul
-from .nn import avg_pool2d, embedding, global_pool, max_pool2d, one_hot, softmax, softmax_cross_entropy
+from .nn import embedding, one_hot, softmax, softmax_cross_entropy
+from .pool import avg_pool2d, global_pool, max_pool2d
 from .reduce import max, mean, min, sum
 from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
 

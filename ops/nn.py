@@ -1,4 +1,4 @@
-"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding, global and local pooling."""
+"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from ..core.node import apply
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .elementwise import mul, sub
-from .reduce import max as reduce_max
 from .reduce import mean
-from .reduce import min as reduce_min
 from .reduce import sum as reduce_sum
 from .shape import broadcast_like, reshape
 
@@ -184,41 +182,3 @@ def one_hot(labels, depth: int, dtype="float32"):
 
 def embedding(ids, table):
     return apply(Embedding(), ids, table)
-
-
-_POOLS = {"avg": mean, "mean": mean, "sum": reduce_sum, "max": reduce_max, "min": reduce_min}
-
-
-def global_pool(x, kind: str = "avg"):
-    """Pool NCHW over both spatial axes -> NC."""
-    if x.ndim != 4:
-        raise ShapeError(f"global_pool needs NCHW input, got {x.describe()}")
-    if kind not in _POOLS:
-        raise ShapeError(f"global_pool kind must be one of {sorted(_POOLS)}, got {kind!r}")
-    return _POOLS[kind](x, (2, 3))
-
-
-def _pool_windows(x, size, op_name: str):
-    """x (N, C, H, W) viewed as (N, C, H/sh, sh, W/sw, sw) windows; trailing rows and columns that
-    do not fill a window are dropped first, like PyTorch's default (stride = size, no padding)."""
-    if x.ndim != 4:
-        raise ShapeError(f"{op_name} needs NCHW input, got {x.describe()}")
-    sh, sw = (size, size) if isinstance(size, int) else tuple(size)
-    h, w = x.shape[2], x.shape[3]
-    if None in (h, w) or sh < 1 or sw < 1 or sh > h or sw > w:
-        raise ShapeError(f"{op_name}: window {(sh, sw)} does not fit the spatial size of {x.describe()}")
-    oh, ow = h // sh, w // sw
-    if (oh * sh, ow * sw) != (h, w):
-        x = x[:, :, : oh * sh, : ow * sw]
-    return reshape(x, (x.shape[0], x.shape[1], oh, sh, ow, sw))
-
-
-def max_pool2d(x, size: int | tuple[int, int] = 2):
-    """Max over non-overlapping size x size windows of NCHW input. A reshape (no copy) and one
-    reduction, so it runs as fused native loops and differentiates like `max` (ties share)."""
-    return reduce_max(_pool_windows(x, size, "max_pool2d"), (3, 5))
-
-
-def avg_pool2d(x, size: int | tuple[int, int] = 2):
-    """Mean over non-overlapping size x size windows of NCHW input (see max_pool2d)."""
-    return mean(_pool_windows(x, size, "avg_pool2d"), (3, 5))
