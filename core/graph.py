@@ -28,6 +28,9 @@ class ArrayStore(Mapping[str, np.ndarray]):
         except KeyError:
             raise GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}") from None
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would turn __getitem__'s GraphError into a raise
+        return name in self._arrays
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._arrays)
 

@@ -5,6 +5,7 @@ from .compiler.autodiff import grad, hessian_vector_product, jacobian, jvp
 from .compiler.optimizers import SGD, Adam, Optimizer, RMSProp
 from .compiler.scan import scan
 from .compiler.traced import elementwise
+from .core import initializers
 from .core.errors import GraphError, ShapeError
 from .core.node import Node
 from .graph import Graph

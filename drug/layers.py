@@ -4,20 +4,28 @@ reuses them on every later call: an RNN cell applied T times trains one set of w
 
     dense = dg.layers.Dense(256, activation="relu", name="fc1")  # parameters fc1/w, fc1/b
     h = dense(x)
+
+Parameters start as PyTorch's layers start them (Dense and Conv2D: U(±1/sqrt(fan_in)) for weight
+and bias; Embedding: N(0, 1); recurrent cells: U(±1/sqrt(hidden)); BatchNorm: scale 1, bias 0),
+unless `init=` says otherwise.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from .compiler.scan import scan as scan_loop
+from .core import initializers
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
 from .core.node import Node
 from .core.types import format_shape
-from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
+from .ops import avg_pool2d, batch_norm, concat, conv2d, embedding, max_pool2d, relu, reshape, sigmoid, tanh, transpose
 
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
@@ -62,7 +70,7 @@ class Layer:
             raise GraphError(f"{self.kind} layer '{self.name}': called on a node of another graph")
         return False
 
-    def _param(self, role: str, shape: Sequence[int], init="xavier") -> Node:
+    def _param(self, role: str, shape: Sequence[int], init) -> Node:
         node = self.graph.parameter(f"{self.name}/{role}", shape, init=init)
         self.params[role] = node
         return node
@@ -89,23 +97,25 @@ class Dense(Layer):
 
     kind = "dense"
 
-    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init="xavier", name=None):
+    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init=None, name=None):
         super().__init__(name)
         self.units, self.bias, self.init = int(units), bias, init
         self.activation = activation_fn(activation)
 
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
-            self._param("w", (x.shape[-1], self.units), self.init)
+            weight, bias = initializers.torch_default(x.shape[-1])
+            self._param("w", (x.shape[-1], self.units), weight if self.init is None else self.init)
             if self.bias:
-                self._param("b", (self.units,), "zeros")
+                self._param("b", (self.units,), bias)
         self._expect(x, -1, self.params["w"].shape[0], "features")
         y = x @ self.params["w"]
         return self.activation(y + self.params["b"] if self.bias else y)
 
 
 class Conv2D(Layer):
-    """Convolution + bias + activation on NCHW input with an OIHW kernel (the seed's conv block)."""
+    """Convolution + bias + activation on NCHW input with an OIHW kernel (see dg.conv2d for stride,
+    padding, dilation and groups)."""
 
     kind = "conv"
 
@@ -114,30 +124,109 @@ class Conv2D(Layer):
         filters: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: str = "valid",
+        padding: str | int | tuple = "valid",
         pad_mode: str = "zeros",
         activation: Activation = None,
         bias: bool = True,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        init=None,
         name: str | None = None,
     ):
         super().__init__(name)
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         self.filters, self.kernel_size, self.bias = int(filters), k, bias
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
+        self.dilation, self.groups, self.init = dilation, int(groups), init
         self.activation = activation_fn(activation)
 
     def __call__(self, x: Node) -> Node:
         if x.ndim != 4:
             raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
         if self._bind(x):
-            self._param("w", (self.filters, x.shape[1], *self.kernel_size))
+            if x.shape[1] % self.groups:
+                raise ShapeError(f"conv layer '{self.name}': groups={self.groups} does not divide the input's "
+                                 f"{x.shape[1]} channels")  # fmt: skip
+            shape = (self.filters, x.shape[1] // self.groups, *self.kernel_size)
+            weight, bias = initializers.torch_default(math.prod(shape[1:]))
+            self._param("w", shape, weight if self.init is None else self.init)
             if self.bias:
-                self._param("b", (self.filters,), "zeros")
-        self._expect(x, 1, self.params["w"].shape[1], "channels")
-        y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode)
+                self._param("b", (self.filters,), bias)
+        self._expect(x, 1, self.params["w"].shape[1] * self.groups, "channels")
+        y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode, self.dilation, self.groups)
         if self.bias:
             y = y + reshape(self.params["b"], (self.filters, 1, 1))
         return self.activation(y)
+
+
+class BatchNorm(Layer):
+    """Batch normalization over the channel `axis` (1: NCHW or (N, C)) with a learned scale (ones)
+    and bias (zeros), and running statistics kept as the graph's state buffers
+    `<name>/running_mean` and `<name>/running_var` (PyTorch's BatchNorm1d/2d conventions: momentum
+    is the weight of the new batch statistics, the running variance is unbiased)."""
+
+    kind = "batch_norm"
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, name: str | None = None):
+        super().__init__(name)
+        self.momentum, self.eps, self.axis = float(momentum), float(eps), int(axis)
+        self.buffers: dict[str, Node] = {}
+
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            if not -x.ndim <= self.axis < x.ndim or x.shape[self.axis] is None:
+                raise ShapeError(f"batch norm layer '{self.name}': axis {self.axis} of {x.describe()} is not a "
+                                 "static channel axis")  # fmt: skip
+            channels = x.shape[self.axis]
+            self._param("scale", (channels,), "ones")
+            self._param("bias", (channels,), "zeros")
+            for role, start in (("running_mean", 0.0), ("running_var", 1.0)):
+                value = np.full(channels, start)
+                self.buffers[role] = self.graph.buffer(f"{self.name}/{role}", value, dtype=str(x.dtype))
+        self._expect(x, self.axis, self.params["scale"].shape[0], "channels")
+        return batch_norm(x, self.params["scale"], self.params["bias"], self.axis, self.momentum, self.eps,
+                          self.buffers["running_mean"], self.buffers["running_var"])  # fmt: skip
+
+
+class MaxPool2D(Layer):
+    """dg.max_pool2d as a layer (no parameters)."""
+
+    kind = "max_pool"
+
+    def __init__(self, kernel_size=2, stride=None, padding=0, name: str | None = None):
+        super().__init__(name)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2D(Layer):
+    """dg.avg_pool2d as a layer (no parameters)."""
+
+    kind = "avg_pool"
+
+    def __init__(self, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True, name=None):
+        super().__init__(name)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.count_include_pad = count_include_pad
+
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...): everything but the first axis in one (a view)."""
+
+    kind = "flatten"
+
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        if x.ndim < 2 or None in x.shape[1:]:
+            raise ShapeError(f"flatten layer '{self.name}': input {x.describe()} needs static axes after the first")
+        return reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
 
 class Embedding(Layer):
@@ -145,13 +234,13 @@ class Embedding(Layer):
 
     kind = "embedding"
 
-    def __init__(self, vocab: int, dim: int, init="xavier", name: str | None = None):
+    def __init__(self, vocab: int, dim: int, init=None, name: str | None = None):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
-            self._param("table", (self.vocab, self.dim), self.init)
+            self._param("table", (self.vocab, self.dim), initializers.normal(1.0) if self.init is None else self.init)
         return embedding(ids, self.params["table"])
 
 
@@ -167,12 +256,14 @@ class _Recurrent(Layer):
     def _build(self, x: Node) -> None:
         if self._bind(x):
             h = self.hidden
+            bound = 1.0 / math.sqrt(h)  # PyTorch's RNN/GRU: every weight and bias U(±1/sqrt(hidden))
+            init = initializers.uniform(-bound, bound)
             for gate in self.gates:
-                self._param(f"w_{gate}", (x.shape[-1], h))
+                self._param(f"w_{gate}", (x.shape[-1], h), init)
             for gate in self.gates:
-                self._param(f"u_{gate}", (h, h))
+                self._param(f"u_{gate}", (h, h), init)
             for gate in self.gates:
-                self._param(f"b_{gate}", (h,), "zeros")
+                self._param(f"b_{gate}", (h,), init)
             # gates side by side: one matmul per step for all of them (built once, shared by every step)
             self.w, self.u, self.b = (self._joined(role) for role in ("w", "u", "b"))
         self._expect(x, -1, self.w.shape[0], "features")

@@ -25,6 +25,7 @@ from .elementwise import (
 )  # fmt: skip
 from .linalg import matmul
 from .nn import embedding, one_hot, softmax, softmax_cross_entropy
+from .norm import batch_norm
 from .pool import avg_pool2d, global_pool, max_pool2d
 from .reduce import max, mean, min, sum
 from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
@@ -33,7 +34,7 @@ register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, g
 
 # The public ops: drug exports exactly these as dg.<name> (the rest stay reachable as dg.ops.<name>).
 __all__ = [
-    "Op", "add", "avg_pool2d", "concat", "conv1d", "conv2d", "conv_transpose2d", "div", "embedding", "exp",
-    "global_pool", "log", "matmul", "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu", "reshape",
-    "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
+    "Op", "add", "avg_pool2d", "batch_norm", "concat", "conv1d", "conv2d", "conv_transpose2d", "div", "embedding",
+    "exp", "global_pool", "log", "matmul", "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu",
+    "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip

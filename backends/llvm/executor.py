@@ -20,7 +20,13 @@ from ...core.types import concrete_shape, format_shape
 from ..base import Executor
 from . import arena, blas, bounds, threads
 from .codegen import ModuleBuilder
-from .irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS, STATUS_OUT_OF_MEMORY
+from .irutil import (
+    STATUS_CALLBACK_FAILED,
+    STATUS_INDEX_OUT_OF_RANGE,
+    STATUS_INVALID_INPUT,
+    STATUS_OUT_OF_BOUNDS,
+    STATUS_OUT_OF_MEMORY,
+)
 from .jit import compile_module, host_cpu
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
@@ -195,9 +201,9 @@ class NativeExecutor(Executor):
                 raise ShapeError(str(error)) from None
             error.add_note(f"raised by the Python forward of {where}")
             raise error
-        if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
+        if status in (STATUS_INDEX_OUT_OF_RANGE, STATUS_INVALID_INPUT) and kernel is not None:
             node = kernel.nodes[0]
-            try:  # the op's reference forward finds the first bad id and says what is wrong with it
+            try:  # the op's reference forward finds the bad input (the first bad id) and says what is wrong
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
             except ShapeError as error:
                 raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
