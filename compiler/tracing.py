@@ -16,7 +16,7 @@ from ..core.errors import GraphError
 
 MAX_PATHS = 256
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-UNARY = ("neg", "exp", "log", "sqrt", "tanh")
+UNARY = ("neg", "exp", "log", "sqrt", "tanh", "cos", "sin", "floor")
 BINARY = ("add", "sub", "mul", "div")
 
 
@@ -184,6 +184,18 @@ def tanh(a: Expr) -> Expr:
     return Expr("tanh", (a,))
 
 
+def cos(a: Expr) -> Expr:
+    return Expr("cos", (a,))
+
+
+def sin(a: Expr) -> Expr:
+    return Expr("sin", (a,))
+
+
+def floor(a: Expr) -> Expr:
+    return const(math.floor(a.value)) if is_const(a) else Expr("floor", (a,))
+
+
 def power(base: Expr, exponent: Any) -> Expr:
     if isinstance(exponent, Expr):
         return exp(mul(exponent, log(base)))
@@ -212,6 +224,9 @@ MATH = {
     "sqrt": _scalar_or_expr(sqrt, math.sqrt),
     "tanh": _scalar_or_expr(tanh, math.tanh),
     "fabs": _scalar_or_expr(abs, math.fabs),
+    "cos": _scalar_or_expr(cos, math.cos),
+    "sin": _scalar_or_expr(sin, math.sin),
+    "floor": _scalar_or_expr(floor, math.floor),
 }
 
 
@@ -315,6 +330,12 @@ def derivative(e: Expr, index: int, memo: dict | None = None) -> Expr:
         result = div(d(args[0]), mul(const(2.0), e))
     elif op == "tanh":
         result = mul(sub(const(1.0), mul(e, e)), d(args[0]))
+    elif op == "cos":
+        result = mul(neg(sin(args[0])), d(args[0]))
+    elif op == "sin":
+        result = mul(cos(args[0]), d(args[0]))
+    elif op == "floor":  # piecewise constant
+        result = const(0.0)
     elif op == "where":
         result = where(args[0], d(args[1]), d(args[2]))
     else:  # pragma: no cover - every op built above is handled
