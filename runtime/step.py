@@ -12,8 +12,9 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..compiler.build import build_program
-from ..compiler.optimizers import LR_KEY
+from ..compiler.optimizers import LR_KEY, STEP_KEY
 from ..compiler.passes import Pass
+from ..compiler.schedules import Schedule
 from ..core import memory
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
@@ -57,12 +58,22 @@ class CompiledFunction:
 
     @property
     def lr(self) -> float:
-        """The optimizer's learning rate; assign to it to follow a schedule."""
+        """The learning rate the next step uses: the optimizer's (assign to change it), or its
+        schedule's value at the step counter."""
+        schedule = self._schedule()
+        if schedule is not None:
+            return float(schedule(float(self.state[STEP_KEY])))
         return float(self._lr_buffer())
 
     @lr.setter
     def lr(self, value: float) -> None:
+        if self._schedule() is not None:
+            raise GraphError("the learning rate follows a schedule (dg.schedules); it cannot be assigned")
         self._lr_buffer()[...] = value
+
+    def _schedule(self) -> Schedule | None:
+        rate = self.program.optimizer.lr if self.program.optimizer is not None else None
+        return rate if isinstance(rate, Schedule) else None
 
     def _lr_buffer(self) -> np.ndarray:
         if LR_KEY not in self.state:
