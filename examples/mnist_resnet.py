@@ -1,0 +1,136 @@
+"""Train a small ResNet on MNIST and report test accuracy: conv-bn-relu blocks with identity and
+strided 1x1 projection shortcuts, a 3x3 stride-2 max-pool stem, global average pooling; AdamW with
+a cosine learning-rate schedule and gradient clipping, all inside drug's compiled train step.
+`--torch` then trains the identical network with PyTorch (same initial parameters, minibatches,
+optimizer, schedule and thread count) and prints both side by side."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from common import accuracy, example_parser, minibatches, plot_curves, track_loss
+from tqdm import tqdm
+
+import drug as dg
+from drug.backends.llvm.threads import thread_count
+from drug.datasets import mnist
+
+
+def conv_bn(h, filters: int, kernel: int, stride: int, name: str):
+    """Convolution without bias (batch norm's shift replaces it), then batch norm."""
+    h = dg.layers.Conv2D(filters, kernel, stride=stride, padding=kernel // 2, bias=False, name=f"{name}/conv")(h)
+    return dg.layers.BatchNorm(name=f"{name}/bn")(h)
+
+
+def residual_block(h, filters: int, stride: int, name: str):
+    """relu(bn(conv(relu(bn(conv(h))))) + shortcut): the shortcut is h itself, or a strided 1x1
+    convolution (with batch norm) where the block changes the size or the channels."""
+    y = dg.relu(conv_bn(h, filters, 3, stride, f"{name}/a"))
+    y = conv_bn(y, filters, 3, 1, f"{name}/b")
+    shortcut = h if stride == 1 and h.shape[1] == filters else conv_bn(h, filters, 1, stride, f"{name}/proj")
+    return dg.relu(y + shortcut)
+
+
+def build(widths: list[int], blocks: int, seed: int):
+    """stem (conv 3x3, bn, relu, max pool 3x3/2: 28 -> 14), one stage per width (the first keeps
+    the size, the others halve it with a strided block: 14 -> 7 -> 4), global average pool, dense.
+    Returns (graph, logits, loss)."""
+    g = dg.Graph(seed=seed)
+    x = g.input("x", (None, 1, 28, 28))
+    y = g.input("y", (None,), dtype="int32")
+    h = dg.relu(conv_bn(x, widths[0], 3, 1, "stem"))
+    h = dg.max_pool2d(h, 3, stride=2, padding=1)
+    for stage, filters in enumerate(widths, start=1):
+        for index in range(blocks):
+            stride = 2 if stage > 1 and index == 0 else 1
+            h = residual_block(h, filters, stride, f"stage{stage}/block{index + 1}")
+    logits = dg.layers.Dense(10, name="head")(dg.global_pool(h, "avg"))
+    return g, logits, dg.softmax_cross_entropy(logits, y)
+
+
+def optimizer(args, total_steps: int):
+    """AdamW on a cosine schedule with gradient clipping; no decay on biases and batch-norm scales."""
+    schedule = dg.schedules.cosine_decay(args.lr, max(total_steps, 1))
+    return dg.AdamW(schedule, weight_decay=args.weight_decay, clip_norm=args.clip, groups=[dg.no_decay()])
+
+
+def train_drug(args, data) -> dict:
+    """Train with drug; returns the initial parameters and state (for the twin) and the measurements."""
+    x_train, y_train, x_test, y_test = data
+    g, logits, loss = build(args.widths, args.blocks, args.seed)
+    initial = {name: np.array(value) for name, value in list(g.params.items()) + list(g.state.items())}
+    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    train = g.compile(loss=loss, optimizer=optimizer(args, total_steps), backend=args.backend)
+    predict = g.compile(outputs=logits, backend=args.backend)  # inference: batch norm's running statistics
+    if args.resume:
+        train.load(args.resume)
+    rng = np.random.default_rng(args.seed)
+    step, seconds, curve = 0, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
+    for epoch in range(1, args.epochs + 1):
+        losses = []
+        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        start = time.perf_counter()
+        for idx in bar:
+            step += 1
+            losses.append(train(x=x_train[idx], y=y_train[idx]))
+            track_loss(bar, curve["train loss"], step, losses)
+        elapsed = time.perf_counter() - start
+        seconds += elapsed
+        acc = accuracy(predict, x_test, y_test)
+        curve["test accuracy"][0].append(step)
+        curve["test accuracy"][1].append(acc)
+        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
+    if args.save:
+        train.save(args.save)
+    if args.plot:
+        plot_curves(args.plot, curve, "step", "MNIST ResNet")
+    acc = accuracy(predict, x_test, y_test)
+    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
+
+
+def per_epoch(seconds: float, epochs: int) -> str:
+    return f"{seconds / epochs:.1f} s/epoch" if epochs else "no training"
+
+
+def main() -> None:
+    parser = example_parser(__doc__, epochs=6, batch=128, lr=3e-3)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="filters per stage")
+    parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
+    parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
+    parser.add_argument("--clip", type=float, default=2.0, help="global gradient norm limit")
+    parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
+    args = parser.parse_args()
+    if args.torch:
+        from mnist_conv_torch import torch_missing
+
+        if torch_missing():  # checked before training drug: no point in half a comparison
+            raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
+        if args.resume:
+            raise SystemExit("--torch compares runs from the same initial parameters; drop --resume")
+
+    x_train, y_train = mnist("train", flatten=False)
+    x_test, y_test = mnist("test", flatten=False)
+    if args.smoke:
+        x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
+    data = (x_train, y_train, x_test, y_test)
+    threads = thread_count()  # the twin gets the same
+    result = train_drug(args, data)
+    print(
+        f"summary: test accuracy {result['accuracy']:.4f} after {args.epochs} epoch(s), "
+        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], args.epochs)}), backend {result['backend']}, "
+        f"{threads} thread(s)"
+    )
+    if args.torch:
+        from mnist_resnet_torch import train_torch  # imports torch only now: its thread pool would slow drug's
+
+        twin = train_torch(args, data, result["initial"], threads)
+        print(f"{'':8}{'test accuracy':>15}{'s/epoch':>10}")
+        for name, r in (("drug", result), ("torch", twin)):
+            print(f"{name:8}{r['accuracy']:>15.4f}{r['seconds'] / max(args.epochs, 1):>10.1f}")
+        if args.epochs:
+            print(f"drug is {twin['seconds'] / max(result['seconds'], 1e-9):.2f}x as fast per epoch")
+
+
+if __name__ == "__main__":
+    main()
