@@ -63,11 +63,17 @@ def train_drug(args, data) -> dict:
     total_steps = args.epochs * -(-len(x_train) // args.batch)
     train = g.compile(loss=loss, optimizer=optimizer(args, total_steps), backend=args.backend)
     predict = g.compile(outputs=logits, backend=args.backend)  # inference: batch norm's running statistics
-    if args.resume:
-        train.load(args.resume)
     rng = np.random.default_rng(args.seed)
-    step, seconds, curve = 0, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
-    for epoch in range(1, args.epochs + 1):
+    done = 0
+    if args.resume:  # parameters, statistics, AdamW's moments and the schedule's step counter
+        train.load(args.resume)
+        done = train.step_count // -(-len(x_train) // args.batch)
+        for _ in range(done):  # the minibatch order of the epochs already trained
+            rng.permutation(len(x_train))
+        print(f"resumed after epoch {done} (step {train.step_count})")
+    last = min(args.epochs, args.stop_after or args.epochs)
+    step, seconds, curve = train.step_count, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
+    for epoch in range(done + 1, last + 1):
         losses = []
         bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
         start = time.perf_counter()
@@ -86,7 +92,7 @@ def train_drug(args, data) -> dict:
     if args.plot:
         plot_curves(args.plot, curve, "step", "MNIST ResNet")
     acc = accuracy(predict, x_test, y_test)
-    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
+    return {"initial": initial, "accuracy": acc, "seconds": seconds, "epochs": last - done, "backend": train.backend}
 
 
 def per_epoch(seconds: float, epochs: int) -> str:
@@ -99,6 +105,8 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     parser.add_argument("--clip", type=float, default=2.0, help="global gradient norm limit")
+    parser.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch (the schedule still "
+                        "spans --epochs; with --save, a checkpoint to --resume from)")  # fmt: skip
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
     if args.torch:
@@ -106,8 +114,8 @@ def main() -> None:
 
         if torch_missing():  # checked before training drug: no point in half a comparison
             raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
-        if args.resume:
-            raise SystemExit("--torch compares runs from the same initial parameters; drop --resume")
+        if args.resume or args.stop_after:
+            raise SystemExit("--torch compares whole runs from the same initial parameters; drop --resume/--stop-after")
 
     x_train, y_train = mnist("train", flatten=False)
     x_test, y_test = mnist("test", flatten=False)
@@ -117,8 +125,8 @@ def main() -> None:
     threads = thread_count()  # the twin gets the same
     result = train_drug(args, data)
     print(
-        f"summary: test accuracy {result['accuracy']:.4f} after {args.epochs} epoch(s), "
-        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], args.epochs)}), backend {result['backend']}, "
+        f"summary: test accuracy {result['accuracy']:.4f} after {result['epochs']} epoch(s), "
+        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], result['epochs'])}), backend {result['backend']}, "
         f"{threads} thread(s)"
     )
     if args.torch:
