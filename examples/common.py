@@ -30,6 +30,20 @@ def minibatches(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.nda
         yield order[i : i + batch]
 
 
+def shifted(images: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
+    """Each NCHW image moved by its own random offset of up to `max_shift` pixels along each axis,
+    with zeros coming in at the edges (data augmentation: translations)."""
+    if max_shift <= 0:
+        return images
+    n, _, h, w = images.shape
+    padded = np.pad(images, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+    dy, dx = rng.integers(0, 2 * max_shift + 1, size=(2, n))
+    rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
+    cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
+    return padded[np.arange(n)[:, None, None, None], np.arange(images.shape[1])[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]  # fmt: skip
+
+
 def linear_decay(peak: float, step: int, total: int) -> float:
     """The learning rate of `step` out of `total`, decayed linearly from `peak` to zero."""
     return peak * max(0.0, 1.0 - step / max(total, 1))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, minibatches, plot_curves, track_loss
+from common import accuracy, example_parser, minibatches, plot_curves, shifted, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -63,13 +63,14 @@ def train_drug(args, data) -> dict:
     total_steps = args.epochs * -(-len(x_train) // args.batch)
     train = g.compile(loss=loss, optimizer=optimizer(args, total_steps), backend=args.backend)
     predict = g.compile(outputs=logits, backend=args.backend)  # inference: batch norm's running statistics
-    rng = np.random.default_rng(args.seed)
+    rng, augment = np.random.default_rng(args.seed), np.random.default_rng(args.seed + 1)
     done = 0
     if args.resume:  # parameters, statistics, AdamW's moments and the schedule's step counter
         train.load(args.resume)
         done = train.step_count // -(-len(x_train) // args.batch)
-        for _ in range(done):  # the minibatch order of the epochs already trained
-            rng.permutation(len(x_train))
+        for _ in range(done):  # the minibatch order and the shifts of the epochs already trained
+            for idx in minibatches(len(x_train), args.batch, rng):
+                shifted(x_train[idx], augment, args.shift)
         print(f"resumed after epoch {done} (step {train.step_count})")
     last = min(args.epochs, args.stop_after or args.epochs)
     step, seconds, curve = train.step_count, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
@@ -79,7 +80,7 @@ def train_drug(args, data) -> dict:
         start = time.perf_counter()
         for idx in bar:
             step += 1
-            losses.append(train(x=x_train[idx], y=y_train[idx]))
+            losses.append(train(x=shifted(x_train[idx], augment, args.shift), y=y_train[idx]))
             track_loss(bar, curve["train loss"], step, losses)
         elapsed = time.perf_counter() - start
         seconds += elapsed
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
     parser.add_argument("--clip", type=float, default=2.0, help="global gradient norm limit")
+    parser.add_argument("--shift", type=int, default=2, help="random translations of up to this many pixels")
     parser.add_argument("--stop-after", type=int, metavar="EPOCH", help="stop after this epoch (the schedule still "
                         "spans --epochs; with --save, a checkpoint to --resume from)")  # fmt: skip
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")

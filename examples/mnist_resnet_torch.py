@@ -8,7 +8,7 @@ import math
 import time
 
 import numpy as np
-from common import minibatches
+from common import minibatches, shifted
 
 
 def conv_bn(torch, p: dict, h, name: str, stride: int, training: bool):
@@ -55,7 +55,7 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
     others = [t for t in params.values() if t.ndim <= 1]
     groups = [{"params": decayed, "weight_decay": args.weight_decay}, {"params": others, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=args.lr)
-    rng = np.random.default_rng(args.seed)
+    rng, augment = np.random.default_rng(args.seed), np.random.default_rng(args.seed + 1)
     total_steps = max(args.epochs * -(-len(x_train) // args.batch), 1)
     step, seconds = 0, 0.0
     for epoch in range(1, args.epochs + 1):
@@ -65,8 +65,8 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
             for group in opt.param_groups:
                 group["lr"] = cosine(args.lr, total_steps, step)
             step += 1
-            idx = torch.from_numpy(idx)
-            loss = torch.nn.functional.cross_entropy(forward(torch, p, x_train[idx], args, True), y_train[idx])
+            x = torch.from_numpy(shifted(data[0][idx], augment, args.shift))
+            loss = torch.nn.functional.cross_entropy(forward(torch, p, x, args, True), y_train[torch.from_numpy(idx)])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params.values(), args.clip)

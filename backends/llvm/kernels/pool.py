@@ -37,21 +37,45 @@ def segments(n: int, kernel: int, stride: int, pad: int, out: int) -> list[Segme
 Window = Callable[[ir.Value, ir.Value, list[ir.Value]], ir.Value]  # (p, q, pixel offsets) -> output value
 
 
-class _PoolEmitter:
+class _Geometry:
+    """The static layout of one pooling op: sizes, row and column segments, scatter workspace."""
+
+    def __init__(self, op: Pooling):
+        self.op = op
+        self.h, self.w = op.in_hw
+        self.ho, self.wo = op.out_hw
+        (kh, kw), (sh, sw), ((top, _), (left, _)) = op.kernel, op.stride, op.pads
+        self.rows = segments(self.h, kh, sh, top, self.ho)
+        self.cols = segments(self.w, kw, sw, left, self.wo)
+
+    def tap_columns(self, j: int) -> tuple[int, int]:
+        """[q0, q1): the windows whose tap column j reads a real pixel."""
+        valid = [q for start, stop, taps in self.cols if j in taps for q in range(start, stop)]
+        return (valid[0], valid[-1] + 1) if valid else (0, 0)
+
+    @property
+    def margin(self) -> int:
+        """Zeros before (and, within `row_length`, after) each row of tap contributions."""
+        return self.op.kernel[1] // self.op.stride[1] + 1
+
+    @property
+    def row_length(self) -> int:
+        return 2 * self.margin + max(self.wo, -(-self.w // self.op.stride[1])) + 1
+
+    def contributions_size(self) -> int:
+        return self.op.kernel[1] * self.row_length
+
+
+class _PoolEmitter(_Geometry):
     """IR for one pooling kernel over a node's planes; `image` is the unpooled NCHW node."""
 
     def __init__(self, k, node, image):
-        self.k, self.b, self.op = k, k.b, node.op
+        super().__init__(node.op)
+        self.k, self.b = k, k.b
         self.real = llvm_type(node.dtype)
         self.f = k.scalar(node)
         self.itemsize = node.dtype.itemsize
         self.image = image
-        self.h, self.w = self.op.in_hw
-        self.ho, self.wo = self.op.out_hw
-        op: Pooling = self.op
-        (kh, kw), (sh, sw), ((top, _), (left, _)) = op.kernel, op.stride, op.pads
-        self.rows = segments(self.h, kh, sh, top, self.ho)
-        self.cols = segments(self.w, kw, sw, left, self.wo)
 
     def at(self, pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
         return self.b.gep(pointer, [offset], source_etype=self.real, inbounds=True, name=name)
@@ -94,22 +118,55 @@ class _PoolEmitter:
                     with for_range(b, i64(q1), f"q{q0}", start=i64(q0)) as q:
                         yield p, q, [(i, j) for i in rows for j in cols]
 
-    def scatter(self, p: ir.Value, p_taps: tuple[int, ...], add: Callable[[ir.Value, ir.Value, int, int], ir.Value]):
-        """For each valid tap (i, j) of output row p (i in p_taps), one loop over the windows q
-        whose tap is valid: add(q, pixel, i, j) is added into the output image at `pixel`."""
-        b = self.b
-        for i in p_taps:
-            for j in range(self.op.kernel[1]):
-                q0 = next((s for s, _, taps in self.cols if j in taps), None)
-                q1 = next((stop for _, stop, taps in reversed(self.cols) if j in taps), None)
-                if q0 is None:
-                    continue
-                with for_range(b, i64(q1), f"s{i}_{j}", start=i64(q0)) as q:
-                    yield_pixel = self.pixel(p, q, i, j)
-                    self._add_into(yield_pixel, add(q, yield_pixel, i, j))
+    def scatter(self, value: Callable[[ir.Value, ir.Value, ir.Value, int, int], ir.Value]):
+        """dx += every window's tap values, for the windows of each output row p: value(p, q, y, i,
+        j) is what tap (i, j) of window (p, q) adds into input pixel (y, q*sw + j - left).
+        Per tap row i, the values of each tap column j go to a row of the workspace (zeros where
+        the tap reads padding and in the margins around it); then one loop over the input row
+        adds them in, input columns grouped by their residue modulo the stride: input column
+        sw*m + r takes from window m + (r + left - j) / sw of every tap j with that residue, so
+        the loop stores to sw consecutive pixels per iteration (no two iterations add into one
+        pixel) and vectorizes."""
+        b, f, op = self.b, self.f, self.op
+        (sh, sw), ((top, _), (left, _)), kw = op.stride, op.pads, op.kernel[1]
+        length, margin = self.row_length, self.margin
+        self.zero(self.contributions, self.contributions_size())  # the margins stay zero
+        for p0, p1, rows in self.rows:
+            with for_range(b, i64(p1), f"r{p0}", start=i64(p0)) as p:
+                for i in rows:
+                    y = b.add(b.mul(p, i64(sh)), i64(i - top), name=f"y{i}")
+                    for j in range(kw):
+                        row = self.at(self.contributions, i64(j * length + margin), f"c{j}")
+                        q0, q1 = self.tap_columns(j)
+                        for start, stop, fill in ((0, q0, None), (q0, q1, j), (q1, self.wo, None)):
+                            if stop > start:
+                                with for_range(b, i64(stop), f"c{j}_{start}", start=i64(start)) as q:
+                                    self.put(row, q, f.const(0.0) if fill is None else value(p, q, y, i, j))
+                    self._add_row(y, sw, left, kw, length, margin)
 
-    def _add_into(self, pixel: ir.Value, value: ir.Value) -> None:
-        self.put(self.target, pixel, self.f.add(self.get(self.target, pixel, "dx"), value))
+    def _add_row(self, y: ir.Value, sw: int, left: int, kw: int, length: int, margin: int) -> None:
+        """Input row y += the workspace's tap contributions, by residues (see `scatter`)."""
+        b, f = self.b, self.f
+        image_row = self.at(self.target, b.mul(y, i64(self.w), name="dx_row_start"), "dx_row")
+        residues = {r: [(j, (r + left - j) // sw) for j in range(kw) if (r + left - j) % sw == 0] for r in range(sw)}
+
+        def add_group(m: ir.Value, widths: range) -> None:
+            for r in widths:
+                if not residues[r]:
+                    continue
+                total = None
+                for j, shift in residues[r]:
+                    at = b.add(m, i64(j * length + margin + shift), name=f"c{j}_at")
+                    term = self.get(self.contributions, at, f"c{j}")
+                    total = term if total is None else f.add(total, term)
+                pixel = b.add(b.mul(m, i64(sw)), i64(r), name=f"x{r}")
+                self.put(image_row, pixel, f.add(self.get(image_row, pixel, "dx"), total))
+
+        full = self.w // sw
+        with for_range(b, i64(full), "m") as m:
+            add_group(m, range(sw))
+        if self.w % sw:
+            add_group(i64(full), range(self.w % sw))
 
     def share(self, values: ir.Value, count: ir.Value) -> ir.Value:
         """values / count, 0 where the count is 0 (a NaN window: no pixel equals its max)."""
@@ -177,18 +234,21 @@ def _max_pool2d_tangent(k, node):
             e.put(target, at, e.share(total, count))
 
 
-def _pooled_plane(node):
-    return (node.op.out_hw[0] * node.op.out_hw[1],), node.dtype
+def _scatter_workspace(node):
+    """The windows' shares (a pooled plane), then one row of tap contributions per tap column."""
+    geometry = _Geometry(node.op)
+    return (geometry.ho * geometry.wo + geometry.contributions_size(),), node.dtype
 
 
-@kernel(MaxPool2DGrad, workspace=_pooled_plane)
+@kernel(MaxPool2DGrad, workspace=_scatter_workspace)
 def _max_pool2d_grad(k, node):
-    """Per plane: each window's share g / (number of its maxima), computed region by region into
-    the workspace; then dx = 0 and, tap by tap, the share added into the taps that are maxima."""
+    """Per plane: each window's share g / (number of its maxima), region by region; then dx = 0
+    and each tap's share added where the tap is a maximum (`scatter`)."""
     x, out, g = node.inputs
     e = _PoolEmitter(k, node, x)
     b, f = e.b, e.f
     shares = k.workspace(node)
+    e.contributions = e.at(shares, i64(e.ho * e.wo), "contributions")
     with e.planes() as plane:
         source, maxima, grads = e.plane(x, plane, False), e.plane(out, plane, True), e.plane(g, plane, True)
         e.target = e.plane(node, plane, False)
@@ -201,25 +261,24 @@ def _max_pool2d_grad(k, node):
                                               f.const(0.0)))  # fmt: skip
             e.put(shares, at, e.share(e.get(grads, at, "g"), count))
         e.zero(e.target, e.h * e.w)
-        for p0, p1, rows in e.rows:
-            with for_range(b, i64(p1), f"r{p0}", start=i64(p0)) as p:
 
-                def routed(q, pixel, i, j, p=p):
-                    at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
-                    hit = e.is_max(source, pixel, e.get(maxima, at, "max"))
-                    return f.select(hit, e.get(shares, at, "share"), f.const(0.0))
+        def routed(p, q, y, i, j):
+            at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
+            hit = e.is_max(source, e.pixel(p, q, i, j), e.get(maxima, at, "max"))
+            return f.select(hit, e.get(shares, at, "share"), f.const(0.0))
 
-                e.scatter(p, rows, routed)
+        e.scatter(routed)
 
 
-@kernel(AvgPool2DGrad, workspace=_pooled_plane)
+@kernel(AvgPool2DGrad, workspace=_scatter_workspace)
 def _avg_pool2d_grad(k, node):
-    """Per plane: g / divisor per window, region by region; then dx = 0 and, tap by tap, each
-    window's share added into its pixels."""
+    """Per plane: g / divisor per window, region by region; then dx = 0 and every window's share
+    added into each of its pixels (`scatter`)."""
     (g,) = node.inputs
     e = _PoolEmitter(k, node, node)
     b = e.b
     shares = k.workspace(node)
+    e.contributions = e.at(shares, i64(e.ho * e.wo), "contributions")
     with e.planes() as plane:
         grads = e.plane(g, plane, True)
         e.target = e.plane(node, plane, False)
@@ -227,6 +286,4 @@ def _avg_pool2d_grad(k, node):
             at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
             e.put(shares, at, e.f.div(e.get(grads, at, "g"), e.divisor(taps)))
         e.zero(e.target, e.h * e.w)
-        for p0, p1, rows in e.rows:
-            with for_range(b, i64(p1), f"r{p0}", start=i64(p0)) as p:
-                e.scatter(p, rows, lambda q, pixel, i, j, p=p: e.get(shares, b.add(b.mul(p, i64(e.wo)), q), "share"))
+        e.scatter(lambda p, q, y, i, j: e.get(shares, b.add(b.mul(p, i64(e.wo)), q), "share"))
