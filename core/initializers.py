@@ -94,20 +94,16 @@ class xavier_uniform:  # noqa: N801
     gain: float = 1.0
 
     def __call__(self, shape, dtype, rng):
-        fan_in, fan_out = fans(shape)
-        limit = self.gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))
+        limit = self.gain * math.sqrt(6.0 / max(sum(fans(shape)), 1))
         return rng.uniform(-limit, limit, size=shape).astype(dtype)
 
 
 @dataclass(frozen=True)
-class xavier_normal:  # noqa: N801
+class xavier_normal(xavier_uniform):  # noqa: N801
     """Glorot normal: N(0, gain^2 * 2 / (fan_in + fan_out))."""
 
-    gain: float = 1.0
-
     def __call__(self, shape, dtype, rng):
-        fan_in, fan_out = fans(shape)
-        std = self.gain * math.sqrt(2.0 / max(fan_in + fan_out, 1))
+        std = self.gain * math.sqrt(2.0 / max(sum(fans(shape)), 1))
         return (rng.standard_normal(size=shape) * std).astype(dtype)
 
 

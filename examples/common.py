@@ -4,6 +4,7 @@ checkpoints and the optional plot of its curves."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from collections.abc import Iterator
 
 import numpy as np
@@ -21,6 +22,51 @@ def example_parser(description: str, epochs: int, batch: int, lr: float) -> argp
     parser.add_argument("--resume", metavar="PATH", help="start from this checkpoint")
     parser.add_argument("--plot", metavar="PNG", help="save the loss/metric curves to this PNG (needs matplotlib)")
     return parser
+
+
+def torch_missing() -> str | None:
+    """Why PyTorch cannot be used, or None. Does not import it (its OpenMP pool starts on import)."""
+    return None if importlib.util.find_spec("torch") else "the torch package is not installed"
+
+
+def refuse_twin_without_torch(args, *exclusive: str) -> None:
+    """Before any training: `--torch` needs PyTorch, and whole runs from the same initial parameters
+    (so none of the flags in `exclusive`, e.g. resume)."""
+    if not args.torch:
+        return
+    if torch_missing():  # no point in half a comparison
+        raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
+    given = [f"--{flag.replace('_', '-')}" for flag in exclusive if getattr(args, flag)]
+    if given:
+        raise SystemExit(f"--torch compares whole runs from the same initial parameters; drop {', '.join(given)}")
+
+
+def mnist_images(smoke: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST as NCHW images and labels (train, then test); with `smoke` a slice of each."""
+    from drug.datasets import mnist
+
+    x_train, y_train = mnist("train", flatten=False)
+    x_test, y_test = mnist("test", flatten=False)
+    if smoke:
+        return x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
+    return x_train, y_train, x_test, y_test
+
+
+def report(result: dict, epochs: int, threads: int, twin: dict | None = None) -> None:
+    """The summary line of a drug run, then (with a twin's result) both side by side."""
+    seconds = result["seconds"]
+    per_epoch = f"{seconds / epochs:.1f} s/epoch" if epochs else "no training"
+    print(
+        f"summary: test accuracy {result['accuracy']:.4f} after {epochs} epoch(s), {seconds:.1f} s ({per_epoch}), "
+        f"backend {result['backend']}, {threads} thread(s)"
+    )
+    if twin is None:
+        return
+    print(f"{'':8}{'test accuracy':>15}{'s/epoch':>10}")
+    for name, r in (("drug", result), ("torch", twin)):
+        print(f"{name:8}{r['accuracy']:>15.4f}{r['seconds'] / max(epochs, 1):>10.1f}")
+    if epochs:
+        print(f"drug is {twin['seconds'] / max(seconds, 1e-9):.2f}x as fast per epoch")
 
 
 def minibatches(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -7,12 +7,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, linear_decay, minibatches, plot_curves, track_loss
+from common import (
+    accuracy,
+    example_parser,
+    linear_decay,
+    minibatches,
+    mnist_images,
+    plot_curves,
+    refuse_twin_without_torch,
+    report,
+    track_loss,
+)
 from tqdm import tqdm
 
 import drug as dg
 from drug.backends.llvm.threads import thread_count
-from drug.datasets import mnist
 
 POOLS = {"max": dg.max_pool2d, "avg": dg.avg_pool2d}
 
@@ -68,10 +77,6 @@ def train_drug(args, data) -> dict:
     return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
 
 
-def per_epoch(seconds: float, epochs: int) -> str:
-    return f"{seconds / epochs:.1f} s/epoch" if epochs else "no training"
-
-
 def main() -> None:
     parser = example_parser(__doc__, epochs=3, batch=128, lr=3e-3)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128], help="filters per conv block")
@@ -79,33 +84,16 @@ def main() -> None:
     parser.add_argument("--head", choices=["max", "avg"], default="max", help="global pool before the dense layer")
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
-    if args.torch:
-        from mnist_conv_torch import torch_missing
-
-        if torch_missing():  # checked before training drug: no point in half a comparison
-            raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
-        if args.resume:
-            raise SystemExit("--torch compares runs from the same initial parameters; drop --resume")
-
-    x_train, y_train = mnist("train", flatten=False)
-    x_test, y_test = mnist("test", flatten=False)
-    if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
-    data = (x_train, y_train, x_test, y_test)
+    refuse_twin_without_torch(args, "resume")
+    data = mnist_images(args.smoke)
     threads = thread_count()  # the twin gets the same
     result = train_drug(args, data)
-    print(
-        f"summary: test accuracy {result['accuracy']:.4f} after {args.epochs} epoch(s), "
-        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], args.epochs)}), backend {result['backend']}, "
-        f"{threads} thread(s)"
-    )
+    twin = None
     if args.torch:
         from mnist_conv_torch import train_torch  # imports torch only now: its thread pool would slow drug's
 
         twin = train_torch(args, data, result["initial"], threads)
-        print(f"{'':8}{'test accuracy':>15}{'s/epoch':>10}")
-        for name, r in (("drug", result), ("torch", twin)):
-            print(f"{name:8}{r['accuracy']:>15.4f}{r['seconds'] / max(args.epochs, 1):>10.1f}")
+    report(result, args.epochs, threads, twin)
 
 
 if __name__ == "__main__":

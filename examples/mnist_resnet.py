@@ -9,12 +9,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, minibatches, plot_curves, shifted, track_loss
+from common import (
+    accuracy,
+    example_parser,
+    minibatches,
+    mnist_images,
+    plot_curves,
+    refuse_twin_without_torch,
+    report,
+    shifted,
+    track_loss,
+)
 from tqdm import tqdm
 
 import drug as dg
 from drug.backends.llvm.threads import thread_count
-from drug.datasets import mnist
 
 
 def conv_bn(h, filters: int, kernel: int, stride: int, name: str):
@@ -96,10 +105,6 @@ def train_drug(args, data) -> dict:
     return {"initial": initial, "accuracy": acc, "seconds": seconds, "epochs": last - done, "backend": train.backend}
 
 
-def per_epoch(seconds: float, epochs: int) -> str:
-    return f"{seconds / epochs:.1f} s/epoch" if epochs else "no training"
-
-
 def main() -> None:
     parser = example_parser(__doc__, epochs=6, batch=128, lr=3e-3)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="filters per stage")
@@ -111,35 +116,16 @@ def main() -> None:
                         "spans --epochs; with --save, a checkpoint to --resume from)")  # fmt: skip
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
-    if args.torch:
-        from mnist_conv_torch import torch_missing
-
-        if torch_missing():  # checked before training drug: no point in half a comparison
-            raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
-        if args.resume or args.stop_after:
-            raise SystemExit("--torch compares whole runs from the same initial parameters; drop --resume/--stop-after")
-
-    x_train, y_train = mnist("train", flatten=False)
-    x_test, y_test = mnist("test", flatten=False)
-    if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
-    data = (x_train, y_train, x_test, y_test)
+    refuse_twin_without_torch(args, "resume", "stop_after")
+    data = mnist_images(args.smoke)
     threads = thread_count()  # the twin gets the same
     result = train_drug(args, data)
-    print(
-        f"summary: test accuracy {result['accuracy']:.4f} after {result['epochs']} epoch(s), "
-        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], result['epochs'])}), backend {result['backend']}, "
-        f"{threads} thread(s)"
-    )
+    twin = None
     if args.torch:
         from mnist_resnet_torch import train_torch  # imports torch only now: its thread pool would slow drug's
 
         twin = train_torch(args, data, result["initial"], threads)
-        print(f"{'':8}{'test accuracy':>15}{'s/epoch':>10}")
-        for name, r in (("drug", result), ("torch", twin)):
-            print(f"{name:8}{r['accuracy']:>15.4f}{r['seconds'] / max(args.epochs, 1):>10.1f}")
-        if args.epochs:
-            print(f"drug is {twin['seconds'] / max(result['seconds'], 1e-9):.2f}x as fast per epoch")
+    report(result, result["epochs"], threads, twin)
 
 
 if __name__ == "__main__":

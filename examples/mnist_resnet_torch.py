@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 from common import minibatches, shifted
+from mnist_conv_torch import accuracy, summary
 
 
 def conv_bn(torch, p: dict, h, name: str, stride: int, training: bool):
@@ -74,17 +75,6 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
             losses.append(loss.item())
         elapsed = time.perf_counter() - start
         seconds += elapsed
-        acc = accuracy(torch, p, x_test, y_test, args)
+        acc = accuracy(torch, lambda x: forward(torch, p, x, args, False), x_test, y_test)
         print(f"torch epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
-    acc = accuracy(torch, p, x_test, y_test, args)
-    print(f"torch summary: test accuracy {acc:.4f}, {seconds:.1f} s, torch {torch.__version__}, {threads} thread(s)")
-    return {"accuracy": acc, "seconds": seconds}
-
-
-def accuracy(torch, p: dict, x, y, args, batch: int = 1000) -> float:
-    with torch.no_grad():
-        correct = sum(
-            int((forward(torch, p, x[i : i + batch], args, False).argmax(1) == y[i : i + batch]).sum())
-            for i in range(0, len(x), batch)
-        )
-    return correct / len(x)
+    return summary(torch, lambda x: forward(torch, p, x, args, False), x_test, y_test, seconds, threads)

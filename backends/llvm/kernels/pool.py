@@ -11,6 +11,7 @@ one tap."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 
 from llvmlite import ir
@@ -183,34 +184,28 @@ class _PoolEmitter(_Geometry):
         return self.f.compare("==", self.get(image, pixel, "x"), maximum)
 
 
-@kernel(MaxPool2D)
-def _max_pool2d(k, node):
-    """out[p, q] = the max of the window's valid taps (padding never wins)."""
+def _windows(k, node, combine: Callable[[_PoolEmitter, list[ir.Value], list[tuple[int, int]]], ir.Value]) -> None:
+    """out[p, q] = combine(e, the values of the window's valid taps, the taps), region by region."""
     (x,) = node.inputs
     e = _PoolEmitter(k, node, x)
-    f = e.f
     with e.planes() as plane:
         source, target = e.plane(x, plane, False), e.plane(node, plane, True)
         for p, q, taps in e.regions():
-            acc = f.const(float("-inf"))
-            for i, j in taps:
-                acc = f.accumulate("max", acc, e.get(source, e.pixel(p, q, i, j), "x"))
-            e.put(target, e.b.add(e.b.mul(p, i64(e.wo)), q, name="out_at"), acc)
+            values = [e.get(source, e.pixel(p, q, i, j), "x") for i, j in taps]
+            e.put(target, e.b.add(e.b.mul(p, i64(e.wo)), q, name="out_at"), combine(e, values, taps))
+
+
+@kernel(MaxPool2D)
+def _max_pool2d(k, node):
+    """The max of the window's valid taps (padding never wins)."""
+    _windows(k, node, lambda e, values, taps: functools.reduce(lambda a, v: e.f.accumulate("max", a, v), values,
+                                                                e.f.const(float("-inf"))))  # fmt: skip
 
 
 @kernel(AvgPool2D)
 def _avg_pool2d(k, node):
-    """out[p, q] = the sum of the window's valid taps (padding adds nothing) / its divisor."""
-    (x,) = node.inputs
-    e = _PoolEmitter(k, node, x)
-    f = e.f
-    with e.planes() as plane:
-        source, target = e.plane(x, plane, False), e.plane(node, plane, True)
-        for p, q, taps in e.regions():
-            total = f.const(0.0)
-            for i, j in taps:
-                total = f.add(total, e.get(source, e.pixel(p, q, i, j), "x"))
-            e.put(target, e.b.add(e.b.mul(p, i64(e.wo)), q, name="out_at"), f.div(total, e.divisor(taps)))
+    """The sum of the window's valid taps (padding adds nothing) / its divisor."""
+    _windows(k, node, lambda e, values, taps: e.f.div(functools.reduce(e.f.add, values), e.divisor(taps)))
 
 
 @kernel(MaxPool2DTangent)
