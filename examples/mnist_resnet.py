@@ -106,7 +106,7 @@ def train_drug(args, data) -> dict:
 
 
 def main() -> None:
-    parser = example_parser(__doc__, epochs=6, batch=128, lr=3e-3)
+    parser = example_parser(__doc__, epochs=8, batch=128, lr=3e-3)
     parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64], help="filters per stage")
     parser.add_argument("--blocks", type=int, default=1, help="residual blocks per stage")
     parser.add_argument("--weight-decay", type=float, default=0.05, help="AdamW's decoupled weight decay")
