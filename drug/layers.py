@@ -7,7 +7,7 @@ reuses them on every later call: an RNN cell applied T times trains one set of w
 
 Parameters start as PyTorch's layers start them (Dense and Conv2D: U(±1/sqrt(fan_in)) for weight
 and bias; Embedding: N(0, 1); recurrent cells: U(±1/sqrt(hidden)); BatchNorm: scale 1, bias 0),
-unless `init=` says otherwise.
+unless `init=` (weights) or `bias_init=` say otherwise.
 """
 
 from __future__ import annotations
@@ -83,6 +83,11 @@ class Layer:
             )
 
 
+def _either(chosen, default):
+    """The user's initializer (a name, an initializer or an array), else the layer's default."""
+    return default if chosen is None else chosen
+
+
 def _fresh_name(graph: Graph, kind: str) -> str:
     """`<kind><n>` with the next n whose parameter prefix no node of the graph uses yet."""
     counter = _counters.setdefault(graph, {}).setdefault(kind, itertools.count(1))
@@ -97,17 +102,19 @@ class Dense(Layer):
 
     kind = "dense"
 
-    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init=None, name=None):
+    def __init__(
+        self, units: int, activation: Activation = None, bias: bool = True, init=None, bias_init=None, name=None
+    ):
         super().__init__(name)
-        self.units, self.bias, self.init = int(units), bias, init
+        self.units, self.bias, self.init, self.bias_init = int(units), bias, init, bias_init
         self.activation = activation_fn(activation)
 
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             weight, bias = initializers.torch_default(x.shape[-1])
-            self._param("w", (x.shape[-1], self.units), weight if self.init is None else self.init)
+            self._param("w", (x.shape[-1], self.units), _either(self.init, weight))
             if self.bias:
-                self._param("b", (self.units,), bias)
+                self._param("b", (self.units,), _either(self.bias_init, bias))
         self._expect(x, -1, self.params["w"].shape[0], "features")
         y = x @ self.params["w"]
         return self.activation(y + self.params["b"] if self.bias else y)
@@ -131,13 +138,14 @@ class Conv2D(Layer):
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         init=None,
+        bias_init=None,
         name: str | None = None,
     ):
         super().__init__(name)
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         self.filters, self.kernel_size, self.bias = int(filters), k, bias
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
-        self.dilation, self.groups, self.init = dilation, int(groups), init
+        self.dilation, self.groups, self.init, self.bias_init = dilation, int(groups), init, bias_init
         self.activation = activation_fn(activation)
 
     def __call__(self, x: Node) -> Node:
@@ -149,9 +157,9 @@ class Conv2D(Layer):
                                  f"{x.shape[1]} channels")  # fmt: skip
             shape = (self.filters, x.shape[1] // self.groups, *self.kernel_size)
             weight, bias = initializers.torch_default(math.prod(shape[1:]))
-            self._param("w", shape, weight if self.init is None else self.init)
+            self._param("w", shape, _either(self.init, weight))
             if self.bias:
-                self._param("b", (self.filters,), bias)
+                self._param("b", (self.filters,), _either(self.bias_init, bias))
         self._expect(x, 1, self.params["w"].shape[1] * self.groups, "channels")
         y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode, self.dilation, self.groups)
         if self.bias:
@@ -240,7 +248,7 @@ class Embedding(Layer):
 
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
-            self._param("table", (self.vocab, self.dim), initializers.normal(1.0) if self.init is None else self.init)
+            self._param("table", (self.vocab, self.dim), _either(self.init, initializers.normal(1.0)))
         return embedding(ids, self.params["table"])
 
 
@@ -249,21 +257,21 @@ class _Recurrent(Layer):
 
     gates: tuple[str, ...] = ()
 
-    def __init__(self, hidden: int, name: str | None = None):
+    def __init__(self, hidden: int, init=None, bias_init=None, name: str | None = None):
         super().__init__(name)
-        self.hidden = int(hidden)
+        self.hidden, self.init, self.bias_init = int(hidden), init, bias_init
 
     def _build(self, x: Node) -> None:
         if self._bind(x):
             h = self.hidden
             bound = 1.0 / math.sqrt(h)  # PyTorch's RNN/GRU: every weight and bias U(±1/sqrt(hidden))
-            init = initializers.uniform(-bound, bound)
+            default = initializers.uniform(-bound, bound)
             for gate in self.gates:
-                self._param(f"w_{gate}", (x.shape[-1], h), init)
+                self._param(f"w_{gate}", (x.shape[-1], h), _either(self.init, default))
             for gate in self.gates:
-                self._param(f"u_{gate}", (h, h), init)
+                self._param(f"u_{gate}", (h, h), _either(self.init, default))
             for gate in self.gates:
-                self._param(f"b_{gate}", (h,), init)
+                self._param(f"b_{gate}", (h,), _either(self.bias_init, default))
             # gates side by side: one matmul per step for all of them (built once, shared by every step)
             self.w, self.u, self.b = (self._joined(role) for role in ("w", "u", "b"))
         self._expect(x, -1, self.w.shape[0], "features")
@@ -315,8 +323,8 @@ class RNNCell(_Recurrent):
     kind = "rnn"
     gates = ("x",)
 
-    def __init__(self, hidden: int, activation: Activation = "tanh", name: str | None = None):
-        super().__init__(hidden, name)
+    def __init__(self, hidden: int, activation: Activation = "tanh", init=None, bias_init=None, name=None):
+        super().__init__(hidden, init, bias_init, name)
         self.activation = activation_fn(activation)
 
     def step(self, projected: Node, h: Node | None) -> Node:

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 from common import (
+    GLOROT,
     accuracy,
     example_parser,
     linear_decay,
@@ -35,10 +36,10 @@ def build(widths: list[int], pool: str, head: str, seed: int):
     y = g.input("y", (None,), dtype="int32")
     h = x
     for i, filters in enumerate(widths, start=1):
-        h = dg.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(h)
+        h = dg.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}", **GLOROT)(h)
         if i < len(widths):
             h = POOLS[pool](h, 2)
-    logits = dg.layers.Dense(10, name="out")(dg.global_pool(h, head))
+    logits = dg.layers.Dense(10, name="out", **GLOROT)(dg.global_pool(h, head))
     return g, logits, dg.softmax_cross_entropy(logits, y)
 
 
