@@ -49,11 +49,6 @@ class _Geometry:
         self.rows = segments(self.h, kh, sh, top, self.ho)
         self.cols = segments(self.w, kw, sw, left, self.wo)
 
-    def tap_columns(self, j: int) -> tuple[int, int]:
-        """[q0, q1): the windows whose tap column j reads a real pixel."""
-        valid = [q for start, stop, taps in self.cols if j in taps for q in range(start, stop)]
-        return (valid[0], valid[-1] + 1) if valid else (0, 0)
-
     @property
     def margin(self) -> int:
         """Zeros before (and, within `row_length`, after) each row of tap contributions."""
@@ -64,7 +59,13 @@ class _Geometry:
         return 2 * self.margin + max(self.wo, -(-self.w // self.op.stride[1])) + 1
 
     def contributions_size(self) -> int:
-        return self.op.kernel[1] * self.row_length
+        """One row per tap and output row: what each window's tap adds into the image."""
+        kh, kw = self.op.kernel
+        return kh * kw * self.ho * self.row_length
+
+    def contribution_offset(self, i: int, j: int) -> int:
+        """Where the rows of tap (i, j) start (an output row's row follows at `row_length`)."""
+        return ((i * self.op.kernel[1] + j) * self.ho) * self.row_length + self.margin
 
 
 class _PoolEmitter(_Geometry):
@@ -119,55 +120,45 @@ class _PoolEmitter(_Geometry):
                     with for_range(b, i64(q1), f"q{q0}", start=i64(q0)) as q:
                         yield p, q, [(i, j) for i in rows for j in cols]
 
-    def scatter(self, value: Callable[[ir.Value, ir.Value, ir.Value, int, int], ir.Value]):
-        """dx += every window's tap values, for the windows of each output row p: value(p, q, y, i,
-        j) is what tap (i, j) of window (p, q) adds into input pixel (y, q*sw + j - left).
-        Per tap row i, the values of each tap column j go to a row of the workspace (zeros where
-        the tap reads padding and in the margins around it); then one loop over the input row
-        adds them in, input columns grouped by their residue modulo the stride: input column
-        sw*m + r takes from window m + (r + left - j) / sw of every tap j with that residue, so
-        the loop stores to sw consecutive pixels per iteration (no two iterations add into one
-        pixel) and vectorizes."""
+    def record(self, p: ir.Value, q: ir.Value, i: int, j: int, value: ir.Value) -> None:
+        """Tap (i, j) of window (p, q) adds `value` into its pixel (written out by `scatter`)."""
+        b = self.b
+        row = b.add(b.mul(p, i64(self.row_length)), i64(self.contribution_offset(i, j)), name=f"c{i}_{j}_row")
+        self.put(self.contributions, b.add(row, q, name=f"c{i}_{j}_at"), value)
+
+    def scatter(self) -> None:
+        """dx += what every window's taps recorded (taps that read padding record nothing; their
+        entries, and the margins around each row, stay zero from the start). Per output row p
+        and tap row i, one loop over input row y = p*sh + i - top adds them in, its columns
+        grouped by their residue modulo the stride: input column sw*m + r takes from window
+        m + (r + left - j) / sw of every tap column j with that residue, so an iteration stores
+        to sw consecutive pixels, no two iterations add into one pixel, and the loop vectorizes."""
         b, f, op = self.b, self.f, self.op
         (sh, sw), ((top, _), (left, _)), kw = op.stride, op.pads, op.kernel[1]
-        length, margin = self.row_length, self.margin
-        self.zero(self.contributions, self.contributions_size())  # the margins stay zero
+        residues = {r: [(j, (r + left - j) // sw) for j in range(kw) if (r + left - j) % sw == 0] for r in range(sw)}
         for p0, p1, rows in self.rows:
             with for_range(b, i64(p1), f"r{p0}", start=i64(p0)) as p:
+                row_at = b.mul(p, i64(self.row_length), name="contribution_row")
                 for i in rows:
                     y = b.add(b.mul(p, i64(sh)), i64(i - top), name=f"y{i}")
-                    for j in range(kw):
-                        row = self.at(self.contributions, i64(j * length + margin), f"c{j}")
-                        q0, q1 = self.tap_columns(j)
-                        for start, stop, fill in ((0, q0, None), (q0, q1, j), (q1, self.wo, None)):
-                            if stop > start:
-                                with for_range(b, i64(stop), f"c{j}_{start}", start=i64(start)) as q:
-                                    self.put(row, q, f.const(0.0) if fill is None else value(p, q, y, i, j))
-                    self._add_row(y, sw, left, kw, length, margin)
+                    image_row = self.at(self.target, b.mul(y, i64(self.w), name="dx_row_start"), "dx_row")
 
-    def _add_row(self, y: ir.Value, sw: int, left: int, kw: int, length: int, margin: int) -> None:
-        """Input row y += the workspace's tap contributions, by residues (see `scatter`)."""
-        b, f = self.b, self.f
-        image_row = self.at(self.target, b.mul(y, i64(self.w), name="dx_row_start"), "dx_row")
-        residues = {r: [(j, (r + left - j) // sw) for j in range(kw) if (r + left - j) % sw == 0] for r in range(sw)}
+                    def add_group(m: ir.Value, widths: range, i=i, image_row=image_row, row_at=row_at) -> None:
+                        for r in widths:
+                            offsets = [self.contribution_offset(i, j) + shift for j, shift in residues[r]]
+                            if not offsets:
+                                continue
+                            start = b.add(row_at, m, name="c_at")
+                            terms = [self.get(self.contributions, b.add(start, i64(o)), "c") for o in offsets]
+                            pixel = b.add(b.mul(m, i64(sw)), i64(r), name=f"x{r}")
+                            total = functools.reduce(f.add, terms)
+                            self.put(image_row, pixel, f.add(self.get(image_row, pixel, "dx"), total))
 
-        def add_group(m: ir.Value, widths: range) -> None:
-            for r in widths:
-                if not residues[r]:
-                    continue
-                total = None
-                for j, shift in residues[r]:
-                    at = b.add(m, i64(j * length + margin + shift), name=f"c{j}_at")
-                    term = self.get(self.contributions, at, f"c{j}")
-                    total = term if total is None else f.add(total, term)
-                pixel = b.add(b.mul(m, i64(sw)), i64(r), name=f"x{r}")
-                self.put(image_row, pixel, f.add(self.get(image_row, pixel, "dx"), total))
-
-        full = self.w // sw
-        with for_range(b, i64(full), "m") as m:
-            add_group(m, range(sw))
-        if self.w % sw:
-            add_group(i64(full), range(self.w % sw))
+                    full = self.w // sw
+                    with for_range(b, i64(full), "m") as m:
+                        add_group(m, range(sw))
+                    if self.w % sw:
+                        add_group(i64(full), range(self.w % sw))
 
     def share(self, values: ir.Value, count: ir.Value) -> ir.Value:
         """values / count, 0 where the count is 0 (a NaN window: no pixel equals its max)."""
@@ -230,55 +221,49 @@ def _max_pool2d_tangent(k, node):
 
 
 def _scatter_workspace(node):
-    """The windows' shares (a pooled plane), then one row of tap contributions per tap column."""
-    geometry = _Geometry(node.op)
-    return (geometry.ho * geometry.wo + geometry.contributions_size(),), node.dtype
+    """A row per tap and output row of what the windows' taps add into the image."""
+    return (_Geometry(node.op).contributions_size(),), node.dtype
 
 
 @kernel(MaxPool2DGrad, workspace=_scatter_workspace)
 def _max_pool2d_grad(k, node):
-    """Per plane: each window's share g / (number of its maxima), region by region; then dx = 0
-    and each tap's share added where the tap is a maximum (`scatter`)."""
+    """Per plane, region by region: each window's maxima (compared once) share g / their count,
+    recorded per tap; then dx = 0 and the records added in (`scatter`)."""
     x, out, g = node.inputs
     e = _PoolEmitter(k, node, x)
     b, f = e.b, e.f
-    shares = k.workspace(node)
-    e.contributions = e.at(shares, i64(e.ho * e.wo), "contributions")
+    e.contributions = k.workspace(node)
+    e.zero(e.contributions, e.contributions_size())
     with e.planes() as plane:
         source, maxima, grads = e.plane(x, plane, False), e.plane(out, plane, True), e.plane(g, plane, True)
         e.target = e.plane(node, plane, False)
         for p, q, taps in e.regions():
             at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
             maximum = e.get(maxima, at, "max")
-            count = f.const(0.0)
-            for i, j in taps:
-                count = f.add(count, f.select(e.is_max(source, e.pixel(p, q, i, j), maximum), f.const(1.0),
-                                              f.const(0.0)))  # fmt: skip
-            e.put(shares, at, e.share(e.get(grads, at, "g"), count))
+            hits = [e.is_max(source, e.pixel(p, q, i, j), maximum) for i, j in taps]
+            count = functools.reduce(f.add, [f.select(hit, f.const(1.0), f.const(0.0)) for hit in hits])
+            share = e.share(e.get(grads, at, "g"), count)
+            for (i, j), hit in zip(taps, hits):
+                e.record(p, q, i, j, f.select(hit, share, f.const(0.0)))
         e.zero(e.target, e.h * e.w)
-
-        def routed(p, q, y, i, j):
-            at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
-            hit = e.is_max(source, e.pixel(p, q, i, j), e.get(maxima, at, "max"))
-            return f.select(hit, e.get(shares, at, "share"), f.const(0.0))
-
-        e.scatter(routed)
+        e.scatter()
 
 
 @kernel(AvgPool2DGrad, workspace=_scatter_workspace)
 def _avg_pool2d_grad(k, node):
-    """Per plane: g / divisor per window, region by region; then dx = 0 and every window's share
-    added into each of its pixels (`scatter`)."""
+    """Per plane, region by region: g / divisor recorded for each valid tap of the window; then
+    dx = 0 and the records added in (`scatter`)."""
     (g,) = node.inputs
     e = _PoolEmitter(k, node, node)
-    b = e.b
-    shares = k.workspace(node)
-    e.contributions = e.at(shares, i64(e.ho * e.wo), "contributions")
+    b, f = e.b, e.f
+    e.contributions = k.workspace(node)
+    e.zero(e.contributions, e.contributions_size())
     with e.planes() as plane:
         grads = e.plane(g, plane, True)
         e.target = e.plane(node, plane, False)
         for p, q, taps in e.regions():
-            at = b.add(b.mul(p, i64(e.wo)), q, name="out_at")
-            e.put(shares, at, e.f.div(e.get(grads, at, "g"), e.divisor(taps)))
+            share = f.div(e.get(grads, b.add(b.mul(p, i64(e.wo)), q, name="out_at"), "g"), e.divisor(taps))
+            for i, j in taps:
+                e.record(p, q, i, j, share)
         e.zero(e.target, e.h * e.w)
-        e.scatter(lambda p, q, y, i, j: e.get(shares, b.add(b.mul(p, i64(e.wo)), q), "share"))
+        e.scatter()
