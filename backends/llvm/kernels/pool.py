@@ -4,10 +4,10 @@ Which taps of a window read real pixels (not padding) depends only on where the 
 the output rows and columns split at compile time into segments with one set of valid taps each
 (the border windows and the interior). Each (image, channel) plane is computed region by region:
 a loop over the region's output pixels whose body combines its fixed list of taps, with no tests,
-so it vectorizes (the stride-2 loads of the taps of neighbouring windows become wide loads and
-shuffles). The adjoints that add into the image (the gradients) scatter tap by tap instead:
-windows overlap, so one loop over a row's windows may add twice into a pixel only if it handles
-one tap."""
+so it vectorizes. The gradients add into the image, where overlapping windows meet: their region
+pass records what each tap adds (one row per tap and output row), and `scatter` adds the records
+into each input row with its columns grouped by residue modulo the stride, so that no two
+iterations of a loop add into one pixel."""
 
 from __future__ import annotations
 
@@ -33,9 +33,6 @@ def segments(n: int, kernel: int, stride: int, pad: int, out: int) -> list[Segme
         else:
             runs.append((o, o + 1, taps))
     return runs
-
-
-Window = Callable[[ir.Value, ir.Value, list[ir.Value]], ir.Value]  # (p, q, pixel offsets) -> output value
 
 
 class _Geometry:
@@ -78,6 +75,8 @@ class _PoolEmitter(_Geometry):
         self.f = k.scalar(node)
         self.itemsize = node.dtype.itemsize
         self.image = image
+        self.contributions: ir.Value | None = None  # the gradients' records (`record`, `scatter`)
+        self.target: ir.Value | None = None  # the plane of the image-sized output `scatter` adds into
 
     def at(self, pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
         return self.b.gep(pointer, [offset], source_etype=self.real, inbounds=True, name=name)
