@@ -6,10 +6,9 @@ optimizer, schedule and thread count) and prints both side by side."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from common import (
+    Clock,
     accuracy,
     example_parser,
     minibatches,
@@ -82,27 +81,26 @@ def train_drug(args, data) -> dict:
                 shifted(x_train[idx], augment, args.shift)
         print(f"resumed after epoch {done} (step {train.step_count})")
     last = min(args.epochs, args.stop_after or args.epochs)
-    step, seconds, curve = train.step_count, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
+    step, clock, curve = train.step_count, Clock(), {"train loss": ([], []), "test accuracy": ([], [])}
     for epoch in range(done + 1, last + 1):
         losses = []
         bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
-        start = time.perf_counter()
-        for idx in bar:
-            step += 1
-            losses.append(train(x=shifted(x_train[idx], augment, args.shift), y=y_train[idx]))
-            track_loss(bar, curve["train loss"], step, losses)
-        elapsed = time.perf_counter() - start
-        seconds += elapsed
+        with clock.epoch():
+            for idx in bar:
+                step += 1
+                losses.append(train(x=shifted(x_train[idx], augment, args.shift), y=y_train[idx]))
+                track_loss(bar, curve["train loss"], step, losses)
         acc = accuracy(predict, x_test, y_test)
         curve["test accuracy"][0].append(step)
         curve["test accuracy"][1].append(acc)
-        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
+        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {clock.last:.1f} s")
     if args.save:
         train.save(args.save)
     if args.plot:
         plot_curves(args.plot, curve, "step", "MNIST ResNet")
     acc = accuracy(predict, x_test, y_test)
-    return {"initial": initial, "accuracy": acc, "seconds": seconds, "epochs": last - done, "backend": train.backend}
+    return {"initial": initial, "accuracy": acc, "seconds": clock.seconds, "cpu": clock.cpu, "epochs": last - done,
+            "backend": train.backend}  # fmt: skip
 
 
 def main() -> None:

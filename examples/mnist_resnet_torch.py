@@ -5,10 +5,9 @@ gradient clipping and thread count, so that seconds per epoch compare."""
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
-from common import minibatches, shifted
+from common import Clock, minibatches, shifted
 from mnist_conv_torch import accuracy, summary
 
 
@@ -58,23 +57,23 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
     opt = torch.optim.AdamW(groups, lr=args.lr)
     rng, augment = np.random.default_rng(args.seed), np.random.default_rng(args.seed + 1)
     total_steps = max(args.epochs * -(-len(x_train) // args.batch), 1)
-    step, seconds = 0, 0.0
+    step, clock = 0, Clock()
     for epoch in range(1, args.epochs + 1):
         losses = []
-        start = time.perf_counter()
-        for idx in minibatches(len(x_train), args.batch, rng):
-            for group in opt.param_groups:
-                group["lr"] = cosine(args.lr, total_steps, step)
-            step += 1
-            x = torch.from_numpy(shifted(data[0][idx], augment, args.shift))
-            loss = torch.nn.functional.cross_entropy(forward(torch, p, x, args, True), y_train[torch.from_numpy(idx)])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params.values(), args.clip)
-            opt.step()
-            losses.append(loss.item())
-        elapsed = time.perf_counter() - start
-        seconds += elapsed
+        with clock.epoch():
+            for idx in minibatches(len(x_train), args.batch, rng):
+                for group in opt.param_groups:
+                    group["lr"] = cosine(args.lr, total_steps, step)
+                step += 1
+                x = torch.from_numpy(shifted(data[0][idx], augment, args.shift))
+                logits = forward(torch, p, x, args, True)
+                loss = torch.nn.functional.cross_entropy(logits, y_train[torch.from_numpy(idx)])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params.values(), args.clip)
+                opt.step()
+                losses.append(loss.item())
         acc = accuracy(torch, lambda x: forward(torch, p, x, args, False), x_test, y_test)
-        print(f"torch epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
-    return summary(torch, lambda x: forward(torch, p, x, args, False), x_test, y_test, seconds, threads)
+        print(f"torch epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {clock.last:.1f} s")
+    return {**summary(torch, lambda x: forward(torch, p, x, args, False), x_test, y_test, clock.seconds, threads),
+            "cpu": clock.cpu}  # fmt: skip
