@@ -129,6 +129,24 @@ def track_loss(bar, curve: tuple[list, list], step: int, losses: list[float], ev
         curve[1].append(recent)
 
 
+def end_of_epoch(epoch: int, losses: list[float], seconds: float, step: int, curve: tuple[list, list], predict,
+                 x_test: np.ndarray, y_test: np.ndarray) -> None:  # fmt: skip
+    """The test accuracy after an epoch: on the curve and in the epoch's line."""
+    acc = accuracy(predict, x_test, y_test)
+    curve[0].append(step)
+    curve[1].append(acc)
+    print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {seconds:.1f} s")
+
+
+def finish(args, train, curves: dict, title: str, predict, x_test: np.ndarray, y_test: np.ndarray) -> float:
+    """After training: the checkpoint and the plot the flags ask for; returns the test accuracy."""
+    if args.save:
+        train.save(args.save)
+    if args.plot:
+        plot_curves(args.plot, curves, "step", title)
+    return accuracy(predict, x_test, y_test)
+
+
 def accuracy(predict, x: np.ndarray, y: np.ndarray, batch: int = 1000) -> float:
     """Share of the rows of x whose arg-max prediction is the label, `batch` rows per call."""
     correct = sum(

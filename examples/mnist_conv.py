@@ -9,12 +9,12 @@ import time
 import numpy as np
 from common import (
     GLOROT,
-    accuracy,
+    end_of_epoch,
     example_parser,
+    finish,
     linear_decay,
     minibatches,
     mnist_images,
-    plot_curves,
     refuse_twin_without_torch,
     report,
     track_loss,
@@ -66,15 +66,8 @@ def train_drug(args, data) -> dict:
             track_loss(bar, curve["train loss"], step, losses)
         elapsed = time.perf_counter() - start
         seconds += elapsed
-        acc = accuracy(predict, x_test, y_test)
-        curve["test accuracy"][0].append(step)
-        curve["test accuracy"][1].append(acc)
-        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
-    if args.save:
-        train.save(args.save)
-    if args.plot:
-        plot_curves(args.plot, curve, "step", "MNIST CNN")
-    acc = accuracy(predict, x_test, y_test)
+        end_of_epoch(epoch, losses, elapsed, step, curve["test accuracy"], predict, x_test, y_test)
+    acc = finish(args, train, curve, "MNIST CNN", predict, x_test, y_test)
     return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
 
 

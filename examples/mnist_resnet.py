@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 from common import (
     Clock,
-    accuracy,
+    end_of_epoch,
     example_parser,
+    finish,
     minibatches,
     mnist_images,
-    plot_curves,
     refuse_twin_without_torch,
     report,
     shifted,
@@ -90,15 +90,8 @@ def train_drug(args, data) -> dict:
                 step += 1
                 losses.append(train(x=shifted(x_train[idx], augment, args.shift), y=y_train[idx]))
                 track_loss(bar, curve["train loss"], step, losses)
-        acc = accuracy(predict, x_test, y_test)
-        curve["test accuracy"][0].append(step)
-        curve["test accuracy"][1].append(acc)
-        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {clock.last:.1f} s")
-    if args.save:
-        train.save(args.save)
-    if args.plot:
-        plot_curves(args.plot, curve, "step", "MNIST ResNet")
-    acc = accuracy(predict, x_test, y_test)
+        end_of_epoch(epoch, losses, clock.last, step, curve["test accuracy"], predict, x_test, y_test)
+    acc = finish(args, train, curve, "MNIST ResNet", predict, x_test, y_test)
     return {"initial": initial, "accuracy": acc, "seconds": clock.seconds, "cpu": clock.cpu, "epochs": last - done,
             "backend": train.backend}  # fmt: skip
 
