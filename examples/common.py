@@ -74,6 +74,22 @@ class Clock:
         self.cpu += time.process_time() - cpu
 
 
+def run_with_twin(args, train_drug, twin_module: str, *exclusive: str) -> None:
+    """Train with drug on MNIST images, then (`--torch`) the PyTorch twin in `twin_module` with the
+    same threads, and report both. torch is imported only after drug trained: its thread pool
+    would slow drug's."""
+    from drug.backends.llvm.threads import thread_count
+
+    refuse_twin_without_torch(args, *exclusive)
+    data = mnist_images(args.smoke)
+    threads = thread_count()
+    result = train_drug(args, data)
+    twin = (
+        importlib.import_module(twin_module).train_torch(args, data, result["initial"], threads) if args.torch else None
+    )
+    report(result, result.get("epochs", args.epochs), threads, twin)
+
+
 def report(result: dict, epochs: int, threads: int, twin: dict | None = None) -> None:
     """The summary line of a drug run, then (with a twin's result) both side by side."""
     seconds = result["seconds"]

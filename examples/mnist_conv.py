@@ -14,15 +14,12 @@ from common import (
     finish,
     linear_decay,
     minibatches,
-    mnist_images,
-    refuse_twin_without_torch,
-    report,
+    run_with_twin,
     track_loss,
 )
 from tqdm import tqdm
 
 import drug as dg
-from drug.backends.llvm.threads import thread_count
 
 POOLS = {"max": dg.max_pool2d, "avg": dg.avg_pool2d}
 
@@ -78,16 +75,7 @@ def main() -> None:
     parser.add_argument("--head", choices=["max", "avg"], default="max", help="global pool before the dense layer")
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
-    refuse_twin_without_torch(args, "resume")
-    data = mnist_images(args.smoke)
-    threads = thread_count()  # the twin gets the same
-    result = train_drug(args, data)
-    twin = None
-    if args.torch:
-        from mnist_conv_torch import train_torch  # imports torch only now: its thread pool would slow drug's
-
-        twin = train_torch(args, data, result["initial"], threads)
-    report(result, args.epochs, threads, twin)
+    run_with_twin(args, train_drug, "mnist_conv_torch", "resume")
 
 
 if __name__ == "__main__":

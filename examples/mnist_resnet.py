@@ -13,16 +13,13 @@ from common import (
     example_parser,
     finish,
     minibatches,
-    mnist_images,
-    refuse_twin_without_torch,
-    report,
+    run_with_twin,
     shifted,
     track_loss,
 )
 from tqdm import tqdm
 
 import drug as dg
-from drug.backends.llvm.threads import thread_count
 
 
 def conv_bn(h, filters: int, kernel: int, stride: int, name: str):
@@ -107,16 +104,7 @@ def main() -> None:
                         "spans --epochs; with --save, a checkpoint to --resume from)")  # fmt: skip
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
-    refuse_twin_without_torch(args, "resume", "stop_after")
-    data = mnist_images(args.smoke)
-    threads = thread_count()  # the twin gets the same
-    result = train_drug(args, data)
-    twin = None
-    if args.torch:
-        from mnist_resnet_torch import train_torch  # imports torch only now: its thread pool would slow drug's
-
-        twin = train_torch(args, data, result["initial"], threads)
-    report(result, result["epochs"], threads, twin)
+    run_with_twin(args, train_drug, "mnist_resnet_torch", "resume", "stop_after")
 
 
 if __name__ == "__main__":
