@@ -36,13 +36,13 @@ def test_resnet_smoke_and_exact_resume(tmp_path):
 
 
 def test_resnet_torch_twin_matches():
-    """Same initial parameters and statistics, batches, AdamW, schedule and clipping: PyTorch's
-    epoch losses agree with drug's (float32 sums in different orders)."""
+    """Same initial parameters and statistics, batches, shifts, AdamW, schedule and clipping:
+    PyTorch's epoch loss agrees with drug's (float32 sums in different orders)."""
     pytest.importorskip("torch")
-    out = run_example("mnist_resnet.py", "--smoke", "--epochs", "2", "--torch")
+    out = run_example("mnist_resnet.py", "--smoke", "--epochs", "1", "--torch")
     drug_losses = epoch_losses(out)
     torch_losses = epoch_losses(out, rf"^torch epoch \d+: mean loss {FLOAT}")
-    assert len(drug_losses) == len(torch_losses) == 2, out
+    assert len(drug_losses) == len(torch_losses) == 1, out
     for mine, theirs in zip(drug_losses, torch_losses):
         assert abs(mine - theirs) < 5e-3 * mine, out
     assert re.search(r"^drug is [0-9.]+x as fast per epoch \([0-9.]+x in CPU time\)$", out, re.MULTILINE), out
