@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import traceback
 
 from ..core.errors import GraphError
 from . import __doc__ as DESCRIPTION
 from .build import compile_library
-from .spec import check_library_name, load_spec
+from .spec import UserCodeError, check_library_name, load_spec
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             keep=args.keep,
         )
     except (GraphError, OSError) as error:
+        if isinstance(error, UserCodeError) and not isinstance(error.__cause__, GraphError):
+            traceback.print_exception(error.__cause__, file=sys.stderr)  # a bug in the user's code: where it is
         print(f"drug-compile: error: {error}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - start

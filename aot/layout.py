@@ -132,10 +132,9 @@ def describe(
 
 def _baked(current: dict[str, np.ndarray], path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A checkpoint's values of our parameters (extra ones, e.g. of another function, are ignored)."""
-    loaded = checkpoint.read(path).params
-    subset = {k: v for k, v in loaded.items() if k in current}
-    checkpoint.check_compatible("parameter", current, subset, path)
-    return subset
+    wanted = {f"param/{name}": value for name, value in current.items()}
+    loaded, _ = checkpoint.read(path, wanted, exact=False)
+    return {key.removeprefix("param/"): value for key, value in loaded.items()}
 
 
 def _table(model: str, function: Function, params: list[str], states: list[str], consts: dict[int, int]) -> Table:

@@ -15,7 +15,12 @@ from ..core.errors import GraphError
 
 CSRC = Path(__file__).parent / "csrc"
 RUNTIME_SOURCES = ("rt_handle.c", "rt_checkpoint.c", "rt_zip.c", "rt_sha256.c")
-CFLAGS = ("-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra")
+# Implicit declarations and int-to-pointer conversions are always bugs (an undeclared function
+# returning a pointer has it truncated to an int): errors, not warnings nobody sees.
+CFLAGS = (
+    "-O2", "-std=c11", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra",
+    "-Werror=implicit-function-declaration", "-Werror=int-conversion",
+)  # fmt: skip
 
 
 def find_cc(cc: str | None = None) -> str:

@@ -74,19 +74,33 @@ def load_spec(target: str) -> tuple[CompileSpec, str]:
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
-        spec.loader.exec_module(module)
+        _run_user_code(f"{target} could not be run", spec.loader.exec_module, module)
         default_name = path.stem
     else:
         _importable(os.getcwd())  # as `python -m pkg.model` would
         try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as error:
-            raise GraphError(f"{target} is neither a file nor an importable module: {error}") from None
+            module = _run_user_code(f"{target} could not be imported", importlib.import_module, target)
+        except UserCodeError as error:
+            if isinstance(error.__cause__, ModuleNotFoundError) and error.__cause__.name == target.split(".")[0]:
+                raise GraphError(f"{target} is neither a file nor an importable module: {error.__cause__}") from None
+            raise
         default_name = target.rsplit(".", 1)[-1]
     build = getattr(module, "build", None)
     if not callable(build):
         raise GraphError(f"{target} defines no build() function (see `drug-compile --help` for the convention)")
-    return as_spec(build(), target), default_name
+    return as_spec(_run_user_code(f"{target}: build() failed", build), target), default_name
+
+
+class UserCodeError(GraphError):
+    """The user's module or build() raised; the original exception is the cause (its traceback is
+    the user's to read)."""
+
+
+def _run_user_code(what: str, function, *args):
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - any exception of the user's code is reported as such
+        raise UserCodeError(f"{what}: {type(error).__name__}: {error}") from error
 
 
 def _importable(directory: str) -> None:

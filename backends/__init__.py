@@ -1,8 +1,9 @@
-"""Backends, registered by name: "numpy" (the reference executor, the test oracle) and "llvm"
-(native code). Importing this package registers both; another backend is a package that calls
-`register` (see base.py and docs/architecture.md)."""
+"""Backends, registered by name: "numpy" (the reference executor, the test oracle), "llvm"
+(native code) and "opencl" (OpenCL devices; needs the `gpu` extra when used). Importing this
+package registers them; another backend is a package that calls `register` (see base.py and
+docs/architecture.md)."""
 
-from . import llvm, reference  # noqa: F401
+from . import llvm, opencl, reference  # noqa: F401
 from .base import Backend, Executor, available, get_backend, register
 
 __all__ = ["Backend", "Executor", "available", "get_backend", "register"]

@@ -5,12 +5,16 @@ looks them up here, so a new backend is one more package that calls `register`."
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..compiler.passes import Pass
+from ..core.arrays import HostArrays
 from ..core.errors import GraphError
 from ..core.program import Program
+
+NamedArrays = Sequence[tuple[HostArrays, Sequence[str]]]  # stores of host arrays, each with names in it
 
 
 class Executor(ABC):
@@ -19,6 +23,9 @@ class Executor(ABC):
     # Whether `run` writes outputs straight into the `out` arrays it is given (so the caller
     # passes recycled arrays instead of copying results afterwards).
     fills_outputs = False
+    # Whether a step runs Python code: forwards of ops without a native kernel (the runtime lets a
+    # call waiting for such a step give up, since the forward may be waiting for that call).
+    runs_python = False
 
     @abstractmethod
     def run(
@@ -32,6 +39,19 @@ class Executor(ABC):
         """Memory a step of this batch size needs besides its outputs, checked before it runs."""
         return 0
 
+    def before_step(self, reads: NamedArrays) -> None:
+        """Make the arrays a step reads (parameters, state buffers, optimizer state: each store with
+        the names read in it) current where it reads them. Host executors read the host arrays,
+        which a device backend's steps may have left behind the device's copies."""
+        for arrays, names in reads:
+            arrays.refresh(names)
+
+    def after_step(self, written: NamedArrays) -> None:
+        """Record where the newest values of the arrays a step updated are: for host executors the
+        host arrays (a device's copies of them are then outdated)."""
+        for arrays, names in written:
+            arrays.written_on_host(names)
+
     def ir(self) -> str:
         raise GraphError(f"the {type(self).__name__} has no LLVM IR; compile with backend='llvm'")
 
@@ -44,6 +64,16 @@ class Backend(ABC):
 
     name: str = ""
 
+    def with_option(self, option: str) -> Backend:
+        """This backend configured by the text after the colon of `backend="name:option"` (the
+        OpenCL backend takes a device)."""
+        raise GraphError(f"backend {self.name!r} takes no option, got {self.name}:{option}")
+
+    @property
+    def label(self) -> str:
+        """What the backend runs on, for reports (a device backend names its device)."""
+        return self.name
+
     @abstractmethod
     def passes(self) -> list[tuple[str, Pass]]:
         """The passes after the common pipeline (compiler/passes.PIPELINE) that finish a program
@@ -52,6 +82,13 @@ class Backend(ABC):
     @abstractmethod
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> Executor:
         """An executor for a program finished by `passes`, with the optimizer `state` buffers it updates."""
+
+    def instrumented_executor(self, program: Program, state: dict[str, np.ndarray], instrument: str) -> Executor:
+        """An executor that also times each kernel (`instrument="profile"`, for
+        `CompiledFunction.profile`) or stops at the first node producing NaN or Inf and changes
+        nothing (`"numerics"`, for `debug_numerics=True`). Backends without it refuse."""
+        what = {"profile": "profile kernels", "numerics": "check numerics node by node"}.get(instrument, instrument)
+        raise GraphError(f"the {self.name!r} backend cannot {what}; compile with backend='llvm'")
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -66,10 +103,14 @@ def register(backend: Backend) -> Backend:
 
 
 def get_backend(name: str) -> Backend:
+    """The backend registered as `name`, or as the part before a colon, configured by the rest
+    ("opencl:1": the OpenCL backend on device 1)."""
+    base, colon, option = name.partition(":")
     try:
-        return _BACKENDS[name]
+        backend = _BACKENDS[base]
     except KeyError:
         raise GraphError(f"unknown backend {name!r}; choose one of {available()}") from None
+    return backend.with_option(option) if colon else backend
 
 
 def available() -> list[str]:

@@ -12,15 +12,20 @@ from typing import Any
 from ..core.errors import GraphError
 from ..core.graph import Graph
 from ..core.leaves import ParameterOp
-from ..core.node import Node
+from ..core.node import Node, recording
 from ..core.program import Program, ancestors
+from .optimizers import Optimizer
 from .passes import PIPELINE, Pass, insert_after, run_pipeline
 
 
 def as_node_list(nodes: Node | Sequence[Node] | None) -> list[Node]:
     if nodes is None:
         return []
-    return [nodes] if isinstance(nodes, Node) else list(nodes)
+    if isinstance(nodes, Node):
+        return [nodes]
+    if not isinstance(nodes, (list, tuple)):
+        raise GraphError(f"outputs must be a node or a list of nodes, got {type(nodes).__name__}")
+    return list(nodes)
 
 
 def build_program(
@@ -43,6 +48,8 @@ def build_program(
         raise GraphError("compile needs a loss, outputs, or both")
     if optimizer is not None and loss is None:
         raise GraphError("an optimizer needs a loss to minimize")
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise GraphError(f"optimizer must be a drug optimizer such as dg.Adam(lr=1e-3), got {optimizer!r}")
     for node in user_outputs + ([loss] if loss is not None else []):
         if not isinstance(node, Node):
             raise GraphError(f"compile expects graph nodes, got {type(node).__name__}")
@@ -51,7 +58,7 @@ def build_program(
         if params is None:
             wrt = [n for n in ancestors([loss]) if isinstance(n.op, ParameterOp)]
         else:
-            wrt = [graph[p] if isinstance(p, str) else p for p in params]
+            wrt = [_parameter(graph, p) for p in ([params] if isinstance(params, (str, Node)) else params)]
         if not wrt:
             raise GraphError("nothing to train: the loss depends on no parameter")
     program = Program(
@@ -63,8 +70,19 @@ def build_program(
         training=optimizer is not None if training is None else bool(training),
     )
     pipeline = insert_after(PIPELINE + list(tail), "autodiff", list(gradient_passes))
-    with _no_collection_pauses():
+    with _no_collection_pauses(), recording(None):  # the compiler's nodes belong to no user call
         return run_pipeline(program, pipeline)
+
+
+def _parameter(graph: Graph, item: Any) -> Node:
+    """An entry of `params=`: a parameter node of `graph`, or its name."""
+    node = graph[item] if isinstance(item, str) else item
+    if not isinstance(node, Node) or not isinstance(node.op, ParameterOp):
+        got = node.describe() if isinstance(node, Node) else f"{type(item).__name__} {item!r}"
+        raise GraphError(f"params lists what to train, parameters (nodes or names): {got} is not a parameter")
+    if node.graph is not graph:
+        raise GraphError(f"params: parameter {node.name} belongs to another graph")
+    return node
 
 
 @contextlib.contextmanager

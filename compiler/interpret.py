@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import GraphError, ResultShapeError, ShapeError, with_context
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
@@ -41,16 +41,26 @@ def evaluate(
         elif isinstance(op, ConstantOp):
             value = op.value
         else:
-            try:
-                value = op.ref(*(values[i.id] for i in node.inputs))
+            try:  # read-only views: a forward writing into its inputs would change feeds, parameters or values
+                value = op.ref(*(read_only(values[i.id]) for i in node.inputs))
             except ShapeError as error:
-                raise ShapeError(f"node {node.label}: {error}") from None
+                raise with_context(error, f"node {node.where}: ") from None
             if op.multi_output:  # a tuple; the nodes picking its results check their shapes
                 values[node.id] = value
                 continue
             value = np.asarray(value).astype(node.dtype, copy=False)
         expected = concrete_shape(node.shape, batch)
         if value.shape != expected:
-            raise GraphError(f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}")
+            raise ResultShapeError(value.shape, expected).at(node.where)
         values[node.id] = value
     return values
+
+
+def read_only(array: np.ndarray) -> np.ndarray:
+    """A view of `array` that cannot be written through (what Python forwards of ops receive);
+    anything else (the tuple of a multi-output op) as it is."""
+    if not isinstance(array, np.ndarray):
+        return array
+    view = array.view()
+    view.flags.writeable = False
+    return view

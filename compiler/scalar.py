@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..core.node import Node
-from ..core.op import Op
+from ..core.op import Op, registered_for
 from ..ops import elementwise as ew
 from ..ops.reduce import Count
 from ..ops.shape import BroadcastLike
@@ -79,10 +79,7 @@ def scalar_rule(*op_classes: type[Op]) -> Callable[[ScalarRule], ScalarRule]:
 def scalar_rule_of(op: Op) -> ScalarRule | None:
     """The op's rule, found along its class's MRO (a subclass computes like its parent unless it
     registers a rule of its own)."""
-    for cls in type(op).__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
+    return registered_for(_RULES, op)
 
 
 @scalar_rule(ew.Add)

@@ -211,3 +211,27 @@ def fingerprint(schedule: Schedule) -> str:
 
 def may_fail(kernel: Kernel) -> bool:
     return any(node.op.may_fail for node in kernel.nodes)
+
+
+def pack_temps(buffers: list[Buffer], batch: int, align: int) -> tuple[dict[int, int], int]:
+    """Byte offset of every temp buffer in one arena for this batch size (first fit, largest
+    first, each rounded up to `align` bytes), and the arena's size; buffers alive at once never
+    overlap."""
+    placed: list[tuple[int, int, Buffer]] = []  # (offset, size, buffer)
+    offsets: dict[int, int] = {}
+    temps = sorted((b for b in buffers if b.kind == "temp"), key=lambda b: (-b.nbytes(batch), b.slot))
+    for buffer in temps:
+        size = -(-max(buffer.nbytes(batch), 1) // align) * align
+        busy = sorted(
+            (o, o + s)
+            for o, s, other in placed
+            if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
+        )
+        offset = 0
+        for start, end in busy:
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        placed.append((offset, size, buffer))
+        offsets[buffer.slot] = offset
+    return offsets, max((o + s for o, s, _ in placed), default=0)

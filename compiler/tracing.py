@@ -8,13 +8,18 @@ branch-free and vectorizes. Derivatives are symbolic, over the same expressions.
 from __future__ import annotations
 
 import math
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
 
 from ..core.errors import GraphError
 
-MAX_PATHS = 256
+MAX_PATHS = 256  # paths explored through a function's branches; also bounds the branches on one path
+# Nesting of one expression: deeper keys would overflow the C stack when hashed (a Python loop of
+# 300,000 operations did), long before they mean a sensible elementwise function.
+MAX_DEPTH = 5_000
+MAX_OPERATIONS = 200_000  # operations one run of a traced function may build
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 UNARY = ("neg", "exp", "log", "sqrt", "tanh", "cos", "sin", "floor")
 BINARY = ("add", "sub", "mul", "div")
@@ -24,10 +29,14 @@ class Expr:
     """A node of a scalar expression: inputs, constants, arithmetic, math functions,
     comparisons and `where`. Equal structure means equal key (used to share subexpressions)."""
 
-    __slots__ = ("op", "args", "value", "key")
+    __slots__ = ("op", "args", "value", "key", "depth")
 
     def __init__(self, op: str, args: tuple[Expr, ...] = (), value: float | int | None = None):
         self.op, self.args, self.value = op, args, value
+        self.depth = 1 + max((a.depth for a in args), default=0)
+        if self.depth > MAX_DEPTH:
+            raise _Unbounded(f"its expression is nested deeper than {MAX_DEPTH} operations")
+        _PATH.count_operation()
         self.key = (op, value, tuple(a.key for a in args))
 
     # arithmetic, with Python numbers promoted to constants
@@ -256,18 +265,36 @@ def _with_traced_math(fn: Callable) -> Callable:
     return types.FunctionType(fn.__code__, globals_, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
-class _Path:
-    """The branch decisions of one run: forced ones first, then True for each new branch."""
+class _Unbounded(GraphError):
+    """A traced function the tracer cannot turn into one bounded expression; reported with the
+    function's name by `trace` (and Traced.grad for derivatives)."""
+
+
+class _Path(threading.local):
+    """The branch decisions of one run: forced ones first, then True for each new branch. One per
+    thread, so that functions traced on several threads at once keep their own decisions."""
 
     def __init__(self) -> None:
         self.forced: list[bool] = []
         self.taken: list[tuple[Expr, bool]] = []
+        self.operations: int | None = None  # counted while a function is traced
 
     def decide(self, condition: Expr) -> bool:
         i = len(self.taken)
+        if i >= MAX_PATHS:  # a path this long cannot be explored within MAX_PATHS paths
+            raise _Unbounded(
+                f"one path through it takes more than {MAX_PATHS} branches (a loop whose condition "
+                "depends on the inputs, such as `while x > 0`, never ends when traced)"
+            )
         choice = self.forced[i] if i < len(self.forced) else True
         self.taken.append((condition, choice))
         return choice
+
+    def count_operation(self) -> None:
+        if self.operations is not None:
+            self.operations += 1
+            if self.operations > MAX_OPERATIONS:
+                raise _Unbounded(f"one run of it builds more than {MAX_OPERATIONS} operations")
 
 
 _PATH = _Path()
@@ -284,11 +311,13 @@ def trace(fn: Callable, arity: int) -> Expr:
         runs += 1
         if runs > MAX_PATHS:
             raise GraphError(f"@dg.elementwise: {fn.__name__} has more than {MAX_PATHS} paths through its branches")
-        _PATH.forced, _PATH.taken = forced, []
+        _PATH.forced, _PATH.taken, _PATH.operations = forced, [], 0
         try:
             result = lift(traced_fn(*inputs))
+        except _Unbounded as error:
+            raise GraphError(f"@dg.elementwise: {fn.__name__} cannot be traced: {error}") from None
         finally:
-            taken, _PATH.taken = _PATH.taken, []
+            taken, _PATH.taken, _PATH.operations = _PATH.taken, [], None
         return result, taken
 
     def explore(forced: list[bool]) -> Expr:
@@ -300,64 +329,87 @@ def trace(fn: Callable, arity: int) -> Expr:
             joined = where(condition, joined, other) if choice else where(condition, other, joined)
         return joined
 
-    return explore([])
+    try:
+        return explore([])
+    except _Unbounded as error:  # joining the paths nested too deep
+        raise GraphError(f"@dg.elementwise: {fn.__name__} cannot be traced: {error}") from None
 
 
 def derivative(e: Expr, index: int, memo: dict | None = None) -> Expr:
-    """d e / d input[index], symbolically."""
-    memo = {} if memo is None else memo
-    if id(e) in memo:
-        return memo[id(e)][1]
-    d = lambda a: derivative(a, index, memo)  # noqa: E731
+    """d e / d input[index], symbolically; subexpressions in post-order with an explicit stack
+    (an expression may be thousands of operations deep)."""
+    memo = {} if memo is None else memo  # id(expr) -> (expr, derivative): keeps expr alive so its id is not reused
+    stack = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in memo:
+            continue
+        if ready:
+            memo[id(node)] = (node, _derivative_rule(node, index, lambda a: memo[id(a)][1]))
+            continue
+        stack.append((node, True))
+        stack.extend((a, False) for a in _differentiated_args(node) if id(a) not in memo)
+    return memo[id(e)][1]
+
+
+def _differentiated_args(e: Expr) -> tuple[Expr, ...]:
+    """The arguments whose derivatives e's rule reads (none of a comparison, not `where`'s condition)."""
+    if e.op in ("input", "const") or e.op in COMPARISONS:
+        return ()
+    return e.args[1:] if e.op == "where" else e.args
+
+
+def _derivative_rule(e: Expr, index: int, d: Callable[[Expr], Expr]) -> Expr:
+    """d e / d input[index] from the derivatives `d` of its arguments."""
     op, args = e.op, e.args
     if op == "input":
-        result = const(1.0 if e.value == index else 0.0)
-    elif op == "const" or op in COMPARISONS:
-        result = const(0.0)
-    elif op in ("add", "sub"):
-        result = (add if op == "add" else sub)(d(args[0]), d(args[1]))
-    elif op == "mul":
-        result = add(mul(d(args[0]), args[1]), mul(args[0], d(args[1])))
-    elif op == "div":
-        result = div(sub(d(args[0]), mul(e, d(args[1]))), args[1])
-    elif op == "neg":
-        result = neg(d(args[0]))
-    elif op == "exp":
-        result = mul(e, d(args[0]))
-    elif op == "log":
-        result = div(d(args[0]), args[0])
-    elif op == "sqrt":
-        result = div(d(args[0]), mul(const(2.0), e))
-    elif op == "tanh":
-        result = mul(sub(const(1.0), mul(e, e)), d(args[0]))
-    elif op == "cos":
-        result = mul(neg(sin(args[0])), d(args[0]))
-    elif op == "sin":
-        result = mul(cos(args[0]), d(args[0]))
-    elif op == "floor":  # piecewise constant
-        result = const(0.0)
-    elif op == "where":
-        result = where(args[0], d(args[1]), d(args[2]))
-    else:  # pragma: no cover - every op built above is handled
-        raise GraphError(f"no derivative rule for traced op {op!r}")
-    memo[id(e)] = (e, result)  # keep e alive so its id is not reused
-    return result
+        return const(1.0 if e.value == index else 0.0)
+    if op == "const" or op in COMPARISONS:
+        return const(0.0)
+    if op in ("add", "sub"):
+        return (add if op == "add" else sub)(d(args[0]), d(args[1]))
+    if op == "mul":
+        return add(mul(d(args[0]), args[1]), mul(args[0], d(args[1])))
+    if op == "div":
+        return div(sub(d(args[0]), mul(e, d(args[1]))), args[1])
+    if op == "neg":
+        return neg(d(args[0]))
+    if op == "exp":
+        return mul(e, d(args[0]))
+    if op == "log":
+        return div(d(args[0]), args[0])
+    if op == "sqrt":
+        return div(d(args[0]), mul(const(2.0), e))
+    if op == "tanh":
+        return mul(sub(const(1.0), mul(e, e)), d(args[0]))
+    if op == "cos":
+        return mul(neg(sin(args[0])), d(args[0]))
+    if op == "sin":
+        return mul(cos(args[0]), d(args[0]))
+    if op == "floor":  # piecewise constant
+        return const(0.0)
+    if op == "where":
+        return where(args[0], d(args[1]), d(args[2]))
+    raise GraphError(f"no derivative rule for traced op {op!r}")  # pragma: no cover - every op built above is handled
 
 
 def linearize(e: Expr) -> tuple[tuple, ...]:
     """The expression as straight-line code: (op, value, argument positions) per step, each
-    distinct subexpression once; the last step is the result. Hashable, so it keys the op."""
+    distinct subexpression once; the last step is the result. Hashable, so it keys the op.
+    Walked with an explicit stack (an expression may be thousands of operations deep)."""
     position: dict[tuple, int] = {}
     code: list[tuple] = []
-
-    def visit(node: Expr) -> int:
-        if node.key not in position:
-            args = tuple(visit(a) for a in node.args)
+    stack = [(e, False)]
+    while stack:
+        node, ready = stack.pop()
+        if node.key in position:
+            continue
+        if ready:
             position[node.key] = len(code)
-            code.append((node.op, node.value, args))
-        return position[node.key]
-
-    visit(e)
+            code.append((node.op, node.value, tuple(position[a.key] for a in node.args)))
+            continue
+        stack.append((node, True))
+        stack.extend((a, False) for a in reversed(node.args) if a.key not in position)
     return tuple(code)
 
 

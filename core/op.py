@@ -7,15 +7,13 @@ backend runs it is registered in that backend (backends/llvm/kernels/), keyed by
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import DTypeError, GraphError, ResultShapeError
 from .node import apply
 from .types import FLOAT_DTYPES, Shape, TensorType
 
@@ -23,6 +21,7 @@ if TYPE_CHECKING:
     from .node import Node
 
 REGISTRY: dict[str, type[Op]] = {}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,27 @@ class Example:
 
 
 class Op:
-    """Subclass to define an op. Attributes set in __init__ are its (hashable) parameters."""
+    """Subclass to define an op: a name, a shape rule (`infer`), a NumPy forward (`ref`) and a
+    gradient rule written with graph ops (`grad`). Attributes set in `__init__` are its
+    (hashable) parameters. An op without a native kernel runs in native steps through a Python
+    callback of its `ref` (correct, slower); apply it with `MyOp(...)(x, ...)`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> class Cube(dg.Op):
+        ...     name = "cube"
+        ...     arity = 1
+        ...     def infer(self, x):
+        ...         return x                        # same shape and dtype
+        ...     def ref(self, x):
+        ...         return x**3
+        ...     def grad(self, g, out, x):
+        ...         return [g * 3.0 * x * x]        # graph ops, so it differentiates again
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.grad(dg.sum(Cube()(x)), x).eval(x=np.array([[1.0, 2.0]], np.float32))
+        array([[ 3., 12.]], dtype=float32)
+    """
 
     name: ClassVar[str] = ""
     arity: ClassVar[int | None] = None  # None: any number of inputs (n-ary)
@@ -79,8 +98,12 @@ class Op:
 
     def ref_into(self, out: np.ndarray, *xs: np.ndarray) -> None:
         """The reference forward written into `out`: how a native backend runs an op without a
-        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`)."""
-        out[...] = self.ref(*xs)
+        kernel. Override to skip the temporary (an MPI allreduce receives straight into `out`).
+        A result of another shape than `out` raises ResultShapeError (never broadcast into it)."""
+        value = np.asarray(self.ref(*xs))
+        if value.shape != out.shape:
+            raise ResultShapeError(value.shape, out.shape)
+        out[...] = value
 
     def grad(self, g: Node, out: Node, *xs: Node) -> Sequence[Node | None]:
         """Gradients w.r.t. each input as graph nodes (None: not differentiable), given the
@@ -90,6 +113,12 @@ class Op:
     @classmethod
     def example(cls, rng: np.random.Generator, dims: Sequence[int]) -> tuple[Op, Example] | None:
         """A random instance for the registry tests; `dims` are small sizes drawn by the test."""
+        return None
+
+    def flops(self, out: tuple[int, ...], *inputs: tuple[int, ...]) -> int | None:
+        """Floating-point operations of one evaluation, given the concrete shapes of the output and
+        the inputs: the profiler reports GFLOP/s for ops that count them (GEMMs, convolutions)
+        and GB/s for the rest (None)."""
         return None
 
     def specialize(self, inputs: Sequence[Node], training: bool) -> Specialized:
@@ -121,9 +150,11 @@ class Op:
         return dict(vars(self))
 
     def key(self) -> tuple:
-        """Identity for caching and common-subexpression elimination: the class itself (two classes
-        with one name are two ops) and its parameters."""
-        return (_class_identity(type(self)),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
+        """Identity for common-subexpression elimination and in-process caches: the class object
+        itself (two classes of one name, such as two made by one factory function, are two ops)
+        and its parameters. Its repr (class names, parameters) is the same in every process, which
+        on-disk caches rely on; what their code generates is keyed there (a backend's business)."""
+        return (type(self),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
 
     def __call__(self, *inputs: Any) -> Node:
         return apply(self, *inputs)
@@ -131,19 +162,6 @@ class Op:
     def __repr__(self) -> str:
         attrs = ", ".join(f"{k}={v!r}" for k, v in self.params().items() if not isinstance(v, np.ndarray))
         return f"{self.name}({attrs})" if attrs else self.name
-
-
-@functools.cache
-def _class_identity(cls: type) -> tuple:
-    """Module and qualified name; for classes defined inside functions (a factory making several
-    ops of one qualname) also their source, so that ops that behave differently never merge."""
-    if "<locals>" not in cls.__qualname__:
-        return (cls.__module__, cls.__qualname__)
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        source = ""
-    return (cls.__module__, cls.__qualname__, source, id(cls))
 
 
 def _hashable(value: Any) -> Any:
@@ -157,11 +175,20 @@ def _hashable(value: Any) -> Any:
 
 
 def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
-    """The one float dtype all `types` share; ShapeError for mixed or non-float dtypes."""
+    """The one float dtype all `types` share; DTypeError for mixed or non-float dtypes."""
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise ShapeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
+        raise DTypeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
     dtype = dtypes.pop()
     if dtype not in FLOAT_DTYPES:
-        raise ShapeError(f"needs float inputs, got {dtype}")
+        raise DTypeError(f"needs float inputs, got {dtype}")
     return dtype
+
+
+def registered_for(table: dict[type, T], op: Op) -> T | None:
+    """What `table` (a backend's rules, keyed by op class) holds for `op`, found along its class's
+    MRO: a subclass runs like its parent unless it registers a rule of its own."""
+    for cls in type(op).__mro__:
+        if cls in table:
+            return table[cls]
+    return None

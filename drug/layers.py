@@ -12,6 +12,7 @@ unless `init=` (weights) or `bias_init=` say otherwise.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import weakref
@@ -23,13 +24,23 @@ from .compiler.scan import scan as scan_loop
 from .core import initializers
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
-from .core.node import Node
+from .core.node import Call, Node, building_internally, recording
 from .core.types import format_shape
 from .ops import avg_pool2d, batch_norm, concat, conv2d, embedding, max_pool2d, relu, reshape, sigmoid, tanh, transpose
 
 Activation = str | Callable[[Node], Node] | None
+# a parameter's init: a name ("xavier", "he_normal", ...), an initializer (dg.initializers), an array, or None for
+# the layer's PyTorch-like default
+Init = str | np.ndarray | initializers.Initializer | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
+
+
+def activation_name(activation: Activation) -> str | None:
+    """How `repr` shows an activation: its name, or a function's name."""
+    if activation is None or isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", repr(activation))
 
 
 def activation_fn(activation: Activation) -> Callable[[Node], Node]:
@@ -42,8 +53,33 @@ def activation_fn(activation: Activation) -> Callable[[Node], Node]:
     return ACTIVATIONS[activation]
 
 
+def layer_call(method: Callable) -> Callable:
+    """Record the nodes a layer method makes as one call of the layer (for summaries, pictures
+    and error messages), named after the layer once its first call has named it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Layer, *args, **kwargs):
+        if building_internally():  # inside another call (or the compiler): that one owns the nodes
+            return method(self, *args, **kwargs)
+        call = Call(self.name or self.kind, type(self).__name__)
+        with recording(call):
+            out = method(self, *args, **kwargs)
+        call.name = self.name or call.name
+        call.finish(out)
+        return out
+
+    return wrapper
+
+
 class Layer:
-    """Owns parameters named `<name>/<role>`; `name` defaults to `<kind><n>`, unique per graph."""
+    """The base of every layer: owns parameters named `<name>/<role>` (`fc1/w`), created on the
+    first call and reused by every later one. `name` defaults to `<kind><n>` (`dense1`, `gru2`),
+    unique per graph. `summary()`, `to_dot()`, profiles and error messages name the layer.
+
+    Attributes:
+        name: The layer's name (set on the first call if not given).
+        params: Its parameter nodes by role ("w", "b", ...).
+    """
 
     kind = "layer"
 
@@ -56,6 +92,19 @@ class Layer:
     def parameters(self) -> list[Node]:
         """The layer's parameter nodes (empty until its first call), e.g. for `compile(params=...)`."""
         return list(self.params.values())
+
+    def config(self) -> list[str]:
+        """The constructor arguments that differ from the defaults, as `repr` shows them."""
+        return []
+
+    def __repr__(self) -> str:
+        args = ", ".join(self.config() + ([f"name={self.name!r}"] if self.name else []))
+        head = f"{type(self).__name__}({args})"
+        if not self.params:
+            return f"{head} (not built yet)"
+        shapes = ", ".join(f"{p.name} {format_shape(p.shape)}" for p in self.params.values())
+        total = sum(math.prod(p.shape) for p in self.params.values())
+        return f"{head}: {shapes}; {total:,} parameters"
 
     def _bind(self, x: Node) -> bool:
         """Attach to x's graph; True on the first call, when parameters must be created."""
@@ -70,7 +119,7 @@ class Layer:
             raise GraphError(f"{self.kind} layer '{self.name}': called on a node of another graph")
         return False
 
-    def _param(self, role: str, shape: Sequence[int], init) -> Node:
+    def _param(self, role: str, shape: Sequence[int], init="xavier") -> Node:
         node = self.graph.parameter(f"{self.name}/{role}", shape, init=init)
         self.params[role] = node
         return node
@@ -83,9 +132,14 @@ class Layer:
             )
 
 
-def _either(chosen, default):
-    """The user's initializer (a name, an initializer or an array), else the layer's default."""
+def _either(chosen: Init, default: Init) -> Init:
+    """The user's initializer, else the layer's default."""
     return default if chosen is None else chosen
+
+
+def _inits(init: Init, bias_init: Init) -> list[str]:
+    """The init arguments `repr` shows (those given)."""
+    return [f"{k}={v!r}" for k, v in (("init", init), ("bias_init", bias_init)) if v is not None]
 
 
 def _fresh_name(graph: Graph, kind: str) -> str:
@@ -98,17 +152,55 @@ def _fresh_name(graph: Graph, kind: str) -> str:
 
 
 class Dense(Layer):
-    """`activation(x @ w + b)` over the last axis; x is (..., in_features)."""
+    """A fully connected layer: `activation(x @ w + b)` over the last axis.
+
+    Args:
+        units: Output features.
+        activation: "relu", "sigmoid", "tanh", None (linear) or a function of a node.
+        bias: Add a bias `b`.
+        init: The weight's init (see `Graph.parameter`); default PyTorch's, U(±1/sqrt(in)).
+        bias_init: The bias's init; default PyTorch's, U(±1/sqrt(in)).
+        name: Parameter prefix (default `dense<n>`).
+
+    Call it on x (..., in_features) to get (..., units); the parameters are `<name>/w` (in, units)
+    and `<name>/b` (units,).
+
+    Raises:
+        ShapeError: (at a call) x's last axis differs from the one the weights were made for.
+        GraphError: An unknown activation, or a call on a node of another graph.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 784))
+        >>> fc1 = dg.layers.Dense(256, activation="relu", name="fc1")
+        >>> fc1(x).shape, sorted(g.params)
+        ((None, 256), ['fc1/b', 'fc1/w'])
+    """
 
     kind = "dense"
 
     def __init__(
-        self, units: int, activation: Activation = None, bias: bool = True, init=None, bias_init=None, name=None
+        self,
+        units: int,
+        activation: Activation = None,
+        bias: bool = True,
+        init: Init = None,
+        bias_init: Init = None,
+        name: str | None = None,
     ):
         super().__init__(name)
         self.units, self.bias, self.init, self.bias_init = int(units), bias, init, bias_init
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
 
+    def config(self) -> list[str]:
+        out = [str(self.units)]
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        out += ["bias=False"] if not self.bias else []
+        return out + _inits(self.init, self.bias_init)
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             weight, bias = initializers.torch_default(x.shape[-1])
@@ -121,8 +213,36 @@ class Dense(Layer):
 
 
 class Conv2D(Layer):
-    """Convolution + bias + activation on NCHW input with an OIHW kernel (see dg.conv2d for stride,
-    padding, dilation and groups)."""
+    """Convolution + bias + activation on NCHW input with an OIHW kernel (see `dg.conv2d`).
+
+    Args:
+        filters: Output channels.
+        kernel_size: The kernel's height and width (one int or a pair).
+        stride: Step between windows (one int or a pair).
+        padding: "valid", "same", an int or a pair (see `dg.conv2d`).
+        pad_mode: "zeros", "replicate" or "reflect".
+        activation: "relu", "sigmoid", "tanh", None or a function of a node.
+        bias: Add one bias per filter.
+        dilation: Spacing of the kernel's taps (one int or a pair).
+        groups: Channel groups (groups = C: depthwise).
+        init: The kernel's init; default PyTorch's, U(±1/sqrt(fan_in)), fan_in = C / groups * KH * KW.
+        bias_init: The bias's init; default PyTorch's, U(±1/sqrt(fan_in)).
+        name: Parameter prefix (default `conv<n>`).
+
+    Call it on x (N, C, H, W) to get (N, filters, OH, OW); the parameters are `<name>/w`
+    (filters, C / groups, KH, KW) and `<name>/b` (filters,).
+
+    Raises:
+        ShapeError: (at a call) x is not 4-D, or its channels differ from the first call's.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> images = g.input("images", (None, 1, 28, 28))
+        >>> conv = dg.layers.Conv2D(16, 3, padding="same", activation="relu")
+        >>> conv(images).shape
+        (None, 16, 28, 28)
+    """
 
     kind = "conv"
 
@@ -131,14 +251,14 @@ class Conv2D(Layer):
         filters: int,
         kernel_size: int | tuple[int, int],
         stride: int | tuple[int, int] = 1,
-        padding: str | int | tuple = "valid",
+        padding: str = "valid",
         pad_mode: str = "zeros",
         activation: Activation = None,
         bias: bool = True,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
-        init=None,
-        bias_init=None,
+        init: Init = None,
+        bias_init: Init = None,
         name: str | None = None,
     ):
         super().__init__(name)
@@ -147,7 +267,20 @@ class Conv2D(Layer):
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.dilation, self.groups, self.init, self.bias_init = dilation, int(groups), init, bias_init
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
 
+    def config(self) -> list[str]:
+        out = [str(self.filters), f"kernel_size={self.kernel_size}"]
+        out += [f"stride={self.stride}"] if self.stride != 1 else []
+        out += [f"padding={self.padding!r}"] if self.padding != "valid" else []
+        out += [f"pad_mode={self.pad_mode!r}"] if self.pad_mode != "zeros" else []
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        out += ["bias=False"] if not self.bias else []
+        out += [f"dilation={self.dilation}"] if self.dilation != 1 else []
+        out += [f"groups={self.groups}"] if self.groups != 1 else []
+        return out + _inits(self.init, self.bias_init)
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if x.ndim != 4:
             raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
@@ -168,10 +301,29 @@ class Conv2D(Layer):
 
 
 class BatchNorm(Layer):
-    """Batch normalization over the channel `axis` (1: NCHW or (N, C)) with a learned scale (ones)
-    and bias (zeros), and running statistics kept as the graph's state buffers
-    `<name>/running_mean` and `<name>/running_var` (PyTorch's BatchNorm1d/2d conventions: momentum
-    is the weight of the new batch statistics, the running variance is unbiased)."""
+    """Batch normalization over a channel axis with a learned scale and bias (see `dg.batch_norm`),
+    PyTorch's BatchNorm1d/2d conventions: a train step normalizes with the batch's mean and biased
+    variance and moves the running statistics towards them (momentum is the weight of the new
+    batch, the running variance unbiased); inference uses the running statistics.
+
+    Args:
+        momentum: Weight of the batch's statistics in the running ones.
+        eps: Added to the variance.
+        axis: The channel axis (1 for NCHW and for (N, C)).
+        name: Prefix (default `batch_norm<n>`) of the parameters `<name>/scale` (ones) and
+            `<name>/bias` (zeros) and of the state buffers `<name>/running_mean` (zeros) and
+            `<name>/running_var` (ones) in `graph.state` and checkpoints.
+
+    Raises:
+        ShapeError: (at a call) no static channel axis, or other channels than the first call's.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 16, 14, 14))
+        >>> dg.layers.BatchNorm(name="bn1")(x).shape, sorted(g.state)
+        ((None, 16, 14, 14), ['bn1/running_mean', 'bn1/running_var'])
+    """
 
     kind = "batch_norm"
 
@@ -180,6 +332,12 @@ class BatchNorm(Layer):
         self.momentum, self.eps, self.axis = float(momentum), float(eps), int(axis)
         self.buffers: dict[str, Node] = {}
 
+    def config(self) -> list[str]:
+        out = [f"momentum={self.momentum!r}"] if self.momentum != 0.1 else []
+        out += [f"eps={self.eps!r}"] if self.eps != 1e-5 else []
+        return out + ([f"axis={self.axis}"] if self.axis != 1 else [])
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             if not -x.ndim <= self.axis < x.ndim or x.shape[self.axis] is None:
@@ -196,40 +354,73 @@ class BatchNorm(Layer):
                           self.buffers["running_mean"], self.buffers["running_var"])  # fmt: skip
 
 
-class MaxPool2D(Layer):
-    """dg.max_pool2d as a layer (no parameters)."""
-
-    kind = "max_pool"
+class _Pool(Layer):
+    """A pooling function as a layer (no parameters)."""
 
     def __init__(self, kernel_size=2, stride=None, padding=0, name: str | None = None):
         super().__init__(name)
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
+    def config(self) -> list[str]:
+        out = [repr(self.kernel_size)]
+        out += [f"stride={self.stride!r}"] if self.stride is not None else []
+        return out + ([f"padding={self.padding!r}"] if self.padding else [])
+
+
+class MaxPool2D(_Pool):
+    """`dg.max_pool2d` as a layer: the max over kernel_size windows, `stride` apart (default the
+    kernel size), after padding each side by `padding`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.MaxPool2D(3, stride=2, padding=1)(g.input("x", (None, 16, 28, 28))).shape
+        (None, 16, 14, 14)
+    """
+
+    kind = "max_pool"
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         self._bind(x)
         return max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
 
-class AvgPool2D(Layer):
-    """dg.avg_pool2d as a layer (no parameters)."""
+class AvgPool2D(_Pool):
+    """`dg.avg_pool2d` as a layer; `count_include_pad` as there.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.AvgPool2D(2)(g.input("x", (None, 8, 6, 6))).shape
+        (None, 8, 3, 3)
+    """
 
     kind = "avg_pool"
 
     def __init__(self, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True, name=None):
-        super().__init__(name)
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        super().__init__(kernel_size, stride, padding, name)
         self.count_include_pad = count_include_pad
 
+    @layer_call
     def __call__(self, x: Node) -> Node:
         self._bind(x)
         return avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
 
 class Flatten(Layer):
-    """(N, d1, d2, ...) -> (N, d1 * d2 * ...): everything but the first axis in one (a view)."""
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...): every axis but the first in one (a view).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.Flatten()(g.input("x", (None, 64, 4, 4))).shape
+        (None, 1024)
+    """
 
     kind = "flatten"
 
+    @layer_call
     def __call__(self, x: Node) -> Node:
         self._bind(x)
         if x.ndim < 2 or None in x.shape[1:]:
@@ -238,14 +429,32 @@ class Flatten(Layer):
 
 
 class Embedding(Layer):
-    """A lookup table: integer ids of any shape -> ids.shape + (dim,)."""
+    """A lookup table: integer ids of any shape -> ids.shape + (dim,) (see `dg.embedding`).
+
+    Args:
+        vocab: The number of ids (rows of the table).
+        dim: The vector size.
+        init: The table's init (see `Graph.parameter`); default PyTorch's, N(0, 1).
+        name: Parameter prefix (default `embedding<n>`); the table is `<name>/table`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> ids = g.input("ids", (None, 32), dtype="int32")
+        >>> dg.layers.Embedding(50, 16)(ids).shape
+        (None, 32, 16)
+    """
 
     kind = "embedding"
 
-    def __init__(self, vocab: int, dim: int, init=None, name: str | None = None):
+    def __init__(self, vocab: int, dim: int, init: Init = None, name: str | None = None):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
+    def config(self) -> list[str]:
+        return [str(self.vocab), str(self.dim)] + _inits(self.init, None)
+
+    @layer_call
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
             self._param("table", (self.vocab, self.dim), _either(self.init, initializers.normal(1.0)))
@@ -257,9 +466,12 @@ class _Recurrent(Layer):
 
     gates: tuple[str, ...] = ()
 
-    def __init__(self, hidden: int, init=None, bias_init=None, name: str | None = None):
+    def __init__(self, hidden: int, init: Init = None, bias_init: Init = None, name: str | None = None):
         super().__init__(name)
         self.hidden, self.init, self.bias_init = int(hidden), init, bias_init
+
+    def config(self) -> list[str]:
+        return [str(self.hidden)] + _inits(self.init, self.bias_init)
 
     def _build(self, x: Node) -> None:
         if self._bind(x):
@@ -285,16 +497,30 @@ class _Recurrent(Layer):
         self._build(x)
         return x @ self.w + self.b
 
+    @layer_call
     def __call__(self, x: Node, h: Node | None = None) -> Node:
-        """One step. `h=None` is the zero state."""
+        """One step: x (batch, in), h (batch, hidden) or None (the zero state) -> the new state."""
         return self.step(self.project(x), h)
 
     def step(self, projected: Node, h: Node | None) -> Node:
         raise NotImplementedError
 
+    @layer_call
     def sequence(self, xs: Node, h0: Node | None = None, scan: bool = False) -> tuple[Node, Node]:
-        """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state).
-        `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps."""
+        """Run the cell over axis 1 of `xs`, with the input projections of all steps in one GEMM.
+
+        Args:
+            xs: A float node (batch, T, in).
+            h0: The initial state (batch, hidden); None is zeros.
+            scan: Compile one native loop (`dg.scan`) instead of unrolling the T steps (less
+                code to compile for long sequences).
+
+        Returns:
+            (states (batch, T, hidden), last state (batch, hidden)).
+
+        Raises:
+            ShapeError: xs is not 3-D, T is 0, or its features differ from the weights'.
+        """
         if xs.ndim != 3:
             raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
         projected = self.project(xs)  # all time steps in one matmul
@@ -318,23 +544,66 @@ class _Recurrent(Layer):
 
 
 class RNNCell(_Recurrent):
-    """Elman cell: h' = activation(x @ w_x + h @ u_x + b_x)."""
+    """An Elman cell: `h' = activation(x @ w_x + h @ u_x + b_x)`.
+
+    Args:
+        hidden: The state size.
+        activation: "tanh" (default), "relu", "sigmoid", None or a function of a node.
+        init: The weights' init; default PyTorch's, U(±1/sqrt(hidden)).
+        bias_init: The biases' init; default PyTorch's, U(±1/sqrt(hidden)).
+        name: Parameter prefix (default `rnn<n>`).
+
+    `cell(x, h)` is one step ((batch, in), (batch, hidden) -> (batch, hidden); `h=None` is the
+    zero state); `cell.sequence(xs, h0)` runs a whole sequence.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> xs = g.input("xs", (None, 10, 8))        # (batch, time, features)
+        >>> states, last = dg.layers.RNNCell(32).sequence(xs)
+        >>> states.shape, last.shape
+        ((None, 10, 32), (None, 32))
+    """
 
     kind = "rnn"
     gates = ("x",)
 
-    def __init__(self, hidden: int, activation: Activation = "tanh", init=None, bias_init=None, name=None):
+    def __init__(
+        self, hidden: int, activation: Activation = "tanh", init: Init = None, bias_init: Init = None, name=None
+    ):
         super().__init__(hidden, init, bias_init, name)
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
+
+    def config(self) -> list[str]:
+        return super().config() + ([f"activation={self._activation!r}"] if self._activation != "tanh" else [])
 
     def step(self, projected: Node, h: Node | None) -> Node:
         return self.activation(projected if h is None else projected + h @ self.u)
 
 
 class GRUCell(_Recurrent):
-    """Gated recurrent unit with PyTorch's formula (Cho et al. 2014, reset gate after the matmul):
+    """A gated recurrent unit with PyTorch's formula (Cho et al. 2014, reset gate after the matmul):
     r = σ(x w_r + h u_r + b_r), z = σ(x w_z + h u_z + b_z), n = tanh(x w_n + r ⊙ (h u_n) + b_n),
-    h' = (1 - z) ⊙ n + z ⊙ h."""
+    h' = (1 - z) ⊙ n + z ⊙ h.
+
+    Args:
+        hidden: The state size.
+        init: The weights' init; default PyTorch's, U(±1/sqrt(hidden)).
+        bias_init: The biases' init; default PyTorch's, U(±1/sqrt(hidden)).
+        name: Parameter prefix (default `gru<n>`); the parameters are `w_r`, `w_z`, `w_n`,
+            `u_r`, `u_z`, `u_n`, `b_r`, `b_z`, `b_n`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 8))
+        >>> cell = dg.layers.GRUCell(16, name="gru")
+        >>> h1 = cell(x)          # the zero state
+        >>> h2 = cell(x, h1)      # the same weights again
+        >>> h2.shape, len(cell.parameters)
+        ((None, 16), 9)
+    """
 
     kind = "gru"
     gates = ("r", "z", "n")

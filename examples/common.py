@@ -11,6 +11,8 @@ from contextlib import contextmanager
 
 import numpy as np
 
+import drug as dg
+
 # drug's layers start their parameters as PyTorch's layers do; the README's figures for the dense, conv,
 # GAN and PTB examples were measured with Glorot-uniform weights and zero biases, which they keep.
 GLOROT = {"init": "xavier", "bias_init": "zeros"}
@@ -21,7 +23,12 @@ def example_parser(description: str, epochs: int, batch: int, lr: float) -> argp
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    parser.add_argument("--backend", choices=["numpy", "llvm"], default="llvm")
+    parser.add_argument(
+        "--backend",
+        default="llvm",
+        type=backend_name,
+        help="numpy, llvm (default) or opencl; opencl:<device> picks an OpenCL device (python -m drug.backends.opencl)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="a few batches on a slice of the data, for tests")
     parser.add_argument("--save", metavar="PATH", help="write a checkpoint here at the end")
@@ -108,6 +115,18 @@ def report(result: dict, epochs: int, threads: int, twin: dict | None = None) ->
     if epochs:
         ratio = f"drug is {twin['seconds'] / max(seconds, 1e-9):.2f}x as fast per epoch"
         print(ratio + (f" ({twin['cpu'] / max(result['cpu'], 1e-9):.2f}x in CPU time)" if cpu else ""))
+
+
+def backend_name(text: str) -> str:
+    """A registered backend, with an option after a colon if it takes one ("opencl:1")."""
+    if text.partition(":")[0] not in dg.backends.available():
+        raise argparse.ArgumentTypeError(f"unknown backend {text!r}; choose one of {dg.backends.available()}")
+    return text
+
+
+def batch_count(n: int, batch: int) -> int:
+    """Minibatches in an epoch of `n` samples (the last one may be smaller): the progress bars' total."""
+    return -(-n // batch)
 
 
 def minibatches(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

@@ -9,6 +9,7 @@ import time
 import numpy as np
 from common import (
     GLOROT,
+    batch_count,
     end_of_epoch,
     example_parser,
     finish,
@@ -50,11 +51,12 @@ def train_drug(args, data) -> dict:
     if args.resume:
         train.load(args.resume)
     rng = np.random.default_rng(args.seed)
-    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    total_steps = args.epochs * batch_count(len(x_train), args.batch)
     step, seconds, curve = 0, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
     for epoch in range(1, args.epochs + 1):
         losses = []
-        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        batches, total = minibatches(len(x_train), args.batch, rng), batch_count(len(x_train), args.batch)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", leave=False)
         start = time.perf_counter()
         for idx in bar:
             train.lr = linear_decay(args.lr, step, total_steps)
@@ -65,7 +67,7 @@ def train_drug(args, data) -> dict:
         seconds += elapsed
         end_of_epoch(epoch, losses, elapsed, step, curve["test accuracy"], predict, x_test, y_test)
     acc = finish(args, train, curve, "MNIST CNN", predict, x_test, y_test)
-    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.backend}
+    return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.device}
 
 
 def main() -> None:

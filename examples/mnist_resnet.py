@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from common import (
     Clock,
+    batch_count,
     end_of_epoch,
     example_parser,
     finish,
@@ -65,14 +66,14 @@ def train_drug(args, data) -> dict:
     x_train, y_train, x_test, y_test = data
     g, logits, loss = build(args.widths, args.blocks, args.seed)
     initial = {name: np.array(value) for name, value in list(g.params.items()) + list(g.state.items())}
-    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    total_steps = args.epochs * batch_count(len(x_train), args.batch)
     train = g.compile(loss=loss, optimizer=optimizer(args, total_steps), backend=args.backend)
     predict = g.compile(outputs=logits, backend=args.backend)  # inference: batch norm's running statistics
     rng, augment = np.random.default_rng(args.seed), np.random.default_rng(args.seed + 1)
     done = 0
     if args.resume:  # parameters, statistics, AdamW's moments and the schedule's step counter
         train.load(args.resume)
-        done = train.step_count // -(-len(x_train) // args.batch)
+        done = train.step_count // batch_count(len(x_train), args.batch)
         for _ in range(done):  # the minibatch order and the shifts of the epochs already trained
             for idx in minibatches(len(x_train), args.batch, rng):
                 shifted(x_train[idx], augment, args.shift)
@@ -81,7 +82,8 @@ def train_drug(args, data) -> dict:
     step, clock, curve = train.step_count, Clock(), {"train loss": ([], []), "test accuracy": ([], [])}
     for epoch in range(done + 1, last + 1):
         losses = []
-        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        batches, total = minibatches(len(x_train), args.batch, rng), batch_count(len(x_train), args.batch)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", leave=False)
         with clock.epoch():
             for idx in bar:
                 step += 1
@@ -90,7 +92,7 @@ def train_drug(args, data) -> dict:
         end_of_epoch(epoch, losses, clock.last, step, curve["test accuracy"], predict, x_test, y_test)
     acc = finish(args, train, curve, "MNIST ResNet", predict, x_test, y_test)
     return {"initial": initial, "accuracy": acc, "seconds": clock.seconds, "cpu": clock.cpu, "epochs": last - done,
-            "backend": train.backend}  # fmt: skip
+            "backend": train.device}  # fmt: skip
 
 
 def main() -> None:

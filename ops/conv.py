@@ -4,10 +4,12 @@ replicate/reflect padding as an op of its own; conv1d is conv2d on height-1 imag
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape
 from .shape import reshape
@@ -195,6 +197,9 @@ class Conv2D(Convolution):
                              f"{format_shape(w.shape)}")  # fmt: skip
         return TensorType((x.shape[0], w.shape[0]) + self.check(x.shape, w.shape), dtype)
 
+    def flops(self, out, x, w):
+        return 2 * math.prod(out) * math.prod(w[1:])
+
     def ref(self, x, w):
         out_hw = self.out_hw(x.shape[2:], w.shape[2:])
         xg, wg = self.grouped(_zero_pad(x, self.pads), w)
@@ -247,6 +252,9 @@ class ConvTranspose2D(Convolution):
             )
         return TensorType(x_shape, dtype)
 
+    def flops(self, out, g, w):
+        return 2 * math.prod(g) * math.prod(w[1:])
+
     def ref(self, g, w):
         (pt, _), (pl, _) = self.pads
         canvas_hw = tuple(n + lo + hi for n, (lo, hi) in zip(self.in_hw, self.pads))
@@ -288,6 +296,9 @@ class Conv2DGradFilter(Convolution):
                 f"gradient {format_shape(g.shape)} does not fit a {self.k_hw} kernel on input {format_shape(x.shape)}"
             )
         return TensorType(w_shape, dtype)
+
+    def flops(self, out, x, g):
+        return 2 * math.prod(g) * math.prod(out[1:])
 
     def ref(self, x, g):
         xg, _ = self.grouped(_zero_pad(x, self.pads), np.zeros((self.groups, 1)))
@@ -362,12 +373,57 @@ def _check_groups(groups) -> int:
     return int(groups)
 
 
-def conv2d(x, w, stride=1, padding="valid", pad_mode: str = "zeros", dilation=1, groups: int = 1):
-    """Convolution (cross-correlation, as in PyTorch) of NCHW `x` by OIHW `w` (O, C / groups, KH, KW).
+@user_call()
+def conv2d(
+    x: Node,
+    w: Node,
+    stride: int | tuple[int, int] = 1,
+    padding: str | int | tuple = "valid",
+    pad_mode: str = "zeros",
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Node:
+    """2-D convolution (cross-correlation, as in PyTorch and TensorFlow) of NCHW images by an
+    OIHW kernel. Runs natively as im2col + one GEMM per group (col2im for the input gradient);
+    zero padding is part of the kernel (no padded copy).
 
-    padding: 'valid', 'same' (output ceil(size / stride)), an int, (ph, pw) or ((top, bottom),
-    (left, right)); pad_mode: zeros, replicate or reflect. stride and dilation: an int or a pair.
-    groups: input and output channels split into this many blocks (groups = C: depthwise)."""
+    Args:
+        x: Images (N, C, H, W), float; N may be the batch (None).
+        w: Kernel (O, C / groups, KH, KW) of x's dtype: O output channels.
+        stride: Step between windows, one int or (vertical, horizontal).
+        padding: "valid" (none), "same" (output ceil(H / stride), TensorFlow's rule: the extra
+            row or column of padding goes at the end), an int, (ph, pw) or ((top, bottom),
+            (left, right)).
+        pad_mode: What the padding holds: "zeros", "replicate" (the edge value) or "reflect".
+        dilation: Spacing of the kernel's taps, one int or a pair.
+        groups: Input and output channels split into this many blocks, each convolved with its
+            own (groups = C: a depthwise convolution).
+
+    Returns:
+        A node (N, O, OH, OW) of x's dtype, OH = (H + pads - dilation * (KH - 1) - 1) // stride + 1.
+
+    Raises:
+        ShapeError: x or w is not 4-D, groups do not divide the channels, the weight has the
+            wrong channels per group, the dilated kernel is wider than the padded image, or
+            padding / pad_mode is unknown.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 4, 4))
+        >>> w = g.parameter("w", (2, 1, 3, 3), init="ones")
+        >>> y = dg.conv2d(x, w, padding="same")
+        >>> y.shape
+        (None, 2, 4, 4)
+        >>> y.eval(x=np.ones((1, 1, 4, 4), np.float32))[0, 0]
+        array([[4., 6., 6., 4.],
+               [6., 9., 9., 6.],
+               [6., 9., 9., 6.],
+               [4., 6., 6., 4.]], dtype=float32)
+        >>> dg.conv2d(x, g.parameter("d", (2, 1, 3, 3)), padding=2, dilation=2).shape
+        (None, 2, 4, 4)
+    """
     stride, dilation = _positive_pair(stride, "conv2d stride"), _positive_pair(dilation, "conv2d dilation")
     groups = _check_groups(groups)
     if pad_mode not in PAD_MODES:
@@ -380,10 +436,45 @@ def conv2d(x, w, stride=1, padding="valid", pad_mode: str = "zeros", dilation=1,
     return apply(Conv2D(stride, pads, dilation, groups), x, w)
 
 
-def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, dilation=1, groups: int = 1):
-    """PyTorch's conv_transpose2d: the gradient of conv2d with respect to its input, as an op. x is
-    (N, C_in, H, W), w is (C_in, C_out / groups, KH, KW); the output is (N, C_out, H_out, W_out) with
-    H_out = (H - 1) * stride - 2 * padding + dilation * (KH - 1) + output_padding + 1."""
+@user_call()
+def conv_transpose2d(
+    x: Node,
+    w: Node,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    output_padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> Node:
+    """PyTorch's conv_transpose2d: the gradient of conv2d with respect to its input, as an op
+    (upsampling by a learned kernel).
+
+    Args:
+        x: Images (N, C_in, H, W), float.
+        w: Kernel (C_in, C_out / groups, KH, KW) of x's dtype (PyTorch's layout).
+        stride: The stride of the convolution this is the gradient of (one int or a pair).
+        padding: Its zero padding (cropped from the output), one int or a pair.
+        output_padding: Extra rows and columns at the end of the output (smaller than the
+            stride), to pick among the input sizes a strided convolution maps to one size.
+        dilation: Spacing of the kernel's taps.
+        groups: Channel groups, as in conv2d.
+
+    Returns:
+        A node (N, C_out, H_out, W_out) with
+        H_out = (H - 1) * stride - 2 * padding + dilation * (KH - 1) + output_padding + 1.
+
+    Raises:
+        ShapeError: Not 4-D, channels or groups that do not fit, negative padding,
+            output_padding not below the stride, or an empty output.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 4, 7, 7))
+        >>> up = dg.conv_transpose2d(x, g.parameter("w", (4, 2, 3, 3)), stride=2, padding=1, output_padding=1)
+        >>> up.shape
+        (None, 2, 14, 14)
+    """
     stride, dilation = _positive_pair(stride, "conv_transpose2d stride"), _positive_pair(dilation, "dilation")
     groups = _check_groups(groups)
     _check_4d(x, w, "conv_transpose2d")
@@ -403,9 +494,40 @@ def conv_transpose2d(x, w, stride=1, padding=0, output_padding=0, dilation=1, gr
     return apply(ConvTranspose2D(out_hw, stride, ((ph, ph), (pw, pw)), dilation, groups), x, w)
 
 
-def conv1d(x, w, stride=1, padding="valid", pad_mode: str = "zeros", dilation=1, groups: int = 1):
-    """Convolution of (N, C, L) sequences by an (O, C / groups, K) kernel: conv2d on a height-1 image
-    (the reshapes are views). padding: 'valid', 'same', an int or (left, right)."""
+@user_call()
+def conv1d(
+    x: Node,
+    w: Node,
+    stride: int = 1,
+    padding: str | int | tuple[int, int] = "valid",
+    pad_mode: str = "zeros",
+    dilation: int = 1,
+    groups: int = 1,
+) -> Node:
+    """1-D convolution of sequences: conv2d on height-1 images (the reshapes are views).
+
+    Args:
+        x: Sequences (N, C, L), float.
+        w: Kernel (O, C / groups, K) of x's dtype.
+        stride: Step between windows.
+        padding: "valid", "same", an int or (left, right).
+        pad_mode: "zeros", "replicate" or "reflect".
+        dilation: Spacing of the kernel's taps.
+        groups: Channel groups, as in conv2d.
+
+    Returns:
+        A node (N, O, L_out) of x's dtype.
+
+    Raises:
+        ShapeError: x or w is not 3-D, or what conv2d refuses.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3, 16))
+        >>> dg.conv1d(x, g.parameter("w", (8, 3, 5)), padding="same").shape
+        (None, 8, 16)
+    """
     if x.ndim != 3 or w.ndim != 3:
         raise ShapeError(f"conv1d needs (N, C, L) input and an (O, C / groups, K) weight, got {x.describe()} and "
                          f"{w.describe()}")  # fmt: skip

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import Node, apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, Specialized, same_float_dtype
 from ..core.types import TensorType, format_shape, normalize_axes
 from .elementwise import add, div, mul, sqrt, sub
@@ -121,6 +121,7 @@ class BatchNorm(Op):
         return add(mul(sub(x, reshape(mean, channel)), factor), reshape(bias, channel))
 
 
+@user_call()
 def batch_norm(
     x: Node,
     scale: Node,
@@ -132,11 +133,43 @@ def batch_norm(
     running_var: Node | None = None,
     name: str | None = None,
 ) -> Node:
-    """Batch normalization of `x` over every axis but the channel `axis` (1 for NCHW and (N, C)).
-    The running statistics are graph state buffers: pass them, or they are created as
-    `<name>/running_mean` (zeros) and `<name>/running_var` (ones), name defaulting to the next free
-    `batch_norm<n>`. A train step uses the batch statistics and updates the buffers; inference
-    (and `compile(training=False)`) uses the buffers."""
+    """Batch normalization with PyTorch's conventions: in a train step x is normalized with the
+    batch's mean and biased variance over every axis but `axis`, and the running statistics move
+    towards them (`running = (1 - momentum) * running + momentum * batch`, the variance unbiased);
+    in inference (a predictor, or `compile(training=False)`) the running statistics are used.
+    `dg.layers.BatchNorm` makes the parameters and buffers for you.
+
+    Args:
+        x: A float node; its `axis` is the channel axis (static).
+        scale: Per-channel scale (C,), usually a parameter of ones.
+        bias: Per-channel shift (C,), usually a parameter of zeros.
+        axis: The channel axis (1 for NCHW and for (N, C)).
+        momentum: Weight of the batch's statistics in the running ones.
+        eps: Added to the variance.
+        running_mean: A state buffer (C,) (`g.buffer`); None creates `<name>/running_mean` (zeros).
+        running_var: A state buffer (C,); None creates `<name>/running_var` (ones).
+        name: Prefix of the buffers created (default: the next free `batch_norm<n>`).
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: scale, bias or the buffers are not (C,), the channel axis is not static, or
+            momentum / eps are out of range; in a train step, a channel with a single value
+            (a batch of one for (N, C) input), with nothing updated.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph(dtype="float64")
+        >>> x = g.input("x", (None, 2))
+        >>> y = dg.batch_norm(x, g.parameter("s", (2,), init="ones"), g.parameter("b", (2,), init="zeros"))
+        >>> step = g.compile(outputs=y, training=True)
+        >>> step(x=np.array([[1.0, 0.0], [3.0, 4.0]])).round(3)
+        array([[-1., -1.],
+               [ 1.,  1.]])
+        >>> g.state["batch_norm1/running_mean"]
+        array([0.2, 0.2])
+    """
     if not isinstance(x, Node):
         raise ShapeError(f"batch_norm expects a graph node, got {type(x).__name__}")
     (axis,) = normalize_axes(axis, x.ndim)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape
 from .reduce import max as reduce_max
@@ -25,8 +25,27 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 _POOLS = {"avg": mean, "mean": mean, "sum": reduce_sum, "max": reduce_max, "min": reduce_min}
 
 
-def global_pool(x, kind: str = "avg"):
-    """Pool NCHW over both spatial axes -> NC."""
+@user_call()
+def global_pool(x: Node, kind: str = "avg") -> Node:
+    """Pool NCHW feature maps over both spatial axes: (N, C, H, W) -> (N, C).
+
+    Args:
+        x: A float node (N, C, H, W).
+        kind: "avg" (or "mean"), "max", "sum" or "min".
+
+    Returns:
+        A node (N, C) of x's dtype.
+
+    Raises:
+        ShapeError: x is not 4-D, or kind is unknown.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2, 2, 2))
+        >>> dg.global_pool(x, "max").eval(x=np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
+        array([[3., 7.]], dtype=float32)
+    """
     if x.ndim != 4:
         raise ShapeError(f"global_pool needs NCHW input, got {x.describe()}")
     if kind not in _POOLS:
@@ -279,20 +298,74 @@ def _tiling_windows(x, kernel):
     return reshape(x, (x.shape[0], x.shape[1], oh, kh, ow, kw))
 
 
-def max_pool2d(x, kernel_size=2, stride=None, padding=0):
-    """Max over kernel_size windows of NCHW input, `stride` apart (default: the kernel size),
-    after padding each side by `padding` (which never wins). Ties share the gradient, as with
-    `dg.max`. Tiling windows are a reshape and one reduction (fused native loops)."""
+@user_call()
+def max_pool2d(
+    x: Node, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+) -> Node:  # fmt: skip
+    """The maximum over windows of NCHW input (PyTorch's max_pool2d). Windows that tile the
+    image (stride = kernel size, no padding; rows and columns that do not fill a window are
+    dropped) are a reshape and one reduction, fused with their neighbours; other windows
+    (overlapping, padded: a ResNet's 3x3 stride-2 stem) run in a native kernel of their own.
+    Ties share the gradient, as with `max`.
+
+    Args:
+        x: A float node (N, C, H, W) with static H and W.
+        kernel_size: The window, one int or (height, width).
+        stride: Step between windows (default: the kernel size).
+        padding: Added on each side (at most half the window); padding never wins.
+
+    Returns:
+        A node (N, C, OH, OW), OH = (H + 2 * padding - kernel) // stride + 1.
+
+    Raises:
+        ShapeError: x is not 4-D, the window is larger than the padded image, or the padding
+            is more than half the window.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 2, 4))
+        >>> dg.max_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
+        array([[[[5., 7.]]]], dtype=float32)
+        >>> dg.max_pool2d(g.input("big", (None, 16, 28, 28)), 3, stride=2, padding=1).shape
+        (None, 16, 14, 14)
+    """
     kernel, stride, pads = _geometry(x, kernel_size, stride, padding, "max_pool2d")
     if stride == kernel and pads == (0, 0):
         return reduce_max(_tiling_windows(x, kernel), (3, 5))
     return apply(MaxPool2D(kernel, stride, tuple((p, p) for p in pads), x.shape[2:]), x)
 
 
-def avg_pool2d(x, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True):
-    """Mean over kernel_size windows of NCHW input, `stride` apart (default: the kernel size),
-    after zero padding each side by `padding`; padding counts in the divisor unless
-    `count_include_pad` is False (PyTorch's conventions)."""
+@user_call()
+def avg_pool2d(
+    x: Node, kernel_size: int | tuple[int, int] = 2, stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0, count_include_pad: bool = True,
+) -> Node:  # fmt: skip
+    """The mean over windows of NCHW input (PyTorch's avg_pool2d; see `max_pool2d` for the
+    windows).
+
+    Args:
+        x: A float node (N, C, H, W) with static H and W.
+        kernel_size: The window, one int or (height, width).
+        stride: Step between windows (default: the kernel size).
+        padding: Zeros added on each side (at most half the window).
+        count_include_pad: Divide by the window size (True) or by its pixels that are not
+            padding (False).
+
+    Returns:
+        A node (N, C, OH, OW) of x's dtype.
+
+    Raises:
+        ShapeError: As `max_pool2d`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 2, 4))
+        >>> dg.avg_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
+        array([[[[2.5, 4.5]]]], dtype=float32)
+    """
     kernel, stride, pads = _geometry(x, kernel_size, stride, padding, "avg_pool2d")
     if stride == kernel and pads == (0, 0):
         return mean(_tiling_windows(x, kernel), (3, 5))

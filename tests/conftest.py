@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,37 @@ def numeric_jacobian(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return jac.reshape(y_shape + x.shape)
 
 
+@functools.cache
+def opencl_device():
+    """The device OpenCL tests run on (DRUG_OPENCL_DEVICE's, else the first) and "", or None and why
+    there is none (no pyopencl, no OpenCL driver)."""
+    try:
+        return dg.backends.get_backend("opencl").device(), ""
+    except dg.GraphError as error:
+        return None, str(error)
+
+
+def unavailable(backend: str) -> str | None:
+    """Why `backend` cannot run on this machine, or None: the opencl backend needs a device."""
+    if backend.partition(":")[0] != "opencl":
+        return None
+    device, reason = opencl_device()
+    return None if device is not None else f"no OpenCL device: {reason}"
+
+
+def skip_unless_available(backend: str) -> None:
+    reason = unavailable(backend)
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def opencl():
+    """The OpenCL device; a test using it skips, saying why, where there is none."""
+    skip_unless_available("opencl")
+    return opencl_device()[0]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
@@ -110,6 +143,24 @@ def assert_grads_match_fd(loss, wrt, feeds: dict):
         expected = numeric_grad(lambda: float(call(f_loss, feeds)), x, FD_EPS)
         np.testing.assert_allclose(value, expected, rtol=FD_RTOL, atol=FD_ATOL, err_msg=f"d loss / d {node.name}")
     return got
+
+
+def graph_errors_in_thread(fn, timeout: float = 60, **feeds) -> list:
+    """Call `fn(**feeds)` on a daemon thread and return the GraphErrors it raised; fails the test if
+    the call is still running after `timeout` seconds (a deadlock)."""
+    errors = []
+
+    def call():
+        try:
+            fn(**feeds)
+        except dg.GraphError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout=timeout)
+    assert not thread.is_alive(), "the call deadlocked"
+    return errors
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -3,15 +3,20 @@
    param/<name>, state/<key>, meta/step (int64), meta/format ("drug-checkpoint-1") and
    meta/sha256, the SHA-256 over every other array as
    "<key>|<dtype.str>|<shape tuple repr>|" + the array's bytes, in sorted key order.
-   Writes are atomic (temporary file, fsync, rename); a load checks everything first and
-   changes nothing unless the whole file is intact and fits the model. */
-#define _POSIX_C_SOURCE 200809L
+   Writes are atomic (temporary file, fsync, rename; through a symbolic link, beside the file it
+   points to; the replaced file's mode is kept); a load checks everything first and changes
+   nothing unless the whole file is intact and fits the model: every member name, no member twice,
+   meta/step a non-negative int64 scalar, meta/format and meta/sha256 strings, every array's dtype
+   and shape (the rules of runtime/checkpoint.py). */
+#define _XOPEN_SOURCE 700 /* POSIX.1-2008 with its XSI part: realpath */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "drug_rt.h"
@@ -206,6 +211,34 @@ static int write_zip(int fd, array *arrays, size_t n) {
     return drugrt_zip_close(w) || failed ? -1 : 0;
 }
 
+/* Open a new file named `tmp` (its last six characters, XXXXXX, replaced until the name is free)
+   with the mode of the file `dest` it will replace, or 0666 less the umask for a new one. */
+static int create_temporary(char *tmp, const char *dest) {
+    static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+    struct stat st;
+    int keep = stat(dest, &st) == 0;
+    char *x = tmp + strlen(tmp) - 6;
+    unsigned long long seed = (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 20) ^
+                              (unsigned long long)(uintptr_t)tmp;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned long long v = seed + (unsigned long long)attempt * 0x9e3779b97f4a7c15ull;
+        for (int i = 0; i < 6; i++, v /= 36) x[i] = digits[v % 36];
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL, keep ? 0600 : 0666);
+        if (fd >= 0) {
+            if (keep && fchmod(fd, st.st_mode & 07777) != 0) {
+                int saved = errno;
+                close(fd);
+                unlink(tmp);
+                errno = saved;
+                return -1;
+            }
+            return fd;
+        }
+        if (errno != EEXIST) return -1;
+    }
+    return -1;
+}
+
 int drugrt_save(drugrt_handle *h, const char *where, const char *path) {
     const drugrt_model *m = h->model;
     h->error[0] = '\0';
@@ -213,7 +246,9 @@ int drugrt_save(drugrt_handle *h, const char *where, const char *path) {
     int has_state = m->programs[0] != NULL;
     size_t n = (size_t)m->saved_params + (has_state ? (size_t)m->nstates : 0) + 3, k = 0;
     array *arrays = calloc(n, sizeof *arrays);
-    char *tmp = joined(path, ".tmp-XXXXXX");
+    char *target = realpath(path, NULL); /* through a symbolic link: replace the file it points to */
+    const char *dest = target ? target : path;
+    char *tmp = joined(dest, ".tmp-XXXXXX");
     uint32_t format[sizeof FORMAT - 1], hash[64];
     char hex[65];
     int status = DRUG_ERR_MEMORY, fd;
@@ -236,12 +271,12 @@ int drugrt_save(drugrt_handle *h, const char *where, const char *path) {
     arrays[k++] = (array){.key = joined("meta/", "sha256"), .descr = "<U64", .data = hash, .nbytes = sizeof hash};
     if (!arrays[k - 1].key) goto done;
     status = DRUG_ERR_IO;
-    if ((fd = mkstemp(tmp)) < 0) {
+    if ((fd = create_temporary(tmp, dest)) < 0) {
         drugrt_fail(h, status, "%s: cannot create a temporary file beside '%s': %s", where, path, strerror(errno));
         goto done;
     }
     errno = 0;
-    if (write_zip(fd, arrays, k) != 0 || rename(tmp, path) != 0) {
+    if (write_zip(fd, arrays, k) != 0 || rename(tmp, dest) != 0) {
         drugrt_fail(h, status, "%s: cannot write checkpoint '%s': %s", where, path,
                      errno ? strerror(errno) : "write error");
         unlink(tmp);
@@ -253,6 +288,7 @@ done:
     for (size_t i = 0; arrays && i < n; i++) free(arrays[i].key);
     free(arrays);
     free(tmp);
+    free(target);
     return status;
 }
 
@@ -315,10 +351,29 @@ static void check_fit(char *out, size_t len, const array *arrays, size_t n, cons
     }
 }
 
+/* Append to `out` every member that has no place in a checkpoint, appears twice, or is missing
+   (meta/step): the names runtime/checkpoint.py accepts. Libraries have no state buffers, so with
+   `strict` (a train step) a buffer/ member is unexpected; a predictor ignores it. */
+static void check_names(char *out, size_t len, const array *arrays, size_t n, int strict) {
+    int has_step = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *key = arrays[i].key;
+        int buffer = !strncmp(key, "buffer/", 7) && key[7];
+        int known = !strcmp(key, "meta/step") || !strcmp(key, "meta/format") || !strcmp(key, "meta/sha256") ||
+                    (!strncmp(key, "param/", 6) && key[6]) || (!strncmp(key, "state/", 6) && key[6]) || buffer;
+        if (!known) append(out, len, "; unexpected member '%s'", key);
+        if (buffer && strict) append(out, len, "; unexpected state buffer '%s'", key + 7);
+        has_step |= !strcmp(key, "meta/step");
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(arrays[j].key, key)) append(out, len, "; member '%s' appears twice", key);
+    }
+    if (!has_step) append(out, len, "; meta/step is missing");
+}
+
 /* The hex digest a meta/sha256 array holds ('<U64'), or "" if it holds something else. */
 static void stored_hex(const array *a, char hex[65]) {
     hex[0] = '\0';
-    if (a->descr[1] != 'U' || a->nbytes != 256) return;
+    if (a->descr[1] != 'U' || a->ndim != 0 || a->nbytes != 256) return;
     const unsigned char *p = a->data;
     for (int i = 0; i < 64; i++) hex[i] = (char)(p[4 * i] < 128 && !p[4 * i + 1] && !p[4 * i + 2] && !p[4 * i + 3] ? p[4 * i] : '?');
     hex[64] = '\0';
@@ -356,14 +411,20 @@ int drugrt_load(drugrt_handle *h, const char *where, const char *path) {
     }
     const array *format = find(arrays, count, "meta/", "format"), *step = find(arrays, count, "meta/", "step");
     array *stored = (array *)find(arrays, count, "meta/", "sha256");
-    if (!stored || !format || !utf32_equals(format, FORMAT) || !step || strcmp(step->descr, "<i8") || step->ndim) {
+    if (!stored || !format || !utf32_equals(format, FORMAT)) {
         drugrt_fail(h, status, "%s: '%s' is not a drug checkpoint", where, path);
         goto done;
     }
+    int strict = m->programs[0] != NULL; /* a train step needs its exact parameters and state */
+    if (check_names(problems, sizeof problems, arrays, count, strict), problems[0]) {
+        drugrt_fail(h, status, "%s: checkpoint '%s' does not fit this model; nothing was loaded: %s", where, path,
+                     problems + 2);
+        goto done;
+    }
     char expected[65], hex[65];
-    int64_t step_value;
+    int64_t step_value = -1;
     stored_hex(stored, hex);
-    memcpy(&step_value, step->data, sizeof step_value);
+    if (step && !strcmp(step->descr, "<i8") && step->ndim == 0) memcpy(&step_value, step->data, sizeof step_value);
     array swap = *stored; /* digest every array but the hash itself: move it last */
     *stored = arrays[count - 1];
     arrays[count - 1] = swap;
@@ -372,7 +433,10 @@ int drugrt_load(drugrt_handle *h, const char *where, const char *path) {
         drugrt_fail(h, status, "%s: checkpoint '%s' is corrupted: checksum mismatch", where, path);
         goto done;
     }
-    int strict = m->programs[0] != NULL; /* a train step needs its exact parameters and state */
+    if (step_value < 0) {
+        drugrt_fail(h, status, "%s: checkpoint '%s': meta/step must be a non-negative int64 scalar", where, path);
+        goto done;
+    }
     check_fit(problems, sizeof problems, arrays, count, "param/", "parameter", m->params, m->nparams, m->saved_params,
               strict);
     if (strict)

@@ -4,31 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...compiler.schedule import Buffer
+from ...compiler.schedule import Buffer, pack_temps
 
 ALIGN = 64
 
 
 def pack(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
     """Byte offset of every temp buffer, and the arena size; buffers alive at once never overlap."""
-    placed: list[tuple[int, int, Buffer]] = []  # (offset, size, buffer)
-    offsets: dict[int, int] = {}
-    temps = sorted((b for b in buffers if b.kind == "temp"), key=lambda b: (-b.nbytes(batch), b.slot))
-    for buffer in temps:
-        size = -(-max(buffer.nbytes(batch), 1) // ALIGN) * ALIGN
-        busy = sorted(
-            (o, o + s)
-            for o, s, other in placed
-            if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
-        )
-        offset = 0
-        for start, end in busy:
-            if offset + size <= start:
-                break
-            offset = max(offset, end)
-        placed.append((offset, size, buffer))
-        offsets[buffer.slot] = offset
-    return offsets, max((o + s for o, s, _ in placed), default=0)
+    return pack_temps(buffers, batch, ALIGN)
 
 
 def allocate(nbytes: int) -> np.ndarray:

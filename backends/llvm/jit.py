@@ -1,21 +1,31 @@
 """Turning IR into machine code: LLVM's O2 pipeline for the host CPU on several threads (one
 module split into parts), MCJIT, and an on-disk cache of object code keyed by the program's
-hash, the llvmlite version and the CPU."""
+hash, the llvmlite version and the CPU.
+
+The cache is an optimisation: its entries are checked against a SHA-256 kept in a file of its
+own (an edited or damaged object is compiled again, never run), appear only by rename, and a
+cache that cannot be read or written costs one warning per process, not a failed compile."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import struct
+import tempfile
+import threading
+import warnings
 from pathlib import Path
 
 import llvmlite
 import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
+from ... import compiler, core, ops
+from ...core.errors import GraphError
 from .split import split_module
 
 
@@ -62,7 +72,11 @@ def optimize(module: llvm.ModuleRef, tm) -> None:
 def compile_threads() -> int:
     """How many threads compile one module's parts (DRUG_COMPILE_THREADS, default: the cores, at most 4)."""
     configured = os.environ.get("DRUG_COMPILE_THREADS")
-    return max(1, int(configured)) if configured else min(os.cpu_count() or 1, 4)
+    if not configured:
+        return min(os.cpu_count() or 1, 4)
+    if not configured.strip().isdigit():
+        raise GraphError(f"DRUG_COMPILE_THREADS must be a positive integer, got {configured!r}")
+    return max(1, int(configured))
 
 
 # A part smaller than this is not worth its own thread (a pass pipeline's fixed cost).
@@ -135,14 +149,17 @@ def cache_dir() -> Path:
 
 @functools.cache
 def code_version() -> str:
-    """A hash of the code that generates kernels (this backend: codegen and every op's lowering),
-    so that a changed emitter never picks up machine code cached by an older one. What the
-    passes decide (kernels, buffers, op parameters) is in the program's own key."""
+    """A hash of the code that generates kernels: this backend (codegen, every op's kernel) and
+    the layers it reads (core, ops, compiler: scalar rules, traced functions, op semantics), so
+    that changed code never picks up machine code cached by an older version. What the passes
+    decide (kernels, buffers, op parameters) is in the program's own key; native code of a user's
+    own (a kernel or scalar rule registered from outside drug) is keyed by its IR (executor.py)."""
     h = hashlib.sha256()
-    folder = Path(__file__).parent
-    for source in sorted(folder.rglob("*.py")):
-        h.update(str(source.relative_to(folder)).encode())
-        h.update(source.read_bytes())
+    for package in (core, ops, compiler, Path(__file__).parent):
+        folder = package if isinstance(package, Path) else Path(package.__file__).parent
+        for source in sorted(folder.rglob("*.py")):
+            h.update(f"{folder.name}/{source.relative_to(folder)}".encode())
+            h.update(source.read_bytes())
     return h.hexdigest()
 
 
@@ -170,8 +187,8 @@ class Compiled:
         return self._ir
 
     def asm(self) -> str:
-        if self._asm is None:
-            module = llvm.parse_assembly(self.ir())
+        if self._asm is None:  # in a context of its own: LLVM's global one never frees what it holds
+            module = llvm.parse_assembly(self.ir(), context=llvm.create_context())
             tm = target_machine()
             optimize(module, tm)
             self._asm = tm.emit_assembly(module)
@@ -184,20 +201,76 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     _init()
     use_cache = os.environ.get("DRUG_CACHE", "1") != "0"
     path = cache_dir() / f"{cache_key(key)}.o"
-    if use_cache and path.exists():
-        objects = _unpack(path.read_bytes())
-        engine, address = _load(objects, entry) if objects else (None, 0)
-        if address:  # else not ours, cut short, or without the entry: compile again
+    objects = _read_entry(path) if use_cache else None
+    if objects:
+        engine, address = _load(objects, entry)
+        if address:  # else not ours or without the entry: compile again
             return Compiled(engine, address, build_ir, None, None, True)
     ir_text = build_ir()
     parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
     objects = emit_objects(split_module(ir_text, entry, parts) or [ir_text])
     if use_cache:
-        _write_atomic(path, _pack(objects))
+        _write_entry(path, _pack(objects))
     engine, address = _load(objects, entry)
     if not address:
         raise RuntimeError(f"the compiled module has no function {entry}")
     return Compiled(engine, address, build_ir, ir_text, None, False)
+
+
+_warned = False  # the cache's trouble is reported once per process
+_warned_lock = threading.Lock()
+
+
+def _warn_once(doing: str, error: OSError) -> None:
+    global _warned
+    with _warned_lock:
+        if _warned:
+            return
+        _warned = True
+    warnings.warn(
+        f"drug: cannot {doing} the compile cache in {cache_dir()} ({error}); compiling in memory "
+        "without it (set DRUG_CACHE_DIR to a writable directory, or DRUG_CACHE=0)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_suffix(".sha256")
+
+
+def _entry_digest(path: Path, data: bytes) -> str:
+    """The SHA-256 of an entry's bytes and its name (its key): the objects of one key copied
+    under another's name fail it too."""
+    return hashlib.sha256(path.stem.encode() + b"\n" + data).hexdigest()
+
+
+def _read_entry(path: Path) -> list[bytes] | None:
+    """The object files of a cache entry whose bytes match the SHA-256 stored beside it, or None
+    (absent, damaged, edited, not ours, or unreadable)."""
+    try:
+        data = path.read_bytes()
+        stored = _digest_path(path).read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:  # a directory in its place, no permission, I/O error
+        if isinstance(error, OSError):
+            _warn_once("read", error)
+        return None
+    if _entry_digest(path, data) != stored:
+        return None
+    return _unpack(data)
+
+
+def _write_entry(path: Path, data: bytes) -> None:
+    """Store an entry: its objects, then their SHA-256 (a reader finding the object without its
+    hash, or with another one, compiles again). A cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, data)
+        _write_atomic(_digest_path(path), (_entry_digest(path, data) + "\n").encode())
+    except OSError as error:  # read-only, full, or a file where the directory should be
+        _warn_once("write", error)
 
 
 def _load(objects: list[bytes], entry: str) -> tuple:
@@ -237,7 +310,14 @@ def _unpack(data: bytes) -> list[bytes] | None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """`path` holds `data` or what it held before, never a part: a private temporary file renamed
+    over it (removed if anything fails). No fsync: a torn file after a crash fails its hash."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -82,3 +82,13 @@ def workspace(node: Node) -> Workspace:
 def uses_blas(node: Node) -> bool:
     rule = lowering_of(node.op)
     return rule is not None and rule.uses_blas
+
+
+def user_code(op: Op) -> bool:
+    """Whether the op's native code comes from a kernel or scalar rule registered outside drug
+    (a user's own): code the compile cache cannot key by drug's files, so it keys on the IR built
+    from it instead (a closure, a global or a helper of the user's changes that IR)."""
+    rule = lowering_of(op)
+    functions = [rule.kernel, rule.workspace, rule.supports] if rule is not None else []
+    functions.append(scalar_rule_of(op))
+    return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)

@@ -20,7 +20,8 @@ def compile_graph(g: dg.Graph, backend: str, notes: list[str] | None = None, **k
     """`g.compile(backend=...)`, falling back to the NumPy backend while the native one is missing.
     Returns (compiled function, backend actually used)."""
     try:
-        return g.compile(backend=backend, **kwargs), backend
+        fn = g.compile(backend=backend, **kwargs)
+        return fn, fn.device
     except FALLBACK_ERRORS as error:
         if backend == "numpy":
             raise

@@ -5,8 +5,12 @@ checkpoints with Python in both directions."""
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import io
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -15,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drug import GraphError
 from drug.aot import load_spec
+from drug.aot.cli import main as drug_compile_main
 from drug.backends.llvm import blas
 
 STEPS, TRAIN_BATCH, PREDICT_BATCH = 20, 8, 5
@@ -527,3 +533,131 @@ def test_predict_only_library(workdir):
     predict = spec.graph.compile(outputs=spec.outputs[0])
     predict.load(ckpt)
     np.testing.assert_allclose(out, predict(x=x), rtol=BLAS_RTOL, atol=BLAS_ATOL)
+
+
+# ---- issue 16: checkpoint fields validated by the C runtime as by Python; drug-compile's errors ----
+
+SIGNATURES |= {
+    "load": ([C.c_void_p, C.c_char_p], C.c_int),
+    "step_count": ([C.c_void_p], C.c_int64),
+    "last_error": ([C.c_void_p], C.c_char_p),
+}
+
+
+def _forged_checkpoint(path: Path, change: dict) -> bytes:
+    """The checkpoint at `path` with arrays replaced (`change`, None removes) and its checksum
+    recomputed (runtime/checkpoint.py's format), so only the field checks can refuse it."""
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != "meta/sha256"}
+    for key, value in change.items():
+        if value is None:
+            arrays.pop(key)
+        else:
+            arrays[key] = value
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{value.dtype.str}|{value.shape}|".encode())
+        h.update(value.tobytes())
+    arrays["meta/sha256"] = np.asarray(h.hexdigest())
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"meta/step": np.asarray(-7, np.int64)},
+        {"meta/step": np.array([3, 4], np.int64)},
+        {"meta/step": np.asarray(3.0)},
+        {"meta/step": None},
+        {"meta/sha256_extra": np.zeros(2)},
+        {"junk": np.zeros(2)},
+    ],
+    ids=["negative", "vector", "float", "missing", "meta-extra", "unknown"],
+)
+def test_c_and_python_refuse_the_same_forged_checkpoint_fields(trained, workdir, change):
+    """The C library loaded a checkpoint whose step was -7 (Python accepted -5 too): every field is
+    checked for type, range and shape by both, and a refused load changes nothing."""
+    got = trained["mlp"]
+    sgemm, _ = numpy_sgemm()
+    forged = workdir / "forged.npz"
+    forged.write_bytes(_forged_checkpoint(got["ckpt"], change))
+    api = Api(got["built"])
+    handle = api.create(sgemm)
+    assert api.load(handle, str(got["ckpt"]).encode()) == 0 and api.step_count(handle) == STEPS
+    status = api.load(handle, str(forged).encode())
+    message = api.last_error(handle).decode()
+    assert status == 7, message  # DRUG_ERR_CHECKPOINT
+    assert api.step_count(handle) == STEPS
+    api.destroy(handle)
+    spec = got["built"].spec()
+    train = spec.graph.compile(loss=spec.loss, optimizer=spec.optimizer)
+    with pytest.raises(GraphError):
+        train.load(forged)
+
+
+WRONG_BUILD_RETURNS = {
+    "optimizer is a string": "dict(graph=g, loss=loss, optimizer='adam')",
+    "optimizer is the factory": "dict(graph=g, loss=loss, optimizer=dg.Adam)",
+    "learning rate is NaN": "dict(graph=g, loss=loss, optimizer=dg.Adam(float('nan')))",
+    "learning rate is infinite": "dict(graph=g, loss=loss, optimizer=dg.SGD(float('inf')))",
+    "negative learning rate": "dict(graph=g, loss=loss, optimizer=dg.SGD(-0.1))",
+    "params holds a number": "dict(graph=g, loss=loss, optimizer=dg.SGD(0.1), params=[5])",
+    "params names an input": "dict(graph=g, loss=loss, optimizer=dg.SGD(0.1), params=['x'])",
+    "params from another graph": "dict(graph=g, loss=loss, optimizer=dg.SGD(0.1), params=[other_w])",
+    "outputs is a dict": "dict(graph=g, outputs={'h': h})",
+    "outputs holds a string": "dict(graph=g, outputs=[h, 'h'])",
+    "loss is a number": "dict(graph=g, loss=3.0, optimizer=dg.SGD(0.1))",
+    "loss is not a scalar": "dict(graph=g, loss=h, optimizer=dg.SGD(0.1))",
+    "graph is a string": "dict(graph='g', outputs=[h])",
+    "a list": "[g, loss]",
+    "nothing": "None",
+    "build raises": "1 / 0",
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_BUILD_RETURNS))
+def test_every_wrong_build_return_gets_an_error_line(tmp_path, capsys, case):
+    """optimizer='adam' ended in an AttributeError traceback from drug's own code (so did params=[5],
+    and a NaN learning rate in a C compiler error); each wrong return now gets one clear line."""
+    source = tmp_path / "model.py"
+    source.write_text(f"""
+import drug as dg
+
+def build():
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, 3))
+    h = x @ g.parameter("w", (3, 2))
+    loss = dg.sum(h)
+    other_w = dg.Graph().parameter("w", (3, 2))
+    return {WRONG_BUILD_RETURNS[case]}
+""")
+    assert drug_compile_main([str(source), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("drug-compile: error: "), err
+    if case != "build raises":
+        assert "Traceback" not in err, err
+
+
+def test_c_saves_keep_the_mode_and_write_through_symlinks(trained, workdir):
+    """The C library's save wrote a 0600 temporary file over the old one and replaced a symbolic
+    link by a file, as Python's did (issue 16)."""
+    got = trained["mlp"]
+    sgemm, _ = numpy_sgemm()
+    api = Api(got["built"])
+    handle = api.create(sgemm)
+    (workdir / "real").mkdir(exist_ok=True)
+    target = workdir / "real" / "c.npz"
+    assert api.save(handle, str(target).encode()) == 0
+    os.chmod(target, 0o640)
+    link = workdir / "latest.npz"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    assert api.save(handle, str(link).encode()) == 0
+    api.destroy(handle)
+    assert link.is_symlink() and stat.S_IMODE(os.stat(target).st_mode) == 0o640
+    assert sorted(p.name for p in (workdir / "real").iterdir()) == ["c.npz"]
+    spec = got["built"].spec()
+    spec.graph.compile(outputs=spec.outputs[0]).load(target)

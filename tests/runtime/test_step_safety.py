@@ -3,10 +3,9 @@ a compiled function cannot be re-entered from its own step. (Regressions found f
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from conftest import graph_errors_in_thread
 
 import drug as dg
 
@@ -101,18 +100,7 @@ def test_a_step_cannot_reenter_its_graph(backend, monkeypatch):
     x = g.input("x", (None, 2))
     fn = g.compile(outputs=CallsBack()(x) + 1.0, backend=backend)
     monkeypatch.setattr(CallsBack, "target", fn)
-    errors = []
-
-    def call():
-        try:
-            fn(x=np.zeros((1, 2)))
-        except dg.GraphError as error:
-            errors.append(error)
-
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "the nested call deadlocked"
+    errors = graph_errors_in_thread(fn, x=np.zeros((1, 2)))
     assert errors and "called while a step of the same graph is running" in str(errors[0])
     monkeypatch.setattr(CallsBack, "target", lambda **feeds: None)
     np.testing.assert_array_equal(fn(x=np.zeros((1, 2))), np.ones((1, 2)))

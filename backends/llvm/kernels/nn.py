@@ -34,6 +34,16 @@ def _load_index(k, ids, offset: ir.Value, name: str) -> ir.Value:
     return value if value.type == I64 else k.b.sext(value, I64, name=name)
 
 
+def _index_within(k, ids, offset: ir.Value, depth: ir.Value, name: str) -> ir.Value:
+    """Id `offset` of `ids`, read again where it is used, made safe to index with: an id outside
+    [0, depth) becomes 0. `_check_indices` already stopped the step for such ids, but a feed is the
+    caller's memory, which another thread may change between the check and this read; whatever it
+    holds then, the kernel stays inside its buffers (and the row it reads is unspecified)."""
+    index = _load_index(k, ids, offset, name)
+    inside = k.b.icmp_unsigned("<", index, depth, name=f"{name}.inside")
+    return k.b.select(inside, index, i64(0), name=f"{name}.safe")
+
+
 def _check_indices(k, ids, depth: ir.Value, name: str) -> None:
     """End the step with STATUS_INDEX_OUT_OF_RANGE unless 0 <= id < depth for every id. Kernels
     check first and write after, so a failing step leaves every buffer it did not reach alone."""
@@ -162,7 +172,7 @@ def _softmax_cross_entropy_rows(k, node):
 
         m = _row_max(k, logits, classes, at)
         s = _row_sum_exp(k, logits, classes, at, m)
-        picked = k.load(logits, at(_load_index(k, labels, row, "label")))
+        picked = k.load(logits, at(_index_within(k, labels, row, classes, "label")))
         shifted = b.fsub(picked, m, name="picked")
         k.store(node, row, b.fsub(k.scalar(node).log(s), shifted, name="loss"))
 
@@ -177,7 +187,7 @@ def _one_hot(k, node):
     with for_range(b, k.count(node), "fill") as i:  # a memset once LLVM sees it
         k.store(node, i, zero)
     with for_range(b, k.count(labels), "row") as row:
-        label = _load_index(k, labels, row, "label")
+        label = _index_within(k, labels, row, depth, "label")
         k.store(node, b.add(b.mul(row, depth, name="row_start"), label, name="hot"), one)
 
 
@@ -189,7 +199,7 @@ def _embedding(k, node):
     vocab, width = k.dims(table)
     _check_indices(k, ids, vocab, "id")
     with for_range(b, k.count(ids), "row") as row:
-        source = b.mul(_load_index(k, ids, row, "id"), width, name="source")
+        source = b.mul(_index_within(k, ids, row, vocab, "id"), width, name="source")
         target = b.mul(row, width, name="target")
         with for_range(b, width, "j") as j:
             value = k.load(table, b.add(source, j, name="from"))
@@ -201,13 +211,13 @@ def _embedding_grad(k, node):
     """Check every id, zero the table gradient, then add row i of `g` to row `ids[i]`."""
     b = k.b
     g, ids = node.inputs
-    width = k.dims(node)[1]
-    _check_indices(k, ids, i64(node.op.vocab), "id")
+    width, vocab = k.dims(node)[1], i64(node.op.vocab)
+    _check_indices(k, ids, vocab, "id")
     zero = ir.Constant(llvm_type(node.dtype), 0.0)
     with for_range(b, k.count(node), "zero") as i:
         k.store(node, i, zero)
     with for_range(b, k.count(ids), "row") as row:
-        target = b.mul(_load_index(k, ids, row, "id"), width, name="target")
+        target = b.mul(_index_within(k, ids, row, vocab, "id"), width, name="target")
         source = b.mul(row, width, name="source")
         with for_range(b, width, "j") as j:
             at = b.add(target, j, name="to")
