@@ -161,6 +161,87 @@ class CNN(Classifier):
         )
 
 
+@dataclass(frozen=True)
+class Block:
+    """One residual block of the ResNet workload: conv-bn-relu, conv-bn, plus a shortcut that is
+    the input itself or (projection) a strided 1x1 conv-bn; `hw` is its output's spatial size."""
+
+    name: str
+    channels: int
+    filters: int
+    stride: int
+    projection: bool
+    hw: int
+
+
+@dataclass
+class ResNet(Classifier):
+    """examples/mnist_resnet.py's network: stem conv 3x3 + batch norm + relu, max pool 3x3/2,
+    residual blocks (identity and strided 1x1 projection shortcuts), global average pool, dense.
+    Batch norm in training mode (batch statistics, running statistics updated)."""
+
+    name: str = "resnet"
+    batch: int = 64
+    hw: int = 28
+    widths: tuple[int, ...] = (16, 32, 64)
+    blocks_per_stage: int = 1
+    classes: int = 10
+    rtol: float = 5e-4  # batch statistics of float32 activations, three steps deep
+
+    @property
+    def input_shape(self):
+        return (1, self.hw, self.hw)
+
+    @property
+    def stem_hw(self) -> int:
+        return (self.hw + 2 - 3) // 2 + 1  # after the max pool
+
+    def blocks(self) -> list[Block]:
+        out, channels, hw = [], self.widths[0], self.stem_hw
+        for stage, filters in enumerate(self.widths, start=1):
+            for index in range(self.blocks_per_stage):
+                stride = 2 if stage > 1 and index == 0 else 1
+                hw = (hw + 2 - 3) // stride + 1
+                projection = stride != 1 or channels != filters
+                out.append(Block(f"stage{stage}/block{index + 1}", channels, filters, stride, projection, hw))
+                channels = filters
+        return out
+
+    def convs(self) -> list[tuple[str, int, int, int, int]]:
+        """(name, in channels, out channels, kernel, output size) of every convolution, stem first."""
+        convs = [("stem", 1, self.widths[0], 3, self.hw)]
+        for b in self.blocks():
+            convs += [(f"{b.name}/a", b.channels, b.filters, 3, b.hw), (f"{b.name}/b", b.filters, b.filters, 3, b.hw)]
+            if b.projection:
+                convs.append((f"{b.name}/proj", b.channels, b.filters, 1, b.hw))
+        return convs
+
+    def init_params(self, rng):
+        params = {}
+        for name, cin, cout, k, _ in self.convs():
+            params[f"{name}/w"] = _xavier(rng, (cout, cin, k, k), cin * k * k, cout * k * k)
+            params[f"{name}/scale"] = np.ones(cout, np.float32)
+            params[f"{name}/bias"] = np.zeros(cout, np.float32)
+        params["head/w"] = _xavier(rng, (self.widths[-1], self.classes), self.widths[-1], self.classes)
+        params["head/b"] = _bias(rng, self.classes)
+        return params
+
+    @property
+    def flops_per_step(self):
+        total = 0.0
+        for name, cin, cout, k, hw in self.convs():
+            conv = 2.0 * self.batch * hw * hw * cin * cout * k * k
+            total += conv * (2 if name == "stem" else 3)  # the stem needs no input gradient
+        return total + 3 * 2.0 * self.batch * self.widths[-1] * self.classes
+
+    def describe(self):
+        return (
+            f"ResNet: conv 3x3 + batch norm stem, max pool 3x3/2, {len(self.blocks())} residual blocks "
+            f"{'-'.join(map(str, self.widths))} (identity and 1x1/2 projection shortcuts), global avg pool, "
+            f"dense {self.classes}; batch {self.batch}, {self.hw}x{self.hw}, Adam"
+        )
+
+
 @dataclass
 class GRU(Workload):
     """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
@@ -301,7 +382,7 @@ def _onnx_workloads(mlp: MLP, cnn: CNN) -> list[OnnxInference]:
 
 
 def full_suite() -> dict[str, Workload]:
-    return {w.name: w for w in (MLP(), CNN(), GRU(), Fusion(), *_onnx_workloads(MLP(), CNN()))}
+    return {w.name: w for w in (MLP(), CNN(), ResNet(), GRU(), Fusion(), *_onnx_workloads(MLP(), CNN()))}
 
 
 def tiny_suite() -> dict[str, Workload]:
@@ -311,6 +392,7 @@ def tiny_suite() -> dict[str, Workload]:
         for w in (
             MLP(sizes=(64, 32, 16, 10), batch=16),
             CNN(batch=4, hw=8, channels=(1, 4, 8)),
+            ResNet(batch=4, hw=8, widths=(4, 8)),
             GRU(vocab=11, embed=8, hidden=16, seq=6, batch=4),
             Fusion(n=65536),
             *_onnx_workloads(MLP(sizes=(64, 32, 16, 10)), CNN(hw=8, channels=(1, 4, 8))),
@@ -319,7 +401,7 @@ def tiny_suite() -> dict[str, Workload]:
 
 
 SIZES = {"full": full_suite, "tiny": tiny_suite}
-MODEL_WORKLOADS = ("mlp", "cnn", "gru", "fusion")
+MODEL_WORKLOADS = ("mlp", "cnn", "resnet", "gru", "fusion")
 ONNX_WORKLOADS = tuple(w.name for w in _onnx_workloads(MLP(), CNN()))  # `--only onnx`: all of them
 ALL_WORKLOADS = MODEL_WORKLOADS + ("compile",)  # the default run (the onnx ones need the onnx extra)
 

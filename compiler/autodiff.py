@@ -8,6 +8,7 @@ import numpy as np
 
 from ..core.errors import GraphError
 from ..core.node import Call, Node, apply, recording, user_call, user_name
+from ..core.op import Op, Specialized
 from ..core.program import ancestors
 from ..ops.elementwise import add, mul, ones_like, zeros_like
 from ..ops.reduce import sum as total
@@ -34,7 +35,7 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
         if not node.inputs:
             continue
         with recording(Call(f"gradient of {user_name(node)}", "gradient"), force=True):  # named in profiles, errors
-            rule = node.op.grad(g, node, *node.inputs)
+            rule = mode_gradients(node, g) if node.op.mode_dependent else node.op.grad(g, node, *node.inputs)
             if len(rule) != len(node.inputs):
                 raise GraphError(
                     f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
@@ -49,6 +50,36 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
                 contributions.setdefault(x.id, []).append(gx)
     # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
     return [grads[x.id] if x.id in grads else zeros_like(x) for x in xs]
+
+
+class ModeGradient(Op):
+    """The gradient of a mode-dependent op (dropout, batch norm) with respect to its input
+    `index`, taken before the mode is known (`dg.grad` at build time): mode-dependent itself,
+    it becomes the gradient of what the op specializes to once the `modes` pass knows the mode.
+    Inputs: the cotangent, then the op's inputs."""
+
+    name = "mode_gradient"
+    mode_dependent = True
+
+    def __init__(self, op: Op, index: int):
+        self.op = op
+        self.index = index
+
+    def infer(self, g, *xs):
+        return xs[self.index]
+
+    def specialize(self, inputs, training):
+        g, xs = inputs[0], list(inputs[1:])
+        value = self.op.specialize(xs, training).value  # the forward node itself carries the updates
+        return Specialized(gradients(value, [xs[self.index]], seed=g)[0])
+
+
+def mode_gradients(node: Node, g: Node) -> list[Node | None]:
+    """Gradients of a mode-dependent node w.r.t. its float inputs, as ModeGradient nodes."""
+    return [
+        apply(ModeGradient(node.op, i), g, *node.inputs) if x.dtype.kind == "f" else None
+        for i, x in enumerate(node.inputs)
+    ]
 
 
 def _sum(parts: list[Node]) -> Node | None:

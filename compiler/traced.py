@@ -24,6 +24,7 @@ class _NumpyScalars:
     const = staticmethod(float)
     add, sub, mul, div = np.add, np.subtract, np.multiply, np.divide
     neg, exp, log, sqrt, tanh = np.negative, np.exp, np.log, np.sqrt, np.tanh
+    cos, sin, floor = np.cos, np.sin, np.floor
     select = staticmethod(np.where)
     _compare = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
     _compare |= {"==": np.equal, "!=": np.not_equal}
@@ -81,7 +82,7 @@ def elementwise(fn: Callable) -> Callable:
     """Decorator: a scalar function of floats becomes an elementwise graph op.
 
     The function may use arithmetic, `**`, comparisons in `if`/`else` (also `max`, `min`,
-    `abs`) and `math.exp/log/sqrt/tanh/fabs`. It is traced once, branch by branch (joined with
+    `abs`) and `math.exp/log/sqrt/tanh/fabs/cos/sin/floor`. It is traced once, branch by branch (joined with
     selects, so native loops stay branch-free); its gradient is derived from the trace, and it
     fuses with neighbouring elementwise ops. Called on graph nodes it builds a node (inputs
     broadcast like `add`); called on Python numbers it is the plain function.

@@ -21,7 +21,7 @@ MAX_PATHS = 256  # paths explored through a function's branches; also bounds the
 MAX_DEPTH = 5_000
 MAX_OPERATIONS = 200_000  # operations one run of a traced function may build
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-UNARY = ("neg", "exp", "log", "sqrt", "tanh")
+UNARY = ("neg", "exp", "log", "sqrt", "tanh", "cos", "sin", "floor")
 BINARY = ("add", "sub", "mul", "div")
 
 
@@ -193,6 +193,18 @@ def tanh(a: Expr) -> Expr:
     return Expr("tanh", (a,))
 
 
+def cos(a: Expr) -> Expr:
+    return Expr("cos", (a,))
+
+
+def sin(a: Expr) -> Expr:
+    return Expr("sin", (a,))
+
+
+def floor(a: Expr) -> Expr:
+    return const(math.floor(a.value)) if is_const(a) else Expr("floor", (a,))
+
+
 def power(base: Expr, exponent: Any) -> Expr:
     if isinstance(exponent, Expr):
         return exp(mul(exponent, log(base)))
@@ -221,6 +233,9 @@ MATH = {
     "sqrt": _scalar_or_expr(sqrt, math.sqrt),
     "tanh": _scalar_or_expr(tanh, math.tanh),
     "fabs": _scalar_or_expr(abs, math.fabs),
+    "cos": _scalar_or_expr(cos, math.cos),
+    "sin": _scalar_or_expr(sin, math.sin),
+    "floor": _scalar_or_expr(floor, math.floor),
 }
 
 
@@ -367,6 +382,12 @@ def _derivative_rule(e: Expr, index: int, d: Callable[[Expr], Expr]) -> Expr:
         return div(d(args[0]), mul(const(2.0), e))
     if op == "tanh":
         return mul(sub(const(1.0), mul(e, e)), d(args[0]))
+    if op == "cos":
+        return mul(neg(sin(args[0])), d(args[0]))
+    if op == "sin":
+        return mul(cos(args[0]), d(args[0]))
+    if op == "floor":  # piecewise constant
+        return const(0.0)
     if op == "where":
         return where(args[0], d(args[1]), d(args[2]))
     raise GraphError(f"no derivative rule for traced op {op!r}")  # pragma: no cover - every op built above is handled

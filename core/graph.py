@@ -40,6 +40,9 @@ class ArrayStore(HostArrays):
     def _missing(self, name: str) -> GraphError:
         return GraphError(f"no {self.kind} named '{name}'; {self.kind}s are {sorted(self._arrays)}")
 
+    def __contains__(self, name: object) -> bool:  # Mapping's would raise _missing's GraphError (and mark a write)
+        return name in self._arrays
+
     @property
     def size(self) -> int:
         """Values in all arrays together."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from . import initializers
 from .errors import GraphError
 from .op import Op
 from .types import Shape
@@ -54,31 +53,24 @@ class ConstantOp(Leaf):
         return f"constant({v.item()!r})" if v.size == 1 else f"constant(shape={v.shape})"
 
 
-def fans(shape: Shape) -> tuple[int, int]:
-    """Fan-in and fan-out as Glorot defines them: (in, out) matrices, OIHW conv kernels."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    receptive = math.prod(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
-
-
 def initial_value(name: str, shape: Shape, dtype: np.dtype, init, rng: np.random.Generator) -> np.ndarray:
-    fan_in, fan_out = fans(shape)
+    """A new parameter's value: `init` is a named initializer, an initializer (core/initializers.py)
+    or an array of the parameter's shape."""
     if isinstance(init, str):
-        if init in ("xavier", "glorot"):
-            limit = math.sqrt(6.0 / max(fan_in + fan_out, 1))
-            return rng.uniform(-limit, limit, size=shape).astype(dtype)
-        if init == "normal":
-            return (rng.standard_normal(size=shape) * math.sqrt(2.0 / max(fan_in + fan_out, 1))).astype(dtype)
-        if init == "zeros":
-            return np.zeros(shape, dtype)
-        if init == "ones":
-            return np.ones(shape, dtype)
-        raise GraphError(f"parameter '{name}': unknown init {init!r}; use xavier, normal, zeros, ones or an array")
+        if init not in initializers.NAMED:
+            raise GraphError(
+                f"parameter '{name}': unknown init {init!r}; use one of {sorted(initializers.NAMED)}, "
+                "an initializer from dg.initializers or an array"
+            )
+        init = initializers.NAMED[init]
+    if callable(init):
+        try:
+            value = np.asarray(init(shape, dtype, rng))
+        except ValueError as error:
+            raise GraphError(f"parameter '{name}': {error}") from None
+        if value.shape != shape:
+            raise GraphError(f"parameter '{name}': initializer gave shape {value.shape}, expected {shape}")
+        return value.astype(dtype, copy=False)
     value = np.asarray(init)
     if value.shape != shape:
         raise GraphError(f"parameter '{name}': init array has shape {value.shape}, expected {shape}")

@@ -1,10 +1,12 @@
 """drug: a differentiable graph compiler. Declare a graph, compile its whole train step."""
 
 from . import backends, compiler, core, decoding, distributed, layers, ops, runtime
+from .compiler import schedules
 from .compiler.autodiff import grad, hessian_vector_product, jacobian, jvp
-from .compiler.optimizers import SGD, Adam, Optimizer, RMSProp
+from .compiler.optimizers import SGD, Adam, AdamW, Optimizer, ParamGroup, RMSProp, no_decay
 from .compiler.scan import scan
 from .compiler.traced import elementwise
+from .core import initializers
 from .core.errors import DTypeError, GraphError, NonFiniteError, ShapeError
 from .core.node import Node
 from .graph import Graph, evaluate, render_dot

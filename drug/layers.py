@@ -4,6 +4,10 @@ reuses them on every later call: an RNN cell applied T times trains one set of w
 
     dense = dg.layers.Dense(256, activation="relu", name="fc1")  # parameters fc1/w, fc1/b
     h = dense(x)
+
+Parameters start as PyTorch's layers start them (Dense and Conv2D: U(±1/sqrt(fan_in)) for weight
+and bias; Embedding: N(0, 1); recurrent cells: U(±1/sqrt(hidden)); BatchNorm: scale 1, bias 0),
+unless `init=` (weights) or `bias_init=` say otherwise.
 """
 
 from __future__ import annotations
@@ -17,14 +21,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .compiler.scan import scan as scan_loop
+from .core import initializers
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
 from .core.node import Call, Node, building_internally, recording
 from .core.types import format_shape
-from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
+from .ops import avg_pool2d, batch_norm, concat, conv2d, embedding, max_pool2d, relu, reshape, sigmoid, tanh, transpose
 
 Activation = str | Callable[[Node], Node] | None
-Init = str | np.ndarray  # a parameter's init: "xavier", "normal", "zeros", "ones" or an array
+# a parameter's init: a name ("xavier", "he_normal", ...), an initializer (dg.initializers), an array, or None for
+# the layer's PyTorch-like default
+Init = str | np.ndarray | initializers.Initializer | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
 
@@ -125,6 +132,16 @@ class Layer:
             )
 
 
+def _either(chosen: Init, default: Init) -> Init:
+    """The user's initializer, else the layer's default."""
+    return default if chosen is None else chosen
+
+
+def _inits(init: Init, bias_init: Init) -> list[str]:
+    """The init arguments `repr` shows (those given)."""
+    return [f"{k}={v!r}" for k, v in (("init", init), ("bias_init", bias_init)) if v is not None]
+
+
 def _fresh_name(graph: Graph, kind: str) -> str:
     """`<kind><n>` with the next n whose parameter prefix no node of the graph uses yet."""
     counter = _counters.setdefault(graph, {}).setdefault(kind, itertools.count(1))
@@ -140,8 +157,9 @@ class Dense(Layer):
     Args:
         units: Output features.
         activation: "relu", "sigmoid", "tanh", None (linear) or a function of a node.
-        bias: Add a bias `b` (zeros at first).
-        init: The weight's init (see `Graph.parameter`).
+        bias: Add a bias `b`.
+        init: The weight's init (see `Graph.parameter`); default PyTorch's, U(±1/sqrt(in)).
+        bias_init: The bias's init; default PyTorch's, U(±1/sqrt(in)).
         name: Parameter prefix (default `dense<n>`).
 
     Call it on x (..., in_features) to get (..., units); the parameters are `<name>/w` (in, units)
@@ -167,11 +185,12 @@ class Dense(Layer):
         units: int,
         activation: Activation = None,
         bias: bool = True,
-        init: Init = "xavier",
+        init: Init = None,
+        bias_init: Init = None,
         name: str | None = None,
     ):
         super().__init__(name)
-        self.units, self.bias, self.init = int(units), bias, init
+        self.units, self.bias, self.init, self.bias_init = int(units), bias, init, bias_init
         self.activation = activation_fn(activation)
         self._activation = activation_name(activation)
 
@@ -179,14 +198,15 @@ class Dense(Layer):
         out = [str(self.units)]
         out += [f"activation={self._activation!r}"] if self._activation is not None else []
         out += ["bias=False"] if not self.bias else []
-        return out + ([f"init={self.init!r}"] if self.init != "xavier" else [])
+        return out + _inits(self.init, self.bias_init)
 
     @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
-            self._param("w", (x.shape[-1], self.units), self.init)
+            weight, bias = initializers.torch_default(x.shape[-1])
+            self._param("w", (x.shape[-1], self.units), _either(self.init, weight))
             if self.bias:
-                self._param("b", (self.units,), "zeros")
+                self._param("b", (self.units,), _either(self.bias_init, bias))
         self._expect(x, -1, self.params["w"].shape[0], "features")
         y = x @ self.params["w"]
         return self.activation(y + self.params["b"] if self.bias else y)
@@ -199,14 +219,18 @@ class Conv2D(Layer):
         filters: Output channels.
         kernel_size: The kernel's height and width (one int or a pair).
         stride: Step between windows (one int or a pair).
-        padding: "valid" or "same".
-        pad_mode: "zeros", "replicate" or "reflect" (for "same").
+        padding: "valid", "same", an int or a pair (see `dg.conv2d`).
+        pad_mode: "zeros", "replicate" or "reflect".
         activation: "relu", "sigmoid", "tanh", None or a function of a node.
         bias: Add one bias per filter.
+        dilation: Spacing of the kernel's taps (one int or a pair).
+        groups: Channel groups (groups = C: depthwise).
+        init: The kernel's init; default PyTorch's, U(±1/sqrt(fan_in)), fan_in = C / groups * KH * KW.
+        bias_init: The bias's init; default PyTorch's, U(±1/sqrt(fan_in)).
         name: Parameter prefix (default `conv<n>`).
 
     Call it on x (N, C, H, W) to get (N, filters, OH, OW); the parameters are `<name>/w`
-    (filters, C, KH, KW) and `<name>/b` (filters,).
+    (filters, C / groups, KH, KW) and `<name>/b` (filters,).
 
     Raises:
         ShapeError: (at a call) x is not 4-D, or its channels differ from the first call's.
@@ -231,12 +255,17 @@ class Conv2D(Layer):
         pad_mode: str = "zeros",
         activation: Activation = None,
         bias: bool = True,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        init: Init = None,
+        bias_init: Init = None,
         name: str | None = None,
     ):
         super().__init__(name)
         k = kernel_size if isinstance(kernel_size, tuple) else (kernel_size, kernel_size)
         self.filters, self.kernel_size, self.bias = int(filters), k, bias
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
+        self.dilation, self.groups, self.init, self.bias_init = dilation, int(groups), init, bias_init
         self.activation = activation_fn(activation)
         self._activation = activation_name(activation)
 
@@ -246,21 +275,157 @@ class Conv2D(Layer):
         out += [f"padding={self.padding!r}"] if self.padding != "valid" else []
         out += [f"pad_mode={self.pad_mode!r}"] if self.pad_mode != "zeros" else []
         out += [f"activation={self._activation!r}"] if self._activation is not None else []
-        return out + (["bias=False"] if not self.bias else [])
+        out += ["bias=False"] if not self.bias else []
+        out += [f"dilation={self.dilation}"] if self.dilation != 1 else []
+        out += [f"groups={self.groups}"] if self.groups != 1 else []
+        return out + _inits(self.init, self.bias_init)
 
     @layer_call
     def __call__(self, x: Node) -> Node:
         if x.ndim != 4:
             raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
         if self._bind(x):
-            self._param("w", (self.filters, x.shape[1], *self.kernel_size))
+            if x.shape[1] % self.groups:
+                raise ShapeError(f"conv layer '{self.name}': groups={self.groups} does not divide the input's "
+                                 f"{x.shape[1]} channels")  # fmt: skip
+            shape = (self.filters, x.shape[1] // self.groups, *self.kernel_size)
+            weight, bias = initializers.torch_default(math.prod(shape[1:]))
+            self._param("w", shape, _either(self.init, weight))
             if self.bias:
-                self._param("b", (self.filters,), "zeros")
-        self._expect(x, 1, self.params["w"].shape[1], "channels")
-        y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode)
+                self._param("b", (self.filters,), _either(self.bias_init, bias))
+        self._expect(x, 1, self.params["w"].shape[1] * self.groups, "channels")
+        y = conv2d(x, self.params["w"], self.stride, self.padding, self.pad_mode, self.dilation, self.groups)
         if self.bias:
             y = y + reshape(self.params["b"], (self.filters, 1, 1))
         return self.activation(y)
+
+
+class BatchNorm(Layer):
+    """Batch normalization over a channel axis with a learned scale and bias (see `dg.batch_norm`),
+    PyTorch's BatchNorm1d/2d conventions: a train step normalizes with the batch's mean and biased
+    variance and moves the running statistics towards them (momentum is the weight of the new
+    batch, the running variance unbiased); inference uses the running statistics.
+
+    Args:
+        momentum: Weight of the batch's statistics in the running ones.
+        eps: Added to the variance.
+        axis: The channel axis (1 for NCHW and for (N, C)).
+        name: Prefix (default `batch_norm<n>`) of the parameters `<name>/scale` (ones) and
+            `<name>/bias` (zeros) and of the state buffers `<name>/running_mean` (zeros) and
+            `<name>/running_var` (ones) in `graph.state` and checkpoints.
+
+    Raises:
+        ShapeError: (at a call) no static channel axis, or other channels than the first call's.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 16, 14, 14))
+        >>> dg.layers.BatchNorm(name="bn1")(x).shape, sorted(g.state)
+        ((None, 16, 14, 14), ['bn1/running_mean', 'bn1/running_var'])
+    """
+
+    kind = "batch_norm"
+
+    def __init__(self, momentum: float = 0.1, eps: float = 1e-5, axis: int = 1, name: str | None = None):
+        super().__init__(name)
+        self.momentum, self.eps, self.axis = float(momentum), float(eps), int(axis)
+        self.buffers: dict[str, Node] = {}
+
+    def config(self) -> list[str]:
+        out = [f"momentum={self.momentum!r}"] if self.momentum != 0.1 else []
+        out += [f"eps={self.eps!r}"] if self.eps != 1e-5 else []
+        return out + ([f"axis={self.axis}"] if self.axis != 1 else [])
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            if not -x.ndim <= self.axis < x.ndim or x.shape[self.axis] is None:
+                raise ShapeError(f"batch norm layer '{self.name}': axis {self.axis} of {x.describe()} is not a "
+                                 "static channel axis")  # fmt: skip
+            channels = x.shape[self.axis]
+            self._param("scale", (channels,), "ones")
+            self._param("bias", (channels,), "zeros")
+            for role, start in (("running_mean", 0.0), ("running_var", 1.0)):
+                value = np.full(channels, start)
+                self.buffers[role] = self.graph.buffer(f"{self.name}/{role}", value, dtype=str(x.dtype))
+        self._expect(x, self.axis, self.params["scale"].shape[0], "channels")
+        return batch_norm(x, self.params["scale"], self.params["bias"], self.axis, self.momentum, self.eps,
+                          self.buffers["running_mean"], self.buffers["running_var"])  # fmt: skip
+
+
+class _Pool(Layer):
+    """A pooling function as a layer (no parameters)."""
+
+    def __init__(self, kernel_size=2, stride=None, padding=0, name: str | None = None):
+        super().__init__(name)
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+
+    def config(self) -> list[str]:
+        out = [repr(self.kernel_size)]
+        out += [f"stride={self.stride!r}"] if self.stride is not None else []
+        return out + ([f"padding={self.padding!r}"] if self.padding else [])
+
+
+class MaxPool2D(_Pool):
+    """`dg.max_pool2d` as a layer: the max over kernel_size windows, `stride` apart (default the
+    kernel size), after padding each side by `padding`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.MaxPool2D(3, stride=2, padding=1)(g.input("x", (None, 16, 28, 28))).shape
+        (None, 16, 14, 14)
+    """
+
+    kind = "max_pool"
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
+
+
+class AvgPool2D(_Pool):
+    """`dg.avg_pool2d` as a layer; `count_include_pad` as there.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.AvgPool2D(2)(g.input("x", (None, 8, 6, 6))).shape
+        (None, 8, 3, 3)
+    """
+
+    kind = "avg_pool"
+
+    def __init__(self, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True, name=None):
+        super().__init__(kernel_size, stride, padding, name)
+        self.count_include_pad = count_include_pad
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+
+
+class Flatten(Layer):
+    """(N, d1, d2, ...) -> (N, d1 * d2 * ...): every axis but the first in one (a view).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.Flatten()(g.input("x", (None, 64, 4, 4))).shape
+        (None, 1024)
+    """
+
+    kind = "flatten"
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        if x.ndim < 2 or None in x.shape[1:]:
+            raise ShapeError(f"flatten layer '{self.name}': input {x.describe()} needs static axes after the first")
+        return reshape(x, (x.shape[0], math.prod(x.shape[1:])))
 
 
 class Embedding(Layer):
@@ -269,7 +434,7 @@ class Embedding(Layer):
     Args:
         vocab: The number of ids (rows of the table).
         dim: The vector size.
-        init: The table's init (see `Graph.parameter`).
+        init: The table's init (see `Graph.parameter`); default PyTorch's, N(0, 1).
         name: Parameter prefix (default `embedding<n>`); the table is `<name>/table`.
 
     Example:
@@ -282,17 +447,17 @@ class Embedding(Layer):
 
     kind = "embedding"
 
-    def __init__(self, vocab: int, dim: int, init: Init = "xavier", name: str | None = None):
+    def __init__(self, vocab: int, dim: int, init: Init = None, name: str | None = None):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
     def config(self) -> list[str]:
-        return [str(self.vocab), str(self.dim)] + ([f"init={self.init!r}"] if self.init != "xavier" else [])
+        return [str(self.vocab), str(self.dim)] + _inits(self.init, None)
 
     @layer_call
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
-            self._param("table", (self.vocab, self.dim), self.init)
+            self._param("table", (self.vocab, self.dim), _either(self.init, initializers.normal(1.0)))
         return embedding(ids, self.params["table"])
 
 
@@ -301,22 +466,24 @@ class _Recurrent(Layer):
 
     gates: tuple[str, ...] = ()
 
-    def __init__(self, hidden: int, name: str | None = None):
+    def __init__(self, hidden: int, init: Init = None, bias_init: Init = None, name: str | None = None):
         super().__init__(name)
-        self.hidden = int(hidden)
+        self.hidden, self.init, self.bias_init = int(hidden), init, bias_init
 
     def config(self) -> list[str]:
-        return [str(self.hidden)]
+        return [str(self.hidden)] + _inits(self.init, self.bias_init)
 
     def _build(self, x: Node) -> None:
         if self._bind(x):
             h = self.hidden
+            bound = 1.0 / math.sqrt(h)  # PyTorch's RNN/GRU: every weight and bias U(±1/sqrt(hidden))
+            default = initializers.uniform(-bound, bound)
             for gate in self.gates:
-                self._param(f"w_{gate}", (x.shape[-1], h))
+                self._param(f"w_{gate}", (x.shape[-1], h), _either(self.init, default))
             for gate in self.gates:
-                self._param(f"u_{gate}", (h, h))
+                self._param(f"u_{gate}", (h, h), _either(self.init, default))
             for gate in self.gates:
-                self._param(f"b_{gate}", (h,), "zeros")
+                self._param(f"b_{gate}", (h,), _either(self.bias_init, default))
             # gates side by side: one matmul per step for all of them (built once, shared by every step)
             self.w, self.u, self.b = (self._joined(role) for role in ("w", "u", "b"))
         self._expect(x, -1, self.w.shape[0], "features")
@@ -382,6 +549,8 @@ class RNNCell(_Recurrent):
     Args:
         hidden: The state size.
         activation: "tanh" (default), "relu", "sigmoid", None or a function of a node.
+        init: The weights' init; default PyTorch's, U(±1/sqrt(hidden)).
+        bias_init: The biases' init; default PyTorch's, U(±1/sqrt(hidden)).
         name: Parameter prefix (default `rnn<n>`).
 
     `cell(x, h)` is one step ((batch, in), (batch, hidden) -> (batch, hidden); `h=None` is the
@@ -399,8 +568,10 @@ class RNNCell(_Recurrent):
     kind = "rnn"
     gates = ("x",)
 
-    def __init__(self, hidden: int, activation: Activation = "tanh", name: str | None = None):
-        super().__init__(hidden, name)
+    def __init__(
+        self, hidden: int, activation: Activation = "tanh", init: Init = None, bias_init: Init = None, name=None
+    ):
+        super().__init__(hidden, init, bias_init, name)
         self.activation = activation_fn(activation)
         self._activation = activation_name(activation)
 
@@ -418,6 +589,8 @@ class GRUCell(_Recurrent):
 
     Args:
         hidden: The state size.
+        init: The weights' init; default PyTorch's, U(±1/sqrt(hidden)).
+        bias_init: The biases' init; default PyTorch's, U(±1/sqrt(hidden)).
         name: Parameter prefix (default `gru<n>`); the parameters are `w_r`, `w_z`, `w_n`,
             `u_r`, `u_z`, `u_n`, `b_r`, `b_z`, `b_n`.
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import batch_count, example_parser, minibatches, plot_curves
+from common import GLOROT, batch_count, example_parser, minibatches, plot_curves
 from tqdm import tqdm
 
 import drug as dg
@@ -49,10 +49,10 @@ def build(noise: int, g_hidden: list[int], d_hidden: list[int], seed: int) -> GA
 
     # leaky hidden units and a tanh output on data scaled to [-1, 1]: with relu units and a sigmoid
     # output the discriminator won within an epoch (D(fake) ~ 0.01) and every sample was the same blob
-    gen = [dg.layers.Dense(n, activation=leaky_relu, name=f"gen{i}") for i, n in enumerate(g_hidden, 1)]
-    gen.append(dg.layers.Dense(784, activation="tanh", name="gen_out"))
-    disc = [dg.layers.Dense(n, activation=leaky_relu, name=f"disc{i}") for i, n in enumerate(d_hidden, 1)]
-    disc.append(dg.layers.Dense(1, name="disc_out"))
+    gen = [dg.layers.Dense(n, activation=leaky_relu, name=f"gen{i}", **GLOROT) for i, n in enumerate(g_hidden, 1)]
+    gen.append(dg.layers.Dense(784, activation="tanh", name="gen_out", **GLOROT))
+    disc = [dg.layers.Dense(n, activation=leaky_relu, name=f"disc{i}", **GLOROT) for i, n in enumerate(d_hidden, 1)]
+    disc.append(dg.layers.Dense(1, name="disc_out", **GLOROT))
 
     def apply(layers, h):
         for layer in layers:

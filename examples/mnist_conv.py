@@ -7,12 +7,20 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, batch_count, example_parser, linear_decay, minibatches, plot_curves, track_loss
+from common import (
+    GLOROT,
+    batch_count,
+    end_of_epoch,
+    example_parser,
+    finish,
+    linear_decay,
+    minibatches,
+    run_with_twin,
+    track_loss,
+)
 from tqdm import tqdm
 
 import drug as dg
-from drug.backends.llvm.threads import thread_count
-from drug.datasets import mnist
 
 POOLS = {"max": dg.max_pool2d, "avg": dg.avg_pool2d}
 
@@ -26,10 +34,10 @@ def build(widths: list[int], pool: str, head: str, seed: int):
     y = g.input("y", (None,), dtype="int32")
     h = x
     for i, filters in enumerate(widths, start=1):
-        h = dg.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}")(h)
+        h = dg.layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i}", **GLOROT)(h)
         if i < len(widths):
             h = POOLS[pool](h, 2)
-    logits = dg.layers.Dense(10, name="out")(dg.global_pool(h, head))
+    logits = dg.layers.Dense(10, name="out", **GLOROT)(dg.global_pool(h, head))
     return g, logits, dg.softmax_cross_entropy(logits, y)
 
 
@@ -57,20 +65,9 @@ def train_drug(args, data) -> dict:
             track_loss(bar, curve["train loss"], step, losses)
         elapsed = time.perf_counter() - start
         seconds += elapsed
-        acc = accuracy(predict, x_test, y_test)
-        curve["test accuracy"][0].append(step)
-        curve["test accuracy"][1].append(acc)
-        print(f"epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
-    if args.save:
-        train.save(args.save)
-    if args.plot:
-        plot_curves(args.plot, curve, "step", "MNIST CNN")
-    acc = accuracy(predict, x_test, y_test)
+        end_of_epoch(epoch, losses, elapsed, step, curve["test accuracy"], predict, x_test, y_test)
+    acc = finish(args, train, curve, "MNIST CNN", predict, x_test, y_test)
     return {"initial": initial, "accuracy": acc, "seconds": seconds, "backend": train.device}
-
-
-def per_epoch(seconds: float, epochs: int) -> str:
-    return f"{seconds / epochs:.1f} s/epoch" if epochs else "no training"
 
 
 def main() -> None:
@@ -80,33 +77,7 @@ def main() -> None:
     parser.add_argument("--head", choices=["max", "avg"], default="max", help="global pool before the dense layer")
     parser.add_argument("--torch", action="store_true", help="then train the same network with PyTorch")
     args = parser.parse_args()
-    if args.torch:
-        from mnist_conv_torch import torch_missing
-
-        if torch_missing():  # checked before training drug: no point in half a comparison
-            raise SystemExit(f"--torch needs PyTorch: {torch_missing()}; install it with `pip install -e .[bench]`")
-        if args.resume:
-            raise SystemExit("--torch compares runs from the same initial parameters; drop --resume")
-
-    x_train, y_train = mnist("train", flatten=False)
-    x_test, y_test = mnist("test", flatten=False)
-    if args.smoke:
-        x_train, y_train, x_test, y_test = x_train[:1024], y_train[:1024], x_test[:500], y_test[:500]
-    data = (x_train, y_train, x_test, y_test)
-    threads = thread_count()  # the twin gets the same
-    result = train_drug(args, data)
-    print(
-        f"summary: test accuracy {result['accuracy']:.4f} after {args.epochs} epoch(s), "
-        f"{result['seconds']:.1f} s ({per_epoch(result['seconds'], args.epochs)}), backend {result['backend']}, "
-        f"{threads} thread(s)"
-    )
-    if args.torch:
-        from mnist_conv_torch import train_torch  # imports torch only now: its thread pool would slow drug's
-
-        twin = train_torch(args, data, result["initial"], threads)
-        print(f"{'':8}{'test accuracy':>15}{'s/epoch':>10}")
-        for name, r in (("drug", result), ("torch", twin)):
-            print(f"{name:8}{r['accuracy']:>15.4f}{r['seconds'] / max(args.epochs, 1):>10.1f}")
+    run_with_twin(args, train_drug, "mnist_conv_torch", "resume")
 
 
 if __name__ == "__main__":

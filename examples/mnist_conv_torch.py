@@ -3,16 +3,10 @@ Adam settings, learning-rate schedule and thread count, so that seconds per epoc
 
 from __future__ import annotations
 
-import importlib.util
 import time
 
 import numpy as np
 from common import batch_count, linear_decay, minibatches
-
-
-def torch_missing() -> str | None:
-    """Why PyTorch cannot be used, or None. Does not import it (its OpenMP pool starts on import)."""
-    return None if importlib.util.find_spec("torch") else "the torch package is not installed"
 
 
 def forward(torch, p: dict, x, args):
@@ -57,17 +51,22 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
             losses.append(loss.item())
         elapsed = time.perf_counter() - start
         seconds += elapsed
-        acc = accuracy(torch, p, x_test, y_test, args)
+        acc = accuracy(torch, lambda x: forward(torch, p, x, args), x_test, y_test)
         print(f"torch epoch {epoch}: mean loss {np.mean(losses):.4f}, test accuracy {acc:.4f}, {elapsed:.1f} s")
-    acc = accuracy(torch, p, x_test, y_test, args)
-    print(f"torch summary: test accuracy {acc:.4f}, {seconds:.1f} s, torch {torch.__version__}, {threads} thread(s)")
-    return {"accuracy": acc, "seconds": seconds}
+    return summary(torch, lambda x: forward(torch, p, x, args), x_test, y_test, seconds, threads)
 
 
-def accuracy(torch, p: dict, x, y, args, batch: int = 1000) -> float:
+def accuracy(torch, predict, x, y, batch: int = 1000) -> float:
+    """Share of the rows of x whose arg-max of predict(rows) is the label, without gradients."""
     with torch.no_grad():
         correct = sum(
-            int((forward(torch, p, x[i : i + batch], args).argmax(1) == y[i : i + batch]).sum())
-            for i in range(0, len(x), batch)
+            int((predict(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch)
         )
     return correct / len(x)
+
+
+def summary(torch, predict, x_test, y_test, seconds: float, threads: int) -> dict:
+    """The twin's summary line, and its result for the side-by-side report."""
+    acc = accuracy(torch, predict, x_test, y_test)
+    print(f"torch summary: test accuracy {acc:.4f}, {seconds:.1f} s, torch {torch.__version__}, {threads} thread(s)")
+    return {"accuracy": acc, "seconds": seconds}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, batch_count, example_parser, linear_decay, minibatches, plot_curves, track_loss
+from common import GLOROT, accuracy, batch_count, example_parser, linear_decay, minibatches, plot_curves, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -22,8 +22,8 @@ def build(hidden: list[int], seed: int):
     y = g.input("y", (None,), dtype="int32")
     h = x
     for i, size in enumerate(hidden, start=1):
-        h = dg.layers.Dense(size, activation="relu", name=f"fc{i}")(h)
-    logits = dg.layers.Dense(10, name="out")(h)
+        h = dg.layers.Dense(size, activation="relu", name=f"fc{i}", **GLOROT)(h)
+    logits = dg.layers.Dense(10, name="out", **GLOROT)(h)
     return g, logits, dg.softmax_cross_entropy(logits, y)
 
 

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from common import example_parser, linear_decay, plot_curves
+from common import GLOROT, example_parser, linear_decay, plot_curves
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
@@ -42,9 +42,9 @@ def build(
     cell_kind: str, vocab: int, hidden: int, embed: int, seq: int, eval_seq: int, seed: int, scan: bool = False
 ) -> Model:
     g = dg.Graph(seed=seed)
-    embedding = dg.layers.Embedding(vocab, embed, name="embed")
-    cell = CELLS[cell_kind](hidden, name=cell_kind)
-    head = dg.layers.Dense(vocab, name="head")
+    embedding = dg.layers.Embedding(vocab, embed, init="xavier", name="embed")
+    cell = CELLS[cell_kind](hidden, name=cell_kind, **GLOROT)
+    head = dg.layers.Dense(vocab, name="head", **GLOROT)
 
     def unroll(prefix: str, length: int) -> tuple[dg.Node, dg.Node]:
         ids = g.input(f"{prefix}ids", (None, length), dtype="int32")

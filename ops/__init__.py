@@ -5,7 +5,7 @@ graph nodes their operators."""
 from ..core.node import register_operators
 from ..core.op import REGISTRY, Example, Op
 from . import collective  # noqa: F401 (registers allreduce_sum)
-from .conv import conv2d
+from .conv import conv1d, conv2d, conv_transpose2d
 from .elementwise import (
     Elementwise,
     add,
@@ -24,7 +24,9 @@ from .elementwise import (
     zeros_like,
 )  # fmt: skip
 from .linalg import matmul
-from .nn import avg_pool2d, embedding, global_pool, max_pool2d, one_hot, softmax, softmax_cross_entropy
+from .nn import embedding, one_hot, softmax, softmax_cross_entropy
+from .norm import batch_norm
+from .pool import avg_pool2d, global_pool, max_pool2d
 from .reduce import max, mean, min, sum
 from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
 
@@ -32,7 +34,7 @@ register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, g
 
 # The public ops: drug exports exactly these as dg.<name> (the rest stay reachable as dg.ops.<name>).
 __all__ = [
-    "Op", "add", "avg_pool2d", "concat", "conv2d", "div", "embedding", "exp", "global_pool", "log", "matmul",
-    "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu", "reshape", "sigmoid", "softmax",
-    "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
+    "Op", "add", "avg_pool2d", "batch_norm", "concat", "conv1d", "conv2d", "conv_transpose2d", "div", "embedding",
+    "exp", "global_pool", "log", "matmul", "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu",
+    "reshape", "sigmoid", "softmax", "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding, global and local pooling."""
+"""Neural-network ops: softmax, softmax cross-entropy, one-hot, embedding."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .elementwise import mul, sub
-from .reduce import max as reduce_max
 from .reduce import mean
-from .reduce import min as reduce_min
 from .reduce import sum as reduce_sum
 from .shape import broadcast_like, reshape
 
@@ -279,100 +277,3 @@ def embedding(ids: Node, table: Node) -> Node:
                [0., 1.]], dtype=float32)
     """
     return apply(Embedding(), ids, table)
-
-
-_POOLS = {"avg": mean, "mean": mean, "sum": reduce_sum, "max": reduce_max, "min": reduce_min}
-
-
-@user_call()
-def global_pool(x: Node, kind: str = "avg") -> Node:
-    """Pool NCHW feature maps over both spatial axes: (N, C, H, W) -> (N, C).
-
-    Args:
-        x: A float node (N, C, H, W).
-        kind: "avg" (or "mean"), "max", "sum" or "min".
-
-    Returns:
-        A node (N, C) of x's dtype.
-
-    Raises:
-        ShapeError: x is not 4-D, or kind is unknown.
-
-    Example:
-        >>> import drug as dg, numpy as np
-        >>> g = dg.Graph()
-        >>> x = g.input("x", (None, 2, 2, 2))
-        >>> dg.global_pool(x, "max").eval(x=np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
-        array([[3., 7.]], dtype=float32)
-    """
-    if x.ndim != 4:
-        raise ShapeError(f"global_pool needs NCHW input, got {x.describe()}")
-    if kind not in _POOLS:
-        raise ShapeError(f"global_pool kind must be one of {sorted(_POOLS)}, got {kind!r}")
-    return _POOLS[kind](x, (2, 3))
-
-
-def _pool_windows(x, size, op_name: str):
-    """x (N, C, H, W) viewed as (N, C, H/sh, sh, W/sw, sw) windows; trailing rows and columns that
-    do not fill a window are dropped first, like PyTorch's default (stride = size, no padding)."""
-    if x.ndim != 4:
-        raise ShapeError(f"{op_name} needs NCHW input, got {x.describe()}")
-    sh, sw = (size, size) if isinstance(size, int) else tuple(size)
-    h, w = x.shape[2], x.shape[3]
-    if None in (h, w) or sh < 1 or sw < 1 or sh > h or sw > w:
-        raise ShapeError(f"{op_name}: window {(sh, sw)} does not fit the spatial size of {x.describe()}")
-    oh, ow = h // sh, w // sw
-    if (oh * sh, ow * sw) != (h, w):
-        x = x[:, :, : oh * sh, : ow * sw]
-    return reshape(x, (x.shape[0], x.shape[1], oh, sh, ow, sw))
-
-
-@user_call()
-def max_pool2d(x: Node, size: int | tuple[int, int] = 2) -> Node:
-    """The maximum over non-overlapping `size` x `size` windows of NCHW input (stride = size, no
-    padding; rows and columns that do not fill a window are dropped, like PyTorch's default).
-    A reshape (no copy) and one reduction, so it runs as fused native loops; ties share the
-    gradient, as with `max`.
-
-    Args:
-        x: A float node (N, C, H, W) with static H and W.
-        size: The window, one int or (height, width).
-
-    Returns:
-        A node (N, C, H // size, W // size) of x's dtype.
-
-    Raises:
-        ShapeError: x is not 4-D, or the window does not fit.
-
-    Example:
-        >>> import drug as dg, numpy as np
-        >>> g = dg.Graph()
-        >>> x = g.input("x", (None, 1, 2, 4))
-        >>> dg.max_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
-        array([[[[5., 7.]]]], dtype=float32)
-    """
-    return reduce_max(_pool_windows(x, size, "max_pool2d"), (3, 5))
-
-
-@user_call()
-def avg_pool2d(x: Node, size: int | tuple[int, int] = 2) -> Node:
-    """The mean over non-overlapping `size` x `size` windows of NCHW input (see `max_pool2d`).
-
-    Args:
-        x: A float node (N, C, H, W) with static H and W.
-        size: The window, one int or (height, width).
-
-    Returns:
-        A node (N, C, H // size, W // size) of x's dtype.
-
-    Raises:
-        ShapeError: x is not 4-D, or the window does not fit.
-
-    Example:
-        >>> import drug as dg, numpy as np
-        >>> g = dg.Graph()
-        >>> x = g.input("x", (None, 1, 2, 4))
-        >>> dg.avg_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
-        array([[[[2.5, 4.5]]]], dtype=float32)
-    """
-    return mean(_pool_windows(x, size, "avg_pool2d"), (3, 5))

@@ -106,6 +106,30 @@ class Count(Op):
         return [None]
 
 
+class SumOfSquares(Op):
+    """The sum of the squares of every element of every input: a scalar (the squared global norm
+    that gradient clipping scales by), one pass over all of them."""
+
+    name = "sum_squares"
+    arity = None
+
+    def infer(self, *xs):
+        if not xs:
+            raise ShapeError("sum_squares needs at least one input")
+        return TensorType((), same_float_dtype(self.name, list(xs)))
+
+    def ref(self, *xs):
+        return np.asarray(np.sum([np.sum(x * x) for x in xs]), xs[0].dtype)
+
+    def grad(self, g, out, *xs):
+        return [mul(broadcast_like(mul(g, 2.0), x), x) for x in xs]
+
+    @classmethod
+    def example(cls, rng, dims):
+        xs = [rng.standard_normal((dims[0], 3)), rng.standard_normal((dims[1] + 1,)), rng.standard_normal(())]
+        return cls(), Example(xs, [True, True, True], {0: 0})
+
+
 Axis: TypeAlias = "int | Sequence[int] | None"
 
 

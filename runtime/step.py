@@ -17,8 +17,9 @@ import numpy as np
 from ..backends import Backend, get_backend
 from ..compiler.build import build_program
 from ..compiler.interpret import live_array
-from ..compiler.optimizers import LR_KEY
+from ..compiler.optimizers import LR_KEY, STEP_KEY
 from ..compiler.passes import Pass
+from ..compiler.schedules import Schedule
 from ..core import memory
 from ..core.arrays import HostArrays
 from ..core.errors import GraphError, ShapeError
@@ -122,11 +123,15 @@ class CompiledFunction:
     @property
     def lr(self) -> float:
         """The optimizer's learning rate: the value last set (the step computes with it rounded to
-        the graph's dtype); assign to it between steps to follow a schedule.
+        the graph's dtype; assign to it between steps to change it), or with a schedule
+        (dg.schedules) the rate the next step uses, the schedule's value at the step counter.
 
         Raises:
-            GraphError: The function has no optimizer.
+            GraphError: The function has no optimizer; (assigning) the rate follows a schedule.
         """
+        schedule = self._schedule()
+        if schedule is not None:
+            return float(schedule(float(self.state.current(STEP_KEY))))
         self._check_lr()
         buffer = self.state.current(LR_KEY)
         if self._lr is not None and buffer == buffer.dtype.type(self._lr):
@@ -135,6 +140,8 @@ class CompiledFunction:
 
     @lr.setter
     def lr(self, value: float) -> None:
+        if self._schedule() is not None:
+            raise GraphError("the learning rate follows a schedule (dg.schedules); it cannot be assigned")
         self._check_lr()
         if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
             value = value.item()
@@ -148,6 +155,10 @@ class CompiledFunction:
         with self._quiet_turn:  # not in the middle of a step
             self.state[LR_KEY][...] = value  # the host copy, which becomes the newest
         self._lr = value
+
+    def _schedule(self) -> Schedule | None:
+        rate = self.program.optimizer.lr if self.program.optimizer is not None else None
+        return rate if isinstance(rate, Schedule) else None
 
     def _check_lr(self) -> None:
         if LR_KEY not in self.state:

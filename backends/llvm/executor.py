@@ -27,6 +27,7 @@ from .codegen import ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
     STATUS_INDEX_OUT_OF_RANGE,
+    STATUS_INVALID_INPUT,
     STATUS_NOT_FINITE,
     STATUS_OUT_OF_BOUNDS,
     STATUS_OUT_OF_MEMORY,
@@ -287,11 +288,11 @@ class NativeExecutor(Executor):
                 raise error from None
             error.add_note(f"raised by the Python forward of {where}")
             raise error
-        if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
+        if status in (STATUS_INDEX_OUT_OF_RANGE, STATUS_INVALID_INPUT) and kernel is not None:
             node = kernel.nodes[0]
-            # The op's reference forward finds the first bad id and says what is wrong with it. It
-            # reads copies: a feed another thread changes between numpy's check of an index and its
-            # use would send np.add.at outside its output.
+            # The op's reference forward finds the bad input (the first bad id) and says what is
+            # wrong with it. It reads copies: a feed another thread changes between numpy's check of
+            # an index and its use would send np.add.at outside its output.
             try:
                 node.op.ref(*(np.array(self.view(binding, i), copy=True) for i in node.inputs))
             except ShapeError as error:

@@ -12,6 +12,7 @@ STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2  # what a kernel return
 STATUS_OUT_OF_MEMORY = 3
 STATUS_OUT_OF_BOUNDS = 4  # DRUG_BOUNDS_CHECK=1 caught a load or store outside its buffer (compiler/bounds.py)
 STATUS_NOT_FINITE = 5  # debug_numerics: a kernel wrote NaN or Inf (probes.FiniteCheck)
+STATUS_INVALID_INPUT = 6  # data the op refuses (one value per channel for batch statistics); its `ref` says why
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)

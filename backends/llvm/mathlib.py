@@ -14,6 +14,11 @@ Methods (the classic Cephes/SLEEF/fdlibm structure, written for SIMD):
 - tanh: tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)), accurate (relatively) for tiny x and
   free of overflow; the sign is put back with copysign.
 - sigmoid: e = exp(-|x|) never overflows; 1/(1+e) for x >= 0, e/(1+e) for x < 0.
+- cos, sin: x = n*pi/2 + r with |r| <= pi/4 (Cody-Waite, pi/2 split in three parts applied with
+  fma), then sin(r) or cos(r) from their Taylor polynomials and the sign the quadrant n mod 4
+  gives; sin(x) = cos(x - pi/2) shifts the quadrant by one. The reduction is accurate while n*ulp
+  of the last part of pi/2 stays small: |x| up to about 1e9 (float64), 1e5 (float32); no
+  Payne-Hanek reduction for larger arguments. cos/sin of +-inf are NaN.
 
 All polynomial coefficients are exact Taylor coefficients (1/k!, 2/(2k+1)) rounded to the working
 precision; the number of terms is chosen so the truncation error stays below a quarter ulp on the
@@ -37,7 +42,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-SUPPORTED = frozenset({"exp", "log", "tanh", "sigmoid"})
+SUPPORTED = frozenset({"exp", "log", "tanh", "sigmoid", "cos", "sin"})
 
 I32 = ir.IntType(32)
 LOG2E = 1.4426950408889634
@@ -60,6 +65,10 @@ class _Precision:
     min_normal: float
     subnormal_shift: int  # log scales subnormal inputs by 2^subnormal_shift
     sqrt_half_bits: int  # bit pattern of sqrt(1/2)
+    pio2: tuple[float, float, float]  # pi/2 = hi + mid + lo, each rounded to the working precision
+    sin_terms: int  # terms of sin(r)/r = 1 - r^2/3! + ...
+    cos_terms: int  # terms of cos(r) = 1 - r^2/2! + ...
+    trig_max: float  # |x| beyond this: the reduction has lost the result (and n would overflow)
 
 
 _F32 = _Precision(
@@ -76,6 +85,10 @@ _F32 = _Precision(
     min_normal=2.0**-126,
     subnormal_shift=24,
     sqrt_half_bits=0x3F3504F3,
+    pio2=(1.5707963705062866, -4.371138828673793e-08, -1.7151245100058819e-15),
+    sin_terms=6,  # truncation r^13/13! < 3e-12 for |r| <= pi/4
+    cos_terms=6,  # truncation r^12/12! < 1.1e-10
+    trig_max=1e9,
 )
 
 _F64 = _Precision(
@@ -92,10 +105,16 @@ _F64 = _Precision(
     min_normal=2.0**-1022,
     subnormal_shift=54,
     sqrt_half_bits=0x3FE6A09E667F3BCD,
+    pio2=(1.5707963267948966, 6.123233995736766e-17, -1.4973849048591698e-33),
+    sin_terms=9,  # truncation r^19/19! < 1e-19
+    cos_terms=10,  # truncation r^20/20! < 3.4e-21
+    trig_max=1e15,
 )
 
 _EXPM1_COEFFS = tuple(1.0 / math.factorial(k + 1) for k in range(_F64.expm1_terms))
 _ATANH_COEFFS = tuple(2.0 / (2 * k + 3) for k in range(_F64.atanh_terms))
+_SIN_COEFFS = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(_F64.sin_terms))
+_COS_COEFFS = tuple((-1) ** k / math.factorial(2 * k) for k in range(_F64.cos_terms))
 
 
 def emit(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
@@ -249,4 +268,41 @@ def _sigmoid(ops: _Ops, x: ir.Value) -> ir.Value:
     return b.select(negative, b.fmul(e, t, name="sigmoid.neg"), t, name="sigmoid")
 
 
-_FUNCTIONS = {"exp": _exp, "log": _log, "tanh": _tanh, "sigmoid": _sigmoid}
+def _cos_quadrant(ops: _Ops, x: ir.Value, shift: int, label: str) -> ir.Value:
+    """cos(x - shift * pi/2): x = n*pi/2 + r, then by the quadrant (n - shift) mod 4 one of cos(r),
+    -sin(r), -cos(r), sin(r). x is clamped first so that n stays an exact small integer; the
+    result is NaN for +-inf and NaN."""
+    b, p = ops.b, ops.p
+    xc = ops.clamp(x, -p.trig_max, p.trig_max, label=f"{label}.x")
+    nf = ops.intrinsic("llvm.rint", b.fmul(xc, ops.const(2.0 / math.pi), name=f"{label}.x2pi"), label=f"{label}.nf")
+    minus_nf = b.fneg(nf, name=f"{label}.minus_nf")
+    r = xc
+    for part, value in zip(("hi", "mid", "lo"), p.pio2):
+        r = ops.fma(minus_nf, ops.const(value), r, label=f"{label}.r_{part}")
+    z = b.fmul(r, r, name=f"{label}.z")
+    sin_r = b.fmul(r, ops.horner(z, _SIN_COEFFS[: p.sin_terms], label=f"{label}.sinpoly"), name=f"{label}.sin_r")
+    cos_r = ops.horner(z, _COS_COEFFS[: p.cos_terms], label=f"{label}.cospoly")
+    wide = ir.IntType(64)
+    quadrant = b.and_(b.add(b.fptosi(nf, wide, name=f"{label}.n"), ir.Constant(wide, 4 - shift)), ir.Constant(wide, 3),
+                      name=f"{label}.quadrant")  # fmt: skip
+    odd = b.icmp_unsigned("==", b.and_(quadrant, ir.Constant(wide, 1)), ir.Constant(wide, 1), name=f"{label}.odd")
+    flip = b.icmp_unsigned("!=", b.and_(b.add(quadrant, ir.Constant(wide, 1)), ir.Constant(wide, 2)),
+                           ir.Constant(wide, 0), name=f"{label}.flip")  # fmt: skip
+    y = b.select(odd, sin_r, cos_r, name=f"{label}.abs")
+    y = b.select(flip, b.fneg(y, name=f"{label}.neg"), y, name=f"{label}.y")
+    infinite = b.fcmp_ordered("==", ops.intrinsic("llvm.fabs", x, label=f"{label}.absx"), ops.const(math.inf))
+    y = b.select(infinite, ops.const(math.nan), y, name=f"{label}.inf")
+    return ops.nan_passthrough(x, y, label=label)
+
+
+def _cos(ops: _Ops, x: ir.Value) -> ir.Value:
+    return _cos_quadrant(ops, x, 0, "cos")
+
+
+def _sin(ops: _Ops, x: ir.Value) -> ir.Value:
+    """sin(x) = cos(x - pi/2); sin(-0) stays -0."""
+    y = _cos_quadrant(ops, x, 1, "sin")
+    return ops.b.select(ops.b.fcmp_ordered("==", x, ops.const(0.0)), x, y, name="sin")
+
+
+_FUNCTIONS = {"exp": _exp, "log": _log, "tanh": _tanh, "sigmoid": _sigmoid, "cos": _cos, "sin": _sin}

@@ -88,3 +88,12 @@ class ScalarEmitter:
 
     def sigmoid(self, x):
         return mathlib.emit(self.b, "sigmoid", x)
+
+    def cos(self, x):
+        return mathlib.emit(self.b, "cos", x)
+
+    def sin(self, x):
+        return mathlib.emit(self.b, "sin", x)
+
+    def floor(self, x):
+        return self._intrinsic("llvm.floor", x)

@@ -91,6 +91,15 @@ class CScalarBuilder:
     def tanh(self, x):
         return self._let(f"tanh({x})")
 
+    def cos(self, x):
+        return self._let(f"cos({x})")
+
+    def sin(self, x):
+        return self._let(f"sin({x})")
+
+    def floor(self, x):
+        return self._let(f"floor({x})")
+
     def sigmoid(self, x):
         one = self.const(1.0)
         return self._let(f"{one} / ({one} + exp(-{_operand(x)}))")

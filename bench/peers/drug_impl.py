@@ -6,7 +6,7 @@ import sys
 
 import drug as dg
 
-from ..workloads import CNN, GRU, MLP, Data, Fusion, OnnxInference, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, OnnxInference, ResNet, Workload
 from .base import Peer, Unsupported
 
 FALLBACK_ERRORS = (ImportError, NotImplementedError)
@@ -61,6 +61,23 @@ def build_cnn(w: CNN, data: Data, g: dg.Graph):
     return dg.softmax_cross_entropy(logits, y)
 
 
+def build_resnet(w: ResNet, data: Data, g: dg.Graph):
+    x = g.input("x", (None, *w.input_shape))
+    y = g.input("y", (None,), dtype="int32")
+
+    def conv_bn(h, name: str, stride: int):
+        weight = _param(g, data, f"{name}/w")
+        h = dg.conv2d(h, weight, stride=stride, padding=weight.shape[-1] // 2)
+        return dg.batch_norm(h, _param(g, data, f"{name}/scale"), _param(g, data, f"{name}/bias"), name=name)
+
+    h = dg.max_pool2d(dg.relu(conv_bn(x, "stem", 1)), 3, stride=2, padding=1)
+    for block in w.blocks():
+        out = conv_bn(dg.relu(conv_bn(h, f"{block.name}/a", block.stride)), f"{block.name}/b", 1)
+        h = dg.relu(out + (conv_bn(h, f"{block.name}/proj", block.stride) if block.projection else h))
+    logits = dg.global_pool(h, "avg") @ _param(g, data, "head/w") + _param(g, data, "head/b")
+    return dg.softmax_cross_entropy(logits, y)
+
+
 def build_gru(w: GRU, data: Data, g: dg.Graph):
     ids = g.input("ids", (None, w.seq), dtype="int32")
     targets = g.input("targets", (None, w.seq), dtype="int32")
@@ -85,7 +102,7 @@ def build_fusion(w: Fusion, g: dg.Graph):
     return dg.relu(a * b + c) * d - e
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "gru": build_gru}
+BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "gru": build_gru}
 
 
 def build_and_compile(workload: Workload, data: Data, backend: str, notes: list[str] | None = None):

@@ -5,7 +5,7 @@ jax is first imported."""
 
 from __future__ import annotations
 
-from ..workloads import CNN, GRU, MLP, Data, Fusion, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Workload
 from .base import Peer, Unsupported
 
 
@@ -75,19 +75,58 @@ def _loss_fn(workload: Workload):
     raise Unsupported(workload.name)
 
 
-def _train_step(loss_fn, lr: float, b1=0.9, b2=0.999, eps=1e-8):
+def _resnet_loss(workload: ResNet):
+    """The ResNet as loss(p, stats, x, y) -> (loss, new running statistics): batch norm with batch
+    statistics, running ones updated as PyTorch does (momentum 0.1, unbiased variance)."""
+    import jax
+    import jax.numpy as jnp
+
+    layout = ("NCHW", "OIHW", "NCHW")
+
+    def conv_bn(p, stats, new, h, name, stride):
+        w = p[f"{name}/w"]
+        pad = w.shape[-1] // 2
+        h = jax.lax.conv_general_dilated(h, w, (stride, stride), [(pad, pad)] * 2, dimension_numbers=layout)
+        mean, var = h.mean(axis=(0, 2, 3)), h.var(axis=(0, 2, 3))
+        count = h.size / h.shape[1]
+        running_mean, running_var = stats[name]
+        new[name] = (0.9 * running_mean + 0.1 * mean, 0.9 * running_var + 0.1 * var * count / (count - 1))
+        scale = p[f"{name}/scale"] / jnp.sqrt(var + 1e-5)
+        return (h - mean[None, :, None, None]) * scale[None, :, None, None] + p[f"{name}/bias"][None, :, None, None]
+
+    def loss(p, stats, x, y):
+        new = {}
+        h = jax.nn.relu(conv_bn(p, stats, new, x, "stem", 1))
+        h = jax.lax.reduce_window(
+            h, -jnp.inf, jax.lax.max, (1, 1, 3, 3), (1, 1, 2, 2), [(0, 0), (0, 0), (1, 1), (1, 1)]
+        )
+        for block in workload.blocks():
+            out = jax.nn.relu(conv_bn(p, stats, new, h, f"{block.name}/a", block.stride))
+            out = conv_bn(p, stats, new, out, f"{block.name}/b", 1)
+            shortcut = conv_bn(p, stats, new, h, f"{block.name}/proj", block.stride) if block.projection else h
+            h = jax.nn.relu(out + shortcut)
+        return _cross_entropy(jnp, h.mean(axis=(2, 3)) @ p["head/w"] + p["head/b"], y), new
+
+    return loss
+
+
+def _train_step(loss_fn, lr: float, b1=0.9, b2=0.999, eps=1e-8, has_aux: bool = False):
     import jax
     import jax.numpy as jnp
 
     def step(p, m, v, t, batch):
-        loss, g = jax.value_and_grad(loss_fn)(p, **batch)
+        if has_aux:  # the batch carries the running statistics in and takes the new ones out
+            (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(p, batch["stats"], batch["x"], batch["y"])
+        else:
+            loss, g = jax.value_and_grad(loss_fn)(p, **batch)
+            stats = None
         t = t + 1
         step_size = lr / (1 - b1**t)
         root_correction = jnp.sqrt(1 - b2**t)
         m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, g)
         v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
         p = jax.tree.map(lambda p, m, v: p - step_size * m / (jnp.sqrt(v) / root_correction + eps), p, m, v)
-        return p, m, v, t, loss
+        return p, m, v, t, loss, stats
 
     return jax.jit(step, donate_argnums=(0, 1, 2))
 
@@ -105,10 +144,15 @@ class JaxPeer(Peer):
         if isinstance(workload, Fusion):
             self.fn = jax.jit(lambda a, b, c, d, e: jnp.maximum(a * b + c, 0) * d - e)
             return
-        self.fn = _train_step(_loss_fn(workload), workload.lr)
+        resnet = isinstance(workload, ResNet)
+        loss_fn = _resnet_loss(workload) if resnet else _loss_fn(workload)
+        self.fn = _train_step(loss_fn, workload.lr, has_aux=resnet)
         p = {k: jnp.asarray(v) for k, v in data.params.items()}
         zeros = lambda: {k: jnp.zeros_like(v) for k, v in p.items()}
         self.state = (p, zeros(), zeros(), jnp.zeros((), jnp.float32))
+        self.stats = None
+        if resnet:
+            self.stats = {name: (jnp.zeros(c), jnp.ones(c)) for name, _, c, _, _ in workload.convs()}
 
     def convert(self, batch):
         return {k: self.jax.device_put(v) for k, v in batch.items()}
@@ -116,8 +160,10 @@ class JaxPeer(Peer):
     def run(self, batch):
         if not self.workload.trains:
             return self.fn(**batch)
-        *state, loss = self.fn(*self.state, batch)
-        self.state = tuple(state)
+        if self.stats is not None:
+            batch = {**batch, "stats": self.stats}
+        *state, loss, stats = self.fn(*self.state, batch)
+        self.state, self.stats = tuple(state), stats
         return float(loss)
 
     def sync(self, out):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import threads
-from ..workloads import CNN, GRU, MLP, Data, Fusion, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Workload
 from .base import Peer, Unsupported
 
 
@@ -37,6 +37,27 @@ def _cnn(p, x, y):
     return F.cross_entropy(h.mean(dim=(2, 3)) @ p["w"] + p["b"], y)
 
 
+def _resnet(workload: ResNet, stats: dict):
+    """The ResNet with functional batch norm; `stats` holds the running statistics it updates."""
+    import torch
+    import torch.nn.functional as F
+
+    def conv_bn(p, h, name, stride):
+        w = p[f"{name}/w"]
+        h = F.conv2d(h, w, stride=stride, padding=w.shape[-1] // 2)
+        mean, var = stats[name]
+        return F.batch_norm(h, mean, var, p[f"{name}/scale"], p[f"{name}/bias"], training=True, momentum=0.1)
+
+    def loss_fn(p, x, y):
+        h = F.max_pool2d(F.relu(conv_bn(p, x, "stem", 1)), 3, stride=2, padding=1)
+        for block in workload.blocks():
+            out = conv_bn(p, F.relu(conv_bn(p, h, f"{block.name}/a", block.stride)), f"{block.name}/b", 1)
+            h = F.relu(out + (conv_bn(p, h, f"{block.name}/proj", block.stride) if block.projection else h))
+        return F.cross_entropy(torch.addmm(p["head/b"], h.mean(dim=(2, 3)), p["head/w"]), y)
+
+    return loss_fn
+
+
 class TorchPeer(Peer):
     def __init__(self, workload: Workload, data: Data, compiled: bool = False):
         import torch
@@ -52,6 +73,9 @@ class TorchPeer(Peer):
             fn = _mlp(len(workload.sizes) - 1)
         elif isinstance(workload, CNN):
             fn = _cnn
+        elif isinstance(workload, ResNet):
+            self.stats = {name: (torch.zeros(cout), torch.ones(cout)) for name, _, cout, _, _ in workload.convs()}
+            fn = _resnet(workload, self.stats)
         elif isinstance(workload, GRU):
             fn, params = self._gru(workload)
         elif isinstance(workload, Fusion):

@@ -208,6 +208,40 @@ def test_bad_shapes_at_declaration():
         dg.conv2d(g.input("im", (None, 1, 4, 4)), g.parameter("k", (1, 1, 3, 3)), padding="full")
 
 
+@pytest.mark.parametrize(
+    "build, parts",
+    [
+        (
+            lambda x, w: dg.conv2d(x, w(4, 2, 3, 3), groups=2),
+            ["'conv2d'", "'x' (None, 6, 8, 8)", "expects 4 (2 per group x 2 groups)"],
+        ),
+        (lambda x, w: dg.conv2d(x, w(6, 2, 3, 3), groups=4), ["groups=4 must divide", "6 channels"]),
+        (lambda x, w: dg.conv2d(x, w(4, 6, 3, 3), dilation=4), ["dilation (4, 4)", "spans (9, 9)", "no output"]),
+        (lambda x, w: dg.conv2d(x, w(4, 6, 3, 3), padding=-1), ["padding must not be negative"]),
+        (lambda x, w: dg.conv_transpose2d(x, w(6, 2, 3, 3), stride=2, output_padding=2), ["output_padding"]),
+        (lambda x, w: dg.max_pool2d(x, 11, stride=1, padding=1), ["max_pool2d: window (11, 11) does not fit"]),
+        (lambda x, w: dg.avg_pool2d(x, 3, padding=2), ["padding (2, 2) must be at most half the window"]),
+    ],
+    ids=[
+        "groups-vs-weight",
+        "groups-divide",
+        "dilation",
+        "negative-padding",
+        "output-padding",
+        "pool-window",
+        "pool-padding",
+    ],  # fmt: skip
+)
+def test_bad_cnn_geometry_names_the_op_and_shapes(build, parts):
+    g = dg.Graph()
+    x = g.input("x", (None, 6, 8, 8))
+    counter = iter(range(100))
+    with pytest.raises(dg.ShapeError) as info:
+        build(x, lambda *shape: g.parameter(f"w{next(counter)}", shape))
+    for part in parts:
+        assert part in str(info.value), f"{part!r} missing from: {info.value}"
+
+
 def test_dtype_errors_are_type_errors_and_shape_errors():
     assert issubclass(dg.DTypeError, TypeError)
     assert issubclass(dg.DTypeError, dg.ShapeError)

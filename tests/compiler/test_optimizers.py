@@ -204,3 +204,156 @@ def test_inference_does_not_train():
 def test_invalid_hyperparameters(make):
     with pytest.raises(ValueError):
         make()
+
+
+# Weight decay, AdamW, gradient clipping and parameter groups, against PyTorch's rules written out
+# in NumPy (and, where PyTorch is installed, against torch.optim itself).
+
+
+class TorchAdamW(TorchAdam):
+    def __init__(self, lr, weight_decay=1e-2, betas=(0.9, 0.999), eps=1e-8):
+        super().__init__(lr, betas, eps)
+        self.weight_decay = weight_decay
+
+    def step(self, params, grads):
+        for k in grads:
+            params[k] = params[k] * (1 - self.lr * self.weight_decay)  # decoupled, before the Adam step
+        super().step(params, grads)
+
+
+def coupled(reference, weight_decay):
+    """PyTorch's weight_decay for SGD/Adam/RMSProp: g += weight_decay * w before the rule."""
+    inner = reference.step
+
+    def step(params, grads):
+        inner(params, {k: g + weight_decay * params[k] for k, g in grads.items()})
+
+    reference.step = step
+    return reference
+
+
+def clip_grad_norm(grads, max_norm):
+    """torch.nn.utils.clip_grad_norm_: scale by min(1, max_norm / (||g|| + 1e-6))."""
+    total = np.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+    factor = min(1.0, max_norm / (total + 1e-6))
+    return {k: g * factor for k, g in grads.items()}
+
+
+DECAY_CASES = [
+    ("sgd-decay", lambda: dg.SGD(0.1, weight_decay=0.3), lambda: coupled(TorchSGD(0.1), 0.3)),
+    ("sgd-momentum-decay", lambda: dg.SGD(0.05, 0.9, weight_decay=0.1), lambda: coupled(TorchSGD(0.05, 0.9), 0.1)),
+    ("adam-decay", lambda: dg.Adam(0.01, weight_decay=0.2), lambda: coupled(TorchAdam(0.01), 0.2)),
+    ("rmsprop-decay", lambda: dg.RMSProp(0.01, weight_decay=0.2), lambda: coupled(TorchRMSProp(0.01), 0.2)),
+    ("adamw", lambda: dg.AdamW(0.01), lambda: TorchAdamW(0.01)),
+    ("adamw-strong", lambda: dg.AdamW(0.05, weight_decay=0.5, epsilon=0.1), lambda: TorchAdamW(0.05, 0.5, eps=0.1)),
+]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+@pytest.mark.parametrize("make_opt,make_ref", [c[1:] for c in DECAY_CASES], ids=[c[0] for c in DECAY_CASES])
+def test_weight_decay_matches_pytorch_rules(make_opt, make_ref, backend):
+    g, loss = make_model()
+    train = g.compile(loss=loss, optimizer=make_opt(), backend=backend)
+    reference, params = make_ref(), {k: g.params[k].copy() for k in ("w", "b")}
+    for x, t in batches():
+        _, grads = loss_and_grads(params, x, t)
+        train(x=x, t=t)
+        reference.step(params, grads)
+    for k in params:
+        np.testing.assert_allclose(g.params[k], params[k], rtol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+@pytest.mark.parametrize("max_norm", [0.05, 100.0])  # clipping every step; never clipping
+@pytest.mark.parametrize(
+    "make_opt,make_ref",
+    [
+        (lambda c: dg.SGD(0.1, momentum=0.5, clip_norm=c), lambda: TorchSGD(0.1, 0.5)),
+        (lambda c: dg.Adam(0.01, clip_norm=c), lambda: TorchAdam(0.01)),
+        (lambda c: dg.AdamW(0.01, weight_decay=0.1, clip_norm=c), lambda: TorchAdamW(0.01, 0.1)),
+        (lambda c: dg.RMSProp(0.01, clip_norm=c), lambda: TorchRMSProp(0.01)),
+    ],
+    ids=["sgd", "adam", "adamw", "rmsprop"],
+)
+def test_clip_norm_matches_clip_grad_norm(make_opt, make_ref, max_norm, backend):
+    g, loss = make_model()
+    train = g.compile(loss=loss, optimizer=make_opt(max_norm), backend=backend)
+    reference, params = make_ref(), {k: g.params[k].copy() for k in ("w", "b")}
+    clipped = 0
+    for x, t in batches():
+        _, grads = loss_and_grads(params, x, t)
+        clipped += np.sqrt(sum(float(np.sum(v * v)) for v in grads.values())) > max_norm
+        train(x=x, t=t)
+        reference.step(params, clip_grad_norm(grads, max_norm))
+    assert clipped == (STEPS if max_norm < 1 else 0)  # the cases do what their names say
+    for k in params:
+        np.testing.assert_allclose(g.params[k], params[k], rtol=1e-11, err_msg=k)
+
+
+def test_clipping_is_one_reduction_kernel():
+    """The squared norm of all gradients is one native kernel; the scaling fuses into the updates."""
+    g = dg.Graph()
+    x = g.input("x", (None, 8))
+    h = dg.relu(dg.layers.Dense(16, name="a")(x))
+    out = dg.layers.Dense(4, name="b")(h)
+    loss = dg.mean(out * out)
+    plain = g.compile(loss=loss, optimizer=dg.Adam(1e-3))
+    clipped = g.compile(loss=loss, optimizer=dg.Adam(1e-3, clip_norm=1.0))
+    names = [n.op.name for k in clipped.program.schedule.kernels for n in k.nodes if k.kind == "op"]
+    assert names.count("sum_squares") == 1
+    assert clipped.kernel_count <= plain.kernel_count + 2  # the norm, and at most one small scalar loop
+
+
+def test_torch_clip_grad_norm_and_adamw_agree_with_drug():
+    torch = pytest.importorskip("torch", reason="compares with torch.optim.AdamW and clip_grad_norm_")
+    g, loss = make_model()
+    train = g.compile(loss=loss, optimizer=dg.AdamW(0.02, weight_decay=0.3, clip_norm=0.1), backend="numpy")
+    p = {k: torch.tensor(g.params[k].copy(), requires_grad=True) for k in ("w", "b")}
+    opt = torch.optim.AdamW(p.values(), lr=0.02, weight_decay=0.3)
+    for x, t in batches():
+        train(x=x, t=t)
+        opt.zero_grad()
+        diff = torch.tensor(x) @ p["w"] + p["b"] - torch.tensor(t)
+        (diff * diff).mean().backward()
+        torch.nn.utils.clip_grad_norm_(p.values(), 0.1)
+        opt.step()
+    for k in p:
+        np.testing.assert_allclose(g.params[k], p[k].detach().numpy(), rtol=1e-11, err_msg=k)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_parameter_groups_scale_lr_and_mask_decay(backend):
+    """PyTorch's param_groups: b trains at a tenth of the rate without decay, w as the optimizer says."""
+    g, loss = make_model()
+    groups = [dg.ParamGroup("b", lr_scale=0.1, weight_decay=0.0)]
+    train = g.compile(loss=loss, optimizer=dg.AdamW(0.01, weight_decay=0.5, groups=groups), backend=backend)
+    ref_w, ref_b = TorchAdamW(0.01, 0.5), TorchAdamW(0.001, 0.0)
+    params = {k: g.params[k].copy() for k in ("w", "b")}
+    for x, t in batches():
+        _, grads = loss_and_grads(params, x, t)
+        train(x=x, t=t)
+        ref_w.step(params, {"w": grads["w"]})
+        ref_b.step(params, {"b": grads["b"]})
+    for k in params:
+        np.testing.assert_allclose(g.params[k], params[k], rtol=1e-11, err_msg=k)
+
+
+def test_group_selectors_and_no_decay():
+    g = dg.Graph()
+    x = g.input("x", (None, 3, 8, 8))
+    h = dg.layers.BatchNorm(name="bn")(dg.layers.Conv2D(4, 3, name="conv")(x))
+    dg.layers.Dense(2, name="head")(dg.layers.Flatten()(h))
+    p = {n.name: n for n in g.parameters}
+    by_glob = dg.ParamGroup("*/bias")
+    assert [n for n in p if by_glob.selects(p[n])] == ["bn/bias"]
+    by_list = dg.ParamGroup(["conv/w", p["head/w"]])
+    assert sorted(n for n in p if by_list.selects(p[n])) == ["conv/w", "head/w"]
+    opt = dg.AdamW(1e-3, weight_decay=0.1, groups=[dg.no_decay()])
+    decayed = sorted(n for n in p if opt.group_of(p[n]) is None)
+    assert decayed == ["conv/w", "head/w"]  # biases and batch-norm scales are left alone
+    with pytest.raises(ValueError, match="groups must be dg.ParamGroup"):
+        dg.AdamW(1e-3, groups=["*/bias"])
+    with pytest.raises(ValueError, match="clip_norm must be positive"):
+        dg.SGD(0.1, clip_norm=0.0)
+    with pytest.raises(ValueError, match="weight_decay must be non-negative"):
+        dg.Adam(weight_decay=-1.0)

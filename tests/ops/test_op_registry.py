@@ -37,6 +37,10 @@ NO_EXAMPLE = {
     "scan": "a loop with a graph body and several results; tests/test_scan.py checks it against unrolled graphs",
     "scan_output": "picks one result of a scan; tested with it",
     "allreduce_sum": "an MPI collective over processes; tests/test_distributed.py runs it under mpirun",
+    "batch_norm": "mode-dependent: replaced by batch_moments and elementwise ops before it runs; "
+    "tests/ops/test_batch_norm.py checks both modes against PyTorch",
+    "mode_gradient": "dg.grad through a mode-dependent op, replaced by the gradient of its specialization; "
+    "tests/ops/test_batch_norm.py checks it against PyTorch",
 }
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ....ops.conv import Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, conv_out_hw
+from ....ops.conv import NO_PADS, Conv2D, Conv2DGradFilter, Convolution, ConvTranspose2D, Pad, PadGrad, conv_out_hw
 from .. import parallel
-from ..irutil import I64, PTR, for_range, i64, llvm_type
+from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
 from ..threads import thread_count
 
@@ -31,7 +31,9 @@ FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads
 @dataclass(frozen=True)
 class _Geometry:
     """Static sizes of a convolution (only the batch axis is dynamic) and its GEMM layout: a chunk of
-    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO)."""
+    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO).
+    With groups, group g's rows of the column matrix, of the staging matrix and of the weight are
+    contiguous blocks, so each group is one GEMM on sub-matrices."""
 
     channels: int
     in_hw: tuple[int, int]
@@ -39,19 +41,33 @@ class _Geometry:
     stride: tuple[int, int]
     outs: int
     dtype: str
+    pads: tuple[tuple[int, int], tuple[int, int]] = NO_PADS
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     @classmethod
-    def of(cls, x_shape, w_shape, stride, dtype) -> _Geometry:
-        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(stride), w_shape[0], np.dtype(dtype).name)
+    def of(cls, x_shape, w_shape, op: Convolution, dtype) -> _Geometry:
+        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
+        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), op.stride, w_shape[0], np.dtype(dtype).name,
+                   op.pads, op.dilation, op.groups)  # fmt: skip
 
     @property
     def out_hw(self) -> tuple[int, int]:
-        return conv_out_hw(self.in_hw, self.k_hw, self.stride)
+        return conv_out_hw(self.in_hw, self.k_hw, self.stride, self.pads, self.dilation)
 
     @property
     def rows(self) -> int:
-        """GEMM depth of the forward: one column-matrix row per (channel, kernel row, kernel column)."""
+        """Column-matrix rows: one per (channel, kernel row, kernel column)."""
         return self.channels * self.k_hw[0] * self.k_hw[1]
+
+    @property
+    def group_rows(self) -> int:
+        """GEMM depth of the forward: the column-matrix rows of one group."""
+        return self.rows // self.groups
+
+    @property
+    def group_outs(self) -> int:
+        return self.outs // self.groups
 
     @property
     def cols(self) -> int:
@@ -90,10 +106,18 @@ class _Geometry:
     def chunk_count(self, b: ir.IRBuilder, images: ir.Value) -> ir.Value:
         return b.udiv(b.add(images, i64(self.chunk - 1)), i64(self.chunk), name="chunks")
 
+    def valid_columns(self, j: int) -> tuple[int, int]:
+        """[lo, hi): the output columns q whose input column q*sw + j*dw - left lies inside the
+        image for kernel column j; the others read padding."""
+        w, sw, dw, left, wo = self.in_hw[1], self.stride[1], self.dilation[1], self.pads[1][0], self.out_hw[1]
+        lo = max(0, -(-(left - j * dw) // sw))
+        hi = min(wo, max(lo, (w - 1 + left - j * dw) // sw + 1))
+        return lo, hi
+
 
 class _ConvEmitter:
     """IR for one task of a convolution kernel: im2col/col2im into this thread's column matrix
-    (in the workspace), copies through its staging matrix, GEMM calls."""
+    (in the workspace), copies through its staging matrix, GEMM calls (one per group)."""
 
     def __init__(self, t, node, geo: _Geometry, images: ir.Value):
         self.k, self.b, self.geo, self.real = t, t.b, geo, llvm_type(geo.dtype)
@@ -121,6 +145,25 @@ class _ConvEmitter:
             return first, i64(1)
         left = b.sub(self.images, first, name="left")
         return first, b.select(b.icmp_signed("<", left, i64(chunk)), left, i64(chunk), name="count")
+
+    @contextmanager
+    def groups(self):
+        """Loop over the groups; yields a function giving a pointer to the group's block of a
+        matrix from the matrix and the block's size in elements. One group: no loop."""
+        b = self.b
+        if self.geo.groups == 1:
+            yield lambda pointer, size, name: pointer
+            return
+        stacksave = _intrinsic(b, "llvm.stacksave.p0", PTR, [])
+        stackrestore = _intrinsic(b, "llvm.stackrestore.p0", VOID, [PTR])
+        with for_range(b, i64(self.geo.groups), "group") as group:
+            stack = b.call(stacksave, [], name="stack")  # the GEMM's argument frame, freed per group
+
+            def block(pointer, size, name):
+                return self.at(pointer, b.mul(group, size if isinstance(size, ir.Value) else i64(size)), name)
+
+            yield block
+            b.call(stackrestore, [stack])
 
     def gemm(self, trans_a, trans_b, m, n, depth, a, lda, b_, ldb, c, ldc=None, beta=0.0):
         """`k.gemm` in the kernel's dtype; int sizes become constants; ldc defaults to the chunk stride."""
@@ -153,34 +196,63 @@ class _ConvEmitter:
                 b.call(memcpy, [dst, src, i64(geo.cols * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
 
     def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False) -> None:
-        """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i, q*sw + j]; the adjoint (col2im)
-        adds the columns back into the images instead."""
+        """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i*dh - top, q*sw + j*dw - left],
+        zero where that pixel is padding; the adjoint (col2im) adds the columns back into the
+        images instead (padding takes nothing). Kernel columns j are unrolled, so the padded ends
+        of each row segment are known statically and the copy in between has no test."""
         b, geo = self.b, self.geo
-        (h, w), (kh, kw), (sh, sw), (ho, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.out_hw
+        h, (kh, kw), sh, dh, (ho, wo) = geo.in_hw[0], geo.k_hw, geo.stride[0], geo.dilation[0], geo.out_hw
+        (top, bottom), _ = geo.pads
         with for_range(b, count, "image") as n:
             image = self.image(node, b.add(first, n, name="image_index"), "image")
             block = self.at(self.columns, b.mul(n, i64(geo.cols), name="block_offset"), "block")
             with for_range(b, i64(geo.channels), "c") as c:
                 with for_range(b, i64(kh), "ki") as i:
-                    with for_range(b, i64(kw), "kj") as j:
-                        row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), j, name="column_row")
-                        with for_range(b, i64(ho), "p") as p:
-                            y = b.add(b.mul(p, i64(sh)), i, name="y")
-                            source = b.add(b.mul(b.add(b.mul(c, i64(h)), y), i64(w)), j, name="image_offset")
+                    with for_range(b, i64(ho), "p") as p:
+                        y = b.sub(b.add(b.mul(p, i64(sh)), b.mul(i, i64(dh))), i64(top), name="y")
+                        for j in range(kw):
+                            row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), i64(j), name="column_row")
                             target = b.add(b.mul(row, i64(geo.ld)), b.mul(p, i64(wo)), name="column_offset")
-                            self._copy_row(self.at(image, source, "image_row"), self.at(block, target, "column_part"),
-                                           sw, wo, adjoint)  # fmt: skip
+                            segment = self.at(block, target, "column_part")
+                            if top == 0 and bottom == 0:
+                                self._row_segment(image, c, y, j, segment, adjoint)
+                                continue
+                            inside = b.and_(b.icmp_signed(">=", y, i64(0)), b.icmp_signed("<", y, i64(h)), name="in")
+                            with b.if_else(inside) as (copy, blank):
+                                with copy:
+                                    self._row_segment(image, c, y, j, segment, adjoint)
+                                with blank:
+                                    if not adjoint:  # a padding row: zeros (its adjoint adds nothing)
+                                        self.zero(segment, i64(wo * geo.itemsize))
 
-    def _copy_row(self, image_row: ir.Value, column_part: ir.Value, stride: int, length: int, adjoint: bool):
-        b, real = self.b, self.real
-        with for_range(b, i64(length), "q") as q:
-            pixel = self.at(image_row, b.mul(q, i64(stride), name="x"), "pixel")
-            entry = self.at(column_part, q, "entry")
+    def _row_segment(self, image, c, y, j: int, segment, adjoint: bool) -> None:
+        """One output row's entries for kernel tap column j: padding columns at both ends (zeros),
+        the pixels of input row y in between, stride sw apart."""
+        b, geo = self.b, self.geo
+        (h, w), sw, dw, left, wo = geo.in_hw, geo.stride[1], geo.dilation[1], geo.pads[1][0], geo.out_hw[1]
+        lo, hi = geo.valid_columns(j)
+        if not adjoint:
+            for start, stop in ((0, lo), (hi, wo)):
+                if stop > start:
+                    self.zero(self.at(segment, i64(start), "pad_columns"), i64((stop - start) * geo.itemsize))
+        if hi <= lo:
+            return
+        row_start = b.add(b.mul(b.add(b.mul(c, i64(h)), y), i64(w)), i64(j * dw - left), name="image_offset")
+        image_row = self.at(image, row_start, "image_row")
+        with for_range(b, i64(hi), "q", start=i64(lo)) as q:
+            pixel = self.at(image_row, b.mul(q, i64(sw), name="x"), "pixel")
+            entry = self.at(segment, q, "entry")
             if adjoint:
-                total = b.fadd(b.load(pixel, typ=real, name="old"), b.load(entry, typ=real, name="add"), name="sum")
+                total = b.fadd(b.load(pixel, typ=self.real, name="old"), b.load(entry, typ=self.real, name="add"),
+                               name="sum")  # fmt: skip
                 b.store(total, pixel)
             else:
-                b.store(b.load(pixel, typ=real, name="value"), entry)
+                b.store(b.load(pixel, typ=self.real, name="value"), entry)
+
+
+def _intrinsic(b: ir.IRBuilder, name: str, result: ir.Type, args: list[ir.Type]) -> ir.Function:
+    module = b.module
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args), name)
 
 
 def _zero(b: ir.IRBuilder, pointer: ir.Value, nbytes: ir.Value) -> None:
@@ -265,49 +337,58 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
 def _conv_workspace(node):
     """im2col's column matrix (and staging matrix) for the forward."""
     x, w = node.inputs
-    return _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype).workspace()
+    return _Geometry.of(x.shape, w.shape, node.op, node.dtype).workspace()
 
 
 @kernel(Conv2D, workspace=_conv_workspace, uses_blas=True)
 def _conv2d(k, node):
-    """Per chunk of images: im2col side by side, then one GEMM out = w (O, C*KH*KW) @ columns."""
+    """Per chunk of images: im2col side by side, then per group one GEMM
+    out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
     x, w = node.inputs
-    geo = _Geometry.of(x.shape, w.shape, node.op.stride, node.dtype)
+    geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
     with k.tasks(geo.chunk_count(k.b, k.dims(x)[0]), "chunk") as (t, index):
         e = _ConvEmitter(t, node, geo, t.dims(x)[0])
         first, count = e.chunk(index)
         e.im2col(x, first, count)
         out = e.image(node, first, "out")
         product = out if e.staging is None else e.staging
-        e.gemm(False, False, geo.outs, e.width(count), geo.rows, t.ptr(w), geo.rows, e.columns, geo.ld, product)
+        with e.groups() as block:
+            e.gemm(False, False, geo.group_outs, e.width(count), geo.group_rows,
+                   block(t.ptr(w), geo.group_outs * geo.group_rows, "w_group"), geo.group_rows,
+                   block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
+                   block(product, geo.group_outs * geo.ld, "out_group"))  # fmt: skip
         if e.staging is not None:
             e.restage(out, count, to_images=True)
 
 
-def _conv_grad_input_workspace(node):
+def _conv_transpose_workspace(node):
     _, w = node.inputs
-    return _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype).workspace()
+    return _Geometry.of(node.shape, w.shape, node.op, node.dtype).workspace()
 
 
-@kernel(Conv2DGradInput, workspace=_conv_grad_input_workspace, uses_blas=True)
-def _conv2d_grad_input(k, node):
-    """Per chunk of images: one GEMM columns = w^T (C*KH*KW, O) @ g, then col2im adds each
-    image's columns into its (zeroed) input gradient."""
+@kernel(ConvTranspose2D, workspace=_conv_transpose_workspace, uses_blas=True)
+def _conv_transpose2d(k, node):
+    """Per chunk of images: per group one GEMM columns[g] = w[g]^T (C/G*KH*KW, O/G) @ g[g], then
+    col2im adds each image's columns into its (zeroed) output."""
     g, w = node.inputs
-    geo = _Geometry.of(node.shape, w.shape, node.op.stride, node.dtype)
+    geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
     with k.tasks(geo.chunk_count(k.b, k.dims(g)[0]), "chunk") as (t, index):
         e = _ConvEmitter(t, node, geo, t.dims(g)[0])
         first, count = e.chunk(index)
         grads = e.staged(e.image(g, first, "g"), count)
-        e.gemm(True, False, geo.rows, e.width(count), geo.outs, t.ptr(w), geo.rows, grads, geo.ld, e.columns)
+        with e.groups() as block:
+            e.gemm(True, False, geo.group_rows, e.width(count), geo.group_outs,
+                   block(t.ptr(w), geo.group_outs * geo.group_rows, "w_group"), geo.group_rows,
+                   block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
+                   block(e.columns, geo.group_rows * geo.ld, "columns_group"))  # fmt: skip
         e.zero(e.image(node, first, "dx"), e.b.mul(count, i64(geo.image_size * geo.itemsize), name="dx_bytes"))
         e.im2col(node, first, count, adjoint=True)
 
 
 def _conv_grad_filter_workspace(node):
     x, _ = node.inputs
-    geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
-    return geo.workspace(extra=FILTER_TASKS * geo.rows * geo.outs)  # + the tasks' transposed partial sums
+    geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+    return geo.workspace(extra=FILTER_TASKS * geo.group_rows * geo.outs)  # + the tasks' transposed partial sums
 
 
 def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
@@ -322,18 +403,23 @@ def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir
 
 @kernel(Conv2DGradFilter, workspace=_conv_grad_filter_workspace, uses_blas=True)
 def _conv2d_grad_filter(k, node):
-    """dw^T (C*KH*KW, O) = sum over chunks of images of columns @ g^T (O, images*HO*WO)^T (BLAS runs
-    this orientation faster: M=C*KH*KW rather than O): task i sums its range of chunks into
+    """Per group, dw[g]^T (C/G*KH*KW, O/G) = sum over chunks of images of columns[g] @ g[g]^T (BLAS
+    runs this orientation faster: M=C*KH*KW rather than O): task i sums its range of chunks into
     partial sum i with beta=1 GEMMs; then the partial sums, added in order, transposed into dw."""
     x, g = node.inputs
-    geo = _Geometry.of(x.shape, node.shape, node.op.stride, node.dtype)
-    b, real, size = k.b, llvm_type(node.dtype), geo.rows * geo.outs
+    geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+    b, real = k.b, llvm_type(node.dtype)
+    block_size = geo.group_rows * geo.group_outs
+    size = geo.groups * block_size
     partials_at = i64(thread_count() * geo.matrices_size)
     _, _, tasks = _filter_tasks(b, geo, k.dims(x)[0])
 
     def partial(ctx, index: ir.Value) -> ir.Value:
         offset = ctx.b.add(partials_at, ctx.b.mul(index, i64(size)), name="partial_offset")
         return ctx.b.gep(ctx.workspace(node), [offset], source_etype=real, inbounds=True, name="partial")
+
+    def at(pointer: ir.Value, offset: ir.Value, name: str) -> ir.Value:
+        return b.gep(pointer, [offset], source_etype=real, inbounds=True, name=name)
 
     with k.tasks(tasks, "chunks") as (t, index):
         e = _ConvEmitter(t, node, geo, t.dims(x)[0])
@@ -347,18 +433,24 @@ def _conv2d_grad_filter(k, node):
             first, count = e.chunk(chunk)
             grads = e.staged(e.image(g, first, "g"), count)
             e.im2col(x, first, count)
-            e.gemm(False, True, geo.rows, geo.outs, e.width(count), e.columns, geo.ld, grads, geo.ld, total,
-                   ldc=geo.outs, beta=1.0)  # fmt: skip
+            with e.groups() as block:
+                e.gemm(False, True, geo.group_rows, geo.group_outs, e.width(count),
+                       block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
+                       block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
+                       block(total, block_size, "sum_group"), ldc=geo.group_outs, beta=1.0)  # fmt: skip
     first = partial(k, i64(0))
     with for_range(b, b.sub(tasks, i64(1)), "partial") as i:
         source = partial(k, b.add(i, i64(1)))
         with for_range(b, i64(size), "element") as j:
-            at = [b.gep(p, [j], source_etype=real, inbounds=True) for p in (first, source)]
-            b.store(b.fadd(*(b.load(p, typ=real) for p in at), name="sum"), at[0])
+            pair = [at(p, j, "partial_entry") for p in (first, source)]
+            b.store(b.fadd(*(b.load(p, typ=real) for p in pair), name="sum"), pair[0])
     with for_range(b, i64(geo.outs), "o") as o:
-        with for_range(b, i64(geo.rows), "r") as r:
-            source = b.gep(first, [b.add(b.mul(r, i64(geo.outs)), o, name="summed")], source_etype=real, inbounds=True)
-            target = k.element(node, b.add(b.mul(o, i64(geo.rows)), r, name="dw_index"))
+        group = b.udiv(o, i64(geo.group_outs), name="group")
+        within = b.urem(o, i64(geo.group_outs), name="within")
+        summed = at(first, b.add(b.mul(group, i64(block_size)), within, name="block_start"), "summed_block")
+        with for_range(b, i64(geo.group_rows), "r") as r:
+            source = at(summed, b.mul(r, i64(geo.group_outs), name="summed"), "summed_ptr")
+            target = k.element(node, b.add(b.mul(o, i64(geo.group_rows)), r, name="dw_index"))
             b.store(b.load(source, typ=real, name="value"), target)
 
 

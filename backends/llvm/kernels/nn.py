@@ -10,7 +10,7 @@ from ..irutil import I64, STATUS_INDEX_OUT_OF_RANGE, element_count, for_range, i
 from ..lowering import kernel
 
 
-def _entry_alloca(b: ir.IRBuilder, type_: ir.Type, name: str) -> ir.Value:
+def entry_alloca(b: ir.IRBuilder, type_: ir.Type, name: str) -> ir.Value:
     """A stack slot in the function's entry block (where LLVM promotes it to a register)."""
     block = b.block
     b.position_at_start(b.function.entry_basic_block)
@@ -19,9 +19,9 @@ def _entry_alloca(b: ir.IRBuilder, type_: ir.Type, name: str) -> ir.Value:
     return slot
 
 
-def _fold(b: ir.IRBuilder, init: ir.Value, n: ir.Value, combine, name: str) -> ir.Value:
+def fold(b: ir.IRBuilder, init: ir.Value, n: ir.Value, combine, name: str) -> ir.Value:
     """combine(...combine(combine(init, 0), 1)..., n - 1): `combine(acc, j)` emits the body."""
-    acc = _entry_alloca(b, init.type, f"{name}.acc")
+    acc = entry_alloca(b, init.type, f"{name}.acc")
     b.store(init, acc)
     with for_range(b, n, f"{name}.j") as j:
         b.store(combine(b.load(acc, name=f"{name}.prev"), j), acc)
@@ -53,14 +53,14 @@ def _check_indices(k, ids, depth: ir.Value, name: str) -> None:
         index = _load_index(k, ids, i, f"{name}.id")
         return b.and_(ok, b.icmp_unsigned("<", index, depth, name=f"{name}.in_range"), name=f"{name}.ok")
 
-    ok = _fold(b, ir.Constant(ir.IntType(1), 1), k.count(ids), all_ok, f"{name}.check")
+    ok = fold(b, ir.Constant(ir.IntType(1), 1), k.count(ids), all_ok, f"{name}.check")
     k.fail_unless(ok, STATUS_INDEX_OUT_OF_RANGE)
 
 
 def _row_max(k, x, n: ir.Value, at) -> ir.Value:
     """max over j < n of x[at(j)], NaN-propagating like np.max."""
     f = k.scalar(x)
-    return _fold(k.b, f.const(float("-inf")), n, lambda m, j: f.accumulate("max", m, k.load(x, at(j))), "max")
+    return fold(k.b, f.const(float("-inf")), n, lambda m, j: f.accumulate("max", m, k.load(x, at(j))), "max")
 
 
 def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None) -> ir.Value:
@@ -73,7 +73,7 @@ def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None) -> ir.Value
             store(j, e)
         return f.accumulate("add", total, e)
 
-    return _fold(b, f.const(0.0), n, add, "sum")
+    return fold(b, f.const(0.0), n, add, "sum")
 
 
 def _softmax_workspace(node):

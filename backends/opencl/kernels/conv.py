@@ -1,7 +1,8 @@
-"""Convolution kernels: im2col into a column matrix holding the whole batch side by side, one
-CLBlast GEMM, and kernels moving between NCHW images and the GEMM's (channels, images * pixels)
-layout; the adjoint of im2col is a gather (each input pixel sums the columns it fed), so no
-kernel needs atomics. Padding maps each padded position to its source row and column."""
+"""Convolution kernels: im2col into a column matrix holding the whole batch side by side (zero
+padding and dilation in its index arithmetic), one CLBlast GEMM (batched over the groups), and
+kernels moving between NCHW images and the GEMM's (channels, images * pixels) layout; the adjoint
+of im2col is a gather (each input pixel sums the columns it fed), so no kernel needs atomics.
+Replicate and reflect padding map each padded position to its source row and column."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ....compiler.grid import Size
-from ....ops.conv import Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, conv_out_hw
+from ....ops.conv import NO_PADS, Conv2D, Conv2DGradFilter, Convolution, ConvTranspose2D, Pad, PadGrad, conv_out_hw
 from ..lowering import Gemm, kernel
 from ..source import c_type, literal, size
 
@@ -29,16 +30,30 @@ class _Geometry:
     out_hw: tuple[int, int]
     outs: int
     dtype: np.dtype
+    pads: tuple[tuple[int, int], tuple[int, int]] = NO_PADS
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
 
     @classmethod
-    def of(cls, x_shape, w_shape, stride, dtype) -> _Geometry:
+    def of(cls, x_shape, w_shape, op: Convolution, dtype) -> _Geometry:
+        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
         in_hw, k_hw = tuple(x_shape[2:]), tuple(w_shape[2:])
-        out_hw = conv_out_hw(in_hw, k_hw, stride)
-        return cls(x_shape[0], x_shape[1], in_hw, k_hw, tuple(stride), out_hw, w_shape[0], np.dtype(dtype))
+        out_hw = conv_out_hw(in_hw, k_hw, op.stride, op.pads, op.dilation)
+        return cls(x_shape[0], x_shape[1], in_hw, k_hw, tuple(op.stride), out_hw, w_shape[0], np.dtype(dtype),
+                   op.pads, op.dilation, op.groups)  # fmt: skip
 
     @property
     def rows(self) -> int:
         return self.channels * self.k_hw[0] * self.k_hw[1]
+
+    @property
+    def group_rows(self) -> int:
+        """Column-matrix rows of one group (a group's rows, and its weight rows, are contiguous)."""
+        return self.rows // self.groups
+
+    @property
+    def group_outs(self) -> int:
+        return self.outs // self.groups
 
     @property
     def pixels(self) -> int:
@@ -61,11 +76,11 @@ def _geometry(node) -> _Geometry:
     op = node.op
     if isinstance(op, Conv2D):
         x, w = node.inputs
-        return _Geometry.of(x.shape, w.shape, op.stride, node.dtype)
-    if isinstance(op, Conv2DGradInput):
-        return _Geometry.of(node.shape, node.inputs[1].shape, op.stride, node.dtype)
+        return _Geometry.of(x.shape, w.shape, op, node.dtype)
+    if isinstance(op, ConvTranspose2D):
+        return _Geometry.of(node.shape, node.inputs[1].shape, op, node.dtype)
     x, _ = node.inputs
-    return _Geometry.of(x.shape, node.shape, op.stride, node.dtype)
+    return _Geometry.of(x.shape, node.shape, op, node.dtype)
 
 
 def _workspace(node):
@@ -73,8 +88,10 @@ def _workspace(node):
 
 
 def _im2col(k, node, x, geo: _Geometry) -> None:
-    """columns[(c, i, j), (n, p, q)] = x[n, c, p*sh + i, q*sw + j]: one work item per entry."""
-    (h, w), (kh, kw), (sh, sw), (_, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.out_hw
+    """columns[(c, i, j), (n, p, q)] = x[n, c, p*sh + i*dh - top, q*sw + j*dw - left] (0 in the
+    padding): one work item per entry."""
+    (h, w), (kh, kw), (sh, sw), (dh, dw), (_, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.dilation, geo.out_hw
+    (top, _), (left, _) = geo.pads
     f = k.function(geo.width * geo.rows)
     images, columns = f.read(x), f.workspace(node)
     f.lines += [
@@ -82,8 +99,10 @@ def _im2col(k, node, x, geo: _Geometry) -> None:
         f"    const long n = (item / {geo.pixels}) % {size(Size.of([geo.images]))};",
         f"    const long r = item / ({size(geo.width)});",
         f"    const long c = r / {kh * kw}, i = (r / {kw}) % {kh}, j = r % {kw};",
-        f"    const long y = (pixel / {wo}) * {sh} + i, x = (pixel % {wo}) * {sw} + j;",
-        f"    {columns}[item] = {images}[((n * {geo.channels} + c) * {h} + y) * {w} + x];",
+        f"    const long y = (pixel / {wo}) * {sh} + i * {dh} - {top}, x = (pixel % {wo}) * {sw} + j * {dw} - {left};",
+        f"    const int inside = y >= 0 && y < {h} && x >= 0 && x < {w};",
+        f"    {columns}[item] = inside ? {images}[((n * {geo.channels} + c) * {h} + y) * {w} + x] : "
+        f"{literal(0, geo.dtype)};",
     ]
 
 
@@ -103,28 +122,39 @@ def _restage(k, node, images_node, geo: _Geometry, to_images: bool) -> None:
         f.lines += [f"    {staging} = {f.read(images_node)}[item];"]
 
 
+def _strides(geo: _Geometry, a: Size, b: Size, c: Size) -> dict:
+    """A GEMM batched over the groups: each operand's group blocks `a`, `b`, `c` elements apart."""
+    return dict(count=Size(geo.groups), stride_a=a, stride_b=b, stride_c=c)
+
+
 @kernel(Conv2D, workspace=_workspace)
 def _conv2d(k, node):
-    """im2col, staging (O, N*P) = w (O, C*KH*KW) @ columns, then back to NCHW."""
+    """im2col, staging[g] (O/G, N*P) = w[g] (O/G, C/G*KH*KW) @ columns[g] per group, then NCHW."""
     x, w = node.inputs
     geo = _geometry(node)
     _im2col(k, node, x, geo)
     ws = k.workspace(node)
-    k.gemm(Gemm(geo.dtype, False, False, Size(geo.outs), geo.width, Size(geo.rows), k.slot(w), ws, ws,
-                lda=Size(geo.rows), ldb=geo.width, ldc=geo.width, c_offset=geo.staging))  # fmt: skip
+    batched = _strides(geo, Size(geo.group_outs * geo.group_rows), geo.width * geo.group_rows,
+                       geo.width * geo.group_outs)  # fmt: skip
+    k.gemm(Gemm(geo.dtype, False, False, Size(geo.group_outs), geo.width, Size(geo.group_rows), k.slot(w), ws, ws,
+                lda=Size(geo.group_rows), ldb=geo.width, ldc=geo.width, c_offset=geo.staging, **batched))  # fmt: skip
     _restage(k, node, node, geo, to_images=True)
 
 
-@kernel(Conv2DGradInput, workspace=_workspace)
-def _conv2d_grad_input(k, node):
-    """columns = w^T (C*KH*KW, O) @ g staged (O, N*P), then each input pixel gathers its columns."""
+@kernel(ConvTranspose2D, workspace=_workspace)
+def _conv_transpose2d(k, node):
+    """columns[g] = w[g]^T (C/G*KH*KW, O/G) @ g staged[g] (O/G, N*P), then each input pixel
+    gathers its columns."""
     g, w = node.inputs
     geo = _geometry(node)
     _restage(k, node, g, geo, to_images=False)
     ws = k.workspace(node)
-    k.gemm(Gemm(geo.dtype, True, False, Size(geo.rows), geo.width, Size(geo.outs), k.slot(w), ws, ws,
-                lda=Size(geo.rows), ldb=geo.width, ldc=geo.width, b_offset=geo.staging))  # fmt: skip
+    batched = _strides(geo, Size(geo.group_outs * geo.group_rows), geo.width * geo.group_outs,
+                       geo.width * geo.group_rows)  # fmt: skip
+    k.gemm(Gemm(geo.dtype, True, False, Size(geo.group_rows), geo.width, Size(geo.group_outs), k.slot(w), ws, ws,
+                lda=Size(geo.group_rows), ldb=geo.width, ldc=geo.width, b_offset=geo.staging, **batched))  # fmt: skip
     (h, wd), (kh, kw), (sh, sw), (ho, wo) = geo.in_hw, geo.k_hw, geo.stride, geo.out_hw
+    (dh, dw), ((top, _), (left, _)) = geo.dilation, geo.pads
     f = k.function(Size.of(node.shape))
     columns, out, t = f.workspace(node), f.write(node), c_type(node.dtype)
     f.lines += [
@@ -132,10 +162,10 @@ def _conv2d_grad_input(k, node):
         f"    const long c = (item / {h * wd}) % {geo.channels}, n = item / {geo.channels * h * wd};",
         f"    {t} total = 0;",
         f"    for (long i = 0; i < {kh}; ++i) {{",
-        "        const long dy = y - i;",
+        f"        const long dy = y + {top} - i * {dh};",
         f"        if (dy < 0 || dy % {sh} != 0 || dy / {sh} >= {ho}) continue;",
         f"        for (long j = 0; j < {kw}; ++j) {{",
-        "            const long dx = x - j;",
+        f"            const long dx = x + {left} - j * {dw};",
         f"            if (dx < 0 || dx % {sw} != 0 || dx / {sw} >= {wo}) continue;",
         f"            const long r = (c * {kh} + i) * {kw} + j;",
         f"            total += {columns}[r * {size(geo.width)} + n * {geo.pixels} + (dy / {sh}) * {wo} + dx / {sw}];",
@@ -147,14 +177,17 @@ def _conv2d_grad_input(k, node):
 
 @kernel(Conv2DGradFilter, workspace=_workspace)
 def _conv2d_grad_filter(k, node):
-    """dw (O, C*KH*KW) = g staged (O, N*P) @ columns^T, one GEMM over the whole batch."""
+    """dw[g] (O/G, C/G*KH*KW) = g staged[g] (O/G, N*P) @ columns[g]^T, one GEMM per group over the
+    whole batch."""
     x, g = node.inputs
     geo = _geometry(node)
     _restage(k, node, g, geo, to_images=False)
     _im2col(k, node, x, geo)
     ws = k.workspace(node)
-    k.gemm(Gemm(geo.dtype, False, True, Size(geo.outs), Size(geo.rows), geo.width, ws, ws, k.slot(node),
-                lda=geo.width, ldb=geo.width, ldc=Size(geo.rows), a_offset=geo.staging))  # fmt: skip
+    batched = _strides(geo, geo.width * geo.group_outs, geo.width * geo.group_rows,
+                       Size(geo.group_outs * geo.group_rows))  # fmt: skip
+    k.gemm(Gemm(geo.dtype, False, True, Size(geo.group_outs), Size(geo.group_rows), geo.width, ws, ws, k.slot(node),
+                lda=geo.width, ldb=geo.width, ldc=Size(geo.group_rows), a_offset=geo.staging, **batched))  # fmt: skip
 
 
 def _source(position: str, n: int, lo: int, mode: str) -> str:

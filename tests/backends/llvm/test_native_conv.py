@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import drug as dg
 from drug.backends.llvm.kernels.conv import _Geometry
-from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, Conv2DGradInput, Pad, PadGrad, same_pads
+from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, ConvTranspose2D, Pad, PadGrad, same_pads
 
-NATIVE_OPS = (Conv2D, Conv2DGradInput, Conv2DGradFilter, Pad, PadGrad)
+NATIVE_OPS = (Conv2D, ConvTranspose2D, Conv2DGradFilter, Pad, PadGrad)
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 
@@ -53,7 +53,7 @@ def check_against_reference(g, outputs, feeds, dtype):
     native = g.compile(outputs=outputs, backend="llvm")
     reference = g.compile(outputs=outputs, backend="numpy")
     found = assert_native_kernels(native)
-    assert {Conv2D, Conv2DGradInput, Conv2DGradFilter} <= found
+    assert {Conv2D, ConvTranspose2D, Conv2DGradFilter} <= found
     got, want = native(**feeds), reference(**feeds)
     scales = reference(**{name: np.abs(value) for name, value in feeds.items()})
     for name, a, b, scale in zip(("y", "dx", "dw"), got, want, scales):
@@ -89,8 +89,9 @@ def conv_cases(draw):
 def test_conv_matches_reference(dtype, case):
     g, outputs, feeds = conv_problem(dtype=dtype, **case)
     found = check_against_reference(g, outputs, feeds, dtype)
-    if case["padding"] == "same" and any(map(any, same_pads(case["hw"], case["k_hw"], case["stride"]))):
-        assert {Pad, PadGrad} <= found
+    padded = case["padding"] == "same" and any(map(any, same_pads(case["hw"], case["k_hw"], case["stride"])))
+    # zero padding is part of the convolution kernels; the other modes pad in a kernel of their own
+    assert ({Pad, PadGrad} <= found) == (padded and case["mode"] != "zeros")
 
 
 @pytest.mark.parametrize(
@@ -107,8 +108,8 @@ def test_conv_chunking(n, hw, k_hw, stride, layout, mode):
     """Both GEMM layouts (images in place / staged side by side), a partial last chunk, and more
     chunks than the filter gradient has tasks."""
     g, outputs, feeds = conv_problem(n, 2, 3, hw, k_hw, stride, "same", mode, "float64")
-    padded = outputs[0].inputs[0]
-    chunk = _Geometry.of(padded.shape, (3, 2) + k_hw, stride, "float64").chunk
+    conv = outputs[0]
+    chunk = _Geometry.of(conv.inputs[0].shape, (3, 2) + k_hw, conv.op, "float64").chunk
     assert chunk == 1 if layout == "in place" else 1 < chunk < n and n % chunk
     check_against_reference(g, outputs, feeds, "float64")
 
@@ -156,6 +157,6 @@ def test_benchmark_cnn_train_steps_match_numpy():
         g = dg.Graph(seed=0)
         fn = g.compile(loss=build_cnn(workload, data, g), optimizer=dg.Adam(lr=workload.lr), backend=backend)
         if backend == "llvm":
-            assert assert_native_kernels(fn) == set(NATIVE_OPS)
+            assert assert_native_kernels(fn) == {Conv2D, ConvTranspose2D, Conv2DGradFilter}  # zero padding inside
         steps[backend] = [fn(data.batches[i % len(data.batches)]) for i in range(5)]
     np.testing.assert_allclose(steps["llvm"], steps["numpy"], rtol=workload.rtol, atol=workload.atol)

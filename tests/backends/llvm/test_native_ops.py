@@ -21,7 +21,9 @@ REGISTRY = dg.ops.REGISTRY
 # ops with their own native kernel (emit_kernel) that must never run through the Python callback
 NATIVE = {
     "softmax", "softmax_cross_entropy_rows", "one_hot", "embedding", "embedding_grad",
-    "transpose", "slice", "slice_grad", "concat",
+    "transpose", "slice", "slice_grad", "concat", "conv2d", "conv_transpose2d", "conv2d_grad_filter", "pad",
+    "pad_grad", "max_pool2d", "max_pool2d_grad", "max_pool2d_tangent", "avg_pool2d", "avg_pool2d_grad", "batch_moments",
+    "sum_squares",
 }  # fmt: skip
 
 DIMS = st.lists(st.integers(1, 4), min_size=3, max_size=3)

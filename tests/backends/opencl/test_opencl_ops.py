@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("opencl")
 REGISTRY = dg.ops.REGISTRY
 # ops with OpenCL code (scalar rules or kernels): the registry test fails if one of them is refused
 OPENCL_OPS = {
-    "add", "assemble_slices", "broadcast_like", "concat", "conv2d", "conv2d_grad_filter", "conv2d_grad_input",
+    "add", "assemble_slices", "broadcast_like", "concat", "conv2d", "conv2d_grad_filter", "conv_transpose2d",
     "count", "div", "embedding", "embedding_grad", "equal", "exp", "log", "matmul", "max", "min", "mul", "neg",
     "one_hot", "ones_like", "pad", "pad_grad", "relu", "relu_grad", "reshape", "sigmoid", "slice", "slice_grad",
     "softmax", "softmax_cross_entropy_rows", "sqrt", "sub", "sum", "sum_to", "tanh", "traced", "transpose",
