@@ -109,11 +109,12 @@ class Graph:
         return node
 
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:
-        """A fixed value baked into the compiled code; float data takes the graph's dtype."""
+        """A fixed value baked into the compiled code; float data takes the graph's dtype, bool
+        data (a mask) stays bool."""
         array = np.asarray(value)
         if dtype is not None:
             array = array.astype(dtype)
-        elif array.dtype.kind in "fc" or array.dtype == np.bool_:
+        elif array.dtype.kind in "fc":
             array = array.astype(self.dtype)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32 if array.dtype.itemsize <= 4 else np.int64)

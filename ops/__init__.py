@@ -10,7 +10,6 @@ from .elementwise import (
     Elementwise,
     add,
     div,
-    equal,
     exp,
     log,
     mul,
@@ -28,11 +27,30 @@ from .nn import avg_pool2d, embedding, global_pool, max_pool2d, one_hot, softmax
 from .reduce import max, mean, min, sum
 from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
 
+# Model language I (transformers): activations, numeric functions, comparisons and masks, casts.
+from .activations import elu, gelu, leaky_relu, silu, softplus, stop_gradient
+from .cast import cast
+from .logic import (
+    equal, greater, greater_equal, less, less_equal, logical_and, logical_not, logical_or, logical_xor,
+    not_equal, where,
+)  # fmt: skip
+from .numeric import abs, clip, cos, erf, maximum, minimum, pow, rsqrt, sign, sin, square
+
 register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, getitem=getitem, transpose=transpose)
+register_operators(
+    pow=pow, abs=abs, cast=cast, less=less, less_equal=less_equal, greater=greater, greater_equal=greater_equal,
+    equal=equal, not_equal=not_equal, logical_and=logical_and, logical_or=logical_or, logical_xor=logical_xor,
+    logical_not=logical_not,
+)  # fmt: skip
 
 # The public ops: drug exports exactly these as dg.<name> (the rest stay reachable as dg.ops.<name>).
 __all__ = [
     "Op", "add", "avg_pool2d", "concat", "conv2d", "div", "embedding", "exp", "global_pool", "log", "matmul",
     "max", "max_pool2d", "mean", "min", "mul", "neg", "one_hot", "relu", "reshape", "sigmoid", "softmax",
     "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
+]  # fmt: skip
+__all__ += [  # model language I
+    "abs", "cast", "clip", "cos", "elu", "equal", "erf", "gelu", "greater", "greater_equal", "leaky_relu", "less",
+    "less_equal", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal",
+    "pow", "rsqrt", "sign", "silu", "sin", "softplus", "square", "stop_gradient", "where",
 ]  # fmt: skip

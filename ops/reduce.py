@@ -9,7 +9,9 @@ import numpy as np
 from ..core.node import apply
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, normalize_axes
-from .elementwise import div, equal, mul
+from .cast import cast
+from .elementwise import div, mul
+from .logic import equal
 from .shape import broadcast_like, reshape
 
 
@@ -66,7 +68,7 @@ class Max(Reduce):
 
     def grad(self, g, out, x):
         # ties share the gradient equally, like JAX
-        mask = equal(x, broadcast_like(self.kept(out, x), x))
+        mask = cast(equal(x, broadcast_like(self.kept(out, x), x)), x.dtype)
         count = apply(Sum(self.axes, keepdims=True), mask)
         return [mul(broadcast_like(self.kept(g, x), x), div(mask, count))]
 

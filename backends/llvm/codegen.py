@@ -35,6 +35,10 @@ from .irutil import (
     llvm_type,
     loop_nest,
     row_major_strides,
+    scalar_constant,
+    scalar_type,
+    to_scalar,
+    to_storage,
 )
 from .lowering import lowering_of
 from .scalar import ScalarEmitter
@@ -104,7 +108,7 @@ class KernelContext:
             self.b.ret(ir.Constant(I32, status))
 
     def scalar(self, node: Node) -> ScalarEmitter:
-        return ScalarEmitter(self.b, llvm_type(node.dtype), self.batch, node)
+        return ScalarEmitter(self.b, scalar_type(node.dtype), self.batch, node)
 
     def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0):
         """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in."""
@@ -574,8 +578,8 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Valu
         def value(node: Node) -> ir.Value:
             if node.id not in values:
                 if is_inline(node):
-                    return ir.Constant(llvm_type(node.dtype), float(node.op.value.reshape(())))
-                values[node.id] = ctx.load(node, offset(node))
+                    return scalar_constant(node.dtype, node.op.value.reshape(()))
+                values[node.id] = to_scalar(b, node.dtype, ctx.load(node, offset(node)))
             return values[node.id]
 
         for node in kernel.nodes:
@@ -588,4 +592,4 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, outer: tuple[ir.Value, ir.Valu
             args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
             values[node.id] = scalar_rule_of(node.op)(ctx.scalar(node), *args)
             if node.id in outputs:
-                ctx.store(node, offset(node), values[node.id])
+                ctx.store(node, offset(node), to_storage(b, node.dtype, values[node.id]))

@@ -40,7 +40,7 @@ def scheduled(graph, **compile_args):
 
 
 def kernel_index(schedule, node) -> int:
-    return next(i for i, k in enumerate(schedule.kernels) if node in k.nodes)
+    return next(i for i, k in enumerate(schedule.kernels) if any(n is node for n in k.nodes))
 
 
 def test_every_value_has_a_buffer_and_temps_live_from_writer_to_last_reader():
