@@ -43,8 +43,8 @@ def evaluate(
         else:
             try:
                 value = op.ref(*(values[i.id] for i in node.inputs))
-            except ShapeError as error:
-                raise ShapeError(f"node {node.label}: {error}") from None
+            except GraphError as error:  # a bad id or value: name the node, keep the error type
+                raise type(error)(f"node {node.label}: {error}") from None
             if op.multi_output:  # a tuple; the nodes picking its results check their shapes
                 values[node.id] = value
                 continue

@@ -26,7 +26,7 @@ from ..ops import elementwise as ew
 from ..ops import logic
 from ..ops import numeric as num
 from ..ops.reduce import Count
-from ..ops.shape import BroadcastLike
+from ..ops.shape import BroadcastLike, BroadcastTo
 from . import tracing
 from .traced import Traced
 
@@ -193,6 +193,11 @@ def _ones_like(b, x):
 @scalar_rule(BroadcastLike)
 def _broadcast_like(b, x, like):
     return x  # the loop reads x broadcast over the domain
+
+
+@scalar_rule(BroadcastTo)
+def _broadcast_to(b, x):
+    return x
 
 
 @scalar_rule(Count)

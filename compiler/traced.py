@@ -14,6 +14,7 @@ import numpy as np
 from ..core.errors import GraphError
 from ..core.node import Node, apply
 from ..core.op import Example
+from ..ops import numeric
 from ..ops.elementwise import Elementwise
 from . import tracing
 
@@ -24,6 +25,7 @@ class _NumpyScalars:
     const = staticmethod(float)
     add, sub, mul, div = np.add, np.subtract, np.multiply, np.divide
     neg, exp, log, sqrt, tanh = np.negative, np.exp, np.log, np.sqrt, np.tanh
+    erf, sin, cos = staticmethod(numeric.reference_erf), np.sin, np.cos
     select = staticmethod(np.where)
     _compare = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
     _compare |= {"==": np.equal, "!=": np.not_equal}
@@ -81,7 +83,7 @@ def elementwise(fn: Callable) -> Callable:
     """Decorator: a scalar function of floats becomes an elementwise graph op.
 
     The function may use arithmetic, `**`, comparisons in `if`/`else` (also `max`, `min`,
-    `abs`) and math.exp/log/sqrt/tanh/fabs. Its gradient is derived automatically. Called on
+    `abs`) and math.exp/log/sqrt/tanh/erf/sin/cos/fabs. Its gradient is derived automatically. Called on
     graph nodes it builds a node; called on Python numbers it is the plain function."""
     params = inspect.signature(fn).parameters.values()
     arity = sum(1 for p in params if p.default is inspect.Parameter.empty)
@@ -105,7 +107,7 @@ def _example_fn(x, y):
     if x > 0.5:
         z = x * y + math.exp(-x) / y
     elif x < -1.0:
-        z = -(math.tanh(x) ** 2) - math.log(y)
+        z = -(math.tanh(x) ** 2) - math.log(y) + math.erf(x * y)
     else:
-        z = math.sqrt(y) * x**3 - abs(x - y)
+        z = math.sqrt(y) * x**3 - abs(x - y) + math.sin(x) * math.cos(y)
     return max(z, x - 3.0)

@@ -16,7 +16,7 @@ from ..core.errors import GraphError
 
 MAX_PATHS = 256
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-UNARY = ("neg", "exp", "log", "sqrt", "tanh")
+UNARY = ("neg", "exp", "log", "sqrt", "tanh", "erf", "sin", "cos")
 BINARY = ("add", "sub", "mul", "div")
 
 
@@ -184,6 +184,18 @@ def tanh(a: Expr) -> Expr:
     return Expr("tanh", (a,))
 
 
+def erf(a: Expr) -> Expr:
+    return Expr("erf", (a,))
+
+
+def sin(a: Expr) -> Expr:
+    return Expr("sin", (a,))
+
+
+def cos(a: Expr) -> Expr:
+    return Expr("cos", (a,))
+
+
 def power(base: Expr, exponent: Any) -> Expr:
     if isinstance(exponent, Expr):
         return exp(mul(exponent, log(base)))
@@ -211,6 +223,9 @@ MATH = {
     "log": _scalar_or_expr(log, math.log),
     "sqrt": _scalar_or_expr(sqrt, math.sqrt),
     "tanh": _scalar_or_expr(tanh, math.tanh),
+    "erf": _scalar_or_expr(erf, math.erf),
+    "sin": _scalar_or_expr(sin, math.sin),
+    "cos": _scalar_or_expr(cos, math.cos),
     "fabs": _scalar_or_expr(abs, math.fabs),
 }
 
@@ -315,6 +330,13 @@ def derivative(e: Expr, index: int, memo: dict | None = None) -> Expr:
         result = div(d(args[0]), mul(const(2.0), e))
     elif op == "tanh":
         result = mul(sub(const(1.0), mul(e, e)), d(args[0]))
+    elif op == "erf":  # 2/sqrt(pi) exp(-x^2)
+        gauss = exp(neg(mul(args[0], args[0])))
+        result = mul(mul(const(2.0 / math.sqrt(math.pi)), gauss), d(args[0]))
+    elif op == "sin":
+        result = mul(cos(args[0]), d(args[0]))
+    elif op == "cos":
+        result = neg(mul(sin(args[0]), d(args[0])))
     elif op == "where":
         result = where(args[0], d(args[1]), d(args[2]))
     else:  # pragma: no cover - every op built above is handled

@@ -29,12 +29,17 @@ from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
 
 # Model language I (transformers): activations, numeric functions, comparisons and masks, casts.
 from .activations import elu, gelu, leaky_relu, silu, softplus, stop_gradient
+from .attention import attention
 from .cast import cast
 from .logic import (
     equal, greater, greater_equal, less, less_equal, logical_and, logical_not, logical_or, logical_xor,
     not_equal, where,
 )  # fmt: skip
+from .indexing import argmax, argmin, cumsum, gather, take
+from .norm import layer_norm, rms_norm
 from .numeric import abs, clip, cos, erf, maximum, minimum, pow, rsqrt, sign, sin, square
+from .padding import pad
+from .shape import broadcast_to, expand_dims, squeeze
 
 register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, getitem=getitem, transpose=transpose)
 register_operators(
@@ -50,7 +55,9 @@ __all__ = [
     "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip
 __all__ += [  # model language I
-    "abs", "cast", "clip", "cos", "elu", "equal", "erf", "gelu", "greater", "greater_equal", "leaky_relu", "less",
-    "less_equal", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal",
-    "pow", "rsqrt", "sign", "silu", "sin", "softplus", "square", "stop_gradient", "where",
+    "abs", "argmax", "attention", "argmin", "broadcast_to", "cast", "clip", "cos", "cumsum", "elu", "equal", "erf",
+    "expand_dims", "gather", "gelu", "greater", "greater_equal", "layer_norm", "leaky_relu", "less", "less_equal",
+    "logical_and",
+    "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal", "pad", "pow", "rms_norm", "rsqrt", "sign",
+    "silu", "sin", "softplus", "square", "squeeze", "stop_gradient", "take", "where",
 ]  # fmt: skip

@@ -13,7 +13,7 @@ from ..core.node import apply
 from ..core.op import Example
 from .elementwise import Elementwise, Relu, add, exp, mul, sigmoid, sub, tanh
 from .logic import greater, where
-from .numeric import _erf, erf
+from .numeric import erf, reference_erf
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -39,7 +39,7 @@ class Gelu(Elementwise):
     def ref(self, x):
         if self.approximate == "tanh":
             return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + GELU_CUBIC * x**3)))
-        return 0.5 * x * (1.0 + _erf(x * SQRT_HALF))
+        return 0.5 * x * (1.0 + reference_erf(x * SQRT_HALF))
 
     def grad(self, g, out, x):
         if self.approximate == "tanh":

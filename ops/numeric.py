@@ -19,7 +19,7 @@ class Erf(Elementwise):
     arity = 1
 
     def ref(self, x):
-        return _erf(x)
+        return reference_erf(x)
 
     def grad(self, g, out, x):
         return [mul(g, exp(mul(x, x, -1.0)), 2.0 / math.sqrt(math.pi))]
@@ -28,7 +28,7 @@ class Erf(Elementwise):
 _erf_scalar = np.frompyfunc(math.erf, 1, 1)
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
+def reference_erf(x: np.ndarray) -> np.ndarray:
     """math.erf elementwise (NumPy has no erf); the reference backend is an oracle, not fast."""
     return np.asarray(_erf_scalar(x), dtype=np.result_type(x, np.float32))
 

@@ -358,3 +358,57 @@ def broadcast_like(x, like):
 
 def sum_to(x, shape: Shape):
     return apply(SumTo(tuple(shape)), x)
+
+
+class BroadcastTo(Op):
+    """x broadcast to a fixed `shape` (NumPy's broadcast_to); a None in `shape` must meet x's own
+    batch dimension (to broadcast over a batch x lacks, use broadcast_like)."""
+
+    name = "broadcast_to"
+    arity = 1
+
+    def __init__(self, shape: Shape):
+        self.shape = shape
+
+    def infer(self, x):
+        lead = len(self.shape) - x.ndim
+        if lead < 0 or broadcast_shapes([x.shape, self.shape]) != self.shape:
+            raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(self.shape)}")
+        if None in self.shape and (self.shape.index(None) < lead or x.shape[self.shape.index(None) - lead] is not None):
+            raise ShapeError(
+                f"the batch dimension of {format_shape(self.shape)} must be x's own ({format_shape(x.shape)}); "
+                "to broadcast over another node's batch use broadcast_like"
+            )
+        return TensorType(self.shape, x.dtype)
+
+    def ref(self, x):
+        lead = len(self.shape) - x.ndim
+        batch = x.shape[self.shape.index(None) - lead] if None in self.shape else None
+        return np.broadcast_to(x, _runtime_shape(self.shape, batch)).copy()
+
+    def grad(self, g, out, x):
+        return [g]  # autodiff sums g back to x's shape
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], 1, dims[1]))
+        return cls((None, 3, dims[1])), Example([x], [True], {0: 0})
+
+
+def broadcast_to(x, shape: Sequence[int | None]):
+    return apply(BroadcastTo(normalize_shape(shape)), x)
+
+
+def expand_dims(x, axis: int):
+    """x with a new axis of size 1 at `axis` (a view, no copy)."""
+    axis = normalize_axes(axis, x.ndim + 1)[0]
+    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+def squeeze(x, axis: int | Sequence[int] | None = None):
+    """x without the given size-1 axes (all of them by default); a view, no copy."""
+    axes = normalize_axes(axis, x.ndim) if axis is not None else tuple(a for a, d in enumerate(x.shape) if d == 1)
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ShapeError(f"squeeze of {x.describe()}: axis {a} has size {x.shape[a]}, not 1")
+    return reshape(x, tuple(d for a, d in enumerate(x.shape) if a not in axes))

@@ -110,6 +110,25 @@ class KernelContext:
     def scalar(self, node: Node) -> ScalarEmitter:
         return ScalarEmitter(self.b, scalar_type(node.dtype), self.batch, node)
 
+    def parallel_for(self, name: str, extent: ir.Value, body, worth: ir.Value | None = None, grain: int = 1) -> None:
+        """body(ctx, lo, hi) over [0, extent), emitted in a function of its own (`ctx` binds this
+        kernel's buffers there): shared out over the OpenMP threads in chunks of `grain` when
+        `worth` (an i1; default: always) holds, else run whole on this thread. The body may
+        return a status (an i32, 0: fine); a failure ends the kernel with it."""
+        status = self.builder.parallel_for(self, name, extent, body, worth, grain)
+        with self.b.if_then(self.b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
+            self.b.ret(status)
+
+    def blas_gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0):
+        """C = op(A) @ op(B) (+ beta C) on this thread, never shared out: for the small blocks of a
+        kernel that is itself split over the threads."""
+        b = self.b
+        real = llvm_type(dtype)
+        index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
+        fn = b.load(b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True), typ=PTR, name="gemm")
+        ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
+        cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
+
     def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0):
         """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in."""
         b = self.b
@@ -324,14 +343,53 @@ class ModuleBuilder:
         b.ret_void()
         return fn
 
-    def thread_share(self, b: ir.IRBuilder, extent: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """[lo, hi) of 0..extent for this OpenMP thread: equal chunks in whole vectors (16)."""
+    def parallel_for(self, ctx: KernelContext, name: str, extent: ir.Value, body, worth, grain: int) -> ir.Value:
+        """KernelContext.parallel_for: `<kernel>.<name>.range(buffers..., batch, runtime, lo, hi)`
+        holds the body (which returns a status); `<kernel>.<name>.thread(frame)` runs this
+        thread's share of it and records a failure in the frame. Returns the status (0: done)."""
+        slots = list(ctx.pointers)
+        prefix = f"{ctx.b.function.name}.{name}"
+        span, span_ctx = self._function(f"{prefix}.range", slots, [("lo", I64), ("hi", I64)])
+        status = body(span_ctx, *span.args[-2:])
+        span_ctx.b.ret(ir.Constant(I32, 0) if status is None else status)
+        b = ctx.b
+        args = [ctx.pointers[s] for s in slots] + [ctx.batch, ctx.runtime]
+        if not self.parallel or self.bounds_check:
+            return b.call(span, args + [i64(0), extent], name=f"{name}.status")
+        types = [PTR] * len(slots) + [I64, PTR, I64]  # then one word for the status
+        thread = ir.Function(self.module, ir.FunctionType(VOID, [PTR]), f"{prefix}.thread")
+        thread.linkage = "internal"
+        tb = ir.IRBuilder(thread.append_basic_block("entry"))
+        words = [tb.load(tb.gep(thread.args[0], [i64(i)], source_etype=I64), typ=I64) for i in range(len(types))]
+        fields = [tb.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, types)]
+        lo, hi = self.thread_share(tb, fields[-1], grain)
+        with tb.if_then(tb.icmp_signed("<", lo, hi)):
+            share_status = tb.call(span, fields[:-1] + [lo, hi], name="status")
+            with tb.if_then(tb.icmp_signed("!=", share_status, ir.Constant(I32, 0)), likely=False):
+                word = tb.gep(thread.args[0], [i64(len(types))], source_etype=I64)
+                tb.atomic_rmw("xchg", word, tb.zext(share_status, I64), "monotonic")
+        tb.ret_void()
+        worth = ir.Constant(ir.IntType(1), 1) if worth is None else worth
+        frame = pack_frame(b, args + [extent, i64(0)], f"{name}.frame")
+        with b.if_else(worth) as (threaded, serial):
+            with threaded:
+                b.call(self.gomp_parallel(), [thread, frame, I32(0), I32(0)])
+            with serial:
+                serial_status = b.call(span, args + [i64(0), extent], name="serial.status")
+                b.store(b.zext(serial_status, I64), b.gep(frame, [i64(len(types))], source_etype=I64))
+        word = b.load(b.gep(frame, [i64(len(types))], source_etype=I64), typ=I64)
+        return b.trunc(word, I32, name=f"{name}.status")
+
+    def thread_share(self, b: ir.IRBuilder, extent: ir.Value, grain: int = 16) -> tuple[ir.Value, ir.Value]:
+        """[lo, hi) of 0..extent for this OpenMP thread: equal chunks in whole multiples of
+        `grain` (16 elements: whole vectors)."""
         omp = {n: self.module.globals.get(n) or ir.Function(self.module, ir.FunctionType(I32, []), n)
                for n in ("omp_get_thread_num", "omp_get_num_threads")}  # fmt: skip
         tid = b.sext(b.call(omp["omp_get_thread_num"], []), I64, name="tid")
         threads = b.sext(b.call(omp["omp_get_num_threads"], []), I64, name="threads")
         chunk = b.sdiv(b.add(extent, b.sub(threads, i64(1))), threads, name="chunk")
-        chunk = b.and_(b.add(chunk, i64(15)), i64(-16), name="chunk16")
+        if grain > 1:
+            chunk = b.mul(b.sdiv(b.add(chunk, i64(grain - 1)), i64(grain)), i64(grain), name="chunk.grain")
         lo = b.mul(tid, chunk, name="lo")
         hi = b.select(b.icmp_signed("<", b.add(lo, chunk), extent), b.add(lo, chunk), extent, name="hi")
         return lo, hi

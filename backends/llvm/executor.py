@@ -20,7 +20,13 @@ from ...core.types import concrete_shape, format_shape
 from ..base import Executor
 from . import arena, blas, bounds, threads
 from .codegen import ModuleBuilder
-from .irutil import STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE, STATUS_OUT_OF_BOUNDS, STATUS_OUT_OF_MEMORY
+from .irutil import (
+    STATUS_CALLBACK_FAILED,
+    STATUS_INDEX_OUT_OF_RANGE,
+    STATUS_INVALID_VALUE,
+    STATUS_OUT_OF_BOUNDS,
+    STATUS_OUT_OF_MEMORY,
+)
 from .jit import compile_module, host_cpu
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
@@ -195,14 +201,16 @@ class NativeExecutor(Executor):
                 raise ShapeError(str(error)) from None
             error.add_note(f"raised by the Python forward of {where}")
             raise error
-        if status == STATUS_INDEX_OUT_OF_RANGE and kernel is not None:
+        if status in (STATUS_INDEX_OUT_OF_RANGE, STATUS_INVALID_VALUE) and kernel is not None:
             node = kernel.nodes[0]
-            try:  # the op's reference forward finds the first bad id and says what is wrong with it
+            try:  # the op's reference forward finds the first bad id or value and says what is wrong with it
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
-            except ShapeError as error:
-                raise ShapeError(f"node {node.label}: {error}; the step was not completed") from None
+            except GraphError as error:
+                raise type(error)(f"node {node.label}: {error}; the step was not completed") from None
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
+        if status == STATUS_INVALID_VALUE:
+            raise GraphError(f"an input value the op cannot take in {where}; the step was not completed")
         if status == STATUS_OUT_OF_BOUNDS:
             raise GraphError(
                 f"{bounds.ENV}: {where} accessed memory outside a buffer ({self._site(site, kernel)}) at batch "

@@ -36,6 +36,10 @@ NO_EXAMPLE = {
     "scan": "a loop with a graph body and several results; tests/test_scan.py checks it against unrolled graphs",
     "scan_output": "picks one result of a scan; tested with it",
     "allreduce_sum": "an MPI collective over processes; tests/test_distributed.py runs it under mpirun",
+    "layer_norm_grad": "layer_norm's gradient, checked through it (no second derivative)",
+    "rms_norm_grad": "rms_norm's gradient, checked through it (no second derivative)",
+    "attention_grad": "attention's gradient (three results), checked through attention",
+    "result": "picks one result of a multi-output op (attention_grad); tested with it",
 }
 
 

@@ -1,0 +1,184 @@
+"""Scaled dot-product attention with PyTorch's `scaled_dot_product_attention` semantics:
+softmax(q k^T * scale + mask) v per batch and head, scale 1/sqrt(d) by default, `causal` masking
+key j > query i, a bool mask marking the pairs that take part (True) or a float mask added to
+the scores. A query that no key may attend to gets zeros (as PyTorch gives).
+
+The native kernels never hold the (T, T) scores of more than one block of queries per thread:
+the forward pass runs a blocked online softmax, the backward pass recomputes the scores block by
+block (FlashAttention's scheme). The backward op has three results (dq, dk, dv)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import ShapeError
+from ..core.node import Node, apply
+from ..core.op import Example, Op, same_float_dtype
+from ..core.types import BOOL, FLOAT_DTYPES, Shape, TensorType, broadcast_shapes, format_shape
+from .multi import result
+
+LAYOUTS = ("bhtd", "bthd")  # (batch, heads, time, dim) like PyTorch; (batch, time, heads, dim) as projected
+
+
+def canonical(x: np.ndarray, layout: str) -> np.ndarray:
+    """The (batch, heads, time, dim) view of an array in `layout`."""
+    return x if layout == "bhtd" else np.swapaxes(x, 1, 2)
+
+
+def _dims(shape: Shape, layout: str) -> tuple:
+    """(batch, heads, time, dim) of a shape in `layout`."""
+    b, first, second, d = shape
+    return (b, first, second, d) if layout == "bhtd" else (b, second, first, d)
+
+
+class _AttentionBase(Op):
+    def __init__(self, causal: bool, scale: float, layout: str, mask: str | None):
+        self.causal, self.scale, self.layout, self.mask = bool(causal), float(scale), layout, mask
+
+    def check(self, q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None) -> None:
+        dtype = same_float_dtype(self.name, [q, k, v])
+        if self.layout not in LAYOUTS:
+            raise ShapeError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+            raise ShapeError(f"q, k and v must be 4-D ({self.layout}), got {q.ndim}, {k.ndim} and {v.ndim} axes")
+        (bq, hq, tq, dq), (bk, hk, tk, dk), (bv, hv, tv, _) = (_dims(t.shape, self.layout) for t in (q, k, v))
+        if (bq, hq) != (bk, hk) or (bk, hk, tk) != (bv, hv, tv) or dq != dk:
+            raise ShapeError(
+                f"q {format_shape(q.shape)}, k {format_shape(k.shape)} and v {format_shape(v.shape)} do not fit "
+                f"({self.layout}: q and k share batch, heads and dim; k and v share batch, heads and time)"
+            )
+        if None in (hq, tq, tk, dq, _dims(v.shape, self.layout)[3]):
+            raise ShapeError("only the batch axis may be None")
+        if mask is None:
+            return
+        expected = "bool" if mask.dtype == BOOL else "float" if mask.dtype == dtype else None
+        if expected is None:
+            raise ShapeError(f"the mask must be bool or {dtype} like q, got {mask.dtype}")
+        scores = (bq, hq, tq, tk)
+        if mask.ndim > 4 or broadcast_shapes([mask.shape, scores]) != scores:
+            raise ShapeError(
+                f"the mask {format_shape(mask.shape)} does not broadcast to the scores "
+                f"(batch, heads, query time, key time) {format_shape(scores)}"
+            )
+
+    def params(self) -> dict[str, Any]:
+        return {"causal": self.causal, "scale": self.scale, "layout": self.layout, "mask": self.mask}
+
+    def _scores(self, q, k, mask) -> tuple[np.ndarray, np.ndarray]:
+        """Scaled, masked scores (-inf where masked) in (batch, heads, tq, tk)."""
+        s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(self.scale, q.dtype)
+        allowed = np.ones(s.shape, bool)
+        if mask is not None and mask.dtype == BOOL:
+            allowed &= mask
+        elif mask is not None:
+            s = s + mask
+        if self.causal:
+            allowed &= np.tril(np.ones(s.shape[-2:], bool))
+        return np.where(allowed, s, -np.inf)
+
+    def _lse(self, s: np.ndarray) -> np.ndarray:
+        """Row log-sum-exp (keeping the axis); -inf for fully masked rows."""
+        m = s.max(axis=-1, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0)
+        total = np.exp(s - m).sum(axis=-1, keepdims=True)
+        with np.errstate(divide="ignore"):
+            return np.where(total > 0, m + np.log(total), -np.inf)
+
+    def _probabilities(self, s: np.ndarray) -> np.ndarray:
+        lse = self._lse(s)
+        return np.exp(s - np.where(np.isfinite(lse), lse, np.inf))
+
+
+class Attention(_AttentionBase):
+    """Inputs q, k, v (and the mask, if any); the output has q's layout with v's dim."""
+
+    name = "attention"
+
+    def infer(self, q, k, v, *mask):
+        if len(mask) != (self.mask is not None):
+            raise ShapeError(f"expected {'a mask' if self.mask else 'no mask'}, got {len(mask)}")
+        self.check(q, k, v, mask[0] if mask else None)
+        dv = v.shape[3]
+        return TensorType(q.shape[:3] + (dv,), q.dtype)
+
+    def ref(self, q, k, v, *mask):
+        q, k, v = (canonical(a, self.layout) for a in (q, k, v))
+        p = self._probabilities(self._scores(q, k, mask[0] if mask else None))
+        return canonical(np.matmul(p, v), self.layout)
+
+    def grad(self, g, out, q, k, v, *mask):
+        op = AttentionGrad(self.causal, self.scale, self.layout, self.mask, (q.type, k.type, v.type))
+        grads = apply(op, q, k, v, out, g, *mask)
+        return [result(grads, 0), result(grads, 1), result(grads, 2)] + [None] * len(mask)
+
+    @classmethod
+    def example(cls, rng, dims):
+        layout = LAYOUTS[dims[0] % 2]
+        batch, heads, tq, tk, d = dims[0], 2, dims[1] + 1, dims[2] + 2, 3
+        shape = (lambda t, dim: (batch, heads, t, dim)) if layout == "bhtd" else (lambda t, dim: (batch, t, heads, dim))
+        q, k, v = rng.standard_normal(shape(tq, d)), rng.standard_normal(shape(tk, d)), rng.standard_normal(shape(tk, 4))
+        kind = ("bool", "float", None)[(dims[1] + dims[2]) % 3]
+        inputs, differentiable = [q, k, v], [True, True, True]
+        if kind == "bool":  # per batch and key: the padding mask of a batch of sequences
+            inputs.append(rng.uniform(size=(batch, 1, 1, tk)) < 0.7)
+        elif kind == "float":
+            inputs.append(rng.standard_normal((heads, tq, tk)))
+        differentiable += [False] * (len(inputs) - 3)
+        op = cls(bool(dims[2] % 2), 1.0 / math.sqrt(d), layout, kind)
+        return op, Example(inputs, differentiable, {0: 0, 1: 0, 2: 0} | ({3: 0} if kind == "bool" else {}))
+
+
+class AttentionGrad(_AttentionBase):
+    """(dq, dk, dv) from q, k, v, the forward output and its cotangent (and the mask): results
+    0, 1, 2 (picked by `result` nodes)."""
+
+    name = "attention_grad"
+    multi_output = True
+
+    def __init__(self, causal, scale, layout, mask, types: tuple[TensorType, TensorType, TensorType]):
+        super().__init__(causal, scale, layout, mask)
+        self.types = tuple(types)  # of q, k and v: the results'
+
+    def params(self) -> dict[str, Any]:
+        return super().params() | {"types": self.types}
+
+    def infer(self, q, k, v, out, g, *mask):
+        self.check(q, k, v, mask[0] if mask else None)
+        if (q, k, v) != self.types or out.shape != g.shape:
+            raise ShapeError("inputs do not match the attention they differentiate")
+        return TensorType((), q.dtype)  # a token: the results are `result` nodes
+
+    def output_types(self) -> list[TensorType]:
+        return list(self.types)
+
+    def ref(self, q, k, v, out, g, *mask):
+        layout = self.layout
+        q, k, v, out, g = (canonical(a, layout) for a in (q, k, v, out, g))
+        p = self._probabilities(self._scores(q, k, mask[0] if mask else None))
+        dv = np.matmul(np.swapaxes(p, -1, -2), g)
+        dp = np.matmul(g, np.swapaxes(v, -1, -2))
+        ds = p * (dp - np.sum(g * out, axis=-1, keepdims=True)) * np.asarray(self.scale, q.dtype)
+        dq, dk = np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q)
+        return tuple(canonical(a, layout) for a in (dq, dk, dv))
+
+
+def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = None, layout: str = "bhtd"):
+    """softmax(q k^T * scale + mask) v over (batch, heads, time, dim) inputs, like
+    torch.nn.functional.scaled_dot_product_attention: `scale` defaults to 1/sqrt(dim), `causal`
+    masks key j > query i, a bool `mask` marks the pairs that take part (True), a float mask is
+    added to the scores; either broadcasts to (batch, heads, query time, key time). A query
+    no key may attend to gets zeros. layout="bthd" takes (batch, time, heads, dim) inputs and
+    gives that layout back (no transposes after a projection)."""
+    if q.ndim != 4:
+        raise ShapeError(f"attention: q {q.describe()} must be 4-D ({layout})")
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    kind = None
+    inputs = [q, k, v]
+    if mask is not None:
+        mask = mask if isinstance(mask, Node) else q.graph.constant(np.asarray(mask))
+        kind = "bool" if mask.dtype == BOOL else "float" if mask.dtype in FLOAT_DTYPES else str(mask.dtype)
+        inputs.append(mask)
+    return apply(Attention(causal, scale, layout, kind), *inputs)
