@@ -14,6 +14,9 @@ from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
 
+RANDOM_COUNTER = "random/step"  # the state buffer random ops read (Graph.random_stream)
+
+
 class ArrayStore(Mapping[str, np.ndarray]):
     """Live arrays of a graph by name (its parameters, its state buffers). Arrays are never
     replaced, so views stay valid; compiled steps update them in place."""
@@ -42,11 +45,14 @@ class Graph:
     """A DAG declared with inputs, parameters, constants and ops (drug.Graph adds `compile`)."""
 
     def __init__(self, seed: int = 0, dtype: str = "float32"):
+        self.seed = seed  # of the initial parameters (rng) and of the random ops' keys
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.params = ArrayStore("parameter")
         self.state = ArrayStore("state buffer")  # not trained, updated by steps: batch-norm statistics, RNG counters
         self._named: dict[str, Node] = {}
+        self._random_counter: Node | None = None
+        self._random_ops = 0
 
     def __getitem__(self, name: str) -> Node:
         try:
@@ -107,6 +113,19 @@ class Graph:
         node = self._leaf(BufferOp(), TensorType(array.shape, array.dtype), name)
         self.state._add(name, array)
         return node
+
+    def random_stream(self) -> tuple[Node, int]:
+        """For a new random op: the graph's step counter (an int64 state buffer, created on first
+        use, that compiled functions drawing random numbers advance by one per call) and the op's
+        salt, its number among the graph's random ops in construction order."""
+        if self._random_counter is None:
+            self._random_counter = self.buffer(RANDOM_COUNTER, 0, "int64")
+        self._random_ops += 1
+        return self._random_counter, self._random_ops - 1
+
+    @property
+    def random_counter(self) -> Node | None:
+        return self._random_counter
 
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:
         """A fixed value baked into the compiled code; float data takes the graph's dtype, bool

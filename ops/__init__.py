@@ -39,6 +39,7 @@ from .indexing import argmax, argmin, cumsum, gather, take
 from .norm import layer_norm, rms_norm
 from .numeric import abs, clip, cos, erf, maximum, minimum, pow, rsqrt, sign, sin, square
 from .padding import pad
+from .random import dropout, random_normal, random_uniform
 from .shape import broadcast_to, expand_dims, squeeze
 
 register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, getitem=getitem, transpose=transpose)
@@ -55,9 +56,9 @@ __all__ = [
     "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip
 __all__ += [  # model language I
-    "abs", "argmax", "attention", "argmin", "broadcast_to", "cast", "clip", "cos", "cumsum", "elu", "equal", "erf",
+    "abs", "argmax", "attention", "argmin", "broadcast_to", "cast", "clip", "cos", "cumsum", "dropout", "elu", "equal", "erf",
     "expand_dims", "gather", "gelu", "greater", "greater_equal", "layer_norm", "leaky_relu", "less", "less_equal",
     "logical_and",
-    "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal", "pad", "pow", "rms_norm", "rsqrt", "sign",
+    "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal", "pad", "pow", "random_normal", "random_uniform", "rms_norm", "rsqrt", "sign",
     "silu", "sin", "softplus", "square", "squeeze", "stop_gradient", "take", "where",
 ]  # fmt: skip

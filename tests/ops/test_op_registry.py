@@ -40,6 +40,7 @@ NO_EXAMPLE = {
     "rms_norm_grad": "rms_norm's gradient, checked through it (no second derivative)",
     "attention_grad": "attention's gradient (three results), checked through attention",
     "result": "picks one result of a multi-output op (attention_grad); tested with it",
+    "dropout": "mode-dependent: replaced by what it computes in each mode; tests/ops/test_random.py",
 }
 
 

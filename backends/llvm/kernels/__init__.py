@@ -1,4 +1,4 @@
 """The native code of each op, one module per op family, registered per op class (lowering.py).
 Importing this package registers them all."""
 
-from . import attention, conv, indexing, linalg, nn, norm, padding, scan, shape  # noqa: F401
+from . import attention, conv, indexing, linalg, nn, norm, padding, random, scan, shape  # noqa: F401
