@@ -19,7 +19,7 @@ import numpy as np
 from ..core.errors import GraphError, ShapeError
 from ..core.node import Node, apply
 from ..core.op import Example, Op, Specialized
-from ..core.types import FLOAT_DTYPES, TensorType, format_shape, normalize_shape
+from ..core.types import FLOAT_DTYPES, INT_DTYPES, TensorType, format_shape, normalize_shape
 from .elementwise import mul, zeros_like
 from .logic import greater_equal, where
 
@@ -100,8 +100,8 @@ class Random(Op):
     shape_only_inputs = (1,)
 
     def infer(self, counter, *like):
-        if counter.shape != () or counter.dtype != np.int64:
-            raise ShapeError(f"the step counter must be an int64 scalar, got {counter}")
+        if counter.shape != () or counter.dtype not in INT_DTYPES:
+            raise ShapeError(f"the step counter must be an integer scalar, got {counter}")
         if self.distribution not in DISTRIBUTIONS or self.dtype not in FLOAT_DTYPES:
             raise ShapeError(f"draws {DISTRIBUTIONS} of float32 or float64, not {self.distribution} {self.dtype}")
         if (self.shape is None) != bool(like) or len(like) > 1:

@@ -64,6 +64,7 @@ def _random(k, node):
     def span(ctx, lo, hi):
         b = ctx.b
         step = ctx.load(counter, i64(0))
+        step = step if step.type == I64 else b.sext(step, I64, name="step")
         step_lo, step_hi = b.trunc(step, I32, name="step.lo"), b.trunc(b.lshr(step, i64(32)), I32, name="step.hi")
         type_ = ctx.scalar(node).type
         with for_range(b, hi, "i", start=lo) as i:
