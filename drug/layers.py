@@ -12,15 +12,21 @@ import itertools
 import weakref
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from .compiler.scan import scan as scan_loop
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
 from .core.node import Node
 from .core.types import format_shape
-from .ops import concat, conv2d, embedding, relu, reshape, sigmoid, tanh, transpose
+from .ops import (
+    attention, concat, conv2d, dropout, elu, embedding, gelu, layer_norm, leaky_relu, relu, reshape, rms_norm,
+    sigmoid, silu, tanh, transpose,
+)  # fmt: skip
 
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
+ACTIVATIONS |= {"gelu": gelu, "gelu_tanh": lambda x: gelu(x, "tanh"), "silu": silu, "elu": elu, "leaky_relu": leaky_relu}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
 
 
@@ -193,29 +199,37 @@ class _Recurrent(Layer):
     def step(self, projected: Node, h: Node | None) -> Node:
         raise NotImplementedError
 
-    def sequence(self, xs: Node, h0: Node | None = None, scan: bool = False) -> tuple[Node, Node]:
+    def sequence(self, xs: Node, h0=None, scan: bool = False):
         """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state).
-        `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps."""
+        `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps. The state
+        is h (an LSTM's is the pair (h, c)); `h0=None` starts from zeros."""
         if xs.ndim != 3:
             raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
         projected = self.project(xs)  # all time steps in one matmul
         if scan:
-            if h0 is None:  # the zero state, with the batch's size
-                h0 = projected[:, 0, : self.hidden] * 0.0
+            state = h0 if h0 is not None else self.zero_state(projected[:, 0, : self.hidden] * 0.0)
 
-            def body(h: Node, p: Node) -> tuple[Node, Node]:
-                h = self.step(p, h)
-                return h, h
+            def body(state, p: Node):
+                state = self.step(p, state)
+                return state, self.output(state)
 
-            last, states = scan_loop(body, h0, transpose(projected, (1, 0, 2)))  # over (T, batch, ...)
+            last, states = scan_loop(body, state, transpose(projected, (1, 0, 2)))  # over (T, batch, ...)
             return transpose(states, (1, 0, 2)), last
-        h, states = h0, []
+        state, states = h0, []
         for t in range(xs.shape[1]):
-            h = self.step(projected[:, t, :], h)
-            states.append(reshape(h, (None, 1, self.hidden)))
+            state = self.step(projected[:, t, :], state)
+            states.append(reshape(self.output(state), (None, 1, self.hidden)))
         if not states:
             raise ShapeError(f"{self.kind} layer '{self.name}': empty sequence {format_shape(xs.shape)}")
-        return concat(states, axis=1), h
+        return concat(states, axis=1), state
+
+    def zero_state(self, zeros: Node):
+        """The zero state, from a (batch, hidden) node of zeros."""
+        return zeros
+
+    def output(self, state) -> Node:
+        """What the cell emits at each step: its state (an LSTM's h)."""
+        return state
 
 
 class RNNCell(_Recurrent):
@@ -251,3 +265,201 @@ class GRUCell(_Recurrent):
         z = sigmoid(pz + hu[..., H : 2 * H])
         n = tanh(pn + r * hu[..., 2 * H :])
         return (1.0 - z) * n + z * h
+
+
+class LSTMCell(_Recurrent):
+    """Long short-term memory with PyTorch's formula and gate order (i, f, g, o):
+    i = σ(x w_i + h u_i + b_i), f = σ(x w_f + h u_f + b_f), g = tanh(x w_g + h u_g + b_g),
+    o = σ(x w_o + h u_o + b_o), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c'). The state is (h, c);
+    one bias per gate (PyTorch's b_ih + b_hh)."""
+
+    kind = "lstm"
+    gates = ("i", "f", "g", "o")
+
+    def __call__(self, x: Node, state: tuple[Node, Node] | None = None) -> tuple[Node, Node]:
+        """One step: the new (h, c). `state=None` is the zero state."""
+        return self.step(self.project(x), state)
+
+    def step(self, projected: Node, state: tuple[Node, Node] | None) -> tuple[Node, Node]:
+        H = self.hidden
+        if state is not None:
+            h, c = state
+            projected = projected + h @ self.u
+        i, f = sigmoid(projected[..., :H]), sigmoid(projected[..., H : 2 * H])
+        g, o = tanh(projected[..., 2 * H : 3 * H]), sigmoid(projected[..., 3 * H :])
+        c_next = i * g if state is None else f * c + i * g  # the zero state has c = 0
+        return o * tanh(c_next), c_next
+
+    def zero_state(self, zeros: Node) -> tuple[Node, Node]:
+        return zeros, zeros
+
+    def output(self, state: tuple[Node, Node]) -> Node:
+        return state[0]
+
+
+# Transformer layers: normalization, dropout, attention, positions and the pre-norm block.
+
+
+class LayerNorm(Layer):
+    """dg.layer_norm over the last axis, then a learned scale (ones) and bias (zeros)."""
+
+    kind = "layernorm"
+
+    def __init__(self, eps: float = 1e-5, name: str | None = None):
+        super().__init__(name)
+        self.eps = float(eps)
+
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            self._param("scale", (x.shape[-1],), "ones")
+            self._param("bias", (x.shape[-1],), "zeros")
+        self._expect(x, -1, self.params["scale"].shape[0], "features")
+        return layer_norm(x, -1, self.eps) * self.params["scale"] + self.params["bias"]
+
+
+class RMSNorm(Layer):
+    """dg.rms_norm over the last axis, then a learned scale (ones)."""
+
+    kind = "rmsnorm"
+
+    def __init__(self, eps: float = 1e-6, name: str | None = None):
+        super().__init__(name)
+        self.eps = float(eps)
+
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            self._param("scale", (x.shape[-1],), "ones")
+        self._expect(x, -1, self.params["scale"].shape[0], "features")
+        return rms_norm(x, -1, self.eps) * self.params["scale"]
+
+
+class Dropout(Layer):
+    """dg.dropout with a fixed rate: active in train steps, the identity in predictors."""
+
+    kind = "dropout"
+
+    def __init__(self, rate: float, name: str | None = None):
+        super().__init__(name)
+        if not 0.0 <= float(rate) < 1.0:
+            raise GraphError(f"dropout layer: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return x if self.rate == 0.0 else dropout(x, self.rate)
+
+
+class MultiHeadAttention(Layer):
+    """Attention with `heads` heads over x (batch, T, d) and a context (batch, S, d) (x itself by
+    default): q = x w_q + b_q, k and v likewise from the context, dg.attention per head (in the
+    projections' own (batch, T, heads, d/heads) layout: no transposes), then out = a w_o + b_o."""
+
+    kind = "mha"
+
+    def __init__(self, heads: int, causal: bool = False, dropout: float = 0.0, name: str | None = None):
+        super().__init__(name)
+        self.heads, self.causal = int(heads), bool(causal)
+        self.drop = Dropout(dropout) if dropout else None
+
+    def __call__(self, x: Node, context: Node | None = None, mask: Node | None = None) -> Node:
+        context = x if context is None else context
+        if x.ndim != 3 or context.ndim != 3:
+            raise ShapeError(f"mha layer '{self.name}': inputs {x.describe()} must be (batch, T, features)")
+        d = x.shape[-1]
+        if self._bind(x):
+            if d % self.heads:
+                raise ShapeError(f"mha layer '{self.name}': {d} features do not split into {self.heads} heads")
+            for role in ("q", "k", "v", "o"):
+                self._param(f"w_{role}", (d if role != "k" and role != "v" else context.shape[-1], d))
+            for role in ("q", "k", "v", "o"):
+                self._param(f"b_{role}", (d,), "zeros")
+        self._expect(x, -1, self.params["w_q"].shape[0], "features")
+        self._expect(context, -1, self.params["w_k"].shape[0], "features")
+        p, dh = self.params, d // self.heads
+
+        def heads(t: Node, role: str) -> Node:
+            return reshape(t @ p[f"w_{role}"] + p[f"b_{role}"], (t.shape[0], t.shape[1], self.heads, dh))
+
+        a = attention(heads(x, "q"), heads(context, "k"), heads(context, "v"), mask, self.causal, layout="bthd")
+        out = reshape(a, (x.shape[0], x.shape[1], d)) @ p["w_o"] + p["b_o"]
+        return self.drop(out) if self.drop is not None else out
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+    """The (length, dim) table of "Attention is all you need": sin(pos / 10000^(2i/dim)) in even
+    columns, cos in odd ones."""
+    position = np.arange(length)[:, None]
+    frequency = np.exp(-np.log(10000.0) * np.arange(0, dim, 2) / dim)
+    table = np.zeros((length, dim))
+    table[:, 0::2] = np.sin(position * frequency)
+    table[:, 1::2] = np.cos(position * frequency)[:, : dim // 2]
+    return table
+
+
+class PositionalEmbedding(Layer):
+    """Adds a position vector to each step of x (batch, T, d), T <= max_len: learned (a
+    (max_len, d) parameter) or the fixed sinusoidal table (kind="sinusoidal", a constant)."""
+
+    kind = "positions"
+
+    def __init__(self, max_len: int, kind: str = "learned", init="normal", name: str | None = None):
+        super().__init__(name)
+        if kind not in ("learned", "sinusoidal"):
+            raise GraphError(f"positional embedding kind must be 'learned' or 'sinusoidal', got {kind!r}")
+        self.max_len, self.kind_, self.init = int(max_len), kind, init
+        self.table: Node | None = None
+
+    def __call__(self, x: Node) -> Node:
+        if x.ndim != 3 or x.shape[1] is None or x.shape[1] > self.max_len:
+            raise ShapeError(f"positions layer '{self.name}': input {x.describe()} must be (batch, T <= {self.max_len}, d)")
+        if self._bind(x):
+            d = x.shape[-1]
+            if self.kind_ == "learned":
+                self.table = self._param("table", (self.max_len, d), self.init)
+            else:
+                self.table = x.graph.constant(sinusoidal_positions(self.max_len, d), name=f"{self.name}/table")
+        self._expect(x, -1, self.table.shape[1], "features")
+        t = x.shape[1]
+        return x + (self.table if t == self.max_len else self.table[:t])
+
+
+class TransformerBlock(Layer):
+    """A pre-norm transformer block: x + drop(attn(ln1(x))), then + drop(mlp(ln2(x))) with the MLP
+    d -> mlp_ratio * d (activation, GELU by default) -> d."""
+
+    kind = "block"
+
+    def __init__(
+        self,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
+        activation: Activation = "gelu",
+        eps: float = 1e-5,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        self.heads, self.mlp_ratio, self.rate, self.causal = int(heads), mlp_ratio, float(dropout), causal
+        self.activation, self.eps = activation, eps
+        self.layers: dict[str, Layer] = {}
+
+    def __call__(self, x: Node, mask: Node | None = None) -> Node:
+        if x.ndim != 3:
+            raise ShapeError(f"block layer '{self.name}': input {x.describe()} must be (batch, T, features)")
+        if self._bind(x):
+            d, n = x.shape[-1], self.name
+            self.layers = {
+                "ln1": LayerNorm(self.eps, name=f"{n}/ln1"),
+                "attn": MultiHeadAttention(self.heads, self.causal, name=f"{n}/attn"),
+                "ln2": LayerNorm(self.eps, name=f"{n}/ln2"),
+                "fc1": Dense(int(self.mlp_ratio * d), activation=self.activation, name=f"{n}/fc1"),
+                "fc2": Dense(d, name=f"{n}/fc2"),
+                "drop": Dropout(self.rate, name=f"{n}/drop"),
+            }
+        layer = self.layers
+        x = x + layer["drop"](layer["attn"](layer["ln1"](x), mask=mask))
+        x = x + layer["drop"](layer["fc2"](layer["fc1"](layer["ln2"](x))))
+        for sub in layer.values():
+            self.params |= {f"{sub.name}/{role}": node for role, node in sub.params.items()}
+        return x
