@@ -19,7 +19,7 @@ from drug.datasets import CharVocab, ptb_chars, ptb_vocab
 from drug.decoding import log_softmax, sample
 
 # --smoke: a tiny model on a slice of the data, so a run takes seconds (explicit flags still win)
-SMOKE = {"dim": 32, "layers": 1, "heads": 2, "seq": 32, "batch": 8, "steps_per_epoch": 20, "generate": 40}
+SMOKE = {"dim": 32, "layers": 1, "heads": 2, "seq": 32, "batch": 8, "steps_per_epoch": 20, "warmup": 10, "generate": 40}
 SMOKE_CHARS = {"train": 20_000, "valid": 3_000, "test": 3_000}
 
 

@@ -58,7 +58,11 @@ class _AttentionBase(Op):
         if expected is None:
             raise ShapeError(f"the mask must be bool or {dtype} like q, got {mask.dtype}")
         scores = (bq, hq, tq, tk)
-        if mask.ndim > 4 or broadcast_shapes([mask.shape, scores]) != scores:
+        try:
+            fits = mask.ndim <= 4 and broadcast_shapes([mask.shape, scores]) == scores
+        except ShapeError:
+            fits = False
+        if not fits:
             raise ShapeError(
                 f"the mask {format_shape(mask.shape)} does not broadcast to the scores "
                 f"(batch, heads, query time, key time) {format_shape(scores)}"

@@ -126,28 +126,35 @@ class Random(Op):
 
 class Dropout(Op):
     """Inverted dropout: in a training step each element is kept with probability 1 - rate and
-    scaled by 1 / (1 - rate), or zeroed; in inference it is the identity."""
+    scaled by 1 / (1 - rate), or zeroed; in inference it is the identity. Inputs: x, the step
+    counter and, optionally, the node whose shape the mask is drawn for (x by default: the
+    gradient, a dropout of its own with the same key, draws for x and so gets x's mask)."""
 
     name = "dropout"
-    arity = 2  # x and the step counter
     mode_dependent = True
 
     def __init__(self, rate: float, key: tuple[int, int]):
         self.rate, self.key_words = float(rate), tuple(key)
 
-    def infer(self, x, counter):
+    def infer(self, x, counter, *like):
         if x.dtype not in FLOAT_DTYPES:
             raise ShapeError(f"needs float input, got {x.dtype}")
+        if like and like[0].shape != x.shape:
+            raise ShapeError(f"the mask is drawn for {format_shape(like[0].shape)}, not {format_shape(x.shape)}")
         return x
 
     def specialize(self, inputs, training):
-        x, counter = inputs
+        x, counter, *like = inputs
         if not training or self.rate == 0.0:
             return Specialized(x)
-        like = (x,) if None in x.shape else ()
-        u = apply(Random("uniform", self.key_words, None if like else x.shape, x.dtype), counter, *like)
+        source = like[0] if like else x
+        batched = (source,) if None in source.shape else ()
+        u = apply(Random("uniform", self.key_words, None if batched else x.shape, x.dtype), counter, *batched)
         kept = greater_equal(u, self.rate)
         return Specialized(where(kept, mul(x, 1.0 / (1.0 - self.rate)), zeros_like(x)))
+
+    def grad(self, g, out, x, counter, *like):
+        return [apply(Dropout(self.rate, self.key_words), g, counter, like[0] if like else x), None] + [None] * len(like)
 
     def params(self) -> dict[str, Any]:
         return {"rate": self.rate, "key": self.key_words}
