@@ -24,8 +24,9 @@ from llvmlite import ir
 from ....core.node import Node
 from ....ops.attention import Attention, AttentionGrad
 from ....ops.multi import Result
-from ..irutil import I32, I64, PTR, STATUS_OUT_OF_MEMORY, dim_value, for_range, i64, llvm_type
+from ..irutil import I32, I64, dim_value, for_range, i64, llvm_type
 from ..lowering import kernel
+from ..threads import thread_count
 from .nn import _entry_alloca
 
 QUERY_BLOCK = 64
@@ -94,19 +95,14 @@ class _Block:
         self.bq, self.bk = min(QUERY_BLOCK, self.tq), min(KEY_BLOCK, self.tk)
         self.mask = _Mask.of(mask, op.mask == "bool")
 
-    # scratch memory of the thread: malloc'd once per call of the range function
-    def allocate(self, elements: int) -> tuple[ir.Value, ir.Value]:
-        """(pointer, failed) for `elements` of scratch of the dtype."""
+    def scratch(self, elements: int) -> ir.Value:
+        """This thread's part of the kernel's workspace (`elements` long, one part per thread)."""
         b = self.b
         module = b.module
-        malloc = module.globals.get("malloc") or ir.Function(module, ir.FunctionType(PTR, [I64]), "malloc")
-        pointer = b.call(malloc, [i64(max(elements, 1) * self.dtype.itemsize)], name="scratch")
-        return pointer, b.icmp_unsigned("==", pointer, ir.Constant(PTR, None))
-
-    def free(self, pointer: ir.Value) -> None:
-        module = self.b.module
-        free = module.globals.get("free") or ir.Function(module, ir.FunctionType(ir.VoidType(), [PTR]), "free")
-        self.b.call(free, [pointer])
+        name = "omp_get_thread_num"
+        thread_num = module.globals.get(name) or ir.Function(module, ir.FunctionType(I32, []), name)
+        thread = b.sext(b.call(thread_num, [], name="thread"), I64)
+        return self.at(self.ctx.workspace(self.node), b.mul(thread, i64(elements)), "scratch")
 
     def at(self, pointer: ir.Value, offset: ir.Value, name: str = "at") -> ir.Value:
         return self.b.gep(pointer, [offset], source_etype=self.real, inbounds=True, name=name)
@@ -211,7 +207,32 @@ def _pair(block: _Block, p: ir.Value, *tensors: _Heads) -> tuple:
     return batch, head, [t.start(b, batch, head) for t in tensors]
 
 
-@kernel(Attention, uses_blas=True)
+def _forward_scratch(bq: int, bk: int, dv: int) -> int:
+    """Elements of a thread's scratch in the forward pass: a block of scores, the (bq, dv) running
+    p v, and the running max and sum of each query row."""
+    return bq * bk + bq * dv + 2 * bq
+
+
+def _backward_scratch(bq: int, bk: int, tq: int, tk: int, d: int, dv: int) -> int:
+    """... in the backward pass: blocks of p and dp, the log-sum-exp and g.out of each query row,
+    and room for a (batch, head) pair's dq, dk, dv (for a gradient nobody reads)."""
+    return 2 * bq * bk + 2 * bq + tq * d + tk * d + tk * dv
+
+
+def _workspace(node: Node, backward: bool):
+    """One scratch part per OpenMP thread of the step (the thread count is part of the compiled
+    code's key, through the buffer sizes)."""
+    q, k, v = node.inputs[:3]
+    qh, kh, vh = (_heads(t, node.op.layout) for t in (q, k, v))
+    bq, bk = min(QUERY_BLOCK, qh.time), min(KEY_BLOCK, kh.time)
+    if backward:
+        per_thread = _backward_scratch(bq, bk, qh.time, kh.time, qh.dim, vh.dim)
+    else:
+        per_thread = _forward_scratch(bq, bk, vh.dim)
+    return (thread_count() * per_thread,), q.dtype
+
+
+@kernel(Attention, uses_blas=True, workspace=lambda node: _workspace(node, backward=False))
 def _attention(k, node):
     q, kk, v = node.inputs[:3]
     mask = node.inputs[3] if len(node.inputs) > 3 else None
@@ -228,9 +249,7 @@ def _forward_span(blk: _Block, lo: ir.Value, hi: ir.Value) -> ir.Value:
     b, ctx, f = blk.b, blk.ctx, blk.f
     oh = _heads(blk.node, blk.op.layout)
     dv = blk.vh.dim
-    scratch, failed = blk.allocate(blk.bq * blk.bk + blk.bq * dv + 2 * blk.bq)
-    with b.if_then(failed, likely=False):
-        b.ret(ir.Constant(I32, STATUS_OUT_OF_MEMORY))
+    scratch = blk.scratch(_forward_scratch(blk.bq, blk.bk, dv))
     acc = blk.at(scratch, i64(blk.bq * blk.bk), "acc")  # (bq, dv) running p v
     running_max = blk.at(scratch, i64(blk.bq * blk.bk + blk.bq * dv), "running_max")
     running_sum = blk.at(scratch, i64(blk.bq * blk.bk + blk.bq * dv + blk.bq), "running_sum")
@@ -272,11 +291,10 @@ def _forward_span(blk: _Block, lo: ir.Value, hi: ir.Value) -> ir.Value:
                 row = b.add(o_start, b.mul(b.add(i0, r), i64(oh.row_stride)), name="out_row")
                 with for_range(b, i64(dv), "c") as c:
                     ctx.store(blk.node, b.add(row, c), f.mul(blk.get(acc, b.add(b.mul(r, i64(dv)), c)), inverse))
-    blk.free(scratch)
     return ir.Constant(I32, 0)
 
 
-@kernel(AttentionGrad, uses_blas=True)
+@kernel(AttentionGrad, uses_blas=True, workspace=lambda node: _workspace(node, backward=True))
 def _attention_grad(k, node):
     q, kk, v, out, g = node.inputs[:5]
     mask = node.inputs[5] if len(node.inputs) > 5 else None
@@ -295,19 +313,14 @@ def _backward_span(blk: _Block, out: Node, g: Node, results: dict, lo, hi) -> ir
     oh = _heads(out, blk.op.layout)
     qh, kh, vh = blk.qh, blk.kh, blk.vh
     block = blk.bq * blk.bk
-    # results nobody reads still get computed (their products feed the others): into scratch
-    missing = {i: (h.time * h.dim) for i, h in enumerate((qh, kh, vh)) if i not in results}
-    extra = sum(missing.values())
-    scratch, failed = blk.allocate(2 * block + 2 * blk.bq + extra)
-    with b.if_then(failed, likely=False):
-        b.ret(ir.Constant(I32, STATUS_OUT_OF_MEMORY))
+    scratch = blk.scratch(_backward_scratch(blk.bq, blk.bk, blk.tq, blk.tk, qh.dim, vh.dim))
     probs, dprobs = scratch, blk.at(scratch, i64(block), "dprobs")
     lse = blk.at(scratch, i64(2 * block), "lse")
     dot = blk.at(scratch, i64(2 * block + blk.bq), "dot")  # per row: sum(g * out)
-    offset, private = 2 * block + 2 * blk.bq, {}
-    for i, size in missing.items():
+    offset, private = 2 * block + 2 * blk.bq, {}  # results nobody reads still get computed: into scratch
+    for i, h in enumerate((qh, kh, vh)):
         private[i] = blk.at(scratch, i64(offset), f"private{i}")
-        offset += size
+        offset += h.time * h.dim
     single = blk.tk <= blk.bk  # one key block: the log-sum-exp comes with the gradient pass
     with for_range(b, hi, "pair", start=lo) as p:
         batch, head, (q_start, k_start, v_start, o_start) = _pair(blk, p, qh, kh, vh, oh)
@@ -381,7 +394,6 @@ def _backward_span(blk: _Block, out: Node, g: Node, results: dict, lo, hi) -> ir
                     ctx.element(blk.q, b.add(q_start, b.mul(i0, i64(qh.row_stride)))), i64(qh.row_stride),
                     blk.at(dk, b.mul(j0, i64(ldk))), i64(ldk), beta=1.0,
                 )  # fmt: skip
-    blk.free(scratch)
     return ir.Constant(I32, 0)
 
 
