@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import GraphError
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program

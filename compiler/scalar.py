@@ -21,10 +21,10 @@ import numpy as np
 from ..core.node import Node
 from ..core.op import Op
 from ..ops import activations as act
-from ..ops.cast import Cast
 from ..ops import elementwise as ew
 from ..ops import logic
 from ..ops import numeric as num
+from ..ops.cast import Cast
 from ..ops.reduce import Count
 from ..ops.shape import BroadcastLike, BroadcastTo
 from . import tracing

@@ -13,7 +13,6 @@ from .node import Node
 from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
-
 RANDOM_COUNTER = "random/step"  # the state buffer random ops read (Graph.random_stream)
 
 

@@ -20,13 +20,33 @@ from .core.graph import Graph
 from .core.node import Node
 from .core.types import format_shape
 from .ops import (
-    attention, concat, conv2d, dropout, elu, embedding, gelu, layer_norm, leaky_relu, relu, reshape, rms_norm,
-    sigmoid, silu, tanh, transpose,
+    attention,
+    concat,
+    conv2d,
+    dropout,
+    elu,
+    embedding,
+    gelu,
+    layer_norm,
+    leaky_relu,
+    relu,
+    reshape,
+    rms_norm,
+    sigmoid,
+    silu,
+    tanh,
+    transpose,
 )  # fmt: skip
 
 Activation = str | Callable[[Node], Node] | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
-ACTIVATIONS |= {"gelu": gelu, "gelu_tanh": lambda x: gelu(x, "tanh"), "silu": silu, "elu": elu, "leaky_relu": leaky_relu}
+ACTIVATIONS |= {
+    "gelu": gelu,
+    "gelu_tanh": lambda x: gelu(x, "tanh"),
+    "silu": silu,
+    "elu": elu,
+    "leaky_relu": leaky_relu,
+}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
 
 
@@ -411,7 +431,9 @@ class PositionalEmbedding(Layer):
 
     def __call__(self, x: Node) -> Node:
         if x.ndim != 3 or x.shape[1] is None or x.shape[1] > self.max_len:
-            raise ShapeError(f"positions layer '{self.name}': input {x.describe()} must be (batch, T <= {self.max_len}, d)")
+            raise ShapeError(
+                f"positions layer '{self.name}': input {x.describe()} must be (batch, T <= {self.max_len}, d)"
+            )
         if self._bind(x):
             d = x.shape[-1]
             if self.kind_ == "learned":

@@ -36,11 +36,13 @@ def forward(torch, p: dict, ids, args, training: bool):
         b = f"block{i}"
         h = norm(x, f"{b}/ln1")
 
-        def split(role):
-            projected = torch.addmm(p[f"{b}/attn/b_{role}"], h.reshape(-1, d), p[f"{b}/attn/w_{role}"])
-            return projected.view(batch, seq, heads, d // heads).transpose(1, 2)
-
-        a = F.scaled_dot_product_attention(split("q"), split("k"), split("v"), is_causal=True)
+        q, k, v = (
+            torch.addmm(p[f"{b}/attn/b_{role}"], h.reshape(-1, d), p[f"{b}/attn/w_{role}"])
+            .view(batch, seq, heads, d // heads)
+            .transpose(1, 2)
+            for role in "qkv"
+        )
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         a = torch.addmm(p[f"{b}/attn/b_o"], a.transpose(1, 2).reshape(-1, d), p[f"{b}/attn/w_o"]).view(batch, seq, d)
         x = x + dropout(a)
         x = x + dropout(dense(F.gelu(dense(norm(x, f"{b}/ln2"), f"{b}/fc1")), f"{b}/fc2"))
@@ -66,7 +68,9 @@ def train_torch(args, splits: dict, initial: dict[str, np.ndarray], vocab: int) 
         for group in opt.param_groups:
             group["lr"] = schedule(args, step, total)
         logits = forward(torch, p, torch.from_numpy(inputs), args, training=True)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), torch.from_numpy(targets).long().reshape(-1))
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, vocab), torch.from_numpy(targets).long().reshape(-1)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -5,6 +5,11 @@ graph nodes their operators."""
 from ..core.node import register_operators
 from ..core.op import REGISTRY, Example, Op
 from . import collective  # noqa: F401 (registers allreduce_sum)
+
+# Model language I (transformers): activations, numeric functions, comparisons and masks, casts.
+from .activations import elu, gelu, leaky_relu, silu, softplus, stop_gradient
+from .attention import attention
+from .cast import cast
 from .conv import conv2d
 from .elementwise import (
     Elementwise,
@@ -22,25 +27,28 @@ from .elementwise import (
     tanh,
     zeros_like,
 )  # fmt: skip
-from .linalg import matmul
-from .nn import avg_pool2d, embedding, global_pool, max_pool2d, one_hot, softmax, softmax_cross_entropy
-from .reduce import max, mean, min, sum
-from .shape import broadcast_like, concat, getitem, reshape, sum_to, transpose
-
-# Model language I (transformers): activations, numeric functions, comparisons and masks, casts.
-from .activations import elu, gelu, leaky_relu, silu, softplus, stop_gradient
-from .attention import attention
-from .cast import cast
-from .logic import (
-    equal, greater, greater_equal, less, less_equal, logical_and, logical_not, logical_or, logical_xor,
-    not_equal, where,
-)  # fmt: skip
 from .indexing import argmax, argmin, cumsum, gather, take
+from .linalg import matmul
+from .logic import (
+    equal,
+    greater,
+    greater_equal,
+    less,
+    less_equal,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
+    not_equal,
+    where,
+)  # fmt: skip
+from .nn import avg_pool2d, embedding, global_pool, max_pool2d, one_hot, softmax, softmax_cross_entropy
 from .norm import layer_norm, rms_norm
 from .numeric import abs, clip, cos, erf, maximum, minimum, pow, rsqrt, sign, sin, square
 from .padding import pad
 from .random import dropout, random_normal, random_uniform
-from .shape import broadcast_to, expand_dims, squeeze
+from .reduce import max, mean, min, sum
+from .shape import broadcast_like, broadcast_to, concat, expand_dims, getitem, reshape, squeeze, sum_to, transpose
 
 register_operators(add=add, sub=sub, mul=mul, div=div, neg=neg, matmul=matmul, getitem=getitem, transpose=transpose)
 register_operators(
@@ -56,9 +64,9 @@ __all__ = [
     "softmax_cross_entropy", "sqrt", "sub", "sum", "tanh", "transpose",
 ]  # fmt: skip
 __all__ += [  # model language I
-    "abs", "argmax", "attention", "argmin", "broadcast_to", "cast", "clip", "cos", "cumsum", "dropout", "elu", "equal", "erf",
-    "expand_dims", "gather", "gelu", "greater", "greater_equal", "layer_norm", "leaky_relu", "less", "less_equal",
-    "logical_and",
-    "logical_not", "logical_or", "logical_xor", "maximum", "minimum", "not_equal", "pad", "pow", "random_normal", "random_uniform", "rms_norm", "rsqrt", "sign",
-    "silu", "sin", "softplus", "square", "squeeze", "stop_gradient", "take", "where",
+    "abs", "argmax", "argmin", "attention", "broadcast_to", "cast", "clip", "cos", "cumsum", "dropout", "elu",
+    "equal", "erf", "expand_dims", "gather", "gelu", "greater", "greater_equal", "layer_norm", "leaky_relu",
+    "less", "less_equal", "logical_and", "logical_not", "logical_or", "logical_xor", "maximum", "minimum",
+    "not_equal", "pad", "pow", "random_normal", "random_uniform", "rms_norm", "rsqrt", "sign", "silu", "sin",
+    "softplus", "square", "squeeze", "stop_gradient", "take", "where",
 ]  # fmt: skip

@@ -123,7 +123,11 @@ class Attention(_AttentionBase):
         layout = LAYOUTS[dims[0] % 2]
         batch, heads, tq, tk, d = dims[0], 2, dims[1] + 1, dims[2] + 2, 3
         shape = (lambda t, dim: (batch, heads, t, dim)) if layout == "bhtd" else (lambda t, dim: (batch, t, heads, dim))
-        q, k, v = rng.standard_normal(shape(tq, d)), rng.standard_normal(shape(tk, d)), rng.standard_normal(shape(tk, 4))
+        q, k, v = (
+            rng.standard_normal(shape(tq, d)),
+            rng.standard_normal(shape(tk, d)),
+            rng.standard_normal(shape(tk, 4)),
+        )
         kind = ("bool", "float", None)[(dims[1] + dims[2]) % 3]
         inputs, differentiable = [q, k, v], [True, True, True]
         if kind == "bool":  # per batch and key: the padding mask of a batch of sequences

@@ -12,7 +12,7 @@ import numpy as np
 from ..core.errors import ShapeError
 from ..core.node import apply
 from ..core.op import Example, Op, same_float_dtype
-from ..core.types import Shape, TensorType, normalize_axes
+from ..core.types import Shape, normalize_axes
 
 
 def row_axes(shape: Shape, axis) -> tuple[int, ...]:
@@ -35,7 +35,6 @@ class _RowNorm(Op):
     def _stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mean, rstd) kept as size-1 axes; mean is 0 for rms_norm."""
         raise NotImplementedError
-
 
 
 class _Forward(_RowNorm):

@@ -154,7 +154,9 @@ class Dropout(Op):
         return Specialized(where(kept, mul(x, 1.0 / (1.0 - self.rate)), zeros_like(x)))
 
     def grad(self, g, out, x, counter, *like):
-        return [apply(Dropout(self.rate, self.key_words), g, counter, like[0] if like else x), None] + [None] * len(like)
+        return [apply(Dropout(self.rate, self.key_words), g, counter, like[0] if like else x), None] + [None] * len(
+            like
+        )
 
     def params(self) -> dict[str, Any]:
         return {"rate": self.rate, "key": self.key_words}

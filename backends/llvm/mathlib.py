@@ -106,7 +106,9 @@ def emit(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
     if name not in SUPPORTED:
         raise ValueError(f"mathlib: unsupported function {name!r}; expected one of {sorted(SUPPORTED)}")
     if not all(isinstance(a.type, (ir.FloatType, ir.DoubleType)) and a.type == args[0].type for a in args):
-        raise TypeError(f"mathlib.{name}: expected float or double values of one type, got {[str(a.type) for a in args]}")
+        raise TypeError(
+            f"mathlib.{name}: expected float or double values of one type, got {[str(a.type) for a in args]}"
+        )
     ops = _Ops(builder, args[0].type)
     return _FUNCTIONS[name](ops, *args)
 

@@ -54,9 +54,23 @@ def test_transformer_block_trains_and_drops_out_only_in_training(backend, rng):
     out = block(x)
     assert out.shape == (None, 6, 8)
     assert {name.split("/", 1)[1] for name in g.params} == {
-        "ln1/scale", "ln1/bias", "attn/w_q", "attn/w_k", "attn/w_v", "attn/w_o", "attn/b_q", "attn/b_k",
-        "attn/b_v", "attn/b_o", "ln2/scale", "ln2/bias", "fc1/w", "fc1/b", "fc2/w", "fc2/b",
-    }  # fmt: skip
+        "ln1/scale",
+        "ln1/bias",
+        "attn/w_q",
+        "attn/w_k",
+        "attn/w_v",
+        "attn/w_o",
+        "attn/b_q",
+        "attn/b_k",
+        "attn/b_v",
+        "attn/b_o",
+        "ln2/scale",
+        "ln2/bias",
+        "fc1/w",
+        "fc1/b",
+        "fc2/w",
+        "fc2/b",
+    }
     assert set(block.params) == set(g.params)
     xv = rng.standard_normal((3, 6, 8)).astype(np.float32)
     predict = g.compile(outputs=out, backend=backend)
@@ -85,7 +99,10 @@ def test_lstm_cell_matches_torch_lstm(scan, rng):
     r = g.input("r", (None, steps, hidden))
     loss = dg.sum(states * r) + dg.sum(c)
     grads = dg.grad(loss, [xs] + cell.parameters)
-    xv, rv = rng.standard_normal((batch, steps, features)).astype(np.float32), rng.standard_normal((batch, steps, hidden))
+    xv, rv = (
+        rng.standard_normal((batch, steps, features)).astype(np.float32),
+        rng.standard_normal((batch, steps, hidden)),
+    )
     lstm = torch.nn.LSTM(features, hidden, batch_first=True)
     p = g.params
     with torch.no_grad():  # drug's (in, 4h) gate blocks i, f, g, o are torch's weight rows, transposed
@@ -122,5 +139,6 @@ def test_multi_head_attention_matches_torch(rng):
     causal = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)  # True: masked out, in torch's module
     want, _ = module(torch.tensor(xv), torch.tensor(xv), torch.tensor(xv), attn_mask=causal, need_weights=False)
     for backend in BACKENDS:
-        np.testing.assert_allclose(g.compile(outputs=out, backend=backend)(x=xv), want.detach().numpy(), rtol=1e-5,
-                                   atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            g.compile(outputs=out, backend=backend)(x=xv), want.detach().numpy(), rtol=1e-5, atol=1e-6
+        )

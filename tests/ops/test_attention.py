@@ -30,7 +30,9 @@ def composite(q, k, v, mask=None, causal=False, scale=None):
 
 
 def _feeds(rng, shapes: dict, batch: int) -> dict:
-    return {name: rng.standard_normal(tuple(batch if d is None else d for d in shape)) for name, shape in shapes.items()}
+    return {
+        name: rng.standard_normal(tuple(batch if d is None else d for d in shape)) for name, shape in shapes.items()
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -113,8 +115,10 @@ torch = pytest.importorskip("torch", reason="the comparison with scaled_dot_prod
 @pytest.mark.parametrize("scale", [None, 0.3])
 def test_matches_torch_scaled_dot_product_attention(kind, causal, scale, rng):
     b, h, tq, tk, d = 2, 3, 6, 6 if causal else 9, 5
-    arrays = {n: rng.standard_normal(s).astype(np.float32) for n, s in
-              (("q", (b, h, tq, d)), ("k", (b, h, tk, d)), ("v", (b, h, tk, 4)), ("r", (b, h, tq, 4)))}  # fmt: skip
+    arrays = {
+        n: rng.standard_normal(s).astype(np.float32)
+        for n, s in (("q", (b, h, tq, d)), ("k", (b, h, tk, d)), ("v", (b, h, tk, 4)), ("r", (b, h, tq, 4)))
+    }
     g = dg.Graph()
     q, k, v, r = (g.input(n, (None,) + arrays[n].shape[1:]) for n in "qkvr")
     mask, t_mask, t_causal = None, None, causal

@@ -65,16 +65,32 @@ def test_casts_follow_numpy_astype(backend):
     g = dg.Graph()
     x = g.input("x", (None,))
     i = g.input("i", (None,), dtype="int32")
-    outs = [x.astype("int32"), x.astype("bool"), x.astype("float64"), i.astype("float32"), i.astype("bool"),
-            (x > 0).astype("int32"), (x > 0).astype("float32"), i.astype("int64"), dg.cast(x, np.float32)]  # fmt: skip
+    outs = [
+        x.astype("int32"),
+        x.astype("bool"),
+        x.astype("float64"),
+        i.astype("float32"),
+        i.astype("bool"),
+        (x > 0).astype("int32"),
+        (x > 0).astype("float32"),
+        i.astype("int64"),
+        dg.cast(x, np.float32),
+    ]
     assert outs[-1] is x  # casting to its own dtype is the node itself
     xv = np.array([-2.7, -0.5, 0.0, 0.5, 1.9, 1e9, -1e9, np.nan], np.float32)
     iv = np.array([-3, 0, 1, 2, 7, -1, 5, 0], np.int32)
     finite = xv[:-1]
     got = run(outs[1:-1], backend, x=xv, i=iv)
     np.testing.assert_array_equal(run(outs[0], backend, x=finite), finite.astype(np.int32))
-    expected = [xv.astype(bool), xv.astype(np.float64), iv.astype(np.float32), iv.astype(bool), (xv > 0).astype(np.int32),
-                (xv > 0).astype(np.float32), iv.astype(np.int64)]  # fmt: skip
+    expected = [
+        xv.astype(bool),
+        xv.astype(np.float64),
+        iv.astype(np.float32),
+        iv.astype(bool),
+        (xv > 0).astype(np.int32),
+        (xv > 0).astype(np.float32),
+        iv.astype(np.int64),
+    ]
     for a, b in zip(got, expected):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
@@ -91,7 +107,9 @@ def test_casting_a_value_no_integer_holds_stops_the_step(backend, bad):
     step = g.compile(loss=dg.sum(h * h) + dg.sum(picked), optimizer=dg.SGD(0.1), backend=backend)
     step(x=np.ones((2, 2), np.float32))
     before = {k: v.copy() for k, v in g.params.items()}
-    with pytest.raises(dg.GraphError, match=r"node float_to_int#\d+: op 'float_to_int': cannot cast (nan|inf|3000000000.0) to int32"):
+    with pytest.raises(
+        dg.GraphError, match=r"node float_to_int#\d+: op 'float_to_int': cannot cast (nan|inf|3000000000.0) to int32"
+    ):
         step(x=np.array([[1.0, 0.0], [bad, 1.0]], np.float32))
     for name, value in before.items():
         np.testing.assert_array_equal(g.params[name], value)
@@ -155,10 +173,22 @@ def test_cumsum_and_pad_like_numpy(backend, rng):
     x = g.input("x", (None, 4, 5))
     xv = rng.standard_normal((2, 4, 5))
     pads = ((0, 0), (2, 1), (3, 4))
-    outs = [dg.cumsum(x, 1), dg.cumsum(x, -1, reverse=True), dg.pad(x, pads, "constant", 1.5),
-            dg.pad(x, pads, "replicate"), dg.pad(x, pads, "reflect"), dg.pad(x, (1, 2))]  # fmt: skip
-    expected = [np.cumsum(xv, 1), np.flip(np.cumsum(np.flip(xv, -1), -1), -1), np.pad(xv, pads, constant_values=1.5),
-                np.pad(xv, pads, mode="edge"), np.pad(xv, pads, mode="reflect"), np.pad(xv, ((0, 0), (0, 0), (1, 2)))]  # fmt: skip
+    outs = [
+        dg.cumsum(x, 1),
+        dg.cumsum(x, -1, reverse=True),
+        dg.pad(x, pads, "constant", 1.5),
+        dg.pad(x, pads, "replicate"),
+        dg.pad(x, pads, "reflect"),
+        dg.pad(x, (1, 2)),
+    ]
+    expected = [
+        np.cumsum(xv, 1),
+        np.flip(np.cumsum(np.flip(xv, -1), -1), -1),
+        np.pad(xv, pads, constant_values=1.5),
+        np.pad(xv, pads, mode="edge"),
+        np.pad(xv, pads, mode="reflect"),
+        np.pad(xv, ((0, 0), (0, 0), (1, 2))),
+    ]
     for a, b in zip(run(outs, backend, x=xv), expected):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
@@ -174,7 +204,9 @@ def test_shape_helpers():
     with pytest.raises(dg.ShapeError, match="must be x's own"):
         dg.broadcast_to(g.input("y", (1, 3)), (None, 3))
     xv = np.arange(6, dtype=np.float32).reshape(2, 1, 3)
-    np.testing.assert_array_equal(g.compile(outputs=dg.broadcast_to(x, (None, 4, 3)))(x=xv), np.broadcast_to(xv, (2, 4, 3)))
+    np.testing.assert_array_equal(
+        g.compile(outputs=dg.broadcast_to(x, (None, 4, 3)))(x=xv), np.broadcast_to(xv, (2, 4, 3))
+    )
 
 
 def test_where_and_arithmetic_dtype_errors_name_the_nodes():
@@ -218,8 +250,13 @@ def test_gelu_silu_softplus_elu_match_torch(approximate, rng):
     xv = np.concatenate([rng.standard_normal(1000) * 4, [-30.0, -10.0, 0.0, 10.0, 30.0]]).astype(np.float32)
     t = torch.tensor(xv, requires_grad=True)
     F = torch.nn.functional
-    pairs = [(dg.gelu(x, approximate), F.gelu(t, approximate=approximate)), (dg.silu(x), F.silu(t)),
-             (dg.softplus(x), F.softplus(t)), (dg.elu(x), F.elu(t)), (dg.leaky_relu(x, 0.1), F.leaky_relu(t, 0.1))]  # fmt: skip
+    pairs = [
+        (dg.gelu(x, approximate), F.gelu(t, approximate=approximate)),
+        (dg.silu(x), F.silu(t)),
+        (dg.softplus(x), F.softplus(t)),
+        (dg.elu(x), F.elu(t)),
+        (dg.leaky_relu(x, 0.1), F.leaky_relu(t, 0.1)),
+    ]
     for ours, theirs in pairs:
         (grad,) = [dg.grad(dg.sum(ours), x)]
         t.grad = None

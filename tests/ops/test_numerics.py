@@ -102,7 +102,9 @@ REGISTRY = dg.ops.REGISTRY
 
 
 # ops with a differentiable input (not comparisons, casts to integers, argmax)
-DIFFERENTIABLE = [n for n in OPS_WITH_EXAMPLE if any(REGISTRY[n].example(np.random.default_rng(0), [2, 2, 2])[1].differentiable)]
+DIFFERENTIABLE = [
+    n for n in OPS_WITH_EXAMPLE if any(REGISTRY[n].example(np.random.default_rng(0), [2, 2, 2])[1].differentiable)
+]
 
 
 @pytest.mark.parametrize("name", DIFFERENTIABLE)

@@ -18,9 +18,12 @@ COUNTER = "random/step"
 KNOWN_ANSWERS = [
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2, (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]  # fmt: skip
+    (
+        (0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344),
+        (0xA4093822, 0x299F31D0),
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1),
+    ),
+]
 
 
 @pytest.mark.parametrize("counter,key,expected", KNOWN_ANSWERS)
@@ -69,7 +72,10 @@ def test_fresh_numbers_every_call_and_one_counter_step_per_call(backend):
 
 
 def test_graphs_with_other_seeds_draw_other_numbers():
-    a, b = (g.compile(outputs=outs)(x=np.zeros((2, 300), np.float32)) for g, _, outs in (_draws("float32", 1), _draws("float32", 2)))
+    a, b = (
+        g.compile(outputs=outs)(x=np.zeros((2, 300), np.float32))
+        for g, _, outs in (_draws("float32", 1), _draws("float32", 2))
+    )
     assert not np.array_equal(a[0], b[0])
     assert philox_key(1, 0) != philox_key(1, 1) != philox_key(2, 0)
 
@@ -174,4 +180,6 @@ def test_bad_rates_and_sources_are_refused():
     with pytest.raises(dg.GraphError, match="a graph needs a shape"):
         dg.random_normal(g)
     assert dg.dropout(x, 0.0).op.rate == 0.0
-    np.testing.assert_array_equal(g.compile(outputs=dg.dropout(x, 0.0), training=True)(x=np.ones((2, 3), np.float32)), 1)
+    np.testing.assert_array_equal(
+        g.compile(outputs=dg.dropout(x, 0.0), training=True)(x=np.ones((2, 3), np.float32)), 1
+    )

@@ -269,7 +269,15 @@ SPECIAL = {  # (input, expected) pairs; -0.0 and 0.0 both appear, so not a dict
     "erf": [(np.inf, 1.0), (-np.inf, -1.0), (10.0, 1.0), (-10.0, -1.0), (0.0, 0.0), (-0.0, -0.0), (np.nan, np.nan)],
     "sin": [(np.inf, np.nan), (-np.inf, np.nan), (0.0, 0.0), (-0.0, -0.0), (np.nan, np.nan)],
     "cos": [(np.inf, np.nan), (-np.inf, np.nan), (0.0, 1.0), (-0.0, 1.0), (np.nan, np.nan)],
-    "expm1": [(np.inf, np.inf), (-np.inf, -1.0), (1e4, np.inf), (-1e4, -1.0), (0.0, 0.0), (-0.0, -0.0), (np.nan, np.nan)],
+    "expm1": [
+        (np.inf, np.inf),
+        (-np.inf, -1.0),
+        (1e4, np.inf),
+        (-1e4, -1.0),
+        (0.0, 0.0),
+        (-0.0, -0.0),
+        (np.nan, np.nan),
+    ],
 }
 
 

@@ -23,7 +23,8 @@ NATIVE = {
     "softmax", "softmax_cross_entropy_rows", "one_hot", "embedding", "embedding_grad",
     "transpose", "slice", "slice_grad", "concat",
     "float_to_int", "argmax", "argmin", "take", "take_grad", "gather", "gather_grad", "cumsum", "pad_nd",
-    "pad_nd_grad", "layer_norm", "layer_norm_grad", "rms_norm", "rms_norm_grad", "attention", "attention_grad", "random", "contract_leading",
+    "pad_nd_grad", "layer_norm", "layer_norm_grad", "rms_norm", "rms_norm_grad", "attention", "attention_grad",
+    "random", "contract_leading",
 }  # fmt: skip
 
 DIMS = st.lists(st.integers(1, 4), min_size=3, max_size=3)
