@@ -162,17 +162,31 @@ class CNN(Classifier):
 
 
 @dataclass
-class GRU(Workload):
-    """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
+class LanguageModel(Workload):
+    """Base: `batch` windows of `seq` random token ids and their next tokens."""
 
-    name: str = "gru"
     unit: str = "tokens/s"
     vocab: int = 50
-    embed: int = 32
-    hidden: int = 128
     seq: int = 32
     batch: int = 32
     rtol: float = 5e-4
+
+    def make_batch(self, rng):
+        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
+        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
+
+    @property
+    def items_per_step(self):
+        return self.batch * self.seq
+
+
+@dataclass
+class GRU(LanguageModel):
+    """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
+
+    name: str = "gru"
+    embed: int = 32
+    hidden: int = 128
 
     def init_params(self, rng):
         v, e, h = self.vocab, self.embed, self.hidden
@@ -185,14 +199,6 @@ class GRU(Workload):
             "w_out": _xavier(rng, (h, v), h, v),
             "b_out": _bias(rng, v),
         }
-
-    def make_batch(self, rng):
-        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
-        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
-
-    @property
-    def items_per_step(self):
-        return self.batch * self.seq
 
     @property
     def flops_per_step(self):
@@ -208,19 +214,16 @@ class GRU(Workload):
 
 
 @dataclass
-class Transformer(Workload):
+class Transformer(LanguageModel):
     """A one-block pre-norm transformer language model: token and learned position embeddings,
     layer norm, causal multi-head attention, residual, layer norm, GELU MLP (4d, exact GELU),
     residual, final layer norm and a linear head to the vocabulary; cross-entropy, Adam."""
 
     name: str = "transformer"
-    unit: str = "tokens/s"
     vocab: int = 64
     dim: int = 128
     heads: int = 4
     seq: int = 128
-    batch: int = 32
-    rtol: float = 5e-4
 
     def init_params(self, rng):
         v, d, t = self.vocab, self.dim, self.seq
@@ -236,14 +239,6 @@ class Transformer(Workload):
         params["w_2"], params["b_2"] = _xavier(rng, (4 * d, d), 4 * d, d), _bias(rng, d)
         params["w_out"], params["b_out"] = _xavier(rng, (d, v), d, v), _bias(rng, v)
         return params
-
-    def make_batch(self, rng):
-        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
-        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
-
-    @property
-    def items_per_step(self):
-        return self.batch * self.seq
 
     @property
     def flops_per_step(self):

@@ -220,24 +220,13 @@ def _where(b, condition, x, y):
     return b.select(condition, x, y)
 
 
-@scalar_rule(logic.LogicalAnd)
-def _logical_and(b, x, y):
-    return b.logical_and(x, y)
-
-
-@scalar_rule(logic.LogicalOr)
-def _logical_or(b, x, y):
-    return b.logical_or(x, y)
-
-
-@scalar_rule(logic.LogicalXor)
-def _logical_xor(b, x, y):
-    return b.logical_xor(x, y)
-
-
-@scalar_rule(logic.LogicalNot)
-def _logical_not(b, x):
-    return b.logical_not(x)
+@scalar_rule(
+    logic.LogicalAnd, logic.LogicalOr, logic.LogicalXor, logic.LogicalNot,
+    num.Erf, num.Sin, num.Cos, num.Abs, num.Pow, num.Maximum, num.Minimum,
+)  # fmt: skip
+def _primitive(b, *xs):
+    """Ops that are one primitive of the same name (erf, logical_and, maximum, ...)."""
+    return getattr(b, b.op.name)(*xs)
 
 
 @scalar_rule(Cast)
@@ -246,26 +235,6 @@ def _cast(b, x):
 
 
 # Numeric functions and activations (ops/numeric.py, ops/activations.py).
-
-
-@scalar_rule(num.Erf)
-def _erf(b, x):
-    return b.erf(x)
-
-
-@scalar_rule(num.Sin)
-def _sin(b, x):
-    return b.sin(x)
-
-
-@scalar_rule(num.Cos)
-def _cos(b, x):
-    return b.cos(x)
-
-
-@scalar_rule(num.Abs)
-def _abs(b, x):
-    return b.abs(x)
 
 
 @scalar_rule(num.Sign)
@@ -283,21 +252,6 @@ def _square(b, x):
 @scalar_rule(num.Rsqrt)
 def _rsqrt(b, x):
     return b.div(b.const(1.0), b.sqrt(x))
-
-
-@scalar_rule(num.Pow)
-def _pow(b, x, y):
-    return b.pow(x, y)
-
-
-@scalar_rule(num.Maximum)
-def _maximum(b, x, y):
-    return b.maximum(x, y)
-
-
-@scalar_rule(num.Minimum)
-def _minimum(b, x, y):
-    return b.minimum(x, y)
 
 
 @scalar_rule(num.Clip)

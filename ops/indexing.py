@@ -101,16 +101,21 @@ class Take(Op):
         return cls(axis), Example([x, ids], [True, False], {0: 0} if axis else {})
 
 
-class TakeGrad(Op):
-    """The adjoint of Take: g scattered (added) into zeros of x's shape at the ids."""
+class _ScatterAdd(Op):
+    """An adjoint that adds g into zeros of x's shape (`in_shape`) where ids point along `axis`."""
 
-    name = "take_grad"
     arity = 2
-    may_fail = True
+    may_fail = True  # ids out of range
 
     def __init__(self, axis: int, in_shape: Shape):
         self.axis = axis
         self.in_shape = in_shape
+
+
+class TakeGrad(_ScatterAdd):
+    """The adjoint of Take: g scattered (added) into zeros of x's shape at the ids."""
+
+    name = "take_grad"
 
     def infer(self, g, ids):
         _int_type(self.name, ids, "ids")
@@ -180,16 +185,10 @@ class Gather(Op):
         return cls(axis), Example([x, ids], [True, False], {0: 0, 1: 0})
 
 
-class GatherGrad(Op):
+class GatherGrad(_ScatterAdd):
     """The adjoint of Gather: g added into zeros of x's shape where the ids point."""
 
     name = "gather_grad"
-    arity = 2
-    may_fail = True
-
-    def __init__(self, axis: int, in_shape: Shape):
-        self.axis = axis
-        self.in_shape = in_shape
 
     def infer(self, g, ids):
         _int_type(self.name, ids, "ids")
