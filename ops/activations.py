@@ -11,9 +11,9 @@ import numpy as np
 from ..core.errors import ShapeError
 from ..core.node import apply
 from ..core.op import Example
-from .elementwise import Elementwise, Relu, add, exp, mul, sigmoid, sub, tanh
-from .logic import greater, where
-from .numeric import erf, reference_erf
+from .elementwise import Elementwise, Relu, add, div, exp, mul, ones_like, sigmoid, sub, tanh, zeros_like
+from .logic import equal, greater, where
+from .numeric import reference_erf
 
 SQRT_HALF = math.sqrt(0.5)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -46,8 +46,9 @@ class Gelu(Elementwise):
             t = tanh(mul(add(x, mul(x, x, x, GELU_CUBIC)), SQRT_2_OVER_PI))
             du = mul(add(mul(x, x, 3.0 * GELU_CUBIC), 1.0), SQRT_2_OVER_PI)
             slope = add(mul(add(t, 1.0), 0.5), mul(x, sub(1.0, mul(t, t)), du, 0.5))
-        else:  # Phi(x) + x phi(x)
-            slope = add(mul(add(erf(mul(x, SQRT_HALF)), 1.0), 0.5), mul(x, exp(mul(x, x, -0.5)), INV_SQRT_2PI))
+        else:  # Phi(x) + x phi(x), with Phi(x) = out / x: the backward pass needs no second erf
+            cdf = where(equal(x, 0.0), zeros_like(x) + 0.5, div(out, where(equal(x, 0.0), ones_like(x), x)))
+            slope = add(cdf, mul(x, exp(mul(x, x, -0.5)), INV_SQRT_2PI))
         return [mul(g, slope)]
 
     @classmethod

@@ -96,9 +96,12 @@ class _Block:
         self.mask = _Mask.of(mask, op.mask == "bool")
 
     def scratch(self, elements: int) -> ir.Value:
-        """This thread's part of the kernel's workspace (`elements` long, one part per thread)."""
+        """This thread's part of the kernel's workspace (`elements` long, one part per thread; the
+        first when the code runs on one thread: ahead-of-time libraries link no OpenMP)."""
         b = self.b
         module = b.module
+        if not self.ctx.builder.parallel or self.ctx.builder.bounds_check:
+            return self.ctx.workspace(self.node)
         name = "omp_get_thread_num"
         thread_num = module.globals.get(name) or ir.Function(module, ir.FunctionType(I32, []), name)
         thread = b.sext(b.call(thread_num, [], name="thread"), I64)
