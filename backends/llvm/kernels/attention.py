@@ -116,9 +116,10 @@ class _Block:
     def put(self, pointer: ir.Value, offset: ir.Value, value: ir.Value) -> None:
         self.b.store(value, self.at(pointer, offset))
 
-    def block_size(self, start: ir.Value, total: int, block: int, name: str) -> ir.Value:
+    def block_size(self, start: ir.Value, total: int | ir.Value, block: int, name: str) -> ir.Value:
+        """min(block, total - start): a block starting at `start` (the last one may be short)."""
         b = self.b
-        left = b.sub(i64(total), start, name=f"{name}.left")
+        left = b.sub(i64(total) if isinstance(total, int) else total, start, name=f"{name}.left")
         return b.select(b.icmp_signed("<", left, i64(block)), left, i64(block), name=name)
 
     def key_end(self, i0: ir.Value, rows: ir.Value) -> ir.Value:
@@ -270,7 +271,7 @@ def _forward_span(blk: _Block, lo: ir.Value, hi: ir.Value) -> ir.Value:
             blocks = b.sdiv(b.add(key_end, i64(blk.bk - 1)), i64(blk.bk), name="key_blocks")
             with for_range(b, blocks, "kblock") as kb:
                 j0 = b.mul(kb, i64(blk.bk), name="j0")
-                cols = blk.block_size(j0, blk.tk, blk.bk, "cols")
+                cols = blk.block_size(j0, key_end, blk.bk, "cols")  # causal: up to the block's last query
                 blk.scores((q_start, k_start, batch, head), i0, rows, j0, cols, scratch)
                 with for_range(b, rows, "r") as r:
                     old = blk.get(running_max, r, "old_max")
@@ -353,10 +354,10 @@ def _backward_span(blk: _Block, out: Node, g: Node, results: dict, lo, hi) -> ir
             blocks = b.sdiv(b.add(key_end, i64(blk.bk - 1)), i64(blk.bk), name="key_blocks")
             pair = (q_start, k_start, batch, head)
             if not single:
-                _log_sum_exp(blk, pair, i0, rows, blocks, probs, lse, dprobs)
+                _log_sum_exp(blk, pair, i0, rows, blocks, key_end, probs, lse, dprobs)
             with for_range(b, blocks, "kblock") as kb:
                 j0 = b.mul(kb, i64(blk.bk), name="j0")
-                cols = blk.block_size(j0, blk.tk, blk.bk, "cols")
+                cols = blk.block_size(j0, key_end, blk.bk, "cols")  # causal: up to the block's last query
                 blk.scores(pair, i0, rows, j0, cols, probs)
                 with for_range(b, rows, "r") as r:
                     if single:  # p = exp(s - max) / sum
@@ -406,7 +407,7 @@ def _lse(blk: _Block, shift: ir.Value, total: ir.Value) -> ir.Value:
     return blk.b.select(f.compare(">", total, f.const(0.0)), f.add(shift, f.log(total)), f.const(math.inf))
 
 
-def _log_sum_exp(blk: _Block, pair, i0, rows, blocks, scratch, lse, sums) -> None:
+def _log_sum_exp(blk: _Block, pair, i0, rows, blocks, blocks_end, scratch, lse, sums) -> None:
     """lse[r] over every key block (online), with running sums in `sums`: the first pass of the
     backward pass when the keys do not fit one block."""
     b, f = blk.b, blk.f
@@ -415,7 +416,7 @@ def _log_sum_exp(blk: _Block, pair, i0, rows, blocks, scratch, lse, sums) -> Non
         blk.put(sums, r, f.const(0.0))
     with for_range(b, blocks, "lse.kblock") as kb:
         j0 = b.mul(kb, i64(blk.bk), name="j0")
-        cols = blk.block_size(j0, blk.tk, blk.bk, "cols")
+        cols = blk.block_size(j0, blocks_end, blk.bk, "cols")
         blk.scores(pair, i0, rows, j0, cols, scratch)
         with for_range(b, rows, "r") as r:
             old = blk.get(lse, r)
