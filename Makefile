@@ -4,14 +4,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-mpi install-bench test lint format demo aot-demo bench clean
+.PHONY: install install-mpi install-bench install-docs test lint format demo aot-demo bench docs wheel-check clean
 
 install: $(STAMP)
 
+# pip prints what it downloads and installs: a fresh install takes a minute or two.
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "Installing drug (editable) with its test tools into $(VENV)..."
+	$(PY) -m pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
 
 test: install
@@ -46,15 +48,37 @@ aot-demo: install
 # mpi4py for data-parallel training (drug.distributed, tests/api/test_distributed.py); it needs an MPI
 # library and mpirun first: apt-get install openmpi-bin libopenmpi-dev (.ci/run does).
 install-mpi: install
-	$(PY) -m pip install --quiet -e '.[test,mpi]'
+	$(PY) -m pip install --progress-bar on -e '.[test,mpi]'
 
 # The peers (PyTorch CPU build, JAX), rich and matplotlib; torch is pinned to its CPU wheel.
 install-bench: install
-	$(PY) -m pip install --quiet -e '.[test,bench]'
+	@echo "Installing the benchmark peers (PyTorch CPU build, JAX) into $(VENV): several hundred MB..."
+	$(PY) -m pip install --progress-bar on -e '.[test,bench]'
 
 # `make bench ARGS="--quick --only mlp,gru"`; without the bench extra, only drug and NumPy run.
 bench: install
 	$(PY) -m drug.bench.cli $(ARGS)
 
+# The documentation site (docs/, mkdocs.yml) into build/site, warnings as errors. mkdocstrings reads
+# the API reference from the package as installed (build/docs-src): setuptools assembles drug/ from
+# the top-level folders, so this tree is not importable as the package.
+DOCS_STAMP := $(VENV)/.installed-docs
+DOCS_SRC := build/docs-src
+install-docs: $(DOCS_STAMP)
+$(DOCS_STAMP): $(STAMP)
+	@echo "Installing the documentation tools (mkdocs, mkdocs-material, mkdocstrings) into $(VENV)..."
+	$(PY) -m pip install --progress-bar on -e '.[test,docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf $(DOCS_SRC)
+	$(PY) -m pip install --quiet --no-deps --target $(DOCS_SRC) .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+	@echo "Documentation: build/site/index.html"
+
+# The sdist and the wheel (python -m build), each installed into a fresh venv and run as a user would.
+wheel-check: install
+	bash .ci/wheel-check
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -53,6 +53,13 @@ class Backend(ABC):
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> Executor:
         """An executor for a program finished by `passes`, with the optimizer `state` buffers it updates."""
 
+    def instrumented_executor(self, program: Program, state: dict[str, np.ndarray], instrument: str) -> Executor:
+        """An executor that also times each kernel (`instrument="profile"`, for
+        `CompiledFunction.profile`) or stops at the first node producing NaN or Inf and changes
+        nothing (`"numerics"`, for `debug_numerics=True`). Backends without it refuse."""
+        what = {"profile": "profile kernels", "numerics": "check numerics node by node"}.get(instrument, instrument)
+        raise GraphError(f"the {self.name!r} backend cannot {what}; compile with backend='llvm'")
+
 
 _BACKENDS: dict[str, Backend] = {}
 

@@ -2,8 +2,10 @@
 
 Every workload is built by every installed framework from the same initial arrays; the first
 losses must agree before anything is timed (a peer that computes something else gets no
-ratio). Timing is interleaved across frameworks in one process, after warm-up. Memory and
-compile times come from one fresh process per framework and workload."""
+ratio). Each framework runs in a worker process of its own (--same-process: all in this one),
+and the parent times them in interleaved rounds after warm-up, so a slow moment of the machine
+hits every framework alike. Peak memory and compile times (cold, then with the cache warm) come
+from one more fresh process per framework and workload. Run it on an otherwise idle machine."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import GraphError
-from ..core.node import Node, apply
+from ..core.node import Call, Node, apply, recording, user_call, user_name
 from ..core.program import ancestors
 from ..ops.elementwise import add, mul, ones_like, zeros_like
 from ..ops.reduce import sum as total
@@ -33,19 +33,20 @@ def gradients(y: Node, xs: Sequence[Node], seed: Node | None = None) -> list[Nod
             g = grads[node.id] = _sum(parts)
         if not node.inputs:
             continue
-        rule = node.op.grad(g, node, *node.inputs)
-        if len(rule) != len(node.inputs):
-            raise GraphError(
-                f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
-            )
-        for x, gx in zip(node.inputs, rule):
-            if gx is None or x.id not in on_path:
-                continue
-            if x.op.multi_output:
-                gx = (node.op.result_index, gx)  # node picks that result of x
-            elif gx.shape != x.shape:
-                gx = sum_to(gx, x.shape)
-            contributions.setdefault(x.id, []).append(gx)
+        with recording(Call(f"gradient of {user_name(node)}", "gradient"), force=True):  # named in profiles, errors
+            rule = node.op.grad(g, node, *node.inputs)
+            if len(rule) != len(node.inputs):
+                raise GraphError(
+                    f"op '{node.op.name}' gradient rule returned {len(rule)} gradients for {len(node.inputs)} inputs"
+                )
+            for x, gx in zip(node.inputs, rule):
+                if gx is None or x.id not in on_path:
+                    continue
+                if x.op.multi_output:
+                    gx = (node.op.result_index, gx)  # node picks that result of x
+                elif gx.shape != x.shape:
+                    gx = sum_to(gx, x.shape)
+                contributions.setdefault(x.id, []).append(gx)
     # an x that y does not depend on gets a zero gradient, as in PyTorch's allow_unused + zeros
     return [grads[x.id] if x.id in grads else zeros_like(x) for x in xs]
 
@@ -56,16 +57,61 @@ def _sum(parts: list[Node]) -> Node | None:
     return parts[0] if len(parts) == 1 else add(*parts)
 
 
+@user_call()
 def grad(y: Node, xs: Node | Sequence[Node]) -> Node | list[Node]:
-    """Symbolic gradient of (the sum of) y w.r.t. one node or a list of nodes."""
+    """The gradient of (the sum of) `y` with respect to one node or a list of nodes, as new
+    graph nodes you can compile, evaluate or differentiate again.
+
+    Args:
+        y: A float node (non-scalars are summed first).
+        xs: A node (input, parameter or any intermediate) or a list of them.
+
+    Returns:
+        A node shaped like `xs` (a list of them for a list); a node `y` does not depend on gets
+            zeros.
+
+    Raises:
+        GraphError: An op on the path has no gradient rule.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dx = dg.grad(dg.sum(x * x), x)
+        >>> dx.eval(x=np.array([[1.0, -3.0]], np.float32))
+        array([[ 2., -6.]], dtype=float32)
+    """
     single = isinstance(xs, Node)
     result = gradients(y, [xs] if single else list(xs))
     return result[0] if single else result
 
 
+@user_call()
 def jacobian(y: Node, x: Node) -> Node:
-    """The jacobian, shape y.shape + x.shape. When y and x both lead with the batch axis the
-    examples are independent and the result is per example: (batch, *y.shape[1:], *x.shape[1:])."""
+    """The jacobian of `y` with respect to `x` (reverse mode, one gradient per element of y).
+
+    Args:
+        y: A float node; only a leading batch axis may be None.
+        x: A node y depends on. When y and x both lead with the batch axis, examples are
+            independent and the jacobian is per example.
+
+    Returns:
+        A node of shape y.shape + x.shape, or (batch, *y.shape[1:], *x.shape[1:]) per example.
+
+    Raises:
+        GraphError: y is batched and x is not, or y has a symbolic axis besides the first.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> jac = dg.jacobian(x * x, x)
+        >>> jac.shape
+        (None, 2, 2)
+        >>> jac.eval(x=np.array([[1.0, 3.0]], np.float32))
+        array([[[2., 0.],
+                [0., 6.]]], dtype=float32)
+    """
     batched = y.ndim > 0 and y.shape[0] is None
     if batched and not (x.ndim > 0 and x.shape[0] is None):
         raise GraphError(
@@ -86,10 +132,30 @@ def jacobian(y: Node, x: Node) -> Node:
     return reshape(stacked, lead + y_shape + x_shape)
 
 
+@user_call()
 def jvp(y: Node, x: Node, v: Node) -> Node:
-    """The Jacobian-vector product J·v (shape of y), v shaped like x: the forward-mode
-    derivative of y along v. Built by transposing the reverse pass: u ↦ Jᵀu is linear in u, so
-    the gradient of <Jᵀu, v> with respect to u is J·v; u's value never matters."""
+    """The Jacobian-vector product J·v: the forward-mode derivative of `y` along `v`. Built by
+    transposing the reverse pass: u ↦ Jᵀu is linear in u, so the gradient of <Jᵀu, v> with
+    respect to u is J·v; u's value never matters.
+
+    Args:
+        y: A float node.
+        x: A node y depends on.
+        v: The tangent, shaped like x.
+
+    Returns:
+        A node shaped like y.
+
+    Raises:
+        GraphError: v's shape differs from x's.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x, v = g.input("x", (None, 2)), g.input("v", (None, 2))
+        >>> dg.jvp(x * x, x, v).eval(x=np.array([[1.0, 3.0]], np.float32), v=np.ones((1, 2), np.float32))
+        array([[2., 6.]], dtype=float32)
+    """
     if v.shape != x.shape:
         raise GraphError(f"jvp: tangent {v.describe()} must have the shape of {x.describe()}")
     u = zeros_like(y)  # a stand-in cotangent shaped like y (batch included)
@@ -97,8 +163,30 @@ def jvp(y: Node, x: Node, v: Node) -> Node:
     return gradients(total(mul(vjp, v)), [u])[0]
 
 
+@user_call()
 def hessian_vector_product(loss: Node, x: Node, v: Node) -> Node:
-    """H·v for a scalar loss, v shaped like x: the gradient of <∇loss, v> (reverse over reverse)."""
+    """H·v, the Hessian of a scalar `loss` times `v`: the gradient of <∇loss, v> (reverse over
+    reverse), without forming H.
+
+    Args:
+        loss: A float scalar node.
+        x: A node the loss depends on.
+        v: A node shaped like x.
+
+    Returns:
+        A node shaped like x.
+
+    Raises:
+        GraphError: The loss is not a scalar, or v's shape differs from x's.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x, v = g.input("x", (3,)), g.input("v", (3,))
+        >>> hv = dg.hessian_vector_product(dg.sum(x * x * x), x, v)
+        >>> hv.eval(x=np.array([1.0, 2.0, 3.0], np.float32), v=np.ones(3, np.float32))
+        array([ 6., 12., 18.], dtype=float32)
+    """
     if loss.shape != ():
         raise GraphError(f"hessian_vector_product needs a scalar loss, got {loss.describe()}")
     if v.shape != x.shape:

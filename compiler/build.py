@@ -12,7 +12,7 @@ from typing import Any
 from ..core.errors import GraphError
 from ..core.graph import Graph
 from ..core.leaves import ParameterOp
-from ..core.node import Node
+from ..core.node import Node, recording
 from ..core.program import Program, ancestors
 from .passes import PIPELINE, Pass, insert_after, run_pipeline
 
@@ -63,7 +63,7 @@ def build_program(
         training=optimizer is not None if training is None else bool(training),
     )
     pipeline = insert_after(PIPELINE + list(tail), "autodiff", list(gradient_passes))
-    with _no_collection_pauses():
+    with _no_collection_pauses(), recording(None):  # the compiler's nodes belong to no user call
         return run_pipeline(program, pipeline)
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.errors import GraphError
+from ..core.errors import GraphError, with_context
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
@@ -44,13 +44,13 @@ def evaluate(
             try:
                 value = op.ref(*(values[i.id] for i in node.inputs))
             except GraphError as error:  # a bad id or value: name the node, keep the error type
-                raise type(error)(f"node {node.label}: {error}") from None
+                raise with_context(error, f"node {node.where}: ") from None
             if op.multi_output:  # a tuple; the nodes picking its results check their shapes
                 values[node.id] = value
                 continue
             value = np.asarray(value).astype(node.dtype, copy=False)
         expected = concrete_shape(node.shape, batch)
         if value.shape != expected:
-            raise GraphError(f"node {node.label} (op '{op.name}') produced shape {value.shape}, expected {expected}")
+            raise GraphError(f"node {node.where} produced shape {value.shape}, expected {expected}")
         values[node.id] = value
     return values

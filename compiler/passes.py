@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import networkx as nx
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import GraphError, ShapeError, with_context
 from ..core.leaves import ParameterOp
 from ..core.program import Program, ancestors, format_program, to_networkx
 from ..core.types import FLOAT_DTYPES
@@ -43,9 +43,9 @@ def infer_shapes(program: Program) -> Program:
         try:
             inferred = node.op.infer(*(i.type for i in node.inputs))
         except ShapeError as error:
-            raise ShapeError(f"node {node.label} (op '{node.op.name}'): {error}") from None
+            raise with_context(error, f"node {node.where}: ") from None
         if inferred != node.type:
-            raise ShapeError(f"node {node.label} (op '{node.op.name}'): type {node.type} but inputs give {inferred}")
+            raise ShapeError(f"node {node.where}: type {node.type} but inputs give {inferred}")
     return program
 
 
@@ -93,10 +93,12 @@ def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) 
     debug = os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
     for name, run_pass in pipeline:
         program = run_pass(program)
-        if debug:
-            print(f"== after {name}: {len(program.nodes)} nodes", file=sys.stderr)
-            if program.nodes:
-                print(format_program(program), file=sys.stderr)
+        if debug:  # the nodes the pass left: before prune fills program.nodes, those the roots reach
+            nodes = program.nodes or tuple(ancestors(program.roots + list(program.grads)))
+            extra = f", {len(program.grads)} gradients" if program.grads else ""
+            extra += f", {len(program.updates)} updates" if program.updates else ""
+            print(f"== after {name}: {len(nodes)} nodes{extra}", file=sys.stderr)
+            print(format_program(program.with_(nodes=nodes)), file=sys.stderr)
             for index, kernel in enumerate(program.kernels if name == "fuse" else ()):
                 members = ", ".join(n.label for n in kernel.nodes)
                 print(f"  kernel {index} {kernel.kind} {kernel.domain}: {members}", file=sys.stderr)

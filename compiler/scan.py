@@ -15,7 +15,7 @@ import numpy as np
 from ..core.errors import GraphError, ShapeError
 from ..core.graph import Graph
 from ..core.leaves import Leaf
-from ..core.node import Node, apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Op
 from ..core.types import TensorType, format_shape
 from ..ops.elementwise import add, mul, zeros_like
@@ -151,11 +151,36 @@ def _as_list(value: Any, what: str) -> tuple[list[Node], bool]:
     raise GraphError(f"scan: {what} must be a node or a tuple of nodes, got {type(value).__name__}")
 
 
+@user_call()
 def scan(fn: Callable, init: Any, xs: Any = None, length: int | None = None, reverse: bool = False):
-    """Loop `carry, y = fn(carry, x)` over the leading axis of `xs` (or `length` times).
+    """Loop `carry, y = fn(carry, x)` over the leading axis of `xs` (or `length` times), like
+    `jax.lax.scan`. `fn` is traced once into a loop body (values it closes over, such as
+    parameters, become loop inputs); the native backend compiles the body once and runs it in a
+    loop, so code size does not grow with the length. Gradients run a reverse scan.
 
-    Returns (final carry, ys) where ys stacks every step's y along a new leading axis; carry,
-    x and y may each be a node or a tuple of nodes (y may be None). Like jax.lax.scan."""
+    Args:
+        fn: `fn(carry, x) -> (new carry, y)`; carry, x and y may each be a node or a tuple of
+            nodes (y may be None). The new carry keeps the carry's shapes and dtypes.
+        init: The initial carry (a node or a tuple of nodes).
+        xs: Nodes with a static leading axis to loop over (a node, a tuple, or None).
+        length: The number of steps when there are no xs (or a check that they agree).
+        reverse: Loop from the last element to the first.
+
+    Returns:
+        (final carry, ys): ys stacks every step's y along a new leading axis.
+
+    Raises:
+        GraphError: fn does not return a pair, or returns the wrong number of carries.
+        ShapeError: A carry changes shape or dtype, xs lack a static leading axis, or lengths disagree.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> xs = g.input("xs", (4, None))            # 4 steps over a batch
+        >>> total, running = dg.scan(lambda c, x: (c + x, c + x), xs[0] * 0.0, xs)
+        >>> running.eval(xs=np.array([[1.0], [2.0], [3.0], [4.0]], np.float32)).ravel()
+        array([ 1.,  3.,  6., 10.], dtype=float32)
+    """
     carries, single_carry = _as_list(init, "init")
     xlist, single_x = _as_list(xs, "xs")
     nodes = carries + xlist

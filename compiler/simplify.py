@@ -115,6 +115,7 @@ def simplify(program: Program) -> Program:
                 new = graph.constant(np.asarray(value, node.dtype), dtype=node.dtype)
             elif any(a is not b for a, b in zip(inputs, node.inputs)) or len(inputs) != len(node.inputs):
                 new = Node(graph, node.op, inputs, node.type)
+                new.call = node.call  # the same computation: profiles and errors name its origin
         if isinstance(new.op, ConstantOp) and new.op.value.size <= FOLD_LIMIT:
             key = ("constant", new.dtype.str, new.shape, new.op.value.tobytes())
         elif new.inputs:

@@ -3,14 +3,18 @@ from one counter, so creation order is a topological order."""
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Callable, Sequence
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import GraphError, ShapeError, with_context
 from .types import FLOAT_DTYPES, TensorType, format_shape
 
 if TYPE_CHECKING:
@@ -44,10 +48,146 @@ def _operator(name: str) -> Callable[..., Node]:
         raise GraphError(f"node operator '{name}' needs drug.ops; import drug first") from None
 
 
-class Node:
-    """One value in a graph: the result of `op` applied to `inputs`."""
+class Call:
+    """One call of a public op function or of a layer, shared by every node it made. A composite
+    call (softmax_cross_entropy: a per-row loss, then a mean) makes internal nodes the user never
+    sees; errors about them name the call and its output, the node the user holds."""
 
-    __slots__ = ("graph", "op", "inputs", "type", "id", "name", "__weakref__")
+    __slots__ = ("name", "kind", "_output", "composite")
+
+    def __init__(self, name: str, kind: str = "op"):
+        self.name = name  # the function's name ("softmax_cross_entropy") or the layer's ("dense1")
+        self.kind = kind  # "op", or the layer's class name ("Dense")
+        self._output: weakref.ref | None = None
+        self.composite = False  # it made more than one computing node
+
+    @property
+    def output(self) -> Node | None:
+        """The node the call returned (None while it runs, or if it returned no single node)."""
+        return self._output() if self._output is not None else None
+
+    def __str__(self) -> str:
+        if self.kind == "op":
+            return f"{self.name}()"
+        if self.kind in COMPILER_KINDS:
+            return self.name
+        return f"layer '{self.name}' ({self.kind})"
+
+    def __repr__(self) -> str:
+        return f"<Call {self}>"
+
+    def finish(self, out: Any) -> None:
+        """Remember what the call returned (a weak reference: the nodes hold the call)."""
+        first = out[0] if isinstance(out, (tuple, list)) and out else out  # (states, last state): states
+        if isinstance(first, Node):
+            self._output = weakref.ref(first)
+
+
+COMPILER_KINDS = ("gradient", "update")  # calls the compiler makes: a node's gradient rule, an optimizer update
+
+
+def user_name(node: Node) -> str:
+    """The name of what the user called to make `node`: a layer's name, a composite call's
+    output label, else the node's own label."""
+    call = node.call
+    if call is not None and call.kind not in ("op", *COMPILER_KINDS):
+        return call.name
+    if call is not None and call.output is not None:
+        return call.output.label
+    return node.label
+
+
+# Per thread, the nodes made by the public call that is running (outermost first). A frame of
+# None is an internal build (compile, autodiff): its nodes belong to no user call.
+_frames = threading.local()
+
+
+def _stack() -> list:
+    stack = getattr(_frames, "stack", None)
+    if stack is None:
+        stack = _frames.stack = []
+    return stack
+
+
+@contextmanager
+def recording(call: Call | None, force: bool = False) -> Iterator[list[Node]]:
+    """Record the nodes made inside the block as `call`'s (None: as internal, owned by no call);
+    nested calls belong to the outermost one (the one the user made), unless `force`: the
+    compiler labels the nodes of each gradient rule and optimizer update so, and an enclosing
+    user call (dg.grad) still takes them over. Yields the list of nodes."""
+    stack = _stack()
+    made: list[Node] = []
+    outer = bool(stack)
+    stack.append(made if force or not outer else stack[-1])
+    try:
+        yield made
+    finally:
+        stack.pop()
+        if call is not None and (force or not outer):
+            call.composite = sum(1 for node in made if node.inputs) > 1
+            for node in made:
+                node.call = call
+        if force and outer:
+            stack[-1].extend(made)
+        elif call is not None and not outer:
+            for node in made:
+                node.graph._adopt(node)
+
+
+def building_internally() -> bool:
+    """Whether nodes are being made by the compiler (or inside a user call), not at top level."""
+    return bool(_stack())
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What op functions take as inputs: graph nodes, and Python numbers or NumPy arrays, which become
+# constants (a number takes the dtype of the other float operands).
+Operand: TypeAlias = "Node | float | int | np.ndarray"
+
+
+def user_call(kind: str = "op") -> Callable[[F], F]:
+    """Decorate a public op function: the nodes it makes share one `Call`, and a `GraphError`
+    raised by an op it applies internally is prefixed with the function's name."""
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if _stack():  # nested: the outermost call owns the nodes
+                return fn(*args, **kwargs)
+            call = Call(fn.__name__, kind)
+            try:
+                with recording(call):
+                    out = fn(*args, **kwargs)
+            except GraphError as error:
+                if f"'{fn.__name__}'" in str(error) or str(error).startswith(fn.__name__):
+                    raise
+                raise with_context(error, f"{fn.__name__}: ") from None
+            call.finish(out)
+            return out
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+class Node:
+    """One value in a graph: the result of `op` applied to `inputs`.
+
+    Nodes are made by graph methods (`g.input`, `g.parameter`, `g.constant`) and by ops
+    (`dg.relu(x)`, `x @ w`); they hold no value until the graph runs. `node.eval(**feeds)`
+    computes one for a quick look.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> h = dg.relu(x * 2.0)
+        >>> h.shape, str(h.dtype)
+        ((None, 3), 'float32')
+    """
+
+    __slots__ = ("graph", "op", "inputs", "type", "id", "name", "call", "__weakref__")
     # NumPy operands on the left (`array * node`) defer to our reflected operators instead of
     # building an object array of nodes, one per element.
     __array_ufunc__ = None
@@ -59,6 +199,12 @@ class Node:
         self.type = type
         self.id = next(_ids)
         self.name: str | None = None
+        self.call: Call | None = None  # the public call that made it (set when that call returns)
+        stack = _stack()
+        if stack:
+            stack[-1].append(self)
+        else:
+            graph._adopt(self)
 
     shape = property(lambda self: self.type.shape)
     dtype = property(lambda self: self.type.dtype)
@@ -66,10 +212,43 @@ class Node:
 
     @property
     def label(self) -> str:
-        return self.name if self.name is not None else f"{self.op.name}#{self.id}"
+        """The node's name, else `<op>#<id>`; the output of a composite call (a layer,
+        softmax_cross_entropy) is `<call>#<id>`, after what the user called."""
+        if self.name is not None:
+            return self.name
+        call = self.call
+        if call is not None and call.composite and call.name != self.op.name and call.output is self:
+            return f"{call.name}#{self.id}"
+        return f"{self.op.name}#{self.id}"
 
     def describe(self) -> str:
+        """The label, shape and dtype, as error messages show the node."""
         return f"'{self.label}' {format_shape(self.shape)} {self.dtype}"
+
+    @property
+    def where(self) -> str:
+        """How the user recognises this node in an error: its label, and for an internal node of
+        a composite call (softmax_cross_entropy's per-row loss) also that call and its output."""
+        call = self.call
+        out = call.output if call is not None else None
+        if call is not None and call.kind in COMPILER_KINDS:
+            return f"'{self.label}' (op '{self.op.name}', in the {call})"
+        if out is None or out is self:
+            return f"'{self.label}' (op '{self.op.name}')"
+        return f"'{out.label}' ({call}; in its internal node {self.label}, op '{self.op.name}')"
+
+    def eval(self, feeds: dict[str, Any] | None = None, /, **named: Any) -> np.ndarray:
+        """This node's value for the given feeds, computed with the NumPy reference backend
+        (the same as `dg.evaluate(node, ...)`); feeds the node does not need are ignored.
+
+        Example:
+            >>> import drug as dg, numpy as np
+            >>> g = dg.Graph()
+            >>> x = g.input("x", (None, 2))
+            >>> (x * 3.0).eval(x=np.array([[1.0, 2.0]], np.float32))
+            array([[3., 6.]], dtype=float32)
+        """
+        return self.graph.evaluate(self, {**(feeds or {}), **named})
 
     def named(self, name: str) -> Node:
         """Give this node a name so that `graph[name]` finds it; returns the node."""
@@ -77,6 +256,8 @@ class Node:
         return self
 
     def __repr__(self) -> str:
+        if not self.inputs:  # a leaf: input, parameter, constant, optimizer state
+            return f"<{self.label} = {self.op!r} : {self.type}>"
         args = ", ".join(i.label for i in self.inputs)
         return f"<{self.label} = {self.op!r}({args}) : {self.type}>"
 
@@ -181,12 +362,21 @@ class Node:
 
 
 def common_graph(values: Sequence[Any], op_name: str) -> Any:
-    graphs = {id(v.graph): v.graph for v in values if isinstance(v, Node)}
+    """The one graph the nodes among `values` belong to; GraphError naming the nodes otherwise."""
+    graphs: dict[int, list[Node]] = {}
+    for v in values:
+        if isinstance(v, Node):
+            graphs.setdefault(id(v.graph), []).append(v)
     if not graphs:
         raise GraphError(f"{op_name}: needs at least one graph node among its inputs")
     if len(graphs) > 1:
-        raise GraphError(f"{op_name}: inputs come from different graphs")
-    return next(iter(graphs.values()))
+        groups = [" and ".join(f"'{n.label}'" for n in nodes) for nodes in graphs.values()]
+        raise GraphError(
+            f"{op_name}: inputs come from different graphs: {groups[0]} from one, "
+            + ", ".join(f"{group} from another" for group in groups[1:])
+            + "; build each model's nodes from one dg.Graph"
+        )
+    return next(iter(graphs.values()))[0].graph
 
 
 def as_node(graph: Any, value: Any, dtype: np.dtype) -> Node:
@@ -221,5 +411,5 @@ def apply(op: Op, *args: Any) -> Node:
             raise ShapeError(f"the result {format_shape(out_type.shape)} would have the batch dimension twice")
     except ShapeError as error:
         described = ", ".join(i.describe() for i in inputs)
-        raise ShapeError(f"op '{op.name}' on inputs {described}: {error}") from None
+        raise with_context(error, f"op '{op.name}' on inputs {described}: ") from None
     return Node(graph, op, inputs, out_type)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from .errors import GraphError, ShapeError
+from .errors import DTypeError, GraphError
 from .node import apply
 from .types import DTYPES, FLOAT_DTYPES, INT_DTYPES, Shape, TensorType
 
@@ -43,7 +43,27 @@ class Example:
 
 
 class Op:
-    """Subclass to define an op. Attributes set in __init__ are its (hashable) parameters."""
+    """Subclass to define an op: a name, a shape rule (`infer`), a NumPy forward (`ref`) and a
+    gradient rule written with graph ops (`grad`). Attributes set in `__init__` are its
+    (hashable) parameters. An op without a native kernel runs in native steps through a Python
+    callback of its `ref` (correct, slower); apply it with `MyOp(...)(x, ...)`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> class Cube(dg.Op):
+        ...     name = "cube"
+        ...     arity = 1
+        ...     def infer(self, x):
+        ...         return x                        # same shape and dtype
+        ...     def ref(self, x):
+        ...         return x**3
+        ...     def grad(self, g, out, x):
+        ...         return [g * 3.0 * x * x]        # graph ops, so it differentiates again
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.grad(dg.sum(Cube()(x)), x).eval(x=np.array([[1.0, 2.0]], np.float32))
+        array([[ 3., 12.]], dtype=float32)
+    """
 
     name: ClassVar[str] = ""
     arity: ClassVar[int | None] = None  # None: any number of inputs (n-ary)
@@ -90,6 +110,12 @@ class Op:
     @classmethod
     def example(cls, rng: np.random.Generator, dims: Sequence[int]) -> tuple[Op, Example] | None:
         """A random instance for the registry tests; `dims` are small sizes drawn by the test."""
+        return None
+
+    def flops(self, out: tuple[int, ...], *inputs: tuple[int, ...]) -> int | None:
+        """Floating-point operations of one evaluation, given the concrete shapes of the output and
+        the inputs: the profiler reports GFLOP/s for ops that count them (GEMMs, convolutions)
+        and GB/s for the rest (None)."""
         return None
 
     def specialize(self, inputs: Sequence[Node], training: bool) -> Specialized:
@@ -161,16 +187,16 @@ NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what arithmetic accepts (bool does
 
 def same_dtype(types: Sequence[TensorType], allowed: Sequence[np.dtype] = DTYPES, kind: str = "") -> np.dtype:
     """The one dtype all `types` share, which must be among `allowed` (`kind` names them in the
-    message); ShapeError for mixed dtypes or one not allowed."""
+    message); DTypeError for mixed dtypes or one not allowed."""
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise ShapeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly (dg.cast, node.astype)")
+        raise DTypeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly (dg.cast, node.astype)")
     dtype = dtypes.pop()
     if dtype not in allowed:
-        raise ShapeError(f"needs {kind or ' or '.join(map(str, allowed))} inputs, got {dtype}")
+        raise DTypeError(f"needs {kind or ' or '.join(map(str, allowed))} inputs, got {dtype}")
     return dtype
 
 
 def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
-    """The one float dtype all `types` share; ShapeError for mixed or non-float dtypes."""
+    """The one float dtype all `types` share; DTypeError for mixed or non-float dtypes."""
     return same_dtype(types, FLOAT_DTYPES, "float")

@@ -69,6 +69,8 @@ def to_networkx(nodes: tuple[Node, ...] | list[Node]) -> nx.DiGraph:
 def format_program(program: Program) -> str:
     """One line per node, the way DRUG_DEBUG prints it."""
     lines = [f"  {n!r}" for n in program.nodes]
+    for w, g in zip(program.wrt, program.grads):
+        lines.append(f"  d {program.loss.label} / d {w.label} = {g.label}")
     for leaf, new in program.updates:
         lines.append(f"  {leaf.label} <- {new.label}")
     lines.append("  return " + ", ".join(o.label for o in program.outputs))

@@ -8,7 +8,9 @@ reuses them on every later call: an RNN cell applied T times trains one set of w
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -17,7 +19,7 @@ import numpy as np
 from .compiler.scan import scan as scan_loop
 from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
-from .core.node import Node
+from .core.node import Call, Node, building_internally, recording
 from .core.types import format_shape
 from .ops import (
     attention,
@@ -39,6 +41,7 @@ from .ops import (
 )  # fmt: skip
 
 Activation = str | Callable[[Node], Node] | None
+Init = str | np.ndarray  # a parameter's init: "xavier", "normal", "zeros", "ones" or an array
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
 ACTIVATIONS |= {
     "gelu": gelu,
@@ -48,6 +51,13 @@ ACTIVATIONS |= {
     "leaky_relu": leaky_relu,
 }
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
+
+
+def activation_name(activation: Activation) -> str | None:
+    """How `repr` shows an activation: its name, or a function's name."""
+    if activation is None or isinstance(activation, str):
+        return activation
+    return getattr(activation, "__name__", repr(activation))
 
 
 def activation_fn(activation: Activation) -> Callable[[Node], Node]:
@@ -60,8 +70,33 @@ def activation_fn(activation: Activation) -> Callable[[Node], Node]:
     return ACTIVATIONS[activation]
 
 
+def layer_call(method: Callable) -> Callable:
+    """Record the nodes a layer method makes as one call of the layer (for summaries, pictures
+    and error messages), named after the layer once its first call has named it."""
+
+    @functools.wraps(method)
+    def wrapper(self: Layer, *args, **kwargs):
+        if building_internally():  # inside another call (or the compiler): that one owns the nodes
+            return method(self, *args, **kwargs)
+        call = Call(self.name or self.kind, type(self).__name__)
+        with recording(call):
+            out = method(self, *args, **kwargs)
+        call.name = self.name or call.name
+        call.finish(out)
+        return out
+
+    return wrapper
+
+
 class Layer:
-    """Owns parameters named `<name>/<role>`; `name` defaults to `<kind><n>`, unique per graph."""
+    """The base of every layer: owns parameters named `<name>/<role>` (`fc1/w`), created on the
+    first call and reused by every later one. `name` defaults to `<kind><n>` (`dense1`, `gru2`),
+    unique per graph. `summary()`, `to_dot()`, profiles and error messages name the layer.
+
+    Attributes:
+        name: The layer's name (set on the first call if not given).
+        params: Its parameter nodes by role ("w", "b", ...).
+    """
 
     kind = "layer"
 
@@ -74,6 +109,19 @@ class Layer:
     def parameters(self) -> list[Node]:
         """The layer's parameter nodes (empty until its first call), e.g. for `compile(params=...)`."""
         return list(self.params.values())
+
+    def config(self) -> list[str]:
+        """The constructor arguments that differ from the defaults, as `repr` shows them."""
+        return []
+
+    def __repr__(self) -> str:
+        args = ", ".join(self.config() + ([f"name={self.name!r}"] if self.name else []))
+        head = f"{type(self).__name__}({args})"
+        if not self.params:
+            return f"{head} (not built yet)"
+        shapes = ", ".join(f"{p.name} {format_shape(p.shape)}" for p in self.params.values())
+        total = sum(math.prod(p.shape) for p in self.params.values())
+        return f"{head}: {shapes}; {total:,} parameters"
 
     def _bind(self, x: Node) -> bool:
         """Attach to x's graph; True on the first call, when parameters must be created."""
@@ -111,15 +159,53 @@ def _fresh_name(graph: Graph, kind: str) -> str:
 
 
 class Dense(Layer):
-    """`activation(x @ w + b)` over the last axis; x is (..., in_features)."""
+    """A fully connected layer: `activation(x @ w + b)` over the last axis.
+
+    Args:
+        units: Output features.
+        activation: "relu", "sigmoid", "tanh", None (linear) or a function of a node.
+        bias: Add a bias `b` (zeros at first).
+        init: The weight's init (see `Graph.parameter`).
+        name: Parameter prefix (default `dense<n>`).
+
+    Call it on x (..., in_features) to get (..., units); the parameters are `<name>/w` (in, units)
+    and `<name>/b` (units,).
+
+    Raises:
+        ShapeError: (at a call) x's last axis differs from the one the weights were made for.
+        GraphError: An unknown activation, or a call on a node of another graph.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 784))
+        >>> fc1 = dg.layers.Dense(256, activation="relu", name="fc1")
+        >>> fc1(x).shape, sorted(g.params)
+        ((None, 256), ['fc1/b', 'fc1/w'])
+    """
 
     kind = "dense"
 
-    def __init__(self, units: int, activation: Activation = None, bias: bool = True, init="xavier", name=None):
+    def __init__(
+        self,
+        units: int,
+        activation: Activation = None,
+        bias: bool = True,
+        init: Init = "xavier",
+        name: str | None = None,
+    ):
         super().__init__(name)
         self.units, self.bias, self.init = int(units), bias, init
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
 
+    def config(self) -> list[str]:
+        out = [str(self.units)]
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        out += ["bias=False"] if not self.bias else []
+        return out + ([f"init={self.init!r}"] if self.init != "xavier" else [])
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             self._param("w", (x.shape[-1], self.units), self.init)
@@ -131,7 +217,32 @@ class Dense(Layer):
 
 
 class Conv2D(Layer):
-    """Convolution + bias + activation on NCHW input with an OIHW kernel (the seed's conv block)."""
+    """Convolution + bias + activation on NCHW input with an OIHW kernel (see `dg.conv2d`).
+
+    Args:
+        filters: Output channels.
+        kernel_size: The kernel's height and width (one int or a pair).
+        stride: Step between windows (one int or a pair).
+        padding: "valid" or "same".
+        pad_mode: "zeros", "replicate" or "reflect" (for "same").
+        activation: "relu", "sigmoid", "tanh", None or a function of a node.
+        bias: Add one bias per filter.
+        name: Parameter prefix (default `conv<n>`).
+
+    Call it on x (N, C, H, W) to get (N, filters, OH, OW); the parameters are `<name>/w`
+    (filters, C, KH, KW) and `<name>/b` (filters,).
+
+    Raises:
+        ShapeError: (at a call) x is not 4-D, or its channels differ from the first call's.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> images = g.input("images", (None, 1, 28, 28))
+        >>> conv = dg.layers.Conv2D(16, 3, padding="same", activation="relu")
+        >>> conv(images).shape
+        (None, 16, 28, 28)
+    """
 
     kind = "conv"
 
@@ -151,7 +262,17 @@ class Conv2D(Layer):
         self.filters, self.kernel_size, self.bias = int(filters), k, bias
         self.stride, self.padding, self.pad_mode = stride, padding, pad_mode
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
 
+    def config(self) -> list[str]:
+        out = [str(self.filters), f"kernel_size={self.kernel_size}"]
+        out += [f"stride={self.stride}"] if self.stride != 1 else []
+        out += [f"padding={self.padding!r}"] if self.padding != "valid" else []
+        out += [f"pad_mode={self.pad_mode!r}"] if self.pad_mode != "zeros" else []
+        out += [f"activation={self._activation!r}"] if self._activation is not None else []
+        return out + (["bias=False"] if not self.bias else [])
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if x.ndim != 4:
             raise ShapeError(f"conv layer '{self.name}': input {x.describe()} must be NCHW (4-D)")
@@ -167,14 +288,32 @@ class Conv2D(Layer):
 
 
 class Embedding(Layer):
-    """A lookup table: integer ids of any shape -> ids.shape + (dim,)."""
+    """A lookup table: integer ids of any shape -> ids.shape + (dim,) (see `dg.embedding`).
+
+    Args:
+        vocab: The number of ids (rows of the table).
+        dim: The vector size.
+        init: The table's init (see `Graph.parameter`).
+        name: Parameter prefix (default `embedding<n>`); the table is `<name>/table`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> ids = g.input("ids", (None, 32), dtype="int32")
+        >>> dg.layers.Embedding(50, 16)(ids).shape
+        (None, 32, 16)
+    """
 
     kind = "embedding"
 
-    def __init__(self, vocab: int, dim: int, init="xavier", name: str | None = None):
+    def __init__(self, vocab: int, dim: int, init: Init = "xavier", name: str | None = None):
         super().__init__(name)
         self.vocab, self.dim, self.init = int(vocab), int(dim), init
 
+    def config(self) -> list[str]:
+        return [str(self.vocab), str(self.dim)] + ([f"init={self.init!r}"] if self.init != "xavier" else [])
+
+    @layer_call
     def __call__(self, ids: Node) -> Node:
         if self._bind(ids):
             self._param("table", (self.vocab, self.dim), self.init)
@@ -189,6 +328,9 @@ class _Recurrent(Layer):
     def __init__(self, hidden: int, name: str | None = None):
         super().__init__(name)
         self.hidden = int(hidden)
+
+    def config(self) -> list[str]:
+        return [str(self.hidden)]
 
     def _build(self, x: Node) -> None:
         if self._bind(x):
@@ -212,17 +354,30 @@ class _Recurrent(Layer):
         self._build(x)
         return x @ self.w + self.b
 
+    @layer_call
     def __call__(self, x: Node, h: Node | None = None) -> Node:
-        """One step. `h=None` is the zero state."""
+        """One step: x (batch, in), h (batch, hidden) or None (the zero state) -> the new state."""
         return self.step(self.project(x), h)
 
     def step(self, projected: Node, h: Node | None) -> Node:
         raise NotImplementedError
 
+    @layer_call
     def sequence(self, xs: Node, h0=None, scan: bool = False):
-        """Run over axis 1 of xs (batch, T, in): returns (states (batch, T, hidden), last state).
-        `scan=True` compiles one native loop (`dg.scan`) instead of unrolling T steps. The state
-        is h (an LSTM's is the pair (h, c)); `h0=None` starts from zeros."""
+        """Run the cell over axis 1 of `xs`, with the input projections of all steps in one GEMM.
+
+        Args:
+            xs: A float node (batch, T, in).
+            h0: The initial state (batch, hidden) (an LSTM's: the pair (h, c)); None is zeros.
+            scan: Compile one native loop (`dg.scan`) instead of unrolling the T steps (less
+                code to compile for long sequences).
+
+        Returns:
+            (states (batch, T, hidden), last state (batch, hidden); an LSTM's last state is (h, c)).
+
+        Raises:
+            ShapeError: xs is not 3-D, T is 0, or its features differ from the weights'.
+        """
         if xs.ndim != 3:
             raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
         projected = self.project(xs)  # all time steps in one matmul
@@ -253,7 +408,24 @@ class _Recurrent(Layer):
 
 
 class RNNCell(_Recurrent):
-    """Elman cell: h' = activation(x @ w_x + h @ u_x + b_x)."""
+    """An Elman cell: `h' = activation(x @ w_x + h @ u_x + b_x)`.
+
+    Args:
+        hidden: The state size.
+        activation: "tanh" (default), "relu", "sigmoid", None or a function of a node.
+        name: Parameter prefix (default `rnn<n>`).
+
+    `cell(x, h)` is one step ((batch, in), (batch, hidden) -> (batch, hidden); `h=None` is the
+    zero state); `cell.sequence(xs, h0)` runs a whole sequence.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> xs = g.input("xs", (None, 10, 8))        # (batch, time, features)
+        >>> states, last = dg.layers.RNNCell(32).sequence(xs)
+        >>> states.shape, last.shape
+        ((None, 10, 32), (None, 32))
+    """
 
     kind = "rnn"
     gates = ("x",)
@@ -261,15 +433,35 @@ class RNNCell(_Recurrent):
     def __init__(self, hidden: int, activation: Activation = "tanh", name: str | None = None):
         super().__init__(hidden, name)
         self.activation = activation_fn(activation)
+        self._activation = activation_name(activation)
+
+    def config(self) -> list[str]:
+        return super().config() + ([f"activation={self._activation!r}"] if self._activation != "tanh" else [])
 
     def step(self, projected: Node, h: Node | None) -> Node:
         return self.activation(projected if h is None else projected + h @ self.u)
 
 
 class GRUCell(_Recurrent):
-    """Gated recurrent unit with PyTorch's formula (Cho et al. 2014, reset gate after the matmul):
+    """A gated recurrent unit with PyTorch's formula (Cho et al. 2014, reset gate after the matmul):
     r = σ(x w_r + h u_r + b_r), z = σ(x w_z + h u_z + b_z), n = tanh(x w_n + r ⊙ (h u_n) + b_n),
-    h' = (1 - z) ⊙ n + z ⊙ h."""
+    h' = (1 - z) ⊙ n + z ⊙ h.
+
+    Args:
+        hidden: The state size.
+        name: Parameter prefix (default `gru<n>`); the parameters are `w_r`, `w_z`, `w_n`,
+            `u_r`, `u_z`, `u_n`, `b_r`, `b_z`, `b_n`.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 8))
+        >>> cell = dg.layers.GRUCell(16, name="gru")
+        >>> h1 = cell(x)          # the zero state
+        >>> h2 = cell(x, h1)      # the same weights again
+        >>> h2.shape, len(cell.parameters)
+        ((None, 16), 9)
+    """
 
     kind = "gru"
     gates = ("r", "z", "n")

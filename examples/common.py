@@ -23,6 +23,11 @@ def example_parser(description: str, epochs: int, batch: int, lr: float) -> argp
     return parser
 
 
+def batch_count(n: int, batch: int) -> int:
+    """Minibatches in an epoch of `n` samples (the last one may be smaller): the progress bars' total."""
+    return -(-n // batch)
+
+
 def minibatches(n: int, batch: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Indices of a shuffled epoch, `batch` at a time (the last batch may be smaller)."""
     order = rng.permutation(n)

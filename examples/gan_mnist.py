@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import example_parser, minibatches, plot_curves
+from common import batch_count, example_parser, minibatches, plot_curves
 from tqdm import tqdm
 
 import drug as dg
@@ -116,7 +116,8 @@ def train_epoch(d_step, g_step, x_train: np.ndarray, args, rng: np.random.Genera
     """One pass over the data: per batch a discriminator step on real and fresh generated images,
     then a generator step on new noise. Returns the epoch's mean statistics and the step count."""
     stats: dict[str, list[float]] = {"D loss": [], "G loss": [], "D(real)": [], "D(fake)": []}
-    bar = tqdm(minibatches(len(x_train), args.batch, rng), desc="batches", unit="batch", leave=False)
+    batches = minibatches(len(x_train), args.batch, rng)
+    bar = tqdm(batches, total=batch_count(len(x_train), args.batch), desc="batches", unit="batch", leave=False)
     for idx in bar:
         z = rng.standard_normal((len(idx), args.noise)).astype(np.float32)
         d_loss, real_p, fake_p = d_step(x=x_train[idx], z=z)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, linear_decay, minibatches, plot_curves, track_loss
+from common import accuracy, batch_count, example_parser, linear_decay, minibatches, plot_curves, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -43,11 +43,12 @@ def train_drug(args, data) -> dict:
     if args.resume:
         train.load(args.resume)
     rng = np.random.default_rng(args.seed)
-    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    total_steps = args.epochs * batch_count(len(x_train), args.batch)
     step, seconds, curve = 0, 0.0, {"train loss": ([], []), "test accuracy": ([], [])}
     for epoch in range(1, args.epochs + 1):
         losses = []
-        bar = tqdm(minibatches(len(x_train), args.batch, rng), desc=f"epoch {epoch}", unit="batch", leave=False)
+        batches, total = minibatches(len(x_train), args.batch, rng), batch_count(len(x_train), args.batch)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", leave=False)
         start = time.perf_counter()
         for idx in bar:
             train.lr = linear_decay(args.lr, step, total_steps)

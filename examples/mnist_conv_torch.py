@@ -7,7 +7,7 @@ import importlib.util
 import time
 
 import numpy as np
-from common import linear_decay, minibatches
+from common import batch_count, linear_decay, minibatches
 
 
 def torch_missing() -> str | None:
@@ -40,7 +40,7 @@ def train_torch(args, data, initial: dict[str, np.ndarray], threads: int) -> dic
     p = {name: torch.nn.Parameter(torch.from_numpy(value.copy())) for name, value in initial.items()}
     opt = torch.optim.Adam(p.values(), lr=args.lr)
     rng = np.random.default_rng(args.seed)
-    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    total_steps = args.epochs * batch_count(len(x_train), args.batch)
     step, seconds = 0, 0.0
     for epoch in range(1, args.epochs + 1):
         losses = []

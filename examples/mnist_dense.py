@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from common import accuracy, example_parser, linear_decay, minibatches, plot_curves, track_loss
+from common import accuracy, batch_count, example_parser, linear_decay, minibatches, plot_curves, track_loss
 from tqdm import tqdm
 
 import drug as dg
@@ -50,14 +50,15 @@ def main() -> None:
     if args.resume:
         train.load(args.resume)
     rng = np.random.default_rng(args.seed)
-    total_steps = args.epochs * -(-len(x_train) // args.batch)
+    total_steps = args.epochs * batch_count(len(x_train), args.batch)
     step, losses, curve = 0, [], {"train loss": ([], []), "test accuracy": ([], [])}
     start = time.perf_counter()
     train_seconds, samples = 0.0, 0  # this rank's time in its training loop and samples it trained on
     for epoch in range(1, args.epochs + 1):
         epoch_losses = []
         batches = minibatches(len(x_train), args.batch, rng)
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not root)
+        total = batch_count(len(x_train), args.batch)
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not root)
         epoch_start = time.perf_counter()
         for idx in bar:
             if dist is not None:

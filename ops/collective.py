@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.node import apply
+from ..core.node import apply, user_call
 from ..core.op import Op, same_float_dtype
 from ..core.types import TensorType
 from .elementwise import mul
@@ -52,11 +52,13 @@ class AllreduceSum(Op):
         return [apply(AllreduceSum(self.comm), g)]
 
 
+@user_call()
 def allreduce_sum(x, comm: Any):
     """`x` summed over the ranks of `comm` (an mpi4py communicator), as a graph node."""
     return apply(AllreduceSum(comm), x)
 
 
+@user_call()
 def allreduce_mean(x, comm: Any):
     """`x` averaged over the ranks of `comm`: the sum times 1/size, a multiply that fuses into
     the loop reading it (an optimizer update) instead of another pass over the buffer."""

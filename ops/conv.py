@@ -3,10 +3,12 @@ each with its adjoint, so gradients of any order stay graph ops."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape
 
@@ -123,6 +125,9 @@ class Conv2D(Op):
         out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         return TensorType((x.shape[0], w.shape[0]) + out_hw, dtype)
 
+    def flops(self, out, x, w):
+        return 2 * math.prod(out) * math.prod(w[1:])
+
     def ref(self, x, w):
         out_hw = conv_out_hw(x.shape[2:], w.shape[2:], self.stride)
         out = np.zeros((x.shape[0], w.shape[0]) + out_hw, x.dtype)
@@ -165,6 +170,9 @@ class Conv2DGradInput(Op):
             )
         return TensorType((g.shape[0], w.shape[1]) + self.in_hw, dtype)
 
+    def flops(self, out, g, w):
+        return 2 * math.prod(g) * math.prod(w[1:])
+
     def ref(self, g, w):
         out = np.zeros((g.shape[0], w.shape[1]) + self.in_hw, g.dtype)
         for i in range(w.shape[2]):
@@ -206,6 +214,9 @@ class Conv2DGradFilter(Op):
             )
         return TensorType((g.shape[1], x.shape[1]) + self.k_hw, dtype)
 
+    def flops(self, out, x, g):
+        return 2 * math.prod(g) * math.prod(out[1:])
+
     def ref(self, x, g):
         out = np.zeros((g.shape[1], x.shape[1]) + self.k_hw, x.dtype)
         for i in range(self.k_hw[0]):
@@ -237,8 +248,43 @@ def same_pads(in_hw, k_hw, stride) -> tuple[tuple[int, int], tuple[int, int]]:
     return tuple(pads)
 
 
-def conv2d(x, w, stride=1, padding: str = "valid", pad_mode: str = "zeros"):
-    """Convolution of NCHW `x` by OIHW `w`; padding 'valid' or 'same', pad_mode zeros/replicate/reflect."""
+@user_call()
+def conv2d(
+    x: Node, w: Node, stride: int | tuple[int, int] = 1, padding: str = "valid", pad_mode: str = "zeros"
+) -> Node:
+    """2-D convolution (cross-correlation, as in PyTorch and TensorFlow) of NCHW images by an
+    OIHW kernel. Runs natively as im2col + one GEMM (col2im for the input gradient).
+
+    Args:
+        x: Images (N, C, H, W), float; N may be the batch (None).
+        w: Kernel (O, C, KH, KW) of x's dtype: O output channels over C input channels.
+        stride: Step between windows, one int or (vertical, horizontal).
+        padding: "valid" (no padding: output (H - KH) // s + 1) or "same" (output ceil(H / s),
+            TensorFlow's rule: the extra row or column of padding goes at the end).
+        pad_mode: What "same" pads with: "zeros", "replicate" (the edge value) or "reflect".
+
+    Returns:
+        A node (N, O, OH, OW) of x's dtype.
+
+    Raises:
+        ShapeError: x or w is not 4-D, channels differ, the kernel is larger than the image, or
+            padding / pad_mode is unknown.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 4, 4))
+        >>> w = g.parameter("w", (2, 1, 3, 3), init="ones")
+        >>> y = dg.conv2d(x, w, padding="same")
+        >>> y.shape
+        (None, 2, 4, 4)
+        >>> y.eval(x=np.ones((1, 1, 4, 4), np.float32))[0, 0]
+        array([[4., 6., 6., 4.],
+               [6., 9., 9., 6.],
+               [6., 9., 9., 6.],
+               [4., 6., 6., 4.]], dtype=float32)
+    """
     stride = _pair(stride)
     if padding not in ("valid", "same"):
         raise ShapeError(f"conv2d padding must be 'valid' or 'same', got {padding!r}")

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..core.node import apply
+from ..core.node import Node, Operand, apply, user_call
 from ..core.op import NUMERIC_DTYPES, Example, Op, same_dtype
 from ..core.types import FLOAT_DTYPES, TensorType, broadcast_shapes
 
@@ -215,56 +215,274 @@ class OnesLike(Elementwise):
         return None
 
 
-def add(*xs):
-    """Sum of any number of inputs (broadcasting)."""
+@user_call()
+def add(*xs: Operand) -> Node:
+    """The elementwise sum of any number of inputs (`a + b` is `add(a, b)`).
+
+    Inputs broadcast like NumPy arrays (the batch dimension None only meets None or 1) and must
+    share one float dtype; Python numbers and arrays become constants of that dtype.
+
+    Args:
+        *xs: Two or more nodes (or numbers, arrays) of one float dtype.
+
+    Returns:
+        A node of the broadcast shape and the inputs' dtype.
+
+    Raises:
+        ShapeError: The shapes do not broadcast.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x, b = g.input("x", (None, 3)), g.constant([0.0, 10.0, 20.0])
+        >>> dg.add(x, b, 1.0).eval(x=np.ones((2, 3), np.float32))
+        array([[ 2., 12., 22.],
+               [ 2., 12., 22.]], dtype=float32)
+    """
     return apply(Add(), *xs)
 
 
-def mul(*xs):
-    """Product of any number of inputs (broadcasting)."""
+@user_call()
+def mul(*xs: Operand) -> Node:
+    """The elementwise product of any number of inputs (`a * b` is `mul(a, b)`); broadcasting
+    and dtypes as in `add`.
+
+    Args:
+        *xs: Two or more nodes (or numbers, arrays) of one float dtype.
+
+    Returns:
+        A node of the broadcast shape and the inputs' dtype.
+
+    Raises:
+        ShapeError: The shapes do not broadcast.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.mul(x, x, 0.5).eval(x=np.array([[2.0, 4.0]], np.float32))
+        array([[2., 8.]], dtype=float32)
+    """
     return apply(Mul(), *xs)
 
 
-def sub(a, b):
+@user_call()
+def sub(a: Operand, b: Operand) -> Node:
+    """`a - b`, elementwise; broadcasting and dtypes as in `add`.
+
+    Args:
+        a: Minuend (a node, number or array).
+        b: Subtrahend.
+
+    Returns:
+        A node of the broadcast shape and the inputs' dtype.
+
+    Raises:
+        ShapeError: The shapes do not broadcast.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.sub(1.0, x).eval(x=np.array([[0.25, 3.0]], np.float32))
+        array([[ 0.75, -2.  ]], dtype=float32)
+    """
     return apply(Sub(), a, b)
 
 
-def div(a, b):
+@user_call()
+def div(a: Operand, b: Operand) -> Node:
+    """`a / b`, elementwise (IEEE division: x/0 is ±Inf, 0/0 NaN); broadcasting and dtypes as in `add`.
+
+    Args:
+        a: Dividend (a node, number or array).
+        b: Divisor.
+
+    Returns:
+        A node of the broadcast shape and the inputs' dtype.
+
+    Raises:
+        ShapeError: The shapes do not broadcast.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.div(x, 4.0).eval(x=np.array([[1.0, 2.0]], np.float32))
+        array([[0.25, 0.5 ]], dtype=float32)
+    """
     return apply(Div(), a, b)
 
 
-def neg(x):
+@user_call()
+def neg(x: Operand) -> Node:
+    """`-x`, elementwise (`-node` is `neg(node)`).
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> (-x).eval(x=np.array([[1.0, -2.0]], np.float32))
+        array([[-1.,  2.]], dtype=float32)
+    """
     return apply(Neg(), x)
 
 
-def relu(x):
+@user_call()
+def relu(x: Operand) -> Node:
+    """`max(x, 0)`, elementwise; NaN stays NaN (like `np.maximum`). The gradient is 0 at x <= 0.
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.relu(x).eval(x=np.array([[-1.0, 0.0, 2.0]], np.float32))
+        array([[0., 0., 2.]], dtype=float32)
+    """
     return apply(Relu(), x)
 
 
-def sigmoid(x):
+@user_call()
+def sigmoid(x: Operand) -> Node:
+    """The logistic function `1 / (1 + exp(-x))`, elementwise, stable for large |x|.
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype, with values in [0, 1].
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.sigmoid(x).eval(x=np.array([[0.0, 100.0]], np.float32))
+        array([[0.5, 1. ]], dtype=float32)
+    """
     return apply(Sigmoid(), x)
 
 
-def tanh(x):
+@user_call()
+def tanh(x: Operand) -> Node:
+    """The hyperbolic tangent, elementwise.
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype, with values in [-1, 1].
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.tanh(x).eval(x=np.array([[0.0, 20.0]], np.float32))
+        array([[0., 1.]], dtype=float32)
+    """
     return apply(Tanh(), x)
 
 
-def exp(x):
+@user_call()
+def exp(x: Operand) -> Node:
+    """`e ** x`, elementwise (overflows to Inf above ~88.7 in float32).
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.exp(x).eval(x=np.array([[0.0, 1.0]], np.float32))
+        array([[1.      , 2.718282]], dtype=float32)
+    """
     return apply(Exp(), x)
 
 
-def log(x):
+@user_call()
+def log(x: Operand) -> Node:
+    """The natural logarithm, elementwise (log 0 is -Inf, a negative x gives NaN).
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.log(x).eval(x=np.array([[1.0, np.e]], np.float32))
+        array([[0., 1.]], dtype=float32)
+    """
     return apply(Log(), x)
 
 
-def sqrt(x):
+@user_call()
+def sqrt(x: Operand) -> Node:
+    """The square root, elementwise (a negative x gives NaN; the gradient at 0 is Inf).
+
+    Args:
+        x: A float node.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.sqrt(x).eval(x=np.array([[4.0, 2.25]], np.float32))
+        array([[2. , 1.5]], dtype=float32)
+    """
     return apply(Sqrt(), x)
 
 
-def ones_like(x):
+@user_call()
+def ones_like(x: Operand) -> Node:
+    """Ones with x's run-time shape (batch included) and dtype: the seed of reverse-mode autodiff."""
     return apply(OnesLike(), x)
 
 
-def zeros_like(x):
-    """Zeros with x's (runtime) shape, batch included."""
+@user_call()
+def zeros_like(x: Operand) -> Node:
+    """Zeros with x's run-time shape (batch included) and dtype."""
     return mul(ones_like(x), 0.0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, broadcast_shapes, format_shape
 from .shape import transpose
@@ -31,6 +33,9 @@ class MatMul(Op):
 
     def ref(self, a, b):
         return np.matmul(a, b)
+
+    def flops(self, out, a, b):
+        return 2 * math.prod(out) * a[-1]
 
     def grad(self, g, out, a, b):
         if b.ndim == 2 and a.ndim > 2:  # x @ w with x (..., k): dw sums over every leading axis at once
@@ -63,6 +68,9 @@ class ContractLeading(Op):
     def ref(self, a, g):
         return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
 
+    def flops(self, out, a, g):
+        return 2 * math.prod(out) * math.prod(a[:-1])
+
     def grad(self, gg, out, a, g):
         return [matmul(g, swap_last(gg)), matmul(a, gg)]
 
@@ -72,10 +80,36 @@ class ContractLeading(Op):
         return cls(), Example([a, g], [True, True], {0: 0, 1: 0})
 
 
-def swap_last(x):
+def swap_last(x: Node) -> Node:
+    """x with its last two axes swapped."""
     perm = tuple(range(x.ndim - 2)) + (x.ndim - 1, x.ndim - 2)
     return transpose(x, perm)
 
 
-def matmul(a, b):
+@user_call()
+def matmul(a: Node, b: Node) -> Node:
+    """The matrix product `a @ b`, like `np.matmul`: 2-D operands, or batches of matrices whose
+    leading axes broadcast. Runs as one GEMM of NumPy's own BLAS; transposed operands become
+    GEMM flags.
+
+    Args:
+        a: A float node (..., n, k); its leading axis may be the batch (None).
+        b: A float node (..., k, m) of a's dtype.
+
+    Returns:
+        A node (..., n, m) of the operands' dtype.
+
+    Raises:
+        ShapeError: Inner sizes differ, an operand has fewer than 2 axes, or the leading axes do
+            not broadcast.
+        DTypeError: Mixed or non-float dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> w = g.parameter("w", (2, 3), init="ones")
+        >>> (x @ w).eval(x=np.array([[1.0, 2.0]], np.float32))
+        array([[3., 3., 3.]], dtype=float32)
+    """
     return apply(MatMul(), a, b)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.errors import DTypeError, ShapeError
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import INT_DTYPES, TensorType, format_shape, normalize_axes
 from .elementwise import mul, sub
@@ -19,12 +19,12 @@ from .shape import broadcast_like, reshape
 def _check_labels(op: Op, labels: np.ndarray, depth: int) -> None:
     if labels.size and (labels.min() < 0 or labels.max() >= depth):
         bad = labels[(labels < 0) | (labels >= depth)][0]
-        raise ShapeError(f"op '{op.name}': label/id {bad} out of range [0, {depth})")
+        raise ShapeError(f"label/id {bad} out of range [0, {depth}); the step was not completed")
 
 
 def _int_type(op_name: str, t: TensorType, what: str) -> None:
     if t.dtype not in INT_DTYPES:
-        raise ShapeError(f"{what} must be int32 or int64, got {t.dtype}")
+        raise DTypeError(f"{what} must be int32 or int64, got {t.dtype}")
 
 
 class Softmax(Op):
@@ -169,28 +169,139 @@ class EmbeddingGrad(Op):
         return cls(vocab), Example([rng.standard_normal((dims[0], 3, 2)), ids], [True, False], {0: 0, 1: 0})
 
 
-def softmax(x, axis: int = -1):
+@user_call()
+def softmax(x: Node, axis: int = -1) -> Node:
+    """`exp(x) / sum(exp(x))` along `axis`, computed stably (the max is subtracted first).
+
+    Args:
+        x: A float node.
+        axis: The axis that sums to 1.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: The axis is out of range.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.softmax(x).eval(x=np.array([[0.0, 0.0], [1000.0, 1000.0]], np.float32))
+        array([[0.5, 0.5],
+               [0.5, 0.5]], dtype=float32)
+    """
     return apply(Softmax(normalize_axes(axis, x.ndim)[0]), x)
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean over all rows of -log softmax(logits)[label]; stable for large logits."""
+@user_call()
+def softmax_cross_entropy(logits: Node, labels: Node) -> Node:
+    """The mean over all rows of `-log softmax(logits)[label]`: the classification loss, stable
+    for large logits, with the gradient `softmax(logits) - one_hot(labels)` per row.
+
+    Args:
+        logits: Float scores (..., C) over C classes, e.g. (None, 10).
+        labels: Integer class ids (...) (int32 or int64) in [0, C), one per row of logits.
+
+    Returns:
+        A float scalar node (shape ()) of the logits' dtype.
+
+    Raises:
+        ShapeError: labels' shape is not logits' without the last axis; at the call, a label
+            out of range (the message names it; a train step changes nothing).
+        DTypeError: Float labels, or non-float logits.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> logits, y = g.input("logits", (None, 3)), g.input("y", (None,), dtype="int32")
+        >>> loss = dg.softmax_cross_entropy(logits, y)
+        >>> round(float(loss.eval(logits=np.zeros((2, 3), np.float32), y=np.array([0, 2], np.int32))), 4)
+        1.0986
+    """
     return mean(apply(SoftmaxCrossEntropyRows(), logits, labels))
 
 
-def one_hot(labels, depth: int, dtype="float32"):
+@user_call()
+def one_hot(labels: Node, depth: int, dtype: str = "float32") -> Node:
+    """Rows of the identity: `one_hot(labels, depth)[..., k]` is 1 where `labels == k`.
+
+    Args:
+        labels: Integer ids (...) (int32 or int64) in [0, depth).
+        depth: The number of classes.
+        dtype: The float dtype of the result.
+
+    Returns:
+        A node (..., depth) of `dtype`; no gradient flows to labels.
+
+    Raises:
+        DTypeError: Float labels.
+        ShapeError: At the call, an id out of range.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> y = g.input("y", (None,), dtype="int32")
+        >>> dg.one_hot(y, 3).eval(y=np.array([2, 0], np.int32))
+        array([[0., 0., 1.],
+               [1., 0., 0.]], dtype=float32)
+    """
     return apply(OneHot(int(depth), np.dtype(dtype)), labels)
 
 
-def embedding(ids, table):
+@user_call()
+def embedding(ids: Node, table: Node) -> Node:
+    """Rows of `table` picked by integer `ids`: a lookup whose gradient adds into the rows used
+    (repeated ids accumulate).
+
+    Args:
+        ids: Integer ids (...) (int32 or int64) in [0, V).
+        table: A float node (V, D), usually a parameter.
+
+    Returns:
+        A node (..., D) of the table's dtype.
+
+    Raises:
+        DTypeError: Float ids.
+        ShapeError: table is not 2-D; at the call, an id out of range (named; nothing changes).
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> ids = g.input("ids", (None,), dtype="int32")
+        >>> table = g.constant(np.arange(6.0).reshape(3, 2))
+        >>> dg.embedding(ids, table).eval(ids=np.array([2, 0], np.int32))
+        array([[4., 5.],
+               [0., 1.]], dtype=float32)
+    """
     return apply(Embedding(), ids, table)
 
 
 _POOLS = {"avg": mean, "mean": mean, "sum": reduce_sum, "max": reduce_max, "min": reduce_min}
 
 
-def global_pool(x, kind: str = "avg"):
-    """Pool NCHW over both spatial axes -> NC."""
+@user_call()
+def global_pool(x: Node, kind: str = "avg") -> Node:
+    """Pool NCHW feature maps over both spatial axes: (N, C, H, W) -> (N, C).
+
+    Args:
+        x: A float node (N, C, H, W).
+        kind: "avg" (or "mean"), "max", "sum" or "min".
+
+    Returns:
+        A node (N, C) of x's dtype.
+
+    Raises:
+        ShapeError: x is not 4-D, or kind is unknown.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2, 2, 2))
+        >>> dg.global_pool(x, "max").eval(x=np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2))
+        array([[3., 7.]], dtype=float32)
+    """
     if x.ndim != 4:
         raise ShapeError(f"global_pool needs NCHW input, got {x.describe()}")
     if kind not in _POOLS:
@@ -213,12 +324,52 @@ def _pool_windows(x, size, op_name: str):
     return reshape(x, (x.shape[0], x.shape[1], oh, sh, ow, sw))
 
 
-def max_pool2d(x, size: int | tuple[int, int] = 2):
-    """Max over non-overlapping size x size windows of NCHW input. A reshape (no copy) and one
-    reduction, so it runs as fused native loops and differentiates like `max` (ties share)."""
+@user_call()
+def max_pool2d(x: Node, size: int | tuple[int, int] = 2) -> Node:
+    """The maximum over non-overlapping `size` x `size` windows of NCHW input (stride = size, no
+    padding; rows and columns that do not fill a window are dropped, like PyTorch's default).
+    A reshape (no copy) and one reduction, so it runs as fused native loops; ties share the
+    gradient, as with `max`.
+
+    Args:
+        x: A float node (N, C, H, W) with static H and W.
+        size: The window, one int or (height, width).
+
+    Returns:
+        A node (N, C, H // size, W // size) of x's dtype.
+
+    Raises:
+        ShapeError: x is not 4-D, or the window does not fit.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 2, 4))
+        >>> dg.max_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
+        array([[[[5., 7.]]]], dtype=float32)
+    """
     return reduce_max(_pool_windows(x, size, "max_pool2d"), (3, 5))
 
 
-def avg_pool2d(x, size: int | tuple[int, int] = 2):
-    """Mean over non-overlapping size x size windows of NCHW input (see max_pool2d)."""
+@user_call()
+def avg_pool2d(x: Node, size: int | tuple[int, int] = 2) -> Node:
+    """The mean over non-overlapping `size` x `size` windows of NCHW input (see `max_pool2d`).
+
+    Args:
+        x: A float node (N, C, H, W) with static H and W.
+        size: The window, one int or (height, width).
+
+    Returns:
+        A node (N, C, H // size, W // size) of x's dtype.
+
+    Raises:
+        ShapeError: x is not 4-D, or the window does not fit.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1, 2, 4))
+        >>> dg.avg_pool2d(x).eval(x=np.arange(8, dtype=np.float32).reshape(1, 1, 2, 4))
+        array([[[[2.5, 4.5]]]], dtype=float32)
+    """
     return mean(_pool_windows(x, size, "avg_pool2d"), (3, 5))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TypeAlias
 
 import numpy as np
 
-from ..core.node import apply
+from ..core.node import Node, Operand, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, normalize_axes
 from .cast import cast
@@ -100,11 +102,61 @@ class Count(Op):
         return [None]
 
 
-def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name
+Axis: TypeAlias = "int | Sequence[int] | None"
+
+
+@user_call()
+def sum(x: Operand, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001 - mirrors numpy's name
+    """The sum over `axis` (an int, a tuple of ints, or None for every axis), like `np.sum`.
+
+    Summing over the batch axis (None) adds the examples of the call together.
+
+    Args:
+        x: A float node.
+        axis: Axes to reduce; negative axes count from the end. None reduces all of them.
+        keepdims: Keep the reduced axes as size 1 (so the result broadcasts against x).
+
+    Returns:
+        A node of x's dtype and shape without the reduced axes (or with them as 1).
+
+    Raises:
+        ShapeError: An axis out of range or repeated.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.sum(x, axis=1).eval(x=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32))
+        array([ 6., 15.], dtype=float32)
+    """
     return apply(Sum(normalize_axes(axis, x.ndim), keepdims), x)
 
 
-def mean(x, axis=None, keepdims: bool = False):
+@user_call()
+def mean(x: Operand, axis: Axis = None, keepdims: bool = False) -> Node:
+    """The mean over `axis` (default: every axis), like `np.mean`; over the batch axis it divides
+    by the batch size of each call.
+
+    Args:
+        x: A float node.
+        axis: Axes to reduce; None reduces all of them.
+        keepdims: Keep the reduced axes as size 1.
+
+    Returns:
+        A node of x's dtype and shape without the reduced axes (or with them as 1).
+
+    Raises:
+        ShapeError: An axis out of range or repeated.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.mean(x).eval(x=np.array([[1.0, 2.0], [3.0, 6.0]], np.float32))
+        array(3., dtype=float32)
+    """
     axes = normalize_axes(axis, x.ndim)
     total = sum(x, axes, keepdims)
     if any(x.shape[a] is None for a in axes):
@@ -112,9 +164,54 @@ def mean(x, axis=None, keepdims: bool = False):
     return mul(total, 1.0 / math.prod(x.shape[a] for a in axes))
 
 
-def max(x, axis=None, keepdims: bool = False):  # noqa: A001
+@user_call()
+def max(x: Operand, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    """The maximum over `axis` (default: every axis), like `np.max`; NaN propagates. Ties share
+    the gradient equally.
+
+    Args:
+        x: A float node.
+        axis: Axes to reduce; None reduces all of them.
+        keepdims: Keep the reduced axes as size 1.
+
+    Returns:
+        A node of x's dtype and shape without the reduced axes (or with them as 1).
+
+    Raises:
+        ShapeError: An axis out of range or repeated.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.max(x, axis=-1, keepdims=True).eval(x=np.array([[1.0, 7.0, 3.0]], np.float32))
+        array([[7.]], dtype=float32)
+    """
     return apply(Max(normalize_axes(axis, x.ndim), keepdims), x)
 
 
-def min(x, axis=None, keepdims: bool = False):  # noqa: A001
+@user_call()
+def min(x: Operand, axis: Axis = None, keepdims: bool = False) -> Node:  # noqa: A001
+    """The minimum over `axis` (default: every axis), like `np.min`; see `max`.
+
+    Args:
+        x: A float node.
+        axis: Axes to reduce; None reduces all of them.
+        keepdims: Keep the reduced axes as size 1.
+
+    Returns:
+        A node of x's dtype and shape without the reduced axes (or with them as 1).
+
+    Raises:
+        ShapeError: An axis out of range or repeated.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.min(x, axis=1).eval(x=np.array([[1.0, 7.0, -3.0]], np.float32))
+        array([-3.], dtype=float32)
+    """
     return apply(Min(normalize_axes(axis, x.ndim), keepdims), x)

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
-from ..core.node import apply
+from ..core.errors import DTypeError, GraphError, ShapeError
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op
 from ..core.types import Shape, TensorType, broadcast_shapes, format_shape, normalize_axes, normalize_shape
 
@@ -236,7 +236,7 @@ class Concat(Op):
         axis = self.axis
         dtypes = {x.dtype for x in xs}
         if len(dtypes) > 1:
-            raise ShapeError(f"mixed dtypes {sorted(map(str, dtypes))}")
+            raise DTypeError(f"mixed dtypes {sorted(map(str, dtypes))}")
         for x in xs:
             if x.ndim != first.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, first.shape)) if i != axis):
                 raise ShapeError(f"shapes differ outside axis {axis}")
@@ -325,8 +325,31 @@ class SumTo(Op):
         return cls((dims[1], 1)), Example([x], [True], {})
 
 
-def reshape(x, shape: Sequence[int | None]):
-    """Reshape; None keeps the batch dimension, -1 infers one static dimension."""
+@user_call()
+def reshape(x: Node, shape: Sequence[int | None]) -> Node:
+    """The same values with another shape (no copy: native code reads the input's buffer).
+
+    Args:
+        x: A node of any dtype.
+        shape: The new shape: None keeps the batch dimension (at most one None, where x has
+            its batch), -1 infers one static dimension.
+
+    Returns:
+        A node of x's dtype with `shape`.
+
+    Raises:
+        ShapeError: The sizes differ, or the batch dimension would move into another axis.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2, 3))
+        >>> y = dg.reshape(x, (None, -1))
+        >>> y.shape
+        (None, 6)
+        >>> y.eval(x=np.arange(6, dtype=np.float32).reshape(1, 2, 3))
+        array([[0., 1., 2., 3., 4., 5.]], dtype=float32)
+    """
     shape = tuple(shape)
     if -1 in shape:
         known = _static_size(tuple(d for d in shape if d != -1))
@@ -335,28 +358,95 @@ def reshape(x, shape: Sequence[int | None]):
     return apply(Reshape(normalize_shape(shape), x.shape), x)
 
 
-def transpose(x, perm: Sequence[int] | None = None):
-    """Permute axes (reverse them by default)."""
+@user_call()
+def transpose(x: Node, perm: Sequence[int] | None = None) -> Node:
+    """The axes of x permuted, like `np.transpose` (`x.T` reverses them). A 2-D transpose that
+    feeds a matmul costs nothing: it becomes a GEMM flag.
+
+    Args:
+        x: A node of any dtype.
+        perm: The new order of the axes (default: reversed).
+
+    Returns:
+        A node of x's dtype whose axis i is x's axis perm[i].
+
+    Raises:
+        ShapeError: perm is not a permutation of x's axes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2, 3))
+        >>> dg.transpose(x, (0, 2, 1)).shape
+        (None, 3, 2)
+    """
     perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % max(x.ndim, 1) for p in perm)
     return apply(Transpose(perm), x)
 
 
-def getitem(x, index):
+@user_call()
+def getitem(x: Node, index: Any) -> Node:
+    """`x[index]`: basic indexing with ints, slices (with steps), `...` and `None`-free tuples;
+    the batch axis takes only `:`. The gradient scatters back into zeros.
+
+    Args:
+        x: A node of any dtype.
+        index: An int, a slice, `...` or a tuple of them, as NumPy's basic indexing.
+
+    Returns:
+        A node of x's dtype: an int drops its axis, a slice keeps it.
+
+    Raises:
+        ShapeError: An index out of range, or an int or a bounded slice on the batch axis.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 4))
+        >>> x[:, 1:3].eval(x=np.array([[0.0, 1.0, 2.0, 3.0]], np.float32))
+        array([[1., 2.]], dtype=float32)
+    """
     return apply(Slice(_normalize_index(index, x.shape)), x)
 
 
-def concat(xs: Sequence, axis: int = 0):
+@user_call()
+def concat(xs: Sequence[Node], axis: int = 0) -> Node:
+    """The inputs joined along `axis`, like `np.concatenate`.
+
+    Args:
+        xs: Nodes of one dtype whose shapes agree outside `axis`.
+        axis: A static axis (not the batch axis); negative counts from the end.
+
+    Returns:
+        A node whose `axis` is the sum of the inputs' sizes along it.
+
+    Raises:
+        GraphError: No input.
+        ShapeError: Shapes that differ outside `axis`, or `axis` is the batch axis.
+        DTypeError: Mixed dtypes.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> a, b = g.input("a", (None, 2)), g.input("b", (None, 1))
+        >>> dg.concat([a, b], axis=1).eval(a=np.ones((1, 2), np.float32), b=np.zeros((1, 1), np.float32))
+        array([[1., 1., 0.]], dtype=float32)
+    """
     xs = list(xs)
     if not xs:
         raise GraphError("concat needs at least one input")
     return apply(Concat(normalize_axes(axis, xs[0].ndim)[0]), *xs)
 
 
-def broadcast_like(x, like):
+@user_call()
+def broadcast_like(x: Node, like: Node) -> Node:
+    """x broadcast to the run-time shape of `like` (used by gradient rules)."""
     return apply(BroadcastLike(), x, like)
 
 
-def sum_to(x, shape: Shape):
+@user_call()
+def sum_to(x: Node, shape: Shape) -> Node:
+    """x summed back to `shape`, the adjoint of broadcasting (used by autodiff)."""
     return apply(SumTo(tuple(shape)), x)
 
 

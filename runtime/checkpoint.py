@@ -3,6 +3,7 @@ atomically and checked by a SHA-256 so that a torn or corrupted file is never lo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -64,7 +65,10 @@ def save(
 
 
 def read(path: str | os.PathLike) -> Checkpoint:
-    """A checkpoint's contents, after checking its integrity."""
+    """A checkpoint's contents, after checking its integrity; FileNotFoundError if there is no
+    file at `path`."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(errno.ENOENT, "no checkpoint file", os.fspath(path))
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

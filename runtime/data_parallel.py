@@ -42,6 +42,9 @@ class DataParallelStep:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.step, name)
 
+    def __repr__(self) -> str:
+        return f"<DataParallelStep rank {self.world.rank} of {self.world.size}: {self.step!r}>"
+
     @property
     def lr(self) -> float:
         return self.step.lr

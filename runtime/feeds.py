@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
+from ..core.errors import DTypeError, GraphError, ShapeError
 from ..core.memory import allocating
 from ..core.node import Node
 from ..core.types import format_shape
@@ -31,7 +31,7 @@ def bind_feeds(
         value = feeds[name]
         array = value if isinstance(value, np.ndarray) else _from_python(name, value, node.dtype)
         if array.dtype != node.dtype:
-            raise ShapeError(
+            raise DTypeError(
                 f"input '{name}' expects dtype {node.dtype}, got {array.dtype}; convert with .astype('{node.dtype}')"
             )
         declared = node.shape
@@ -60,9 +60,9 @@ def _from_python(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     except (ValueError, TypeError) as error:  # ragged lists
         raise ShapeError(f"input '{name}' is not an array of numbers: {error}") from None
     if array.dtype.kind not in "biuf":
-        raise ShapeError(f"input '{name}' expects {dtype} numbers, got {type(value).__name__} of {array.dtype}")
+        raise DTypeError(f"input '{name}' expects {dtype} numbers, got {type(value).__name__} of {array.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
-        raise ShapeError(f"input '{name}' expects integers ({dtype}), got floats; convert them explicitly")
+        raise DTypeError(f"input '{name}' expects integers ({dtype}), got floats; convert them explicitly")
     converted = array.astype(dtype)
     if dtype.kind in "iu" and not np.array_equal(converted, array):
         raise ShapeError(f"input '{name}' has integers out of the range of {dtype}")

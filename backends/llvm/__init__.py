@@ -26,6 +26,9 @@ class LLVMBackend(Backend):
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> NativeExecutor:
         return NativeExecutor(program, state)
 
+    def instrumented_executor(self, program: Program, state: dict[str, np.ndarray], instrument: str) -> NativeExecutor:
+        return NativeExecutor(program, state, instrument)
+
 
 register(LLVMBackend())
 

@@ -41,6 +41,7 @@ from .irutil import (
     to_storage,
 )
 from .lowering import lowering_of
+from .probes import Probe
 from .scalar import ScalarEmitter
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
@@ -189,8 +190,10 @@ class ModuleBuilder:
         module: ir.Module | None = None,
         prefix: str = "",
         bounds_check: bool | None = None,
+        probe: Probe | None = None,
     ):
         self.schedule = schedule
+        self.probe = probe  # code around each kernel call (profiling, numerics checks: probes.py)
         self.module = module if module is not None else ir.Module(name=name)
         self.prefix = prefix  # of function names, when several schedules share a module (loop bodies)
         self.blas_int = ir.IntType(blas_int_bits)
@@ -237,7 +240,9 @@ class ModuleBuilder:
         if key not in self._functions:
             self._functions[key] = self.kernel_function(index, kernel, slots)
         args = [self.table_pointer(b, table, s) for s in slots] + [batch, runtime]
-        return b.call(self._functions[key], args, name=f"status{index}")
+        token = self.probe.before(b, index) if self.probe else None
+        status = b.call(self._functions[key], args, name=f"status{index}")
+        return self.probe.after(b, index, token, status, table, batch) if self.probe else status
 
     def check_status(self, b: ir.IRBuilder, index: int, status: ir.Value) -> None:
         """Stop the step with kernel `index`'s status if it failed (or touched memory it must not)."""

@@ -10,20 +10,23 @@ import sys
 
 import numpy as np
 
+from ...compiler.interpret import live_array
 from ...compiler.schedule import Schedule, fingerprint
 from ...core import memory
-from ...core.errors import GraphError, ShapeError
-from ...core.leaves import InputOp
+from ...core.errors import GraphError, ShapeError, with_context
+from ...core.leaves import ConstantOp, InputOp
 from ...core.node import Node
 from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
+from .. import numerics
 from ..base import Executor
-from . import arena, blas, bounds, threads
+from . import arena, blas, bounds, probes, threads
 from .codegen import ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
     STATUS_INDEX_OUT_OF_RANGE,
     STATUS_INVALID_VALUE,
+    STATUS_NOT_FINITE,
     STATUS_OUT_OF_BOUNDS,
     STATUS_OUT_OF_MEMORY,
 )
@@ -32,6 +35,7 @@ from .jit import compile_module, host_cpu
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
 MAX_BINDINGS = 4  # arenas kept, one per recently used batch size
+MAX_PROFILED_STEPS = 10_000  # spans kept by a profiling build (24 bytes per kernel per step)
 
 
 def warm_up() -> None:
@@ -68,19 +72,27 @@ class Binding:
 class NativeExecutor(Executor):
     fills_outputs = True
 
-    def __init__(self, program: Program, state: dict[str, np.ndarray]):
+    def __init__(self, program: Program, state: dict[str, np.ndarray], instrument: str | None = None):
+        """`instrument`: None (a plain build), "profile" (kernel times, see probes.KernelClock) or
+        "numerics" (stop at the first kernel writing NaN or Inf, see probes.FiniteCheck)."""
         self.program = program
         self.schedule: Schedule = program.schedule
         self.state = state
+        self.instrument = instrument
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         parallel = threads.openmp() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
+        probe = _probe(instrument, self.schedule, parallel)
         self._builder = lambda: ModuleBuilder(  # noqa: E731
-            self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check
+            self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check, probe=probe
         )
         builder = lambda: str(self._builder().build())  # noqa: E731
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
+        key += f"|probe-{instrument}" if instrument else ""
         self.compiled = compile_module(key, builder)
+        self.spans: list[np.ndarray] = []  # "profile": per step, (kernels, 3) start ns, end ns, thread
+        self.last_batch: int | None = None
+        self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
         self._blas_context = blas.one_thread() if parallel else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
@@ -135,10 +147,22 @@ class NativeExecutor(Executor):
             binding.arrays[slot] = target.reshape(arena_arrays[slot].shape)
             binding.table[slot] = target.ctypes.data
         self._current = binding
+        before = self._snapshot() if self.instrument == "numerics" else None
         try:
+            if self._clock is not None:
+                self._clock[...] = 0  # kernels a failed step did not reach stay at 0
             with self._blas_context:
                 status = self._step(binding.table_address, batch, self._runtime_address)
+            if self._clock is not None:
+                self.spans.append(self._clock.copy())
+                self.last_batch = batch
+                del self.spans[:-MAX_PROFILED_STEPS]
             if status:
+                if before is not None:  # a kernel may have updated a parameter in place already
+                    for target, saved in before:
+                        np.copyto(target, saved)
+                if status == STATUS_NOT_FINITE:
+                    raise self._non_finite(binding)
                 self._raise(status, binding)
             return [
                 redirected[slot][1] if redirected.get(slot, (None,))[0] == i else self.view(binding, n)
@@ -151,6 +175,57 @@ class NativeExecutor(Executor):
                 binding.table[slot] = array.ctypes.data
             for slot, _ in self.input_slots:  # do not keep the caller's arrays alive until the next call
                 binding.arrays.pop(slot, None)
+
+    def _snapshot(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(live array, copy) of every parameter and state buffer the step updates."""
+        live = [live_array(self.program, self.state, leaf) for leaf, _ in self.program.updates]
+        return [(array, array.copy()) for array in live]
+
+    def _profile_words(self) -> np.ndarray:
+        """The probes' `drug_profile` array of the compiled module, as (kernels, 3) int64."""
+        address = self.compiled.engine.get_global_value_address(probes.PROFILE_GLOBAL)
+        count = max(len(self.schedule.kernels), 1)
+        words = (ctypes.c_int64 * (probes.PROFILE_WORDS * count)).from_address(address)
+        return np.ctypeslib.as_array(words).reshape(count, probes.PROFILE_WORDS)
+
+    def _non_finite(self, binding: Binding) -> GraphError:
+        """The error for the kernel that stopped the step on a NaN or Inf: its members are computed
+        again with their NumPy references from the kernel's inputs (which the step left intact;
+        updated parameters are restored) to find the first node that produced it."""
+        index, _ = self._failure()
+        kernel = self.schedule.kernels[index]
+        members = {n.id for n in kernel.nodes}
+        native: dict[int, object] = {}
+        reference: dict[int, object] = {}
+
+        def value_native(node: Node) -> object:
+            if node.id not in native:
+                if isinstance(node.op, ConstantOp):
+                    native[node.id] = node.op.value
+                elif node.id in self.schedule.buffer_of:
+                    native[node.id] = self.view(binding, node)
+                else:
+                    native[node.id] = node.op.ref(*(value_native(i) for i in node.inputs))
+            return native[node.id]
+
+        def value_reference(node: Node) -> object:
+            if node.id not in members:
+                return value_native(node)
+            if node.id not in reference:
+                value = node.op.ref(*(value_reference(i) for i in node.inputs))
+                reference[node.id] = value if node.op.multi_output else np.asarray(value, node.dtype)
+            return reference[node.id]
+
+        where = f" in kernel {index} ({kernel.name})"
+        try:
+            node = numerics.first_non_finite(kernel.nodes, value_reference)
+            if node is not None:
+                return numerics.non_finite_error(node, value_reference, self.program, where)
+        except Exception:  # noqa: BLE001 - the reference could not recompute it: report what native code wrote
+            pass
+        outputs = [n for n in kernel.outputs if n.id in self.schedule.buffer_of]
+        node = numerics.first_non_finite(outputs, value_native) or kernel.outputs[0]
+        return numerics.non_finite_error(node, value_native, self.program, where)
 
     def _redirect_outputs(self, binding: Binding, out: list) -> dict[int, tuple[int, np.ndarray]]:
         """Output slots to point at caller arrays that fit exactly (saves a copy of each output):
@@ -205,8 +280,8 @@ class NativeExecutor(Executor):
             node = kernel.nodes[0]
             try:  # the op's reference forward finds the first bad id or value and says what is wrong with it
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
-            except GraphError as error:
-                raise type(error)(f"node {node.label}: {error}; the step was not completed") from None
+            except ShapeError as error:
+                raise with_context(error, f"node {node.where}: ") from None
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
         if status == STATUS_INVALID_VALUE:
@@ -251,7 +326,17 @@ class NativeExecutor(Executor):
         return f"{what}: buffer {slot}, {buffer.kind} {format_shape(buffer.shape)} {buffer.dtype}{held}"
 
 
+def _probe(instrument: str | None, schedule: Schedule, threaded: bool) -> probes.Probe | None:
+    if instrument is None:
+        return None
+    if instrument == "profile":
+        return probes.KernelClock(schedule, threaded)
+    if instrument == "numerics":
+        return probes.FiniteCheck(schedule)
+    raise ValueError(f"unknown instrument {instrument!r}; use 'profile' or 'numerics'")
+
+
 def _describe(kernel) -> str:
-    nodes = ", ".join(f"{n.label} (op '{n.op.name}', shape {format_shape(n.shape)})" for n in kernel.nodes[:4])
+    nodes = ", ".join(f"{n.where} {format_shape(n.shape)}" for n in kernel.nodes[:4])
     more = f" and {len(kernel.nodes) - 4} more" if len(kernel.nodes) > 4 else ""
     return f"{kernel.kind} kernel of {nodes}{more}"

@@ -11,7 +11,8 @@ from llvmlite import ir
 STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2  # what a kernel returns on failure
 STATUS_OUT_OF_MEMORY = 3
 STATUS_OUT_OF_BOUNDS = 4  # DRUG_BOUNDS_CHECK=1 caught a load or store outside its buffer (compiler/bounds.py)
-STATUS_INVALID_VALUE = 5  # a value the op cannot take (NaN cast to an integer); its `ref` says which
+STATUS_NOT_FINITE = 5  # debug_numerics: a kernel wrote NaN or Inf (probes.FiniteCheck)
+STATUS_INVALID_VALUE = 6  # a value the op cannot take (NaN cast to an integer); its `ref` says which
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)

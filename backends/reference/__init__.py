@@ -20,5 +20,10 @@ class ReferenceBackend(Backend):
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> ReferenceExecutor:
         return ReferenceExecutor(program, state)
 
+    def instrumented_executor(self, program: Program, state: dict[str, np.ndarray], instrument: str):
+        if instrument == "numerics":
+            return ReferenceExecutor(program, state, check_numerics=True)
+        return super().instrumented_executor(program, state, instrument)
+
 
 register(ReferenceBackend())

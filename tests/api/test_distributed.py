@@ -229,7 +229,7 @@ def test_ranks_with_different_graphs_all_raise_the_same_error(two_ranks):
 @pytest.mark.parametrize(
     "scenario, message",
     [
-        ("fail-step", "rank 1 of 2 failed in a train step: ShapeError: node softmax_cross_entropy"),
+        ("fail-step", "rank 1 of 2 failed in a train step: ShapeError: node 'softmax_cross_entropy"),
         ("fail-outside", "rank 1 of 2 failed with an uncaught exception: RuntimeError: rank 1 could not read"),
     ],
 )

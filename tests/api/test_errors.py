@@ -206,3 +206,79 @@ def test_bad_shapes_at_declaration():
         dg.concat([x, x], axis=0)
     with pytest.raises(dg.ShapeError, match="conv2d padding must be"):
         dg.conv2d(g.input("im", (None, 1, 4, 4)), g.parameter("k", (1, 1, 3, 3)), padding="full")
+
+
+def test_dtype_errors_are_type_errors_and_shape_errors():
+    assert issubclass(dg.DTypeError, TypeError)
+    assert issubclass(dg.DTypeError, dg.ShapeError)
+    assert issubclass(dg.DTypeError, dg.GraphError)
+    g = dg.Graph()
+    a, b = g.input("a", (3,)), g.input("b", (3,), dtype="float64")
+    with pytest.raises(TypeError, match=r"op 'mul' on inputs 'a' \(3,\) float32, 'b' \(3,\) float64: mixed dtypes"):
+        a * b
+    logits, y = g.input("logits", (None, 3)), g.input("y", (None,))
+    with pytest.raises(dg.DTypeError, match="labels must be int32 or int64"):
+        dg.softmax_cross_entropy(logits, y)
+
+
+def test_a_feed_of_the_wrong_dtype_is_a_type_error():
+    g, logits, _ = mlp()
+    predict = g.compile(outputs=logits, backend="numpy")
+    with pytest.raises(TypeError, match=r"input 'x' expects dtype float32, got float64"):
+        predict(x=np.zeros((2, 4)))
+    lookup = g.compile(outputs=dg.embedding(g["y"], g["w"]), backend="numpy")
+    with pytest.raises(dg.DTypeError, match="expects integers"):
+        lookup(y=[1.5, 2.0])
+
+
+def test_different_graphs_error_names_the_nodes():
+    a = dg.Graph().input("a", (3,))
+    b = dg.Graph().input("b", (3,))
+    with pytest.raises(dg.GraphError, match=r"add: inputs come from different graphs: 'a' from one, 'b' from another"):
+        a + b
+
+
+@pytest.mark.parametrize("backend", ["numpy", "llvm"])
+def test_label_errors_name_the_users_call_and_node(backend):
+    g, _, loss = mlp()
+    loss.named("loss")
+    train = g.compile(loss=loss, optimizer=dg.SGD(0.1), backend=backend)
+    with pytest.raises(dg.ShapeError) as info:
+        train(x=np.zeros((2, 4), np.float32), y=np.array([0, 9], np.int32))
+    message = str(info.value)
+    assert message.startswith("node 'loss' (softmax_cross_entropy(); in its internal node softmax_cross_entropy_rows#")
+    assert "label/id 9 out of range [0, 3)" in message
+
+
+def test_shape_errors_inside_a_composite_call_name_the_call():
+    g = dg.Graph()
+    logits, y = g.input("logits", (None, 3)), g.input("y", (None, 2), dtype="int32")
+    with pytest.raises(dg.ShapeError, match=r"^softmax_cross_entropy: op 'softmax_cross_entropy_rows' on inputs"):
+        dg.softmax_cross_entropy(logits, y)
+
+
+def test_unnamed_output_of_a_composite_call_is_labelled_after_the_call():
+    g = dg.Graph()
+    x = g.input("x", (None, 3))
+    loss = dg.softmax_cross_entropy(x, g.input("y", (None,), dtype="int32"))
+    assert loss.label.startswith("softmax_cross_entropy#")
+    h = dg.layers.Dense(2, name="fc")(x)
+    assert h.label.startswith("fc#") and h.call.kind == "Dense"
+    assert dg.relu(x).label.startswith("relu#")
+
+
+def test_loading_another_optimizers_checkpoint_says_which_state_differs(tmp_path):
+    g, _, loss = mlp()
+    adam = g.compile(loss=loss, optimizer=dg.Adam(1e-3), backend="numpy")
+    adam.save(tmp_path / "adam.npz")
+    sgd = g.compile(loss=loss, optimizer=dg.SGD(0.1, momentum=0.9), backend="numpy")
+    before = g.params["w"].copy()
+    with pytest.raises(dg.GraphError) as info:
+        sgd.load(tmp_path / "adam.npz")
+    message = str(info.value)
+    assert "another optimizer" in message and "SGD(lr=0.1, momentum=0.9)" in message
+    assert "extra beta_magnitude_power, beta_momentum_power, magnitude" in message
+    assert "keeps momentum" in message and "nothing was loaded" in message
+    np.testing.assert_array_equal(g.params["w"], before)
+    predict = g.compile(outputs=g["x"] @ g["w"], backend="numpy")
+    predict.load(tmp_path / "adam.npz")  # a predictor takes the parameters of any train step

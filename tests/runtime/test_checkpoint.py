@@ -202,10 +202,13 @@ def test_a_foreign_npz_is_refused(tmp_path):
         train.load(path)
 
 
-def test_missing_file_is_refused(tmp_path):
-    _, train = make_train()
-    with pytest.raises(dg.GraphError, match="unreadable"):
+def test_missing_file_is_file_not_found(tmp_path):
+    g, train = make_train()
+    before = {k: v.copy() for k, v in g.params.items()}
+    with pytest.raises(FileNotFoundError, match="nope.npz") as info:
         train.load(tmp_path / "nope.npz")
+    assert info.value.filename == str(tmp_path / "nope.npz")
+    assert all(np.array_equal(before[k], g.params[k]) for k in before)
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
