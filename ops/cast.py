@@ -65,7 +65,7 @@ class FloatToInt(_Conversion):
         lo, hi = int_bounds(self.dtype)
         bad = ~((x >= lo) & (x < hi))  # NaN fails both comparisons
         if np.any(bad):
-            raise GraphError(f"op '{self.name}': cannot cast {x[bad][0]} to {self.dtype}")
+            raise GraphError(f"cannot cast {x[bad][0]} to {self.dtype}; the step was not completed")
         return x.astype(self.dtype)
 
     @classmethod

@@ -280,7 +280,7 @@ class NativeExecutor(Executor):
             node = kernel.nodes[0]
             try:  # the op's reference forward finds the first bad id or value and says what is wrong with it
                 node.op.ref(*(self.view(binding, i) for i in node.inputs))
-            except ShapeError as error:
+            except GraphError as error:
                 raise with_context(error, f"node {node.where}: ") from None
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
