@@ -13,6 +13,7 @@ import itertools
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -363,7 +364,7 @@ class _Recurrent(Layer):
         raise NotImplementedError
 
     @layer_call
-    def sequence(self, xs: Node, h0=None, scan: bool = False):
+    def sequence(self, xs: Node, h0: Node | tuple[Node, Node] | None = None, scan: bool = False) -> tuple[Node, Any]:
         """Run the cell over axis 1 of `xs`, with the input projections of all steps in one GEMM.
 
         Args:
@@ -481,15 +482,32 @@ class GRUCell(_Recurrent):
 
 class LSTMCell(_Recurrent):
     """Long short-term memory with PyTorch's formula and gate order (i, f, g, o):
-    i = σ(x w_i + h u_i + b_i), f = σ(x w_f + h u_f + b_f), g = tanh(x w_g + h u_g + b_g),
-    o = σ(x w_o + h u_o + b_o), c' = f ⊙ c + i ⊙ g, h' = o ⊙ tanh(c'). The state is (h, c);
-    one bias per gate (PyTorch's b_ih + b_hh)."""
+    `i = σ(x w_i + h u_i + b_i)`, `f = σ(x w_f + h u_f + b_f)`, `g = tanh(x w_g + h u_g + b_g)`,
+    `o = σ(x w_o + h u_o + b_o)`, `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`; one bias per gate
+    (PyTorch's b_ih + b_hh). The state is the pair (h, c).
+
+    Args:
+        hidden: The state size.
+        name: Parameter prefix (default `lstm<n>`).
+
+    `cell(x, (h, c))` is one step and returns the new (h, c) (`None` is the zero state);
+    `cell.sequence(xs, (h0, c0), scan=...)` runs a sequence and returns (all h, last (h, c)).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> xs = g.input("xs", (None, 20, 8))
+        >>> states, (h, c) = dg.layers.LSTMCell(16, name="lstm").sequence(xs, scan=True)
+        >>> states.shape, h.shape, c.shape
+        ((None, 20, 16), (None, 16), (None, 16))
+    """
 
     kind = "lstm"
     gates = ("i", "f", "g", "o")
 
+    @layer_call
     def __call__(self, x: Node, state: tuple[Node, Node] | None = None) -> tuple[Node, Node]:
-        """One step: the new (h, c). `state=None` is the zero state."""
+        """One step: x (batch, in) and the state (h, c) (None: zeros) -> the new (h, c)."""
         return self.step(self.project(x), state)
 
     def step(self, projected: Node, state: tuple[Node, Node] | None) -> tuple[Node, Node]:
@@ -513,7 +531,22 @@ class LSTMCell(_Recurrent):
 
 
 class LayerNorm(Layer):
-    """dg.layer_norm over the last axis, then a learned scale (ones) and bias (zeros)."""
+    """`dg.layer_norm` over the last axis, then a learned scale (ones at first) and bias (zeros).
+
+    Args:
+        eps: Added to the variance.
+        name: Parameter prefix (default `layernorm<n>`): `<name>/scale`, `<name>/bias`.
+
+    Raises:
+        ShapeError: (at a call) the last axis differs from the one the parameters were made for.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.LayerNorm(name="ln")(x).shape, sorted(g.params)
+        ((None, 10, 32), ['ln/bias', 'ln/scale'])
+    """
 
     kind = "layernorm"
 
@@ -521,6 +554,10 @@ class LayerNorm(Layer):
         super().__init__(name)
         self.eps = float(eps)
 
+    def config(self) -> list[str]:
+        return [f"eps={self.eps}"] if self.eps != 1e-5 else []
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             self._param("scale", (x.shape[-1],), "ones")
@@ -530,7 +567,21 @@ class LayerNorm(Layer):
 
 
 class RMSNorm(Layer):
-    """dg.rms_norm over the last axis, then a learned scale (ones)."""
+    """`dg.rms_norm` over the last axis, then a learned scale (ones at first).
+
+    Args:
+        eps: Added to the mean square.
+        name: Parameter prefix (default `rmsnorm<n>`): `<name>/scale`.
+
+    Raises:
+        ShapeError: (at a call) the last axis differs from the one the parameter was made for.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.RMSNorm(name="norm")(g.input("x", (None, 32))).shape, sorted(g.params)
+        ((None, 32), ['norm/scale'])
+    """
 
     kind = "rmsnorm"
 
@@ -538,6 +589,10 @@ class RMSNorm(Layer):
         super().__init__(name)
         self.eps = float(eps)
 
+    def config(self) -> list[str]:
+        return [f"eps={self.eps}"] if self.eps != 1e-6 else []
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if self._bind(x):
             self._param("scale", (x.shape[-1],), "ones")
@@ -546,7 +601,22 @@ class RMSNorm(Layer):
 
 
 class Dropout(Layer):
-    """dg.dropout with a fixed rate: active in train steps, the identity in predictors."""
+    """`dg.dropout` with a fixed rate: active in train steps, the identity in predictors.
+
+    Args:
+        rate: The probability of dropping an element, in [0, 1) (0: the layer is the identity).
+        name: The layer's name (it has no parameters).
+
+    Raises:
+        GraphError: A rate outside [0, 1).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 32))
+        >>> dg.layers.Dropout(0.1)(x).shape
+        (None, 32)
+    """
 
     kind = "dropout"
 
@@ -556,23 +626,56 @@ class Dropout(Layer):
             raise GraphError(f"dropout layer: rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
 
+    def config(self) -> list[str]:
+        return [str(self.rate)]
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         self._bind(x)
         return x if self.rate == 0.0 else dropout(x, self.rate)
 
 
 class MultiHeadAttention(Layer):
-    """Attention with `heads` heads over x (batch, T, d) and a context (batch, S, d) (x itself by
-    default): q = x w_q + b_q, k and v likewise from the context, dg.attention per head (in the
-    projections' own (batch, T, heads, d/heads) layout: no transposes), then out = a w_o + b_o."""
+    """Multi-head attention over x (batch, T, d) and a context (batch, S, d_c) (x itself by
+    default): `q = x w_q + b_q`, k and v likewise from the context, `dg.attention` per head in
+    the projections' own (batch, T, heads, d/heads) layout (no transposes), then
+    `out = a w_o + b_o`.
+
+    Args:
+        heads: The number of heads (d must be a multiple).
+        causal: Mask key j > query i.
+        dropout: Dropout on the output (in train steps).
+        name: Parameter prefix (default `mha<n>`): `<name>/w_q`, `w_k`, `w_v`, `w_o` and `b_*`.
+
+    `mha(x, context=None, mask=None)`; `mask` as in `dg.attention`.
+
+    Raises:
+        ShapeError: (at a call) inputs that are not (batch, T, features), d not a multiple of
+            heads, or features that differ from the parameters'.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.MultiHeadAttention(4, causal=True, name="attn")(x).shape
+        (None, 10, 32)
+    """
 
     kind = "mha"
 
     def __init__(self, heads: int, causal: bool = False, dropout: float = 0.0, name: str | None = None):
         super().__init__(name)
-        self.heads, self.causal = int(heads), bool(causal)
+        self.heads, self.causal, self.rate = int(heads), bool(causal), float(dropout)
         self.drop = Dropout(dropout) if dropout else None
 
+    def config(self) -> list[str]:
+        return (
+            [str(self.heads)]
+            + (["causal=True"] if self.causal else [])
+            + ([f"dropout={self.rate}"] if self.rate else [])
+        )
+
+    @layer_call
     def __call__(self, x: Node, context: Node | None = None, mask: Node | None = None) -> Node:
         context = x if context is None else context
         if x.ndim != 3 or context.ndim != 3:
@@ -582,7 +685,7 @@ class MultiHeadAttention(Layer):
             if d % self.heads:
                 raise ShapeError(f"mha layer '{self.name}': {d} features do not split into {self.heads} heads")
             for role in ("q", "k", "v", "o"):
-                self._param(f"w_{role}", (d if role != "k" and role != "v" else context.shape[-1], d))
+                self._param(f"w_{role}", (context.shape[-1] if role in ("k", "v") else d, d))
             for role in ("q", "k", "v", "o"):
                 self._param(f"b_{role}", (d,), "zeros")
         self._expect(x, -1, self.params["w_q"].shape[0], "features")
@@ -599,7 +702,20 @@ class MultiHeadAttention(Layer):
 
 def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
     """The (length, dim) table of "Attention is all you need": sin(pos / 10000^(2i/dim)) in even
-    columns, cos in odd ones."""
+    columns, cos in odd ones.
+
+    Args:
+        length: Positions.
+        dim: Features.
+
+    Returns:
+        A float64 array (length, dim).
+
+    Example:
+        >>> import drug as dg
+        >>> dg.layers.sinusoidal_positions(4, 2)[:, 0].round(3)
+        array([0.   , 0.841, 0.909, 0.141])
+    """
     position = np.arange(length)[:, None]
     frequency = np.exp(-np.log(10000.0) * np.arange(0, dim, 2) / dim)
     table = np.zeros((length, dim))
@@ -609,18 +725,40 @@ def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
 
 
 class PositionalEmbedding(Layer):
-    """Adds a position vector to each step of x (batch, T, d), T <= max_len: learned (a
-    (max_len, d) parameter) or the fixed sinusoidal table (kind="sinusoidal", a constant)."""
+    """Adds a position vector to each step of x (batch, T, d), T <= max_len: a learned (max_len, d)
+    parameter, or the fixed sinusoidal table (a constant).
+
+    Args:
+        max_len: The longest sequence.
+        kind: "learned" or "sinusoidal".
+        init: The learned table's init (see `Graph.parameter`).
+        name: Parameter prefix (default `positions<n>`): `<name>/table`.
+
+    Raises:
+        GraphError: An unknown kind.
+        ShapeError: (at a call) x is not (batch, T <= max_len, d).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.PositionalEmbedding(64, name="pos")(x).shape, g.params["pos/table"].shape
+        ((None, 10, 32), (64, 32))
+    """
 
     kind = "positions"
 
-    def __init__(self, max_len: int, kind: str = "learned", init="normal", name: str | None = None):
+    def __init__(self, max_len: int, kind: str = "learned", init: Init = "normal", name: str | None = None):
         super().__init__(name)
         if kind not in ("learned", "sinusoidal"):
             raise GraphError(f"positional embedding kind must be 'learned' or 'sinusoidal', got {kind!r}")
         self.max_len, self.kind_, self.init = int(max_len), kind, init
         self.table: Node | None = None
 
+    def config(self) -> list[str]:
+        return [str(self.max_len)] + ([f"kind={self.kind_!r}"] if self.kind_ != "learned" else [])
+
+    @layer_call
     def __call__(self, x: Node) -> Node:
         if x.ndim != 3 or x.shape[1] is None or x.shape[1] > self.max_len:
             raise ShapeError(
@@ -638,8 +776,31 @@ class PositionalEmbedding(Layer):
 
 
 class TransformerBlock(Layer):
-    """A pre-norm transformer block: x + drop(attn(ln1(x))), then + drop(mlp(ln2(x))) with the MLP
-    d -> mlp_ratio * d (activation, GELU by default) -> d."""
+    """A pre-norm transformer block: `x + drop(attn(ln1(x), mask))`, then `+ drop(mlp(ln2(x)))`
+    with the MLP d -> mlp_ratio * d (activation) -> d.
+
+    Args:
+        heads: Attention heads.
+        mlp_ratio: The MLP's hidden width over d.
+        dropout: Dropout after the attention and after the MLP (in train steps).
+        causal: Mask key j > query i (a decoder).
+        activation: The MLP's activation ("gelu" by default; see `Dense`).
+        eps: The layer norms' eps.
+        name: Parameter prefix (default `block<n>`): `<name>/ln1/scale`, `<name>/attn/w_q`, ...
+
+    `block(x, mask=None)` with x (batch, T, d).
+
+    Raises:
+        ShapeError: (at a call) x is not (batch, T, d) or d is not a multiple of heads.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> block = dg.layers.TransformerBlock(4, causal=True, dropout=0.1, name="block")
+        >>> block(x).shape, len(block.params)
+        ((None, 10, 32), 16)
+    """
 
     kind = "block"
 
@@ -658,6 +819,12 @@ class TransformerBlock(Layer):
         self.activation, self.eps = activation, eps
         self.layers: dict[str, Layer] = {}
 
+    def config(self) -> list[str]:
+        out = [str(self.heads)] + ([f"mlp_ratio={self.mlp_ratio}"] if self.mlp_ratio != 4.0 else [])
+        out += [f"dropout={self.rate}"] if self.rate else []
+        return out + (["causal=True"] if self.causal else [])
+
+    @layer_call
     def __call__(self, x: Node, mask: Node | None = None) -> Node:
         if x.ndim != 3:
             raise ShapeError(f"block layer '{self.name}': input {x.describe()} must be (batch, T, features)")

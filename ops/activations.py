@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, Operand, apply, user_call
 from ..core.op import Example
 from .elementwise import Elementwise, Relu, add, div, exp, mul, ones_like, sigmoid, sub, tanh, zeros_like
 from .logic import equal, greater, where
@@ -152,27 +152,86 @@ class StopGradient(Elementwise):
         return cls(), Example([x], [False], {0: 0})
 
 
-def gelu(x, approximate: str = "none"):
-    """Gaussian error linear unit: exact (erf) by default, approximate="tanh" for the tanh form."""
+def _activation_doc(summary: str, call: str, example: str, args: str = "") -> str:
+    return f"""{summary}
+
+    Args:
+        x: A float node.{args}
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> {call}.eval(x=np.array([[-1.0, 0.0, 2.0]], np.float32))
+        {example}
+    """
+
+
+@user_call()
+def gelu(x: Operand, approximate: str = "none") -> Node:
     return apply(Gelu(approximate), x)
 
 
-def silu(x):
+@user_call()
+def silu(x: Operand) -> Node:
     return apply(Silu(), x)
 
 
-def leaky_relu(x, alpha: float = 0.01):
+@user_call()
+def leaky_relu(x: Operand, alpha: float = 0.01) -> Node:
     return apply(LeakyRelu(alpha), x)
 
 
-def elu(x, alpha: float = 1.0):
+@user_call()
+def elu(x: Operand, alpha: float = 1.0) -> Node:
     return apply(Elu(alpha), x)
 
 
-def softplus(x):
+@user_call()
+def softplus(x: Operand) -> Node:
     return apply(Softplus(), x)
 
 
-def stop_gradient(x):
-    """x, treated as a constant by autodiff."""
+@user_call()
+def stop_gradient(x: Operand) -> Node:
     return apply(StopGradient(), x)
+
+
+gelu.__doc__ = _activation_doc(
+    "The Gaussian error linear unit x * Phi(x) (Phi: the standard normal CDF): exact,\n    "
+    '0.5 x (1 + erf(x / sqrt 2)), or with approximate="tanh" PyTorch\'s tanh form.',
+    "dg.gelu(x)",
+    "array([[-0.15865526,  0.        ,  1.9544997 ]], dtype=float32)",
+    '\n        approximate: "none" (erf) or "tanh".',
+)
+silu.__doc__ = _activation_doc(
+    "x * sigmoid(x) (swish).", "dg.silu(x)", "array([[-0.2689414,  0.       ,  1.761594 ]], dtype=float32)"
+)
+leaky_relu.__doc__ = _activation_doc(
+    "x for x > 0, alpha * x otherwise.",
+    "dg.leaky_relu(x, 0.1)",
+    "array([[-0.1,  0. ,  2. ]], dtype=float32)",
+    "\n        alpha: The slope below zero.",
+)
+elu.__doc__ = _activation_doc(
+    "x for x > 0, alpha * (exp(x) - 1) otherwise.",
+    "dg.elu(x)",
+    "array([[-0.63212055,  0.        ,  2.        ]], dtype=float32)",
+    "\n        alpha: The value it tends to below zero is -alpha.",
+)
+softplus.__doc__ = _activation_doc(
+    "log(1 + exp(x)), without overflow and relatively accurate for very negative x; its\n    gradient is sigmoid(x).",
+    "dg.softplus(x)",
+    "array([[0.3132617, 0.6931472, 2.126928 ]], dtype=float32)",
+)
+stop_gradient.__doc__ = _activation_doc(
+    "x itself, through which no gradient flows (autodiff treats it as a constant).",
+    "dg.stop_gradient(x)",
+    "array([[-1.,  0.,  2.]], dtype=float32)",
+)

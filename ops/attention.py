@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import Node, apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import BOOL, FLOAT_DTYPES, Shape, TensorType, broadcast_shapes, format_shape
 from .multi import result
@@ -83,17 +83,12 @@ class _AttentionBase(Op):
             allowed &= np.tril(np.ones(s.shape[-2:], bool))
         return np.where(allowed, s, -np.inf)
 
-    def _lse(self, s: np.ndarray) -> np.ndarray:
-        """Row log-sum-exp (keeping the axis); -inf for fully masked rows."""
-        m = s.max(axis=-1, keepdims=True)
-        m = np.where(np.isfinite(m), m, 0)
-        total = np.exp(s - m).sum(axis=-1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            return np.where(total > 0, m + np.log(total), -np.inf)
-
     def _probabilities(self, s: np.ndarray) -> np.ndarray:
-        lse = self._lse(s)
-        return np.exp(s - np.where(np.isfinite(lse), lse, np.inf))
+        """Row softmax of masked scores; rows with no key that takes part are zero."""
+        m = s.max(axis=-1, keepdims=True)
+        e = np.exp(s - np.where(np.isfinite(m), m, 0))
+        total = e.sum(axis=-1, keepdims=True)
+        return e / np.where(total > 0, total, 1)
 
 
 class Attention(_AttentionBase):
@@ -173,13 +168,49 @@ class AttentionGrad(_AttentionBase):
         return tuple(canonical(a, layout) for a in (dq, dk, dv))
 
 
-def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = None, layout: str = "bhtd"):
-    """softmax(q k^T * scale + mask) v over (batch, heads, time, dim) inputs, like
-    torch.nn.functional.scaled_dot_product_attention: `scale` defaults to 1/sqrt(dim), `causal`
-    masks key j > query i, a bool `mask` marks the pairs that take part (True), a float mask is
-    added to the scores; either broadcasts to (batch, heads, query time, key time). A query
-    no key may attend to gets zeros. layout="bthd" takes (batch, time, heads, dim) inputs and
-    gives that layout back (no transposes after a projection)."""
+@user_call()
+def attention(
+    q: Node,
+    k: Node,
+    v: Node,
+    mask: Node | np.ndarray | None = None,
+    causal: bool = False,
+    scale: float | None = None,
+    layout: str = "bhtd",
+) -> Node:
+    """softmax(q k^T * scale + mask) v per batch and head, with
+    torch.nn.functional.scaled_dot_product_attention's semantics. A query no key may attend to
+    gets zeros. The native kernels never hold more than one block of scores per thread: a
+    blocked online softmax forward and a backward that recomputes the scores (FlashAttention).
+
+    Args:
+        q: Queries (batch, heads, Tq, d) (with layout="bthd": (batch, Tq, heads, d)).
+        k: Keys, (batch, heads, Tk, d) in the same layout.
+        v: Values, (batch, heads, Tk, dv) in the same layout.
+        mask: None, a bool node marking the (query, key) pairs that take part (True), or a float
+            node added to the scores; either broadcasts to (batch, heads, Tq, Tk). Masks get no
+            gradient.
+        causal: Mask key j > query i (top-left aligned, like PyTorch's is_causal).
+        scale: The factor of the scores; default 1/sqrt(d).
+        layout: "bhtd" (PyTorch's) or "bthd" (what x @ w reshaped to heads already is: no
+            transposes).
+
+    Returns:
+        The output in q's layout, with v's last dimension.
+
+    Raises:
+        ShapeError: q, k, v do not fit together, or the mask does not broadcast to the scores.
+        DTypeError: Non-float inputs, or a mask that is neither bool nor q's float dtype.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> q, k, v = (g.input(n, (None, 1, 2, 2)) for n in "qkv")
+        >>> ones, rows = np.ones((1, 1, 2, 2), np.float32), np.array([[[[1.0, 0.0], [0.0, 1.0]]]], np.float32)
+        >>> dg.attention(q, k, v, causal=True).eval(q=ones, k=ones, v=rows)
+        array([[[[1. , 0. ],
+                 [0.5, 0.5]]]], dtype=float32)
+    """
     if q.ndim != 4:
         raise ShapeError(f"attention: q {q.describe()} must be 4-D ({layout})")
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..core.errors import GraphError, ShapeError
-from ..core.node import apply
+from ..core.errors import DTypeError, GraphError
+from ..core.node import Node, apply, user_call
 from ..core.op import Example
 from ..core.types import DTYPES, TensorType
 from .elementwise import Elementwise
@@ -25,7 +25,7 @@ class _Conversion(Elementwise):
 
     def infer(self, x):
         if x.dtype not in DTYPES or self.dtype not in DTYPES:
-            raise ShapeError(f"casts convert among {', '.join(map(str, DTYPES))}; not {x.dtype} to {self.dtype}")
+            raise DTypeError(f"casts convert among {', '.join(map(str, DTYPES))}; not {x.dtype} to {self.dtype}")
         return TensorType(x.shape, self.dtype)
 
     def grad(self, g, out, x):
@@ -58,7 +58,7 @@ class FloatToInt(_Conversion):
 
     def infer(self, x):
         if x.dtype.kind != "f" or self.dtype.kind != "i":
-            raise ShapeError(f"float_to_int converts floats to integers, not {x.dtype} to {self.dtype}")
+            raise DTypeError(f"float_to_int converts floats to integers, not {x.dtype} to {self.dtype}")
         return super().infer(x)
 
     def ref(self, x):
@@ -81,16 +81,41 @@ def int_bounds(dtype: np.dtype) -> tuple[float, float]:
     return lo, -lo
 
 
-def cast(x, dtype):
-    """`x` converted to `dtype` (float32, float64, int32, int64 or bool), as NumPy's astype; the
-    node itself when it already has that dtype. Floats that no integer holds (NaN, inf, out of
-    range) make the step fail with a GraphError naming the node."""
+@user_call()
+def cast(x: Node, dtype: str | np.dtype | type) -> Node:
+    """x converted to `dtype`, as NumPy's `astype` (`x.astype(dtype)` is `cast(x, dtype)`):
+    floats to integers truncate toward zero, anything to bool is `x != 0`, bools become 0 or 1.
+    Between floats the gradient converts back; integer and bool results carry none.
+
+    A float that no integer of the target holds (NaN, an infinity, a value out of range) stops
+    the step with a GraphError naming the node and the value, before anything is written.
+
+    Args:
+        x: A node.
+        dtype: float32, float64, int32, int64 or bool (a name or a NumPy dtype).
+
+    Returns:
+        A node of x's shape in `dtype`; x itself if it has that dtype already.
+
+    Raises:
+        DTypeError: An unknown or unsupported dtype.
+        GraphError: (at a call) a value that the integer dtype cannot hold.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> x.astype("int32").eval(x=np.array([[-1.7, 0.5, 2.9]], np.float32))
+        array([[-1,  0,  2]], dtype=int32)
+        >>> dg.cast(x > 0, "float32").eval(x=np.array([[-1.7, 0.5, 2.9]], np.float32))
+        array([[0., 1., 1.]], dtype=float32)
+    """
     try:
         dtype = np.dtype(dtype)
     except TypeError:
-        raise ShapeError(f"cast of {x.describe()}: {dtype!r} is not a dtype") from None
+        raise DTypeError(f"cast of {x.describe()}: {dtype!r} is not a dtype") from None
     if dtype not in DTYPES:
-        raise ShapeError(f"cast of {x.describe()}: casts convert among {', '.join(map(str, DTYPES))}, not to {dtype}")
+        raise DTypeError(f"cast of {x.describe()}: casts convert among {', '.join(map(str, DTYPES))}, not to {dtype}")
     if x.dtype == dtype:
         return x
     op = FloatToInt(dtype) if x.dtype.kind == "f" and dtype.kind == "i" else Cast(dtype)

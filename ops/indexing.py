@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import NUMERIC_DTYPES, Example, Op, same_dtype, same_float_dtype
 from ..core.types import Shape, TensorType, format_shape, normalize_axes
 from .nn import _check_labels, _int_type
@@ -249,25 +249,137 @@ def _axis(x, axis: int) -> int:
     return normalize_axes(axis, x.ndim)[0]
 
 
-def argmax(x, axis: int = -1):
-    """Position of the largest value along `axis` (int32; the first on ties, NaN counts as largest)."""
+@user_call()
+def argmax(x: Node, axis: int = -1) -> Node:
+    """The position of the largest value along `axis` (the first on ties; a NaN counts as the
+    largest, like NumPy's); not differentiable.
+
+    Args:
+        x: A float or integer node.
+        axis: A static axis (not the batch dimension).
+
+    Returns:
+        An int32 node of x's shape without `axis`.
+
+    Raises:
+        ShapeError: The axis is out of range, the batch dimension, or empty.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.argmax(x).eval(x=np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]], np.float32))
+        array([1, 0], dtype=int32)
+    """
     return apply(Argmax(_axis(x, axis)), x)
 
 
-def argmin(x, axis: int = -1):
+@user_call()
+def argmin(x: Node, axis: int = -1) -> Node:
+    """The position of the smallest value along `axis` (see `argmax`).
+
+    Args:
+        x: A float or integer node.
+        axis: A static axis (not the batch dimension).
+
+    Returns:
+        An int32 node of x's shape without `axis`.
+
+    Raises:
+        ShapeError: The axis is out of range, the batch dimension, or empty.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.argmin(x).eval(x=np.array([[1.0, 3.0, 0.0], [2.0, 0.0, 0.0]], np.float32))
+        array([2, 1], dtype=int32)
+    """
     return apply(Argmin(_axis(x, axis)), x)
 
 
-def take(x, ids, axis: int = 0):
-    """np.take: the slices of x along `axis` at integer `ids` (any shape); the gradient adds
-    back into x (repeated ids accumulate). Ids out of range stop the step with an error."""
+@user_call()
+def take(x: Node, ids: Node, axis: int = 0) -> Node:
+    """np.take: the slices of x along `axis` at integer `ids` (of any shape). The gradient adds
+    back into x (repeated ids accumulate). Ids are checked before anything is written: one out
+    of range stops the step with a ShapeError naming the node and the id.
+
+    Args:
+        x: A node.
+        ids: An int32 or int64 node.
+        axis: A static axis of x.
+
+    Returns:
+        A node of shape x.shape[:axis] + ids.shape + x.shape[axis+1:].
+
+    Raises:
+        ShapeError: The axis is the batch dimension; (at a call) an id out of range.
+        DTypeError: ids are not integers.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> table = g.constant(np.arange(6.0).reshape(3, 2))
+        >>> ids = g.input("ids", (None,), dtype="int32")
+        >>> dg.take(table, ids).eval(ids=np.array([2, 0, 2], np.int32))
+        array([[4., 5.],
+               [0., 1.],
+               [4., 5.]], dtype=float32)
+    """
     return apply(Take(_axis(x, axis)), x, ids)
 
 
-def gather(x, ids, axis: int):
-    """np.take_along_axis / torch.gather: ids has x's shape except along `axis`."""
+@user_call()
+def gather(x: Node, ids: Node, axis: int) -> Node:
+    """np.take_along_axis (torch.gather): ids has x's shape except along `axis`, and the result
+    picks x[..., ids[..., k, ...], ...]; the gradient adds back into x. Ids are checked as in `take`.
+
+    Args:
+        x: A node.
+        ids: An int32 or int64 node of x's shape except along `axis`.
+        axis: A static axis of x.
+
+    Returns:
+        A node of ids' shape and x's dtype.
+
+    Raises:
+        ShapeError: ids do not fit x; (at a call) an id out of range.
+        DTypeError: ids are not integers.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> ids = g.input("ids", (None, 1), dtype="int32")
+        >>> dg.gather(x, ids, 1).eval(x=np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], np.float32),
+        ...                           ids=np.array([[2], [0]], np.int32))
+        array([[3.],
+               [4.]], dtype=float32)
+    """
     return apply(Gather(_axis(x, axis)), x, ids)
 
 
-def cumsum(x, axis: int = -1, reverse: bool = False):
+@user_call()
+def cumsum(x: Node, axis: int = -1, reverse: bool = False) -> Node:
+    """Running sums along `axis` (from the end when `reverse`); the gradient is the running sum
+    of the gradient in the other direction.
+
+    Args:
+        x: A float node.
+        axis: A static axis.
+        reverse: Sum from the last element backwards.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: The axis is out of range or the batch dimension.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.cumsum(x).eval(x=np.array([[1.0, 2.0, 3.0]], np.float32))
+        array([[1., 3., 6.]], dtype=float32)
+    """
     return apply(Cumsum(_axis(x, axis), bool(reverse)), x)

@@ -6,11 +6,12 @@ statistics from x instead of keeping them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import Shape, normalize_axes
 
@@ -133,12 +134,56 @@ def _norm(op_class, x, axis, eps: float):
     return apply(op_class(axes, eps), x)
 
 
-def layer_norm(x, axis=-1, eps: float = 1e-5):
-    """(x - mean) / sqrt(var + eps) over the trailing `axis` (an int or the trailing axes), with
-    the biased variance like PyTorch; no scale or bias (dg.layers.LayerNorm adds them)."""
+@user_call()
+def layer_norm(x: Node, axis: int | Sequence[int] = -1, eps: float = 1e-5) -> Node:
+    """(x - mean) / sqrt(var + eps) over the trailing `axis`, with the biased variance like
+    PyTorch; no scale or bias (`dg.layers.LayerNorm` adds them). Native forward and backward
+    kernels make one pass over a row for its statistics and one to write.
+
+    Args:
+        x: A float node.
+        axis: The last axis (-1) or a tuple of trailing axes; static (not the batch).
+        eps: Added to the variance.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: The axes are not trailing, or include the batch; eps < 0.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 4))
+        >>> dg.layer_norm(x).eval(x=np.array([[1.0, 2.0, 3.0, 6.0]], np.float32))
+        array([[-1.0690434, -0.5345217,  0.       ,  1.6035651]], dtype=float32)
+    """
     return _norm(LayerNorm, x, axis, eps)
 
 
-def rms_norm(x, axis=-1, eps: float = 1e-6):
-    """x / sqrt(mean(x^2) + eps) over the trailing `axis` (no scale; dg.layers.RMSNorm adds one)."""
+@user_call()
+def rms_norm(x: Node, axis: int | Sequence[int] = -1, eps: float = 1e-6) -> Node:
+    """x / sqrt(mean(x^2) + eps) over the trailing `axis` (no scale: `dg.layers.RMSNorm` adds
+    one); fused native kernels like `layer_norm`.
+
+    Args:
+        x: A float node.
+        axis: The last axis (-1) or a tuple of trailing axes; static (not the batch).
+        eps: Added to the mean square.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: The axes are not trailing, or include the batch; eps < 0.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.rms_norm(x).eval(x=np.array([[3.0, 4.0]], np.float32))
+        array([[0.8485281, 1.1313708]], dtype=float32)
+    """
     return _norm(RMSNorm, x, axis, eps)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..core.errors import ShapeError
-from ..core.node import apply
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_dtype, same_float_dtype
 from ..core.types import DTYPES, Shape, TensorType, format_shape
 from .shape import Slice
@@ -125,10 +125,33 @@ class PadNDGrad(Op):
         return cls(op.pads, mode, (None,) + x.shape[1:]), Example([g], [True], {0: 0})
 
 
-def pad(x, pads: Sequence[tuple[int, int]] | Sequence[int], mode: str = "constant", value: float = 0.0):
-    """x padded on each axis by pads[axis] = (before, after) (one pair per axis; a flat
-    (before, after) pads the last axis only). mode: "constant" (with `value`), "replicate"
-    (repeat the edge) or "reflect" (mirror without repeating the edge, like PyTorch)."""
+@user_call()
+def pad(x: Node, pads: Sequence[tuple[int, int]] | Sequence[int], mode: str = "constant", value: float = 0.0) -> Node:
+    """x padded on any axes: with a constant, by repeating the edge ("replicate", NumPy's
+    "edge") or by mirroring without repeating the edge ("reflect", like PyTorch's and NumPy's).
+    The gradient of replicate and reflect padding adds each padded element back into its source.
+
+    Args:
+        x: A node.
+        pads: One (before, after) pair per axis; a flat (before, after) pads the last axis only.
+            The batch dimension cannot be padded.
+        mode: "constant", "replicate" or "reflect".
+        value: The constant of "constant" padding.
+
+    Returns:
+        A node of the padded shape.
+
+    Raises:
+        ShapeError: A bad mode, pair count or pad (negative, on the batch axis, or a reflect pad
+            as large as its axis).
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 3))
+        >>> dg.pad(x, (2, 1), "reflect").eval(x=np.array([[1.0, 2.0, 3.0]], np.float32))
+        array([[3., 2., 1., 2., 3., 2.]], dtype=float32)
+    """
     pads = list(pads)
     if pads and all(isinstance(p, int) for p in pads):
         if len(pads) != 2:

@@ -12,12 +12,14 @@ from the Box-Muller transform of two uniforms."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from ..core.errors import GraphError, ShapeError
-from ..core.node import Node, apply
+from ..core.graph import Graph
+from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, Specialized
 from ..core.types import FLOAT_DTYPES, INT_DTYPES, TensorType, format_shape, normalize_shape
 from .elementwise import mul, zeros_like
@@ -186,23 +188,108 @@ def _draw(distribution: str, source, shape, dtype) -> Node:
     return apply(Random(distribution, key, shape, np.dtype(dtype or graph.dtype)), counter)
 
 
-def random_uniform(source, shape=None, low: float = 0.0, high: float = 1.0, dtype=None) -> Node:
-    """Uniform numbers in [low, high), fresh at every call of a compiled function: shaped like
-    the node `source` (its batch included), or of `shape` with `source` a graph."""
+@user_call()
+def random_uniform(
+    source: Node | Graph,
+    shape: Sequence[int] | None = None,
+    low: float = 0.0,
+    high: float = 1.0,
+    dtype: str | None = None,
+) -> Node:
+    """Uniform numbers in [low, high), fresh at every call of a compiled function (the graph's
+    step counter advances once per call), the same bits on every backend.
+
+    Args:
+        source: A node to take the shape (batch included) from, or the graph (then give `shape`).
+        shape: With a graph as source: a static shape.
+        low: The lower end.
+        high: The upper end (excluded).
+        dtype: float32 or float64; default the source node's float dtype, else the graph's.
+
+    Returns:
+        A float node.
+
+    Raises:
+        GraphError: A node and a shape at once, or a graph without one.
+        ShapeError: A shape with the batch dimension (pass a node instead).
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph(seed=0)
+        >>> u = dg.random_uniform(g, (2, 3))
+        >>> draw = g.compile(outputs=u)
+        >>> a, b = draw(), draw()
+        >>> bool((a >= 0).all() and (a < 1).all()), bool((a != b).any()), int(g.state["random/step"])
+        (True, True, 2)
+    """
     u = _draw("uniform", source, shape, dtype)
     return u if (low, high) == (0.0, 1.0) else u * (high - low) + low
 
 
-def random_normal(source, shape=None, mean: float = 0.0, std: float = 1.0, dtype=None) -> Node:
-    """Normal numbers (Box-Muller from the same generator), like random_uniform."""
+@user_call()
+def random_normal(
+    source: Node | Graph,
+    shape: Sequence[int] | None = None,
+    mean: float = 0.0,
+    std: float = 1.0,
+    dtype: str | None = None,
+) -> Node:
+    """Normal numbers (Box-Muller from the generator of `random_uniform`).
+
+    Args:
+        source: A node to take the shape (batch included) from, or the graph (then give `shape`).
+        shape: With a graph as source: a static shape.
+        mean: The mean.
+        std: The standard deviation.
+        dtype: float32 or float64; default the source node's float dtype, else the graph's.
+
+    Returns:
+        A float node.
+
+    Raises:
+        GraphError: A node and a shape at once, or a graph without one.
+        ShapeError: A shape with the batch dimension (pass a node instead).
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph(seed=0)
+        >>> x = g.input("x", (None, 1000))
+        >>> z = g.compile(outputs=dg.random_normal(x, std=2.0))(x=np.zeros((100, 1000), np.float32))
+        >>> round(float(z.std()), 1)
+        2.0
+    """
     z = _draw("normal", source, shape, dtype)
     return z if (mean, std) == (0.0, 1.0) else z * std + mean
 
 
+@user_call()
 def dropout(x: Node, rate: float) -> Node:
-    """Inverted dropout: in a train step (or g.compile(training=True)) each element of x is
-    zeroed with probability `rate` and the others are scaled by 1 / (1 - rate); in a predictor
-    (or training=False) it is x itself. Fresh masks every step; the gradient uses the same mask."""
+    """Inverted dropout: in a train step (or `g.compile(..., training=True)`) each element of x
+    is zeroed with probability `rate` and the others are scaled by 1 / (1 - rate); in a
+    predictor (or `training=False`) it is x itself. Fresh masks every step; the gradient uses
+    the step's mask.
+
+    Args:
+        x: A float node.
+        rate: The probability of dropping an element, in [0, 1).
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        GraphError: A rate outside [0, 1).
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph(seed=0)
+        >>> x = g.input("x", (None, 1000))
+        >>> h = dg.dropout(x, 0.5)
+        >>> ones = np.ones((1, 1000), np.float32)
+        >>> bool((g.compile(outputs=h)(x=ones) == 1).all())  # a predictor: the identity
+        True
+        >>> sorted(set(g.compile(outputs=h, training=True)(x=ones).ravel().tolist()))
+        [0.0, 2.0]
+    """
     if not isinstance(x, Node):
         raise GraphError(f"dropout needs a graph node, got {type(x).__name__}")
     if not 0.0 <= float(rate) < 1.0:

@@ -485,18 +485,76 @@ class BroadcastTo(Op):
         return cls((None, 3, dims[1])), Example([x], [True], {0: 0})
 
 
-def broadcast_to(x, shape: Sequence[int | None]):
+@user_call()
+def broadcast_to(x: Node, shape: Sequence[int | None]) -> Node:
+    """x broadcast to `shape` (NumPy's broadcast_to); a None in `shape` must be x's own batch
+    dimension (`broadcast_like` broadcasts over another node's batch). The gradient sums back.
+
+    Args:
+        x: A node.
+        shape: The target shape.
+
+    Returns:
+        A node of `shape` and x's dtype.
+
+    Raises:
+        ShapeError: x does not broadcast to `shape`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1))
+        >>> dg.broadcast_to(x, (None, 3)).eval(x=np.array([[1.0], [2.0]], np.float32))
+        array([[1., 1., 1.],
+               [2., 2., 2.]], dtype=float32)
+    """
     return apply(BroadcastTo(normalize_shape(shape)), x)
 
 
-def expand_dims(x, axis: int):
-    """x with a new axis of size 1 at `axis` (a view, no copy)."""
+@user_call()
+def expand_dims(x: Node, axis: int) -> Node:
+    """x with a new axis of size 1 at `axis` (a view of the same data, no copy).
+
+    Args:
+        x: A node.
+        axis: Where the new axis goes (negative counts from the end of the result).
+
+    Returns:
+        A node with one more axis.
+
+    Raises:
+        ShapeError: The axis is out of range.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.expand_dims(g.input("x", (None, 3)), -1).shape
+        (None, 3, 1)
+    """
     axis = normalize_axes(axis, x.ndim + 1)[0]
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
-def squeeze(x, axis: int | Sequence[int] | None = None):
-    """x without the given size-1 axes (all of them by default); a view, no copy."""
+@user_call()
+def squeeze(x: Node, axis: int | Sequence[int] | None = None) -> Node:
+    """x without the given size-1 axes (all of them by default); a view, no copy.
+
+    Args:
+        x: A node.
+        axis: The axes to drop (each of size 1), or None for every size-1 axis.
+
+    Returns:
+        A node with those axes gone.
+
+    Raises:
+        ShapeError: An axis is out of range or not of size 1.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.squeeze(g.input("x", (None, 1, 3))).shape
+        (None, 3)
+    """
     axes = normalize_axes(axis, x.ndim) if axis is not None else tuple(a for a, d in enumerate(x.shape) if d == 1)
     for a in axes:
         if x.shape[a] != 1:

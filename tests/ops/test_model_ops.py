@@ -108,7 +108,8 @@ def test_casting_a_value_no_integer_holds_stops_the_step(backend, bad):
     step(x=np.ones((2, 2), np.float32))
     before = {k: v.copy() for k, v in g.params.items()}
     with pytest.raises(
-        dg.GraphError, match=r"node 'float_to_int#\d+' \(op 'float_to_int'\): cannot cast (nan|inf|3000000000.0) to int32"
+        dg.GraphError,
+        match=r"node 'float_to_int#\d+' \(op 'float_to_int'\): cannot cast (nan|inf|3000000000.0) to int32",
     ):
         step(x=np.array([[1.0, 0.0], [bad, 1.0]], np.float32))
     for name, value in before.items():
@@ -157,7 +158,9 @@ def test_take_and_gather_ids_out_of_range_stop_the_step(backend, rng):
     step(ids=np.array([0, 5], np.int32))
     before = g.params["table"].copy()
     for bad in (6, -1):
-        with pytest.raises(dg.ShapeError, match=rf"node 'take#\d+' \(op 'take'\): label/id {bad} out of range \[0, 6\)"):
+        with pytest.raises(
+            dg.ShapeError, match=rf"node 'take#\d+' \(op 'take'\): label/id {bad} out of range \[0, 6\)"
+        ):
             step(ids=np.array([1, bad], np.int32))
         np.testing.assert_array_equal(g.params["table"], before)
     x = g.input("x", (None, 4))
