@@ -40,6 +40,7 @@ from .ops import (
     tanh,
     transpose,
 )  # fmt: skip
+from .ops.attention import attention_packed
 
 Activation = str | Callable[[Node], Node] | None
 Init = str | np.ndarray  # a parameter's init: "xavier", "normal", "zeros", "ones" or an array
@@ -691,11 +692,16 @@ class MultiHeadAttention(Layer):
         self._expect(x, -1, self.params["w_q"].shape[0], "features")
         self._expect(context, -1, self.params["w_k"].shape[0], "features")
         p, dh = self.params, d // self.heads
+        if context is x:  # one projection for q, k and v, which attention reads in place
+            w = concat([p["w_q"], p["w_k"], p["w_v"]], axis=1)
+            qkv = x @ w + concat([p["b_q"], p["b_k"], p["b_v"]], axis=0)
+            a = attention_packed(reshape(qkv, (x.shape[0], x.shape[1], 3, self.heads, dh)), mask, self.causal)
+        else:
 
-        def heads(t: Node, role: str) -> Node:
-            return reshape(t @ p[f"w_{role}"] + p[f"b_{role}"], (t.shape[0], t.shape[1], self.heads, dh))
+            def heads(t: Node, role: str) -> Node:
+                return reshape(t @ p[f"w_{role}"] + p[f"b_{role}"], (t.shape[0], t.shape[1], self.heads, dh))
 
-        a = attention(heads(x, "q"), heads(context, "k"), heads(context, "v"), mask, self.causal, layout="bthd")
+            a = attention(heads(x, "q"), heads(context, "k"), heads(context, "v"), mask, self.causal, layout="bthd")
         out = reshape(a, (x.shape[0], x.shape[1], d)) @ p["w_o"] + p["b_o"]
         return self.drop(out) if self.drop is not None else out
 

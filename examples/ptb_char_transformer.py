@@ -36,7 +36,7 @@ def build(vocab: int, args) -> Model:
     g = dg.Graph(seed=args.seed)
     ids = g.input("ids", (None, args.seq), dtype="int32")
     x = dg.layers.Embedding(vocab, args.dim, init="normal", name="embed")(ids)
-    x = dg.layers.PositionalEmbedding(args.seq, name="pos")(x)
+    x = dg.layers.PositionalEmbedding(args.seq, kind=args.positions, name="pos")(x)
     x = dg.layers.Dropout(args.dropout, name="drop")(x)
     for i in range(1, args.layers + 1):
         block = dg.layers.TransformerBlock(args.heads, dropout=args.dropout, causal=True, name=f"block{i}")
@@ -189,6 +189,7 @@ def parse_args():
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128, help="context length (characters)")
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--positions", choices=["learned", "sinusoidal"], default="learned")
     parser.add_argument("--warmup", type=int, default=200, help="steps of linear learning-rate warm-up")
     parser.add_argument("--steps-per-epoch", type=int, default=0, help="default: the training characters / batch / seq")
     parser.add_argument("--evals", type=int, default=2, help="validation passes over the run")

@@ -10,6 +10,8 @@ import time
 import numpy as np
 from ptb_char_transformer import Run, batches, bits_per_char, eval_steps, schedule, steps_per_epoch, total_steps
 
+from drug.layers import sinusoidal_positions
+
 
 def torch_missing() -> str | None:
     """Why PyTorch cannot be used, or None. Does not import it (its OpenMP pool starts on import)."""
@@ -31,7 +33,10 @@ def forward(torch, p: dict, ids, args, training: bool):
     def dense(x, name):
         return torch.addmm(p[f"{name}/b"], x.reshape(-1, x.shape[-1]), p[f"{name}/w"]).view(*x.shape[:-1], -1)
 
-    x = dropout(F.embedding(ids, p["embed/table"]) + p["pos/table"])
+    positions = (
+        p["pos/table"] if "pos/table" in p else torch.from_numpy(sinusoidal_positions(seq, d).astype(np.float32))
+    )
+    x = dropout(F.embedding(ids, p["embed/table"]) + positions)
     for i in range(1, args.layers + 1):
         b = f"block{i}"
         h = norm(x, f"{b}/ln1")

@@ -21,6 +21,7 @@ from ..core.types import BOOL, FLOAT_DTYPES, Shape, TensorType, broadcast_shapes
 from .multi import result
 
 LAYOUTS = ("bhtd", "bthd")  # (batch, heads, time, dim) like PyTorch; (batch, time, heads, dim) as projected
+PACKED = "packed"  # one input (batch, time, 3, heads, dim): q, k and v of self-attention from one projection
 
 
 def canonical(x: np.ndarray, layout: str) -> np.ndarray:
@@ -38,19 +39,43 @@ class _AttentionBase(Op):
     def __init__(self, causal: bool, scale: float, layout: str, mask: str | None):
         self.causal, self.scale, self.layout, self.mask = bool(causal), float(scale), layout, mask
 
+    @property
+    def inputs_layout(self) -> str:
+        """The layout q, k and v are read in: a packed input holds three (batch, time, heads, dim) parts."""
+        return "bthd" if self.layout == PACKED else self.layout
+
+    def unpack_types(self, inputs: tuple) -> tuple[list[TensorType], tuple]:
+        """([q, k, v] types, the rest of the inputs)."""
+        if self.layout != PACKED:
+            return list(inputs[:3]), inputs[3:]
+        qkv = inputs[0]
+        if qkv.ndim != 5 or qkv.shape[2] != 3:
+            raise ShapeError(f"a packed input must be (batch, time, 3, heads, dim), got {format_shape(qkv.shape)}")
+        part = TensorType(qkv.shape[:2] + qkv.shape[3:], qkv.dtype)
+        return [part, part, part], inputs[1:]
+
+    def unpack(self, arrays: tuple) -> tuple[list[np.ndarray], tuple]:
+        """([q, k, v] in (batch, heads, time, dim), the rest of the inputs)."""
+        if self.layout == PACKED:
+            parts, rest = [arrays[0][:, :, i] for i in range(3)], arrays[1:]
+        else:
+            parts, rest = list(arrays[:3]), arrays[3:]
+        return [canonical(a, self.inputs_layout) for a in parts], rest
+
     def check(self, q: TensorType, k: TensorType, v: TensorType, mask: TensorType | None) -> None:
         dtype = same_float_dtype(self.name, [q, k, v])
-        if self.layout not in LAYOUTS:
+        if self.layout not in LAYOUTS + (PACKED,):
             raise ShapeError(f"layout must be one of {LAYOUTS}, got {self.layout!r}")
+        layout = self.inputs_layout
         if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-            raise ShapeError(f"q, k and v must be 4-D ({self.layout}), got {q.ndim}, {k.ndim} and {v.ndim} axes")
-        (bq, hq, tq, dq), (bk, hk, tk, dk), (bv, hv, tv, _) = (_dims(t.shape, self.layout) for t in (q, k, v))
+            raise ShapeError(f"q, k and v must be 4-D ({layout}), got {q.ndim}, {k.ndim} and {v.ndim} axes")
+        (bq, hq, tq, dq), (bk, hk, tk, dk), (bv, hv, tv, _) = (_dims(t.shape, layout) for t in (q, k, v))
         if (bq, hq) != (bk, hk) or (bk, hk, tk) != (bv, hv, tv) or dq != dk:
             raise ShapeError(
                 f"q {format_shape(q.shape)}, k {format_shape(k.shape)} and v {format_shape(v.shape)} do not fit "
-                f"({self.layout}: q and k share batch, heads and dim; k and v share batch, heads and time)"
+                f"({layout}: q and k share batch, heads and dim; k and v share batch, heads and time)"
             )
-        if None in (hq, tq, tk, dq, _dims(v.shape, self.layout)[3]):
+        if None in (hq, tq, tk, dq, _dims(v.shape, layout)[3]):
             raise ShapeError("only the batch axis may be None")
         if mask is None:
             return
@@ -96,22 +121,23 @@ class Attention(_AttentionBase):
 
     name = "attention"
 
-    def infer(self, q, k, v, *mask):
+    def infer(self, *inputs):
+        (q, k, v), mask = self.unpack_types(inputs)
         if len(mask) != (self.mask is not None):
             raise ShapeError(f"expected {'a mask' if self.mask else 'no mask'}, got {len(mask)}")
         self.check(q, k, v, mask[0] if mask else None)
-        dv = v.shape[3]
-        return TensorType(q.shape[:3] + (dv,), q.dtype)
+        return TensorType(q.shape[:3] + (v.shape[3],), q.dtype)
 
-    def ref(self, q, k, v, *mask):
-        q, k, v = (canonical(a, self.layout) for a in (q, k, v))
+    def ref(self, *arrays):
+        (q, k, v), mask = self.unpack(arrays)
         p = self._probabilities(self._scores(q, k, mask[0] if mask else None))
-        return canonical(np.matmul(p, v), self.layout)
+        return canonical(np.matmul(p, v), self.inputs_layout)
 
-    def grad(self, g, out, q, k, v, *mask):
-        op = AttentionGrad(self.causal, self.scale, self.layout, self.mask, (q.type, k.type, v.type))
-        grads = apply(op, q, k, v, out, g, *mask)
-        return [result(grads, 0), result(grads, 1), result(grads, 2)] + [None] * len(mask)
+    def grad(self, g, out, *inputs):
+        n = 1 if self.layout == PACKED else 3
+        op = AttentionGrad(self.causal, self.scale, self.layout, self.mask, tuple(i.type for i in inputs[:n]))
+        grads = apply(op, *inputs[:n], out, g, *inputs[n:])
+        return [result(grads, i) for i in range(n)] + [None] * (len(inputs) - n)
 
     @classmethod
     def example(cls, rng, dims):
@@ -136,36 +162,41 @@ class Attention(_AttentionBase):
 
 class AttentionGrad(_AttentionBase):
     """(dq, dk, dv) from q, k, v, the forward output and its cotangent (and the mask): results
-    0, 1, 2 (picked by `result` nodes)."""
+    0, 1, 2 (picked by `result` nodes); with a packed input, one result, d(qkv)."""
 
     name = "attention_grad"
     multi_output = True
 
-    def __init__(self, causal, scale, layout, mask, types: tuple[TensorType, TensorType, TensorType]):
+    def __init__(self, causal, scale, layout, mask, types: tuple[TensorType, ...]):
         super().__init__(causal, scale, layout, mask)
-        self.types = tuple(types)  # of q, k and v: the results'
+        self.types = tuple(types)  # of q, k and v (or of the packed input): the results'
 
     def params(self) -> dict[str, Any]:
         return super().params() | {"types": self.types}
 
-    def infer(self, q, k, v, out, g, *mask):
-        self.check(q, k, v, mask[0] if mask else None)
-        if (q, k, v) != self.types or out.shape != g.shape:
+    def infer(self, *inputs):
+        n = len(self.types)
+        (q, k, v), rest = self.unpack_types(inputs[:n] + inputs[n + 2 :])
+        out, g = inputs[n : n + 2]
+        self.check(q, k, v, rest[0] if rest else None)
+        if tuple(inputs[:n]) != self.types or out.shape != g.shape:
             raise ShapeError("inputs do not match the attention they differentiate")
         return TensorType((), q.dtype)  # a token: the results are `result` nodes
 
     def output_types(self) -> list[TensorType]:
         return list(self.types)
 
-    def ref(self, q, k, v, out, g, *mask):
-        layout = self.layout
-        q, k, v, out, g = (canonical(a, layout) for a in (q, k, v, out, g))
+    def ref(self, *arrays):
+        n = len(self.types)
+        (q, k, v), mask = self.unpack(arrays[:n] + arrays[n + 2 :])
+        out, g = (canonical(a, self.inputs_layout) for a in arrays[n : n + 2])
         p = self._probabilities(self._scores(q, k, mask[0] if mask else None))
         dv = np.matmul(np.swapaxes(p, -1, -2), g)
         dp = np.matmul(g, np.swapaxes(v, -1, -2))
         ds = p * (dp - np.sum(g * out, axis=-1, keepdims=True)) * np.asarray(self.scale, q.dtype)
         dq, dk = np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q)
-        return tuple(canonical(a, layout) for a in (dq, dk, dv))
+        grads = [canonical(a, self.inputs_layout) for a in (dq, dk, dv)]
+        return (np.stack(grads, axis=2),) if self.layout == PACKED else tuple(grads)
 
 
 @user_call()
@@ -221,3 +252,13 @@ def attention(
         kind = "bool" if mask.dtype == BOOL else "float" if mask.dtype in FLOAT_DTYPES else str(mask.dtype)
         inputs.append(mask)
     return apply(Attention(causal, scale, layout, kind), *inputs)
+
+
+def attention_packed(qkv: Node, mask: Node | None = None, causal: bool = False, scale: float | None = None) -> Node:
+    """Self-attention whose q, k and v come from one projection, `qkv` (batch, time, 3, heads,
+    dim) (`x @ [w_q | w_k | w_v]` reshaped): the kernels read the three parts in place and the
+    gradient is one (batch, time, 3, heads, dim) node, so the layer's backward pass is one GEMM.
+    Returns (batch, time, heads, dim); otherwise as `attention`."""
+    scale = 1.0 / math.sqrt(qkv.shape[-1]) if scale is None else float(scale)
+    kind = None if mask is None else "bool" if mask.dtype == BOOL else "float"
+    return apply(Attention(causal, scale, PACKED, kind), qkv, *([] if mask is None else [mask]))

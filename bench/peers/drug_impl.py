@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import drug as dg
+from drug.ops.attention import attention_packed
 
 from ..workloads import CNN, GRU, MLP, Data, Fusion, Transformer, Workload
 from .base import Peer, Unsupported
@@ -88,12 +89,10 @@ def build_transformer(w: Transformer, data: Data, g: dg.Graph):
     def norm(x, name):
         return dg.layer_norm(x) * p[f"{name}_scale"] + p[f"{name}_bias"]
 
-    def split(x, role):  # (batch, T, heads, dh): attention reads the projection's own layout
-        return dg.reshape(x @ p[f"w_{role}"] + p[f"b_{role}"], (None, w.seq, heads, dh))
-
     x = dg.embedding(ids, p["emb"]) + p["pos"]
-    h = norm(x, "ln1")
-    a = dg.attention(split(h, "q"), split(h, "k"), split(h, "v"), causal=True, layout="bthd")
+    h = norm(x, "ln1")  # q, k and v from one projection, which attention reads in place (as the layer does)
+    qkv = h @ dg.concat([p["w_q"], p["w_k"], p["w_v"]], axis=1) + dg.concat([p["b_q"], p["b_k"], p["b_v"]])
+    a = attention_packed(dg.reshape(qkv, (None, w.seq, 3, heads, dh)), causal=True)
     x = x + dg.reshape(a, (None, w.seq, w.dim)) @ p["w_o"] + p["b_o"]
     x = x + dg.gelu(norm(x, "ln2") @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
     logits = norm(x, "lnf") @ p["w_out"] + p["b_out"]

@@ -145,3 +145,23 @@ def test_matches_torch_scaled_dot_product_attention(kind, causal, scale, rng):
         got = g.compile(outputs=targets, backend=backend)(**arrays)
         for a, w in zip(got, want):
             np.testing.assert_allclose(a, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("t", [5, 130])
+def test_packed_qkv_is_attention_of_its_three_parts(backend, t, rng):
+    """The layers' self-attention reads q, k and v from one (batch, T, 3, heads, dim) projection in
+    place; it and its single gradient node equal attention of the three parts."""
+    from drug.ops.attention import attention_packed
+
+    g = dg.Graph(dtype="float64")
+    qkv, r = g.input("qkv", (None, t, 3, 2, 4)), g.input("r", (None, t, 2, 4))
+    mask = g.input("m", (None, 1, 1, t), dtype="bool")
+    packed = attention_packed(qkv, mask, causal=True)
+    parts = dg.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], mask, causal=True, layout="bthd")
+    outs = [packed, parts, dg.grad(dg.sum(packed * r), qkv), dg.grad(dg.sum(parts * r), qkv)]
+    feeds = {"qkv": rng.standard_normal((2, t, 3, 2, 4)), "r": rng.standard_normal((2, t, 2, 4))}
+    feeds["m"] = rng.uniform(size=(2, 1, 1, t)) < 0.8
+    got = g.compile(outputs=outs, backend=backend)(**feeds)
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[2], got[3], rtol=1e-10, atol=1e-12)

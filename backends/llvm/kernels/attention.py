@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ....core.node import Node
-from ....ops.attention import Attention, AttentionGrad
+from ....ops.attention import PACKED, Attention, AttentionGrad
 from ....ops.multi import Result
 from ..irutil import I32, I64, dim_value, for_range, i64, llvm_type
 from ..lowering import kernel
@@ -36,29 +36,44 @@ PAIRS_MIN_WORK = 1 << 16  # multiply-adds of q k^T: below this one thread takes 
 
 @dataclass(frozen=True)
 class _Heads:
-    """Where the rows of one (batch, head) pair of a tensor in `layout` are."""
+    """Where the rows of one (batch, head) pair of a tensor are: element offsets per batch, per
+    head and per row (time step), and where the tensor starts in its buffer (a packed input's
+    k and v parts start one and two parts in)."""
 
     heads: int
     time: int
     dim: int
-    layout: str
-
-    @property
-    def row_stride(self) -> int:
-        return self.dim if self.layout == "bhtd" else self.heads * self.dim
+    per_batch: int
+    per_head: int
+    row_stride: int
+    offset: int = 0
 
     def start(self, b: ir.IRBuilder, batch: ir.Value, head: ir.Value) -> ir.Value:
         """Element offset of row 0 of the pair (batch, head)."""
-        per_batch = i64(self.heads * self.time * self.dim)
-        per_head = i64(self.time * self.dim if self.layout == "bhtd" else self.dim)
-        return b.add(b.mul(batch, per_batch), b.mul(head, per_head), name="pair_start")
+        pair = b.add(b.mul(batch, i64(self.per_batch)), b.mul(head, i64(self.per_head)), name="pair_start")
+        return b.add(pair, i64(self.offset), name="part_start") if self.offset else pair
 
 
-def _heads(node: Node, layout: str) -> _Heads:
-    shape = node.shape
-    _, first, second, dim = shape
-    heads, time = (first, second) if layout == "bhtd" else (second, first)
-    return _Heads(heads, time, dim, layout)
+def _heads(node: Node, layout: str, part: int = 0) -> _Heads:
+    """The rows of `node` in `layout` ("bhtd", "bthd", or part `part` of a packed (batch, time, 3,
+    heads, dim) node)."""
+    if layout == PACKED:
+        _, time, _, heads, dim = node.shape
+        return _Heads(heads, time, dim, 3 * time * heads * dim, dim, 3 * heads * dim, part * heads * dim)
+    _, first, second, dim = node.shape
+    if layout == "bhtd":
+        return _Heads(first, second, dim, first * second * dim, second * dim, dim)
+    return _Heads(second, first, dim, first * second * dim, dim, second * dim)
+
+
+def _operands(node: Node) -> tuple[list[Node], list[_Heads], list[Node]]:
+    """([q, k, v] nodes, their rows, the remaining inputs) of an attention or attention_grad node."""
+    layout = node.op.layout
+    if layout == PACKED:
+        qkv = node.inputs[0]
+        return [qkv] * 3, [_heads(qkv, layout, i) for i in range(3)], list(node.inputs[1:])
+    q, k, v = node.inputs[:3]
+    return [q, k, v], [_heads(t, layout) for t in (q, k, v)], list(node.inputs[3:])
 
 
 @dataclass(frozen=True)
@@ -84,13 +99,14 @@ class _Mask:
 class _Block:
     """The code one thread runs for its (batch, head) pairs; shared by forward and backward."""
 
-    def __init__(self, ctx, node: Node, op, q: Node, k: Node, v: Node, mask: Node | None):
-        self.ctx, self.b, self.node, self.op = ctx, ctx.b, node, op
-        self.q, self.k, self.v = q, k, v
+    def __init__(self, ctx, node: Node, mask: Node | None):
+        self.ctx, self.b, self.node, self.op = ctx, ctx.b, node, node.op
+        (self.q, self.k, self.v), (self.qh, self.kh, self.vh), _ = _operands(node)
+        q = self.q
         self.dtype = q.dtype
         self.real = llvm_type(q.dtype)
         self.f = ctx.scalar(q)
-        self.qh, self.kh, self.vh = (_heads(t, op.layout) for t in (q, k, v))
+        op = self.op
         self.tq, self.tk = self.qh.time, self.kh.time
         self.bq, self.bk = min(QUERY_BLOCK, self.tq), min(KEY_BLOCK, self.tk)
         self.mask = _Mask.of(mask, op.mask == "bool")
@@ -192,10 +208,9 @@ class _Block:
         return self.b.select(f.compare("==", m, f.const(-math.inf)), f.const(0.0), m, name="m_safe")
 
 
-def _pairs(k, q: Node, layout: str) -> tuple[ir.Value, ir.Value]:
+def _pairs(k, q: Node, qh: _Heads) -> tuple[ir.Value, ir.Value]:
     """(pairs, worth): the number of (batch, head) pairs and whether to share them out."""
     b = k.b
-    qh = _heads(q, layout)
     batch = dim_value(q.shape[0], k.batch)
     pairs = b.mul(batch, i64(qh.heads), name="pairs")
     work = b.mul(pairs, i64(qh.time * qh.time * qh.dim), name="work")
@@ -226,8 +241,7 @@ def _backward_scratch(bq: int, bk: int, tq: int, tk: int, d: int, dv: int) -> in
 def _workspace(node: Node, backward: bool):
     """One scratch part per OpenMP thread of the step (the thread count is part of the compiled
     code's key, through the buffer sizes)."""
-    q, k, v = node.inputs[:3]
-    qh, kh, vh = (_heads(t, node.op.layout) for t in (q, k, v))
+    (q, _, _), (qh, kh, vh), _ = _operands(node)
     bq, bk = min(QUERY_BLOCK, qh.time), min(KEY_BLOCK, kh.time)
     if backward:
         per_thread = _backward_scratch(bq, bk, qh.time, kh.time, qh.dim, vh.dim)
@@ -238,20 +252,19 @@ def _workspace(node: Node, backward: bool):
 
 @kernel(Attention, uses_blas=True, workspace=lambda node: _workspace(node, backward=False))
 def _attention(k, node):
-    q, kk, v = node.inputs[:3]
-    mask = node.inputs[3] if len(node.inputs) > 3 else None
-    pairs, worth = _pairs(k, q, node.op.layout)
+    (q, _, _), (qh, _, _), rest = _operands(node)
+    mask = rest[0] if rest else None
+    pairs, worth = _pairs(k, q, qh)
 
     def span(ctx, lo, hi):
-        blk = _Block(ctx, node, node.op, q, kk, v, mask)
-        return _forward_span(blk, lo, hi)
+        return _forward_span(_Block(ctx, node, mask), lo, hi)
 
     k.parallel_for("pairs", pairs, span, worth)
 
 
 def _forward_span(blk: _Block, lo: ir.Value, hi: ir.Value) -> ir.Value:
     b, ctx, f = blk.b, blk.ctx, blk.f
-    oh = _heads(blk.node, blk.op.layout)
+    oh = _heads(blk.node, blk.op.inputs_layout)
     dv = blk.vh.dim
     scratch = blk.scratch(_forward_scratch(blk.bq, blk.bk, dv))
     acc = blk.at(scratch, i64(blk.bq * blk.bk), "acc")  # (bq, dv) running p v
@@ -300,21 +313,23 @@ def _forward_span(blk: _Block, lo: ir.Value, hi: ir.Value) -> ir.Value:
 
 @kernel(AttentionGrad, uses_blas=True, workspace=lambda node: _workspace(node, backward=True))
 def _attention_grad(k, node):
-    q, kk, v, out, g = node.inputs[:5]
-    mask = node.inputs[5] if len(node.inputs) > 5 else None
+    (q, _, _), (qh, _, _), rest = _operands(node)
+    out, g = rest[:2]
+    mask = rest[2] if len(rest) > 2 else None
     results = {n.op.index: n for n in k.schedule.program.nodes if isinstance(n.op, Result) and n.inputs[0] is node}
-    pairs, worth = _pairs(k, q, node.op.layout)
+    if node.op.layout == PACKED and 0 in results:  # one result: dq, dk and dv are its three parts
+        results = dict.fromkeys(range(3), results[0])
+    pairs, worth = _pairs(k, q, qh)
 
     def span(ctx, lo, hi):
-        blk = _Block(ctx, node, node.op, q, kk, v, mask)
-        return _backward_span(blk, out, g, results, lo, hi)
+        return _backward_span(_Block(ctx, node, mask), out, g, results, lo, hi)
 
     k.parallel_for("pairs", pairs, span, worth)
 
 
 def _backward_span(blk: _Block, out: Node, g: Node, results: dict, lo, hi) -> ir.Value:
     b, ctx, f = blk.b, blk.ctx, blk.f
-    oh = _heads(out, blk.op.layout)
+    oh = _heads(out, blk.op.inputs_layout)
     qh, kh, vh = blk.qh, blk.kh, blk.vh
     block = blk.bq * blk.bk
     scratch = blk.scratch(_backward_scratch(blk.bq, blk.bk, blk.tq, blk.tk, qh.dim, vh.dim))
