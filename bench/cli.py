@@ -97,7 +97,7 @@ def run_probes(args, report: dict, available: list[str], progress) -> None:
     from .probe import run_probe
 
     models = [w for w in args.only if w != "compile"]
-    compile_for = (models or ["mlp", "cnn", "resnet", "gru", "fusion"]) if "compile" in args.only else []
+    compile_for = (models or ["mlp", "cnn", "resnet", "gru", "transformer", "fusion"]) if "compile" in args.only else []
     steps = 2 if args.quick else 3
     probe = lambda w, p, cache: run_probe(w, p, args.size, args.backend, args.threads, steps, args.seed, cache)
     compile_results: dict = {}

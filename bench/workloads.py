@@ -243,17 +243,31 @@ class ResNet(Classifier):
 
 
 @dataclass
-class GRU(Workload):
-    """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
+class LanguageModel(Workload):
+    """Base: `batch` windows of `seq` random token ids and their next tokens."""
 
-    name: str = "gru"
     unit: str = "tokens/s"
     vocab: int = 50
-    embed: int = 32
-    hidden: int = 128
     seq: int = 32
     batch: int = 32
     rtol: float = 5e-4
+
+    def make_batch(self, rng):
+        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
+        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
+
+    @property
+    def items_per_step(self):
+        return self.batch * self.seq
+
+
+@dataclass
+class GRU(LanguageModel):
+    """Character GRU language model; gates in PyTorch's order and formula (r, z, n)."""
+
+    name: str = "gru"
+    embed: int = 32
+    hidden: int = 128
 
     def init_params(self, rng):
         v, e, h = self.vocab, self.embed, self.hidden
@@ -267,14 +281,6 @@ class GRU(Workload):
             "b_out": _bias(rng, v),
         }
 
-    def make_batch(self, rng):
-        text = rng.integers(0, self.vocab, size=(self.batch, self.seq + 1)).astype(np.int32)
-        return {"ids": np.ascontiguousarray(text[:, :-1]), "targets": np.ascontiguousarray(text[:, 1:])}
-
-    @property
-    def items_per_step(self):
-        return self.batch * self.seq
-
     @property
     def flops_per_step(self):
         h = self.hidden
@@ -284,6 +290,46 @@ class GRU(Workload):
     def describe(self):
         return (
             f"char GRU LM: vocab {self.vocab}, embedding {self.embed}, hidden {self.hidden}, "
+            f"sequence {self.seq}, batch {self.batch}, Adam"
+        )
+
+
+@dataclass
+class Transformer(LanguageModel):
+    """A one-block pre-norm transformer language model: token and learned position embeddings,
+    layer norm, causal multi-head attention, residual, layer norm, GELU MLP (4d, exact GELU),
+    residual, final layer norm and a linear head to the vocabulary; cross-entropy, Adam."""
+
+    name: str = "transformer"
+    vocab: int = 64
+    dim: int = 128
+    heads: int = 4
+    seq: int = 128
+
+    def init_params(self, rng):
+        v, d, t = self.vocab, self.dim, self.seq
+        params = {"emb": rng.uniform(-0.1, 0.1, size=(v, d)).astype(np.float32)}
+        params["pos"] = rng.uniform(-0.1, 0.1, size=(t, d)).astype(np.float32)
+        for norm in ("ln1", "ln2", "lnf"):
+            params[f"{norm}_scale"] = (1.0 + _bias(rng, d)).astype(np.float32)
+            params[f"{norm}_bias"] = _bias(rng, d)
+        for role in ("q", "k", "v", "o"):
+            params[f"w_{role}"] = _xavier(rng, (d, d), d, d)
+            params[f"b_{role}"] = _bias(rng, d)
+        params["w_1"], params["b_1"] = _xavier(rng, (d, 4 * d), d, 4 * d), _bias(rng, 4 * d)
+        params["w_2"], params["b_2"] = _xavier(rng, (4 * d, d), 4 * d, d), _bias(rng, d)
+        params["w_out"], params["b_out"] = _xavier(rng, (d, v), d, v), _bias(rng, v)
+        return params
+
+    @property
+    def flops_per_step(self):
+        d, t = self.dim, self.seq
+        per_token = 2.0 * (4 * d * d + 8 * d * d + d * self.vocab) + 2.0 * 2 * t * d  # projections, MLP, head; qk, pv
+        return 3 * per_token * self.batch * t
+
+    def describe(self):
+        return (
+            f"transformer block LM: vocab {self.vocab}, d {self.dim}, {self.heads} heads, causal, GELU MLP 4d, "
             f"sequence {self.seq}, batch {self.batch}, Adam"
         )
 
@@ -382,7 +428,7 @@ def _onnx_workloads(mlp: MLP, cnn: CNN) -> list[OnnxInference]:
 
 
 def full_suite() -> dict[str, Workload]:
-    return {w.name: w for w in (MLP(), CNN(), ResNet(), GRU(), Fusion(), *_onnx_workloads(MLP(), CNN()))}
+    return {w.name: w for w in (MLP(), CNN(), ResNet(), GRU(), Transformer(), Fusion(), *_onnx_workloads(MLP(), CNN()))}
 
 
 def tiny_suite() -> dict[str, Workload]:
@@ -394,6 +440,7 @@ def tiny_suite() -> dict[str, Workload]:
             CNN(batch=4, hw=8, channels=(1, 4, 8)),
             ResNet(batch=4, hw=8, widths=(4, 8)),
             GRU(vocab=11, embed=8, hidden=16, seq=6, batch=4),
+            Transformer(vocab=11, dim=16, heads=2, seq=8, batch=4),
             Fusion(n=65536),
             *_onnx_workloads(MLP(sizes=(64, 32, 16, 10)), CNN(hw=8, channels=(1, 4, 8))),
         )
@@ -401,7 +448,7 @@ def tiny_suite() -> dict[str, Workload]:
 
 
 SIZES = {"full": full_suite, "tiny": tiny_suite}
-MODEL_WORKLOADS = ("mlp", "cnn", "resnet", "gru", "fusion")
+MODEL_WORKLOADS = ("mlp", "cnn", "resnet", "gru", "transformer", "fusion")
 ONNX_WORKLOADS = tuple(w.name for w in _onnx_workloads(MLP(), CNN()))  # `--only onnx`: all of them
 ALL_WORKLOADS = MODEL_WORKLOADS + ("compile",)  # the default run (the onnx ones need the onnx extra)
 

@@ -68,7 +68,9 @@ def folded_transposes(program: Program) -> set[int]:
     for node in program.nodes:
         if isinstance(node.op, Transpose) and node.op.perm == (1, 0) and node.id not in roots:
             users = consumers.get(node.id, [])
-            if users and all(isinstance(u.op, MatMul) and u.ndim == 2 for u in users):
+            # a GEMM takes a transposed matrix operand as a flag: as either operand of a 2-D product,
+            # or as the matrix of a batched-times-matrix product (whose leading axes fold into M)
+            if users and all(isinstance(u.op, MatMul) and (u.ndim == 2 or u.inputs[1] is node) for u in users):
                 out.add(node.id)
     return out
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..core.errors import GraphError, ResultShapeError, ShapeError, with_context
+from ..core.errors import GraphError, ResultShapeError, with_context
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
 from ..core.node import Node
 from ..core.program import Program
@@ -43,7 +43,7 @@ def evaluate(
         else:
             try:  # read-only views: a forward writing into its inputs would change feeds, parameters or values
                 value = op.ref(*(read_only(values[i.id]) for i in node.inputs))
-            except ShapeError as error:
+            except GraphError as error:  # a bad id or value: name the node, keep the error type
                 raise with_context(error, f"node {node.where}: ") from None
             if op.multi_output:  # a tuple; the nodes picking its results check their shapes
                 values[node.id] = value

@@ -14,6 +14,7 @@ from ..core.program import Program, ancestors, format_program, to_networkx
 from ..core.types import FLOAT_DTYPES
 from .autodiff import gradients
 from .modes import specialize_modes
+from .random import advance_random
 
 Pass = Callable[[Program], Program]
 
@@ -69,6 +70,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("verify", verify),
     ("shapes", infer_shapes),
     ("modes", specialize_modes),
+    ("random", advance_random),
     ("autodiff", autodiff),
     ("optimizer", apply_optimizer),
     ("prune", prune),

@@ -19,6 +19,7 @@ from ..core.node import Node, apply, user_call
 from ..core.op import Op
 from ..core.types import TensorType, format_shape
 from ..ops.elementwise import add, mul, zeros_like
+from ..ops.multi import Result
 from ..ops.reduce import sum as total
 from .autodiff import gradients
 from .subgraph import Body, extract
@@ -129,28 +130,10 @@ class Scan(Op):
         return grads
 
 
-class ScanOutput(Op):
+class ScanOutput(Result):
     """Result `index` of a scan node."""
 
     name = "scan_output"
-    arity = 1
-
-    def __init__(self, index: int, type_: TensorType):
-        self.index = index
-        self.type_ = type_
-
-    @property
-    def result_index(self) -> int:
-        return self.index
-
-    def infer(self, scan: TensorType) -> TensorType:
-        return self.type_
-
-    def ref(self, results: tuple) -> np.ndarray:
-        return results[self.index]
-
-    def grad(self, g: Node, out: Node, scan: Node) -> list:
-        return [g]  # autodiff files it under this output's index for the scan's rule
 
 
 def output(scan: Node, index: int) -> Node:

@@ -99,7 +99,7 @@ def plan(program: Program, target: Target) -> Schedule:
             k is not None
             and kernels[k].kind == "loop"
             and kernels[k].domain == leaf.shape
-            and new in kernels[k].outputs
+            and any(o is new for o in kernels[k].outputs)
         ):
             in_place[new.id] = leaf
         else:

@@ -14,6 +14,7 @@ import numpy as np
 from ..core.errors import GraphError
 from ..core.node import Node, apply
 from ..core.op import Example
+from ..ops import numeric
 from ..ops.elementwise import Elementwise
 from . import tracing
 
@@ -24,7 +25,7 @@ class _NumpyScalars:
     const = staticmethod(float)
     add, sub, mul, div = np.add, np.subtract, np.multiply, np.divide
     neg, exp, log, sqrt, tanh = np.negative, np.exp, np.log, np.sqrt, np.tanh
-    cos, sin, floor = np.cos, np.sin, np.floor
+    erf, sin, cos, floor = staticmethod(numeric.reference_erf), np.sin, np.cos, np.floor
     select = staticmethod(np.where)
     _compare = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal}
     _compare |= {"==": np.equal, "!=": np.not_equal}
@@ -82,7 +83,7 @@ def elementwise(fn: Callable) -> Callable:
     """Decorator: a scalar function of floats becomes an elementwise graph op.
 
     The function may use arithmetic, `**`, comparisons in `if`/`else` (also `max`, `min`,
-    `abs`) and `math.exp/log/sqrt/tanh/fabs/cos/sin/floor`. It is traced once, branch by branch (joined with
+    `abs`) and `math.exp/log/sqrt/tanh/erf/sin/cos/floor/fabs`. It is traced once, branch by branch (joined with
     selects, so native loops stay branch-free); its gradient is derived from the trace, and it
     fuses with neighbouring elementwise ops. Called on graph nodes it builds a node (inputs
     broadcast like `add`); called on Python numbers it is the plain function.
@@ -130,7 +131,7 @@ def _example_fn(x, y):
     if x > 0.5:
         z = x * y + math.exp(-x) / y
     elif x < -1.0:
-        z = -(math.tanh(x) ** 2) - math.log(y)
+        z = -(math.tanh(x) ** 2) - math.log(y) + math.erf(x * y)
     else:
-        z = math.sqrt(y) * x**3 - abs(x - y)
+        z = math.sqrt(y) * x**3 - abs(x - y) + math.sin(x) * math.cos(y)
     return max(z, x - 3.0)

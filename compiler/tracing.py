@@ -21,7 +21,7 @@ MAX_PATHS = 256  # paths explored through a function's branches; also bounds the
 MAX_DEPTH = 5_000
 MAX_OPERATIONS = 200_000  # operations one run of a traced function may build
 COMPARISONS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
-UNARY = ("neg", "exp", "log", "sqrt", "tanh", "cos", "sin", "floor")
+UNARY = ("neg", "exp", "log", "sqrt", "tanh", "erf", "sin", "cos", "floor")
 BINARY = ("add", "sub", "mul", "div")
 
 
@@ -193,12 +193,16 @@ def tanh(a: Expr) -> Expr:
     return Expr("tanh", (a,))
 
 
-def cos(a: Expr) -> Expr:
-    return Expr("cos", (a,))
+def erf(a: Expr) -> Expr:
+    return Expr("erf", (a,))
 
 
 def sin(a: Expr) -> Expr:
     return Expr("sin", (a,))
+
+
+def cos(a: Expr) -> Expr:
+    return Expr("cos", (a,))
 
 
 def floor(a: Expr) -> Expr:
@@ -232,9 +236,10 @@ MATH = {
     "log": _scalar_or_expr(log, math.log),
     "sqrt": _scalar_or_expr(sqrt, math.sqrt),
     "tanh": _scalar_or_expr(tanh, math.tanh),
-    "fabs": _scalar_or_expr(abs, math.fabs),
-    "cos": _scalar_or_expr(cos, math.cos),
+    "erf": _scalar_or_expr(erf, math.erf),
     "sin": _scalar_or_expr(sin, math.sin),
+    "cos": _scalar_or_expr(cos, math.cos),
+    "fabs": _scalar_or_expr(abs, math.fabs),
     "floor": _scalar_or_expr(floor, math.floor),
 }
 
@@ -382,6 +387,9 @@ def _derivative_rule(e: Expr, index: int, d: Callable[[Expr], Expr]) -> Expr:
         return div(d(args[0]), mul(const(2.0), e))
     if op == "tanh":
         return mul(sub(const(1.0), mul(e, e)), d(args[0]))
+    if op == "erf":  # 2/sqrt(pi) exp(-x^2)
+        gauss = exp(neg(mul(args[0], args[0])))
+        return mul(mul(const(2.0 / math.sqrt(math.pi)), gauss), d(args[0]))
     if op == "cos":
         return mul(neg(sin(args[0])), d(args[0]))
     if op == "sin":

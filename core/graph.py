@@ -16,6 +16,8 @@ from .node import Node
 from .op import Op
 from .types import TensorType, format_shape, normalize_shape
 
+RANDOM_COUNTER = "random/step"  # the state buffer random ops read (Graph.random_stream)
+
 
 class ArrayStore(HostArrays):
     """Live arrays of a graph by name: its parameters (`g.params["w1"]`), its state buffers
@@ -74,12 +76,14 @@ class Graph:
     """A DAG declared with inputs, parameters, constants and ops (drug.Graph adds `compile`)."""
 
     def __init__(self, seed: int = 0, dtype: str = "float32"):
-        self.seed = seed
+        self.seed = seed  # of the initial parameters (rng) and of the random ops' keys
         self.rng = np.random.default_rng(seed)
         self.dtype = np.dtype(dtype)
         self.params = ArrayStore("parameter")
         self.state = ArrayStore("state buffer")  # not trained, updated by steps: batch-norm statistics, RNG counters
         self._named: dict[str, Node] = {}
+        self._random_counter: Node | None = None
+        self._random_ops = 0
         self._made: list[weakref.ref[Node]] = []  # nodes made at top level (not by the compiler)
 
     def _adopt(self, node: Node) -> None:
@@ -224,6 +228,20 @@ class Graph:
         self.state._add(name, array)
         return node
 
+    def random_stream(self) -> tuple[Node, int]:
+        """For a new random op: the graph's step counter (an int64 state buffer, created on first
+        use, that compiled functions drawing random numbers advance by one per call) and the op's
+        salt, its number among the graph's random ops in construction order."""
+        if self._random_counter is None:
+            self._random_counter = self.buffer(RANDOM_COUNTER, 0, "int64")
+        self._random_ops += 1
+        return self._random_counter, self._random_ops - 1
+
+    @property
+    def random_counter(self) -> Node | None:
+        """The step counter random ops read (`g.state["random/step"]`), None before the first one."""
+        return self._random_counter
+
     def constant(self, value: Any, name: str | None = None, dtype: str | None = None) -> Node:
         """A fixed value baked into the compiled code (Python numbers and arrays given to ops
         become constants by themselves).
@@ -231,7 +249,8 @@ class Graph:
         Args:
             value: A number or an array.
             name: Optional, to find it with `g[name]`.
-            dtype: Default: float data takes the graph's dtype, integers int32 (int64 if wider).
+            dtype: Default: float data takes the graph's dtype, integers int32 (int64 if wider),
+                bools stay bool (a mask).
 
         Returns:
             The constant node (read-only value).
@@ -245,7 +264,7 @@ class Graph:
         array = np.asarray(value)
         if dtype is not None:
             array = array.astype(dtype)
-        elif array.dtype.kind in "fc" or array.dtype == np.bool_:
+        elif array.dtype.kind in "fc":
             array = array.astype(self.dtype)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32 if array.dtype.itemsize <= 4 else np.int64)

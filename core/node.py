@@ -22,9 +22,14 @@ if TYPE_CHECKING:
 
 _ids = itertools.count()
 
-# The functions behind Node's operators (+ - * / @, unary -, x[i], x.T). They are ops, which live
-# a layer above this one: drug.ops registers them when it is imported (ops/operators.py).
-OPERATOR_NAMES = ("add", "sub", "mul", "div", "neg", "matmul", "getitem", "transpose")
+# The functions behind Node's operators (+ - * / @ **, unary - and abs(), comparisons, & | ~, x[i],
+# x.T, x.astype). They are ops, which live a layer above this one: drug.ops registers them when it
+# is imported.
+OPERATOR_NAMES = (
+    "add", "sub", "mul", "div", "neg", "matmul", "getitem", "transpose", "pow", "abs", "cast",
+    "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
+    "logical_and", "logical_or", "logical_xor", "logical_not",
+)  # fmt: skip
 _operators = SimpleNamespace()
 
 
@@ -289,6 +294,62 @@ class Node:
     def __neg__(self) -> Node:
         return _operator("neg")(self)
 
+    def __pow__(self, other: Any) -> Node:
+        return _operator("pow")(self, other)
+
+    def __rpow__(self, other: Any) -> Node:
+        return _operator("pow")(other, self)
+
+    def __abs__(self) -> Node:
+        return _operator("abs")(self)
+
+    # Comparisons build bool nodes, as in NumPy, PyTorch and JAX. So `==` is not identity: nodes
+    # hash by identity, and code comparing nodes themselves must use `is`.
+    def __lt__(self, other: Any) -> Node:
+        return _operator("less")(self, other)
+
+    def __le__(self, other: Any) -> Node:
+        return _operator("less_equal")(self, other)
+
+    def __gt__(self, other: Any) -> Node:
+        return _operator("greater")(self, other)
+
+    def __ge__(self, other: Any) -> Node:
+        return _operator("greater_equal")(self, other)
+
+    def __eq__(self, other: Any) -> Node:  # type: ignore[override]
+        return _operator("equal")(self, other)
+
+    def __ne__(self, other: Any) -> Node:  # type: ignore[override]
+        return _operator("not_equal")(self, other)
+
+    __hash__ = object.__hash__
+
+    def __and__(self, other: Any) -> Node:
+        return _operator("logical_and")(self, other)
+
+    def __rand__(self, other: Any) -> Node:
+        return _operator("logical_and")(other, self)
+
+    def __or__(self, other: Any) -> Node:
+        return _operator("logical_or")(self, other)
+
+    def __ror__(self, other: Any) -> Node:
+        return _operator("logical_or")(other, self)
+
+    def __xor__(self, other: Any) -> Node:
+        return _operator("logical_xor")(self, other)
+
+    def __rxor__(self, other: Any) -> Node:
+        return _operator("logical_xor")(other, self)
+
+    def __invert__(self) -> Node:
+        return _operator("logical_not")(self)
+
+    def astype(self, dtype: Any) -> Node:
+        """This node's values converted to `dtype` (float32, float64, int32, int64 or bool), like dg.cast."""
+        return _operator("cast")(self, dtype)
+
     def __getitem__(self, index: Any) -> Node:
         return _operator("getitem")(self, index)
 
@@ -328,6 +389,10 @@ def as_node(graph: Any, value: Any, dtype: np.dtype) -> Node:
     return graph.constant(array)
 
 
+def _integral(value: Any) -> bool:
+    return isinstance(value, (bool, int, np.bool_, np.integer))
+
+
 def apply(op: Op, *args: Any) -> Node:
     """Create the node `op(*args)`, checking shapes now so errors point at the user's line."""
     if op.arity is not None and len(args) != op.arity:
@@ -335,8 +400,11 @@ def apply(op: Op, *args: Any) -> Node:
     graph = common_graph(args, op.name)
     dtypes = [a.dtype for a in args if isinstance(a, Node)]
     float_dtypes = [d for d in dtypes if d in FLOAT_DTYPES]
-    weak_dtype = float_dtypes[0] if float_dtypes else graph.dtype
-    inputs = [as_node(graph, a, weak_dtype) for a in args]
+    # Python numbers are weakly typed: a float adopts the float operands' dtype (else the graph's),
+    # an int or a bool adopts the first operand's dtype, whatever it is (`ids + 1` stays integer).
+    float_dtype = float_dtypes[0] if float_dtypes else graph.dtype
+    any_dtype = float_dtypes[0] if float_dtypes else dtypes[0] if dtypes else graph.dtype
+    inputs = [as_node(graph, a, any_dtype if _integral(a) else float_dtype) for a in args]
     try:
         out_type = op.infer(*(i.type for i in inputs))
         if out_type.shape.count(None) > 1:  # (None, 1) * (None, 1, 4): every example paired with every other

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import DTypeError, GraphError, ResultShapeError
 from .node import apply
-from .types import FLOAT_DTYPES, Shape, TensorType
+from .types import DTYPES, FLOAT_DTYPES, INT_DTYPES, Shape, TensorType
 
 if TYPE_CHECKING:
     from .node import Node
@@ -174,15 +174,24 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
-    """The one float dtype all `types` share; DTypeError for mixed or non-float dtypes."""
+NUMERIC_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what arithmetic accepts (bool does not add)
+
+
+def same_dtype(types: Sequence[TensorType], allowed: Sequence[np.dtype] = DTYPES, kind: str = "") -> np.dtype:
+    """The one dtype all `types` share, which must be among `allowed` (`kind` names them in the
+    message); DTypeError for mixed dtypes or one not allowed."""
     dtypes = {t.dtype for t in types}
     if len(dtypes) != 1:
-        raise DTypeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly")
+        raise DTypeError(f"mixed dtypes {sorted(str(d) for d in dtypes)}; cast explicitly (dg.cast, node.astype)")
     dtype = dtypes.pop()
-    if dtype not in FLOAT_DTYPES:
-        raise DTypeError(f"needs float inputs, got {dtype}")
+    if dtype not in allowed:
+        raise DTypeError(f"needs {kind or ' or '.join(map(str, allowed))} inputs, got {dtype}")
     return dtype
+
+
+def same_float_dtype(op_name: str, types: Sequence[TensorType]) -> np.dtype:
+    """The one float dtype all `types` share; DTypeError for mixed or non-float dtypes."""
+    return same_dtype(types, FLOAT_DTYPES, "float")
 
 
 def registered_for(table: dict[type, T], op: Op | type[Op]) -> T | None:

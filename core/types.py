@@ -14,6 +14,8 @@ Shape = tuple[Dim, ...]
 
 FLOAT_DTYPES = (np.dtype("float32"), np.dtype("float64"))
 INT_DTYPES = (np.dtype("int32"), np.dtype("int64"))
+BOOL = np.dtype("bool")  # comparisons, masks, logical ops: one byte per element in memory
+DTYPES = FLOAT_DTYPES + INT_DTYPES + (BOOL,)  # every dtype a node may have
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import itertools
 import math
 import weakref
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,13 +27,41 @@ from .core.errors import GraphError, ShapeError
 from .core.graph import Graph
 from .core.node import Call, Node, building_internally, recording
 from .core.types import format_shape
-from .ops import avg_pool2d, batch_norm, concat, conv2d, embedding, max_pool2d, relu, reshape, sigmoid, tanh, transpose
+from .ops import (
+    attention,
+    avg_pool2d,
+    batch_norm,
+    concat,
+    conv2d,
+    dropout,
+    elu,
+    embedding,
+    gelu,
+    layer_norm,
+    leaky_relu,
+    max_pool2d,
+    relu,
+    reshape,
+    rms_norm,
+    sigmoid,
+    silu,
+    tanh,
+    transpose,
+)  # fmt: skip
+from .ops.attention import attention_packed
 
 Activation = str | Callable[[Node], Node] | None
 # a parameter's init: a name ("xavier", "he_normal", ...), an initializer (dg.initializers), an array, or None for
 # the layer's PyTorch-like default
 Init = str | np.ndarray | initializers.Initializer | None
 ACTIVATIONS: dict[str, Callable[[Node], Node]] = {"relu": relu, "sigmoid": sigmoid, "tanh": tanh}
+ACTIVATIONS |= {
+    "gelu": gelu,
+    "gelu_tanh": lambda x: gelu(x, "tanh"),
+    "silu": silu,
+    "elu": elu,
+    "leaky_relu": leaky_relu,
+}
 _counters: weakref.WeakKeyDictionary[Graph, dict[str, itertools.count]] = weakref.WeakKeyDictionary()
 
 
@@ -506,17 +535,17 @@ class _Recurrent(Layer):
         raise NotImplementedError
 
     @layer_call
-    def sequence(self, xs: Node, h0: Node | None = None, scan: bool = False) -> tuple[Node, Node]:
+    def sequence(self, xs: Node, h0: Node | tuple[Node, Node] | None = None, scan: bool = False) -> tuple[Node, Any]:
         """Run the cell over axis 1 of `xs`, with the input projections of all steps in one GEMM.
 
         Args:
             xs: A float node (batch, T, in).
-            h0: The initial state (batch, hidden); None is zeros.
+            h0: The initial state (batch, hidden) (an LSTM's: the pair (h, c)); None is zeros.
             scan: Compile one native loop (`dg.scan`) instead of unrolling the T steps (less
                 code to compile for long sequences).
 
         Returns:
-            (states (batch, T, hidden), last state (batch, hidden)).
+            (states (batch, T, hidden), last state (batch, hidden); an LSTM's last state is (h, c)).
 
         Raises:
             ShapeError: xs is not 3-D, T is 0, or its features differ from the weights'.
@@ -525,22 +554,29 @@ class _Recurrent(Layer):
             raise ShapeError(f"{self.kind} layer '{self.name}': sequence input {xs.describe()} must be (batch, T, in)")
         projected = self.project(xs)  # all time steps in one matmul
         if scan:
-            if h0 is None:  # the zero state, with the batch's size
-                h0 = projected[:, 0, : self.hidden] * 0.0
+            state = h0 if h0 is not None else self.zero_state(projected[:, 0, : self.hidden] * 0.0)
 
-            def body(h: Node, p: Node) -> tuple[Node, Node]:
-                h = self.step(p, h)
-                return h, h
+            def body(state, p: Node):
+                state = self.step(p, state)
+                return state, self.output(state)
 
-            last, states = scan_loop(body, h0, transpose(projected, (1, 0, 2)))  # over (T, batch, ...)
+            last, states = scan_loop(body, state, transpose(projected, (1, 0, 2)))  # over (T, batch, ...)
             return transpose(states, (1, 0, 2)), last
-        h, states = h0, []
+        state, states = h0, []
         for t in range(xs.shape[1]):
-            h = self.step(projected[:, t, :], h)
-            states.append(reshape(h, (None, 1, self.hidden)))
+            state = self.step(projected[:, t, :], state)
+            states.append(reshape(self.output(state), (None, 1, self.hidden)))
         if not states:
             raise ShapeError(f"{self.kind} layer '{self.name}': empty sequence {format_shape(xs.shape)}")
-        return concat(states, axis=1), h
+        return concat(states, axis=1), state
+
+    def zero_state(self, zeros: Node):
+        """The zero state, from a (batch, hidden) node of zeros."""
+        return zeros
+
+    def output(self, state) -> Node:
+        """What the cell emits at each step: its state (an LSTM's h)."""
+        return state
 
 
 class RNNCell(_Recurrent):
@@ -619,3 +655,374 @@ class GRUCell(_Recurrent):
         z = sigmoid(pz + hu[..., H : 2 * H])
         n = tanh(pn + r * hu[..., 2 * H :])
         return (1.0 - z) * n + z * h
+
+
+class LSTMCell(_Recurrent):
+    """Long short-term memory with PyTorch's formula and gate order (i, f, g, o):
+    `i = σ(x w_i + h u_i + b_i)`, `f = σ(x w_f + h u_f + b_f)`, `g = tanh(x w_g + h u_g + b_g)`,
+    `o = σ(x w_o + h u_o + b_o)`, `c' = f ⊙ c + i ⊙ g`, `h' = o ⊙ tanh(c')`; one bias per gate
+    (PyTorch's b_ih + b_hh). The state is the pair (h, c).
+
+    Args:
+        hidden: The state size.
+        name: Parameter prefix (default `lstm<n>`).
+
+    `cell(x, (h, c))` is one step and returns the new (h, c) (`None` is the zero state);
+    `cell.sequence(xs, (h0, c0), scan=...)` runs a sequence and returns (all h, last (h, c)).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> xs = g.input("xs", (None, 20, 8))
+        >>> states, (h, c) = dg.layers.LSTMCell(16, name="lstm").sequence(xs, scan=True)
+        >>> states.shape, h.shape, c.shape
+        ((None, 20, 16), (None, 16), (None, 16))
+    """
+
+    kind = "lstm"
+    gates = ("i", "f", "g", "o")
+
+    @layer_call
+    def __call__(self, x: Node, state: tuple[Node, Node] | None = None) -> tuple[Node, Node]:
+        """One step: x (batch, in) and the state (h, c) (None: zeros) -> the new (h, c)."""
+        return self.step(self.project(x), state)
+
+    def step(self, projected: Node, state: tuple[Node, Node] | None) -> tuple[Node, Node]:
+        H = self.hidden
+        if state is not None:
+            h, c = state
+            projected = projected + h @ self.u
+        i, f = sigmoid(projected[..., :H]), sigmoid(projected[..., H : 2 * H])
+        g, o = tanh(projected[..., 2 * H : 3 * H]), sigmoid(projected[..., 3 * H :])
+        c_next = i * g if state is None else f * c + i * g  # the zero state has c = 0
+        return o * tanh(c_next), c_next
+
+    def zero_state(self, zeros: Node) -> tuple[Node, Node]:
+        return zeros, zeros
+
+    def output(self, state: tuple[Node, Node]) -> Node:
+        return state[0]
+
+
+# Transformer layers: normalization, dropout, attention, positions and the pre-norm block.
+
+
+class LayerNorm(Layer):
+    """`dg.layer_norm` over the last axis, then a learned scale (ones at first) and bias (zeros).
+
+    Args:
+        eps: Added to the variance.
+        name: Parameter prefix (default `layernorm<n>`): `<name>/scale`, `<name>/bias`.
+
+    Raises:
+        ShapeError: (at a call) the last axis differs from the one the parameters were made for.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.LayerNorm(name="ln")(x).shape, sorted(g.params)
+        ((None, 10, 32), ['ln/bias', 'ln/scale'])
+    """
+
+    kind = "layernorm"
+
+    def __init__(self, eps: float = 1e-5, name: str | None = None):
+        super().__init__(name)
+        self.eps = float(eps)
+
+    def config(self) -> list[str]:
+        return [f"eps={self.eps}"] if self.eps != 1e-5 else []
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            self._param("scale", (x.shape[-1],), "ones")
+            self._param("bias", (x.shape[-1],), "zeros")
+        self._expect(x, -1, self.params["scale"].shape[0], "features")
+        return layer_norm(x, -1, self.eps) * self.params["scale"] + self.params["bias"]
+
+
+class RMSNorm(Layer):
+    """`dg.rms_norm` over the last axis, then a learned scale (ones at first).
+
+    Args:
+        eps: Added to the mean square.
+        name: Parameter prefix (default `rmsnorm<n>`): `<name>/scale`.
+
+    Raises:
+        ShapeError: (at a call) the last axis differs from the one the parameter was made for.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.layers.RMSNorm(name="norm")(g.input("x", (None, 32))).shape, sorted(g.params)
+        ((None, 32), ['norm/scale'])
+    """
+
+    kind = "rmsnorm"
+
+    def __init__(self, eps: float = 1e-6, name: str | None = None):
+        super().__init__(name)
+        self.eps = float(eps)
+
+    def config(self) -> list[str]:
+        return [f"eps={self.eps}"] if self.eps != 1e-6 else []
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        if self._bind(x):
+            self._param("scale", (x.shape[-1],), "ones")
+        self._expect(x, -1, self.params["scale"].shape[0], "features")
+        return rms_norm(x, -1, self.eps) * self.params["scale"]
+
+
+class Dropout(Layer):
+    """`dg.dropout` with a fixed rate: active in train steps, the identity in predictors.
+
+    Args:
+        rate: The probability of dropping an element, in [0, 1) (0: the layer is the identity).
+        name: The layer's name (it has no parameters).
+
+    Raises:
+        GraphError: A rate outside [0, 1).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 32))
+        >>> dg.layers.Dropout(0.1)(x).shape
+        (None, 32)
+    """
+
+    kind = "dropout"
+
+    def __init__(self, rate: float, name: str | None = None):
+        super().__init__(name)
+        if not 0.0 <= float(rate) < 1.0:
+            raise GraphError(f"dropout layer: rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def config(self) -> list[str]:
+        return [str(self.rate)]
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        self._bind(x)
+        return x if self.rate == 0.0 else dropout(x, self.rate)
+
+
+class MultiHeadAttention(Layer):
+    """Multi-head attention over x (batch, T, d) and a context (batch, S, d_c) (x itself by
+    default): `q = x w_q + b_q`, k and v likewise from the context, `dg.attention` per head in
+    the projections' own (batch, T, heads, d/heads) layout (no transposes), then
+    `out = a w_o + b_o`.
+
+    Args:
+        heads: The number of heads (d must be a multiple).
+        causal: Mask key j > query i.
+        dropout: Dropout on the output (in train steps).
+        name: Parameter prefix (default `mha<n>`): `<name>/w_q`, `w_k`, `w_v`, `w_o` and `b_*`.
+
+    `mha(x, context=None, mask=None)`; `mask` as in `dg.attention`.
+
+    Raises:
+        ShapeError: (at a call) inputs that are not (batch, T, features), d not a multiple of
+            heads, or features that differ from the parameters'.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.MultiHeadAttention(4, causal=True, name="attn")(x).shape
+        (None, 10, 32)
+    """
+
+    kind = "mha"
+
+    def __init__(self, heads: int, causal: bool = False, dropout: float = 0.0, name: str | None = None):
+        super().__init__(name)
+        self.heads, self.causal, self.rate = int(heads), bool(causal), float(dropout)
+        self.drop = Dropout(dropout) if dropout else None
+
+    def config(self) -> list[str]:
+        return (
+            [str(self.heads)]
+            + (["causal=True"] if self.causal else [])
+            + ([f"dropout={self.rate}"] if self.rate else [])
+        )
+
+    @layer_call
+    def __call__(self, x: Node, context: Node | None = None, mask: Node | None = None) -> Node:
+        context = x if context is None else context
+        if x.ndim != 3 or context.ndim != 3:
+            raise ShapeError(f"mha layer '{self.name}': inputs {x.describe()} must be (batch, T, features)")
+        d = x.shape[-1]
+        if self._bind(x):
+            if d % self.heads:
+                raise ShapeError(f"mha layer '{self.name}': {d} features do not split into {self.heads} heads")
+            for role in ("q", "k", "v", "o"):
+                self._param(f"w_{role}", (context.shape[-1] if role in ("k", "v") else d, d))
+            for role in ("q", "k", "v", "o"):
+                self._param(f"b_{role}", (d,), "zeros")
+        self._expect(x, -1, self.params["w_q"].shape[0], "features")
+        self._expect(context, -1, self.params["w_k"].shape[0], "features")
+        p, dh = self.params, d // self.heads
+        if context is x:  # one projection for q, k and v, which attention reads in place
+            w = concat([p["w_q"], p["w_k"], p["w_v"]], axis=1)
+            qkv = x @ w + concat([p["b_q"], p["b_k"], p["b_v"]], axis=0)
+            a = attention_packed(reshape(qkv, (x.shape[0], x.shape[1], 3, self.heads, dh)), mask, self.causal)
+        else:
+
+            def heads(t: Node, role: str) -> Node:
+                return reshape(t @ p[f"w_{role}"] + p[f"b_{role}"], (t.shape[0], t.shape[1], self.heads, dh))
+
+            a = attention(heads(x, "q"), heads(context, "k"), heads(context, "v"), mask, self.causal, layout="bthd")
+        out = reshape(a, (x.shape[0], x.shape[1], d)) @ p["w_o"] + p["b_o"]
+        return self.drop(out) if self.drop is not None else out
+
+
+def sinusoidal_positions(length: int, dim: int) -> np.ndarray:
+    """The (length, dim) table of "Attention is all you need": sin(pos / 10000^(2i/dim)) in even
+    columns, cos in odd ones.
+
+    Args:
+        length: Positions.
+        dim: Features.
+
+    Returns:
+        A float64 array (length, dim).
+
+    Example:
+        >>> import drug as dg
+        >>> dg.layers.sinusoidal_positions(4, 2)[:, 0].round(3)
+        array([0.   , 0.841, 0.909, 0.141])
+    """
+    position = np.arange(length)[:, None]
+    frequency = np.exp(-np.log(10000.0) * np.arange(0, dim, 2) / dim)
+    table = np.zeros((length, dim))
+    table[:, 0::2] = np.sin(position * frequency)
+    table[:, 1::2] = np.cos(position * frequency)[:, : dim // 2]
+    return table
+
+
+class PositionalEmbedding(Layer):
+    """Adds a position vector to each step of x (batch, T, d), T <= max_len: a learned (max_len, d)
+    parameter, or the fixed sinusoidal table (a constant).
+
+    Args:
+        max_len: The longest sequence.
+        kind: "learned" or "sinusoidal".
+        init: The learned table's init (see `Graph.parameter`).
+        name: Parameter prefix (default `positions<n>`): `<name>/table`.
+
+    Raises:
+        GraphError: An unknown kind.
+        ShapeError: (at a call) x is not (batch, T <= max_len, d).
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> dg.layers.PositionalEmbedding(64, name="pos")(x).shape, g.params["pos/table"].shape
+        ((None, 10, 32), (64, 32))
+    """
+
+    kind = "positions"
+
+    def __init__(self, max_len: int, kind: str = "learned", init: Init = "normal", name: str | None = None):
+        super().__init__(name)
+        if kind not in ("learned", "sinusoidal"):
+            raise GraphError(f"positional embedding kind must be 'learned' or 'sinusoidal', got {kind!r}")
+        self.max_len, self.kind_, self.init = int(max_len), kind, init
+        self.table: Node | None = None
+
+    def config(self) -> list[str]:
+        return [str(self.max_len)] + ([f"kind={self.kind_!r}"] if self.kind_ != "learned" else [])
+
+    @layer_call
+    def __call__(self, x: Node) -> Node:
+        if x.ndim != 3 or x.shape[1] is None or x.shape[1] > self.max_len:
+            raise ShapeError(
+                f"positions layer '{self.name}': input {x.describe()} must be (batch, T <= {self.max_len}, d)"
+            )
+        if self._bind(x):
+            d = x.shape[-1]
+            if self.kind_ == "learned":
+                self.table = self._param("table", (self.max_len, d), self.init)
+            else:
+                self.table = x.graph.constant(sinusoidal_positions(self.max_len, d), name=f"{self.name}/table")
+        self._expect(x, -1, self.table.shape[1], "features")
+        t = x.shape[1]
+        return x + (self.table if t == self.max_len else self.table[:t])
+
+
+class TransformerBlock(Layer):
+    """A pre-norm transformer block: `x + drop(attn(ln1(x), mask))`, then `+ drop(mlp(ln2(x)))`
+    with the MLP d -> mlp_ratio * d (activation) -> d.
+
+    Args:
+        heads: Attention heads.
+        mlp_ratio: The MLP's hidden width over d.
+        dropout: Dropout after the attention and after the MLP (in train steps).
+        causal: Mask key j > query i (a decoder).
+        activation: The MLP's activation ("gelu" by default; see `Dense`).
+        eps: The layer norms' eps.
+        name: Parameter prefix (default `block<n>`): `<name>/ln1/scale`, `<name>/attn/w_q`, ...
+
+    `block(x, mask=None)` with x (batch, T, d).
+
+    Raises:
+        ShapeError: (at a call) x is not (batch, T, d) or d is not a multiple of heads.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 10, 32))
+        >>> block = dg.layers.TransformerBlock(4, causal=True, dropout=0.1, name="block")
+        >>> block(x).shape, len(block.params)
+        ((None, 10, 32), 16)
+    """
+
+    kind = "block"
+
+    def __init__(
+        self,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        causal: bool = False,
+        activation: Activation = "gelu",
+        eps: float = 1e-5,
+        name: str | None = None,
+    ):
+        super().__init__(name)
+        self.heads, self.mlp_ratio, self.rate, self.causal = int(heads), mlp_ratio, float(dropout), causal
+        self.activation, self.eps = activation, eps
+        self.layers: dict[str, Layer] = {}
+
+    def config(self) -> list[str]:
+        out = [str(self.heads)] + ([f"mlp_ratio={self.mlp_ratio}"] if self.mlp_ratio != 4.0 else [])
+        out += [f"dropout={self.rate}"] if self.rate else []
+        return out + (["causal=True"] if self.causal else [])
+
+    @layer_call
+    def __call__(self, x: Node, mask: Node | None = None) -> Node:
+        if x.ndim != 3:
+            raise ShapeError(f"block layer '{self.name}': input {x.describe()} must be (batch, T, features)")
+        if self._bind(x):
+            d, n = x.shape[-1], self.name
+            self.layers = {
+                "ln1": LayerNorm(self.eps, name=f"{n}/ln1"),
+                "attn": MultiHeadAttention(self.heads, self.causal, name=f"{n}/attn"),
+                "ln2": LayerNorm(self.eps, name=f"{n}/ln2"),
+                "fc1": Dense(int(self.mlp_ratio * d), activation=self.activation, name=f"{n}/fc1"),
+                "fc2": Dense(d, name=f"{n}/fc2"),
+                "drop": Dropout(self.rate, name=f"{n}/drop"),
+            }
+        layer = self.layers
+        x = x + layer["drop"](layer["attn"](layer["ln1"](x), mask=mask))
+        x = x + layer["drop"](layer["fc2"](layer["fc1"](layer["ln2"](x))))
+        for sub in layer.values():
+            self.params |= {f"{sub.name}/{role}": node for role, node in sub.params.items()}
+        return x

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import functools
 import operator
+from typing import ClassVar
 
 import numpy as np
 
 from ..core.node import Node, Operand, apply, user_call
-from ..core.op import Example, Op, same_float_dtype
-from ..core.types import TensorType, broadcast_shapes
+from ..core.op import NUMERIC_DTYPES, Example, Op, same_dtype
+from ..core.types import FLOAT_DTYPES, TensorType, broadcast_shapes
 
 
 class Elementwise(Op):
     """Broadcasting ops computed one element at a time; backends fuse neighbouring ones into one loop."""
 
+    dtypes: ClassVar[tuple[np.dtype, ...]] = FLOAT_DTYPES  # what the inputs may be (all of one dtype)
+
     def infer(self, *inputs: TensorType) -> TensorType:
-        dtype = same_float_dtype(self.name, inputs)
+        kind = "float" if self.dtypes == FLOAT_DTYPES else "numeric (float or int)"
+        dtype = same_dtype(inputs, self.dtypes, kind)
         return TensorType(broadcast_shapes([t.shape for t in inputs]), dtype)
 
     @classmethod
@@ -37,6 +41,7 @@ class Elementwise(Op):
 
 class Add(Elementwise):
     name = "add"
+    dtypes = NUMERIC_DTYPES
 
     def ref(self, *xs):
         return functools.reduce(operator.add, xs)
@@ -47,6 +52,7 @@ class Add(Elementwise):
 
 class Mul(Elementwise):
     name = "mul"
+    dtypes = NUMERIC_DTYPES
 
     def ref(self, *xs):
         return functools.reduce(operator.mul, xs)
@@ -59,6 +65,7 @@ class Mul(Elementwise):
 class Sub(Elementwise):
     name = "sub"
     arity = 2
+    dtypes = NUMERIC_DTYPES
 
     def ref(self, a, b):
         return a - b
@@ -85,6 +92,7 @@ class Div(Elementwise):
 class Neg(Elementwise):
     name = "neg"
     arity = 1
+    dtypes = NUMERIC_DTYPES
 
     def ref(self, x):
         return -x
@@ -187,23 +195,6 @@ class Sqrt(Elementwise):
         return [div(g, mul(out, 2.0))]
 
     sample_input = Log.sample_input
-
-
-class Equal(Elementwise):
-    """1 where a == b else 0; used to route max/min gradients."""
-
-    name = "equal"
-    arity = 2
-
-    def ref(self, a, b):
-        return (a == b).astype(np.result_type(a, b))
-
-    def grad(self, g, out, a, b):
-        return [None, None]
-
-    @classmethod
-    def example(cls, rng, dims):
-        return None
 
 
 class OnesLike(Elementwise):
@@ -483,12 +474,6 @@ def sqrt(x: Operand) -> Node:
         array([[2. , 1.5]], dtype=float32)
     """
     return apply(Sqrt(), x)
-
-
-@user_call()
-def equal(a: Operand, b: Operand) -> Node:
-    """1 where `a == b`, else 0, in the inputs' float dtype (routes the gradients of max and min)."""
-    return apply(Equal(), a, b)
 
 
 @user_call()

@@ -38,6 +38,8 @@ class MatMul(Op):
         return 2 * math.prod(out) * a[-1]
 
     def grad(self, g, out, a, b):
+        if b.ndim == 2 and a.ndim > 2:  # x @ w with x (..., k): dw sums over every leading axis at once
+            return [matmul(g, swap_last(b)), apply(ContractLeading(), a, g)]
         return [matmul(g, swap_last(b)), matmul(swap_last(a), g)]
 
     @classmethod
@@ -47,6 +49,35 @@ class MatMul(Op):
         a_shape = (2, n, k) if batched else (n, k)
         a, b = rng.standard_normal(a_shape), rng.standard_normal((k, 3))
         return cls(), Example([a, b], [True, True], {} if batched else {0: 0})
+
+
+class ContractLeading(Op):
+    """a^T g over every leading axis: a (..., m) and g (..., n) -> (m, n), the weight gradient of
+    x @ w for x with leading (batch, time) axes: one GEMM with the leading axes as its inner
+    dimension, instead of a product per leading index summed afterwards."""
+
+    name = "contract_leading"
+    arity = 2
+
+    def infer(self, a, g):
+        dtype = same_float_dtype(self.name, [a, g])
+        if a.ndim < 2 or a.shape[:-1] != g.shape[:-1]:
+            raise ShapeError(f"leading axes differ: {format_shape(a.shape)} and {format_shape(g.shape)}")
+        return TensorType((a.shape[-1], g.shape[-1]), dtype)
+
+    def ref(self, a, g):
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+
+    def flops(self, out, a, g):
+        return 2 * math.prod(out) * math.prod(a[:-1])
+
+    def grad(self, gg, out, a, g):
+        return [matmul(g, swap_last(gg)), matmul(a, gg)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        a, g = rng.standard_normal((dims[0], 2, dims[1] + 1)), rng.standard_normal((dims[0], 2, 3))
+        return cls(), Example([a, g], [True, True], {0: 0, 1: 0})
 
 
 def swap_last(x: Node) -> Node:

@@ -1,12 +1,7 @@
-"""Batch normalization with PyTorch's conventions: a train step normalizes with the batch's mean
-and biased variance and moves the running statistics towards them (momentum is the weight of the
-new batch; the running variance is unbiased); inference normalizes with the running statistics.
-
-`BatchNorm` is mode-dependent: the `modes` pass replaces it by plain ops before autodiff. In
-training that is one `batch_moments` kernel (the per-channel mean and variance) and elementwise
-code, so autodiff derives the backward from small rules and fusion makes it one pass of
-reductions and one elementwise pass; the running statistics are graph state buffers updated in
-place by the step."""
+"""Normalization over trailing axes: layer_norm ((x - mean) / sqrt(var + eps), no affine: the layer
+adds scale and bias) and rms_norm (x / sqrt(mean(x^2) + eps)). Each has a fused native forward and
+backward (one pass over a row for the statistics, one to write); the backward recomputes the
+statistics from x instead of keeping them."""
 
 from __future__ import annotations
 
@@ -17,179 +12,178 @@ import numpy as np
 
 from ..core.errors import ShapeError
 from ..core.node import Node, apply, user_call
-from ..core.op import Example, Op, Specialized, same_float_dtype
-from ..core.types import TensorType, format_shape, normalize_axes
-from .elementwise import add, div, mul, sqrt, sub
-from .reduce import Count
-from .shape import broadcast_like, reshape
+from ..core.op import Example, Op, same_float_dtype
+from ..core.types import Shape, normalize_axes
 
 
-def _reduced_axes(ndim: int, axis: int) -> tuple[int, ...]:
-    return tuple(a for a in range(ndim) if a != axis)
+def row_axes(shape: Shape, axis) -> tuple[int, ...]:
+    """The normalized axes, which must be the trailing ones and static (a row is contiguous)."""
+    axes = normalize_axes(axis, len(shape))
+    if not axes or axes != tuple(range(len(shape) - len(axes), len(shape))):
+        raise ShapeError(f"normalizes trailing axes only (e.g. -1 or (-2, -1)), got {axis}")
+    if any(shape[a] is None for a in axes):
+        raise ShapeError("cannot normalize over the batch dimension")
+    return axes
 
 
-class BatchMoments(Op):
-    """Per channel (`axis`), the mean and the biased variance over every other axis: (2, C).
-    Training batch norm divides by M - 1 for the running variance, so a channel with a single
-    value (M = 1) is refused; `owner` names the batch norm in that message."""
+class _RowNorm(Op):
+    def __init__(self, axes: tuple[int, ...], eps: float):
+        self.axes, self.eps = axes, float(eps)
 
-    name = "batch_moments"
+    def row_size(self, shape: Shape) -> int:
+        return math.prod(shape[a] for a in self.axes)
+
+    def _stats(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, rstd) kept as size-1 axes; mean is 0 for rms_norm."""
+        raise NotImplementedError
+
+
+class _Forward(_RowNorm):
     arity = 1
-    may_fail = True  # a batch with one value per channel
-
-    def __init__(self, axis: int, owner: str = "batch_moments"):
-        self.axis = axis
-        self.owner = owner
 
     def infer(self, x):
         same_float_dtype(self.name, [x])
-        if not 0 <= self.axis < x.ndim or x.shape[self.axis] is None:
-            raise ShapeError(f"channel axis {self.axis} of {format_shape(x.shape)} must be a static axis")
-        return TensorType((2, x.shape[self.axis]), x.dtype)
-
-    def values_per_channel(self, shape: Sequence[int]) -> int:
-        return math.prod(shape[a] for a in _reduced_axes(len(shape), self.axis))
+        if self.axes != row_axes(x.shape, self.axes):
+            raise ShapeError(f"axes {self.axes} are not the trailing axes of {x.ndim}-D input")
+        return x
 
     def ref(self, x):
-        if self.values_per_channel(x.shape) < 2:
-            raise ShapeError(
-                f"batch norm '{self.owner}' in training needs more than one value per channel to estimate the "
-                f"variance, got input {x.shape} (one value per channel); train with batches of two or more"
-            )
-        axes = _reduced_axes(x.ndim, self.axis)
-        mean = np.mean(x, axis=axes, keepdims=True)
-        var = np.mean((x - mean) ** 2, axis=axes)
-        return np.stack([mean.reshape(-1), var]).astype(x.dtype)
-
-    def grad(self, g, out, x):
-        """d mean / dx = 1 / M, d var / dx = 2 (x - mean) / M, per channel."""
-        channel = tuple(x.shape[self.axis] if a == self.axis else 1 for a in range(x.ndim))
-        d_mean, d_var = (reshape(g[i], channel) for i in (0, 1))
-        mean = reshape(out[0], channel)
-        count = apply(Count(_reduced_axes(x.ndim, self.axis)), x)
-        total = add(broadcast_like(d_mean, x), mul(broadcast_like(mul(d_var, 2.0), x), sub(x, mean)))
-        return [div(total, count)]
+        mean, rstd = self._stats(x)
+        return (x - mean) * rstd
 
     @classmethod
     def example(cls, rng, dims):
-        x = rng.standard_normal((dims[0] + 1, 3, dims[1], 2)) * 2 + 1
-        return cls(1), Example([x], [True], {0: 0})
+        x = rng.standard_normal((dims[0], 2, dims[1] + 2)) * 2.0 + 0.5
+        return cls((2,) if dims[2] % 2 else (1, 2), 1e-5), Example([x], [True], {0: 0})
 
 
-class BatchNorm(Op):
-    """batch_norm(x, scale, bias, running_mean, running_var) over channel `axis`; what it computes
-    depends on the mode (see the module docstring)."""
+class _Backward(_RowNorm):
+    """dx from (g, x): the statistics are recomputed from x. Their own gradients (second
+    derivatives of a norm) are not implemented."""
 
-    name = "batch_norm"
-    arity = 5
-    mode_dependent = True
+    arity = 2
 
-    def __init__(self, axis: int, momentum: float, eps: float):
-        self.axis = axis
-        self.momentum = float(momentum)
-        self.eps = float(eps)
-
-    def infer(self, x, scale, bias, running_mean, running_var):
-        same_float_dtype(self.name, [x, scale, bias, running_mean, running_var])
-        if not 0 <= self.axis < x.ndim or x.shape[self.axis] is None:
-            raise ShapeError(f"channel axis {self.axis} of {format_shape(x.shape)} must be a static axis")
-        channels = (x.shape[self.axis],)
-        for what, t in (("scale", scale), ("bias", bias), ("running mean", running_mean), ("running var", running_var)):
-            if t.shape != channels:
-                raise ShapeError(f"{what} {format_shape(t.shape)} must have one value per channel: {channels}")
+    def infer(self, g, x):
+        same_float_dtype(self.name, [g, x])
+        if g.shape != x.shape:
+            raise ShapeError("the gradient must have the input's shape")
         return x
 
-    def specialize(self, inputs, training):
-        x, scale, bias, running_mean, running_var = inputs
-        channel = tuple(x.shape[self.axis] if a == self.axis else 1 for a in range(x.ndim))
-        if not training:
-            return Specialized(self._normalize(x, scale, bias, running_mean, running_var, channel))
-        moments = apply(BatchMoments(self.axis, running_mean.label.removesuffix("/running_mean")), x)
-        mean, var = moments[0], moments[1]
-        count = apply(Count(_reduced_axes(x.ndim, self.axis)), x)
-        unbiased = mul(var, div(count, sub(count, 1.0)))
-        m = self.momentum
-        updates = (
-            (running_mean, add(mul(running_mean, 1.0 - m), mul(mean, m))),
-            (running_var, add(mul(running_var, 1.0 - m), mul(unbiased, m))),
-        )
-        return Specialized(self._normalize(x, scale, bias, mean, var, channel), updates)
 
-    def _normalize(self, x: Node, scale, bias, mean, var, channel) -> Node:
-        """(x - mean) * scale / sqrt(var + eps) + bias, the per-channel factors computed once."""
-        factor = reshape(div(scale, sqrt(add(var, self.eps))), channel)
-        return add(mul(sub(x, reshape(mean, channel)), factor), reshape(bias, channel))
+class LayerNorm(_Forward):
+    name = "layer_norm"
+
+    def _stats(self, x):
+        return _layer_stats(x, self.axes, self.eps)
+
+    def grad(self, g, out, x):
+        return [apply(LayerNormGrad(self.axes, self.eps), g, x)]
+
+
+def _layer_stats(x: np.ndarray, axes: tuple[int, ...], eps: float) -> tuple[np.ndarray, np.ndarray]:
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    return mean, 1.0 / np.sqrt(var + np.asarray(eps, x.dtype))
+
+
+class LayerNormGrad(_Backward):
+    """dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), xhat = (x - mean) * rstd."""
+
+    name = "layer_norm_grad"
+
+    def ref(self, g, x):
+        mean, rstd = _layer_stats(x, self.axes, self.eps)
+        xhat = (x - mean) * rstd
+        mean_g = g.mean(axis=self.axes, keepdims=True)
+        mean_gx = (g * xhat).mean(axis=self.axes, keepdims=True)
+        return rstd * (g - mean_g - xhat * mean_gx)
+
+
+class RMSNorm(_Forward):
+    name = "rms_norm"
+
+    def _stats(self, x):
+        return np.zeros((), x.dtype), _rms_rstd(x, self.axes, self.eps)
+
+    def grad(self, g, out, x):
+        return [apply(RMSNormGrad(self.axes, self.eps), g, x)]
+
+
+def _rms_rstd(x: np.ndarray, axes: tuple[int, ...], eps: float) -> np.ndarray:
+    return 1.0 / np.sqrt((x * x).mean(axis=axes, keepdims=True) + np.asarray(eps, x.dtype))
+
+
+class RMSNormGrad(_Backward):
+    """dx = rstd * (g - y * mean(g * y)), y = x * rstd."""
+
+    name = "rms_norm_grad"
+
+    def ref(self, g, x):
+        rstd = _rms_rstd(x, self.axes, self.eps)
+        y = x * rstd
+        return rstd * (g - y * (g * y).mean(axis=self.axes, keepdims=True))
+
+
+def _norm(op_class, x, axis, eps: float):
+    if eps < 0:
+        raise ShapeError(f"{op_class.name} of {x.describe()}: eps must be >= 0, got {eps}")
+    try:
+        axes = row_axes(x.shape, axis)
+    except ShapeError as error:
+        raise ShapeError(f"{op_class.name} of {x.describe()}: {error}") from None
+    return apply(op_class(axes, eps), x)
 
 
 @user_call()
-def batch_norm(
-    x: Node,
-    scale: Node,
-    bias: Node,
-    axis: int = 1,
-    momentum: float = 0.1,
-    eps: float = 1e-5,
-    running_mean: Node | None = None,
-    running_var: Node | None = None,
-    name: str | None = None,
-) -> Node:
-    """Batch normalization with PyTorch's conventions: in a train step x is normalized with the
-    batch's mean and biased variance over every axis but `axis`, and the running statistics move
-    towards them (`running = (1 - momentum) * running + momentum * batch`, the variance unbiased);
-    in inference (a predictor, or `compile(training=False)`) the running statistics are used.
-    `dg.layers.BatchNorm` makes the parameters and buffers for you.
+def layer_norm(x: Node, axis: int | Sequence[int] = -1, eps: float = 1e-5) -> Node:
+    """(x - mean) / sqrt(var + eps) over the trailing `axis`, with the biased variance like
+    PyTorch; no scale or bias (`dg.layers.LayerNorm` adds them). Native forward and backward
+    kernels make one pass over a row for its statistics and one to write.
 
     Args:
-        x: A float node; its `axis` is the channel axis (static).
-        scale: Per-channel scale (C,), usually a parameter of ones.
-        bias: Per-channel shift (C,), usually a parameter of zeros.
-        axis: The channel axis (1 for NCHW and for (N, C)).
-        momentum: Weight of the batch's statistics in the running ones.
+        x: A float node.
+        axis: The last axis (-1) or a tuple of trailing axes; static (not the batch).
         eps: Added to the variance.
-        running_mean: A state buffer (C,) (`g.buffer`); None creates `<name>/running_mean` (zeros).
-        running_var: A state buffer (C,); None creates `<name>/running_var` (ones).
-        name: Prefix of the buffers created (default: the next free `batch_norm<n>`).
 
     Returns:
         A node of x's shape and dtype.
 
     Raises:
-        ShapeError: scale, bias or the buffers are not (C,), the channel axis is not static, or
-            momentum / eps are out of range; in a train step, a channel with a single value
-            (a batch of one for (N, C) input), with nothing updated.
+        ShapeError: The axes are not trailing, or include the batch; eps < 0.
+        DTypeError: x is not float.
 
     Example:
         >>> import drug as dg, numpy as np
-        >>> g = dg.Graph(dtype="float64")
-        >>> x = g.input("x", (None, 2))
-        >>> y = dg.batch_norm(x, g.parameter("s", (2,), init="ones"), g.parameter("b", (2,), init="zeros"))
-        >>> step = g.compile(outputs=y, training=True)
-        >>> step(x=np.array([[1.0, 0.0], [3.0, 4.0]])).round(3)
-        array([[-1., -1.],
-               [ 1.,  1.]])
-        >>> g.state["batch_norm1/running_mean"]
-        array([0.2, 0.2])
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 4))
+        >>> dg.layer_norm(x).eval(x=np.array([[1.0, 2.0, 3.0, 6.0]], np.float32))
+        array([[-1.0690434, -0.5345217,  0.       ,  1.6035651]], dtype=float32)
     """
-    if not isinstance(x, Node):
-        raise ShapeError(f"batch_norm expects a graph node, got {type(x).__name__}")
-    (axis,) = normalize_axes(axis, x.ndim)
-    if not 0.0 <= momentum <= 1.0 or eps <= 0:
-        raise ShapeError(f"batch_norm needs 0 <= momentum <= 1 and eps > 0, got momentum={momentum}, eps={eps}")
-    if (running_mean is None) != (running_var is None):
-        raise ShapeError("batch_norm: pass both running_mean and running_var, or neither")
-    if running_mean is None:
-        channels = x.shape[axis]
-        if channels is None:
-            raise ShapeError(f"batch_norm: the channel axis {axis} of {x.describe()} must be static")
-        graph = x.graph
-        name = name or _fresh(graph)
-        running_mean = graph.buffer(f"{name}/running_mean", np.zeros(channels), dtype=str(x.dtype))
-        running_var = graph.buffer(f"{name}/running_var", np.ones(channels), dtype=str(x.dtype))
-    return apply(BatchNorm(axis, momentum, eps), x, scale, bias, running_mean, running_var)
+    return _norm(LayerNorm, x, axis, eps)
 
 
-def _fresh(graph) -> str:
-    n = 1
-    while f"batch_norm{n}/running_mean" in graph:
-        n += 1
-    return f"batch_norm{n}"
+@user_call()
+def rms_norm(x: Node, axis: int | Sequence[int] = -1, eps: float = 1e-6) -> Node:
+    """x / sqrt(mean(x^2) + eps) over the trailing `axis` (no scale: `dg.layers.RMSNorm` adds
+    one); fused native kernels like `layer_norm`.
+
+    Args:
+        x: A float node.
+        axis: The last axis (-1) or a tuple of trailing axes; static (not the batch).
+        eps: Added to the mean square.
+
+    Returns:
+        A node of x's shape and dtype.
+
+    Raises:
+        ShapeError: The axes are not trailing, or include the batch; eps < 0.
+        DTypeError: x is not float.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 2))
+        >>> dg.rms_norm(x).eval(x=np.array([[3.0, 4.0]], np.float32))
+        array([[0.8485281, 1.1313708]], dtype=float32)
+    """
+    return _norm(RMSNorm, x, axis, eps)

@@ -12,7 +12,9 @@ from ..core.errors import ShapeError
 from ..core.node import Node, Operand, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape, normalize_axes
-from .elementwise import div, equal, mul
+from .cast import cast
+from .elementwise import div, mul
+from .logic import equal
 from .shape import broadcast_like, reshape
 
 
@@ -74,7 +76,7 @@ class Max(Reduce):
 
     def grad(self, g, out, x):
         # ties share the gradient equally, like JAX
-        mask = equal(x, broadcast_like(self.kept(out, x), x))
+        mask = cast(equal(x, broadcast_like(self.kept(out, x), x)), x.dtype)
         count = apply(Sum(self.axes, keepdims=True), mask)
         return [mul(broadcast_like(self.kept(g, x), x), div(mask, count))]
 

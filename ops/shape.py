@@ -448,3 +448,115 @@ def broadcast_like(x: Node, like: Node) -> Node:
 def sum_to(x: Node, shape: Shape) -> Node:
     """x summed back to `shape`, the adjoint of broadcasting (used by autodiff)."""
     return apply(SumTo(tuple(shape)), x)
+
+
+class BroadcastTo(Op):
+    """x broadcast to a fixed `shape` (NumPy's broadcast_to); a None in `shape` must meet x's own
+    batch dimension (to broadcast over a batch x lacks, use broadcast_like)."""
+
+    name = "broadcast_to"
+    arity = 1
+
+    def __init__(self, shape: Shape):
+        self.shape = shape
+
+    def infer(self, x):
+        lead = len(self.shape) - x.ndim
+        if lead < 0 or broadcast_shapes([x.shape, self.shape]) != self.shape:
+            raise ShapeError(f"cannot broadcast {format_shape(x.shape)} to {format_shape(self.shape)}")
+        if None in self.shape and (self.shape.index(None) < lead or x.shape[self.shape.index(None) - lead] is not None):
+            raise ShapeError(
+                f"the batch dimension of {format_shape(self.shape)} must be x's own ({format_shape(x.shape)}); "
+                "to broadcast over another node's batch use broadcast_like"
+            )
+        return TensorType(self.shape, x.dtype)
+
+    def ref(self, x):
+        lead = len(self.shape) - x.ndim
+        batch = x.shape[self.shape.index(None) - lead] if None in self.shape else None
+        return np.broadcast_to(x, _runtime_shape(self.shape, batch)).copy()
+
+    def grad(self, g, out, x):
+        return [g]  # autodiff sums g back to x's shape
+
+    @classmethod
+    def example(cls, rng, dims):
+        x = rng.standard_normal((dims[0], 1, dims[1]))
+        return cls((None, 3, dims[1])), Example([x], [True], {0: 0})
+
+
+@user_call()
+def broadcast_to(x: Node, shape: Sequence[int | None]) -> Node:
+    """x broadcast to `shape` (NumPy's broadcast_to); a None in `shape` must be x's own batch
+    dimension (`broadcast_like` broadcasts over another node's batch). The gradient sums back.
+
+    Args:
+        x: A node.
+        shape: The target shape.
+
+    Returns:
+        A node of `shape` and x's dtype.
+
+    Raises:
+        ShapeError: x does not broadcast to `shape`.
+
+    Example:
+        >>> import drug as dg, numpy as np
+        >>> g = dg.Graph()
+        >>> x = g.input("x", (None, 1))
+        >>> dg.broadcast_to(x, (None, 3)).eval(x=np.array([[1.0], [2.0]], np.float32))
+        array([[1., 1., 1.],
+               [2., 2., 2.]], dtype=float32)
+    """
+    return apply(BroadcastTo(normalize_shape(shape)), x)
+
+
+@user_call()
+def expand_dims(x: Node, axis: int) -> Node:
+    """x with a new axis of size 1 at `axis` (a view of the same data, no copy).
+
+    Args:
+        x: A node.
+        axis: Where the new axis goes (negative counts from the end of the result).
+
+    Returns:
+        A node with one more axis.
+
+    Raises:
+        ShapeError: The axis is out of range.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.expand_dims(g.input("x", (None, 3)), -1).shape
+        (None, 3, 1)
+    """
+    axis = normalize_axes(axis, x.ndim + 1)[0]
+    return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+@user_call()
+def squeeze(x: Node, axis: int | Sequence[int] | None = None) -> Node:
+    """x without the given size-1 axes (all of them by default); a view, no copy.
+
+    Args:
+        x: A node.
+        axis: The axes to drop (each of size 1), or None for every size-1 axis.
+
+    Returns:
+        A node with those axes gone.
+
+    Raises:
+        ShapeError: An axis is out of range or not of size 1.
+
+    Example:
+        >>> import drug as dg
+        >>> g = dg.Graph()
+        >>> dg.squeeze(g.input("x", (None, 1, 3))).shape
+        (None, 3)
+    """
+    axes = normalize_axes(axis, x.ndim) if axis is not None else tuple(a for a, d in enumerate(x.shape) if d == 1)
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ShapeError(f"squeeze of {x.describe()}: axis {a} has size {x.shape[a]}, not 1")
+    return reshape(x, tuple(d for a, d in enumerate(x.shape) if a not in axes))

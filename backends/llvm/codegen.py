@@ -36,6 +36,10 @@ from .irutil import (
     llvm_type,
     loop_nest,
     row_major_strides,
+    scalar_constant,
+    scalar_type,
+    to_scalar,
+    to_storage,
 )
 from .lowering import lowering_of
 from .probes import Probe
@@ -47,6 +51,7 @@ GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole 
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
 # columns of this multiple (each block packs the other operand again: not too small)
 GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
+PARALLEL_FOR_MAX_TASKS = 16  # KernelContext.parallel_for: more tasks than threads, each `grain` long at least
 GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, first kernel, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
@@ -110,10 +115,20 @@ class KernelContext:
             self.b.ret(ir.Constant(I32, status))
 
     def scalar(self, node: Node) -> ScalarEmitter:
-        return ScalarEmitter(self.b, llvm_type(node.dtype), self.batch, node)
+        return ScalarEmitter(self.b, scalar_type(node.dtype), self.batch, node)
+
+    def parallel_for(self, name: str, extent: ir.Value, body, worth: ir.Value | None = None, grain: int = 1) -> None:
+        """body(ctx, lo, hi) over [0, extent), emitted in a function of its own (`ctx` binds this
+        kernel's buffers there): shared out over the pool in tasks of whole multiples of `grain` when
+        `worth` (an i1; default: always) holds, else run whole on this thread. The body may
+        return a status (an i32, 0: fine); a failure ends the kernel with it."""
+        status = self.builder.parallel_for(self, name, extent, body, worth, grain)
+        with self.b.if_then(self.b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
+            self.b.ret(status)
 
     def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0):
-        """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in."""
+        """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in; code of
+        a task (a parallel_for body included) calls it on its own thread."""
         b = self.b
         real = llvm_type(dtype)
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
@@ -453,6 +468,42 @@ class ModuleBuilder:
         b.ret_void()
         return fn
 
+    def parallel_for(self, ctx: KernelContext, name: str, extent: ir.Value, body, worth, grain: int) -> ir.Value:
+        """KernelContext.parallel_for: `<kernel>.<name>.range(buffers..., batch, runtime, lo, hi)`
+        holds the body (which returns a status); `<kernel>.<name>.task(frame, task)` runs one
+        range of it on the pool and records a failure in the frame's last word. Returns the
+        status (0: done)."""
+        slots = list(ctx.pointers)
+        prefix = f"{ctx.b.function.name}.{name}"
+        span, span_ctx = self._function(f"{prefix}.range", slots, [("lo", I64), ("hi", I64)])
+        span_ctx.in_task = True
+        status = body(span_ctx, *span.args[-2:])
+        span_ctx.b.ret(ir.Constant(I32, 0) if status is None else status)
+        b = ctx.b
+        args = [ctx.pointers[s] for s in slots] + [ctx.batch, ctx.runtime]
+        if not self.parallel or self.bounds_check:
+            return b.call(span, args + [i64(0), extent], name=f"{name}.status")
+        types = [PTR] * len(slots) + [I64, PTR, I64, I64]  # then extent, chunk; the status word follows
+        task_fn, tb, frame, task = parallel.task_function(self.module, f"{prefix}.task")
+        fields = parallel.unpack_frame(tb, frame, types)
+        lo, hi = parallel.task_range(tb, task, fields[-1], fields[-2])
+        task_status = tb.call(span, fields[:-2] + [lo, hi], name="status")
+        with tb.if_then(tb.icmp_signed("!=", task_status, ir.Constant(I32, 0)), likely=False):
+            word = tb.gep(frame, [i64(len(types))], source_etype=I64)
+            tb.atomic_rmw("xchg", word, tb.zext(task_status, I64), "monotonic")
+        tb.ret_void()
+        chunk, tasks = parallel.split(b, extent, extent, grain, PARALLEL_FOR_MAX_TASKS, grain)
+        frame = parallel.pack_frame(b, args + [extent, chunk, i64(0)], f"{name}.frame")
+        status_word = b.gep(frame, [i64(len(types))], source_etype=I64)
+        worth = ir.Constant(ir.IntType(1), 1) if worth is None else worth
+        with b.if_else(worth) as (shared, whole):
+            with shared:
+                b.call(parallel.pool_run(self.module), [task_fn, frame, tasks])
+            with whole:
+                whole_status = b.call(span, args + [i64(0), extent], name="whole.status")
+                b.store(b.zext(whole_status, I64), status_word)
+        return b.trunc(b.load(status_word, typ=I64), I32, name=f"{name}.status")
+
     @staticmethod
     def table_pointer(b: ir.IRBuilder, table: ir.Value, slot: int) -> ir.Value:
         address = b.gep(table, [i64(slot)], source_etype=PTR, inbounds=True)
@@ -721,8 +772,8 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, split: tuple | None = None, fi
         def value(node: Node) -> ir.Value:
             if node.id not in values:
                 if is_inline(node):
-                    return ir.Constant(llvm_type(node.dtype), float(node.op.value.reshape(())))
-                values[node.id] = ctx.load(node, offset(node))
+                    return scalar_constant(node.dtype, node.op.value.reshape(()))
+                values[node.id] = to_scalar(b, node.dtype, ctx.load(node, offset(node)))
             return values[node.id]
 
         for node in kernel.nodes:
@@ -735,4 +786,4 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, split: tuple | None = None, fi
             args = [None if pos in skip else value(i) for pos, i in enumerate(node.inputs)]
             values[node.id] = scalar_rule_of(node.op)(ctx.scalar(node), *args)
             if node.id in outputs:
-                ctx.store(node, offset(node), values[node.id])
+                ctx.store(node, offset(node), to_storage(b, node.dtype, values[node.id]))

@@ -290,17 +290,19 @@ class NativeExecutor(Executor):
             raise error
         if status in (STATUS_INDEX_OUT_OF_RANGE, STATUS_INVALID_INPUT) and kernel is not None:
             node = kernel.nodes[0]
-            # The op's reference forward finds the bad input (the first bad id) and says what is
-            # wrong with it. It reads copies: a feed another thread changes between numpy's check of
-            # an index and its use would send np.add.at outside its output.
+            # The op's reference forward finds the bad input (the first bad id or value) and says
+            # what is wrong with it. It reads copies: a feed another thread changes between numpy's
+            # check of an index and its use would send np.add.at outside its output.
             try:
                 node.op.ref(*(np.array(self.view(binding, i), copy=True) for i in node.inputs))
-            except ShapeError as error:
+            except GraphError as error:
                 raise with_context(error, f"node {node.where}: ") from None
             except Exception:  # noqa: BLE001 - ids changed by another thread since the kernel read them
                 pass
         if status == STATUS_INDEX_OUT_OF_RANGE:
             raise ShapeError(f"an index (label or embedding id) is out of range in {where}; the step was not completed")
+        if status == STATUS_INVALID_INPUT:
+            raise GraphError(f"an input value the op cannot take in {where}; the step was not completed")
         if status == STATUS_OUT_OF_BOUNDS:
             raise GraphError(
                 f"{bounds.ENV}: {where} accessed memory outside a buffer ({self._site(site, kernel)}) at batch "

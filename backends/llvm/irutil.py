@@ -12,18 +12,47 @@ STATUS_CALLBACK_FAILED, STATUS_INDEX_OUT_OF_RANGE = 1, 2  # what a kernel return
 STATUS_OUT_OF_MEMORY = 3
 STATUS_OUT_OF_BOUNDS = 4  # DRUG_BOUNDS_CHECK=1 caught a load or store outside its buffer (compiler/bounds.py)
 STATUS_NOT_FINITE = 5  # debug_numerics: a kernel wrote NaN or Inf (probes.FiniteCheck)
-STATUS_INVALID_INPUT = 6  # data the op refuses (one value per channel for batch statistics); its `ref` says why
+STATUS_INVALID_INPUT = 6  # a value the op refuses (NaN cast to an int, one value per channel): its `ref` says which
 
 I64 = ir.IntType(64)
 I32 = ir.IntType(32)
 PTR = ir.PointerType()
 VOID = ir.VoidType()
 
-_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType(), "int32": I32, "int64": I64}
+I8 = ir.IntType(8)
+I1 = ir.IntType(1)
+
+_TYPES = {"float32": ir.FloatType(), "float64": ir.DoubleType(), "int32": I32, "int64": I64, "bool": I8}
 
 
 def llvm_type(dtype: np.dtype) -> ir.Type:
+    """How an element of `dtype` is stored in a buffer (bool: one byte, 0 or 1, like NumPy's)."""
     return _TYPES[np.dtype(dtype).name]
+
+
+def scalar_type(dtype: np.dtype) -> ir.Type:
+    """How an element of `dtype` is computed with: its storage type, except bool, an i1."""
+    return I1 if np.dtype(dtype) == np.bool_ else llvm_type(dtype)
+
+
+def to_scalar(b: ir.IRBuilder, dtype: np.dtype, stored: ir.Value) -> ir.Value:
+    """A loaded element as a scalar value (a bool byte becomes an i1)."""
+    if np.dtype(dtype) != np.bool_:
+        return stored
+    return b.icmp_unsigned("!=", stored, ir.Constant(I8, 0), name="bool")
+
+
+def to_storage(b: ir.IRBuilder, dtype: np.dtype, value: ir.Value) -> ir.Value:
+    """A scalar value as the element to store (an i1 becomes a 0/1 byte)."""
+    return b.zext(value, I8, name="byte") if np.dtype(dtype) == np.bool_ else value
+
+
+def scalar_constant(dtype: np.dtype, value) -> ir.Constant:
+    """`value` as a scalar constant of `dtype` (floats, integers, bools: i1)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "f":
+        return ir.Constant(scalar_type(dtype), float(value))
+    return ir.Constant(scalar_type(dtype), int(bool(value)) if dtype == np.bool_ else int(value))
 
 
 def i64(value: int) -> ir.Constant:

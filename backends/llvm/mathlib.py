@@ -14,11 +14,12 @@ Methods (the classic Cephes/SLEEF/fdlibm structure, written for SIMD):
 - tanh: tanh|x| = -expm1(-2|x|) / (2 + expm1(-2|x|)), accurate (relatively) for tiny x and
   free of overflow; the sign is put back with copysign.
 - sigmoid: e = exp(-|x|) never overflows; 1/(1+e) for x >= 0, e/(1+e) for x < 0.
-- cos, sin: x = n*pi/2 + r with |r| <= pi/4 (Cody-Waite, pi/2 split in three parts applied with
-  fma), then sin(r) or cos(r) from their Taylor polynomials and the sign the quadrant n mod 4
-  gives; sin(x) = cos(x - pi/2) shifts the quadrant by one. The reduction is accurate while n*ulp
-  of the last part of pi/2 stays small: |x| up to about 1e9 (float64), 1e5 (float32); no
-  Payne-Hanek reduction for larger arguments. cos/sin of +-inf are NaN.
+- expm1: exp's reduction, then 2^n * p + (2^n - 1), relatively accurate for tiny x.
+- erf, sin, cos, pow are computed in double precision (for float32 too, rounded once at the end).
+  erf: the odd Taylor series below 1, Taylor series around the centers of unit intervals up to
+  its limit, +-1 beyond. sin, cos: x = (n + f) * pi/2 reduced for any finite x (Payne-Hanek
+  style: 2/pi in 53-bit chunks, double-double sums), Taylor polynomials of sin r and cos r, the
+  sign from the quadrant n mod 4. pow: exp(y log|x|) with NumPy's special cases.
 
 All polynomial coefficients are exact Taylor coefficients (1/k!, 2/(2k+1)) rounded to the working
 precision; the number of terms is chosen so the truncation error stays below a quarter ulp on the
@@ -37,12 +38,14 @@ the NaN is put back with a final select, so no instruction ever sees a value tha
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from llvmlite import ir
 
-SUPPORTED = frozenset({"exp", "log", "tanh", "sigmoid", "cos", "sin"})
+SUPPORTED = frozenset({"exp", "expm1", "log", "tanh", "sigmoid", "erf", "sin", "cos", "pow"})
 
 I32 = ir.IntType(32)
 LOG2E = 1.4426950408889634
@@ -65,10 +68,6 @@ class _Precision:
     min_normal: float
     subnormal_shift: int  # log scales subnormal inputs by 2^subnormal_shift
     sqrt_half_bits: int  # bit pattern of sqrt(1/2)
-    pio2: tuple[float, float, float]  # pi/2 = hi + mid + lo, each rounded to the working precision
-    sin_terms: int  # terms of sin(r)/r = 1 - r^2/3! + ...
-    cos_terms: int  # terms of cos(r) = 1 - r^2/2! + ...
-    trig_max: float  # |x| beyond this: the reduction has lost the result (and n would overflow)
 
 
 _F32 = _Precision(
@@ -85,10 +84,6 @@ _F32 = _Precision(
     min_normal=2.0**-126,
     subnormal_shift=24,
     sqrt_half_bits=0x3F3504F3,
-    pio2=(1.5707963705062866, -4.371138828673793e-08, -1.7151245100058819e-15),
-    sin_terms=6,  # truncation r^13/13! < 3e-12 for |r| <= pi/4
-    cos_terms=6,  # truncation r^12/12! < 1.1e-10
-    trig_max=1e9,
 )
 
 _F64 = _Precision(
@@ -105,26 +100,23 @@ _F64 = _Precision(
     min_normal=2.0**-1022,
     subnormal_shift=54,
     sqrt_half_bits=0x3FE6A09E667F3BCD,
-    pio2=(1.5707963267948966, 6.123233995736766e-17, -1.4973849048591698e-33),
-    sin_terms=9,  # truncation r^19/19! < 1e-19
-    cos_terms=10,  # truncation r^20/20! < 3.4e-21
-    trig_max=1e15,
 )
 
 _EXPM1_COEFFS = tuple(1.0 / math.factorial(k + 1) for k in range(_F64.expm1_terms))
 _ATANH_COEFFS = tuple(2.0 / (2 * k + 3) for k in range(_F64.atanh_terms))
-_SIN_COEFFS = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(_F64.sin_terms))
-_COS_COEFFS = tuple((-1) ** k / math.factorial(2 * k) for k in range(_F64.cos_terms))
 
 
-def emit(builder: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
-    """`name`(x) for a float or double scalar `x`, as inline straight-line IR at the builder's position."""
+def emit(builder: ir.IRBuilder, name: str, *args: ir.Value) -> ir.Value:
+    """`name`(*args) for float or double scalars (one argument; pow takes two of one type), as
+    inline straight-line IR at the builder's position."""
     if name not in SUPPORTED:
         raise ValueError(f"mathlib: unsupported function {name!r}; expected one of {sorted(SUPPORTED)}")
-    if not isinstance(x.type, (ir.FloatType, ir.DoubleType)):
-        raise TypeError(f"mathlib.{name}: expected a float or double value, got {x.type}")
-    ops = _Ops(builder, x.type)
-    return _FUNCTIONS[name](ops, x)
+    if not all(isinstance(a.type, (ir.FloatType, ir.DoubleType)) and a.type == args[0].type for a in args):
+        raise TypeError(
+            f"mathlib.{name}: expected float or double values of one type, got {[str(a.type) for a in args]}"
+        )
+    ops = _Ops(builder, args[0].type)
+    return _FUNCTIONS[name](ops, *args)
 
 
 class _Ops:
@@ -162,6 +154,19 @@ class _Ops:
         b = self.b
         x = b.select(b.fcmp_ordered(">", x, self.const(lo)), x, self.const(lo), name=f"{label}.lo")
         return b.select(b.fcmp_ordered("<", x, self.const(hi)), x, self.const(hi), name=label)
+
+    def select(self, condition: ir.Value, x: ir.Value, y: ir.Value, label: str = "") -> ir.Value:
+        return self.b.select(condition, x, y, name=label)
+
+    def less(self, x: ir.Value, value: float, label: str = "") -> ir.Value:
+        return self.b.fcmp_ordered("<", x, self.const(value), name=label)
+
+    def rint(self, x: ir.Value, label: str = "") -> ir.Value:
+        return self.intrinsic("llvm.rint", x, label=label)
+
+    def wide(self) -> _Ops:
+        """The same builder on doubles: float32 functions that compute in double precision."""
+        return _Ops(self.b, ir.DoubleType())
 
     def nan_passthrough(self, x: ir.Value, result: ir.Value, label: str) -> ir.Value:
         """`x` where x is NaN, else `result`."""
@@ -268,41 +273,230 @@ def _sigmoid(ops: _Ops, x: ir.Value) -> ir.Value:
     return b.select(negative, b.fmul(e, t, name="sigmoid.neg"), t, name="sigmoid")
 
 
-def _cos_quadrant(ops: _Ops, x: ir.Value, shift: int, label: str) -> ir.Value:
-    """cos(x - shift * pi/2): x = n*pi/2 + r, then by the quadrant (n - shift) mod 4 one of cos(r),
-    -sin(r), -cos(r), sin(r). x is clamped first so that n stays an exact small integer; the
-    result is NaN for +-inf and NaN."""
+def _expm1(ops: _Ops, x: ir.Value) -> ir.Value:
+    """e^x - 1 = 2^n * p + (2^n - 1) after exp's reduction (tanh's formula), relatively accurate
+    for tiny x. x is clamped to [-expm1_lo, 80] (below, the result rounds to -1); above 80 the -1
+    no longer matters and exp(x) itself is returned."""
     b, p = ops.b, ops.p
-    xc = ops.clamp(x, -p.trig_max, p.trig_max, label=f"{label}.x")
-    nf = ops.intrinsic("llvm.rint", b.fmul(xc, ops.const(2.0 / math.pi), name=f"{label}.x2pi"), label=f"{label}.nf")
-    minus_nf = b.fneg(nf, name=f"{label}.minus_nf")
-    r = xc
-    for part, value in zip(("hi", "mid", "lo"), p.pio2):
-        r = ops.fma(minus_nf, ops.const(value), r, label=f"{label}.r_{part}")
-    z = b.fmul(r, r, name=f"{label}.z")
-    sin_r = b.fmul(r, ops.horner(z, _SIN_COEFFS[: p.sin_terms], label=f"{label}.sinpoly"), name=f"{label}.sin_r")
-    cos_r = ops.horner(z, _COS_COEFFS[: p.cos_terms], label=f"{label}.cospoly")
-    wide = ir.IntType(64)
-    quadrant = b.and_(b.add(b.fptosi(nf, wide, name=f"{label}.n"), ir.Constant(wide, 4 - shift)), ir.Constant(wide, 3),
-                      name=f"{label}.quadrant")  # fmt: skip
-    odd = b.icmp_unsigned("==", b.and_(quadrant, ir.Constant(wide, 1)), ir.Constant(wide, 1), name=f"{label}.odd")
-    flip = b.icmp_unsigned("!=", b.and_(b.add(quadrant, ir.Constant(wide, 1)), ir.Constant(wide, 2)),
-                           ir.Constant(wide, 0), name=f"{label}.flip")  # fmt: skip
-    y = b.select(odd, sin_r, cos_r, name=f"{label}.abs")
-    y = b.select(flip, b.fneg(y, name=f"{label}.neg"), y, name=f"{label}.y")
-    infinite = b.fcmp_ordered("==", ops.intrinsic("llvm.fabs", x, label=f"{label}.absx"), ops.const(math.inf))
-    y = b.select(infinite, ops.const(math.nan), y, name=f"{label}.inf")
-    return ops.nan_passthrough(x, y, label=label)
+    low = -30.0 if p is _F32 else -60.0
+    n, expm1_r = _expm1_reduced(ops, ops.clamp(x, low, 80.0, label="expm1.x"))
+    scale = ops.pow2(n, label="expm1.scale")
+    y = ops.fma(expm1_r, scale, b.fsub(scale, ops.const(1.0), name="expm1.scale_m1"), label="expm1.y")
+    y = ops.select(b.fcmp_ordered(">", x, ops.const(80.0)), _exp(ops, x), y, label="expm1.big")
+    y = ops.select(ops.less(ops.intrinsic("llvm.fabs", x), 2.0**-60), x, y, label="expm1.tiny")  # keeps -0.0
+    return ops.nan_passthrough(x, y, label="expm1")
 
 
-def _cos(ops: _Ops, x: ir.Value) -> ir.Value:
-    return _cos_quadrant(ops, x, 0, "cos")
+def _in_double(function):
+    """A function computed in double precision for float32 arguments too (rounded once at the
+    end): the double code's error is far below half a float32 ulp, so float32 results are
+    correctly rounded but for inputs within a hair of a rounding boundary. `function(ops,
+    target, *args)` gets double ops and the precision of the result (`target`), so it can stop
+    its series earlier for float32."""
+
+    def wrapped(ops: _Ops, *args: ir.Value) -> ir.Value:
+        if ops.p is _F64:
+            return function(ops, _F64, *args)
+        wide = ops.wide()
+        result = function(wide, _F32, *(ops.b.fpext(a, wide.t, name=f"{function.__name__}.wide") for a in args))
+        return ops.b.fptrunc(result, ops.t, name=function.__name__)
+
+    wrapped.__name__ = function.__name__
+    return wrapped
 
 
-def _sin(ops: _Ops, x: ir.Value) -> ir.Value:
-    """sin(x) = cos(x - pi/2); sin(-0) stays -0."""
-    y = _cos_quadrant(ops, x, 1, "sin")
-    return ops.b.select(ops.b.fcmp_ordered("==", x, ops.const(0.0)), x, y, name="sin")
+# erf: |x| < 1 from the odd Taylor series erf(x) = x * sum_k c_k (x^2)^k, c_k = 2/sqrt(pi) (-1)^k /
+# (k! (2k + 1)); 1 <= |x| < LIMIT from Taylor series around the centers of unit intervals, with
+# the exact coefficients erf^(n)(c) / n! = 2/sqrt(pi) (-1)^(n-1) H_{n-1}(c) e^(-c^2) / n! (H the
+# Hermite polynomials, computed in exact rational arithmetic); beyond LIMIT erf rounds to +-1.
+# Each piece has enough terms that its truncation error is below 2^-32 (float32, evaluated in
+# double) or 2^-54 (float64) relative, measured on a fine grid.
+@dataclass(frozen=True)
+class _ErfPieces:
+    odd_terms: int
+    centers: tuple[float, ...]
+    terms: tuple[int, ...]  # per center
+
+    @property
+    def limit(self) -> float:
+        return self.centers[-1] + 0.5
 
 
-_FUNCTIONS = {"exp": _exp, "log": _log, "tanh": _tanh, "sigmoid": _sigmoid, "cos": _cos, "sin": _sin}
+_ERF = {_F32: _ErfPieces(12, (1.5, 2.5, 3.5), (15, 14, 13)), _F64: _ErfPieces(19, (1.5, 2.5, 3.5, 4.5, 5.5), (22,) * 5)}
+
+
+def _erf_odd_coefficients(terms: int) -> tuple[float, ...]:
+    return tuple(2.0 / math.sqrt(math.pi) * (-1) ** k / (math.factorial(k) * (2 * k + 1)) for k in range(terms))
+
+
+@functools.cache
+def _erf_taylor_coefficients(center: float, terms: int) -> tuple[float, ...]:
+    """erf(center + u) = sum_n a_n u^n: a_0 = erf(center), a_n from the Hermite polynomials."""
+    c = Fraction(center)
+    hermite = [[Fraction(1)], [Fraction(0), Fraction(2)]]  # physicists': H0 = 1, H1 = 2x
+    for k in range(1, terms):
+        up = [Fraction(0)] + [2 * v for v in hermite[k]]
+        down = [2 * k * v for v in hermite[k - 1]] + [Fraction(0)] * (len(up) - len(hermite[k - 1]))
+        hermite.append([a - d for a, d in zip(up, down)])
+    scale = 2.0 / math.sqrt(math.pi) * math.exp(-center * center)
+    coefficients = [math.erf(center)]
+    for n in range(1, terms):
+        value = sum(v * c**j for j, v in enumerate(hermite[n - 1])) / math.factorial(n)
+        coefficients.append(float((-1) ** (n - 1) * value) * scale)
+    return tuple(coefficients)
+
+
+@_in_double
+def _erf(ops: _Ops, target: _Precision, x: ir.Value) -> ir.Value:
+    """erf: one Horner chain whose coefficients each lane picks by its piece (selects, no
+    branches), then the sign of x; NaN stays NaN, +-inf give +-1, -0.0 gives -0.0."""
+    b, pieces = ops.b, _ERF[target]
+    a = ops.intrinsic("llvm.fabs", x, label="erf.a")
+    tables = [_erf_odd_coefficients(pieces.odd_terms)]
+    tables += [_erf_taylor_coefficients(c, n) for c, n in zip(pieces.centers, pieces.terms)]
+    length = max(len(t) for t in tables)
+    tables = [t + (0.0,) * (length - len(t)) for t in tables]
+    # piece i holds a < bounds[i]; the last one takes the rest (NaN included)
+    below = [ops.less(a, 1.0 + i, label=f"erf.below{i + 1}") for i in range(len(tables) - 1)]
+
+    def pick(values: list[float], label: str) -> ir.Value:
+        picked = ops.const(values[-1])
+        for i in reversed(range(len(values) - 1)):
+            picked = ops.select(below[i], ops.const(values[i]), picked, label=label)
+        return picked
+
+    center = pick([0.0] + list(pieces.centers), "erf.center")
+    u = ops.select(below[0], b.fmul(a, a, name="erf.z"), b.fsub(a, center, name="erf.u0"), label="erf.u")
+    acc = pick([t[-1] for t in tables], "erf.c")
+    for k in reversed(range(length - 1)):
+        acc = ops.fma(acc, u, pick([t[k] for t in tables], f"erf.c{k}"), label="erf.poly")
+    y = ops.select(below[0], b.fmul(a, acc, name="erf.odd"), acc, label="erf.abs")
+    y = ops.select(b.fcmp_ordered(">=", a, ops.const(pieces.limit)), ops.const(1.0), y, label="erf.one")
+    return ops.intrinsic("llvm.copysign", y, x, label="erf")
+
+
+def _two_over_pi(bits: int) -> int:
+    """floor(2/pi * 2^bits), with pi from Machin's formula (pi = 16 atan(1/5) - 4 atan(1/239)) in
+    integer arithmetic, 64 guard bits."""
+    one = 1 << (bits + 64)
+
+    def arctan_inverse(n: int) -> int:  # atan(1/n) * one
+        total, power, k, sign = 0, one // n, 1, 1
+        while power:
+            total += sign * (power // k)
+            power //= n * n
+            k, sign = k + 2, -sign
+        return total
+
+    pi = 16 * arctan_inverse(5) - 4 * arctan_inverse(239)
+    return (2 << bits) * one // pi
+
+
+@functools.cache
+def _two_over_pi_chunks(count: int) -> tuple[float, ...]:
+    """2/pi as `count` doubles of 53 bits each, most significant first (their sum is 2/pi
+    truncated after 53 * count bits)."""
+    bits = _two_over_pi(53 * count)
+    mask = (1 << 53) - 1
+    return tuple(math.ldexp(float((bits >> (53 * (count - 1 - i))) & mask), -53 * (i + 1)) for i in range(count))
+
+
+# sin/cos: chunks of 2/pi per target precision: 4 cover float32 (|x| < 2^128) with 64 bits to
+# spare after the point; 5 cover float64 for |x| < 2^200 (beyond, the reduction loses bits).
+_TRIG_CHUNKS = {_F32: 4, _F64: 5}
+_SIN_TERMS = {_F32: 6, _F64: 9}  # sin r = r * sum_k (-1)^k r^2k / (2k+1)!, |r| <= pi/4
+_COS_TERMS = {_F32: 7, _F64: 10}  # cos r = sum_k (-1)^k r^2k / (2k)!
+PIO2_HI = 1.5707963267948966  # pi/2 = PIO2_HI + PIO2_LO
+PIO2_LO = 6.123233995736766e-17
+
+
+def _two_sum(ops: _Ops, a: ir.Value, b_: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """(s, e) with s = fl(a + b) and a + b = s + e exactly (Knuth)."""
+    b = ops.b
+    s = b.fadd(a, b_, name="trig.s")
+    bb = b.fsub(s, a, name="trig.bb")
+    e = b.fadd(b.fsub(a, b.fsub(s, bb)), b.fsub(b_, bb), name="trig.e")
+    return s, e
+
+
+def _quarter_turns(ops: _Ops, target: _Precision, x: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """x = (n + f) * pi/2 with n an i32 (only n mod 4 matters) and |f| <= 1/2 (plus rounding), for
+    any finite x (Payne-Hanek style): x * 2/pi is summed chunk by chunk, each product split
+    exactly into two doubles with an fma and reduced mod 4 (exactly), in double-double."""
+    b = ops.b
+    s, e = ops.const(0.0), ops.const(0.0)
+    for i, chunk in enumerate(_two_over_pi_chunks(_TRIG_CHUNKS[target])):
+        hi = b.fmul(x, ops.const(chunk), name=f"trig.hi{i}")
+        lo = ops.fma(x, ops.const(chunk), b.fneg(hi), label=f"trig.lo{i}")
+        for part in (hi, lo):
+            quarter = ops.rint(b.fmul(part, ops.const(0.25)), label="trig.turns")
+            reduced = ops.fma(quarter, ops.const(-4.0), part, label="trig.reduced")  # exact
+            s, err = _two_sum(ops, s, reduced)
+            e = b.fadd(e, err, name="trig.err")
+    n = ops.rint(s, label="trig.n")
+    f = b.fadd(b.fsub(s, n, name="trig.f_hi"), e, name="trig.f")
+    return b.fptosi(n, I32, name="trig.quadrant"), f
+
+
+def _sin_cos_reduced(ops: _Ops, target: _Precision, r: ir.Value) -> tuple[ir.Value, ir.Value]:
+    b = ops.b
+    z = b.fmul(r, r, name="trig.z")
+    sin_coeffs = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(_SIN_TERMS[target]))
+    cos_coeffs = tuple((-1) ** k / math.factorial(2 * k) for k in range(_COS_TERMS[target]))
+    sin_r = b.fmul(r, ops.horner(z, sin_coeffs, label="sin.poly"), name="sin.r")
+    return sin_r, ops.horner(z, cos_coeffs, label="cos.r")
+
+
+def _trig(ops: _Ops, target: _Precision, x: ir.Value, shift: int) -> ir.Value:
+    """sin (shift 0) or cos (shift 1) of x: quadrant q = n + shift mod 4 picks +-sin r or +-cos r."""
+    b = ops.b
+    quadrant, f = _quarter_turns(ops, target, x)
+    r = ops.fma(f, ops.const(PIO2_HI), b.fmul(f, ops.const(PIO2_LO)), label="trig.r")
+    sin_r, cos_r = _sin_cos_reduced(ops, target, r)
+    q = b.add(quadrant, ir.Constant(I32, shift), name="trig.q")
+    odd = b.icmp_unsigned("!=", b.and_(q, ir.Constant(I32, 1)), ir.Constant(I32, 0), name="trig.odd")
+    negative = b.icmp_unsigned("!=", b.and_(q, ir.Constant(I32, 2)), ir.Constant(I32, 0), name="trig.negative")
+    y = ops.select(odd, cos_r, sin_r, label="trig.y")
+    y = ops.select(negative, b.fneg(y), y, label="trig.signed")
+    # tiny |x|: sin x = x (keeps -0.0), cos x = 1
+    tiny = ops.less(ops.intrinsic("llvm.fabs", x), 2.0**-30, label="trig.tiny")
+    return ops.select(tiny, x if shift == 0 else ops.const(1.0), y, label="trig")
+
+
+@_in_double
+def _sin(ops: _Ops, target: _Precision, x: ir.Value) -> ir.Value:
+    return _trig(ops, target, x, 0)
+
+
+@_in_double
+def _cos(ops: _Ops, target: _Precision, x: ir.Value) -> ir.Value:
+    return _trig(ops, target, x, 1)
+
+
+@_in_double
+def _pow(ops: _Ops, target: _Precision, x: ir.Value, y: ir.Value) -> ir.Value:
+    """x^y = exp(y log|x|), then np.power's special cases: the sign for a negative x and an odd
+    integer y, NaN for a finite negative x and a non-integer y, 1 for y == 0 and for x == 1 (even with
+    NaN), 1 for |x| == 1 with an infinite y. In float64 the error grows with |y log x| (about
+    that many ulps); float32 is computed in double and stays within an ulp."""
+    b = ops.b
+    one = ops.const(1.0)
+    ax = ops.intrinsic("llvm.fabs", x, label="pow.ax")
+    r = _exp(ops, b.fmul(y, _log(ops, ax), name="pow.ylogx"))
+    integer = b.fcmp_ordered("==", ops.rint(y), y, name="pow.integer")
+    half = ops.rint(b.fmul(y, ops.const(0.5)))
+    odd = b.and_(integer, b.fcmp_ordered("!=", b.fmul(half, ops.const(2.0)), y), name="pow.odd")
+    sign_bit = ops.less(ops.intrinsic("llvm.copysign", one, x), 0.0, label="pow.signbit")
+    r = ops.select(b.and_(sign_bit, odd), b.fneg(r), r, label="pow.signed")
+    negative = b.and_(ops.less(x, 0.0), b.fcmp_ordered(">", x, ops.const(-math.inf)), name="pow.negative")
+    r = ops.select(b.and_(negative, b.not_(integer)), ops.const(math.nan), r, label="pow.domain")
+    unit_inf = b.and_(b.fcmp_ordered("==", ax, one), b.fcmp_ordered("==", ops.intrinsic("llvm.fabs", y),
+                                                                      ops.const(math.inf)))  # fmt: skip
+    ones = b.or_(b.or_(b.fcmp_ordered("==", y, ops.const(0.0)), b.fcmp_ordered("==", x, one)), unit_inf)
+    return ops.select(ones, one, r, label="pow")
+
+
+_FUNCTIONS = {
+    "exp": _exp, "expm1": _expm1, "log": _log, "tanh": _tanh, "sigmoid": _sigmoid,
+    "erf": _erf, "sin": _sin, "cos": _cos, "pow": _pow,
+}  # fmt: skip

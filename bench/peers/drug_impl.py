@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 
 import drug as dg
+from drug.ops.attention import attention_packed
 
-from ..workloads import CNN, GRU, MLP, Data, Fusion, OnnxInference, ResNet, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, OnnxInference, ResNet, Transformer, Workload
 from .base import Peer, Unsupported
 
 FALLBACK_ERRORS = (ImportError, NotImplementedError)
@@ -97,12 +98,33 @@ def build_gru(w: GRU, data: Data, g: dg.Graph):
     return dg.softmax_cross_entropy(logits, targets)
 
 
+def build_transformer(w: Transformer, data: Data, g: dg.Graph):
+    ids = g.input("ids", (None, w.seq), dtype="int32")
+    targets = g.input("targets", (None, w.seq), dtype="int32")
+    p = {name: _param(g, data, name) for name in data.params}
+    heads, dh = w.heads, w.dim // w.heads
+
+    def norm(x, name):
+        return dg.layer_norm(x) * p[f"{name}_scale"] + p[f"{name}_bias"]
+
+    x = dg.embedding(ids, p["emb"]) + p["pos"]
+    h = norm(x, "ln1")  # q, k and v from one projection, which attention reads in place (as the layer does)
+    qkv = h @ dg.concat([p["w_q"], p["w_k"], p["w_v"]], axis=1) + dg.concat([p["b_q"], p["b_k"], p["b_v"]])
+    a = attention_packed(dg.reshape(qkv, (None, w.seq, 3, heads, dh)), causal=True)
+    x = x + dg.reshape(a, (None, w.seq, w.dim)) @ p["w_o"] + p["b_o"]
+    x = x + dg.gelu(norm(x, "ln2") @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
+    logits = norm(x, "lnf") @ p["w_out"] + p["b_out"]
+    return dg.softmax_cross_entropy(logits, targets)
+
+
 def build_fusion(w: Fusion, g: dg.Graph):
     a, b, c, d, e = (g.input(name, (w.n,)) for name in w.names)
     return dg.relu(a * b + c) * d - e
 
 
-BUILDERS = {"mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "gru": build_gru}
+BUILDERS = {
+    "mlp": build_mlp, "cnn": build_cnn, "resnet": build_resnet, "gru": build_gru, "transformer": build_transformer,
+}  # fmt: skip
 
 
 def build_and_compile(workload: Workload, data: Data, backend: str, notes: list[str] | None = None):

@@ -5,7 +5,7 @@ jax is first imported."""
 
 from __future__ import annotations
 
-from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Transformer, Workload
 from .base import Peer, Unsupported
 
 
@@ -72,6 +72,8 @@ def _loss_fn(workload: Workload):
             return _cross_entropy(jnp, jnp.swapaxes(hs, 0, 1) @ p["w_out"] + p["b_out"], targets)
 
         return gru
+    if isinstance(workload, Transformer):
+        return _transformer(workload)
     raise Unsupported(workload.name)
 
 
@@ -108,6 +110,33 @@ def _resnet_loss(workload: ResNet):
         return _cross_entropy(jnp, h.mean(axis=(2, 3)) @ p["head/w"] + p["head/b"], y), new
 
     return loss
+
+
+def _transformer(w: Transformer):
+    import jax
+    import jax.numpy as jnp
+
+    d, heads = w.dim, w.heads
+
+    def norm(x, p, name, eps=1e-5):
+        mean = x.mean(axis=-1, keepdims=True)
+        var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + eps) * p[f"{name}_scale"] + p[f"{name}_bias"]
+
+    def transformer(p, ids, targets):
+        batch, seq = ids.shape
+
+        def split(h, role):  # (batch, T, heads, dh), the layout dot_product_attention takes
+            return (h @ p[f"w_{role}"] + p[f"b_{role}"]).reshape(batch, seq, heads, d // heads)
+
+        x = p["emb"][ids] + p["pos"]
+        h = norm(x, p, "ln1")
+        a = jax.nn.dot_product_attention(split(h, "q"), split(h, "k"), split(h, "v"), is_causal=True)
+        x = x + a.reshape(batch, seq, d) @ p["w_o"] + p["b_o"]
+        x = x + jax.nn.gelu(norm(x, p, "ln2") @ p["w_1"] + p["b_1"], approximate=False) @ p["w_2"] + p["b_2"]
+        return _cross_entropy(jnp, norm(x, p, "lnf") @ p["w_out"] + p["b_out"], targets)
+
+    return transformer
 
 
 def _train_step(loss_fn, lr: float, b1=0.9, b2=0.999, eps=1e-8, has_aux: bool = False):

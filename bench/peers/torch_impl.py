@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import threads
-from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Workload
+from ..workloads import CNN, GRU, MLP, Data, Fusion, ResNet, Transformer, Workload
 from .base import Peer, Unsupported
 
 
@@ -58,6 +58,31 @@ def _resnet(workload: ResNet, stats: dict):
     return loss_fn
 
 
+def _transformer(w: Transformer):
+    import torch.nn.functional as F
+
+    d, heads = w.dim, w.heads
+
+    def norm(x, p, name):
+        return F.layer_norm(x, (d,), p[f"{name}_scale"], p[f"{name}_bias"])
+
+    def loss_fn(p, ids, targets):
+        batch, seq = ids.shape
+
+        def split(h, role):  # (batch, heads, T, dh), the layout scaled_dot_product_attention takes
+            return (h @ p[f"w_{role}"] + p[f"b_{role}"]).view(batch, seq, heads, d // heads).transpose(1, 2)
+
+        x = F.embedding(ids, p["emb"]) + p["pos"]
+        h = norm(x, p, "ln1")
+        a = F.scaled_dot_product_attention(split(h, "q"), split(h, "k"), split(h, "v"), is_causal=True)
+        x = x + a.transpose(1, 2).reshape(batch, seq, d) @ p["w_o"] + p["b_o"]
+        x = x + F.gelu(norm(x, p, "ln2") @ p["w_1"] + p["b_1"]) @ p["w_2"] + p["b_2"]
+        logits = norm(x, p, "lnf") @ p["w_out"] + p["b_out"]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+    return loss_fn
+
+
 class TorchPeer(Peer):
     def __init__(self, workload: Workload, data: Data, compiled: bool = False):
         import torch
@@ -78,6 +103,8 @@ class TorchPeer(Peer):
             fn = _resnet(workload, self.stats)
         elif isinstance(workload, GRU):
             fn, params = self._gru(workload)
+        elif isinstance(workload, Transformer):
+            fn = _transformer(workload)
         elif isinstance(workload, Fusion):
             fn = lambda a, b, c, d, e: torch.relu(a * b + c) * d - e
         else:
@@ -110,7 +137,7 @@ class TorchPeer(Peer):
         out = {}
         for k, v in batch.items():
             t = torch.from_numpy(v)  # shares the shared batch's memory; nothing writes to it
-            out[k] = t.long() if k in ("y", "targets") else t  # class indices must be int64
+            out[k] = t.long() if k in ("y", "targets") or isinstance(self.workload, Transformer) else t  # int64 indices
         return out
 
     def run(self, batch):

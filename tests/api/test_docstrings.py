@@ -53,6 +53,8 @@ def public_api() -> dict[str, object]:
     names += ["SGD", "RMSProp", "Adam", "Optimizer", "Graph", "evaluate", "render_dot", "Node"]
     api = {name: getattr(dg, name) for name in names}
     api |= {f"layers.{n}": getattr(dg.layers, n) for n in ("Dense", "Conv2D", "Embedding", "RNNCell", "GRUCell")}
+    transformer = ("LSTMCell", "LayerNorm", "RMSNorm", "Dropout", "MultiHeadAttention", "PositionalEmbedding")
+    api |= {f"layers.{n}": getattr(dg.layers, n) for n in transformer + ("TransformerBlock", "sinusoidal_positions")}
     api |= {f"Graph.{n}": getattr(dg.Graph, n) for n in ("compile", "input", "parameter", "constant", "summary")}
     api |= {f"Graph.{n}": getattr(dg.Graph, n) for n in ("to_dot",)}
     api |= {f"CompiledFunction.{n}": getattr(dg.CompiledFunction, n) for n in ("__call__", "profile", "load")}

@@ -151,5 +151,5 @@ def test_each_parameter_update_is_one_loop(optimizer):
     program = build_program(g, loss=loss, optimizer=optimizer)
     kernels = form_kernels(program, Target())
     new_w = dict((leaf.id, new) for leaf, new in program.updates)[w.id]
-    owners = [k for k in kernels if new_w in k.nodes]
+    owners = [k for k in kernels if any(n is new_w for n in k.nodes)]
     assert len(owners) == 1 and owners[0].kind == "loop" and owners[0].domain == (4, 3)

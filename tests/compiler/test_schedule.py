@@ -40,7 +40,7 @@ def scheduled(graph, **compile_args):
 
 
 def kernel_index(schedule, node) -> int:
-    return next(i for i, k in enumerate(schedule.kernels) if node in k.nodes)
+    return next(i for i, k in enumerate(schedule.kernels) if any(n is node for n in k.nodes))
 
 
 def test_every_value_has_a_buffer_and_temps_live_from_writer_to_last_reader():
@@ -70,7 +70,7 @@ def test_parameter_updates_write_in_place_after_every_read_of_the_old_value():
     assert s.slot(new_w) == s.slot(w)  # the update loop writes the parameter's own buffer
     assert s.copies == []
     writer = kernel_index(s, new_w)
-    readers = [i for i, k in enumerate(s.kernels) if any(w in n.inputs for n in k.nodes)]
+    readers = [i for i, k in enumerate(s.kernels) if any(i_ is w for n in k.nodes for i_ in n.inputs)]
     assert readers and all(r <= writer for r in readers)
     states = [b for b in s.buffers if b.kind == "state"]
     assert {b.key for b in states} >= {"w/momentum", "w/magnitude"}

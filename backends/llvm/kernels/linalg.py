@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ....ops.linalg import MatMul
+from ....ops.linalg import ContractLeading, MatMul
 from ..irutil import element_count, for_range
 from ..lowering import kernel
 
@@ -37,3 +37,12 @@ def _matmul(k, node):
             k.element(b, k.b.mul(i, stride_b)), ldb,
             k.element(node, k.b.mul(i, stride_c)), n,
         )  # fmt: skip
+
+
+@kernel(ContractLeading, uses_blas=True)
+def _contract_leading(k, node):
+    """One GEMM: a viewed as (K, m) and g as (K, n), K the product of the leading axes; out = a^T g."""
+    a, g = node.inputs
+    m, n = k.dims(a)[-1], k.dims(g)[-1]
+    inner = k.b.udiv(k.count(a), m, name="leading")
+    k.gemm(node.dtype, True, False, m, n, inner, k.ptr(a), m, k.ptr(g), n, k.ptr(node), n)

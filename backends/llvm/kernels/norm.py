@@ -1,81 +1,152 @@
-"""Kernels of normalization: the per-channel batch moments of batch norm. Two passes per channel
-(the mean, then the mean squared deviation) keep the variance accurate where a one-pass
-E[x^2] - E[x]^2 cancels; each pass is a vectorized reduction (sums carry `reassoc`)."""
+"""Fused kernels of layer_norm and rms_norm (ops/norm.py), forward and backward: per row, one
+loop accumulates every sum the row needs at once (vectorized: the sums carry `reassoc`), a second
+writes the result. Rows are shared out over the threads when there are enough of them.
+
+The variance comes from sums of x - x[0] and its square: one pass instead of two, and shifting by
+an element of the row keeps the subtraction E[d^2] - E[d]^2 from cancelling catastrophically
+when the mean is large compared with the spread."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
-from ....ops.norm import BatchMoments
-from ..irutil import STATUS_INVALID_INPUT, element_count, for_range, i64
+from llvmlite import ir
+
+from ....ops.norm import LayerNorm, LayerNormGrad, RMSNorm, RMSNormGrad
+from ..irutil import element_count, for_range, i64
 from ..lowering import kernel
 from .nn import entry_alloca
 
+ROWS_MIN_WORK = 1 << 15  # elements: below this one thread normalizes every row
 
-@kernel(BatchMoments)
-def _batch_moments(k, node):
-    """out[0, c] = mean of channel c, out[1, c] = its biased variance. Channels with pixels
-    (NCHW) are summed plane by plane; without (N, C) the sums run along rows, over all channels
-    at once."""
+
+def _sums(ctx, f, n: int, count: int, terms: Callable[[ir.Value], list[ir.Value]], name: str) -> list[ir.Value]:
+    """The sums over j < n of each of the `count` values terms(j), accumulated in one loop."""
+    b = ctx.b
+    slots = [entry_alloca(b, f.type, f"{name}.acc{i}") for i in range(count)]  # promoted to registers
+    for slot in slots:
+        b.store(f.const(0.0), slot)
+    with for_range(b, i64(n), f"{name}.j") as j:
+        for slot, value in zip(slots, terms(j), strict=True):
+            b.store(f.accumulate("add", b.load(slot), value), slot)
+    return [b.load(slot, name=f"{name}.sum{i}") for i, slot in enumerate(slots)]
+
+
+def _row_kernel(k, node, row_body) -> None:
+    """row_body(ctx, f, base, n) for every row of `node`, rows shared out over the threads."""
+    op = node.op
+    n = op.row_size(node.shape)
+    rows = element_count(k.b, node.shape[: op.axes[0]], k.batch)
+    worth = k.b.icmp_unsigned(">=", k.b.mul(rows, i64(n)), i64(ROWS_MIN_WORK), name="rows.worth")
+
+    def span(ctx, lo, hi):
+        f = ctx.scalar(node)
+        with for_range(ctx.b, hi, "row", start=lo) as row:
+            row_body(ctx, f, ctx.b.mul(row, i64(n), name="base"), n)
+
+    k.parallel_for("rows", rows, span, worth)
+
+
+def _shifted_moments(ctx, f, x, base, n: int, extra=None, extras: int = 0, name: str = "stats"):
+    """(shift, mean of d, variance, extra sums) of a row, d = x - x[base]; `extra(d, j)` adds
+    `extras` more terms to the same loop."""
+    b = ctx.b
+    shift = ctx.load(x, base)
+
+    def terms(j):
+        d = f.sub(ctx.load(x, b.add(base, j)), shift)
+        return [d, f.mul(d, d)] + (extra(d, j) if extra else [])
+
+    sums = _sums(ctx, f, n, 2 + extras, terms, name)
+    inv_n = f.const(1.0 / n)
+    mean_d = f.mul(sums[0], inv_n)
+    var = f.maximum(f.sub(f.mul(sums[1], inv_n), f.mul(mean_d, mean_d)), f.const(0.0))
+    return shift, mean_d, var, sums[2:]
+
+
+def _rstd(f, mean_square, eps: float):
+    return f.div(f.const(1.0), f.sqrt(f.add(mean_square, f.const(eps))))
+
+
+@kernel(LayerNorm)
+def _layer_norm(k, node):
     (x,) = node.inputs
-    b, f = k.b, k.scalar(node)
-    axis = node.op.axis
-    channels = x.shape[axis]
-    outer = element_count(b, x.shape[:axis], k.batch)
-    inner = math.prod(x.shape[axis + 1 :])
-    values = b.mul(outer, i64(inner), name="values")
-    k.fail_unless(b.icmp_signed(">=", values, i64(2)), STATUS_INVALID_INPUT)
-    count = b.uitofp(values, f.type, name="count")
-    if inner > 1:
-        _moments_of_planes(k, node, x, outer, channels, inner, count)
-    else:
-        _moments_of_rows(k, node, x, outer, channels, count)
+
+    def row(ctx, f, base, n):
+        b = ctx.b
+        shift, mean_d, var, _ = _shifted_moments(ctx, f, x, base, n)
+        mean, rstd = f.add(shift, mean_d), _rstd(f, var, node.op.eps)
+        with for_range(b, i64(n), "write") as j:
+            at = b.add(base, j)
+            ctx.store(node, at, f.mul(f.sub(ctx.load(x, at), mean), rstd))
+
+    _row_kernel(k, node, row)
 
 
-def _moments_of_planes(k, node, x, outer, channels: int, inner: int, count) -> None:
-    b, f = k.b, k.scalar(node)
-    total = entry_alloca(b, f.type, "total")
+@kernel(LayerNormGrad)
+def _layer_norm_grad(k, node):
+    """dx = rstd (g - mean(g) - xhat mean(g xhat)); mean(g xhat) = rstd (mean(g d) - mean(d) mean(g))."""
+    g, x = node.inputs
 
-    def channel_sum(c, term, name):
-        b.store(f.const(0.0), total)
-        with for_range(b, outer, f"{name}.n") as n:
-            start = b.mul(b.add(b.mul(n, i64(channels)), c), i64(inner), name=f"{name}.plane")
-            with for_range(b, i64(inner), f"{name}.j") as j:
-                value = term(k.load(x, b.add(start, j, name=f"{name}.at")))
-                b.store(f.accumulate("add", b.load(total, name=f"{name}.acc"), value), total)
-        return f.div(b.load(total, name=f"{name}.sum"), count)
+    def row(ctx, f, base, n):
+        b = ctx.b
 
-    with for_range(b, i64(channels), "c") as c:
-        mean = channel_sum(c, lambda v: v, "mean")
-        k.store(node, c, mean)
+        def extra(d, j):
+            gj = ctx.load(g, b.add(base, j))
+            return [gj, f.mul(gj, d)]
 
-        def squared_deviation(v):
-            d = f.sub(v, mean)
-            return f.mul(d, d)
+        shift, mean_d, var, (sum_g, sum_gd) = _shifted_moments(ctx, f, x, base, n, extra, 2)
+        rstd, inv_n = _rstd(f, var, node.op.eps), f.const(1.0 / n)
+        mean_g = f.mul(sum_g, inv_n)
+        mean_g_xhat = f.mul(rstd, f.sub(f.mul(sum_gd, inv_n), f.mul(mean_d, mean_g)))
+        with for_range(b, i64(n), "write") as j:
+            at = b.add(base, j)
+            xhat = f.mul(f.sub(f.sub(ctx.load(x, at), shift), mean_d), rstd)
+            dx = f.sub(f.sub(ctx.load(g, at), mean_g), f.mul(xhat, mean_g_xhat))
+            ctx.store(node, at, f.mul(dx, rstd))
 
-        k.store(node, b.add(c, i64(channels), name="var_at"), channel_sum(c, squared_deviation, "var"))
+    _row_kernel(k, node, row)
 
 
-def _moments_of_rows(k, node, x, outer, channels: int, count) -> None:
-    b, f = k.b, k.scalar(node)
+@kernel(RMSNorm)
+def _rms_norm(k, node):
+    (x,) = node.inputs
 
-    def sweep(row: int, term, name):
-        base = i64(row * channels)
-        with for_range(b, i64(channels), f"{name}.init") as c:
-            k.store(node, b.add(base, c), f.const(0.0))
-        with for_range(b, outer, f"{name}.n") as n:
-            start = b.mul(n, i64(channels), name=f"{name}.row")
-            with for_range(b, i64(channels), f"{name}.c") as c:
-                at = b.add(base, c, name=f"{name}.out")
-                value = term(k.load(x, b.add(start, c, name=f"{name}.at")), c)
-                k.store(node, at, f.accumulate("add", k.load(node, at), value))
-        with for_range(b, i64(channels), f"{name}.scale") as c:
-            at = b.add(base, c, name=f"{name}.out")
-            k.store(node, at, f.div(k.load(node, at), count))
+    def row(ctx, f, base, n):
+        b = ctx.b
 
-    def squared_deviation(v, c):
-        d = f.sub(v, k.load(node, c))
-        return f.mul(d, d)
+        def square(j):
+            v = ctx.load(x, b.add(base, j))
+            return [f.mul(v, v)]
 
-    sweep(0, lambda v, c: v, "mean")
-    sweep(1, squared_deviation, "var")
+        (sum_sq,) = _sums(ctx, f, n, 1, square, "squares")
+        rstd = _rstd(f, f.mul(sum_sq, f.const(1.0 / n)), node.op.eps)
+        with for_range(b, i64(n), "write") as j:
+            at = b.add(base, j)
+            ctx.store(node, at, f.mul(ctx.load(x, at), rstd))
+
+    _row_kernel(k, node, row)
+
+
+@kernel(RMSNormGrad)
+def _rms_norm_grad(k, node):
+    """dx = rstd (g - x rstd^2 mean(g x))."""
+    g, x = node.inputs
+
+    def row(ctx, f, base, n):
+        b = ctx.b
+
+        def terms(j):
+            at = b.add(base, j)
+            v = ctx.load(x, at)
+            return [f.mul(v, v), f.mul(ctx.load(g, at), v)]
+
+        sum_sq, sum_gx = _sums(ctx, f, n, 2, terms, "sums")
+        inv_n = f.const(1.0 / n)
+        rstd = _rstd(f, f.mul(sum_sq, inv_n), node.op.eps)
+        scale = f.mul(f.mul(rstd, rstd), f.mul(sum_gx, inv_n))
+        with for_range(b, i64(n), "write") as j:
+            at = b.add(base, j)
+            ctx.store(node, at, f.mul(f.sub(ctx.load(g, at), f.mul(ctx.load(x, at), scale)), rstd))
+
+    _row_kernel(k, node, row)
