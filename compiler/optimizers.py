@@ -33,11 +33,13 @@ def is_vector(param: Node) -> bool:
     return param.ndim <= 1
 
 
-def _non_negative(owner: str, field: str, value, allow_none: bool = False) -> None:
+def _non_negative(owner: str, field: str, value, allow_none: bool = False, otherwise: str = "") -> None:
+    """GraphError unless `value` is a finite non-negative number (or None if allowed); `otherwise`
+    names what else the field takes."""
     if allow_none and value is None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
-        raise GraphError(f"{owner}: {field} must be a finite non-negative number, got {value!r}")
+        raise GraphError(f"{owner}: {field} must be a finite non-negative number{otherwise}, got {value!r}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,7 +149,7 @@ class Optimizer:
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
                 raise GraphError(f"{name}: {field} must be in [0, 1), got {value!r}")
         if not isinstance(self.lr, Schedule):
-            _non_negative(name, "lr", self.lr)
+            _non_negative(name, "lr", self.lr, otherwise=" or a schedule (dg.schedules)")
         _non_negative(name, "epsilon", self.epsilon)
         _non_negative(name, "weight_decay", self.weight_decay)
         _non_negative(name, "clip_norm", self.clip_norm, allow_none=True)

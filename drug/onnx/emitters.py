@@ -22,7 +22,7 @@ from ..compiler.scalar import scalar_rule_of
 from ..core.errors import GraphError
 from ..core.node import Node
 from ..core.op import REGISTRY
-from ..ops import conv, linalg, nn, reduce, shape
+from ..ops import conv, linalg, nn, pool, reduce, shape
 from ..ops import elementwise as ew
 from .scalars import emit_by_rule
 
@@ -165,10 +165,44 @@ emits(reduce.Max)(_reduction("ReduceMax", 18))
 emits(reduce.Min)(_reduction("ReduceMin", 18))
 
 
+def _conv_attributes(op) -> dict:
+    (top, bottom), (left, right) = op.pads
+    return dict(strides=list(op.stride), pads=[top, left, bottom, right], dilations=list(op.dilation), group=op.groups)
+
+
 @emits(conv.Conv2D)
 def _conv2d(ctx, node):
     x, w = (ctx.value(i) for i in node.inputs)
-    return ctx.add("Conv", [x, w], strides=list(node.op.stride), pads=[0, 0, 0, 0])
+    return ctx.add("Conv", [x, w], **_conv_attributes(node.op))
+
+
+@emits(conv.ConvTranspose2D)
+def _conv_transpose2d(ctx, node):
+    """ONNX derives the output size from output_padding: what is left of drug's in_hw."""
+    g, w = node.inputs
+    op = node.op
+    natural = [
+        (n - 1) * s - lo - hi + d * (k - 1) + 1
+        for n, s, (lo, hi), d, k in zip(g.shape[2:], op.stride, op.pads, op.dilation, w.shape[2:])
+    ]
+    extra = [target - size for target, size in zip(op.in_hw, natural)]
+    return ctx.add("ConvTranspose", [ctx.value(g), ctx.value(w)], output_padding=extra, **_conv_attributes(op))
+
+
+def _pool_attributes(op) -> dict:
+    (top, bottom), (left, right) = op.pads
+    return dict(kernel_shape=list(op.kernel), strides=list(op.stride), pads=[top, left, bottom, right])
+
+
+@emits(pool.MaxPool2D)
+def _max_pool(ctx, node):
+    return ctx.add("MaxPool", [ctx.value(node.inputs[0])], **_pool_attributes(node.op))
+
+
+@emits(pool.AvgPool2D)
+def _avg_pool(ctx, node):
+    include = int(node.op.count_include_pad)
+    return ctx.add("AveragePool", [ctx.value(node.inputs[0])], count_include_pad=include, **_pool_attributes(node.op))
 
 
 PAD_MODES = {"zeros": "constant", "replicate": "edge", "reflect": "reflect"}

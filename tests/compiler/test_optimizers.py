@@ -355,5 +355,5 @@ def test_group_selectors_and_no_decay():
         dg.AdamW(1e-3, groups=["*/bias"])
     with pytest.raises(ValueError, match="clip_norm must be positive"):
         dg.SGD(0.1, clip_norm=0.0)
-    with pytest.raises(ValueError, match="weight_decay must be non-negative"):
+    with pytest.raises(ValueError, match="weight_decay must be a finite non-negative number"):
         dg.Adam(weight_decay=-1.0)

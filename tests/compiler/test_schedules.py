@@ -157,5 +157,5 @@ def test_bad_schedules():
         S.cosine_decay(0.1, 0)
     with pytest.raises(ValueError, match="one boundary fewer"):
         S.join([S.constant(1.0)], [3])
-    with pytest.raises(ValueError, match="lr must be a non-negative number or a schedule"):
+    with pytest.raises(ValueError, match="lr must be a finite non-negative number or a schedule"):
         dg.Adam(lr="fast")

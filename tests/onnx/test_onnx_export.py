@@ -146,3 +146,20 @@ def test_buffers_and_constants_export_as_initializers(tmp_path):
     assert [o.name for o in model.graph.output] == ["scaled"]
     feeds = {"x": np.ones((2, 3), np.float32)}
     np.testing.assert_allclose(run_onnxruntime(model, feeds)[0], [[1.5, 2.25, 3.0]] * 2)
+
+
+def test_convolutions_pools_and_batch_norm_export(tmp_path):
+    """Dilated, grouped and transposed convolutions, overlapping padded pools and batch norm (its
+    inference form, from the running statistics) give drug's outputs in onnxruntime."""
+    g = dg.Graph(seed=5)
+    x = g.input("x", (None, 4, 9, 9))
+    h = dg.conv2d(x, g.parameter("w1", (6, 2, 3, 3)), stride=(2, 1), padding=((1, 2), (0, 1)), dilation=2, groups=2)
+    h = dg.batch_norm(h, g.parameter("s", (6,), init="ones"), g.parameter("b", (6,), init="zeros"))
+    g.state["batch_norm1/running_mean"][...] = np.linspace(-0.5, 0.5, 6)
+    g.state["batch_norm1/running_var"][...] = np.linspace(0.5, 2.0, 6)
+    h = dg.max_pool2d(dg.relu(h), 3, stride=2, padding=1)
+    up = dg.conv_transpose2d(h, g.parameter("w2", (6, 3, 3, 3)), stride=2, padding=1, output_padding=1)
+    out = dg.avg_pool2d(up, 3, stride=1, padding=1, count_include_pad=False)
+    predict = g.compile(outputs=out)
+    feeds = {"x": np.random.default_rng(4).standard_normal((3, 4, 9, 9)).astype(np.float32)}
+    assert_onnxruntime_predicts_like_drug(predict, tmp_path / "conv.onnx", feeds)

@@ -71,6 +71,51 @@ CASES = [
             "Conv", {"x": ["N", 1, 8, 7]}, initializers={"w": w(2, 1, 4, 3)}, auto_pad="SAME_LOWER", strides=[2, 2]
         ),
     ),
+    (
+        "conv-dilated-grouped",
+        single_op(
+            "Conv",
+            {"x": ["N", 4, 9, 8]},
+            initializers={"w": w(6, 2, 3, 3), "b": w(6)},
+            dilations=[2, 1],
+            group=2,
+            pads=[2, 1, 2, 1],
+        ),
+    ),
+    ("conv-depthwise", single_op("Conv", {"x": ["N", 3, 6, 6]}, initializers={"w": w(3, 1, 3, 3)}, group=3)),
+    (
+        "conv-transpose",
+        single_op(
+            "ConvTranspose",
+            {"x": ["N", 4, 5, 4]},
+            initializers={"w": w(4, 3, 3, 2), "b": w(3)},
+            strides=[2, 2],
+            pads=[1, 0, 1, 0],
+            output_padding=[1, 0],
+        ),
+    ),
+    (
+        "conv-transpose-grouped",
+        single_op("ConvTranspose", {"x": ["N", 4, 3, 3]}, initializers={"w": w(4, 1, 2, 2)}, group=2),
+    ),
+    (
+        "max-pool-overlapping",
+        single_op("MaxPool", {"x": ["N", 2, 7, 7]}, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+    ),
+    *[
+        (
+            f"average-pool-padded-{include}",
+            single_op(
+                "AveragePool",
+                {"x": ["N", 2, 6, 5]},
+                kernel_shape=[3, 3],
+                strides=[1, 2],
+                pads=[1, 1, 1, 1],
+                count_include_pad=include,
+            ),
+        )
+        for include in (0, 1)
+    ],
     ("max-pool", single_op("MaxPool", {"x": ["N", 3, 8, 7]}, kernel_shape=[2, 2], strides=[2, 2])),
     ("average-pool", single_op("AveragePool", {"x": ["N", 3, 6, 9]}, kernel_shape=[3, 3], strides=[3, 3])),
     ("global-average-pool", single_op("GlobalAveragePool", {"x": ["N", 3, 5, 4]})),
@@ -303,6 +348,34 @@ def test_initializers_passed_through_identity_keep_their_names():
     graph, _, _ = drug.onnx.load(onnx_model)
     assert list(graph.params) == ["w"]
     assert_same_as_onnxruntime(onnx_model, feeds_for(onnx_model, 2))
+
+
+def test_imported_batch_norm_fine_tunes_with_batch_statistics():
+    """A train step normalizes with the batch's statistics and moves the running ones by ONNX's
+    momentum; the predictor keeps using the running statistics."""
+    onnx_model = single_op(
+        "BatchNormalization",
+        {"x": ["N", 3, 2, 2]},
+        initializers={"s": w(3, positive=True), "b": w(3), "m": np.zeros(3, np.float32), "v": np.ones(3, np.float32)},
+        momentum=0.8,
+    )
+    graph, inputs, outputs = drug.onnx.load(onnx_model)
+    loss = dg.mean(outputs["y0"] * outputs["y0"])
+    train = graph.compile(loss=loss, optimizer=dg.SGD(0.0))
+    x = np.random.default_rng(3).standard_normal((8, 3, 2, 2)).astype(np.float32) * 2.0 + 1.0
+    train(x=x)
+    np.testing.assert_allclose(graph.state["m"], 0.2 * x.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    predicted = graph.compile(outputs=outputs["y0"])(x=x)
+    expected = run_onnxruntime(_with_statistics(onnx_model, graph.state["m"], graph.state["v"]), {"x": x})[0]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5, atol=1e-5)
+
+
+def _with_statistics(onnx_model, mean, var):
+    copy = onnx.ModelProto.FromString(onnx_model.SerializeToString())
+    for tensor in copy.graph.initializer:
+        if tensor.name in ("m", "v"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.asarray(mean if tensor.name == "m" else var), tensor.name))
+    return copy
 
 
 def test_running_statistics_as_buffers_or_constants():

@@ -10,7 +10,9 @@ from ...core.node import Node, apply
 from ...ops import (
     add,
     avg_pool2d,
+    batch_norm,
     conv2d,
+    conv_transpose2d,
     div,
     max_pool2d,
     mean,
@@ -51,23 +53,47 @@ def _image(ctx, x: Node) -> tuple[int, int]:
     return x.shape[2], x.shape[3]
 
 
+def _conv_geometry(ctx, in_hw, k_hw):
+    strides = tuple(ctx.attr("strides", [1, 1]))
+    dilations = tuple(ctx.attr("dilations", [1, 1]))
+    return strides, dilations, tuple(_spatial_pads(ctx, in_hw, k_hw, strides, dilations))
+
+
+def _bias(ctx, out: Node, i: int) -> Node:
+    if not ctx.has(i):
+        return out
+    bias = ctx.input(i)
+    return add(out, reshape(bias, (bias.shape[0], 1, 1)))
+
+
 @converts("Conv")
 def _conv(ctx):
+    x, w = ctx.input(0), ctx.input(1)
+    in_hw = _image(ctx, x)
+    strides, dilations, pads = _conv_geometry(ctx, in_hw, tuple(ctx.attr("kernel_shape", w.shape[2:])))
+    out = conv2d(x, w, stride=strides, padding=pads, dilation=dilations, groups=ctx.attr("group", 1))
+    return _bias(ctx, out, 2)
+
+
+@converts("ConvTranspose")
+def _conv_transpose(ctx):
+    """ONNX's output size is (in - 1) * stride + output_padding + (k - 1) * dilation + 1 - pads."""
     x, w = ctx.input(0), ctx.input(1)
     in_hw = _image(ctx, x)
     k_hw = tuple(ctx.attr("kernel_shape", w.shape[2:]))
     strides = tuple(ctx.attr("strides", [1, 1]))
     dilations = tuple(ctx.attr("dilations", [1, 1]))
-    if ctx.attr("group", 1) != 1 or dilations != (1, 1):
-        raise ctx.fail(f"group={ctx.attr('group', 1)}, dilations={list(dilations)}: drug's conv2d has neither yet")
+    extra = tuple(ctx.attr("output_padding", [0, 0]))
+    if ctx.attr("output_shape") is not None or ctx.attr("auto_pad", "NOTSET") != "NOTSET":
+        raise ctx.fail("give ConvTranspose explicit pads (drug does not take output_shape or auto_pad for it)")
     pads = _spatial_pads(ctx, in_hw, k_hw, strides, dilations)
-    if any(p for pair in pads for p in pair):
-        x = apply(Pad(tuple(pads), "zeros", in_hw), x)
-    out = conv2d(x, w, stride=strides)
-    if ctx.has(2):
-        bias = ctx.input(2)
-        out = add(out, reshape(bias, (bias.shape[0], 1, 1)))
-    return out
+    if any(lo != hi for lo, hi in pads):
+        raise ctx.fail(f"pads {pads}: drug's conv_transpose2d pads each side of an axis alike")
+    out = conv_transpose2d(
+        x, w, stride=strides, padding=tuple(lo for lo, _ in pads), output_padding=extra, dilation=dilations,
+        groups=ctx.attr("group", 1),
+    )  # fmt: skip
+    return _bias(ctx, out, 2)
 
 
 PAD_MODES = {"constant": "zeros", "edge": "replicate", "reflect": "reflect"}
@@ -93,21 +119,24 @@ def _pad(ctx):
     return apply(Pad(spatial, PAD_MODES[mode], in_hw), x)
 
 
-def _pool(ctx, pool_fn: Callable) -> Node:
-    """Non-overlapping windows (stride = kernel, no padding): what drug's pools compute."""
+def _pool(ctx, pool_fn: Callable, **options) -> Node:
+    """Windows of any stride with the same padding on both sides of an axis (ceil_mode only where
+    it changes nothing)."""
     x = ctx.input(0)
     in_hw = _image(ctx, x)
     kernel = tuple(ctx.attr("kernel_shape"))
     strides = tuple(ctx.attr("strides", [1] * len(kernel)))
     dilations = tuple(ctx.attr("dilations", [1] * len(kernel)))
     pads = _spatial_pads(ctx, in_hw, kernel, strides, dilations)
-    ceil_mode = ctx.attr("ceil_mode", 0) and any(n % k for n, k in zip(in_hw, kernel))
-    if strides != kernel or any(p for pair in pads for p in pair) or dilations != (1, 1) or ceil_mode:
+    floor_hw = [(n + lo + hi - k) // s + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel, strides, pads)]
+    ceil_hw = [-(-(n + lo + hi - k) // s) + 1 for n, k, s, (lo, hi) in zip(in_hw, kernel, strides, pads)]
+    if any(lo != hi for lo, hi in pads) or dilations != (1, 1) or (ctx.attr("ceil_mode", 0) and floor_hw != ceil_hw):
         raise ctx.fail(
             f"kernel {list(kernel)}, strides {list(strides)}, pads {pads}, dilations {list(dilations)}, "
-            f"ceil_mode {ctx.attr('ceil_mode', 0)}: drug pools non-overlapping windows (strides = kernel, no padding)"
+            f"ceil_mode {ctx.attr('ceil_mode', 0)}: drug pools with the same padding on both sides of an axis, "
+            f"without dilation, rounding the output size down"
         )
-    return pool_fn(x, kernel)
+    return pool_fn(x, kernel, stride=strides, padding=tuple(lo for lo, _ in pads), **options)
 
 
 @converts("MaxPool")
@@ -117,7 +146,7 @@ def _max_pool(ctx):
 
 @converts("AveragePool")
 def _average_pool(ctx):
-    return _pool(ctx, avg_pool2d)
+    return _pool(ctx, avg_pool2d, count_include_pad=bool(ctx.attr("count_include_pad", 0)))
 
 
 @converts("GlobalAveragePool")
@@ -137,15 +166,19 @@ def _global_max_pool(ctx):
 
 @converts("BatchNormalization")
 def _batch_norm(ctx):
-    """Inference: (x - running mean) / sqrt(running var + eps) * scale + bias, per channel (axis 1)."""
+    """drug's batch_norm over axis 1 with the running statistics as graph state: a predictor uses
+    them, a train step (fine-tuning) the batch's statistics, updating them with ONNX's momentum."""
     if ctx.attr("training_mode", 0):
         raise ctx.fail("training_mode=1: drug imports batch normalization for inference (running statistics)")
-    x = ctx.input(0)
-    per_channel = lambda node: reshape(node, (node.shape[0],) + (1,) * (x.ndim - 2))
-    scale, bias = (per_channel(ctx.input(i)) for i in (1, 2))
-    mu, var = (per_channel(ctx.state(i)) for i in (3, 4))
-    eps = ctx.constant(ctx.attr("epsilon", 1e-5), x)
-    return add(mul(div(sub(x, mu), sqrt(add(var, eps))), scale), bias)
+    x, scale, bias = ctx.input(0), ctx.input(1), ctx.input(2)
+    mu, var = ctx.state(3), ctx.state(4)
+    eps = ctx.attr("epsilon", 1e-5)
+    if ctx.values.statistics_as_constants:  # the inference formula alone
+        per_channel = lambda node: reshape(node, (node.shape[0],) + (1,) * (x.ndim - 2))
+        scale, bias, mu, var = (per_channel(n) for n in (scale, bias, mu, var))
+        return add(mul(div(sub(x, mu), sqrt(add(var, ctx.constant(eps, x)))), scale), bias)
+    momentum = 1.0 - ctx.attr("momentum", 0.9)  # ONNX weighs the old statistics, drug the new batch's
+    return batch_norm(x, scale, bias, axis=1, momentum=momentum, eps=eps, running_mean=mu, running_var=var)
 
 
 @converts("LayerNormalization")
