@@ -26,7 +26,7 @@ from ...core.errors import GraphError
 from ...core.node import Node
 from ...core.op import Op, registered_for
 from ...core.types import Shape, format_shape
-from .source import Function, Params, size
+from .source import C_TYPES, Function, Params, size
 
 Workspace = tuple[Shape, np.dtype] | None
 
@@ -104,9 +104,19 @@ def lowering_of(op: Op) -> Lowering | None:
     return registered_for(_RULES, op)
 
 
+def array_refusal(node: Node) -> str | None:
+    """Why `node`'s value cannot be an OpenCL buffer: a dtype OpenCL C has no array type of."""
+    if np.dtype(node.dtype).name not in C_TYPES:
+        return f"the opencl backend has no {np.dtype(node.dtype)} arrays (only {sorted(C_TYPES)})"
+    return None
+
+
 def refusal(node: Node) -> str | None:
     """Why `node` has no OpenCL code (None: it has: a scalar rule or a reduction, which loops
-    compute, a view, which is no code, or a kernel)."""
+    compute, a view, which is no code, or a kernel), or no buffer it could be stored in."""
+    stored = array_refusal(node) or next(filter(None, map(array_refusal, node.inputs)), None)
+    if stored is not None:
+        return stored
     if scalar_rule_of(node.op) is not None or is_reduction(node) or is_alias(node) or not node.inputs:
         return None
     rule = lowering_of(node.op)
@@ -186,8 +196,11 @@ def check(program, fp64: bool, device: str):
     """Refuse, naming the node, what this device cannot run: ops without an OpenCL kernel (there
     is no fallback to the host) and float64 where the device lacks cl_khr_fp64."""
     for kernel in program.kernels:
+        stored = set(map(id, kernel.outputs)) | {id(i) for n in kernel.nodes for i in n.inputs}
         for node in kernel.nodes:
             reason = refusal(node) if kernel.kind != "loop" else None
+            if reason is None and id(node) in stored:  # inside a loop, bools are C ints
+                reason = array_refusal(node)
             if reason is not None:
                 raise GraphError(
                     f"node {node.where}, {format_shape(node.shape)} {node.dtype}, cannot run on the opencl backend: "

@@ -48,8 +48,8 @@ class CScalarBuilder:
     def _binary(self, x: str, symbol: str, y: str) -> str:
         return self._let(f"{_operand(x)} {symbol} {_operand(y)}")
 
-    def const(self, value: float) -> str:
-        return literal(value, self.dtype)
+    def const(self, value: float, dtype: np.dtype | None = None) -> str:
+        return literal(value, self.dtype if dtype is None else dtype)
 
     def add(self, x, y):
         return self._binary(x, "+", y)
@@ -79,6 +79,9 @@ class CScalarBuilder:
             return f"{acc} + {_operand(x)}"
         return f"drug_{how}_{self.type}({acc}, {x})"
 
+    def abs(self, x):
+        return self._let(f"fabs({x})" if self.dtype.kind == "f" else f"abs({x})")
+
     def sqrt(self, x):
         return self._let(f"sqrt({x})")
 
@@ -87,6 +90,17 @@ class CScalarBuilder:
 
     def log(self, x):
         return self._let(f"log({x})")
+
+    def expm1(self, x):
+        return self._let(f"expm1({x})")
+
+    def erf(self, x):
+        return self._let(f"erf({x})")
+
+    def pow(self, x, y):
+        """C's pow has np.power's special cases (pow(x, 0) = 1, pow(1, NaN) = 1, NaN for a
+        negative x and a non-integer y)."""
+        return self._let(f"pow({x}, {y})")
 
     def tanh(self, x):
         return self._let(f"tanh({x})")
@@ -110,6 +124,25 @@ class CScalarBuilder:
 
     def select(self, condition, x, y):
         return self._let(f"{condition} ? {x} : {y}")
+
+    def logical_and(self, x, y):
+        return self._let(f"{x} && {y}", "int")
+
+    def logical_or(self, x, y):
+        return self._let(f"{x} || {y}", "int")
+
+    def logical_xor(self, x, y):
+        return self._let(f"(!{x}) != (!{y})", "int")
+
+    def logical_not(self, x):
+        return self._let(f"!{x}", "int")
+
+    def cast(self, x, source: np.dtype, target: np.dtype):
+        """Like NumPy's astype: to bool, nonzero; otherwise as C converts (a float reaching an
+        integer type is checked first by float_to_int, which the casting op uses for floats)."""
+        if np.dtype(target).kind == "b":  # NumPy's astype(bool): nonzero (NaN included) is true
+            return self._let(f"{x} != 0", c_type(target))
+        return self._let(f"({c_type(target)}){x}", c_type(target))
 
     def count(self, dims: Sequence[int | None]):
         return self._let(f"({self.type}){size(Size.of(dims))}")

@@ -15,7 +15,8 @@ from ...compiler.grid import Size
 from ...core.errors import GraphError
 from ...core.types import Shape
 
-C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long"}
+# NumPy bools are bytes: uchar
+C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long", "bool": "uchar"}
 STATUS = "drug_status"
 BATCH = "batch"
 TRAILING_PARAMS = (f"const long {BATCH}", f"__global int* restrict {STATUS}", "const int drug_kernel")
@@ -33,6 +34,8 @@ def c_type(dtype: np.dtype) -> str:
 def literal(value: float | int, dtype: np.dtype) -> str:
     """`value` as a C constant of `dtype` (float32 constants carry the `f` suffix)."""
     dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "1" if value else "0"
     if dtype.kind in "iu":
         return f"{int(value)}L" if dtype.itemsize == 8 else str(int(value))
     value = float(value)

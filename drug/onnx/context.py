@@ -13,13 +13,13 @@ import onnx.helper
 from ..core.errors import GraphError
 from ..core.graph import Graph
 from ..core.node import Node
-from ..core.types import FLOAT_DTYPES, INT_DTYPES
+from ..core.types import DTYPES
 
 # The batch size inside a shape known at import time (Shape of a batched value): drug binds the
 # batch per call, so a shape vector carries this marker where the batch goes. Ops that only move
 # such vectors around (Gather, Concat, Unsqueeze, ...) keep it; arithmetic on it is refused.
 BATCH = np.iinfo(np.int64).min
-HOLDABLE_DTYPES = FLOAT_DTYPES + INT_DTYPES  # what a drug tensor can be
+HOLDABLE_DTYPES = DTYPES  # what a drug tensor can be
 # Ops that move the entries of a shape vector without computing with them: folded at import even
 # when a vector holds the batch marker.
 BATCH_MOVERS = frozenset({"Identity", "Concat", "Gather", "Unsqueeze", "Squeeze", "Slice", "Reshape", "Equal", "Where"})

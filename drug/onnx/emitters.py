@@ -22,8 +22,9 @@ from ..compiler.scalar import scalar_rule_of
 from ..core.errors import GraphError
 from ..core.node import Node
 from ..core.op import REGISTRY
-from ..ops import conv, linalg, nn, pool, reduce, shape
+from ..ops import conv, indexing, linalg, nn, norm, padding, pool, reduce, shape
 from ..ops import elementwise as ew
+from ..ops.attention import Attention
 from .scalars import emit_by_rule
 
 Emitter = Callable[["EmitContext", Node], str]
@@ -219,6 +220,93 @@ def _pad(ctx, node):
 def _embedding(ctx, node):
     ids, table = (ctx.value(i) for i in node.inputs)
     return ctx.add("Gather", [table, ids], axis=0)
+
+
+@emits(indexing.Take)
+def _take(ctx, node):
+    x, ids = (ctx.value(i) for i in node.inputs)
+    return ctx.add("Gather", [x, ids], axis=node.op.axis)
+
+
+@emits(indexing.Gather)
+def _gather_along_axis(ctx, node):
+    x, ids = (ctx.value(i) for i in node.inputs)
+    return ctx.add("GatherElements", [x, ids], axis=node.op.axis)
+
+
+@emits(indexing.Argmax, indexing.Argmin)
+def _arg_extremum(ctx, node):
+    op_type = "ArgMax" if isinstance(node.op, indexing.Argmax) else "ArgMin"
+    position = ctx.add(op_type, [ctx.value(node.inputs[0])], axis=node.op.axis, keepdims=0)
+    return ctx.add("Cast", [position], to=ctx.elem_type(node.dtype))  # ONNX gives int64, drug int32
+
+
+@emits(indexing.Cumsum)
+def _cumsum(ctx, node):
+    axis = ctx.const(np.asarray(node.op.axis, np.int64), "axis")
+    return ctx.add("CumSum", [ctx.value(node.inputs[0]), axis], reverse=int(node.op.reverse))
+
+
+@emits(padding.PadND)
+def _pad_nd(ctx, node):
+    befores, afters = zip(*node.op.pads)
+    inputs = [ctx.value(node.inputs[0]), ctx.ints(list(befores) + list(afters), "pads")]
+    if node.op.mode == "constant":
+        inputs.append(ctx.const(np.asarray(node.op.value, node.dtype), "pad_value"))
+    return ctx.add("Pad", inputs, mode=ND_PAD_MODES[node.op.mode])
+
+
+ND_PAD_MODES = {"constant": "constant", "replicate": "edge", "reflect": "reflect"}
+
+
+def _row_stats(ctx, node, x: str, centered: bool) -> str:
+    """x normalized over the op's axes: (x - mean) / sqrt(var + eps), or x / sqrt(mean(x^2) + eps)."""
+    axes = ctx.ints(node.op.axes, "axes")
+    mean = lambda v: ctx.add("ReduceMean", [v, axes], keepdims=1) if ctx.opset >= 18 else ctx.add(
+        "ReduceMean", [v], axes=list(node.op.axes), keepdims=1
+    )  # fmt: skip
+    if centered:
+        x = ctx.add("Sub", [x, mean(x)])
+    eps = ctx.const(np.asarray(node.op.eps, node.dtype), "eps")
+    return ctx.add("Div", [x, ctx.add("Sqrt", [ctx.add("Add", [mean(ctx.add("Mul", [x, x])), eps])])])
+
+
+@emits(norm.LayerNorm)
+def _layer_norm(ctx, node):
+    x = ctx.value(node.inputs[0])
+    first, ndim = node.op.axes[0], node.ndim
+    if ctx.opset >= 17 and node.op.axes == tuple(range(first, ndim)):
+        ones = ctx.const(np.ones(node.shape[first:], node.dtype), "ones")
+        return ctx.add("LayerNormalization", [x, ones], axis=first, epsilon=node.op.eps)
+    return _row_stats(ctx, node, x, centered=True)
+
+
+@emits(norm.RMSNorm)
+def _rms_norm(ctx, node):
+    return _row_stats(ctx, node, ctx.value(node.inputs[0]), centered=False)
+
+
+@emits(Attention)
+def _attention(ctx, node):
+    """softmax(q k^T * scale + mask) v as ONNX ops, in (batch, heads, time, dim) order."""
+    op = node.op
+    to_bhtd = lambda v: v if op.layout == "bhtd" else ctx.add("Transpose", [v], perm=[0, 2, 1, 3])
+    q, k, v = (to_bhtd(ctx.value(i)) for i in node.inputs[:3])
+    scale = ctx.const(np.asarray(op.scale, node.dtype), "scale")
+    scores = ctx.add("Mul", [ctx.add("MatMul", [q, ctx.add("Transpose", [k], perm=[0, 1, 3, 2])]), scale])
+    minus_inf = ctx.const(np.asarray(-np.inf, node.dtype), "minus_inf")
+    if op.mask == "bool":
+        scores = ctx.add("Where", [ctx.value(node.inputs[3]), scores, minus_inf])
+    elif op.mask == "float":
+        scores = ctx.add("Add", [scores, ctx.value(node.inputs[3])])
+    if op.causal:
+        tq, tk = (i.shape[2 if op.layout == "bhtd" else 1] for i in node.inputs[:2])
+        future = np.triu(np.full((tq, tk), -np.inf, node.dtype), k=1)
+        scores = ctx.add("Add", [scores, ctx.const(future, "causal")])
+    p = ctx.add("Softmax", [scores], axis=-1)
+    zero = ctx.const(np.zeros((), node.dtype), "zero")
+    p = ctx.add("Where", [ctx.add("IsNaN", [p]), zero, p])  # a query no key may attend to: zeros
+    return to_bhtd(ctx.add("MatMul", [p, v]))
 
 
 def emitter_for(node: Node) -> Emitter:

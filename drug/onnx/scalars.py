@@ -14,17 +14,18 @@ from ..compiler.scalar import scalar_rule_of
 from ..core.errors import GraphError
 from ..core.node import Node
 from ..core.op import Op
-from ..core.types import Shape, broadcast_shapes
+from ..core.types import BOOL, Shape, broadcast_shapes
 
 COMPARISONS = {"<": "Less", "<=": "LessOrEqual", ">": "Greater", ">=": "GreaterOrEqual", "==": "Equal"}
 
 
 @dataclass(frozen=True)
 class Tensor:
-    """An ONNX value and its drug shape (None: the batch)."""
+    """An ONNX value, its drug shape (None: the batch) and dtype."""
 
     name: str
     shape: Shape
+    dtype: np.dtype
 
 
 class OnnxScalars:
@@ -38,11 +39,15 @@ class OnnxScalars:
     def op(self) -> Op:
         return self.node.op
 
-    def _add(self, op_type: str, *xs: Tensor) -> Tensor:
-        return Tensor(self.ctx.add(op_type, [x.name for x in xs]), broadcast_shapes([x.shape for x in xs]))
+    def _add(self, op_type: str, *xs: Tensor, dtype: np.dtype | None = None) -> Tensor:
+        """One ONNX node over `xs`; its result has the last operand's dtype unless `dtype` says
+        (Where's condition comes first)."""
+        shape = broadcast_shapes([x.shape for x in xs])
+        return Tensor(self.ctx.add(op_type, [x.name for x in xs]), shape, dtype or xs[-1].dtype)
 
-    def const(self, value: float) -> Tensor:
-        return Tensor(self.ctx.const(np.asarray(value, self.node.dtype), "c"), ())
+    def const(self, value: float, dtype: np.dtype | None = None) -> Tensor:
+        dtype = np.dtype(dtype or self.node.dtype)
+        return Tensor(self.ctx.const(np.asarray(value, dtype), "c"), (), dtype)
 
     def add(self, x, y):
         return self._add("Add", x, y)
@@ -80,10 +85,43 @@ class OnnxScalars:
     def sigmoid(self, x):
         return self._add("Sigmoid", x)
 
+    def abs(self, x):
+        return self._add("Abs", x)
+
+    def expm1(self, x):
+        return self._add("Sub", self._add("Exp", x), self.const(1.0, x.dtype))
+
+    def erf(self, x):
+        return self._add("Erf", x)
+
+    def sin(self, x):
+        return self._add("Sin", x)
+
+    def cos(self, x):
+        return self._add("Cos", x)
+
+    def pow(self, x, y):
+        return self._add("Pow", x, y)
+
+    def logical_and(self, x, y):
+        return self._add("And", x, y, dtype=BOOL)
+
+    def logical_or(self, x, y):
+        return self._add("Or", x, y, dtype=BOOL)
+
+    def logical_xor(self, x, y):
+        return self._add("Xor", x, y, dtype=BOOL)
+
+    def logical_not(self, x):
+        return self._add("Not", x, dtype=BOOL)
+
+    def cast(self, x, source: np.dtype, target: np.dtype):
+        return Tensor(self.ctx.add("Cast", [x.name], to=self.ctx.elem_type(target)), x.shape, np.dtype(target))
+
     def compare(self, symbol: str, x, y):
         if symbol == "!=":
-            return self._add("Not", self._add("Equal", x, y))
-        return self._add(COMPARISONS[symbol], x, y)
+            return self._add("Not", self._add("Equal", x, y, dtype=BOOL), dtype=BOOL)
+        return self._add(COMPARISONS[symbol], x, y, dtype=BOOL)
 
     def select(self, condition, x, y):
         return self._add("Where", condition, x, y)
@@ -96,7 +134,7 @@ class OnnxScalars:
         size = self.ctx.add("Shape", [self.ctx.value(batched)])
         batch = self.ctx.add("Gather", [size, self.ctx.ints([batched.shape.index(None)], "batch_axis")])
         batch = self.ctx.add("Cast", [batch], to=self.ctx.elem_type(self.node.dtype))
-        return self._add("Mul", Tensor(self.ctx.add("Squeeze", [batch]), ()), self.const(static))
+        return self._add("Mul", Tensor(self.ctx.add("Squeeze", [batch]), (), self.node.dtype), self.const(static))
 
 
 def emit_by_rule(ctx, node: Node) -> str | None:
@@ -105,12 +143,14 @@ def emit_by_rule(ctx, node: Node) -> str | None:
     if rule is None:
         return None
     builder = OnnxScalars(ctx, node)
-    inputs = [Tensor(ctx.value(i), i.shape) for i in node.inputs]
+    inputs = [Tensor(ctx.value(i), i.shape, i.dtype) for i in node.inputs]
     result = rule(builder, *inputs)
     if not isinstance(result, Tensor):
         raise GraphError(f"node {node.label} (op '{node.op.name}'): its scalar rule returned {result!r}")
     for i in node.inputs:  # a rule may ignore inputs (ones_like) or return a constant: broadcast back
         if result.shape != node.shape and i.shape != result.shape:
             shape = ctx.add("Shape", [ctx.value(i)])
-            result = Tensor(ctx.add("Expand", [result.name, shape]), broadcast_shapes([result.shape, i.shape]))
+            result = Tensor(
+                ctx.add("Expand", [result.name, shape]), broadcast_shapes([result.shape, i.shape]), result.dtype
+            )
     return result.name

@@ -70,7 +70,12 @@ def feeds_for(onnx_model: onnx.ModelProto, batch: int, seed: int = 0) -> dict[st
             continue
         shape = [d.dim_value if d.HasField("dim_value") else batch for d in v.type.tensor_type.shape.dim]
         dtype = oh.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type)
-        feeds[v.name] = rng.uniform(0.2, 2.0, size=shape).astype(dtype) * rng.choice([-1, 1], size=shape).astype(dtype)
+        if dtype == np.bool_:
+            feeds[v.name] = rng.uniform(size=shape) < 0.5
+        else:
+            feeds[v.name] = rng.uniform(0.2, 2.0, size=shape).astype(dtype) * rng.choice([-1, 1], size=shape).astype(
+                dtype
+            )
     return feeds
 
 

@@ -189,6 +189,52 @@ CASES = [
     ("pow-half", single_op("Pow", {"x": ["N", 4]}, initializers={"p": np.array(0.5, np.float32)})),
     ("dropout", single_op("Dropout", {"x": ["N", 4]}, initializers={"r": np.array(0.3, np.float32)})),
     ("cast-same", single_op("Cast", {"x": ["N", 4]}, to=onnx.TensorProto.FLOAT)),
+    # the ops of drug's transformer language: activations, comparisons, masks, casts
+    *[(op.lower(), single_op(op, {"x": ["N", 5]})) for op in ("Erf", "Abs", "Sin", "Cos", "Sign", "Softplus")],
+    ("gelu", single_op("Gelu", {"x": ["N", 5]}, opset=20)),
+    ("gelu-tanh", single_op("Gelu", {"x": ["N", 5]}, opset=20, approximate="tanh")),
+    ("leaky-relu", single_op("LeakyRelu", {"x": ["N", 5]}, alpha=0.2)),
+    ("elu", single_op("Elu", {"x": ["N", 5]}, alpha=0.7)),
+    ("max-3", single_op("Max", {"a": ["N", 3], "b": ["N", 3], "c": [3]})),
+    ("min", single_op("Min", {"a": ["N", 3], "b": [3]})),
+    ("clip", single_op("Clip", {"x": ["N", 4]}, initializers={"lo": np.float32(-0.5), "hi": np.float32(1.0)})),
+    ("pow-tensor", single_op("Pow", {"x": ["N", 4]}, initializers={"p": w(4, positive=True)})),
+    ("cast-to-int", single_op("Cast", {"x": ["N", 4]}, to=onnx.TensorProto.INT32)),
+    *[
+        (
+            op.lower(),
+            model(
+                [oh.make_node(op, ["a", "b"], ["c"]), oh.make_node("Where", ["c", "a", "b"], ["y"])],
+                [value("a", ["N", 4]), value("b", [4])],
+                [value("y", None)],
+            ),
+        )
+        for op in ("Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal")
+    ],
+    *[
+        (
+            op.lower(),
+            model(
+                [oh.make_node(op, ["p", "q"], ["y"])],
+                [value("p", ["N", 3], onnx.TensorProto.BOOL), value("q", ["N", 3], onnx.TensorProto.BOOL)],
+                [value("y", None)],
+            ),
+        )
+        for op in ("And", "Or", "Xor")
+    ],
+    (
+        "not",
+        model([oh.make_node("Not", ["p"], ["y"])], [value("p", ["N", 3], onnx.TensorProto.BOOL)], [value("y", None)]),
+    ),
+    (
+        "gather-run-time-indices",
+        model(
+            [oh.make_node("Gather", ["table", "ids"], ["y"], axis=1)],
+            [value("ids", ["N", 2], onnx.TensorProto.INT64)],
+            [value("y", None)],
+            {"table": w(3, 5, 2)},
+        ),
+    ),
 ]
 
 

@@ -1,10 +1,11 @@
-"""The matrix product: one CLBlast GEMM, or one strided-batched GEMM for stacks of matrices."""
+"""The matrix product: one CLBlast GEMM, or one strided-batched GEMM for stacks of matrices; the
+weight gradient over leading axes (contract_leading): one GEMM."""
 
 from __future__ import annotations
 
 from ....compiler.grid import Size
 from ....core.types import format_shape
-from ....ops.linalg import MatMul
+from ....ops.linalg import ContractLeading, MatMul
 from ..lowering import Gemm, kernel
 
 
@@ -33,3 +34,11 @@ def _matmul(k, node):
         return
     k.gemm(Gemm(node.dtype, ta, tb, m, n, kk, k.slot(a), k.slot(b), k.slot(node), lda=lda, ldb=ldb, ldc=n,
                 count=Size.of(node.shape[:-2]), stride_a=m * kk, stride_b=kk * n, stride_c=m * n))  # fmt: skip
+
+
+@kernel(ContractLeading)
+def _contract_leading(k, node):
+    """a viewed as (K, m) and g as (K, n), K the product of the leading axes: out = a^T g."""
+    a, g = node.inputs
+    m, n, inner = Size.of(a.shape[-1:]), Size.of(g.shape[-1:]), Size.of(a.shape[:-1])
+    k.gemm(Gemm(node.dtype, True, False, m, n, inner, k.slot(a), k.slot(g), k.slot(node), lda=m, ldb=n, ldc=n))

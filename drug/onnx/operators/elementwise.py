@@ -6,18 +6,41 @@ from collections.abc import Callable
 
 from ...core.node import Node
 from ...ops import (
+    abs,
     add,
+    clip,
+    cos,
     div,
+    elu,
+    erf,
     exp,
+    gelu,
+    greater,
+    greater_equal,
+    leaky_relu,
+    less,
+    less_equal,
     log,
+    logical_and,
+    logical_not,
+    logical_or,
+    logical_xor,
+    maximum,
+    minimum,
     mul,
     neg,
+    pow,
     relu,
     sigmoid,
+    sign,
+    sin,
+    softplus,
     sqrt,
     sub,
     tanh,
+    where,
 )
+from ...ops import equal as equal_to
 from ..context import Merged
 from .registry import converts
 
@@ -49,25 +72,54 @@ def _merged_elementwise(ctx, fn: Callable[..., Node]) -> Merged | None:
 
 for _op_type, _fn in {
     "Add": add, "Sub": sub, "Mul": mul, "Div": div, "Relu": relu, "Sigmoid": sigmoid, "Tanh": tanh,
-    "Sqrt": sqrt, "Exp": exp, "Log": log, "Neg": neg,
+    "Sqrt": sqrt, "Exp": exp, "Log": log, "Neg": neg, "Erf": erf, "Abs": abs, "Sin": sin, "Cos": cos,
+    "Sign": sign, "Softplus": softplus, "Where": where, "Equal": equal_to, "Less": less, "LessOrEqual": less_equal,
+    "Greater": greater, "GreaterOrEqual": greater_equal, "And": logical_and, "Or": logical_or,
+    "Xor": logical_xor, "Not": logical_not,
 }.items():  # fmt: skip
     _elementwise(_op_type, _fn)
 
 
 @converts("Pow")
 def _pow(ctx):
-    x, exponent = ctx.input(0), ctx.fixed(1)
-    if exponent is None or exponent.size != 1:
-        raise ctx.fail("drug raises to a constant scalar power (2, 3, 0.5, -0.5, -1, 1) only")
-    p = float(exponent.reshape(()))
-    powers = {
-        1.0: lambda: x,
-        2.0: lambda: mul(x, x),
-        3.0: lambda: mul(x, x, x),
-        0.5: lambda: sqrt(x),
-        -0.5: lambda: div(1.0, sqrt(x)),
-        -1.0: lambda: div(1.0, x),
-    }
-    if p not in powers:
-        raise ctx.fail(f"exponent {p:g}: drug raises to the powers {sorted(powers)} only")
-    return powers[p]()
+    """A constant scalar exponent is a Python number (2, 0.5, -0.5 and 1 pick cheaper code)."""
+    exponent = ctx.fixed(1)
+    if exponent is not None and exponent.size == 1 and exponent.dtype.kind == "f":
+        return pow(ctx.input(0), float(exponent.reshape(())))
+    return pow(ctx.input(0), ctx.input(1))
+
+
+@converts("Gelu")
+def _gelu(ctx):
+    return gelu(ctx.input(0), approximate=ctx.attr("approximate", "none"))
+
+
+@converts("LeakyRelu")
+def _leaky_relu(ctx):
+    return leaky_relu(ctx.input(0), ctx.attr("alpha", 0.01))
+
+
+@converts("Elu")
+def _elu(ctx):
+    return elu(ctx.input(0), ctx.attr("alpha", 1.0))
+
+
+@converts("Max", "Min")
+def _extremum(ctx):
+    fn = maximum if ctx.op_type == "Max" else minimum
+    xs = ctx.inputs()
+    out = xs[0]
+    for x in xs[1:]:
+        out = fn(out, x)
+    return out
+
+
+@converts("Clip")
+def _clip(ctx):
+    bounds = []
+    for i in (1, 2):
+        value = ctx.fixed(i)
+        if ctx.has(i) and value is None:
+            raise ctx.fail("drug clips to bounds known at import (constants or initializers)")
+        bounds.append(None if value is None else float(value.reshape(())))
+    return clip(ctx.input(0), *bounds) if any(b is not None for b in bounds) else ctx.input(0)

@@ -14,6 +14,7 @@ from ...ops import (
     conv2d,
     conv_transpose2d,
     div,
+    layer_norm,
     max_pool2d,
     mean,
     mul,
@@ -183,13 +184,10 @@ def _batch_norm(ctx):
 
 @converts("LayerNormalization")
 def _layer_norm(ctx):
-    """Normalize over the axes from `axis` on (mean and biased variance), then scale and shift."""
+    """Normalized over the axes from `axis` on (drug's fused layer_norm), then scaled and shifted."""
+    if len([n for n in ctx.proto.output if n]) > 1:
+        raise ctx.fail("drug computes only Y, not the Mean and InvStdDev outputs")
     x = ctx.input(0)
     axes = tuple(range(axis_of(ctx.attr("axis", -1), x.ndim, ctx), x.ndim))
-    centered = sub(x, mean(x, axes, keepdims=True))
-    variance = mean(mul(centered, centered), axes, keepdims=True)
-    eps = ctx.constant(ctx.attr("epsilon", 1e-5), x)
-    out = mul(div(centered, sqrt(add(variance, eps))), ctx.input(1))
-    if any(ctx.has(i) for i in (3, 4)) and len(ctx.proto.output) > 1:
-        raise ctx.fail("drug computes only Y, not the Mean and InvStdDev outputs")
+    out = mul(layer_norm(x, axes, ctx.attr("epsilon", 1e-5)), ctx.input(1))
     return add(out, ctx.input(2)) if ctx.has(2) else out

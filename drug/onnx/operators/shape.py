@@ -14,9 +14,11 @@ from ...ops import (
     add,
     broadcast_like,
     concat,
-    embedding,
+    less,
     reshape,
+    take,
     transpose,
+    where,
 )
 from ..context import BATCH, Merged
 from .registry import axis_of, converts
@@ -196,15 +198,14 @@ def _split(ctx):
 
 @converts("Gather")
 def _gather(ctx):
-    """Indices known now: slices of the data; indices computed at run time: rows of a 2-D table
-    (an embedding lookup)."""
+    """Indices known now: slices of the data; indices computed at run time: drug's take."""
     x = ctx.input(0)
     axis = axis_of(ctx.attr("axis", 0), x.ndim, ctx)
     ids = ctx.known(1)
-    if ids is None:
-        if axis != 0 or x.ndim != 2:
-            raise ctx.fail(f"drug gathers run-time indices from the rows of a 2-D table only; data is {x.describe()}")
-        return embedding(ctx.input(1), x)
+    if ids is None:  # negative indices count from the end, as in ONNX
+        ids, size = ctx.input(1), x.shape[axis]
+        wrapped = where(less(ids, ctx.constant(0, ids)), add(ids, ctx.constant(size, ids)), ids)
+        return take(x, wrapped, axis)
     size = x.shape[axis]
     if size is None:
         raise ctx.fail(f"it gathers along the batch axis {axis}")

@@ -11,6 +11,7 @@ import onnx.numpy_helper
 from ...core.node import Node, apply
 from ...ops import (
     add,
+    cast,
     mul,
 )
 from ...ops.reduce import Count
@@ -73,10 +74,7 @@ def _cast(ctx):
     known = ctx.known(0)
     if known is not None and has_batch(known) and dtype.kind == "f":
         return _batch_size_value(ctx, known, dtype)
-    x = ctx.input(0)
-    if dtype != x.dtype:
-        raise ctx.fail(f"drug has no cast from {x.dtype} to {dtype} yet")
-    return x
+    return cast(ctx.input(0), dtype)
 
 
 def _batch_size_value(ctx, shape: np.ndarray, dtype: np.dtype) -> Node:
