@@ -74,7 +74,7 @@ class ParamGroup:
             return fnmatch.fnmatchcase(param.name or "", self.select)
         if callable(self.select):
             return bool(self.select(param))
-        return any(param is s or param.name == s for s in self.select)
+        return any(param is s if isinstance(s, Node) else param.name == s for s in self.select)
 
 
 def no_decay(select: Selector = is_vector) -> ParamGroup:
