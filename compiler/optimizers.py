@@ -264,7 +264,14 @@ class SGD(Optimizer):
         SGD(lr=0.1, momentum=0.9)
     """
 
-    def __init__(self, lr, momentum: float = 0.0, weight_decay: float = 0.0, clip_norm=None, groups=()):
+    def __init__(
+        self,
+        lr: float | Schedule,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        groups: Sequence[ParamGroup] = (),
+    ):
         super().__init__(lr, beta_momentum=momentum, momentum_is_average=False, uses_magnitude=False,
                          **_options(weight_decay, clip_norm, groups))  # fmt: skip
 
@@ -289,8 +296,15 @@ class RMSProp(Optimizer):
         RMSProp(lr=0.001, beta=0.9, epsilon=1e-08)
     """
 
-    def __init__(self, lr, beta: float = 0.9, epsilon: float = 1e-8, weight_decay: float = 0.0, clip_norm=None,
-                 groups=()):  # fmt: skip
+    def __init__(
+        self,
+        lr: float | Schedule,
+        beta: float = 0.9,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        groups: Sequence[ParamGroup] = (),
+    ):
         super().__init__(lr, beta_magnitude=beta, epsilon=epsilon, **_options(weight_decay, clip_norm, groups))
 
     def __repr__(self) -> str:
@@ -317,8 +331,16 @@ class Adam(Optimizer):
         Adam(lr=0.003, beta_momentum=0.9, beta_magnitude=0.999, epsilon=1e-08)
     """
 
-    def __init__(self, lr=1e-3, beta_momentum: float = 0.9, beta_magnitude: float = 0.999, epsilon: float = 1e-8,
-                 weight_decay: float = 0.0, clip_norm=None, groups=()):  # fmt: skip
+    def __init__(
+        self,
+        lr: float | Schedule = 1e-3,
+        beta_momentum: float = 0.9,
+        beta_magnitude: float = 0.999,
+        epsilon: float = 1e-8,
+        weight_decay: float = 0.0,
+        clip_norm: float | None = None,
+        groups: Sequence[ParamGroup] = (),
+    ):
         super().__init__(lr, beta_momentum, beta_magnitude, epsilon, bias_correction=True,
                          **_options(weight_decay, clip_norm, groups))  # fmt: skip
 
@@ -348,8 +370,16 @@ class AdamW(Optimizer):
         AdamW(lr=0.003, weight_decay=0.05, beta_momentum=0.9, beta_magnitude=0.999, epsilon=1e-08, clip_norm=1.0)
     """
 
-    def __init__(self, lr=1e-3, weight_decay: float = 1e-2, beta_momentum: float = 0.9, beta_magnitude: float = 0.999,
-                 epsilon: float = 1e-8, clip_norm=None, groups=()):  # fmt: skip
+    def __init__(
+        self,
+        lr: float | Schedule = 1e-3,
+        weight_decay: float = 1e-2,
+        beta_momentum: float = 0.9,
+        beta_magnitude: float = 0.999,
+        epsilon: float = 1e-8,
+        clip_norm: float | None = None,
+        groups: Sequence[ParamGroup] = (),
+    ):
         super().__init__(lr, beta_momentum, beta_magnitude, epsilon, bias_correction=True, decoupled_decay=True,
                          **_options(weight_decay, clip_norm, groups))  # fmt: skip
 

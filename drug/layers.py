@@ -427,7 +427,7 @@ class AvgPool2D(_Pool):
 
     kind = "avg_pool"
 
-    def __init__(self, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True, name=None):
+    def __init__(self, kernel_size=2, stride=None, padding=0, count_include_pad: bool = True, name: str | None = None):
         super().__init__(kernel_size, stride, padding, name)
         self.count_include_pad = count_include_pad
 
@@ -605,7 +605,12 @@ class RNNCell(_Recurrent):
     gates = ("x",)
 
     def __init__(
-        self, hidden: int, activation: Activation = "tanh", init: Init = None, bias_init: Init = None, name=None
+        self,
+        hidden: int,
+        activation: Activation = "tanh",
+        init: Init = None,
+        bias_init: Init = None,
+        name: str | None = None,
     ):
         super().__init__(hidden, init, bias_init, name)
         self.activation = activation_fn(activation)
