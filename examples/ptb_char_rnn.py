@@ -216,7 +216,7 @@ def parse_args():
         "--threads",
         type=int,
         default=1,
-        help="threads (BLAS and drug's OpenMP pool, DRUG_THREADS); 1 by default: this model's small GEMMs gain little "
+        help="threads (BLAS and drug's thread pool, DRUG_THREADS); 1 by default: this model's small GEMMs gain little "
         "from a second thread and lose ~10x while another process holds a core (threads wait for each other)",
     )
     parser.add_argument(
@@ -236,7 +236,7 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     threadpool_limits(args.threads, user_api="blas")
-    os.environ["DRUG_THREADS"] = str(args.threads)  # drug's OpenMP pool, read when it first compiles
+    os.environ["DRUG_THREADS"] = str(args.threads)  # drug's thread pool, read when it first compiles
     vocab = ptb_vocab()
     splits = {split: ptb_chars(split) for split in ("train", "valid", "test")}
     if args.smoke:

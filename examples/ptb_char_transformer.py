@@ -211,7 +211,7 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
-    os.environ["DRUG_THREADS"] = str(args.threads)  # drug's OpenMP pool, read when it first compiles
+    os.environ["DRUG_THREADS"] = str(args.threads)  # drug's thread pool, read when it first compiles
     if args.torch:
         from ptb_char_transformer_torch import torch_missing
 

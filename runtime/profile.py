@@ -1,7 +1,7 @@
 """Kernel profiles of compiled steps: what `CompiledFunction.profile` and DRUG_PROFILE=1 report.
 
 The native backend's profiling build records, for every kernel of a step, its start and end time
-(CLOCK_MONOTONIC, in ns) and the OpenMP thread that ran it (backends/llvm/probes.py). This module
+(CLOCK_MONOTONIC, in ns) and the pool thread that ran it (backends/llvm/probes.py). This module
 turns those spans into a table (kernel, nodes, time, share, GFLOP/s or GB/s) and a Chrome /
 Perfetto trace."""
 
