@@ -5,6 +5,7 @@ replicate/reflect padding as an op of its own; conv1d is conv2d on height-1 imag
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,6 +106,57 @@ def conv_out_hw(in_hw, k_hw, stride, pads: Pads = NO_PADS, dilation=(1, 1)) -> t
     return tuple(
         (n + lo + hi - d * (k - 1) - 1) // s + 1 for n, k, s, (lo, hi), d in zip(in_hw, k_hw, stride, pads, dilation)
     )
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """The static sizes of a convolution (only the number of images may be dynamic), which every
+    backend lowers from: an image's patches have `rows` = C*KH*KW entries, and with groups, group
+    g's channels, weight rows and output channels are contiguous blocks of `group_rows` and
+    `group_outs`."""
+
+    channels: int
+    in_hw: tuple[int, int]
+    k_hw: tuple[int, int]
+    stride: tuple[int, int]
+    outs: int
+    dtype: np.dtype
+    pads: Pads = NO_PADS
+    dilation: tuple[int, int] = (1, 1)
+    groups: int = 1
+
+    @classmethod
+    def of(cls, x_shape, w_shape, op: Convolution, dtype):
+        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
+        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), tuple(op.stride), w_shape[0], np.dtype(dtype),
+                   op.pads, op.dilation, op.groups)  # fmt: skip
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        return conv_out_hw(self.in_hw, self.k_hw, self.stride, self.pads, self.dilation)
+
+    @property
+    def rows(self) -> int:
+        """Entries of one output pixel's patch: one per (channel, kernel row, kernel column)."""
+        return self.channels * self.k_hw[0] * self.k_hw[1]
+
+    @property
+    def group_rows(self) -> int:
+        """The patch entries of one group (the GEMM depth of the forward)."""
+        return self.rows // self.groups
+
+    @property
+    def group_outs(self) -> int:
+        return self.outs // self.groups
+
+    @property
+    def pixels(self) -> int:
+        """Output pixels per image."""
+        return self.out_hw[0] * self.out_hw[1]
+
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
 
 
 def _tap_window(stride, dilation, out_hw, i: int, j: int) -> tuple[slice, ...]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ....ops.conv import NO_PADS, Conv2D, Conv2DGradFilter, Convolution, ConvTranspose2D, Pad, PadGrad, conv_out_hw
+from ....ops.conv import Conv2D, Conv2DGradFilter, ConvGeometry, ConvTranspose2D, Pad, PadGrad
 from .. import parallel
 from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
@@ -29,70 +29,26 @@ FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads
 
 
 @dataclass(frozen=True)
-class _Geometry:
-    """Static sizes of a convolution (only the batch axis is dynamic) and its GEMM layout: a chunk of
-    images side by side, column matrix (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO).
-    With groups, group g's rows of the column matrix, of the staging matrix and of the weight are
-    contiguous blocks, so each group is one GEMM on sub-matrices."""
-
-    channels: int
-    in_hw: tuple[int, int]
-    k_hw: tuple[int, int]
-    stride: tuple[int, int]
-    outs: int
-    dtype: str
-    pads: tuple[tuple[int, int], tuple[int, int]] = NO_PADS
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
-
-    @classmethod
-    def of(cls, x_shape, w_shape, op: Convolution, dtype) -> _Geometry:
-        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
-        return cls(x_shape[1], tuple(x_shape[2:]), tuple(w_shape[2:]), op.stride, w_shape[0], np.dtype(dtype).name,
-                   op.pads, op.dilation, op.groups)  # fmt: skip
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        return conv_out_hw(self.in_hw, self.k_hw, self.stride, self.pads, self.dilation)
-
-    @property
-    def rows(self) -> int:
-        """Column-matrix rows: one per (channel, kernel row, kernel column)."""
-        return self.channels * self.k_hw[0] * self.k_hw[1]
-
-    @property
-    def group_rows(self) -> int:
-        """GEMM depth of the forward: the column-matrix rows of one group."""
-        return self.rows // self.groups
-
-    @property
-    def group_outs(self) -> int:
-        return self.outs // self.groups
-
-    @property
-    def cols(self) -> int:
-        """Columns per image: its output pixels."""
-        return self.out_hw[0] * self.out_hw[1]
+class _Geometry(ConvGeometry):
+    """A convolution's GEMM layout here: a chunk of images side by side, column matrix
+    (C*KH*KW, chunk*HO*WO), staging matrix (O, chunk*HO*WO); a group's rows of each are contiguous
+    blocks, so each group is one GEMM on sub-matrices."""
 
     @property
     def image_size(self) -> int:
         return self.channels * self.in_hw[0] * self.in_hw[1]
 
     @property
-    def itemsize(self) -> int:
-        return np.dtype(self.dtype).itemsize
-
-    @property
     def chunk(self) -> int:
         """Images per GEMM. With one, the GEMM reads and writes the NCHW images themselves; more
         need the staging matrix (copies), worth it when images are small."""
-        wanted = -(-CHUNK_COLUMNS // self.cols)
-        return max(1, min(wanted, CHUNK_BYTES // (self.rows * self.cols * self.itemsize)))
+        wanted = -(-CHUNK_COLUMNS // self.pixels)
+        return max(1, min(wanted, CHUNK_BYTES // (self.rows * self.pixels * self.itemsize)))
 
     @property
     def ld(self) -> int:
         """Row stride of the column and staging matrices."""
-        return self.chunk * self.cols
+        return self.chunk * self.pixels
 
     @property
     def matrices_size(self) -> int:
@@ -135,7 +91,7 @@ class _ConvEmitter:
         return self.at(self.k.ptr(node), self.b.mul(index, i64(size), name=f"{name}_offset"), name)
 
     def width(self, count: ir.Value) -> ir.Value:
-        return self.b.mul(count, i64(self.geo.cols), name="gemm_width")
+        return self.b.mul(count, i64(self.geo.pixels), name="gemm_width")
 
     def chunk(self, index: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Chunk `index` of the batch: (first image, images in it)."""
@@ -189,11 +145,11 @@ class _ConvEmitter:
         with for_range(b, count, "image") as j:
             with for_range(b, i64(geo.outs), "o") as o:
                 row = b.add(b.mul(j, i64(geo.outs)), o, name="image_row")
-                image_row = self.at(images, b.mul(row, i64(geo.cols)), "image_row_ptr")
-                staged = b.add(b.mul(o, i64(geo.ld)), b.mul(j, i64(geo.cols)), name="staged_row")
+                image_row = self.at(images, b.mul(row, i64(geo.pixels)), "image_row_ptr")
+                staged = b.add(b.mul(o, i64(geo.ld)), b.mul(j, i64(geo.pixels)), name="staged_row")
                 staged_row = self.at(self.staging, staged, "staged_row_ptr")
                 dst, src = (image_row, staged_row) if to_images else (staged_row, image_row)
-                b.call(memcpy, [dst, src, i64(geo.cols * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
+                b.call(memcpy, [dst, src, i64(geo.pixels * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
 
     def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False) -> None:
         """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i*dh - top, q*sw + j*dw - left],
@@ -205,7 +161,7 @@ class _ConvEmitter:
         (top, bottom), _ = geo.pads
         with for_range(b, count, "image") as n:
             image = self.image(node, b.add(first, n, name="image_index"), "image")
-            block = self.at(self.columns, b.mul(n, i64(geo.cols), name="block_offset"), "block")
+            block = self.at(self.columns, b.mul(n, i64(geo.pixels), name="block_offset"), "block")
             with for_range(b, i64(geo.channels), "c") as c:
                 with for_range(b, i64(kh), "ki") as i:
                     with for_range(b, i64(ho), "p") as p:

@@ -6,58 +6,25 @@ Replicate and reflect padding map each padded position to its source row and col
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
+from dataclasses import dataclass, replace
 
 from ....compiler.grid import Size
-from ....ops.conv import NO_PADS, Conv2D, Conv2DGradFilter, Convolution, ConvTranspose2D, Pad, PadGrad, conv_out_hw
+from ....ops.conv import Conv2D, Conv2DGradFilter, ConvGeometry, Convolution, ConvTranspose2D, Pad, PadGrad
 from ..lowering import Gemm, kernel
 from ..source import c_type, literal, size
 
 
 @dataclass(frozen=True)
-class _Geometry:
-    """Static sizes of a convolution (the number of images may be the batch) and its GEMM layout:
-    the column matrix (C*KH*KW rows, one column per output pixel of every image) and the staging
-    matrix (O rows, the same columns), both in the workspace."""
+class _Geometry(ConvGeometry):
+    """A convolution's GEMM layout here (the number of images may be the batch): the column matrix
+    (C*KH*KW rows, one column per output pixel of every image) and the staging matrix (O rows, the
+    same columns), both in the workspace."""
 
-    images: int | None  # N (None: the batch)
-    channels: int
-    in_hw: tuple[int, int]
-    k_hw: tuple[int, int]
-    stride: tuple[int, int]
-    out_hw: tuple[int, int]
-    outs: int
-    dtype: np.dtype
-    pads: tuple[tuple[int, int], tuple[int, int]] = NO_PADS
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
+    images: int | None = None  # N (None: the batch)
 
     @classmethod
     def of(cls, x_shape, w_shape, op: Convolution, dtype) -> _Geometry:
-        """The convolution of `op` on input `x_shape` (N, C, H, W) by weight `w_shape` (O, C/G, KH, KW)."""
-        in_hw, k_hw = tuple(x_shape[2:]), tuple(w_shape[2:])
-        out_hw = conv_out_hw(in_hw, k_hw, op.stride, op.pads, op.dilation)
-        return cls(x_shape[0], x_shape[1], in_hw, k_hw, tuple(op.stride), out_hw, w_shape[0], np.dtype(dtype),
-                   op.pads, op.dilation, op.groups)  # fmt: skip
-
-    @property
-    def rows(self) -> int:
-        return self.channels * self.k_hw[0] * self.k_hw[1]
-
-    @property
-    def group_rows(self) -> int:
-        """Column-matrix rows of one group (a group's rows, and its weight rows, are contiguous)."""
-        return self.rows // self.groups
-
-    @property
-    def group_outs(self) -> int:
-        return self.outs // self.groups
-
-    @property
-    def pixels(self) -> int:
-        return self.out_hw[0] * self.out_hw[1]
+        return replace(super().of(x_shape, w_shape, op, dtype), images=x_shape[0])
 
     @property
     def width(self) -> Size:
