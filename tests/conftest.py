@@ -46,6 +46,24 @@ def build_from_example(op, example, dtype: str = "float64"):
     return g, nodes, out, feeds
 
 
+def output_and_gradients(name: str, dtype: str, dims, int_dtype: str, rng: np.random.Generator):
+    """The registry example of op `name` (integer inputs as `int_dtype`) with its output and, for
+    its differentiable inputs, the gradients of sum(out * r) for a random r: (graph, output node,
+    targets, their labels, feeds). The backends' registry tests compare these with the NumPy backend."""
+    op, example = dg.ops.REGISTRY[name].example(rng, dims)
+    example.inputs = [a.astype(int_dtype) if a.dtype.kind == "i" else a for a in example.inputs]
+    g, nodes, out, feeds = build_from_example(op, example, dtype)
+    wrt = [n for n, d in zip(nodes, example.differentiable) if d]
+    targets, labels = [out], ["output"]
+    if wrt:
+        r = rng.standard_normal(np.shape(op.ref(*feeds.values()))).astype(out.dtype)
+        loss = dg.sum(out * g.input("r", out.shape, dtype=str(out.dtype)))
+        targets += list(dg.grad(loss, wrt))
+        labels += [f"d/d {n.name}" for n in wrt]
+        feeds = {**feeds, "r": r}
+    return g, out, targets, labels, feeds
+
+
 def numeric_grad(f, x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Central finite differences of the scalar function f at x, in float64 (x is restored)."""
     assert x.dtype == np.float64, "finite differences need float64"

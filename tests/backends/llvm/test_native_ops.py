@@ -10,14 +10,13 @@ import re
 
 import numpy as np
 import pytest
-from conftest import OPS_WITH_EXAMPLE, build_from_example, call
+from conftest import OPS_WITH_EXAMPLE, call, output_and_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
 from drug.backends.llvm import bounds
 
-REGISTRY = dg.ops.REGISTRY
 # ops with their own native kernel (emit_kernel) that must never run through the Python callback
 NATIVE = {
     "softmax", "softmax_cross_entropy_rows", "one_hot", "embedding", "embedding_grad",
@@ -65,27 +64,12 @@ def callbacks(fn) -> set[str]:
     return {n.op.name for k in fn.program.schedule.kernels if k.kind == "callback" for n in k.nodes}
 
 
-def with_int_dtype(example, int_dtype: str):
-    example.inputs = [a.astype(int_dtype) if a.dtype.kind == "i" else a for a in example.inputs]
-    return example
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", OPS_WITH_EXAMPLE)
 @FEW
 @given(dims=DIMS, seed=SEED, int_dtype=INT_DTYPE)
 def test_llvm_matches_numpy(name, dtype, dims, seed, int_dtype):
-    rng = np.random.default_rng(seed)
-    op, example = REGISTRY[name].example(rng, dims)
-    g, nodes, out, feeds = build_from_example(op, with_int_dtype(example, int_dtype), dtype)
-    wrt = [n for n, d in zip(nodes, example.differentiable) if d]
-    targets, labels = [out], ["output"]
-    if wrt:
-        r = rng.standard_normal(np.shape(op.ref(*feeds.values()))).astype(out.dtype)
-        loss = dg.sum(out * g.input("r", out.shape, dtype=str(out.dtype)))
-        targets += list(dg.grad(loss, wrt))
-        labels += [f"d/d {n.name}" for n in wrt]
-        feeds = {**feeds, "r": r}
+    g, _, targets, labels, feeds = output_and_gradients(name, dtype, dims, int_dtype, np.random.default_rng(seed))
     native = g.compile(outputs=targets, backend="llvm")
     reference = g.compile(outputs=targets, backend="numpy")
     assert not callbacks(native) & NATIVE, f"{sorted(callbacks(native) & NATIVE)} ran through the callback"

@@ -10,7 +10,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import OPS_WITH_EXAMPLE, build_from_example, call
+from conftest import OPS_WITH_EXAMPLE, call, output_and_gradients
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +18,6 @@ import drug as dg
 from drug.backends.opencl.lowering import refusal
 
 pytestmark = pytest.mark.usefixtures("opencl")
-REGISTRY = dg.ops.REGISTRY
 # ops with OpenCL code (scalar rules or kernels): the registry test fails if one of them is refused
 OPENCL_OPS = {
     "abs", "add", "assemble_slices", "broadcast_like", "broadcast_to", "cast", "clip", "concat", "contract_leading",
@@ -63,18 +62,7 @@ def both(g, outputs):
 def test_opencl_matches_numpy(name, dtype, dims, seed, int_dtype, opencl):
     if dtype == "float64" and not opencl.fp64:
         pytest.skip(f"{opencl.title} has no cl_khr_fp64")
-    rng = np.random.default_rng(seed)
-    op, example = REGISTRY[name].example(rng, dims)
-    example.inputs = [a.astype(int_dtype) if a.dtype.kind == "i" else a for a in example.inputs]
-    g, nodes, out, feeds = build_from_example(op, example, dtype)
-    wrt = [n for n, d in zip(nodes, example.differentiable) if d]
-    targets, labels = [out], ["output"]
-    if wrt:
-        r = rng.standard_normal(np.shape(op.ref(*feeds.values()))).astype(out.dtype)
-        loss = dg.sum(out * g.input("r", out.shape, dtype=str(out.dtype)))
-        targets += list(dg.grad(loss, wrt))
-        labels += [f"d/d {n.name}" for n in wrt]
-        feeds = {**feeds, "r": r}
+    g, out, targets, labels, feeds = output_and_gradients(name, dtype, dims, int_dtype, np.random.default_rng(seed))
     if refusal(out) is not None:  # an op without OpenCL code is refused by name, never run elsewhere
         assert name not in OPENCL_OPS, f"op '{name}' should run on OpenCL: {refusal(out)}"
         with pytest.raises(dg.GraphError, match=rf"node '{re.escape(out.label)}'.*cannot run on the opencl backend"):
