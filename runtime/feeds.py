@@ -53,6 +53,42 @@ def bind_feeds(
     return arrays, batch
 
 
+class FeedBinder:
+    """`bind_feeds` for one function's inputs, prepared once: feeds that are exactly what the
+    inputs declare (C-contiguous arrays of their dtypes and shapes) pass with a few tuple
+    comparisons; anything else takes the full check, which converts it or says what is wrong."""
+
+    def __init__(self, inputs: Sequence[Node]):
+        self.inputs = list(inputs)
+        # name, node id, dtype, declared shape, batch axis (None: a static shape)
+        self._expected = [
+            (n.name, n.id, n.dtype, n.shape, n.shape.index(None) if None in n.shape else None) for n in self.inputs
+        ]
+        self._prepared = all(n.shape.count(None) <= 1 for n in self.inputs)
+
+    def __call__(self, feeds: Mapping[str, Any], check_finite: bool) -> tuple[dict[int, np.ndarray], int | None]:
+        if check_finite or not self._prepared or len(feeds) != len(self._expected):
+            return bind_feeds(self.inputs, feeds, check_finite)
+        arrays: dict[int, np.ndarray] = {}
+        batch: int | None = None
+        for name, node_id, dtype, declared, axis in self._expected:
+            array = feeds.get(name)
+            if type(array) is not np.ndarray or array.dtype != dtype or not array.flags.c_contiguous:
+                return bind_feeds(self.inputs, feeds, check_finite)
+            shape = array.shape
+            if axis is None:
+                if shape != declared:
+                    return bind_feeds(self.inputs, feeds, check_finite)
+            elif len(shape) != len(declared) or shape[:axis] + (None,) + shape[axis + 1 :] != declared:
+                return bind_feeds(self.inputs, feeds, check_finite)
+            elif batch is None:
+                batch = shape[axis]
+            elif shape[axis] != batch:
+                return bind_feeds(self.inputs, feeds, check_finite)
+            arrays[node_id] = array
+        return arrays, batch
+
+
 def _from_python(name: str, value: Any, dtype: np.dtype) -> np.ndarray:
     """Numbers and nested lists as an array of `dtype`, refusing what would change their values:
     non-numbers (None would become NaN), floats fed to an integer input (2.7 would become 2),

@@ -29,13 +29,14 @@ from ..core.node import Node
 from ..core.program import Program
 from ..core.types import concrete_shape, format_shape
 from . import checkpoint, visualize
-from .feeds import bind_feeds
+from .feeds import FeedBinder, bind_feeds
 from .interrupts import deferred_interrupts
 from .locks import graph_lock
 from .profile import Profile, build_profile
 
 _POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
-_POOL_REFS = 3  # sys.getrefcount of a pooled array nobody else holds: pool list, comprehension, argument
+_POOL_REFS = 3  # sys.getrefcount of a pooled array nobody else holds: pool list, loop variable, argument
+_POOL_BATCHES = 16  # batch sizes whose output shapes are kept
 DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "llvm")
 PROFILE_ENV = "DRUG_PROFILE"  # 1: profile every native step, print the tables at exit; *.json: also a trace
 
@@ -61,6 +62,7 @@ class CompiledFunction:
         self.check_finite = check_finite
         self.debug_numerics = debug_numerics
         self.inputs = program.leaves(InputOp)
+        self._bind_feeds = FeedBinder(self.inputs)
         self.step_count = 0
         # optimizer state: on a device backend its newest values live on the device (core/arrays.py)
         self.state = HostArrays(program.initial_state())
@@ -74,6 +76,7 @@ class CompiledFunction:
         ]
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._output_pool: dict[int, list[np.ndarray]] = {}
+        self._output_shapes: dict[int | None, list[tuple[int, ...]]] = {}
         self._fits: set[int] = set()  # batch sizes whose memory was checked
         self._backend = backend
         self._lr = program.optimizer.lr if program.optimizer is not None else None  # as the user gave it
@@ -192,7 +195,7 @@ class CompiledFunction:
             predict(x=images[:10], out=buffer)             # into your own array
             ```
         """
-        arrays, batch = bind_feeds(self.inputs, {**(feeds or {}), **named}, self.check_finite)
+        arrays, batch = self._bind_feeds({**feeds, **named} if feeds and named else feeds or named, self.check_finite)
         first = 1 if self.program.loss is not None else 0
         targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
         if self.trains and batch == 0:
@@ -265,17 +268,23 @@ class CompiledFunction:
         """Fresh-looking output arrays for this call. An array returned earlier is reused once
         nothing outside this pool refers to it any more (its reference count says so): new memory
         costs a page fault per 4 KiB, which for large outputs costs more than computing them."""
+        shapes = self._output_shapes.get(batch)
+        if shapes is None:
+            if len(self._output_shapes) >= _POOL_BATCHES:
+                self._output_shapes.clear()
+            shapes = [concrete_shape(n.shape, batch or 0) for n in self.program.outputs[first:]]
+            self._output_shapes[batch] = shapes
         targets = []
-        for i, node in enumerate(self.program.outputs[first:]):
-            shape = concrete_shape(node.shape, batch or 0)
+        for i, shape in enumerate(shapes):
             pool = self._output_pool.setdefault(i, [])
-            free = [a for a in pool if a.shape == shape and sys.getrefcount(a) <= _POOL_REFS]
-            if free:
-                targets.append(free[0])
-                continue
-            array = np.empty(shape, node.dtype)
-            pool[:] = pool[-(_POOL_SIZE - 1) :] + [array]
-            targets.append(array)
+            for array in pool:
+                if array.shape == shape and sys.getrefcount(array) <= _POOL_REFS:
+                    targets.append(array)
+                    break
+            else:
+                array = np.empty(shape, self.program.outputs[first + i].dtype)
+                pool[:] = pool[-(_POOL_SIZE - 1) :] + [array]
+                targets.append(array)
         return targets
 
     def _deliver(self, results: list[np.ndarray], targets: list | None) -> list[np.ndarray]:

@@ -47,7 +47,7 @@ from .scalar import ScalarEmitter
 
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
-GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM (OpenBLAS's own rule)
+GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
 # columns of this multiple (each block packs the other operand again: not too small)
 GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
@@ -143,7 +143,7 @@ class KernelContext:
         size = b.mul(b.mul(m, n), k, name="gemm.size")
         by_rows = b.icmp_unsigned(">=", m, n, name="gemm.by_rows")
         extent = b.select(by_rows, m, n, name="gemm.extent")
-        chunk, tasks = parallel.split(b, extent, size, GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN)
+        chunk, tasks = parallel.split(b, extent, size, GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN, min_tasks=2)
         big = b.icmp_unsigned(">=", size, i64(GEMM_SPLIT_MIN), name="gemm.big")
         tasks = b.select(big, tasks, i64(1), name="gemm.tasks")
         chunk = b.select(big, chunk, extent, name="gemm.chunk")

@@ -3,8 +3,10 @@ per step (ctypes releases the GIL meanwhile) and runs Python callbacks for ops w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -33,12 +35,13 @@ from .irutil import (
     STATUS_OUT_OF_MEMORY,
 )
 from .jit import compile_module, host_cpu
-from .lowering import user_code
+from .lowering import user_code, uses_blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
 MAX_BINDINGS = 4  # arenas kept, one per recently used batch size
 MAX_PROFILED_STEPS = 10_000  # spans kept by a profiling build (24 bytes per kernel per step)
+REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array instead
 
 
 def warm_up() -> None:
@@ -70,6 +73,15 @@ class Binding:
             self.arrays[buffer.slot] = array
             self.table[buffer.slot] = array.ctypes.data
         self.table_address = self.table.ctypes.data
+        self.arena = dict(self.arrays)
+        # each output as the caller sees it: arena views stay valid while the binding lives (None:
+        # an input fed through, viewed anew on every call)
+        self.outputs = [
+            executor.view(self, n) if executor.schedule.slot(n) in self.arena else None
+            for n in executor.program.outputs
+        ]
+        # (slot, shape, dtype) of the outputs a caller's array of that shape may replace in the arena
+        self.redirectable = [executor.redirectable(n, batch) for n in executor.program.outputs]
 
 
 class NativeExecutor(Executor):
@@ -102,7 +114,8 @@ class NativeExecutor(Executor):
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
-        self._blas_context = blas.one_thread()  # the pool shares GEMMs out; with one thread, so does BLAS
+        # the pool shares GEMMs out, each task calling BLAS on one thread
+        self._blas_context = blas.one_thread() if _calls_blas(self.schedule) else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
             sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
@@ -111,7 +124,9 @@ class NativeExecutor(Executor):
         self.persistent = self._persistent_arrays()
         slot_of_input = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
         self.input_slots = [(slot_of_input[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of_input]
+        self._outputs_in_arena = not {self.schedule.slot(n) for n in program.outputs} & set(slot_of_input.values())
         self._bindings: dict[int, Binding] = {}
+        self._last_binding: Binding | None = None
         self._current: Binding | None = None
         self._error: BaseException | None = None
         if os.environ.get("DRUG_DEBUG", "0") >= "2":
@@ -140,30 +155,27 @@ class NativeExecutor(Executor):
     def run(self, feeds: dict[int, np.ndarray], batch: int | None, out: list | None = None) -> list[np.ndarray]:
         """Run the step; outputs are views of the arena, except those written straight into
         the matching caller arrays in `out` (aligned with the program's outputs)."""
-        batch = batch or 0
-        binding = self._bindings.pop(batch, None) or Binding(self, batch)
-        self._bindings[batch] = binding  # most recently used last
-        if len(self._bindings) > MAX_BINDINGS:  # many batch sizes: keep the arenas of the recent ones
-            del self._bindings[next(iter(self._bindings))]
+        binding = self._binding(batch or 0)
+        table = binding.table
         for slot, node_id in self.input_slots:
             array = feeds[node_id]
             binding.arrays[slot] = array
-            binding.table[slot] = array.ctypes.data
-        redirected = self._redirect_outputs(binding, out or [])
-        arena_arrays = {slot: binding.arrays[slot] for slot in redirected}
+            table[slot] = data_address(array)
+        redirected = self._redirect_outputs(binding, out) if out else {}
+        arena_addresses = {slot: table[slot] for slot in redirected}
         for slot, (_, target) in redirected.items():  # callbacks and views must see the caller's array too
-            binding.arrays[slot] = target.reshape(arena_arrays[slot].shape)
-            binding.table[slot] = target.ctypes.data
+            binding.arrays[slot] = target.reshape(binding.arrays[slot].shape)
+            table[slot] = data_address(target)
         self._current = binding
         before = self._snapshot() if self.instrument == "numerics" else None
         try:
             if self._clock is not None:
                 self._clock[...] = 0  # kernels a failed step did not reach stay at 0
             with self._blas_context:
-                status = self._step(binding.table_address, batch, self._runtime_address)
+                status = self._step(binding.table_address, binding.batch, self._runtime_address)
             if self._clock is not None:
                 self.spans.append(self._clock.copy())
-                self.last_batch = batch
+                self.last_batch = binding.batch
                 del self.spans[:-MAX_PROFILED_STEPS]
             if status:
                 if before is not None:  # a kernel may have updated a parameter in place already
@@ -172,17 +184,32 @@ class NativeExecutor(Executor):
                 if status == STATUS_NOT_FINITE:
                     raise self._non_finite(binding)
                 self._raise(status, binding)
+            if not redirected and self._outputs_in_arena:
+                return binding.outputs
             return [
-                redirected[slot][1] if redirected.get(slot, (None,))[0] == i else self.view(binding, n)
+                redirected[slot][1] if redirected.get(slot, (None,))[0] == i
+                else self.view(binding, n) if slot in redirected or binding.outputs[i] is None
+                else binding.outputs[i]
                 for i, (n, slot) in enumerate((n, self.schedule.slot(n)) for n in self.program.outputs)
-            ]
+            ]  # fmt: skip
         finally:
             self._current = None
-            for slot, array in arena_arrays.items():
-                binding.arrays[slot] = array
-                binding.table[slot] = array.ctypes.data
+            for slot, address in arena_addresses.items():
+                binding.arrays[slot] = binding.arena[slot]
+                table[slot] = address
             for slot, _ in self.input_slots:  # do not keep the caller's arrays alive until the next call
                 binding.arrays.pop(slot, None)
+
+    def _binding(self, batch: int) -> Binding:
+        """The buffers for this batch size, the most recently used kept last."""
+        binding = self._bindings.get(batch)
+        if binding is not None and binding is self._last_binding:
+            return binding
+        binding = self._bindings.pop(batch, None) or Binding(self, batch)
+        self._bindings[batch] = self._last_binding = binding
+        if len(self._bindings) > MAX_BINDINGS:  # many batch sizes: keep the arenas of the recent ones
+            del self._bindings[next(iter(self._bindings))]
+        return binding
 
     def _snapshot(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(live array, copy) of every parameter and state buffer the step updates."""
@@ -235,22 +262,31 @@ class NativeExecutor(Executor):
         node = numerics.first_non_finite(outputs, value_native) or kernel.outputs[0]
         return numerics.non_finite_error(node, value_native, self.program, where)
 
+    def redirectable(self, node: Node, batch: int) -> tuple[int, tuple[int, ...], np.dtype] | None:
+        """(slot, shape, dtype) when a caller's array of that shape may stand in for the output's
+        arena buffer: a temporary stored untransposed, big enough that binding the caller's array
+        costs less than copying the output into it."""
+        slot = self.schedule.slot(node)
+        shape = concrete_shape(node.shape, batch)
+        big = math.prod(shape) * node.dtype.itemsize >= REDIRECT_MIN_BYTES
+        if self.schedule.buffers[slot].kind == "temp" and node.id not in self.schedule.transposed and big:
+            return slot, shape, node.dtype
+        return None
+
     def _redirect_outputs(self, binding: Binding, out: list) -> dict[int, tuple[int, np.ndarray]]:
         """Output slots to point at caller arrays that fit exactly (saves a copy of each output):
         slot -> (index of the output, array). Other outputs sharing the slot (an alias, a common
         subexpression) are read from that array."""
         redirected: dict[int, tuple[int, np.ndarray]] = {}
-        for index, (node, target) in enumerate(zip(self.program.outputs, out)):
-            slot = self.schedule.slot(node)
-            buffer = self.schedule.buffers[slot]
+        for index, (spec, target) in enumerate(zip(binding.redirectable, out)):
+            if spec is None or not isinstance(target, np.ndarray):
+                continue
+            slot, shape, dtype = spec
             fits = (
-                isinstance(target, np.ndarray)
-                and buffer.kind == "temp"
-                and node.id not in self.schedule.transposed
+                target.shape == shape
+                and target.dtype == dtype
                 and target.flags.c_contiguous
                 and target.flags.writeable
-                and target.dtype == node.dtype
-                and target.shape == concrete_shape(node.shape, binding.batch)
                 and slot not in redirected
             )
             if fits:
@@ -351,6 +387,18 @@ def _probe(instrument: str | None, schedule: Schedule, threaded: bool) -> probes
     if instrument == "numerics":
         return probes.FiniteCheck(schedule)
     raise ValueError(f"unknown instrument {instrument!r}; use 'profile' or 'numerics'")
+
+
+def data_address(array: np.ndarray) -> int:
+    """Where the array's first element is: through ctypes' buffer view for a writable array (faster
+    than numpy's `.ctypes`, which builds an object per call), else through `.ctypes`."""
+    if array.flags.writeable and array.nbytes:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    return array.ctypes.data
+
+
+def _calls_blas(schedule: Schedule) -> bool:
+    return any(uses_blas(node) for kernel in schedule.kernels for node in kernel.nodes)
 
 
 def _all_nodes(program: Program) -> Iterator[Node]:

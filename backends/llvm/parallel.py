@@ -57,12 +57,15 @@ def unpack_frame(b: ir.IRBuilder, frame: ir.Value, types: list[ir.Type]) -> list
     return [b.inttoptr(w, PTR) if t == PTR else w for w, t in zip(words, types)]
 
 
-def split(b: ir.IRBuilder, extent: ir.Value, work: ir.Value, task_work: int, max_tasks: int, align: int):
-    """Cut 0..extent into tasks of about `task_work` units of `work` each, at most `max_tasks`
-    of them, each a multiple of `align` long (but the last): returns (chunk, tasks)."""
+def split(
+    b: ir.IRBuilder, extent: ir.Value, work: ir.Value, task_work: int, max_tasks: int, align: int, min_tasks: int = 1
+):
+    """Cut 0..extent into tasks of about `task_work` units of `work` each, at least `min_tasks`
+    and at most `max_tasks` of them, each a multiple of `align` long (but the last): returns
+    (chunk, tasks)."""
     wanted = b.udiv(work, i64(task_work), name="tasks_wanted")
     wanted = b.select(b.icmp_unsigned(">", wanted, i64(max_tasks)), i64(max_tasks), wanted)
-    wanted = b.select(b.icmp_unsigned("<", wanted, i64(1)), i64(1), wanted, name="tasks_capped")
+    wanted = b.select(b.icmp_unsigned("<", wanted, i64(min_tasks)), i64(min_tasks), wanted, name="tasks_capped")
     chunk = b.udiv(b.add(extent, b.sub(wanted, i64(1))), wanted, name="chunk")
     if align > 1:
         chunk = b.mul(b.udiv(b.add(chunk, i64(align - 1)), i64(align)), i64(align), name="chunk_aligned")

@@ -26,11 +26,14 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_WORKERS 255
 #define MAX_TASKS (1u << 30)
-/* After a thread was preempted (another process wanted its core), it spins only
+/* After a thread was preempted often (other processes want its core), it spins only
    `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
    that the thread it waits for (or the other process) needs, and a sleeping one is woken with
-   priority when its work arrives. */
+   priority when its work arrives. "Often" is CONTENDED_PREEMPTIONS within CONTENDED_FOR_NS: an
+   idle machine preempts a busy thread now and then too (kernel threads, timers), and a worker
+   that sleeps after every job misses short jobs, whose callers then run every task alone. */
 #define CONTENDED_FOR_NS 100000000
+#define CONTENDED_PREEMPTIONS 8
 
 typedef void (*drug_task)(void *data, int64_t task);
 
@@ -54,7 +57,9 @@ static struct {
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int inside_task; /* jobs started from a task run there, on their caller */
-static _Thread_local long preemptions;   /* this thread's involuntary context switches so far */
+static _Thread_local long preemptions = -1; /* this thread's involuntary context switches so far */
+static _Thread_local long window_preemptions; /* ... since window_start */
+static _Thread_local int64_t window_start;
 static _Thread_local int64_t contended_until;
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 
@@ -80,14 +85,20 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* How long this thread may spin: `budget_ns`, or a little if it was preempted lately. */
+/* How long this thread may spin: `budget_ns`, or a little if it was preempted often lately. */
 static int64_t spin_budget(int64_t budget_ns) {
     struct rusage usage;
     if (getrusage(RUSAGE_THREAD, &usage) != 0) return budget_ns;
     int64_t now = now_ns();
+    if (preemptions < 0) preemptions = usage.ru_nivcsw; /* the first look: what came before does not count */
     if (usage.ru_nivcsw != preemptions) {
+        if (now - window_start > CONTENDED_FOR_NS) {
+            window_start = now;
+            window_preemptions = 0;
+        }
+        window_preemptions += usage.ru_nivcsw - preemptions;
         preemptions = usage.ru_nivcsw;
-        contended_until = now + CONTENDED_FOR_NS;
+        if (window_preemptions >= CONTENDED_PREEMPTIONS) contended_until = now + CONTENDED_FOR_NS;
     }
     return now < contended_until && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
 }
