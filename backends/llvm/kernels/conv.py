@@ -26,6 +26,8 @@ CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small image
 CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the GEMM reads it) in cache
 PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of planes
 FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
+BANDS_PER_THREAD = 2  # a small batch's images are cut into bands of output rows: tasks per thread
+BAND_MIN_WORK = 1 << 20  # multiply-adds of a band at least (its GEMM packs the filter again)
 
 
 @dataclass(frozen=True)
@@ -151,20 +153,22 @@ class _ConvEmitter:
                 dst, src = (image_row, staged_row) if to_images else (staged_row, image_row)
                 b.call(memcpy, [dst, src, i64(geo.pixels * geo.itemsize), ir.Constant(ir.IntType(1), 0)])
 
-    def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False) -> None:
+    def im2col(self, node, first: ir.Value, count: ir.Value, adjoint: bool = False, rows=None) -> None:
         """columns[(c, i, j), (n, p, q)] = node[first + n, c, p*sh + i*dh - top, q*sw + j*dw - left],
         zero where that pixel is padding; the adjoint (col2im) adds the columns back into the
         images instead (padding takes nothing). Kernel columns j are unrolled, so the padded ends
-        of each row segment are known statically and the copy in between has no test."""
+        of each row segment are known statically and the copy in between has no test. `rows`:
+        only output rows p in [lo, hi) (a band of one image), else all of them."""
         b, geo = self.b, self.geo
         h, (kh, kw), sh, dh, (ho, wo) = geo.in_hw[0], geo.k_hw, geo.stride[0], geo.dilation[0], geo.out_hw
         (top, bottom), _ = geo.pads
+        lo, hi = rows or (i64(0), i64(ho))
         with for_range(b, count, "image") as n:
             image = self.image(node, b.add(first, n, name="image_index"), "image")
             block = self.at(self.columns, b.mul(n, i64(geo.pixels), name="block_offset"), "block")
             with for_range(b, i64(geo.channels), "c") as c:
                 with for_range(b, i64(kh), "ki") as i:
-                    with for_range(b, i64(ho), "p") as p:
+                    with for_range(b, hi, "p", start=lo) as p:
                         y = b.sub(b.add(b.mul(p, i64(sh)), b.mul(i, i64(dh))), i64(top), name="y")
                         for j in range(kw):
                             row = b.add(b.mul(b.add(b.mul(c, i64(kh)), i), i64(kw)), i64(j), name="column_row")
@@ -296,23 +300,45 @@ def _conv_workspace(node):
     return _Geometry.of(x.shape, w.shape, node.op, node.dtype).workspace()
 
 
+def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> ir.Value:
+    """Bands of output rows each image is cut into: one when there are images enough for every
+    thread, else enough bands for BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK
+    at least), so that a small batch's convolution still runs on every core."""
+    most = min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // BAND_MIN_WORK)
+    if geo.chunk > 1 or most < 2:  # small images go side by side instead; small work stays whole
+        return i64(1)
+    wanted = BANDS_PER_THREAD * thread_count()
+    few = b.icmp_unsigned("<", images, i64(wanted), name="few_images")
+    some = b.icmp_unsigned(">", images, i64(0))
+    per_image = b.udiv(i64(wanted), b.select(b.and_(few, some), images, i64(wanted)), name="bands_wanted")
+    return b.select(b.icmp_unsigned(">", per_image, i64(most)), i64(most), per_image, name="bands")
+
+
 @kernel(Conv2D, workspace=_conv_workspace, uses_blas=True)
 def _conv2d(k, node):
-    """Per chunk of images: im2col side by side, then per group one GEMM
-    out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
+    """Per chunk of images (or band of output rows of one image): im2col side by side, then per
+    group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
     x, w = node.inputs
     geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
-    with k.tasks(geo.chunk_count(k.b, k.dims(x)[0]), "chunk") as (t, index):
+    bands = _bands(k.b, geo, k.dims(x)[0])
+    with k.tasks(k.b.mul(geo.chunk_count(k.b, k.dims(x)[0]), bands), "chunk") as (t, index):
+        b = t.b
         e = _ConvEmitter(t, node, geo, t.dims(x)[0])
-        first, count = e.chunk(index)
-        e.im2col(x, first, count)
+        bands = _bands(b, geo, t.dims(x)[0])
+        first, count = e.chunk(b.udiv(index, bands, name="chunk_index"))
+        band = b.urem(index, bands, name="band")
+        ho, wo = geo.out_hw
+        lo = b.udiv(b.mul(band, i64(ho)), bands, name="lo")
+        hi = b.udiv(b.mul(b.add(band, i64(1)), i64(ho)), bands, name="hi")
+        e.im2col(x, first, count, rows=(lo, hi))
+        columns = b.mul(lo, i64(wo), name="band_columns")  # 0 unless the image is cut into bands
         out = e.image(node, first, "out")
         product = out if e.staging is None else e.staging
         with e.groups() as block:
-            e.gemm(False, False, geo.group_outs, e.width(count), geo.group_rows,
+            e.gemm(False, False, geo.group_outs, b.mul(b.sub(hi, lo), b.mul(count, i64(wo))), geo.group_rows,
                    block(t.ptr(w), geo.group_outs * geo.group_rows, "w_group"), geo.group_rows,
-                   block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
-                   block(product, geo.group_outs * geo.ld, "out_group"))  # fmt: skip
+                   e.at(block(e.columns, geo.group_rows * geo.ld, "columns_group"), columns, "band_in"), geo.ld,
+                   e.at(block(product, geo.group_outs * geo.ld, "out_group"), columns, "band_out"))  # fmt: skip
         if e.staging is not None:
             e.restage(out, count, to_images=True)
 

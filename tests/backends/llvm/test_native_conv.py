@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.backends.llvm.kernels.conv import _Geometry
+from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, _Geometry
 from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, ConvTranspose2D, Pad, PadGrad, same_pads
 
 NATIVE_OPS = (Conv2D, ConvTranspose2D, Conv2DGradFilter, Pad, PadGrad)
@@ -112,6 +112,26 @@ def test_conv_chunking(n, hw, k_hw, stride, layout, mode):
     chunk = _Geometry.of(conv.inputs[0].shape, (3, 2) + k_hw, conv.op, "float64").chunk
     assert chunk == 1 if layout == "in place" else 1 < chunk < n and n % chunk
     check_against_reference(g, outputs, feeds, "float64")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 9])
+@pytest.mark.parametrize("stride, dilation, groups, padding", [(1, 1, 1, "same"), (2, 1, 2, "valid"), (1, 2, 4, 2)])
+def test_conv_of_a_small_batch_in_bands(n, stride, dilation, groups, padding):
+    """A batch with fewer images than tasks wanted cuts each image into bands of output rows (one
+    task each: its rows' im2col and GEMM); every band, group and stride lands where it should."""
+    g = dg.Graph(dtype="float32")
+    x = g.input("x", (None, 16, 48, 49))
+    w = g.input("w", (32, 16 // groups, 3, 3))
+    y = dg.conv2d(x, w, stride=stride, dilation=dilation, groups=groups, padding=padding)
+    geo = _Geometry.of(x.shape, w.shape, y.op, "float32")
+    assert geo.chunk == 1 and min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // BAND_MIN_WORK) >= 2
+    rng = np.random.default_rng(n)
+    feeds = {"x": rng.standard_normal((n, 16, 48, 49)).astype(np.float32)}
+    feeds["w"] = rng.standard_normal(w.shape).astype(np.float32)
+    native, reference = (g.compile(outputs=y, backend=b) for b in ("llvm", "numpy"))
+    scale = reference(x=np.abs(feeds["x"]), w=np.abs(feeds["w"]))
+    error = np.abs(native(**feeds).astype(np.float64) - reference(**feeds))
+    assert np.all(error <= TOLERANCE["float32"] * scale)
 
 
 def test_conv_with_a_static_batch_axis():
