@@ -37,6 +37,7 @@ from .profile import Profile, build_profile
 _POOL_SIZE = 3  # output arrays kept per output: the caller usually holds the previous one
 _POOL_REFS = 3  # sys.getrefcount of a pooled array nobody else holds: pool list, loop variable, argument
 _POOL_BATCHES = 16  # batch sizes whose output shapes are kept
+_POOL_MIN_BYTES = 1 << 16  # smaller outputs are fresh copies: allocating them costs no page faults
 DEFAULT_BACKEND = os.environ.get("DRUG_BACKEND", "llvm")
 PROFILE_ENV = "DRUG_PROFILE"  # 1: profile every native step, print the tables at exit; *.json: also a trace
 
@@ -264,18 +265,24 @@ class CompiledFunction:
             direct.append(None if any(np.may_share_memory(target, other) for other in others) else target)
         return direct
 
-    def _recycled_outputs(self, batch: int | None, first: int) -> list[np.ndarray]:
-        """Fresh-looking output arrays for this call. An array returned earlier is reused once
-        nothing outside this pool refers to it any more (its reference count says so): new memory
-        costs a page fault per 4 KiB, which for large outputs costs more than computing them."""
+    def _recycled_outputs(self, batch: int | None, first: int) -> list[np.ndarray | None]:
+        """Fresh-looking arrays for this call's large outputs (None for a small one: a copy made
+        after the step costs less). An array returned earlier is reused once nothing outside this
+        pool refers to it any more (its reference count says so): new memory costs a page fault
+        per 4 KiB, which for large outputs costs more than computing them."""
         shapes = self._output_shapes.get(batch)
         if shapes is None:
             if len(self._output_shapes) >= _POOL_BATCHES:
                 self._output_shapes.clear()
-            shapes = [concrete_shape(n.shape, batch or 0) for n in self.program.outputs[first:]]
+            outputs = self.program.outputs[first:]
+            shapes = [concrete_shape(n.shape, batch or 0) for n in outputs]
+            shapes = [s if math.prod(s) * n.dtype.itemsize >= _POOL_MIN_BYTES else None for s, n in zip(shapes, outputs)]
             self._output_shapes[batch] = shapes
-        targets = []
+        targets: list[np.ndarray | None] = []
         for i, shape in enumerate(shapes):
+            if shape is None:
+                targets.append(None)
+                continue
             pool = self._output_pool.setdefault(i, [])
             for array in pool:
                 if array.shape == shape and sys.getrefcount(array) <= _POOL_REFS:
@@ -288,20 +295,26 @@ class CompiledFunction:
         return targets
 
     def _deliver(self, results: list[np.ndarray], targets: list | None) -> list[np.ndarray]:
-        """Copies of the outputs (the executor's arrays are reused by the next call), or the
-        caller's `out` arrays, filled (the native executor may have written them directly)."""
+        """The outputs in the `targets` arrays (the caller's `out`, or recycled ones), filled unless
+        the native executor wrote them directly; copies of the others (the executor's arrays are
+        reused by the next call)."""
         if targets is None:
-            return [np.array(r, copy=True) for r in results]
-        if len(targets) != len(results):
+            targets = [None] * len(results)
+        elif len(targets) != len(results):
             raise GraphError(f"out= has {len(targets)} arrays for {len(results)} outputs")
+        values = []
         for target, result in zip(targets, results):
+            if target is None:
+                values.append(np.array(result, copy=True))
+                continue
             if target.shape != result.shape or target.dtype != result.dtype:
                 raise ShapeError(
                     f"out= array is {target.shape} {target.dtype}, the output is {result.shape} {result.dtype}"
                 )
             if result is not target:
                 np.copyto(target, result)
-        return targets
+            values.append(target)
+        return values
 
     @property
     def kernel_count(self) -> int:

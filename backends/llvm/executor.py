@@ -82,6 +82,7 @@ class Binding:
         ]
         # (slot, shape, dtype) of the outputs a caller's array of that shape may replace in the arena
         self.redirectable = [executor.redirectable(n, batch) for n in executor.program.outputs]
+        self.redirects = any(spec is not None for spec in self.redirectable)
 
 
 class NativeExecutor(Executor):
@@ -161,7 +162,7 @@ class NativeExecutor(Executor):
             array = feeds[node_id]
             binding.arrays[slot] = array
             table[slot] = data_address(array)
-        redirected = self._redirect_outputs(binding, out) if out else {}
+        redirected = self._redirect_outputs(binding, out) if out and binding.redirects else {}
         arena_addresses = {slot: table[slot] for slot in redirected}
         for slot, (_, target) in redirected.items():  # callbacks and views must see the caller's array too
             binding.arrays[slot] = target.reshape(binding.arrays[slot].shape)
