@@ -276,7 +276,8 @@ class CompiledFunction:
                 self._output_shapes.clear()
             outputs = self.program.outputs[first:]
             shapes = [concrete_shape(n.shape, batch or 0) for n in outputs]
-            shapes = [s if math.prod(s) * n.dtype.itemsize >= _POOL_MIN_BYTES else None for s, n in zip(shapes, outputs)]
+            big = [math.prod(s) * n.dtype.itemsize >= _POOL_MIN_BYTES for s, n in zip(shapes, outputs)]
+            shapes = [s if pooled else None for s, pooled in zip(shapes, big)]
             self._output_shapes[batch] = shapes
         targets: list[np.ndarray | None] = []
         for i, shape in enumerate(shapes):
