@@ -125,7 +125,8 @@ class NativeExecutor(Executor):
         self.persistent = self._persistent_arrays()
         slot_of_input = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
         self.input_slots = [(slot_of_input[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of_input]
-        self._outputs_in_arena = not {self.schedule.slot(n) for n in program.outputs} & set(slot_of_input.values())
+        # outputs that are inputs fed through are viewed anew on every call (see Binding.outputs)
+        self._outputs_prepared = not {self.schedule.slot(n) for n in program.outputs} & set(slot_of_input.values())
         self._bindings: dict[int, Binding] = {}
         self._last_binding: Binding | None = None
         self._current: Binding | None = None
@@ -185,7 +186,7 @@ class NativeExecutor(Executor):
                 if status == STATUS_NOT_FINITE:
                     raise self._non_finite(binding)
                 self._raise(status, binding)
-            if not redirected and self._outputs_in_arena:
+            if not redirected and self._outputs_prepared:
                 return binding.outputs
             return [
                 redirected[slot][1] if redirected.get(slot, (None,))[0] == i
