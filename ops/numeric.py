@@ -266,14 +266,15 @@ def rsqrt(x: Operand) -> Node:
 
 
 _NATIVE = (
-    "\n\n    Native float32 code computes in double precision: within 0.502 ulp of the exact value\n"
+    "\n\n    Native float32 code computes in double precision: within 0.501 ulp of the exact value\n"
     "    for every float32 input (checked exhaustively)."
 )
 erf.__doc__ = _unary_doc(
     "The error function, 2/sqrt(pi) times the integral of exp(-t^2) from 0 to x.",
     "erf",
     "array([[-0.8427008,  0.       ,  0.9953223]], dtype=float32)",
-    _NATIVE,
+    "\n\n    Native float32 code computes in float32 (twice the lanes of double): within 0.994 ulp of\n"
+    "    the exact value for every float32 input (checked exhaustively).",
 )
 sin.__doc__ = _unary_doc(
     "The sine of x (radians), for every finite x (full-range argument reduction).",

@@ -15,14 +15,14 @@ Methods (the classic Cephes/SLEEF/fdlibm structure, written for SIMD):
   free of overflow; the sign is put back with copysign.
 - sigmoid: e = exp(-|x|) never overflows; 1/(1+e) for x >= 0, e/(1+e) for x < 0.
 - expm1: exp's reduction, then 2^n * p + (2^n - 1), relatively accurate for tiny x.
-- erf, sin, cos, pow are computed in double precision (for float32 too, rounded once at the end).
-  erf: the odd Taylor series below 1, Taylor series around the centers of unit intervals up to
-  its limit, +-1 beyond. sin, cos: x = (n + f) * pi/2 reduced for any finite x (Payne-Hanek
+- sin, cos, pow are computed in double precision (for float32 too, rounded once at the end).
+  erf: an odd series below 1, polynomials around the centers of unit intervals up to its limit,
+  +-1 beyond (float32 in float32: fitted polynomials, the last step rounded once). sin, cos: x = (n + f) * pi/2 reduced for any finite x (Payne-Hanek
   style: 2/pi in 53-bit chunks, double-double sums), Taylor polynomials of sin r and cos r, the
   sign from the quadrant n mod 4. pow: exp(y log|x|) with NumPy's special cases.
 
-All polynomial coefficients are exact Taylor coefficients (1/k!, 2/(2k+1)) rounded to the working
-precision; the number of terms is chosen so the truncation error stays below a quarter ulp on the
+All polynomial coefficients but float32 erf's are exact Taylor coefficients (1/k!, 2/(2k+1))
+rounded to the working precision; the number of terms is chosen so the truncation error stays below a quarter ulp on the
 reduced interval. Special values match NumPy: exp(inf)=inf, exp(-inf)=0, log(0)=-inf, log(x<0)=nan,
 log(inf)=inf, tanh(+-inf)=+-1, sigmoid(+-inf)=1/0, NaN in -> NaN out. Subnormal results are not
 flushed: exp scales by 2^n in two steps, so exp(x) underflows gradually like libm (it only returns
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import struct
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -305,24 +306,24 @@ def _in_double(function):
     return wrapped
 
 
-# erf: |x| < 1 from the odd Taylor series erf(x) = x * sum_k c_k (x^2)^k, c_k = 2/sqrt(pi) (-1)^k /
-# (k! (2k + 1)); 1 <= |x| < LIMIT from Taylor series around the centers of unit intervals, with
-# the exact coefficients erf^(n)(c) / n! = 2/sqrt(pi) (-1)^(n-1) H_{n-1}(c) e^(-c^2) / n! (H the
-# Hermite polynomials, computed in exact rational arithmetic); beyond LIMIT erf rounds to +-1.
-# Each piece has enough terms that its truncation error is below 2^-32 (float32, evaluated in
-# double) or 2^-54 (float64) relative, measured on a fine grid.
+# erf: |x| < 1 from the odd series erf(x) = x * P(x^2); 1 <= |x| < LIMIT from polynomials in
+# u = |x| - c around the centers c of unit intervals; beyond LIMIT erf rounds to +-1.
+# float64: P's exact Taylor coefficients c_k = 2/sqrt(pi) (-1)^k / (k! (2k + 1)), and around the
+# centers the exact Taylor coefficients erf^(n)(c) / n! = 2/sqrt(pi) (-1)^(n-1) H_{n-1}(c) e^(-c^2)
+# / n! (H the Hermite polynomials, computed in exact rational arithmetic), each piece with enough
+# terms that its truncation error is below 2^-54 relative, measured on a fine grid.
+# float32: evaluated in float32 (16 lanes per AVX-512 vector where double would take 8, and fewer
+# terms) from least-squares fits on 400 Chebyshev nodes of each interval, in float64 (numpy's
+# polyfit, weights 1/|erf|), whose relative error is below 2.1e-9 (2^-28.8) on a fine grid, so
+# that the float32 rounding of the evaluation is what is left.
 @dataclass(frozen=True)
 class _ErfPieces:
-    odd_terms: int
     centers: tuple[float, ...]
-    terms: tuple[int, ...]  # per center
+    tables: tuple[tuple[float, ...], ...]  # the odd series' coefficients, then one table per center
 
     @property
     def limit(self) -> float:
         return self.centers[-1] + 0.5
-
-
-_ERF = {_F32: _ErfPieces(12, (1.5, 2.5, 3.5), (15, 14, 13)), _F64: _ErfPieces(19, (1.5, 2.5, 3.5, 4.5, 5.5), (22,) * 5)}
 
 
 def _erf_odd_coefficients(terms: int) -> tuple[float, ...]:
@@ -346,16 +347,41 @@ def _erf_taylor_coefficients(center: float, terms: int) -> tuple[float, ...]:
     return tuple(coefficients)
 
 
-@_in_double
-def _erf(ops: _Ops, target: _Precision, x: ir.Value) -> ir.Value:
+@functools.cache
+def _erf_pieces(target: _Precision) -> _ErfPieces:
+    if target is _F64:
+        centers = (1.5, 2.5, 3.5, 4.5, 5.5)
+        tables = (_erf_odd_coefficients(19),) + tuple(_erf_taylor_coefficients(c, 22) for c in centers)
+        return _ErfPieces(centers, tables)
+    return _ErfPieces((1.5, 2.5, 3.5), _ERF_FLOAT32_FITS)
+
+
+_ERF_FLOAT32_FITS = (
+    (1.1283791656893227, -0.3761262556739916, 0.11283582247992215, -0.02685369109969131,
+     0.005188098889363052, -0.0008008189322875876, 7.847259126165183e-05),
+    (0.9661051463909367, 0.11893028673491991, -0.1783954163320903, 0.1387522046323211, -0.044599451248960864,
+     -0.014870810275316058, 0.01933344865610714, -0.004701337922231746, -0.002401968508016874,
+     0.001540724783177565),
+    (0.9995930481178115, 0.002178318042784333, -0.005445737569004963, 0.008348284482217947,
+     -0.008621509315574457, 0.006143388028808476, -0.0028082740557721425, 0.0004030272515448438,
+     0.00030643854930746136),
+    (0.9999992580237069, 5.397294314795765e-06, -1.9041022607389623e-05, 4.240916974389176e-05,
+     -6.487727886362891e-05, 8.048139714260459e-05, -9.566444012978192e-05, 6.689077378275222e-05),
+)  # fmt: skip
+
+
+def _erf(ops: _Ops, x: ir.Value) -> ir.Value:
     """erf: one Horner chain whose coefficients each lane picks by its piece (selects, no
-    branches), then the sign of x; NaN stays NaN, +-inf give +-1, -0.0 gives -0.0."""
-    b, pieces = ops.b, _ERF[target]
+    branches), then the sign of x; NaN stays NaN, +-inf give +-1, -0.0 gives -0.0.
+
+    float32 rounds where float64 has bits to spare, so its last step is arranged to round once
+    on a small correction: x + x*(P(x^2) - 1) below 1 (P - 1 is at most 0.16 there), and
+    hi + (lo + u*Q(u)) around the centers, where hi + lo is the constant term erf(c) in two
+    floats (rounded to one float it would be off by up to half an ulp by itself)."""
+    b, pieces = ops.b, _erf_pieces(ops.p)
     a = ops.intrinsic("llvm.fabs", x, label="erf.a")
-    tables = [_erf_odd_coefficients(pieces.odd_terms)]
-    tables += [_erf_taylor_coefficients(c, n) for c, n in zip(pieces.centers, pieces.terms)]
-    length = max(len(t) for t in tables)
-    tables = [t + (0.0,) * (length - len(t)) for t in tables]
+    length = max(len(t) for t in pieces.tables)
+    tables = [t + (0.0,) * (length - len(t)) for t in pieces.tables]
     # piece i holds a < bounds[i]; the last one takes the rest (NaN included)
     below = [ops.less(a, 1.0 + i, label=f"erf.below{i + 1}") for i in range(len(tables) - 1)]
 
@@ -368,11 +394,24 @@ def _erf(ops: _Ops, target: _Precision, x: ir.Value) -> ir.Value:
     center = pick([0.0] + list(pieces.centers), "erf.center")
     u = ops.select(below[0], b.fmul(a, a, name="erf.z"), b.fsub(a, center, name="erf.u0"), label="erf.u")
     acc = pick([t[-1] for t in tables], "erf.c")
-    for k in reversed(range(length - 1)):
+    for k in reversed(range(1, length - 1)):
         acc = ops.fma(acc, u, pick([t[k] for t in tables], f"erf.c{k}"), label="erf.poly")
-    y = ops.select(below[0], b.fmul(a, acc, name="erf.odd"), acc, label="erf.abs")
+    if ops.p is _F64:
+        acc = ops.fma(acc, u, pick([t[0] for t in tables], "erf.c0"), label="erf.poly")
+        y = ops.select(below[0], b.fmul(a, acc, name="erf.odd"), acc, label="erf.abs")
+    else:
+        hi = [1.0] + [_to_float32(t[0]) for t in tables[1:]]
+        lo = [tables[0][0] - 1.0] + [t[0] - h for t, h in zip(tables[1:], hi[1:])]
+        tail = ops.fma(acc, u, pick(lo, "erf.lo"), label="erf.tail")
+        scale = ops.select(below[0], a, ops.const(1.0), label="erf.scale")
+        base = ops.select(below[0], a, pick([0.0] + hi[1:], "erf.hi"), label="erf.base")
+        y = ops.fma(scale, tail, base, label="erf.abs")
     y = ops.select(b.fcmp_ordered(">=", a, ops.const(pieces.limit)), ops.const(1.0), y, label="erf.one")
     return ops.intrinsic("llvm.copysign", y, x, label="erf")
+
+
+def _to_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _two_over_pi(bits: int) -> int:

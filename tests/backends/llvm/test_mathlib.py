@@ -168,9 +168,10 @@ def check_accuracy(kernels: Kernels, func: str, x: np.ndarray) -> dict[str, floa
     return errors
 
 
-# float32 functions computed in double precision are correctly rounded but for inputs a hair from a
-# rounding boundary (measured over every float32: see `exhaustive` below); expm1 works in float32
-ULP_FLOAT32 = {"erf": 0.502, "sin": 0.501, "cos": 0.501, "expm1": 4}  # expm1: like exp
+# float32 functions computed in double precision (sin, cos) are correctly rounded but for inputs a
+# hair from a rounding boundary; erf works in float32 and rounds its last step once (measured over
+# every float32: see `exhaustive` below); expm1 works in float32
+ULP_FLOAT32 = {"erf": 0.994, "sin": 0.501, "cos": 0.501, "expm1": 4}  # expm1: like exp
 
 
 # ---------------------------------------------------------------- accuracy
