@@ -15,11 +15,12 @@ Methods (the classic Cephes/SLEEF/fdlibm structure, written for SIMD):
   free of overflow; the sign is put back with copysign.
 - sigmoid: e = exp(-|x|) never overflows; 1/(1+e) for x >= 0, e/(1+e) for x < 0.
 - expm1: exp's reduction, then 2^n * p + (2^n - 1), relatively accurate for tiny x.
+- erf: an odd series below 1, polynomials around the centers of unit intervals up to its limit,
+  +-1 beyond (float32 in float32: fitted polynomials, the last step rounded once).
 - sin, cos, pow are computed in double precision (for float32 too, rounded once at the end).
-  erf: an odd series below 1, polynomials around the centers of unit intervals up to its limit,
-  +-1 beyond (float32 in float32: fitted polynomials, the last step rounded once). sin, cos: x = (n + f) * pi/2 reduced for any finite x (Payne-Hanek
-  style: 2/pi in 53-bit chunks, double-double sums), Taylor polynomials of sin r and cos r, the
-  sign from the quadrant n mod 4. pow: exp(y log|x|) with NumPy's special cases.
+  sin, cos: x = (n + f) * pi/2 reduced for any finite x (Payne-Hanek style: 2/pi in 53-bit
+  chunks, double-double sums), Taylor polynomials of sin r and cos r, the sign from the quadrant
+  n mod 4. pow: exp(y log|x|) with NumPy's special cases.
 
 All polynomial coefficients but float32 erf's are exact Taylor coefficients (1/k!, 2/(2k+1))
 rounded to the working precision; the number of terms is chosen so the truncation error stays below a quarter ulp on the
