@@ -26,14 +26,18 @@
 #define EXPORT __attribute__((visibility("default")))
 #define MAX_WORKERS 255
 #define MAX_TASKS (1u << 30)
-/* After a thread was preempted often (other processes want its core), it spins only
-   `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a spinning thread burns the time slice
-   that the thread it waits for (or the other process) needs, and a sleeping one is woken with
-   priority when its work arrives. "Often" is CONTENDED_PREEMPTIONS within CONTENDED_FOR_NS: an
-   idle machine preempts a busy thread now and then too (kernel threads, timers), and a worker
-   that sleeps after every job misses short jobs, whose callers then run every task alone. */
-#define CONTENDED_FOR_NS 100000000
+/* After a thread of the pool was preempted often (other processes want its core), every thread
+   spins only `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a
+   spinning thread burns the time slice that the thread it waits for (or the other process)
+   needs, and a sleeping one is woken with priority when its work arrives. Every thread, because
+   the preempted one is often the caller, sharing a core with another process while a worker
+   spins on the other core: with the worker asleep instead, the scheduler moves the caller to the
+   idle core. "Often" is CONTENDED_PREEMPTIONS within CONTENDED_WINDOW_NS: an idle machine preempts
+   a busy thread now and then too (kernel threads, timers), and workers that sleep after every job
+   miss short jobs, whose callers then run every task alone. */
+#define CONTENDED_FOR_NS 200000000
 #define CONTENDED_PREEMPTIONS 8
+#define CONTENDED_WINDOW_NS 100000000
 
 typedef void (*drug_task)(void *data, int64_t task);
 
@@ -60,7 +64,7 @@ static _Thread_local int inside_task; /* jobs started from a task run there, on 
 static _Thread_local long preemptions = -1; /* this thread's involuntary context switches so far */
 static _Thread_local long window_preemptions; /* ... since window_start */
 static _Thread_local int64_t window_start;
-static _Thread_local int64_t contended_until;
+static _Atomic int64_t contended_until; /* for every thread of the pool */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
@@ -92,15 +96,17 @@ static int64_t spin_budget(int64_t budget_ns) {
     int64_t now = now_ns();
     if (preemptions < 0) preemptions = usage.ru_nivcsw; /* the first look: what came before does not count */
     if (usage.ru_nivcsw != preemptions) {
-        if (now - window_start > CONTENDED_FOR_NS) {
+        if (now - window_start > CONTENDED_WINDOW_NS) {
             window_start = now;
             window_preemptions = 0;
         }
         window_preemptions += usage.ru_nivcsw - preemptions;
         preemptions = usage.ru_nivcsw;
-        if (window_preemptions >= CONTENDED_PREEMPTIONS) contended_until = now + CONTENDED_FOR_NS;
+        if (window_preemptions >= CONTENDED_PREEMPTIONS)
+            atomic_store_explicit(&contended_until, now + CONTENDED_FOR_NS, memory_order_relaxed);
     }
-    return now < contended_until && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
+    int contended = now < atomic_load_explicit(&contended_until, memory_order_relaxed);
+    return contended && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
 }
 
 /* Spin until *word differs from value or budget_ns has passed; returns whether it changed. */
