@@ -622,7 +622,7 @@ class ModuleBuilder:
         big = b.icmp_signed(">=", total, i64(PARALLEL_MIN_ELEMENTS), name="big")
         with b.if_else(big) as (threaded, serial):
             with threaded:
-                align = 16 if axis == len(extents) - 1 else 1  # whole vectors (and cache lines) per task
+                align = _task_columns(kernel) if axis == len(extents) - 1 else 1
                 chunk, tasks = parallel.split(b, extents[axis], total, LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS, align)
                 data = parallel.pack_frame(b, args + [extents[axis], chunk], "frame")
                 b.call(parallel.pool_run(self.module), [task_fn, data, tasks])
@@ -685,6 +685,14 @@ WINDOW_MAX = 4  # a reduced innermost axis this short is a window (max_pool2d's 
 PARALLEL_MIN_ELEMENTS = 1 << 17  # below this, waking a second thread costs more than it saves
 REDUCTION_SPLIT_MIN = 1 << 14  # elements per batch item
 LOOP_TASK_ELEMENTS, LOOP_MAX_TASKS = 1 << 15, 16  # a split loop's tasks: about this many elements, at most this many
+REDUCTION_TASK_COLUMNS = 64
+
+
+def _task_columns(kernel: Kernel) -> int:
+    """Columns per task (a multiple of) when a loop is split over its innermost axis: whole vectors
+    and cache lines; for a reduction over the rows (a bias gradient), whose tasks each walk every
+    row, strips wide enough that a row's part is a vectorized loop worth its set-up."""
+    return REDUCTION_TASK_COLUMNS if any(is_reduction(n) for n in kernel.nodes) else 16
 
 
 def parallelizable(kernel: Kernel) -> bool:
