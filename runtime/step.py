@@ -77,7 +77,7 @@ class CompiledFunction:
         ]
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._output_pool: dict[int, list[np.ndarray]] = {}
-        self._output_shapes: dict[int | None, list[tuple[int, ...]]] = {}
+        self._output_shapes: dict[int | None, list[tuple[int, ...] | None]] = {}  # None: not pooled
         self._fits: set[int] = set()  # batch sizes whose memory was checked
         self._backend = backend
         self._lr = program.optimizer.lr if program.optimizer is not None else None  # as the user gave it
