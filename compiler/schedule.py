@@ -7,7 +7,6 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
@@ -15,6 +14,7 @@ from ..core.node import Node
 from ..core.program import Program
 from ..core.types import Shape
 from .fusion import Kernel, folded_transposes, is_alias, storage
+from .kernel_graph import lexicographic_topological_order
 from .target import Target
 
 
@@ -164,8 +164,7 @@ def _workspaces(kernels: list[Kernel], buffers: list[Buffer], target: Target) ->
 
 def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | None:
     """A topological order of kernels; writes into a leaf come after every read of its old value."""
-    deps = nx.DiGraph()
-    deps.add_nodes_from(range(len(kernels)))
+    deps: dict[int, set[int]] = {k: set() for k in range(len(kernels))}
 
     readers: dict[int, set[int]] = {}
     for node in program.nodes:
@@ -176,19 +175,20 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
             source = storage(i, transposed)
             p = kernel_of.get(source.id)
             if p is not None and p != k:
-                deps.add_edge(p, k)
+                deps[p].add(k)
             readers.setdefault(source.id, set()).add(k)
     for new_id, leaf in in_place.items():
         writer = kernel_of[new_id]
         for reader in readers.get(leaf.id, set()) - {writer}:
-            deps.add_edge(reader, writer)
+            deps[reader].add(writer)
     # a kernel that may stop the step runs before every in-place update: a failed step changes nothing
     fallible = [k for k, kernel in enumerate(kernels) if kernel.kind == "callback" or may_fail(kernel)]
     for writer in {kernel_of[new_id] for new_id in in_place}:
-        deps.add_edges_from((k, writer) for k in fallible if k != writer)
-    if not nx.is_directed_acyclic_graph(deps):
-        return None
-    return list(nx.lexicographical_topological_sort(deps, key=lambda k: min(n.id for n in kernels[k].nodes)))
+        for k in fallible:
+            if k != writer:
+                deps[k].add(writer)
+    first = [min(n.id for n in kernel.nodes) for kernel in kernels]
+    return lexicographic_topological_order(deps, first.__getitem__)
 
 
 def fingerprint(schedule: Schedule) -> str:
