@@ -216,22 +216,32 @@ def may_fail(kernel: Kernel) -> bool:
 def pack_temps(buffers: list[Buffer], batch: int, align: int) -> tuple[dict[int, int], int]:
     """Byte offset of every temp buffer in one arena for this batch size (first fit, largest
     first, each rounded up to `align` bytes), and the arena's size; buffers alive at once never
-    overlap."""
-    placed: list[tuple[int, int, Buffer]] = []  # (offset, size, buffer)
-    offsets: dict[int, int] = {}
+    overlap. Each placement looks at the placed buffers alive at the same time as whole arrays:
+    a plain loop over every pair is quadratic in Python and a long unrolled program has
+    thousands of temps."""
     temps = sorted((b for b in buffers if b.kind == "temp"), key=lambda b: (-b.nbytes(batch), b.slot))
-    for buffer in temps:
+    count = len(temps)
+    starts = np.empty(count, np.int64)  # byte ranges and live kernels of the buffers placed so far
+    ends = np.empty(count, np.int64)
+    first = np.array([b.live[0] for b in temps], np.int64)
+    last = np.array([b.live[1] for b in temps], np.int64)
+    offsets: dict[int, int] = {}
+    for index, buffer in enumerate(temps):
         size = -(-max(buffer.nbytes(batch), 1) // align) * align
-        busy = sorted(
-            (o, o + s)
-            for o, s, other in placed
-            if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
-        )
-        offset = 0
-        for start, end in busy:
-            if offset + size <= start:
-                break
-            offset = max(offset, end)
-        placed.append((offset, size, buffer))
+        alive = np.flatnonzero((last[:index] >= buffer.live[0]) & (first[:index] <= buffer.live[1]))
+        offset = _first_fit(starts[alive], ends[alive], size)
+        starts[index], ends[index] = offset, offset + size
         offsets[buffer.slot] = offset
-    return offsets, max((o + s for o, s, _ in placed), default=0)
+    return offsets, int(ends.max()) if count else 0
+
+
+def _first_fit(starts: np.ndarray, ends: np.ndarray, size: int) -> int:
+    """The lowest offset at which `size` bytes fit below the first busy range that leaves room,
+    scanning busy ranges by their start (what a loop keeping `offset = max(offset, end)` finds)."""
+    if not len(starts):
+        return 0
+    order = np.lexsort((ends, starts))
+    reached = np.maximum.accumulate(ends[order])  # the offset after each busy range in turn
+    before = np.concatenate(([0], reached[:-1]))
+    fits = np.flatnonzero(before + size <= starts[order])
+    return int(before[fits[0]]) if len(fits) else int(reached[-1])
