@@ -42,6 +42,8 @@ class Schedule:
     workspaces: dict[int, int] = field(default_factory=dict)  # node id -> slot of its kernel's scratch buffer
     # [start, end) runs of kernels that may run at once (compiler/concurrency.py); None: one by one
     groups: list[tuple[int, int]] | None = None
+    # `fingerprint`, when known already (a schedule loaded from a cache); not copied by dataclasses.replace
+    digest: str | None = field(default=None, init=False)
 
     def slot(self, node: Node) -> int:
         return self.buffer_of[node.id]
@@ -193,6 +195,8 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
 
 def fingerprint(schedule: Schedule) -> str:
     """A stable text of everything code generation reads, for the compile cache key."""
+    if schedule.digest is not None:
+        return schedule.digest
     local = {node.id: i for i, node in enumerate(schedule.program.nodes)}
     parts = []
     for kernel in schedule.kernels:

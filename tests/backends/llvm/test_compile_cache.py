@@ -95,7 +95,7 @@ def test_code_bytes_changed_to_int3_are_never_run(cache):
 
 def test_a_missing_or_damaged_hash_is_a_miss(cache):
     scaled()
-    (digest,) = cache.glob("*.sha256")
+    digest = entry_of(cache).with_suffix(".sha256")
     digest.write_text("0" * 64)
     assert not scaled()._executor.compiled.from_cache
     digest.unlink()
