@@ -1,7 +1,8 @@
 """Finished programs in the compile cache (backends/llvm/programs.py, compiler/portable.py): a
 request compiled before skips every pass and trains exactly as a fresh compile does; any change
 to the graph, its shapes and dtypes, the optimizer or the mode is a miss; a damaged, truncated or
-foreign entry is compiled again, never run; and programs of users' own ops are never stored."""
+foreign entry is compiled again, never run; programs of users' own ops are never stored; and the
+arena layout stored beside them is checked the same way."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import drug as dg
-from drug.backends.llvm import jit
+from drug.backends.llvm import arena, jit
 from drug.compiler import build
 
 RNG = np.random.default_rng(0)
@@ -174,3 +175,14 @@ def test_programs_with_a_users_op_are_not_stored(cache, passes_run):
         np.testing.assert_allclose(fn(x=np.ones((2, 3), np.float32)), 3.0)
     assert len(passes_run) == 2 and not entries(cache)
 
+
+def test_a_damaged_arena_layout_is_packed_again(cache):
+    step, losses, _, _ = train()
+    (layout,) = entries(cache, arena.SUFFIX)
+    offsets, size = arena.pack(step._executor.schedule.buffers, len(X))
+    stored = np.frombuffer(layout.read_bytes(), "<i8")
+    assert stored[-1] == size and sorted(stored[:-1]) == sorted(offsets.values())
+    jit.write_verified(layout, np.full(len(stored), 3, "<i8").tobytes())  # misaligned, overlapping
+    _, again, _, _ = train()
+    assert again == losses
+    assert np.frombuffer(layout.read_bytes(), "<i8")[-1] == size
