@@ -5,8 +5,9 @@ An entry is keyed by the request's text (compiler/portable.py), this backend's p
 the code that compiles (jit.code_version, which covers core, ops, compiler and this backend),
 llvmlite and the CPU; it holds the encoded program and is checked against its SHA-256 like the
 object code. A missing, damaged or unreadable entry is a miss: the passes run and store it again.
-No entry is read or written while a kernel or scalar rule from outside drug is registered (what
-fusion decides depends on such rules, whose code no key covers)."""
+What fusion decides depends on the kernel and scalar rules registered; drug's own are in the code
+version, and a program in which any node runs by a rule from outside drug (a user's own, whose
+code no key covers) is neither stored nor served."""
 
 from __future__ import annotations
 
@@ -22,10 +23,15 @@ SUFFIX = ".program"
 
 
 def rules_from_outside_drug() -> bool:
-    """Whether a kernel or scalar rule registered from outside drug is in effect."""
+    """Whether any kernel or scalar rule registered from outside drug is in effect (then each
+    program's nodes are checked; without one, none can be a user's)."""
     functions = [f for rule in lowering.rules() for f in (rule.kernel, rule.workspace, rule.supports)]
     functions += scalar_rules()
     return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)
+
+
+def runs_user_code(program: Program) -> bool:
+    return rules_from_outside_drug() and any(lowering.user_code(node.op) for node in program.nodes)
 
 
 class ProgramCache:
@@ -36,7 +42,7 @@ class ProgramCache:
         self._path: Path | None = None
 
     def _entry(self, request: Program) -> Path | None:
-        if not jit.cache_enabled() or rules_from_outside_drug():
+        if not jit.cache_enabled():
             return None
         text = portable.request_text(request, self.config)
         return None if text is None else jit.cache_dir() / f"{jit.cache_key('program|' + text)}{SUFFIX}"
@@ -49,12 +55,15 @@ class ProgramCache:
         if data is None:
             return None
         try:
-            return portable.decode(data, request)
+            program = portable.decode(data, request)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, pickle.UnpicklingError):
             return None  # written by another layout of the same code: compile and store it again
+        return None if runs_user_code(program) else program
 
     def store(self, request: Program, finished: Program, mark: int) -> None:
         if self._path is None or self._entry(request) != self._path:  # the build changed the request's graph
+            return
+        if runs_user_code(finished):
             return
         try:
             data = portable.encode(request, finished, mark)
