@@ -182,8 +182,8 @@ def _name_parts(name: str, ref) -> list:
     for match in NODE_ID.finditer(name):
         try:
             node_ref = ref(int(match[1]))
-        except KeyError:
-            raise NotPortable(f"call {name!r} names a node outside the program") from None
+        except KeyError:  # a node the passes made and replaced (mode specialization): its number stays
+            continue
         parts += [name[at : match.start(1)], node_ref]
         at = match.end(1)
     return parts + [name[at:]]
