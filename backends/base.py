@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..compiler.build import ProgramCache
 from ..compiler.passes import Pass
 from ..core.arrays import HostArrays
 from ..core.errors import GraphError
@@ -78,6 +79,11 @@ class Backend(ABC):
     def passes(self) -> list[tuple[str, Pass]]:
         """The passes after the common pipeline (compiler/passes.PIPELINE) that finish a program
         for this backend (kernel formation, memory planning, ...)."""
+
+    def program_cache(self) -> ProgramCache | None:
+        """Where a compile finds the program `passes()` made of the same request before (None:
+        every compile runs the passes)."""
+        return None
 
     @abstractmethod
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> Executor:

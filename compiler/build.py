@@ -7,15 +7,25 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.errors import GraphError
 from ..core.graph import Graph
 from ..core.leaves import ParameterOp
-from ..core.node import Node, recording
+from ..core.node import Node, id_mark, recording
 from ..core.program import Program, ancestors
 from .optimizers import Optimizer
-from .passes import PIPELINE, Pass, insert_after, run_pipeline
+from .passes import PIPELINE, Pass, debugging, insert_after, run_pipeline
+
+
+class ProgramCache(Protocol):
+    """Finished programs kept by a backend (which knows what its own passes depend on)."""
+
+    def load(self, request: Program) -> Program | None:
+        """The finished program of this request, if one was stored."""
+
+    def store(self, request: Program, finished: Program, mark: int) -> None:
+        """Keep `finished`, what the passes made of `request` after `core.node.id_mark()` gave `mark`."""
 
 
 def as_node_list(nodes: Node | Sequence[Node] | None) -> list[Node]:
@@ -37,12 +47,14 @@ def build_program(
     training: bool | None = None,
     tail: Sequence[tuple[str, Pass]] = (),
     gradient_passes: Sequence[tuple[str, Pass]] = (),
+    cache: ProgramCache | None = None,
 ) -> Program:
     """The program computing `loss` (first) and `outputs`, training `params` (default: every
     parameter the loss depends on) with `optimizer`, after the common passes and a backend's
     `tail`. `training` is the mode of mode-dependent ops (default: training when there is an
     optimizer). `gradient_passes` rewrite `program.grads` between autodiff and the optimizer (the
-    allreduce of data-parallel training)."""
+    allreduce of data-parallel training). `cache` (which must know the `tail` passes) skips the
+    passes for a request it has seen; it is not used with gradient passes or DRUG_DEBUG."""
     user_outputs = as_node_list(outputs)
     if loss is None and not user_outputs:
         raise GraphError("compile needs a loss, outputs, or both")
@@ -70,8 +82,17 @@ def build_program(
         training=optimizer is not None if training is None else bool(training),
     )
     pipeline = insert_after(PIPELINE + list(tail), "autodiff", list(gradient_passes))
+    if gradient_passes or debugging():
+        cache = None
     with _no_collection_pauses(), recording(None):  # the compiler's nodes belong to no user call
-        return run_pipeline(program, pipeline)
+        found = cache.load(program) if cache is not None else None
+        if found is not None:
+            return found
+        mark = id_mark()
+        finished = run_pipeline(program, pipeline)
+        if cache is not None:
+            cache.store(program, finished, mark)
+        return finished
 
 
 def _parameter(graph: Graph, item: Any) -> Node:

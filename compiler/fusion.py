@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
-
 from ..core.leaves import ConstantOp
 from ..core.node import Node
 from ..core.program import Program
 from ..ops.linalg import MatMul
 from ..ops.shape import Transpose
+from .kernel_graph import KernelGraph
 from .target import Target
 
 
@@ -101,8 +100,7 @@ def form_kernels(program: Program, target: Target) -> list[Kernel]:
     group = {n.id: i for i, n in enumerate(members)}
     kernels = {i: _first_kernel(n, target) for i, n in enumerate(members)}
 
-    dag = nx.DiGraph()
-    dag.add_nodes_from(kernels)
+    dag = KernelGraph(len(members))  # members come in program order, a topological one
     blocked: set[tuple[int, int]] = set()  # (producer, consumer) pairs where the consumer reads a reduction
     for node in members:
         for i in node.inputs:
@@ -118,19 +116,16 @@ def form_kernels(program: Program, target: Target) -> list[Kernel]:
     changed = True
     while changed:
         changed = False
-        for producer, consumer in sorted(dag.edges, key=lambda e: (first[e[0]], first[e[1]])):
-            if not dag.has_edge(producer, consumer):
+        for producer, consumer in sorted(dag.edges(), key=lambda e: (first[e[0]], first[e[1]])):
+            if consumer not in dag.succ.get(producer, ()):
                 continue  # an earlier merge in this sweep removed it
             a, b = kernels[producer], kernels[consumer]
             if a.kind != "loop" or b.kind != "loop" or a.domain != b.domain or (producer, consumer) in blocked:
                 continue
-            dag.remove_edge(producer, consumer)
-            convex = not nx.has_path(dag, producer, consumer)
-            dag.add_edge(producer, consumer)
-            if convex:
+            if dag.only_path(producer, consumer):
                 _merge(dag, kernels, group, blocked, producer, consumer)
                 changed = True
-    order = list(nx.lexicographical_topological_sort(dag, key=lambda k: min(n.id for n in kernels[k].nodes)))
+    order = dag.lexicographic_order(key=lambda k: min(n.id for n in kernels[k].nodes))
     result = [kernels[k] for k in order]
     for kernel in result:
         kernel.nodes.sort(key=lambda n: n.id)
@@ -138,22 +133,18 @@ def form_kernels(program: Program, target: Target) -> list[Kernel]:
     return result
 
 
-def _merge(dag: nx.DiGraph, kernels: dict, group: dict, blocked: set, keep: int, gone: int) -> None:
+def _merge(dag: KernelGraph, kernels: dict, group: dict, blocked: set, keep: int, gone: int) -> None:
     """Fold kernel `gone` into kernel `keep`."""
     kernels[keep].nodes += kernels.pop(gone).nodes
     for node in kernels[keep].nodes:
         group[node.id] = keep
-    for p in list(dag.predecessors(gone)):
-        if p != keep:
-            dag.add_edge(p, keep)
-            if (p, gone) in blocked:
-                blocked.add((p, keep))
-    for c in list(dag.successors(gone)):
-        if c != keep:
-            dag.add_edge(keep, c)
-            if (gone, c) in blocked:
-                blocked.add((keep, c))
-    dag.remove_node(gone)
+    for p in dag.pred[gone]:
+        if p != keep and (p, gone) in blocked:
+            blocked.add((p, keep))
+    for c in dag.succ[gone]:
+        if c != keep and (gone, c) in blocked:
+            blocked.add((keep, c))
+    dag.contract(keep, gone)
 
 
 def _mark_outputs(program: Program, kernels: list[Kernel], group_of: dict[int, int]) -> None:

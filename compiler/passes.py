@@ -89,8 +89,13 @@ def insert_after(
     return pipeline[:at] + list(passes) + pipeline[at:]
 
 
+def debugging() -> bool:
+    """DRUG_DEBUG is set: the pipeline prints the program after each pass."""
+    return os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
+
+
 def run_pipeline(program: Program, pipeline: list[tuple[str, Pass]] = PIPELINE) -> Program:
-    debug = os.environ.get("DRUG_DEBUG", "0") not in ("", "0")
+    debug = debugging()
     for name, run_pass in pipeline:
         program = run_pass(program)
         if debug:  # the nodes the pass left: before prune fills program.nodes, those the roots reach

@@ -116,6 +116,11 @@ def scalar_rule(*op_classes: type[Op]) -> Callable[[ScalarRule], ScalarRule]:
     return register
 
 
+def scalar_rules() -> list[ScalarRule]:
+    """Every registered scalar rule."""
+    return list(_RULES.values())
+
+
 def scalar_rule_of(op: Op | type[Op]) -> ScalarRule | None:
     """The op's (or op class's) rule, found along its class's MRO (a subclass computes like its
     parent unless it registers a rule of its own)."""

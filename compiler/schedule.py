@@ -7,7 +7,6 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-import networkx as nx
 import numpy as np
 
 from ..core.leaves import BufferOp, ConstantOp, InputOp, ParameterOp, StateOp
@@ -15,6 +14,7 @@ from ..core.node import Node
 from ..core.program import Program
 from ..core.types import Shape
 from .fusion import Kernel, folded_transposes, is_alias, storage
+from .kernel_graph import lexicographic_topological_order
 from .target import Target
 
 
@@ -42,6 +42,8 @@ class Schedule:
     workspaces: dict[int, int] = field(default_factory=dict)  # node id -> slot of its kernel's scratch buffer
     # [start, end) runs of kernels that may run at once (compiler/concurrency.py); None: one by one
     groups: list[tuple[int, int]] | None = None
+    # `fingerprint`, when known already (a schedule loaded from a cache); not copied by dataclasses.replace
+    digest: str | None = field(default=None, init=False)
 
     def slot(self, node: Node) -> int:
         return self.buffer_of[node.id]
@@ -164,8 +166,7 @@ def _workspaces(kernels: list[Kernel], buffers: list[Buffer], target: Target) ->
 
 def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | None:
     """A topological order of kernels; writes into a leaf come after every read of its old value."""
-    deps = nx.DiGraph()
-    deps.add_nodes_from(range(len(kernels)))
+    deps: dict[int, set[int]] = {k: set() for k in range(len(kernels))}
 
     readers: dict[int, set[int]] = {}
     for node in program.nodes:
@@ -176,23 +177,26 @@ def _order(program, kernels, kernel_of, in_place, transposed) -> list[int] | Non
             source = storage(i, transposed)
             p = kernel_of.get(source.id)
             if p is not None and p != k:
-                deps.add_edge(p, k)
+                deps[p].add(k)
             readers.setdefault(source.id, set()).add(k)
     for new_id, leaf in in_place.items():
         writer = kernel_of[new_id]
         for reader in readers.get(leaf.id, set()) - {writer}:
-            deps.add_edge(reader, writer)
+            deps[reader].add(writer)
     # a kernel that may stop the step runs before every in-place update: a failed step changes nothing
     fallible = [k for k, kernel in enumerate(kernels) if kernel.kind == "callback" or may_fail(kernel)]
     for writer in {kernel_of[new_id] for new_id in in_place}:
-        deps.add_edges_from((k, writer) for k in fallible if k != writer)
-    if not nx.is_directed_acyclic_graph(deps):
-        return None
-    return list(nx.lexicographical_topological_sort(deps, key=lambda k: min(n.id for n in kernels[k].nodes)))
+        for k in fallible:
+            if k != writer:
+                deps[k].add(writer)
+    first = [min(n.id for n in kernel.nodes) for kernel in kernels]
+    return lexicographic_topological_order(deps, first.__getitem__)
 
 
 def fingerprint(schedule: Schedule) -> str:
     """A stable text of everything code generation reads, for the compile cache key."""
+    if schedule.digest is not None:
+        return schedule.digest
     local = {node.id: i for i, node in enumerate(schedule.program.nodes)}
     parts = []
     for kernel in schedule.kernels:
@@ -216,22 +220,32 @@ def may_fail(kernel: Kernel) -> bool:
 def pack_temps(buffers: list[Buffer], batch: int, align: int) -> tuple[dict[int, int], int]:
     """Byte offset of every temp buffer in one arena for this batch size (first fit, largest
     first, each rounded up to `align` bytes), and the arena's size; buffers alive at once never
-    overlap."""
-    placed: list[tuple[int, int, Buffer]] = []  # (offset, size, buffer)
-    offsets: dict[int, int] = {}
+    overlap. Each placement looks at the placed buffers alive at the same time as whole arrays:
+    a plain loop over every pair is quadratic in Python and a long unrolled program has
+    thousands of temps."""
     temps = sorted((b for b in buffers if b.kind == "temp"), key=lambda b: (-b.nbytes(batch), b.slot))
-    for buffer in temps:
+    count = len(temps)
+    starts = np.empty(count, np.int64)  # byte ranges and live kernels of the buffers placed so far
+    ends = np.empty(count, np.int64)
+    first = np.array([b.live[0] for b in temps], np.int64)
+    last = np.array([b.live[1] for b in temps], np.int64)
+    offsets: dict[int, int] = {}
+    for index, buffer in enumerate(temps):
         size = -(-max(buffer.nbytes(batch), 1) // align) * align
-        busy = sorted(
-            (o, o + s)
-            for o, s, other in placed
-            if not (other.live[1] < buffer.live[0] or buffer.live[1] < other.live[0])
-        )
-        offset = 0
-        for start, end in busy:
-            if offset + size <= start:
-                break
-            offset = max(offset, end)
-        placed.append((offset, size, buffer))
+        alive = np.flatnonzero((last[:index] >= buffer.live[0]) & (first[:index] <= buffer.live[1]))
+        offset = _first_fit(starts[alive], ends[alive], size)
+        starts[index], ends[index] = offset, offset + size
         offsets[buffer.slot] = offset
-    return offsets, max((o + s for o, s, _ in placed), default=0)
+    return offsets, int(ends.max()) if count else 0
+
+
+def _first_fit(starts: np.ndarray, ends: np.ndarray, size: int) -> int:
+    """The lowest offset at which `size` bytes fit below the first busy range that leaves room,
+    scanning busy ranges by their start (what a loop keeping `offset = max(offset, end)` finds)."""
+    if not len(starts):
+        return 0
+    order = np.lexsort((ends, starts))
+    reached = np.maximum.accumulate(ends[order])  # the offset after each busy range in turn
+    before = np.concatenate(([0], reached[:-1]))
+    fits = np.flatnonzero(before + size <= starts[order])
+    return int(before[fits[0]]) if len(fits) else int(reached[-1])

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 
 _ids = itertools.count()
 
+
+def id_mark() -> int:
+    """A number below the id of every node made from now on (ids only grow): what a compile made
+    is what has a larger id than the mark taken before it."""
+    return next(_ids)
+
+
 # The functions behind Node's operators (+ - * / @ **, unary - and abs(), comparisons, & | ~, x[i],
 # x.T, x.astype). They are ops, which live a layer above this one: drug.ops registers them when it
 # is imported.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,6 +12,13 @@ from ..core.errors import DTypeError, GraphError, ShapeError
 from ..core.memory import allocating
 from ..core.node import Node
 from ..core.types import format_shape
+
+
+def _is_masked(value: Any) -> bool:
+    """A NumPy masked array; asked without importing numpy.ma, which takes longer than a small
+    step (no masked array exists unless it was imported)."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and isinstance(value, ma.MaskedArray)
 
 
 def bind_feeds(
@@ -29,7 +37,7 @@ def bind_feeds(
     batch_from = ""
     for name, node in by_name.items():
         value = feeds[name]
-        if isinstance(value, np.ma.MaskedArray):
+        if _is_masked(value):
             raise ShapeError(f"input '{name}' is a masked array, whose mask would be ignored; fill it (.filled())")
         array = value if isinstance(value, np.ndarray) else _from_python(name, value, node.dtype)
         if array.dtype != node.dtype:

@@ -491,7 +491,9 @@ def compile_step(
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
     `gradient_passes` as in compiler.build.build_program."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
-    program = build_program(graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes)
+    program = build_program(
+        graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes, chosen.program_cache()
+    )
     return CompiledFunction(program, chosen, check_finite, debug_numerics)
 
 

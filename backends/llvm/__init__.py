@@ -15,6 +15,7 @@ from . import (
     threads,
 )
 from .executor import NativeExecutor, warm_up
+from .programs import ProgramCache
 
 
 class LLVMBackend(Backend):
@@ -22,6 +23,9 @@ class LLVMBackend(Backend):
 
     def passes(self) -> list[tuple[str, Pass]]:
         return pipeline.passes(concurrent=threads.concurrent_kernels())
+
+    def program_cache(self) -> ProgramCache:
+        return ProgramCache(concurrent=threads.concurrent_kernels())
 
     def executor(self, program: Program, state: dict[str, np.ndarray]) -> NativeExecutor:
         return NativeExecutor(program, state)

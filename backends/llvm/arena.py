@@ -7,13 +7,43 @@ import mmap
 import numpy as np
 
 from ...compiler.schedule import Buffer, pack_temps
+from . import jit
 
 ALIGN = 64
+SUFFIX = ".arena"
 
 
 def pack(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
     """Byte offset of every temp buffer, and the arena size; buffers alive at once never overlap."""
     return pack_temps(buffers, batch, ALIGN)
+
+
+def layout(buffers: list[Buffer], batch: int, program_key: str) -> tuple[dict[int, int], int]:
+    """`pack`, kept in the compile cache under the program's key (schedule.fingerprint, which
+    with the code version fixes every temp's size and lifetime) and the batch size: packing
+    thousands of temps is a large part of a cached compile's first step. An entry that does not
+    fit the buffers is packed again."""
+    if not jit.cache_enabled():
+        return pack(buffers, batch)
+    path = jit.cache_dir() / f"{jit.cache_key(f'arena|{program_key}|{batch}|{ALIGN}')}{SUFFIX}"
+    temps = [b for b in buffers if b.kind == "temp"]
+    stored = _read_layout(path, temps, batch)
+    if stored is not None:
+        return stored
+    offsets, size = pack(buffers, batch)
+    values = [offsets[b.slot] for b in temps] + [size]
+    jit.write_verified(path, np.array(values, "<i8").tobytes())
+    return offsets, size
+
+
+def _read_layout(path, temps: list[Buffer], batch: int) -> tuple[dict[int, int], int] | None:
+    data = jit.read_verified(path)
+    if data is None or len(data) != 8 * (len(temps) + 1):
+        return None
+    values = np.frombuffer(data, "<i8").tolist()
+    size = values.pop()
+    fits = all(o >= 0 and o % ALIGN == 0 and o + b.nbytes(batch) <= size for o, b in zip(values, temps))
+    return ({b.slot: o for b, o in zip(temps, values)}, size) if fits else None
 
 
 HUGE_PAGE = 2 << 20

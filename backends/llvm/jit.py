@@ -143,6 +143,10 @@ def emit_objects(texts: list[str]) -> list[bytes]:
     return [job.object_code() for job in jobs]
 
 
+def cache_enabled() -> bool:
+    return os.environ.get("DRUG_CACHE", "1") != "0"
+
+
 def cache_dir() -> Path:
     root = os.environ.get("DRUG_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "drug"
@@ -209,7 +213,7 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
     miss, in a child process (forked.py). Large modules are split into parts compiled on
     `compile_threads()` threads."""
     _init()
-    use_cache = os.environ.get("DRUG_CACHE", "1") != "0"
+    use_cache = cache_enabled()
     path = cache_dir() / f"{cache_key(key)}.o"
     objects = _read_entry(path) if use_cache else None
     if objects:
@@ -222,7 +226,7 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
         ir_text = build_ir()
         objects = objects_of(ir_text, entry)
     if use_cache:
-        _write_entry(path, _pack(objects))
+        write_verified(path, _pack(objects))
     engine, address = _load(objects, entry)
     if not address:
         raise RuntimeError(f"the compiled module has no function {entry}")
@@ -258,8 +262,14 @@ def _entry_digest(path: Path, data: bytes) -> str:
 
 
 def _read_entry(path: Path) -> list[bytes] | None:
-    """The object files of a cache entry whose bytes match the SHA-256 stored beside it, or None
-    (absent, damaged, edited, not ours, or unreadable)."""
+    """The object files of a cache entry (see `read_verified`), or None."""
+    data = read_verified(path)
+    return _unpack(data) if data is not None else None
+
+
+def read_verified(path: Path) -> bytes | None:
+    """The bytes of a cache entry that match the SHA-256 stored beside them, or None (absent,
+    damaged, edited, not ours, or unreadable)."""
     try:
         data = path.read_bytes()
         stored = _digest_path(path).read_text().strip()
@@ -271,11 +281,11 @@ def _read_entry(path: Path) -> list[bytes] | None:
         return None
     if _entry_digest(path, data) != stored:
         return None
-    return _unpack(data)
+    return data
 
 
-def _write_entry(path: Path, data: bytes) -> None:
-    """Store an entry: its objects, then their SHA-256 (a reader finding the object without its
+def write_verified(path: Path, data: bytes) -> None:
+    """Store an entry: its bytes, then their SHA-256 (a reader finding the object without its
     hash, or with another one, compiles again). A cache that cannot be written is skipped."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -57,6 +57,11 @@ def kernel(
     return register
 
 
+def rules() -> list[Lowering]:
+    """Every registered kernel rule."""
+    return list(_RULES.values())
+
+
 def lowering_of(op: Op) -> Lowering | None:
     for cls in type(op).__mro__:
         if cls in _RULES:

@@ -56,3 +56,30 @@ def test_packing_is_safe_aligned_and_not_larger_than_needed(specs, batch):
     assert size <= sum(aligned)
     busiest = max(sum(b.nbytes(batch) for b in buffers if b.live[0] <= k <= b.live[1]) for k in range(0, 14))
     assert size >= busiest
+
+
+def first_fit(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
+    """The packing rule spelled out as a plain loop: largest first, each at the lowest offset
+    below the first range of a buffer alive at the same time that leaves room."""
+    placed: list[tuple[int, int, Buffer]] = []
+    offsets = {}
+    for buffer in sorted(buffers, key=lambda b: (-b.nbytes(batch), b.slot)):
+        size = -(-max(buffer.nbytes(batch), 1) // arena.ALIGN) * arena.ALIGN
+        first, last = buffer.live
+        alive = [(o, s) for o, s, other in placed if other.live[1] >= first and last >= other.live[0]]
+        busy = sorted((o, o + s) for o, s in alive)
+        offset = 0
+        for start, end in busy:
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        placed.append((offset, size, buffer))
+        offsets[buffer.slot] = offset
+    return offsets, max((o + s for o, s, _ in placed), default=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 30), st.integers(0, 6)), max_size=60))
+def test_packing_places_every_buffer_where_the_plain_first_fit_loop_does(specs):
+    buffers = [temp(i, n, (first, first + length)) for i, (n, first, length) in enumerate(specs)]
+    assert arena.pack(buffers, batch=3) == first_fit(buffers, batch=3)

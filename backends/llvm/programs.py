@@ -1,0 +1,72 @@
+"""Finished programs in the compile cache, beside the object code: a request seen before skips
+every pass (autodiff, simplification, fusion, scheduling), not only LLVM.
+
+An entry is keyed by the request's text (compiler/portable.py), this backend's pass settings,
+the code that compiles (jit.code_version, which covers core, ops, compiler and this backend),
+llvmlite and the CPU; it holds the encoded program and is checked against its SHA-256 like the
+object code. A missing, damaged or unreadable entry is a miss: the passes run and store it again.
+What fusion decides depends on the kernel and scalar rules registered; drug's own are in the code
+version, and a program in which any node runs by a rule from outside drug (a user's own, whose
+code no key covers) is neither stored nor served."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from ...compiler import portable
+from ...compiler.scalar import scalar_rules
+from ...core.program import Program
+from . import bounds, jit, lowering
+
+SUFFIX = ".program"
+
+
+def rules_from_outside_drug() -> bool:
+    """Whether any kernel or scalar rule registered from outside drug is in effect (then each
+    program's nodes are checked; without one, none can be a user's)."""
+    functions = [f for rule in lowering.rules() for f in (rule.kernel, rule.workspace, rule.supports)]
+    functions += scalar_rules()
+    return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)
+
+
+def runs_user_code(program: Program) -> bool:
+    return rules_from_outside_drug() and any(lowering.user_code(node.op) for node in program.nodes)
+
+
+class ProgramCache:
+    """compiler.build.ProgramCache for one compile with this backend's passes."""
+
+    def __init__(self, concurrent: bool):
+        self.config = f"llvm|concurrent={concurrent}|bounds={bounds.enabled()}"
+        self._path: Path | None = None
+
+    def _entry(self, request: Program) -> Path | None:
+        if not jit.cache_enabled():
+            return None
+        text = portable.request_text(request, self.config)
+        return None if text is None else jit.cache_dir() / f"{jit.cache_key('program|' + text)}{SUFFIX}"
+
+    def load(self, request: Program) -> Program | None:
+        self._path = self._entry(request)
+        if self._path is None:
+            return None
+        data = jit.read_verified(self._path)
+        if data is None:
+            return None
+        try:
+            program = portable.decode(data, request)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, pickle.UnpicklingError):
+            return None  # written by another layout of the same code: compile and store it again
+        return None if runs_user_code(program) else program
+
+    def store(self, request: Program, finished: Program, mark: int) -> None:
+        if self._path is None or self._entry(request) != self._path:  # the build changed the request's graph
+            return
+        if runs_user_code(finished):
+            return
+        try:
+            data = portable.encode(request, finished, mark)
+        except portable.NotPortable:
+            return
+        jit.write_verified(self._path, data)
