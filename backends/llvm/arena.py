@@ -18,15 +18,17 @@ def pack(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
     return pack_temps(buffers, batch, ALIGN)
 
 
-def layout(buffers: list[Buffer], batch: int, program_key: str) -> tuple[dict[int, int], int]:
-    """`pack`, kept in the compile cache under the program's key (schedule.fingerprint, which
-    with the code version fixes every temp's size and lifetime) and the batch size: packing
-    thousands of temps is a large part of a cached compile's first step. An entry that does not
-    fit the buffers is packed again."""
+def layout(buffers: list[Buffer], batch: int) -> tuple[dict[int, int], int]:
+    """`pack`, kept in the compile cache under exactly what packing reads (each temp's slot, size
+    and lifetime, the alignment): packing thousands of temps is a large part of a cached
+    compile's first step. Not under the program's fingerprint: two programs with the same kernels
+    but different outputs keep different temps alive to the end. An entry that does not fit the
+    buffers is packed again."""
     if not jit.cache_enabled():
         return pack(buffers, batch)
-    path = jit.cache_dir() / f"{jit.cache_key(f'arena|{program_key}|{batch}|{ALIGN}')}{SUFFIX}"
     temps = [b for b in buffers if b.kind == "temp"]
+    packing = repr([(b.slot, b.nbytes(batch), b.live) for b in temps])
+    path = jit.cache_dir() / f"{jit.cache_key(f'arena|{ALIGN}|{packing}')}{SUFFIX}"
     stored = _read_layout(path, temps, batch)
     if stored is not None:
         return stored

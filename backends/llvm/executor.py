@@ -57,7 +57,7 @@ class Binding:
     def __init__(self, executor: NativeExecutor, batch: int):
         schedule = executor.schedule
         self.batch = batch
-        offsets, size = arena.layout(schedule.buffers, batch, executor.program_key)
+        offsets, size = arena.layout(schedule.buffers, batch)
         self.memory = memory.allocating(f"the activations of batch size {batch}", size, lambda: arena.allocate(size))
         self.table = np.zeros(len(schedule.buffers), np.uint64)
         self.arrays: dict[int, np.ndarray] = {}
@@ -104,8 +104,7 @@ class NativeExecutor(Executor):
             self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check, probe=probe
         )
         builder = lambda: str(self._builder().build())  # noqa: E731
-        self.program_key = fingerprint(self.schedule)
-        key = f"{self.program_key}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
+        key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         key += f"|probe-{instrument}" if instrument else ""
         if any(user_code(node.op) for node in _all_nodes(program)):
             text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
