@@ -35,7 +35,7 @@ RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
 # caller microseconds); a caller whose last tasks run elsewhere watches this long, then sleeps.
 WORKER_SPIN_NS = 200_000
 CALLER_SPIN_NS = 50_000
-CONTENDED_SPIN_NS = 2_000  # either, for a thread preempted lately (csrc/drug_pool.c)
+CONTENDED_SPIN_NS = 2_000  # either, once a thread of the pool was preempted often (csrc/drug_pool.c)
 
 
 def usable_cpus() -> int:
