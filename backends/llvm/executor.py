@@ -80,6 +80,7 @@ class Binding:
             executor.view(self, n) if executor.schedule.slot(n) in self.arena else None
             for n in executor.program.outputs
         ]
+        self.outputs_viewed = all(view is not None for view in self.outputs)
         # (slot, shape, dtype) of the outputs a caller's array of that shape may replace in the arena
         self.redirectable = [executor.redirectable(n, batch) for n in executor.program.outputs]
         self.redirects = any(spec is not None for spec in self.redirectable)
@@ -125,8 +126,6 @@ class NativeExecutor(Executor):
         self.persistent = self._persistent_arrays()
         slot_of_input = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
         self.input_slots = [(slot_of_input[n.name], n.id) for n in program.leaves(InputOp) if n.name in slot_of_input]
-        # outputs that are inputs fed through are viewed anew on every call (see Binding.outputs)
-        self._outputs_prepared = not {self.schedule.slot(n) for n in program.outputs} & set(slot_of_input.values())
         self._bindings: dict[int, Binding] = {}
         self._last_binding: Binding | None = None
         self._current: Binding | None = None
@@ -186,7 +185,7 @@ class NativeExecutor(Executor):
                 if status == STATUS_NOT_FINITE:
                     raise self._non_finite(binding)
                 self._raise(status, binding)
-            if not redirected and self._outputs_prepared:
+            if not redirected and binding.outputs_viewed:
                 return binding.outputs
             return [
                 redirected[slot][1] if redirected.get(slot, (None,))[0] == i
