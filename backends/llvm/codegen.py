@@ -28,6 +28,7 @@ from .irutil import (
     PTR,
     STATUS_OUT_OF_BOUNDS,
     VOID,
+    Callee,
     dim_value,
     element_count,
     for_range,
@@ -55,19 +56,6 @@ PARALLEL_FOR_MAX_TASKS = 16  # KernelContext.parallel_for: more tasks than threa
 GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, first kernel, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
 CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS = 101, 111, 112
-
-
-class Callee:
-    """An opaque pointer used as a call target (llvmlite wants to know the function type)."""
-
-    def __init__(self, pointer: ir.Value, fnty: ir.FunctionType):
-        self.pointer, self.function_type, self.type = pointer, fnty, pointer.type
-
-    def get_reference(self) -> str:
-        return self.pointer.get_reference()
-
-    def __getattr__(self, name):
-        return getattr(self.pointer, name)
 
 
 @dataclass

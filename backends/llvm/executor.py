@@ -24,7 +24,7 @@ from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
 from .. import numerics
 from ..base import Executor
-from . import arena, blas, bounds, probes, threads
+from . import arena, blas, bounds, gemm, probes, threads
 from .codegen import ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
@@ -98,6 +98,9 @@ class NativeExecutor(Executor):
         self.instrument = instrument
         self.runs_python = any(kernel.kind == "callback" for kernel in self.schedule.kernels)
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
+        calls_blas = _calls_blas(self.schedule)
+        # drug's sgemm: compiled beside the program, the first time
+        sgemm_address = gemm.sgemm_address(sgemm) if calls_blas else gemm.sgemm_address(sgemm, own=False)
         parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)
@@ -117,10 +120,10 @@ class NativeExecutor(Executor):
         self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
         # the pool shares GEMMs out, each task calling BLAS on one thread
-        self._blas_context = blas.one_thread() if _calls_blas(self.schedule) else contextlib.nullcontext()
+        self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
-            sgemm.address, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
+            sgemm_address.result(), dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
         )
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()

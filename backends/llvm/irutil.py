@@ -59,6 +59,19 @@ def i64(value: int) -> ir.Constant:
     return ir.Constant(I64, int(value))
 
 
+class Callee:
+    """An opaque pointer used as a call target (llvmlite wants to know the function type)."""
+
+    def __init__(self, pointer: ir.Value, fnty: ir.FunctionType):
+        self.pointer, self.function_type, self.type = pointer, fnty, pointer.type
+
+    def get_reference(self) -> str:
+        return self.pointer.get_reference()
+
+    def __getattr__(self, name):
+        return getattr(self.pointer, name)
+
+
 @contextmanager
 def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value | None = None) -> Iterator[ir.Value]:
     """`for (i = start; i < stop; ++i)`; the body is emitted inside the `with` block."""

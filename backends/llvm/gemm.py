@@ -1,0 +1,514 @@
+"""drug's own single-precision GEMM, generated for the host CPU's vector registers.
+
+It has `cblas_sgemm`'s signature (row-major; the integer width of the BLAS numpy loaded), so it
+takes the BLAS's place in the runtime's table and every call site (matrix products, the GEMMs of
+convolutions, the tasks of a shared-out GEMM) uses it unchanged. The method is GotoBLAS's and
+BLIS's, cut to the sizes drug's tasks have: op(B) is packed in blocks of `depth` x `column_block`
+(they stay in L2) into panels one tile wide, and a micro-kernel keeps a tile of C in registers
+while it runs down the depth: per step one broadcast of A and a vector load of B per register
+across. A is read in place (a tile's rows are a few streams, or one when transposed), so only B
+is ever copied, and not even B when A has so few rows that each panel would be read once or
+twice. Edge tiles use the same micro-kernel: rows past the edge repeat the last row, columns past
+it are masked.
+
+Why not the BLAS: it is written for large square problems; drug's steps call it on a few dozen to
+a few hundred rows per task, where its packing of both operands and its blocking leave a tenth to
+a half of the core's multiply-add rate unused. Shapes this GEMM does not gain on (a row or column
+vector, an empty depth, column-major order) go to the BLAS, whose address the runtime stores in
+`FALLBACK_SYMBOL` before the first call.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from . import jit
+from .blas import CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
+from .irutil import I32, I64, PTR, VOID, Callee, for_range, i64
+
+__all__ = [
+    "Tile",
+    "Tiling",
+    "host_tiling",
+    "build_sgemm",
+    "compile_sgemm",
+    "sgemm_address",
+    "ENTRY_SYMBOL",
+    "FALLBACK_SYMBOL",
+]
+
+ENTRY_SYMBOL = "drug_sgemm"
+FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
+F32 = ir.FloatType()
+UNPACKED_MAX_ROWS = 16  # at most this many rows of A: B is read in place, not packed
+ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
+
+
+@dataclass(frozen=True)
+class Tile:
+    """The block of C a micro-kernel call keeps in registers: `rows` x `vectors` registers."""
+
+    rows: int
+    vectors: int
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """Register tiles and cache blocks of the GEMM (in elements)."""
+
+    lanes: int  # floats per vector register
+    wide: Tile  # the tile of most products
+    narrow: Tile  # the tile of products with at most `lanes` columns (a classifier's last layer)
+    depth: int  # steps of the inner dimension per packed block (B's micro-panel stays in L1)
+    column_block: int  # columns of B packed at once
+
+
+def host_tiling(features: str) -> Tiling:
+    """The tiling for the host's registers: AVX-512 has 32 of 16 floats (a 8 x 32 tile: 16
+    accumulators, 2 for B, 1 broadcast), AVX 16 of 8 (6 x 16: 12 accumulators), SSE 16 of 4. A
+    packed block of B (depth x column_block floats) is read once per row tile: it has to stay in
+    L2, 1 MiB on AVX-512 cores, 256 KiB on older ones."""
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        return Tiling(16, Tile(8, 2), Tile(16, 1), depth=256, column_block=512)
+    if "+avx" in flags:
+        return Tiling(8, Tile(6, 2), Tile(12, 1), depth=256, column_block=256)
+    return Tiling(4, Tile(4, 2), Tile(8, 1), depth=256, column_block=256)
+
+
+def _ceil_div(b: ir.IRBuilder, x, y, name: str):
+    return b.udiv(b.add(x, b.sub(y, i64(1))), y, name=name)
+
+
+def _min(b: ir.IRBuilder, x, y, name: str):
+    return b.select(b.icmp_signed("<", x, y), x, y, name=name)
+
+
+def _blocks(b: ir.IRBuilder, total, block: int, name: str, balanced_multiple: int = 0):
+    """Loop over [0, total) in blocks of at most `block`: yields (start, size) inside the body.
+    `balanced_multiple` > 0: blocks of equal size (rounded up to that multiple) instead of full
+    blocks and a small last one, so no pass over the data is a short one."""
+    count = _ceil_div(b, total, i64(block), f"{name}.count")
+    size = i64(block)
+    if balanced_multiple:
+        size = _ceil_div(b, total, count, f"{name}.even")
+        size = b.mul(_ceil_div(b, size, i64(balanced_multiple), f"{name}.units"), i64(balanced_multiple))
+    return count, size
+
+
+class _Loop:
+    """`with _Loop(b, total, block, name) as (start, size):` blocks of [0, total)."""
+
+    def __init__(self, b: ir.IRBuilder, total, block: int, name: str, balanced_multiple: int = 0):
+        self.b, self.total, self.name = b, total, name
+        self.count, self.block = _blocks(b, total, block, name, balanced_multiple)
+
+    def __enter__(self):
+        self._loop = for_range(self.b, self.count, self.name)
+        index = self._loop.__enter__()
+        start = self.b.mul(index, self.block, name=f"{self.name}.start")
+        size = _min(self.b, self.block, self.b.sub(self.total, start), f"{self.name}.size")
+        return start, size
+
+    def __exit__(self, *exc):
+        return self._loop.__exit__(*exc)
+
+
+class _Builder:
+    def __init__(self, module: ir.Module, tiling: Tiling, int_bits: int):
+        self.module, self.t, self.int_type = module, tiling, ir.IntType(int_bits)
+        self.vector = ir.VectorType(F32, tiling.lanes)
+        self.mask = ir.VectorType(ir.IntType(1), tiling.lanes)
+
+    def intrinsic(self, name: str, ret, args) -> ir.Function:
+        if name in self.module.globals:
+            return self.module.globals[name]
+        return ir.Function(self.module, ir.FunctionType(ret, args), name)
+
+    def function(self, name: str, args: list[tuple[str, ir.Type]], ret=VOID, internal=True):
+        fn = ir.Function(self.module, ir.FunctionType(ret, [t for _, t in args]), name)
+        for arg, (arg_name, _) in zip(fn.args, args):
+            arg.name = arg_name
+        if internal:
+            fn.linkage = "internal"
+            # kept out of their callers: inlined, each micro-kernel copy multiplies the optimizer's
+            # work (loop unswitching clones whole loop nests around it) for no speed
+            fn.attributes.add("noinline")
+        return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def splat(self, b: ir.IRBuilder, scalar) -> ir.Value:
+        lanes = self.t.lanes
+        one = b.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(I32, 0))
+        zeros = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
+        return b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), zeros, name="splat")
+
+    def element(self, b: ir.IRBuilder, base, offset, name: str):
+        return b.gep(base, [offset], source_etype=F32, inbounds=True, name=name)
+
+    # -- micro-kernel ---------------------------------------------------------------------------
+    def micro_kernel(self, tile: Tile) -> ir.Function:
+        """`micro(depth, a, a_row, a_step, b, b_step, c, ldc, rows, cols, alpha, beta)`: the tile
+        of C at `c` (its first `rows` x `cols` elements) = alpha op(A) op(B) + beta C, with
+        op(A)[r, p] at a[r*a_row + p*a_step] and op(B)[p, j] at b[p*b_step + j] (a packed panel, or
+        B itself; columns past `cols` are never read). Where beta is 0, C is not read into the sum
+        (a NaN there must not survive)."""
+        lanes = self.t.lanes
+        name = f"drug_sgemm.micro{tile.rows}x{tile.vectors * lanes}"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn, b = self.function(
+            name,
+            [("depth", I64), ("a", PTR), ("a.row", I64), ("a.step", I64), ("b", PTR), ("b.step", I64), ("c", PTR),
+             ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32), ("beta", F32)],
+        )  # fmt: skip
+        depth, a, a_row, a_step, bp, b_step, c, ldc, rows, cols, alpha, beta = fn.args
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        masked_load = self.masked("load")
+        masks = self.column_masks(b, cols, tile.vectors)
+        # rows past the edge read the last row again (their sums are never stored): A needs no padding
+        last = b.sub(rows, i64(1), name="last")
+        a_rows = [
+            self.element(b, a, b.mul(_min(b, i64(r), last, f"r{r}"), a_row), f"a{r}.row") for r in range(tile.rows)
+        ]
+        entry = b.block
+        loop, done = fn.append_basic_block("step"), fn.append_basic_block("store")
+        b.branch(loop)
+        b.position_at_end(loop)
+        p = b.phi(I64, name="p")
+        p.add_incoming(i64(0), entry)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
+        b_row = b.mul(p, b_step, name="b.row")
+        bv = [
+            b.call(masked_load, [self.element(b, bp, b.add(b_row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
+                                 masks[j], zero], name=f"b{j}")
+            for j in range(tile.vectors)
+        ]  # fmt: skip
+        a_col = b.mul(p, a_step, name="a.col")
+        new = []
+        for r in range(tile.rows):
+            ar = b.load(self.element(b, a_rows[r], a_col, f"a{r}.at"), name=f"a{r}", typ=F32)
+            splat = self.splat(b, ar)
+            new.append([b.call(fma, [splat, bv[j], acc[r][j]], name=f"c{r}.{j}.next") for j in range(tile.vectors)])
+        p_next = b.add(p, i64(1), name="p.next")
+        p.add_incoming(p_next, loop)
+        for r in range(tile.rows):
+            for j in range(tile.vectors):
+                acc[r][j].add_incoming(zero, entry)
+                acc[r][j].add_incoming(new[r][j], loop)
+        b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
+
+        b.position_at_end(done)
+        alpha_v, beta_v = self.splat(b, alpha), self.splat(b, beta)
+        beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
+        full_rows = b.icmp_signed("==", rows, i64(tile.rows))
+        full = b.and_(full_rows, b.icmp_signed("==", cols, i64(tile.vectors * lanes)), name="full")
+        with b.if_else(full, likely=True) as (whole, edge):
+            with whole:
+                self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=None, rows=None)
+            with edge:
+                self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=masks, rows=rows)
+        b.ret_void()
+        return fn
+
+    def masked(self, what: str) -> ir.Function:
+        """llvm.masked.load / llvm.masked.store of one vector."""
+        lanes = self.t.lanes
+        if what == "load":
+            return self.intrinsic(f"llvm.masked.load.v{lanes}f32.p0", self.vector, [PTR, I32, self.mask, self.vector])
+        return self.intrinsic(f"llvm.masked.store.v{lanes}f32.p0", VOID, [self.vector, PTR, I32, self.mask])
+
+    def splat_i64(self, b: ir.IRBuilder, scalar) -> ir.Value:
+        lanes = self.t.lanes
+        vec = ir.VectorType(I64, lanes)
+        one = b.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(I32, 0))
+        zeros = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
+        return b.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
+
+    def _store_tile(self, b, acc, c, ldc, alpha_v, beta_v, beta_zero, masks, rows) -> None:
+        """C = alpha acc + beta C over the tile: whole vectors, or (edge tiles) the first `rows`
+        rows through the column masks."""
+        lanes = self.t.lanes
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        masked_load, masked_store = self.masked("load"), self.masked("store")
+        for r, row_acc in enumerate(acc):
+            row_start = b.mul(i64(r), ldc, name=f"row{r}")
+
+            def store_row(r=r, row_acc=row_acc, row_start=row_start):
+                for j, value in enumerate(row_acc):
+                    at = self.element(b, c, b.add(row_start, i64(j * lanes)), f"c{r}.{j}.at")
+                    if masks is None:
+                        old = b.load(at, typ=self.vector, name=f"old{r}.{j}")
+                        old.align = 4
+                    else:
+                        old = b.call(masked_load, [at, ir.Constant(I32, 4), masks[j], zero], name=f"old{r}.{j}")
+                    scaled = b.fmul(alpha_v, value, name=f"scaled{r}.{j}")
+                    value = b.select(beta_zero, scaled, b.call(fma, [beta_v, old, scaled]), name=f"out{r}.{j}")
+                    if masks is None:
+                        b.store(value, at).align = 4
+                    else:
+                        b.call(masked_store, [value, at, ir.Constant(I32, 4), masks[j]])
+
+            if rows is None:
+                store_row()
+            else:
+                with b.if_then(b.icmp_signed("<", i64(r), rows)):
+                    store_row()
+
+    # -- packing --------------------------------------------------------------------------------
+    def pack(self, panel: int) -> ir.Function:
+        """`pack(dst, src, ld, by_rows, outer0, inner0, extent, depth)`: the block of op(B) with
+        `depth` steps of the inner dimension from `inner0` and `extent` columns from `outer0`, into
+        panels `panel` wide: dst[q][p][e] = op(B)[inner0 + p, outer0 + q*panel + e], zeros past the
+        block's edge (edge tiles need no micro-kernel of their own). `by_rows`: a step p is a row
+        of `src` (B not transposed: vector copies); else a column (blocks transposed in registers)."""
+        name = f"drug_sgemm.pack{panel}"
+        if name in self.module.globals:
+            return self.module.globals[name]
+        fn, b = self.function(
+            name,
+            [("dst", PTR), ("src", PTR), ("ld", I64), ("by_rows", I64), ("outer0", I64), ("inner0", I64),
+             ("extent", I64), ("depth", I64)],
+        )  # fmt: skip
+        dst, src, ld, by_rows, outer0, inner0, extent, depth = fn.args
+        memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, ir.IntType(8), I64, ir.IntType(1)])
+        with b.if_else(b.icmp_unsigned("!=", by_rows, i64(0))) as (steps_are_rows, steps_are_columns):
+            with steps_are_rows:
+                self._pack_rows(b, dst, src, ld, outer0, inner0, extent, depth, panel)
+            with steps_are_columns:
+                with _Loop(b, extent, panel, "panel") as (first, width):
+                    target = self.element(b, dst, b.mul(first, depth), "panel.dst")
+                    outer = b.add(outer0, first, name="outer")
+                    full = b.icmp_signed("==", width, i64(panel), name="full")
+                    self._pack_transposed(b, target, src, ld, outer, inner0, width, depth, full, panel, memset)
+        b.ret_void()
+        return fn
+
+    def _pack_rows(self, b, dst, src, ld, outer0, inner0, extent, depth, panel: int) -> None:
+        """B in rows into panels: row by row (one sequential read of each row), its whole panels
+        in vector copies, the last partial one through masks (zeros past the edge)."""
+        lanes, vectors = self.t.lanes, panel // self.t.lanes
+        whole = b.udiv(extent, i64(panel), name="whole")
+        rest = b.sub(extent, b.mul(whole, i64(panel)), name="rest")
+        masks = self.column_masks(b, rest, vectors)
+        masked_load = self.masked("load")
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        panel_size = b.mul(depth, i64(panel), name="panel.size")
+
+        def copy(q, p, row, load):
+            for j in range(vectors):
+                at = self.element(b, src, b.add(row, b.add(b.mul(q, i64(panel)), i64(j * lanes))), f"src{j}")
+                out = b.add(b.mul(q, panel_size), b.add(b.mul(p, i64(panel)), i64(j * lanes)))
+                b.store(load(at, j), self.element(b, dst, out, f"dst{j}")).align = lanes * 4
+
+        def plain(at, j):
+            v = b.load(at, typ=self.vector, name=f"v{j}")
+            v.align = 4
+            return v
+
+        with for_range(b, depth, "p") as p:
+            row = b.add(b.mul(b.add(inner0, p), ld), outer0, name="src.row")
+            with for_range(b, whole, "q") as q:
+                copy(q, p, row, plain)
+            with b.if_then(b.icmp_signed(">", rest, i64(0))):
+                copy(whole, p, row, lambda at, j: b.call(masked_load, [at, ir.Constant(I32, 4), masks[j], zero]))
+
+    def column_masks(self, b: ir.IRBuilder, width, vectors: int) -> list[ir.Value]:
+        """Per vector j of a row, which of its lanes lie before column `width`."""
+        t = self.t
+        lane = ir.Constant(ir.VectorType(I64, t.lanes), list(range(t.lanes)))
+        return [
+            b.icmp_signed("<", lane, self.splat_i64(b, b.sub(width, i64(j * t.lanes))), name=f"mask{j}")
+            for j in range(vectors)
+        ]
+
+    def _pack_transposed(self, b, target, src, ld, outer, inner0, width, depth, full, panel, memset) -> None:
+        """Transposed B into a panel: whole panels in `lanes` x `lanes` blocks transposed in
+        registers, the steps past the last whole block (and edge panels) element by element."""
+        t = self.t
+        blocks = b.select(full, b.udiv(depth, i64(t.lanes)), i64(0), name="blocks")
+        with for_range(b, blocks, "pb") as pb:
+            p0 = b.mul(pb, i64(t.lanes), name="p0")
+            for j in range(panel // t.lanes):
+                rows = []
+                for e in range(t.lanes):
+                    row = b.add(b.mul(b.add(outer, i64(j * t.lanes + e)), ld), b.add(inner0, p0))
+                    load = b.load(self.element(b, src, row, f"col{e}"), typ=self.vector, name=f"col{e}")
+                    load.align = 4
+                    rows.append(load)
+                for e, v in enumerate(transpose(b, rows)):
+                    out = b.add(b.mul(b.add(p0, i64(e)), i64(panel)), i64(j * t.lanes))
+                    b.store(v, self.element(b, target, out, f"step{e}")).align = t.lanes * 4
+        done = b.mul(blocks, i64(t.lanes), name="done")
+        with b.if_then(b.not_(full)):
+            size = b.mul(depth, i64(panel * 4))
+            b.call(memset, [target, ir.Constant(ir.IntType(8), 0), size, ir.Constant(ir.IntType(1), 0)])
+        with for_range(b, width, "e") as e:
+            row = b.add(b.mul(b.add(outer, e), ld), inner0, name="src.row")
+            with for_range(b, depth, "p", start=done) as p:
+                v = b.load(self.element(b, src, b.add(row, p), "src.at"), typ=F32)
+                b.store(v, self.element(b, target, b.add(b.mul(p, i64(panel)), e), "dst.at"))
+
+    # -- driver ---------------------------------------------------------------------------------
+    def entry(self) -> ir.Function:
+        """`ENTRY_SYMBOL`, cblas_sgemm's signature: the shapes it leaves to the BLAS go there, the
+        others to the blocked GEMM of the narrow or the wide tile."""
+        n_int = self.int_type
+        args = [("order", I32), ("trans_a", I32), ("trans_b", I32), ("m", n_int), ("n", n_int), ("k", n_int),
+                ("alpha", F32), ("a", PTR), ("lda", n_int), ("b", PTR), ("ldb", n_int), ("beta", F32),
+                ("c", PTR), ("ldc", n_int)]  # fmt: skip
+        fn, b = self.function(ENTRY_SYMBOL, args, internal=False)
+        fallback = ir.GlobalVariable(self.module, PTR, FALLBACK_SYMBOL)
+        fallback.initializer = ir.Constant(PTR, None)
+        order, ta, tb, m, n, k, alpha, a, lda, b_, ldb, beta, c, ldc = fn.args
+        sizes = [b.sext(v, I64) if n_int.width < 64 else v for v in (m, n, k, lda, ldb, ldc)]
+        m64, n64, k64 = sizes[:3]
+        with b.if_then(b.or_(b.icmp_signed("<=", m64, i64(0)), b.icmp_signed("<=", n64, i64(0))), likely=False):
+            b.ret_void()
+        # a row or column vector (GEMV: nothing to reuse, packing would double the traffic), an
+        # empty inner dimension (C = beta C) and column-major order go to the BLAS
+        vector_like = b.or_(b.icmp_signed("<", m64, i64(2)), b.icmp_signed("<", n64, i64(2)))
+        unusual = b.or_(b.icmp_signed("<=", k64, i64(0)), b.icmp_signed("!=", order, ir.Constant(I32, CBLAS_ROW_MAJOR)))
+        blas = Callee(b.load(fallback, typ=PTR, name="blas"), fn.function_type)
+        with b.if_then(b.or_(vector_like, unusual), likely=False):
+            b.call(blas, list(fn.args))
+            b.ret_void()
+        a_trans = b.zext(b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS)), I64, name="a.trans")
+        b_trans = b.zext(b.icmp_signed("==", tb, ir.Constant(I32, CBLAS_TRANS)), I64, name="b.trans")
+        operands = [a_trans, b_trans, *sizes, alpha, a, b_, beta, c]
+        narrow = b.icmp_signed("<=", n64, i64(self.t.lanes), name="narrow")
+        with b.if_else(narrow) as (few_columns, many_columns):
+            with few_columns:
+                narrow_status = b.call(self.blocked(self.t.narrow), operands, name="narrow.status")
+                narrow_end = b.block
+            with many_columns:
+                wide_status = b.call(self.blocked(self.t.wide), operands, name="wide.status")
+                wide_end = b.block
+        status = b.phi(I32, name="status")
+        status.add_incoming(narrow_status, narrow_end)
+        status.add_incoming(wide_status, wide_end)
+        with b.if_then(b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
+            b.call(blas, list(fn.args))  # no memory for the packed panels
+        b.ret_void()
+        return fn
+
+    def blocked(self, tile: Tile) -> ir.Function:
+        """`blocked(a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b, beta, c)` -> 1 when it
+        could not allocate its panels (nothing written), else 0."""
+        t, columns = self.t, tile.vectors * self.t.lanes
+        fn, b = self.function(
+            f"drug_sgemm.blocked{tile.rows}x{columns}",
+            [("a.trans", I64), ("b.trans", I64), ("m", I64), ("n", I64), ("k", I64), ("lda", I64), ("ldb", I64),
+             ("ldc", I64), ("alpha", F32), ("a", PTR), ("b", PTR), ("beta", F32), ("c", PTR)],
+            ret=I32,
+        )  # fmt: skip
+        a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b_, beta, c = fn.args
+        micro, pack = self.micro_kernel(tile), self.pack(columns)
+        # op(B) is packed unless B is in rows (not transposed) and A has so few rows that each
+        # panel would be read once or twice: then the micro-kernel reads B where it is
+        packed = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(UNPACKED_MAX_ROWS)))
+        depth_count, depth_block = _blocks(b, k, t.depth, "kc", balanced_multiple=1)
+        panels = b.mul(_ceil_div(b, n, i64(columns), "n.panels"), i64(columns))
+        block_bytes = b.mul(b.mul(depth_block, _min(b, panels, i64(t.column_block), "nc.max")), i64(4))
+        malloc, free = self.intrinsic("malloc", PTR, [I64]), self.intrinsic("free", VOID, [PTR])
+        raw = b.call(malloc, [b.select(packed, b.add(block_bytes, i64(ALIGN)), i64(ALIGN))], name="scratch")
+        with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, I64), i64(0)), likely=False):
+            b.ret(ir.Constant(I32, 1))
+        b_pack = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, I64), i64(ALIGN - 1)), i64(-ALIGN)), PTR, name="b.pack")
+        # op(A)[i, p] is a[i*lda + p], or a[p*lda + i] when transposed: the micro-kernel reads it in
+        # place (a tile's rows are `rows` streams, or one), so A is never copied
+        transposed = b.icmp_unsigned("!=", a_trans, i64(0))
+        a_row = b.select(transposed, i64(1), lda, name="a.row")
+        a_step = b.select(transposed, lda, i64(1), name="a.step")
+        one = ir.Constant(F32, 1.0)
+        with _Loop(b, n, t.column_block, "jc") as (jc, nc):
+            with for_range(b, depth_count, "pc") as pc_index:
+                pc = b.mul(pc_index, depth_block, name="pc")
+                kc = _min(b, depth_block, b.sub(k, pc), "kc")
+                with b.if_then(packed):  # op(B)[p, j] is b[p*ldb + j]: a step is a row of b unless transposed
+                    b.call(pack, [b_pack, b_, ldb, b.xor(b_trans, i64(1)), jc, pc, nc, kc])
+                beta_now = b.select(b.icmp_signed("==", pc_index, i64(0)), beta, one, name="beta.now")
+                b_step = b.select(packed, i64(columns), ldb, name="b.step")
+                with _Loop(b, m, tile.rows, "ir") as (row, height):
+                    a_tile = self.element(b, a, b.add(b.mul(row, a_row), b.mul(pc, a_step)), "a.tile")
+                    with _Loop(b, nc, columns, "jr") as (jr, width):
+                        in_place = self.element(b, b_, b.add(b.mul(pc, ldb), b.add(jc, jr)), "b.in_place")
+                        panel = b.select(packed, self.element(b, b_pack, b.mul(jr, kc), "b.packed"), in_place)
+                        c_tile = self.element(b, c, b.add(b.mul(row, ldc), b.add(jc, jr)), "c.tile")
+                        args = [kc, a_tile, a_row, a_step, panel, b_step, c_tile, ldc, height, width, alpha, beta_now]
+                        b.call(micro, args)
+        b.call(free, [raw])
+        b.ret(ir.Constant(I32, 0))
+        return fn
+
+
+def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The n x n matrix held in n vectors of n lanes, transposed with two-input shuffles: at each
+    of log2(n) stages, rows i and i + h swap the lanes of their off-diagonal h x h blocks."""
+    n = len(rows)
+    rows = list(rows)
+    h = n // 2
+    while h:
+        for i in range(n):
+            if i & h:
+                continue
+            upper, lower = rows[i], rows[i + h]
+            keep = [lane if not lane & h else n + lane - h for lane in range(n)]
+            swap = [lane + h if not lane & h else n + lane for lane in range(n)]
+            index = ir.VectorType(I32, n)
+            rows[i] = b.shuffle_vector(upper, lower, ir.Constant(index, keep), name=f"t{h}.{i}")
+            rows[i + h] = b.shuffle_vector(upper, lower, ir.Constant(index, swap), name=f"t{h}.{i + h}")
+        h //= 2
+    return rows
+
+
+def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) -> ir.Module:
+    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes)."""
+    module = module if module is not None else ir.Module(name="drug_sgemm")
+    _Builder(module, tiling, int_bits).entry()
+    return module
+
+
+ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
+_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-sgemm")
+
+
+def sgemm_address(blas: Gemm, own: bool = True) -> concurrent.futures.Future:
+    """The address of the sgemm the runtime calls, as a future: drug's, compiled once per process
+    (its object code is cached on disk like a program's) on a thread of its own, so that a first
+    compile overlaps the program's; or the BLAS's own (`own` False, or DRUG_GEMM=blas)."""
+    if not own or os.environ.get(ENV, "drug") == "blas":
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_result(blas.address)
+        return done
+    return _compiling(blas.int_bits, blas.address)
+
+
+@functools.cache
+def _compiling(int_bits: int, fallback_address: int) -> concurrent.futures.Future:
+    return _compiler.submit(_compile, int_bits, fallback_address)
+
+
+def _compile(int_bits: int, fallback_address: int) -> int:
+    return compile_sgemm(host_tiling(jit.host_cpu()[1]), int_bits, fallback_address)
+
+
+def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
+    """Machine code of `build_sgemm(tiling, int_bits)` (from the code cache when there), kept
+    alive for the life of the process; returns the entry's address."""
+    key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}"
+    compiled = jit.compile_module(key, lambda: str(build_sgemm(tiling, int_bits)), entry=ENTRY_SYMBOL)
+    _keep_alive.append(compiled)
+    slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
+    ctypes.c_void_p.from_address(slot).value = fallback_address
+    return compiled.address
+
+
+_keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

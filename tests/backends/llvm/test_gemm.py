@@ -1,0 +1,137 @@
+"""drug's own sgemm (backends/llvm/gemm.py) against a float64 reference: drawn shapes around its
+tile and block edges, both transposes, alpha and beta, leading dimensions wider than the matrices
+(padding never written), NaN in C with beta 0, the shapes it hands to the BLAS, every tiling the
+host can run, and whole graphs with and without it."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import drug as dg
+from drug.backends.llvm import blas, gemm, jit
+from drug.backends.llvm.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
+
+HOST = gemm.host_tiling(jit.host_cpu()[1])
+# every tiling this CPU can run: the host's, and the narrower ones (AVX's on an AVX-512 host, ...)
+TILINGS = {t.lanes: t for t in (gemm.host_tiling(f) for f in ("+avx512f,+avx", "+avx", "")) if t.lanes <= HOST.lanes}
+# edges of tiles (8, 16, 32 wide), of packed blocks (256 deep, 512 wide) and of the unpacked path (16 rows)
+DIM = st.one_of(st.sampled_from([1, 2, 3, 5, 8, 9, 15, 16, 17, 31, 33, 47, 64, 100]), st.integers(1, 120))
+DEPTH = st.one_of(st.sampled_from([1, 2, 7, 255, 256, 257, 300, 513]), st.integers(1, 80))
+
+
+@pytest.fixture(scope="module", params=sorted(TILINGS), ids=lambda lanes: f"lanes{lanes}")
+def sgemm(request):
+    """A callable sgemm of one tiling, sending its leftovers to numpy's BLAS."""
+    fallback = blas.find_gemm("float32")
+    address = gemm.compile_sgemm(TILINGS[request.param], fallback.int_bits, fallback.address)
+    return blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
+
+
+def _run(sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, seed):
+    """C = alpha op(A) op(B) + beta C with each leading dimension `pad` wider than its matrix;
+    checks the result and that the padding columns keep their values."""
+    rng = np.random.default_rng(seed)
+    a_rows, a_cols = (k, m) if trans_a else (m, k)
+    b_rows, b_cols = (n, k) if trans_b else (k, n)
+    a_store = rng.uniform(-1, 1, (a_rows, a_cols + pad)).astype(np.float32)
+    b_store = rng.uniform(-1, 1, (b_rows, b_cols + pad)).astype(np.float32)
+    c_store = rng.uniform(-1, 1, (m, n + pad)).astype(np.float32)
+    if beta == 0.0:
+        c_store[:, :n] = np.nan  # never read when beta is 0
+    a, b, c_before = a_store[:, :a_cols], b_store[:, :b_cols], c_store.copy()
+    op_a = (a.T if trans_a else a).astype(np.float64)
+    op_b = (b.T if trans_b else b).astype(np.float64)
+    expected = alpha * (op_a @ op_b) + (beta * c_before[:, :n].astype(np.float64) if beta else 0.0)
+    sgemm(
+        CBLAS_ROW_MAJOR,
+        CBLAS_TRANS if trans_a else CBLAS_NO_TRANS,
+        CBLAS_TRANS if trans_b else CBLAS_NO_TRANS,
+        m, n, k, alpha,
+        a_store.ctypes.data, a_cols + pad,
+        b_store.ctypes.data, b_cols + pad,
+        beta,
+        c_store.ctypes.data, n + pad,
+    )  # fmt: skip
+    tol = 4 * np.finfo(np.float32).eps * (k + 2)
+    np.testing.assert_allclose(c_store[:, :n], expected, rtol=tol, atol=tol * max(1.0, abs(alpha)))
+    np.testing.assert_array_equal(c_store[:, n:], c_before[:, n:])
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    m=DIM, n=DIM, k=DEPTH, trans_a=st.booleans(), trans_b=st.booleans(),
+    alpha=st.sampled_from([1.0, -0.5, 2.0]), beta=st.sampled_from([0.0, 1.0, 0.25]),
+    pad=st.sampled_from([0, 3]), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_sgemm_matches_float64_reference(sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, seed):
+    _run(sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, seed)
+
+
+@pytest.mark.parametrize(
+    "m, n, k",
+    [(600, 1100, 40), (20, 1030, 520), (130, 700, 300)],  # several column blocks, depth blocks, both
+)
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True)])
+def test_sgemm_across_packed_blocks(sgemm, m, n, k, trans_a, trans_b):
+    _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 1.0, 5, seed=m * n + k)
+
+
+@pytest.mark.parametrize("m, n, k", [(1, 300, 50), (40, 1, 50), (7, 9, 0)])
+def test_vectors_and_empty_depth_go_to_the_blas(sgemm, m, n, k):
+    _run(sgemm, m, n, k, False, True, 1.5, 0.5, 2, seed=k)
+
+
+def test_empty_products_write_nothing(sgemm):
+    c = np.full((3, 4), 7.0, np.float32)
+    for m, n in ((0, 4), (3, 0)):
+        sgemm(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_NO_TRANS, m, n, 5, 1.0, None, 5, None, 4, 0.0, c.ctypes.data, 4)
+    assert (c == 7.0).all()
+
+
+def test_transpose_network_is_a_transpose():
+    """The register transpose of `lanes` x `lanes` blocks, through the packing of B^T: a B whose
+    entries name their own position comes out of A = I as exactly its transpose."""
+    fallback = blas.find_gemm("float32")
+    address = gemm.compile_sgemm(HOST, fallback.int_bits, fallback.address)
+    call = blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
+    k = n = 2 * HOST.lanes * HOST.wide.vectors
+    b = np.arange(n * k, dtype=np.float32).reshape(n, k)  # exact in float32
+    eye, c = np.eye(k, dtype=np.float32), np.zeros((k, n), np.float32)
+    call(CBLAS_ROW_MAJOR, CBLAS_NO_TRANS, CBLAS_TRANS, k, n, k, 1.0, eye.ctypes.data, k, b.ctypes.data, k, 0.0,
+         c.ctypes.data, n)  # fmt: skip
+    np.testing.assert_array_equal(c, b.T)
+
+
+def _mlp():
+    g = dg.Graph(seed=3)
+    x = g.input("x", (None, 70))
+    w1, w2 = g.parameter("w1", (70, 90)), g.parameter("w2", (90, 10))
+    return g, dg.tanh(x @ w1) @ w2
+
+
+def test_graphs_use_it_unless_told_otherwise(monkeypatch):
+    """A compiled step calls drug's sgemm, DRUG_GEMM=blas puts numpy's BLAS back; both agree."""
+    x = np.random.default_rng(0).standard_normal((33, 70)).astype(np.float32)
+    results, slots = {}, {}
+    for mode in ("drug", "blas"):
+        monkeypatch.setenv(gemm.ENV, mode)
+        g, out = _mlp()
+        f = g.compile(outputs=out, backend="llvm")
+        results[mode] = f(x=x)
+        slots[mode] = f._executor._runtime[0]
+    assert slots["blas"] == blas.find_gemm("float32").address != slots["drug"]
+    np.testing.assert_allclose(results["drug"], results["blas"], rtol=1e-5, atol=1e-5)
+
+
+def test_sgemm_is_a_c_function_of_the_blas_int_width():
+    """The entry keeps cblas_sgemm's signature for both integer widths a BLAS may have."""
+    for bits in (32, 64):
+        module = gemm.build_sgemm(HOST, bits)
+        entry = module.get_global(gemm.ENTRY_SYMBOL)
+        assert [str(t) for t in entry.function_type.args[3:6]] == [f"i{bits}"] * 3
+    assert ctypes.sizeof(ctypes.c_void_p) == 8
