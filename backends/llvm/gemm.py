@@ -65,6 +65,7 @@ class Tiling:
     lanes: int  # floats per vector register
     wide: Tile  # the tile of most products
     narrow: Tile  # the tile of products with at most `lanes` columns (a classifier's last layer)
+    few: tuple[Tile, ...]  # tiles of products with fewer rows than `wide` (small batches), by rows
     depth: int  # steps of the inner dimension per packed block (B's micro-panel stays in L1)
     column_block: int  # columns of B packed at once
 
@@ -76,10 +77,12 @@ def host_tiling(features: str) -> Tiling:
     L2, 1 MiB on AVX-512 cores, 256 KiB on older ones."""
     flags = set(features.split(","))
     if "+avx512f" in flags:
-        return Tiling(16, Tile(8, 2), Tile(16, 1), depth=256, column_block=512)
+        few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
+        return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512)
+    few = (Tile(1, 8), Tile(2, 4), Tile(4, 2))
     if "+avx" in flags:
-        return Tiling(8, Tile(6, 2), Tile(12, 1), depth=256, column_block=256)
-    return Tiling(4, Tile(4, 2), Tile(8, 1), depth=256, column_block=256)
+        return Tiling(8, Tile(6, 2), Tile(12, 1), few, depth=256, column_block=256)
+    return Tiling(4, Tile(4, 2), Tile(8, 1), few, depth=256, column_block=256)
 
 
 def _ceil_div(b: ir.IRBuilder, x, y, name: str):
@@ -210,8 +213,12 @@ class _Builder:
         full_rows = b.icmp_signed("==", rows, i64(tile.rows))
         full = b.and_(full_rows, b.icmp_signed("==", cols, i64(tile.vectors * lanes)), name="full")
         with b.if_else(full, likely=True) as (whole, edge):
-            with whole:
-                self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=None, rows=None)
+            with whole:  # with beta 0, C is written without a read (a GEMM of small depth streams C)
+                with b.if_else(beta_zero) as (overwrite, update):
+                    with overwrite:
+                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, None, masks=None, rows=None)
+                    with update:
+                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=None, rows=None)
             with edge:
                 self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=masks, rows=rows)
         b.ret_void()
@@ -233,7 +240,7 @@ class _Builder:
 
     def _store_tile(self, b, acc, c, ldc, alpha_v, beta_v, beta_zero, masks, rows) -> None:
         """C = alpha acc + beta C over the tile: whole vectors, or (edge tiles) the first `rows`
-        rows through the column masks."""
+        rows through the column masks. `beta_zero` None: beta is known to be 0, C is not read."""
         lanes = self.t.lanes
         fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
         zero = ir.Constant(self.vector, [0.0] * lanes)
@@ -244,13 +251,16 @@ class _Builder:
             def store_row(r=r, row_acc=row_acc, row_start=row_start):
                 for j, value in enumerate(row_acc):
                     at = self.element(b, c, b.add(row_start, i64(j * lanes)), f"c{r}.{j}.at")
-                    if masks is None:
-                        old = b.load(at, typ=self.vector, name=f"old{r}.{j}")
-                        old.align = 4
-                    else:
-                        old = b.call(masked_load, [at, ir.Constant(I32, 4), masks[j], zero], name=f"old{r}.{j}")
                     scaled = b.fmul(alpha_v, value, name=f"scaled{r}.{j}")
-                    value = b.select(beta_zero, scaled, b.call(fma, [beta_v, old, scaled]), name=f"out{r}.{j}")
+                    if beta_zero is not None:  # C is read only when beta is not 0
+                        if masks is None:
+                            old = b.load(at, typ=self.vector, name=f"old{r}.{j}")
+                            old.align = 4
+                        else:
+                            old = b.call(masked_load, [at, ir.Constant(I32, 4), masks[j], zero], name=f"old{r}.{j}")
+                        value = b.select(beta_zero, scaled, b.call(fma, [beta_v, old, scaled]), name=f"out{r}.{j}")
+                    else:
+                        value = scaled
                     if masks is None:
                         b.store(value, at).align = 4
                     else:
@@ -263,62 +273,62 @@ class _Builder:
                     store_row()
 
     # -- packing --------------------------------------------------------------------------------
-    def pack(self, panel: int) -> ir.Function:
-        """`pack(dst, src, ld, by_rows, outer0, inner0, extent, depth)`: the block of op(B) with
-        `depth` steps of the inner dimension from `inner0` and `extent` columns from `outer0`, into
-        panels `panel` wide: dst[q][p][e] = op(B)[inner0 + p, outer0 + q*panel + e], zeros past the
-        block's edge (edge tiles need no micro-kernel of their own). `by_rows`: a step p is a row
-        of `src` (B not transposed: vector copies); else a column (blocks transposed in registers)."""
-        name = f"drug_sgemm.pack{panel}"
+    def pack(self) -> ir.Function:
+        """`pack(dst, src, ld, by_rows, outer0, inner0, extent, depth, panel)`: the block of op(B)
+        with `depth` steps of the inner dimension from `inner0` and `extent` columns from `outer0`,
+        into panels `panel` wide (a multiple of the vector width): dst[q][p][e] = op(B)[inner0 + p,
+        outer0 + q*panel + e], zeros past the block's edge (edge tiles need no micro-kernel of
+        their own). `by_rows`: a step p is a row of `src` (B not transposed: vector copies); else a
+        column (blocks transposed in registers). One function for every tile's panel width."""
+        name = "drug_sgemm.pack"
         if name in self.module.globals:
             return self.module.globals[name]
         fn, b = self.function(
             name,
             [("dst", PTR), ("src", PTR), ("ld", I64), ("by_rows", I64), ("outer0", I64), ("inner0", I64),
-             ("extent", I64), ("depth", I64)],
+             ("extent", I64), ("depth", I64), ("panel", I64)],
         )  # fmt: skip
-        dst, src, ld, by_rows, outer0, inner0, extent, depth = fn.args
-        memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, ir.IntType(8), I64, ir.IntType(1)])
+        dst, src, ld, by_rows, outer0, inner0, extent, depth, panel = fn.args
         with b.if_else(b.icmp_unsigned("!=", by_rows, i64(0))) as (steps_are_rows, steps_are_columns):
             with steps_are_rows:
                 self._pack_rows(b, dst, src, ld, outer0, inner0, extent, depth, panel)
             with steps_are_columns:
-                with _Loop(b, extent, panel, "panel") as (first, width):
-                    target = self.element(b, dst, b.mul(first, depth), "panel.dst")
-                    outer = b.add(outer0, first, name="outer")
-                    full = b.icmp_signed("==", width, i64(panel), name="full")
-                    self._pack_transposed(b, target, src, ld, outer, inner0, width, depth, full, panel, memset)
+                self._pack_transposed(b, dst, src, ld, outer0, inner0, extent, depth, panel)
         b.ret_void()
         return fn
 
-    def _pack_rows(self, b, dst, src, ld, outer0, inner0, extent, depth, panel: int) -> None:
-        """B in rows into panels: row by row (one sequential read of each row), its whole panels
-        in vector copies, the last partial one through masks (zeros past the edge)."""
-        lanes, vectors = self.t.lanes, panel // self.t.lanes
-        whole = b.udiv(extent, i64(panel), name="whole")
-        rest = b.sub(extent, b.mul(whole, i64(panel)), name="rest")
-        masks = self.column_masks(b, rest, vectors)
+    def _pack_rows(self, b, dst, src, ld, outer0, inner0, extent, depth, panel) -> None:
+        """B in rows into panels: row by row (one sequential read of each row), whole vectors
+        copied, the last partial one of the block through a mask (zeros past the edge)."""
+        lanes = self.t.lanes
+        vectors = b.udiv(b.add(extent, i64(lanes - 1)), i64(lanes), name="vectors")
+        padded = b.mul(b.udiv(b.add(extent, b.sub(panel, i64(1))), panel), panel, name="padded")
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
         masked_load = self.masked("load")
         zero = ir.Constant(self.vector, [0.0] * lanes)
-        panel_size = b.mul(depth, i64(panel), name="panel.size")
-
-        def copy(q, p, row, load):
-            for j in range(vectors):
-                at = self.element(b, src, b.add(row, b.add(b.mul(q, i64(panel)), i64(j * lanes))), f"src{j}")
-                out = b.add(b.mul(q, panel_size), b.add(b.mul(p, i64(panel)), i64(j * lanes)))
-                b.store(load(at, j), self.element(b, dst, out, f"dst{j}")).align = lanes * 4
-
-        def plain(at, j):
-            v = b.load(at, typ=self.vector, name=f"v{j}")
-            v.align = 4
-            return v
-
-        with for_range(b, depth, "p") as p:
+        panel_size = b.mul(depth, panel, name="panel.size")
+        per_panel = b.udiv(panel, i64(lanes), name="per_panel")
+        with for_range(b, depth, "p") as p, for_range(b, b.udiv(padded, panel), "q") as q:
             row = b.add(b.mul(b.add(inner0, p), ld), outer0, name="src.row")
-            with for_range(b, whole, "q") as q:
-                copy(q, p, row, plain)
-            with b.if_then(b.icmp_signed(">", rest, i64(0))):
-                copy(whole, p, row, lambda at, j: b.call(masked_load, [at, ir.Constant(I32, 4), masks[j], zero]))
+            with for_range(b, per_panel, "j") as j:
+                v = b.add(b.mul(q, per_panel), j, name="v")
+                column = b.mul(v, i64(lanes), name="column")
+                out = b.add(b.mul(q, panel_size), b.add(b.mul(p, panel), b.mul(j, i64(lanes))))
+                at = self.element(b, src, b.add(row, column), "src")
+                whole = b.icmp_signed("<", b.add(column, i64(lanes - 1)), extent, name="whole")
+                with b.if_else(whole, likely=True) as (inside, edge):
+                    with inside:
+                        value = b.load(at, typ=self.vector, name="v")
+                        value.align = 4
+                        b.store(value, self.element(b, dst, out, "dst")).align = lanes * 4
+                    with edge:  # the last vector with data is masked, the ones after it are zeros
+                        mask = b.icmp_signed("<", lane, self.splat_i64(b, b.sub(extent, column)), name="mask")
+                        value = b.select(
+                            b.icmp_signed("<", v, vectors),
+                            b.call(masked_load, [at, ir.Constant(I32, 4), mask, zero]),
+                            zero,
+                        )
+                        b.store(value, self.element(b, dst, out, "dst")).align = lanes * 4
 
     def column_masks(self, b: ir.IRBuilder, width, vectors: int) -> list[ir.Value]:
         """Per vector j of a row, which of its lanes lie before column `width`."""
@@ -329,37 +339,45 @@ class _Builder:
             for j in range(vectors)
         ]
 
-    def _pack_transposed(self, b, target, src, ld, outer, inner0, width, depth, full, panel, memset) -> None:
-        """Transposed B into a panel: whole panels in `lanes` x `lanes` blocks transposed in
+    def _pack_transposed(self, b, dst, src, ld, outer0, inner0, extent, depth, panel) -> None:
+        """Transposed B into panels: whole panels in `lanes` x `lanes` blocks transposed in
         registers, the steps past the last whole block (and edge panels) element by element."""
-        t = self.t
-        blocks = b.select(full, b.udiv(depth, i64(t.lanes)), i64(0), name="blocks")
-        with for_range(b, blocks, "pb") as pb:
-            p0 = b.mul(pb, i64(t.lanes), name="p0")
-            for j in range(panel // t.lanes):
-                rows = []
-                for e in range(t.lanes):
-                    row = b.add(b.mul(b.add(outer, i64(j * t.lanes + e)), ld), b.add(inner0, p0))
-                    load = b.load(self.element(b, src, row, f"col{e}"), typ=self.vector, name=f"col{e}")
-                    load.align = 4
-                    rows.append(load)
-                for e, v in enumerate(transpose(b, rows)):
-                    out = b.add(b.mul(b.add(p0, i64(e)), i64(panel)), i64(j * t.lanes))
-                    b.store(v, self.element(b, target, out, f"step{e}")).align = t.lanes * 4
-        done = b.mul(blocks, i64(t.lanes), name="done")
-        with b.if_then(b.not_(full)):
-            size = b.mul(depth, i64(panel * 4))
-            b.call(memset, [target, ir.Constant(ir.IntType(8), 0), size, ir.Constant(ir.IntType(1), 0)])
-        with for_range(b, width, "e") as e:
-            row = b.add(b.mul(b.add(outer, e), ld), inner0, name="src.row")
-            with for_range(b, depth, "p", start=done) as p:
-                v = b.load(self.element(b, src, b.add(row, p), "src.at"), typ=F32)
-                b.store(v, self.element(b, target, b.add(b.mul(p, i64(panel)), e), "dst.at"))
+        lanes = self.t.lanes
+        memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, ir.IntType(8), I64, ir.IntType(1)])
+        with for_range(b, b.udiv(b.add(extent, b.sub(panel, i64(1))), panel), "q") as q:
+            first = b.mul(q, panel, name="first")
+            width = _min(b, panel, b.sub(extent, first), "width")
+            target = self.element(b, dst, b.mul(first, depth), "panel.dst")
+            outer = b.add(outer0, first, name="outer")
+            full = b.icmp_signed("==", width, panel, name="full")
+            blocks = b.select(full, b.udiv(depth, i64(lanes)), i64(0), name="blocks")
+            with for_range(b, blocks, "pb") as pb:
+                p0 = b.mul(pb, i64(lanes), name="p0")
+                with for_range(b, b.udiv(panel, i64(lanes)), "j") as j:
+                    first_column = b.mul(j, i64(lanes), name="j0")
+                    rows = []
+                    for e in range(lanes):
+                        row = b.add(b.mul(b.add(outer, b.add(first_column, i64(e))), ld), b.add(inner0, p0))
+                        load = b.load(self.element(b, src, row, f"col{e}"), typ=self.vector, name=f"col{e}")
+                        load.align = 4
+                        rows.append(load)
+                    for e, v in enumerate(transpose(b, rows)):
+                        out = b.add(b.mul(b.add(p0, i64(e)), panel), first_column)
+                        b.store(v, self.element(b, target, out, f"step{e}")).align = lanes * 4
+            done = b.mul(blocks, i64(lanes), name="done")
+            with b.if_then(b.not_(full)):
+                size = b.mul(b.mul(depth, panel), i64(4))
+                b.call(memset, [target, ir.Constant(ir.IntType(8), 0), size, ir.Constant(ir.IntType(1), 0)])
+            with for_range(b, width, "e") as e:
+                row = b.add(b.mul(b.add(outer, e), ld), inner0, name="src.row")
+                with for_range(b, depth, "p", start=done) as p:
+                    v = b.load(self.element(b, src, b.add(row, p), "src.at"), typ=F32)
+                    b.store(v, self.element(b, target, b.add(b.mul(p, panel), e), "dst.at"))
 
     # -- driver ---------------------------------------------------------------------------------
     def entry(self) -> ir.Function:
         """`ENTRY_SYMBOL`, cblas_sgemm's signature: the shapes it leaves to the BLAS go there, the
-        others to the blocked GEMM of the narrow or the wide tile."""
+        others to the blocked GEMM of the tile that fits their rows and columns."""
         n_int = self.int_type
         args = [("order", I32), ("trans_a", I32), ("trans_b", I32), ("m", n_int), ("n", n_int), ("k", n_int),
                 ("alpha", F32), ("a", PTR), ("lda", n_int), ("b", PTR), ("ldb", n_int), ("beta", F32),
@@ -372,28 +390,39 @@ class _Builder:
         m64, n64, k64 = sizes[:3]
         with b.if_then(b.or_(b.icmp_signed("<=", m64, i64(0)), b.icmp_signed("<=", n64, i64(0))), likely=False):
             b.ret_void()
-        # a row or column vector (GEMV: nothing to reuse, packing would double the traffic), an
-        # empty inner dimension (C = beta C) and column-major order go to the BLAS
-        vector_like = b.or_(b.icmp_signed("<", m64, i64(2)), b.icmp_signed("<", n64, i64(2)))
+        b_trans = b.icmp_signed("==", tb, ir.Constant(I32, CBLAS_TRANS), name="b.trans")
+        # a column vector, a row vector times a transposed B (dot products: nothing to reuse, and
+        # packing would double the traffic), an empty inner dimension (C = beta C) and
+        # column-major order go to the BLAS
+        one_row = b.icmp_signed("==", m64, i64(1), name="one_row")
+        vector_like = b.or_(b.icmp_signed("==", n64, i64(1)), b.and_(one_row, b_trans))
         unusual = b.or_(b.icmp_signed("<=", k64, i64(0)), b.icmp_signed("!=", order, ir.Constant(I32, CBLAS_ROW_MAJOR)))
         blas = Callee(b.load(fallback, typ=PTR, name="blas"), fn.function_type)
         with b.if_then(b.or_(vector_like, unusual), likely=False):
             b.call(blas, list(fn.args))
             b.ret_void()
         a_trans = b.zext(b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS)), I64, name="a.trans")
-        b_trans = b.zext(b.icmp_signed("==", tb, ir.Constant(I32, CBLAS_TRANS)), I64, name="b.trans")
-        operands = [a_trans, b_trans, *sizes, alpha, a, b_, beta, c]
+        operands = [a_trans, b.zext(b_trans, I64), *sizes, alpha, a, b_, beta, c]
+        # the first tile of at least m rows among the few-row ones, else narrow or wide by columns
+        tiles = (*self.t.few, self.t.narrow, self.t.wide)
         narrow = b.icmp_signed("<=", n64, i64(self.t.lanes), name="narrow")
-        with b.if_else(narrow) as (few_columns, many_columns):
-            with few_columns:
-                narrow_status = b.call(self.blocked(self.t.narrow), operands, name="narrow.status")
-                narrow_end = b.block
-            with many_columns:
-                wide_status = b.call(self.blocked(self.t.wide), operands, name="wide.status")
-                wide_end = b.block
+        shape = b.select(narrow, i64(len(tiles) - 2), i64(len(tiles) - 1), name="by_columns")
+        for index, tile in reversed(list(enumerate(self.t.few))):
+            shape = b.select(b.icmp_signed("<=", m64, i64(tile.rows)), i64(index), shape, name="tile")
+        after = fn.append_basic_block("status")
+        switch = b.switch(shape, after)
+        statuses = []
+        for index, tile in enumerate(tiles):
+            block = fn.append_basic_block(f"tile{tile.rows}x{tile.vectors}")
+            switch.add_case(i64(index), block)
+            b.position_at_end(block)
+            statuses.append((b.call(self.blocked(tile), operands, name="tile.status"), block))
+            b.branch(after)
+        b.position_at_end(after)
         status = b.phi(I32, name="status")
-        status.add_incoming(narrow_status, narrow_end)
-        status.add_incoming(wide_status, wide_end)
+        status.add_incoming(ir.Constant(I32, 0), switch.parent)  # the default: never taken
+        for value, block in statuses:
+            status.add_incoming(value, block)
         with b.if_then(b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
             b.call(blas, list(fn.args))  # no memory for the packed panels
         b.ret_void()
@@ -403,14 +432,17 @@ class _Builder:
         """`blocked(a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b, beta, c)` -> 1 when it
         could not allocate its panels (nothing written), else 0."""
         t, columns = self.t, tile.vectors * self.t.lanes
+        name = f"drug_sgemm.blocked{tile.rows}x{columns}"
+        if name in self.module.globals:
+            return self.module.globals[name]
         fn, b = self.function(
-            f"drug_sgemm.blocked{tile.rows}x{columns}",
+            name,
             [("a.trans", I64), ("b.trans", I64), ("m", I64), ("n", I64), ("k", I64), ("lda", I64), ("ldb", I64),
              ("ldc", I64), ("alpha", F32), ("a", PTR), ("b", PTR), ("beta", F32), ("c", PTR)],
             ret=I32,
         )  # fmt: skip
         a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b_, beta, c = fn.args
-        micro, pack = self.micro_kernel(tile), self.pack(columns)
+        micro, pack = self.micro_kernel(tile), self.pack()
         # op(B) is packed unless B is in rows (not transposed) and A has so few rows that each
         # panel would be read once or twice: then the micro-kernel reads B where it is
         packed = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(UNPACKED_MAX_ROWS)))
@@ -433,7 +465,7 @@ class _Builder:
                 pc = b.mul(pc_index, depth_block, name="pc")
                 kc = _min(b, depth_block, b.sub(k, pc), "kc")
                 with b.if_then(packed):  # op(B)[p, j] is b[p*ldb + j]: a step is a row of b unless transposed
-                    b.call(pack, [b_pack, b_, ldb, b.xor(b_trans, i64(1)), jc, pc, nc, kc])
+                    b.call(pack, [b_pack, b_, ldb, b.xor(b_trans, i64(1)), jc, pc, nc, kc, i64(columns)])
                 beta_now = b.select(b.icmp_signed("==", pc_index, i64(0)), beta, one, name="beta.now")
                 b_step = b.select(packed, i64(columns), ldb, name="b.step")
                 with _Loop(b, m, tile.rows, "ir") as (row, height):
