@@ -7,14 +7,14 @@ BLIS's, cut to the sizes drug's tasks have: op(B) is packed in blocks of `depth`
 (they stay in L2) into panels one tile wide, and a micro-kernel keeps a tile of C in registers
 while it runs down the depth: per step one broadcast of A and a vector load of B per register
 across. A is read in place (a tile's rows are a few streams, or one when transposed), so only B
-is ever copied, and not even B when A has so few rows that each panel would be read once or
-twice. Edge tiles use the same micro-kernel: rows past the edge repeat the last row, columns past
-it are masked.
+is ever copied, and not even B when A has at most `unpacked_rows` rows. Edge tiles use the same
+micro-kernel: rows past the edge repeat the last row, columns past it are masked. Products of
+fewer rows than the main tile (small batches, a batch of one) have tiles of 1, 2 or 4 rows.
 
 Why not the BLAS: it is written for large square problems; drug's steps call it on a few dozen to
 a few hundred rows per task, where its packing of both operands and its blocking leave a tenth to
-a half of the core's multiply-add rate unused. Shapes this GEMM does not gain on (a row or column
-vector, an empty depth, column-major order) go to the BLAS, whose address the runtime stores in
+a half of the core's multiply-add rate unused. Shapes this GEMM does not gain on (a column vector, a
+row times a transposed B, an empty depth, column-major order) go to the BLAS, whose address the runtime stores in
 `FALLBACK_SYMBOL` before the first call.
 """
 
@@ -46,7 +46,6 @@ __all__ = [
 ENTRY_SYMBOL = "drug_sgemm"
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
 F32 = ir.FloatType()
-UNPACKED_MAX_ROWS = 16  # at most this many rows of A: B is read in place, not packed
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
 
 
@@ -68,6 +67,7 @@ class Tiling:
     few: tuple[Tile, ...]  # tiles of products with fewer rows than `wide` (small batches), by rows
     depth: int  # steps of the inner dimension per packed block (B's micro-panel stays in L1)
     column_block: int  # columns of B packed at once
+    unpacked_rows: int = 64  # at most this many rows of A: B is read in place, not packed
 
 
 def host_tiling(features: str) -> Tiling:
@@ -443,9 +443,10 @@ class _Builder:
         )  # fmt: skip
         a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b_, beta, c = fn.args
         micro, pack = self.micro_kernel(tile), self.pack()
-        # op(B) is packed unless B is in rows (not transposed) and A has so few rows that each
-        # panel would be read once or twice: then the micro-kernel reads B where it is
-        packed = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(UNPACKED_MAX_ROWS)))
+        # op(B) is packed unless B is in rows (not transposed) and A has few rows (a task's share
+        # of a batch, a convolution's output channels): each panel is then read by a few row
+        # tiles, which costs less than copying it, and the micro-kernel reads B where it is
+        packed = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(t.unpacked_rows)))
         depth_count, depth_block = _blocks(b, k, t.depth, "kc", balanced_multiple=1)
         panels = b.mul(_ceil_div(b, n, i64(columns), "n.panels"), i64(columns))
         block_bytes = b.mul(b.mul(depth_block, _min(b, panels, i64(t.column_block), "nc.max")), i64(4))

@@ -19,8 +19,8 @@ from drug.backends.llvm.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS
 HOST = gemm.host_tiling(jit.host_cpu()[1])
 # every tiling this CPU can run: the host's, and the narrower ones (AVX's on an AVX-512 host, ...)
 TILINGS = {t.lanes: t for t in (gemm.host_tiling(f) for f in ("+avx512f,+avx", "+avx", "")) if t.lanes <= HOST.lanes}
-# edges of tiles (8, 16, 32 wide), of packed blocks (256 deep, 512 wide) and of the unpacked path (16 rows)
-DIM = st.one_of(st.sampled_from([1, 2, 3, 5, 8, 9, 15, 16, 17, 31, 33, 47, 64, 100]), st.integers(1, 120))
+# edges of tiles (1, 2, 4, 8, 16, 32 wide), of packed blocks (256 deep, 512 wide) and of B read in place (64 rows)
+DIM = st.one_of(st.sampled_from([1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 47, 64, 65, 100]), st.integers(1, 140))
 DEPTH = st.one_of(st.sampled_from([1, 2, 7, 255, 256, 257, 300, 513]), st.integers(1, 80))
 
 
