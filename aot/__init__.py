@@ -25,8 +25,10 @@ symbolic dimensions), its initializers are the library's parameters and its outp
 The --out directory receives lib<name>.so, <name>.h (the documented C API: create/destroy,
 train_step, predict, parameters by name, learning rate, checkpoints in the format of Python's
 train.save(), error codes with messages) and <name>.json (inputs, outputs, parameters, arena
-sizes, target CPU, drug version). The library needs no Python: it calls libc, libm and the
-CBLAS sgemm given to drug_<name>_create (LP64 by default, --blas-int 64 for ILP64). Loops run
+sizes, target CPU, drug version). The library needs no Python: its matrix products run drug's own
+sgemm, tiled for the target CPU, which hands a few shapes (a column vector, an empty inner
+dimension) to the CBLAS sgemm given to drug_<name>_create (LP64 by default, --blas-int 64 for
+ILP64); beyond that it calls libc and libm. Loops run
 serially (no OpenMP runtime); ops without a native kernel (Python callbacks) are refused."""
 
 from .build import Outputs, compile_library

@@ -55,7 +55,7 @@ def render(model: Model, target: Target, blas_int_bits: int, source: str) -> str
         f"   for CPU '{target.cpu}' ({target.triple}).",
         "",
         "   No Python is needed at run time: the library calls only libc, libm and the sgemm given to",
-        f"   drug_{n}_create, e.g.",
+        f"   drug_{n}_create (for the products its own sgemm leaves to a BLAS: vectors, empty depths), e.g.",
         f"       drug_{n} *h = drug_{n}_create((drug_{n}_sgemm_fn){cblas});",
         "   A handle owns the parameters, the optimizer state and the activations. Calls on one handle must",
         "   not overlap (use one handle per thread); handles are independent of each other.",

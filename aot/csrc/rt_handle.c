@@ -38,10 +38,17 @@ static void fill(void *data, const drugrt_tensor *t) {
     }
 }
 
+/* drug's own sgemm, in the library's object (backends/llvm/objects.py); the sgemm given to
+   create() does the products it leaves to a BLAS (a column vector, an empty inner dimension).
+   The last handle created names it for every handle of the library: all are CBLAS sgemms. */
+extern void drugrt_sgemm(void);
+extern void *drugrt_sgemm_fallback;
+
 int drugrt_init(drugrt_handle *h, const drugrt_model *model, void *sgemm) {
     memset(h, 0, sizeof *h);
     h->model = model;
-    h->runtime[DRUGRT_SGEMM] = sgemm; /* no dgemm, no callback: drug-compile refuses graphs needing them */
+    drugrt_sgemm_fallback = sgemm;
+    h->runtime[DRUGRT_SGEMM] = (void *)drugrt_sgemm; /* no dgemm, no callback: drug-compile refuses graphs needing them */
     h->params = calloc((size_t)model->nparams + 1, sizeof(void *));
     h->states = calloc((size_t)model->nstates + 1, sizeof(void *));
     if (!h->params || !h->states) return DRUG_ERR_MEMORY;

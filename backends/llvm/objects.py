@@ -14,7 +14,12 @@ from llvmlite import ir
 from ...core.errors import GraphError
 from ...core.program import Program
 from .codegen import ModuleBuilder
+from .gemm import ENTRY_SYMBOL, FALLBACK_SYMBOL, build_sgemm, host_tiling
 from .jit import host_cpu, optimize, target_machine
+
+# drug's sgemm in a library, under the runtime's names (aot/csrc/rt_handle.c): the steps call it,
+# and it calls the sgemm given to create() for the products it leaves to a BLAS
+LIBRARY_SGEMM, LIBRARY_SGEMM_FALLBACK = "drugrt_sgemm", "drugrt_sgemm_fallback"
 
 
 class Compiled(Protocol):
@@ -63,11 +68,20 @@ def _only_entry_visible(module: llvm.ModuleRef, entry: str) -> llvm.ModuleRef:
     return module
 
 
+def sgemm_module(target: Target, blas_int_bits: int) -> llvm.ModuleRef:
+    """drug's sgemm tiled for the target's vector registers (baseline SSE for a CPU named without
+    its features), under the names the runtime's C code links to."""
+    module = llvm.parse_assembly(str(build_sgemm(host_tiling(target.features), blas_int_bits)))
+    module.get_function(ENTRY_SYMBOL).name = LIBRARY_SGEMM
+    module.get_global_variable(FALLBACK_SYMBOL).name = LIBRARY_SGEMM_FALLBACK
+    return module
+
+
 def emit_object(
     functions: list[Compiled], entries: dict[str, str], blob: tuple[str, bytes], target: Target, blas_int_bits: int
 ) -> bytes:
-    """One position-independent object: every function's `drug_step` renamed to its entry symbol, and
-    the data blob."""
+    """One position-independent object: every function's `drug_step` renamed to its entry symbol,
+    drug's sgemm and the data blob."""
     tm = target_machine(target.cpu, target.features, reloc="pic")
     modules = []
     for function in functions:
@@ -77,6 +91,7 @@ def emit_object(
         except NotImplementedError as error:
             raise GraphError(f"{function.name}: no native code for part of this graph: {error}") from None
         modules.append(_only_entry_visible(llvm.parse_assembly(text), entries[function.name]))
+    modules.append(sgemm_module(target, blas_int_bits))
     modules.append(llvm.parse_assembly(blob_module(*blob)))
     linked = modules[0]
     for module in modules[1:]:
