@@ -50,8 +50,9 @@ RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK = 0, 1, 2
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
-# columns of this multiple (each block packs the other operand again: not too small)
-GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 16
+# columns of this multiple (each block packs the other operand again: not too small; a multiple of
+# the sgemm's tile, 8 x 32 with AVX-512, so that no block ends in a partly empty tile)
+GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN = 1 << 20, 8, 32
 PARALLEL_FOR_MAX_TASKS = 16  # KernelContext.parallel_for: more tasks than threads, each `grain` long at least
 GROUP_FRAME = 4  # a group's frame: buffers, batch, runtime, first kernel, then one status per kernel
 GROUP_MIN_WORK = 1 << 14  # elements: below this, waking a thread costs about what running beside saves
