@@ -451,9 +451,15 @@ class _Builder:
         panels = b.mul(_ceil_div(b, n, i64(columns), "n.panels"), i64(columns))
         block_bytes = b.mul(b.mul(depth_block, _min(b, panels, i64(t.column_block), "nc.max")), i64(4))
         malloc, free = self.intrinsic("malloc", PTR, [I64]), self.intrinsic("free", VOID, [PTR])
-        raw = b.call(malloc, [b.select(packed, b.add(block_bytes, i64(ALIGN)), i64(ALIGN))], name="scratch")
-        with b.if_then(b.icmp_unsigned("==", b.ptrtoint(raw, I64), i64(0)), likely=False):
-            b.ret(ir.Constant(I32, 1))
+        before = b.block
+        with b.if_then(packed):  # B read in place needs no memory (free(NULL) does nothing)
+            allocated = b.call(malloc, [b.add(block_bytes, i64(ALIGN))], name="allocated")
+            with b.if_then(b.icmp_unsigned("==", b.ptrtoint(allocated, I64), i64(0)), likely=False):
+                b.ret(ir.Constant(I32, 1))
+            allocating = b.block
+        raw = b.phi(PTR, name="scratch")
+        raw.add_incoming(ir.Constant(PTR, None), before)
+        raw.add_incoming(allocated, allocating)
         b_pack = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, I64), i64(ALIGN - 1)), i64(-ALIGN)), PTR, name="b.pack")
         # op(A)[i, p] is a[i*lda + p], or a[p*lda + i] when transposed: the micro-kernel reads it in
         # place (a tile's rows are `rows` streams, or one), so A is never copied
