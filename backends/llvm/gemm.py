@@ -543,7 +543,9 @@ def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
     """Machine code of `build_sgemm(tiling, int_bits)` (from the code cache when there), kept
     alive for the life of the process; returns the entry's address."""
     key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}"
-    compiled = jit.compile_module(key, lambda: str(build_sgemm(tiling, int_bits)), entry=ENTRY_SYMBOL)
+    # the IR is written as it should run (explicit vectors, nothing to inline): LLVM's optimizer
+    # would take half the compile time and change no instruction that matters
+    compiled = jit.compile_module(key, lambda: str(build_sgemm(tiling, int_bits)), ENTRY_SYMBOL, passes=False)
     _keep_alive.append(compiled)
     slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
     ctypes.c_void_p.from_address(slot).value = fallback_address

@@ -90,20 +90,21 @@ class _Job:
     """One IR text on its way to an object file, in its own LLVM context (contexts are LLVM's
     unit of thread safety) with its own target machine and pass pipeline."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str, passes: bool = True):
         self.context = llvm.create_context()
         self.module = llvm.parse_assembly(text, context=self.context)
         self.module.verify()
         self.tm = target_machine()
         self.pb = pass_builder(self.tm)
-        self.mpm = self.pb.getModulePassManager()
+        self.mpm = self.pb.getModulePassManager() if passes else None
         self.buffer = None
         self.error = ""
 
     def run(self, lib) -> None:
         """Optimize and emit object code through `lib`: llvmlite's wrapper (which holds one
         global lock per call) or, on worker threads, the same C entry points without it."""
-        lib.LLVMPY_RunNewModulePassManager(self.mpm, self.module, self.pb)
+        if self.mpm is not None:
+            lib.LLVMPY_RunNewModulePassManager(self.mpm, self.module, self.pb)
         with ffi.OutputString() as error:
             self.buffer = lib.LLVMPY_TargetMachineEmitToMemory(self.tm, self.module, 1, error)
             if not self.buffer:
@@ -128,11 +129,12 @@ def _unlocked_lib():
     return raw if raw is not None and all(hasattr(raw, n) for n in needed) else None
 
 
-def emit_objects(texts: list[str]) -> list[bytes]:
-    """Object code for each IR text, optimized for the host; several texts compile in parallel
-    (ctypes releases the GIL while LLVM works)."""
+def emit_objects(texts: list[str], passes: bool = True) -> list[bytes]:
+    """Object code for each IR text, optimized for the host (`passes` False: code generation
+    alone, for IR already written as the machine should run it); several texts compile in
+    parallel (ctypes releases the GIL while LLVM works)."""
     _init()
-    jobs = [_Job(text) for text in texts]
+    jobs = [_Job(text, passes) for text in texts]
     raw = _unlocked_lib() if len(jobs) > 1 else None
     if raw is None:
         for job in jobs:
@@ -202,16 +204,16 @@ class Compiled:
         return self._asm
 
 
-def objects_of(ir_text: str, entry: str) -> list[bytes]:
+def objects_of(ir_text: str, entry: str, passes: bool = True) -> list[bytes]:
     """Object code for a module: split into parts compiled on `compile_threads()` threads."""
     parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
-    return emit_objects(split_module(ir_text, entry, parts) or [ir_text])
+    return emit_objects(split_module(ir_text, entry, parts) or [ir_text], passes)
 
 
-def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
+def compile_module(key: str, build_ir, entry: str = "drug_step", passes: bool = True) -> Compiled:
     """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
     miss, in a child process (forked.py). Large modules are split into parts compiled on
-    `compile_threads()` threads."""
+    `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only)."""
     _init()
     use_cache = cache_enabled()
     path = cache_dir() / f"{cache_key(key)}.o"
@@ -221,10 +223,10 @@ def compile_module(key: str, build_ir, entry: str = "drug_step") -> Compiled:
         if address:  # else not ours or without the entry: compile again
             return Compiled(engine, address, build_ir, None, None, True)
     if forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
-        ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry))))
+        ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry, passes))))
     else:
         ir_text = build_ir()
-        objects = objects_of(ir_text, entry)
+        objects = objects_of(ir_text, entry, passes)
     if use_cache:
         write_verified(path, _pack(objects))
     engine, address = _load(objects, entry)
