@@ -13,9 +13,9 @@ fewer rows than the main tile (small batches, a batch of one) have tiles of 1, 2
 
 Why not the BLAS: it is written for large square problems; drug's steps call it on a few dozen to
 a few hundred rows per task, where its packing of both operands and its blocking leave a tenth to
-a half of the core's multiply-add rate unused. Shapes this GEMM does not gain on (a column vector, a
-row times a transposed B, an empty depth, column-major order) go to the BLAS, whose address the runtime stores in
-`FALLBACK_SYMBOL` before the first call.
+a half of the core's multiply-add rate unused. Shapes this GEMM does not gain on (a column
+vector, a row times a transposed B, an empty depth, column-major order) go to the BLAS, whose
+address the runtime stores in `FALLBACK_SYMBOL` before the first call.
 """
 
 from __future__ import annotations
@@ -65,16 +65,17 @@ class Tiling:
     wide: Tile  # the tile of most products
     narrow: Tile  # the tile of products with at most `lanes` columns (a classifier's last layer)
     few: tuple[Tile, ...]  # tiles of products with fewer rows than `wide` (small batches), by rows
-    depth: int  # steps of the inner dimension per packed block (B's micro-panel stays in L1)
+    depth: int  # steps of the inner dimension per block (a tile's rows of A stay in L1 meanwhile)
     column_block: int  # columns of B packed at once
     unpacked_rows: int = 64  # at most this many rows of A: B is read in place, not packed
 
 
 def host_tiling(features: str) -> Tiling:
-    """The tiling for the host's registers: AVX-512 has 32 of 16 floats (a 8 x 32 tile: 16
-    accumulators, 2 for B, 1 broadcast), AVX 16 of 8 (6 x 16: 12 accumulators), SSE 16 of 4. A
-    packed block of B (depth x column_block floats) is read once per row tile: it has to stay in
-    L2, 1 MiB on AVX-512 cores, 256 KiB on older ones."""
+    """The tiling for the host's registers: AVX-512 has 32 of 16 floats (an 8 x 32 tile: 16
+    accumulators, 2 for B, 1 broadcast), AVX 16 of 8 (6 x 16: 12 accumulators), SSE 16 of 4; the
+    narrow and few-row tiles keep as many accumulators. A packed block of B (depth x column_block
+    floats) is read once per row tile: it has to stay in L2, 1 MiB on AVX-512 cores, 256 KiB on
+    older ones."""
     flags = set(features.split(","))
     if "+avx512f" in flags:
         few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
@@ -94,9 +95,9 @@ def _min(b: ir.IRBuilder, x, y, name: str):
 
 
 def _blocks(b: ir.IRBuilder, total, block: int, name: str, balanced_multiple: int = 0):
-    """Loop over [0, total) in blocks of at most `block`: yields (start, size) inside the body.
-    `balanced_multiple` > 0: blocks of equal size (rounded up to that multiple) instead of full
-    blocks and a small last one, so no pass over the data is a short one."""
+    """(count, size) of the blocks of at most `block` that cover [0, total). `balanced_multiple`
+    > 0: blocks of equal size (rounded up to that multiple) instead of full blocks and a small
+    last one, so that no pass over the data is a short one."""
     count = _ceil_div(b, total, i64(block), f"{name}.count")
     size = i64(block)
     if balanced_multiple:
@@ -108,9 +109,9 @@ def _blocks(b: ir.IRBuilder, total, block: int, name: str, balanced_multiple: in
 class _Loop:
     """`with _Loop(b, total, block, name) as (start, size):` blocks of [0, total)."""
 
-    def __init__(self, b: ir.IRBuilder, total, block: int, name: str, balanced_multiple: int = 0):
+    def __init__(self, b: ir.IRBuilder, total, block: int, name: str):
         self.b, self.total, self.name = b, total, name
-        self.count, self.block = _blocks(b, total, block, name, balanced_multiple)
+        self.count, self.block = _blocks(b, total, block, name)
 
     def __enter__(self):
         self._loop = for_range(self.b, self.count, self.name)
@@ -140,8 +141,9 @@ class _Builder:
             arg.name = arg_name
         if internal:
             fn.linkage = "internal"
-            # kept out of their callers: inlined, each micro-kernel copy multiplies the optimizer's
-            # work (loop unswitching clones whole loop nests around it) for no speed
+            # kept out of their callers where LLVM's optimizer runs (a library's object): inlined,
+            # each micro-kernel copy multiplies its work (loop unswitching clones whole loop
+            # nests around it) for no speed
             fn.attributes.add("noinline")
         return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
