@@ -119,7 +119,8 @@ class NativeExecutor(Executor):
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
-        # the pool shares GEMMs out, each task calling BLAS on one thread
+        # the pool shares GEMMs out, each task calling the sgemm (or, for float64 and its
+        # leftovers, OpenBLAS) on one thread
         self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
         self._runtime = (ctypes.c_void_p * 3)(
