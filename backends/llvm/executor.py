@@ -100,7 +100,7 @@ class NativeExecutor(Executor):
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         calls_blas = _calls_blas(self.schedule)
         # drug's sgemm: compiled beside the program, the first time
-        sgemm_address = gemm.sgemm_address(sgemm) if calls_blas else gemm.sgemm_address(sgemm, own=False)
+        sgemm_address = gemm.sgemm_address(sgemm, own=calls_blas)
         parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)

@@ -124,9 +124,24 @@ class _Loop:
         return self._loop.__exit__(*exc)
 
 
+def _built_once(method):
+    """A builder method that emits a function: called again with the same arguments (a tile that
+    two roles share), it returns the function it emitted the first time."""
+
+    @functools.wraps(method)
+    def build(self, *args):
+        key = (method.__name__, *args)
+        if key not in self._built:
+            self._built[key] = method(self, *args)
+        return self._built[key]
+
+    return build
+
+
 class _Builder:
     def __init__(self, module: ir.Module, tiling: Tiling, int_bits: int):
         self.module, self.t, self.int_type = module, tiling, ir.IntType(int_bits)
+        self._built: dict[tuple, ir.Function] = {}
         self.vector = ir.VectorType(F32, tiling.lanes)
         self.mask = ir.VectorType(ir.IntType(1), tiling.lanes)
 
@@ -148,15 +163,18 @@ class _Builder:
         return fn, ir.IRBuilder(fn.append_basic_block("entry"))
 
     def splat(self, b: ir.IRBuilder, scalar) -> ir.Value:
+        """A vector of `lanes` copies of `scalar` (of its type: floats, or i64 for masks)."""
         lanes = self.t.lanes
-        one = b.insert_element(ir.Constant(self.vector, ir.Undefined), scalar, ir.Constant(I32, 0))
+        vector = ir.VectorType(scalar.type, lanes)
+        one = b.insert_element(ir.Constant(vector, ir.Undefined), scalar, ir.Constant(I32, 0))
         zeros = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
-        return b.shuffle_vector(one, ir.Constant(self.vector, ir.Undefined), zeros, name="splat")
+        return b.shuffle_vector(one, ir.Constant(vector, ir.Undefined), zeros, name="splat")
 
     def element(self, b: ir.IRBuilder, base, offset, name: str):
         return b.gep(base, [offset], source_etype=F32, inbounds=True, name=name)
 
     # -- micro-kernel ---------------------------------------------------------------------------
+    @_built_once
     def micro_kernel(self, tile: Tile) -> ir.Function:
         """`micro(depth, a, a_row, a_step, b, b_step, c, ldc, rows, cols, alpha, beta)`: the tile
         of C at `c` (its first `rows` x `cols` elements) = alpha op(A) op(B) + beta C, with
@@ -164,11 +182,8 @@ class _Builder:
         B itself; columns past `cols` are never read). Where beta is 0, C is not read into the sum
         (a NaN there must not survive)."""
         lanes = self.t.lanes
-        name = f"drug_sgemm.micro{tile.rows}x{tile.vectors * lanes}"
-        if name in self.module.globals:
-            return self.module.globals[name]
         fn, b = self.function(
-            name,
+            f"drug_sgemm.micro{tile.rows}x{tile.vectors * lanes}",
             [("depth", I64), ("a", PTR), ("a.row", I64), ("a.step", I64), ("b", PTR), ("b.step", I64), ("c", PTR),
              ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32), ("beta", F32)],
         )  # fmt: skip
@@ -233,13 +248,6 @@ class _Builder:
             return self.intrinsic(f"llvm.masked.load.v{lanes}f32.p0", self.vector, [PTR, I32, self.mask, self.vector])
         return self.intrinsic(f"llvm.masked.store.v{lanes}f32.p0", VOID, [self.vector, PTR, I32, self.mask])
 
-    def splat_i64(self, b: ir.IRBuilder, scalar) -> ir.Value:
-        lanes = self.t.lanes
-        vec = ir.VectorType(I64, lanes)
-        one = b.insert_element(ir.Constant(vec, ir.Undefined), scalar, ir.Constant(I32, 0))
-        zeros = ir.Constant(ir.VectorType(I32, lanes), [0] * lanes)
-        return b.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
-
     def _store_tile(self, b, acc, c, ldc, alpha_v, beta_v, beta_zero, masks, rows) -> None:
         """C = alpha acc + beta C over the tile: whole vectors, or (edge tiles) the first `rows`
         rows through the column masks. `beta_zero` None: beta is known to be 0, C is not read."""
@@ -275,6 +283,7 @@ class _Builder:
                     store_row()
 
     # -- packing --------------------------------------------------------------------------------
+    @_built_once
     def pack(self) -> ir.Function:
         """`pack(dst, src, ld, by_rows, outer0, inner0, extent, depth, panel)`: the block of op(B)
         with `depth` steps of the inner dimension from `inner0` and `extent` columns from `outer0`,
@@ -282,11 +291,8 @@ class _Builder:
         outer0 + q*panel + e], zeros past the block's edge (edge tiles need no micro-kernel of
         their own). `by_rows`: a step p is a row of `src` (B not transposed: vector copies); else a
         column (blocks transposed in registers). One function for every tile's panel width."""
-        name = "drug_sgemm.pack"
-        if name in self.module.globals:
-            return self.module.globals[name]
         fn, b = self.function(
-            name,
+            "drug_sgemm.pack",
             [("dst", PTR), ("src", PTR), ("ld", I64), ("by_rows", I64), ("outer0", I64), ("inner0", I64),
              ("extent", I64), ("depth", I64), ("panel", I64)],
         )  # fmt: skip
@@ -303,18 +309,15 @@ class _Builder:
         """B in rows into panels: row by row (one sequential read of each row), whole vectors
         copied, the last partial one of the block through a mask (zeros past the edge)."""
         lanes = self.t.lanes
-        vectors = b.udiv(b.add(extent, i64(lanes - 1)), i64(lanes), name="vectors")
-        padded = b.mul(b.udiv(b.add(extent, b.sub(panel, i64(1))), panel), panel, name="padded")
-        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        panels = _ceil_div(b, extent, panel, "panels")
         masked_load = self.masked("load")
         zero = ir.Constant(self.vector, [0.0] * lanes)
         panel_size = b.mul(depth, panel, name="panel.size")
         per_panel = b.udiv(panel, i64(lanes), name="per_panel")
-        with for_range(b, depth, "p") as p, for_range(b, b.udiv(padded, panel), "q") as q:
+        with for_range(b, depth, "p") as p, for_range(b, panels, "q") as q:
             row = b.add(b.mul(b.add(inner0, p), ld), outer0, name="src.row")
             with for_range(b, per_panel, "j") as j:
-                v = b.add(b.mul(q, per_panel), j, name="v")
-                column = b.mul(v, i64(lanes), name="column")
+                column = b.mul(b.add(b.mul(q, per_panel), j), i64(lanes), name="column")
                 out = b.add(b.mul(q, panel_size), b.add(b.mul(p, panel), b.mul(j, i64(lanes))))
                 at = self.element(b, src, b.add(row, column), "src")
                 whole = b.icmp_signed("<", b.add(column, i64(lanes - 1)), extent, name="whole")
@@ -323,13 +326,9 @@ class _Builder:
                         value = b.load(at, typ=self.vector, name="v")
                         value.align = 4
                         b.store(value, self.element(b, dst, out, "dst")).align = lanes * 4
-                    with edge:  # the last vector with data is masked, the ones after it are zeros
-                        mask = b.icmp_signed("<", lane, self.splat_i64(b, b.sub(extent, column)), name="mask")
-                        value = b.select(
-                            b.icmp_signed("<", v, vectors),
-                            b.call(masked_load, [at, ir.Constant(I32, 4), mask, zero]),
-                            zero,
-                        )
+                    with edge:  # lanes past the block's edge load nothing and are 0 (all of them past it)
+                        (mask,) = self.column_masks(b, b.sub(extent, column), 1)
+                        value = b.call(masked_load, [at, ir.Constant(I32, 4), mask, zero])
                         b.store(value, self.element(b, dst, out, "dst")).align = lanes * 4
 
     def column_masks(self, b: ir.IRBuilder, width, vectors: int) -> list[ir.Value]:
@@ -337,7 +336,7 @@ class _Builder:
         t = self.t
         lane = ir.Constant(ir.VectorType(I64, t.lanes), list(range(t.lanes)))
         return [
-            b.icmp_signed("<", lane, self.splat_i64(b, b.sub(width, i64(j * t.lanes))), name=f"mask{j}")
+            b.icmp_signed("<", lane, self.splat(b, b.sub(width, i64(j * t.lanes))), name=f"mask{j}")
             for j in range(vectors)
         ]
 
@@ -346,7 +345,7 @@ class _Builder:
         registers, the steps past the last whole block (and edge panels) element by element."""
         lanes = self.t.lanes
         memset = self.intrinsic("llvm.memset.p0.i64", VOID, [PTR, ir.IntType(8), I64, ir.IntType(1)])
-        with for_range(b, b.udiv(b.add(extent, b.sub(panel, i64(1))), panel), "q") as q:
+        with for_range(b, _ceil_div(b, extent, panel, "panels"), "q") as q:
             first = b.mul(q, panel, name="first")
             width = _min(b, panel, b.sub(extent, first), "width")
             target = self.element(b, dst, b.mul(first, depth), "panel.dst")
@@ -430,15 +429,13 @@ class _Builder:
         b.ret_void()
         return fn
 
+    @_built_once
     def blocked(self, tile: Tile) -> ir.Function:
         """`blocked(a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b, beta, c)` -> 1 when it
         could not allocate its panels (nothing written), else 0."""
         t, columns = self.t, tile.vectors * self.t.lanes
-        name = f"drug_sgemm.blocked{tile.rows}x{columns}"
-        if name in self.module.globals:
-            return self.module.globals[name]
         fn, b = self.function(
-            name,
+            f"drug_sgemm.blocked{tile.rows}x{columns}",
             [("a.trans", I64), ("b.trans", I64), ("m", I64), ("n", I64), ("k", I64), ("lda", I64), ("ldb", I64),
              ("ldc", I64), ("alpha", F32), ("a", PTR), ("b", PTR), ("beta", F32), ("c", PTR)],
             ret=I32,
