@@ -43,12 +43,14 @@ static void fill(void *data, const drugrt_tensor *t) {
    The last handle created names it for every handle of the library: all are CBLAS sgemms. */
 extern void drugrt_sgemm(void);
 extern void *drugrt_sgemm_fallback;
+extern void drugrt_sconv(void); /* and drug's float32 convolution (backends/llvm/gemm.py CONV_SYMBOL) */
 
 int drugrt_init(drugrt_handle *h, const drugrt_model *model, void *sgemm) {
     memset(h, 0, sizeof *h);
     h->model = model;
     drugrt_sgemm_fallback = sgemm;
     h->runtime[DRUGRT_SGEMM] = (void *)drugrt_sgemm; /* no dgemm, no callback: drug-compile refuses graphs needing them */
+    h->runtime[DRUGRT_SCONV] = (void *)drugrt_sconv;
     h->params = calloc((size_t)model->nparams + 1, sizeof(void *));
     h->states = calloc((size_t)model->nstates + 1, sizeof(void *));
     if (!h->params || !h->states) return DRUG_ERR_MEMORY;

@@ -25,7 +25,7 @@ from ...core.types import concrete_shape, format_shape
 from .. import numerics
 from ..base import Executor
 from . import arena, blas, bounds, gemm, probes, threads
-from .codegen import ModuleBuilder
+from .codegen import RUNTIME_SLOTS, ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
     STATUS_INDEX_OUT_OF_RANGE,
@@ -99,8 +99,8 @@ class NativeExecutor(Executor):
         self.runs_python = any(kernel.kind == "callback" for kernel in self.schedule.kernels)
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         calls_blas = _calls_blas(self.schedule)
-        # drug's sgemm: compiled beside the program, the first time
-        sgemm_address = gemm.sgemm_address(sgemm, own=calls_blas)
+        # drug's sgemm and convolution: compiled beside the program, the first time
+        kernels = gemm.runtime_kernels(sgemm, needed=calls_blas)
         parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)
@@ -123,8 +123,9 @@ class NativeExecutor(Executor):
         # leftovers, OpenBLAS) on one thread
         self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
-        self._runtime = (ctypes.c_void_p * 3)(
-            sgemm_address.result(), dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p)
+        own = kernels.result()
+        self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
+            own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv
         )
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()

@@ -38,12 +38,19 @@ __all__ = [
     "host_tiling",
     "build_sgemm",
     "compile_sgemm",
-    "sgemm_address",
+    "runtime_kernels",
+    "RuntimeKernels",
+    "CONV_SYMBOL",
+    "CONV_TYPE",
     "ENTRY_SYMBOL",
     "FALLBACK_SYMBOL",
 ]
 
 ENTRY_SYMBOL = "drug_sgemm"
+CONV_SYMBOL = "drug_sconv"  # convolutions with stride 1 along rows, read from the image (conv_entry)
+CONV_ARGS = [("m", I64), ("q.lo", I64), ("q.hi", I64), ("depth", I64), ("w", PTR), ("ldw", I64), ("image", PTR),
+             ("offsets", PTR), ("wo", I64), ("row_stride", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
+CONV_TYPE = ir.FunctionType(VOID, [t for _, t in CONV_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
 F32 = ir.FloatType()
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
@@ -188,9 +195,78 @@ class _Builder:
              ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32), ("beta", F32)],
         )  # fmt: skip
         depth, a, a_row, a_step, bp, b_step, c, ldc, rows, cols, alpha, beta = fn.args
-        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
         masked_load = self.masked("load")
         masks = self.column_masks(b, cols, tile.vectors)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+
+        def load_b(b: ir.IRBuilder, p: ir.Value) -> list[ir.Value]:
+            row = b.mul(p, b_step, name="b.row")
+            return [
+                b.call(masked_load, [self.element(b, bp, b.add(row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
+                                     masks[j], zero], name=f"b{j}")
+                for j in range(tile.vectors)
+            ]  # fmt: skip
+
+        self._accumulate(fn, b, tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta, masks)
+        return fn
+
+    @_built_once
+    def conv_micro_kernel(self, tile: Tile, segments: int) -> ir.Function:
+        """`conv_micro(depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta)`:
+        `micro_kernel` (alpha 1, A not transposed) with op(B)[p, j] = image[offsets[p] + at(q0 + j)],
+        at(q) = (q // wo) * row_stride + q % wo: the column matrix of a convolution with stride 1
+        along rows, read from the (padded) image where im2col would have copied it from. Output
+        pixel q is (q // wo, q % wo); the offsets hold each patch entry's (channel, kernel row,
+        kernel column) place in the image. A vector's pixels lie in at most `segments` output rows
+        (`conv_segments(wo)`): a masked load per row fills it."""
+        lanes = self.t.lanes
+        fn, b = self.function(
+            f"drug_sconv.micro{tile.rows}x{tile.vectors * lanes}.rows{segments}",
+            [("depth", I64), ("a", PTR), ("lda", I64), ("offsets", PTR), ("image", PTR), ("q0", I64), ("wo", I64),
+             ("row_stride", I64), ("c", PTR), ("ldc", I64), ("rows", I64), ("cols", I64), ("beta", F32)],
+        )  # fmt: skip
+        depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta = fn.args
+        masked_load = self.masked("load")
+        masks = self.column_masks(b, cols, tile.vectors)
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        rows_of = []  # per vector, per output row its pixels lie in: where they start, which lanes
+        for j in range(tile.vectors):
+            q = b.add(q0, i64(j * lanes), name=f"q{j}")
+            y = b.udiv(q, wo, name=f"y{j}")
+            x = b.sub(q, b.mul(y, wo), name=f"x{j}")
+            start = b.add(b.mul(y, row_stride), x, name=f"start{j}")
+            parts = []
+            for d in range(segments):  # lane l is pixel x + l of the vector's first row, or of the d-th after it
+                lo = self.splat(b, b.sub(b.mul(wo, i64(d)), x, name=f"lo{j}.{d}"))
+                hi = self.splat(b, b.sub(b.mul(wo, i64(d + 1)), x, name=f"hi{j}.{d}"))
+                inside = b.and_(b.icmp_signed(">=", lane, lo), b.icmp_signed("<", lane, hi))
+                at = b.add(start, b.mul(i64(d), b.sub(row_stride, wo)), name=f"start{j}.{d}")
+                parts.append((at, b.and_(masks[j], inside, name=f"mask{j}.{d}")))
+            rows_of.append(parts)
+
+        def load_b(b: ir.IRBuilder, p: ir.Value) -> list[ir.Value]:
+            offset = b.load(b.gep(offsets, [p], source_etype=I64, inbounds=True), typ=I64, name="offset")
+            vectors = []
+            for j, parts in enumerate(rows_of):
+                value = zero
+                for part, (start, mask) in enumerate(parts):
+                    at = self.element(b, image, b.add(offset, start), f"b{j}.{part}.at")
+                    value = b.call(masked_load, [at, ir.Constant(I32, 4), mask, value], name=f"b{j}.{part}")
+                vectors.append(value)
+            return vectors
+
+        one = ir.Constant(F32, 1.0)
+        self._accumulate(fn, b, tile, depth, a, lda, i64(1), load_b, c, ldc, rows, cols, one, beta, masks)
+        return fn
+
+    def _accumulate(self, fn, b, tile: Tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta,
+                    masks) -> None:  # fmt: skip
+        """The micro-kernels' loop and store: down the depth, `load_b(b, p)` gives step p's vectors of
+        B, each row's A entry is broadcast against them into the tile's accumulators; then C =
+        alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0)."""
+        lanes = self.t.lanes
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
         # rows past the edge read the last row again (their sums are never stored): A needs no padding
         last = b.sub(rows, i64(1), name="last")
         a_rows = [
@@ -204,12 +280,7 @@ class _Builder:
         p.add_incoming(i64(0), entry)
         zero = ir.Constant(self.vector, [0.0] * lanes)
         acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
-        b_row = b.mul(p, b_step, name="b.row")
-        bv = [
-            b.call(masked_load, [self.element(b, bp, b.add(b_row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
-                                 masks[j], zero], name=f"b{j}")
-            for j in range(tile.vectors)
-        ]  # fmt: skip
+        bv = load_b(b, p)
         a_col = b.mul(p, a_step, name="a.col")
         new = []
         for r in range(tile.rows):
@@ -239,7 +310,6 @@ class _Builder:
             with edge:
                 self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=masks, rows=rows)
         b.ret_void()
-        return fn
 
     def masked(self, what: str) -> ir.Function:
         """llvm.masked.load / llvm.masked.store of one vector."""
@@ -429,6 +499,34 @@ class _Builder:
         b.ret_void()
         return fn
 
+    def conv_entry(self) -> ir.Function:
+        """`CONV_SYMBOL(m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc)`: output
+        pixels [q_lo, q_hi) of one image's convolution, c[o*ldc + q] = sum over p < depth of
+        w[o*ldw + p] * image[offsets[p] + at(q)] for the m output channels (`conv_micro_kernel`);
+        no column matrix, no packing. Blocks of `depth` steps keep a row tile's weights in L1.
+        Output rows must be half a vector wide at least (`wo` >= lanes / 2)."""
+        fn, b = self.function(CONV_SYMBOL, CONV_ARGS, internal=False)
+        m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc = fn.args
+        tile = self.t.wide
+        # a vector spans two output rows at most when they are a vector wide, else three (wo >= lanes / 2)
+        two = b.icmp_signed(">=", wo, i64(self.t.lanes), name="two_rows")
+        micro = b.select(two, self.conv_micro_kernel(tile, 2), self.conv_micro_kernel(tile, 3), name="micro")
+        depth_count, depth_block = _blocks(b, depth, self.t.depth, "kc", balanced_multiple=1)
+        with for_range(b, depth_count, "pc") as pc_index:
+            pc = b.mul(pc_index, depth_block, name="pc")
+            kc = _min(b, depth_block, b.sub(depth, pc), "kc")
+            beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
+            step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
+            with _Loop(b, m, tile.rows, "ir") as (row, height):
+                a_tile = self.element(b, w, b.add(b.mul(row, ldw), pc), "w.tile")
+                with _Loop(b, b.sub(q_hi, q_lo), tile.vectors * self.t.lanes, "jr") as (jr, width):
+                    q0 = b.add(q_lo, jr, name="q0")
+                    c_tile = self.element(b, c, b.add(b.mul(row, ldc), q0), "c.tile")
+                    args = [kc, a_tile, ldw, step_offsets, image, q0, wo, row_stride, c_tile, ldc, height, width, beta]
+                    b.call(Callee(micro, self.conv_micro_kernel(tile, 2).function_type), args)
+        b.ret_void()
+        return fn
+
     @_built_once
     def blocked(self, tile: Tile) -> ir.Function:
         """`blocked(a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b, beta, c)` -> 1 when it
@@ -508,25 +606,42 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) -> ir.Module:
-    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes)."""
+    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes) and
+    `CONV_SYMBOL`."""
     module = module if module is not None else ir.Module(name="drug_sgemm")
-    _Builder(module, tiling, int_bits).entry()
+    builder = _Builder(module, tiling, int_bits)
+    builder.entry()
+    builder.conv_entry()
     return module
+
+
+@dataclass(frozen=True)
+class RuntimeKernels:
+    """The addresses the runtime table holds for float32: the sgemm every GEMM call site calls,
+    and drug's convolution (`CONV_SYMBOL`; 0 where the program has no kernel needing it)."""
+
+    sgemm: int
+    sconv: int
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
 _compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-sgemm")
 
 
-def sgemm_address(blas: Gemm, own: bool = True) -> concurrent.futures.Future:
-    """The address of the sgemm the runtime calls, as a future: drug's, compiled once per process
-    (its object code is cached on disk like a program's) on a thread of its own, so that a first
-    compile overlaps the program's; or the BLAS's own (`own` False, or DRUG_GEMM=blas)."""
-    if not own or os.environ.get(ENV, "drug") == "blas":
+def runtime_kernels(blas: Gemm, needed: bool = True) -> concurrent.futures.Future:
+    """The `RuntimeKernels` as a future: drug's, compiled once per process (the object code is
+    cached on disk like a program's) on a thread of its own, so that a first compile overlaps the
+    program's; with DRUG_GEMM=blas the GEMMs go to the BLAS (the convolution stays drug's: it is
+    no GEMM call). `needed` False (a program without GEMMs or convolutions): the BLAS, nothing
+    compiled."""
+    if not needed:
         done: concurrent.futures.Future = concurrent.futures.Future()
-        done.set_result(blas.address)
+        done.set_result(RuntimeKernels(blas.address, 0))
         return done
-    return _compiling(blas.int_bits, blas.address)
+    own = _compiling(blas.int_bits, blas.address)
+    if os.environ.get(ENV, "drug") != "blas":
+        return own
+    return _compiler.submit(lambda: RuntimeKernels(blas.address, own.result().sconv))
 
 
 @functools.cache
@@ -534,13 +649,13 @@ def _compiling(int_bits: int, fallback_address: int) -> concurrent.futures.Futur
     return _compiler.submit(_compile, int_bits, fallback_address)
 
 
-def _compile(int_bits: int, fallback_address: int) -> int:
+def _compile(int_bits: int, fallback_address: int) -> RuntimeKernels:
     return compile_sgemm(host_tiling(jit.host_cpu()[1]), int_bits, fallback_address)
 
 
-def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
+def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> RuntimeKernels:
     """Machine code of `build_sgemm(tiling, int_bits)` (from the code cache when there), kept
-    alive for the life of the process; returns the entry's address."""
+    alive for the life of the process."""
     key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}"
     # the IR is written as it should run (explicit vectors, nothing to inline): LLVM's optimizer
     # would take half the compile time and change no instruction that matters
@@ -548,7 +663,7 @@ def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
     _keep_alive.append(compiled)
     slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
     ctypes.c_void_p.from_address(slot).value = fallback_address
-    return compiled.address
+    return RuntimeKernels(compiled.address, compiled.engine.get_function_address(CONV_SYMBOL))
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

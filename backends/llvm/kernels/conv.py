@@ -10,6 +10,7 @@ depend on which thread ran what."""
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of pla
 FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
 BANDS_PER_THREAD = 2  # a small batch's images are cut into bands of output rows: tasks per thread
 BAND_MIN_WORK = 1 << 20  # multiply-adds of a band at least (its GEMM packs the filter again)
+DIRECT_MIN_WIDTH = 8  # output columns: half a vector of the widest registers (AVX-512), which then spans 3 rows at most
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,11 @@ class _ConvEmitter:
     """IR for one task of a convolution kernel: im2col/col2im into this thread's column matrix
     (in the workspace), copies through its staging matrix, GEMM calls (one per group)."""
 
-    def __init__(self, t, node, geo: _Geometry, images: ir.Value):
+    def __init__(self, t, node, geo: _Geometry, images: ir.Value, matrices: int | None = None):
         self.k, self.b, self.geo, self.real = t, t.b, geo, llvm_type(geo.dtype)
         self.images = images  # in the batch (a static batch axis need not be the run-time batch)
-        offset = self.b.mul(t.thread(), i64(geo.matrices_size), name="thread_matrices")
+        size = geo.matrices_size if matrices is None else matrices  # each thread's share of the workspace
+        offset = self.b.mul(t.thread(), i64(size), name="thread_matrices")
         self.columns = self.at(t.workspace(node), offset, "columns")
         self.staging = None if geo.chunk == 1 else self.at(self.columns, i64(geo.rows * geo.ld), "staging")
 
@@ -295,17 +298,87 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
 
 
 def _conv_workspace(node):
-    """im2col's column matrix (and staging matrix) for the forward."""
+    """im2col's column matrix (and staging matrix) for the forward; drug's convolution needs a
+    padded copy of an image per thread, and only for zero padding."""
     x, w = node.inputs
-    return _Geometry.of(x.shape, w.shape, node.op, node.dtype).workspace()
+    geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
+    if _direct(geo):
+        return (thread_count() * _padded_size(geo) if _padded(geo) else 1,), geo.dtype
+    return geo.workspace()
 
 
-def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> ir.Value:
+def _direct(geo: _Geometry) -> bool:
+    """Whether drug's convolution kernel (gemm.CONV_SYMBOL: no column matrix) runs this one:
+    float32, stride 1 along rows, output rows at least DIRECT_MIN_WIDTH wide."""
+    return geo.dtype == np.float32 and geo.stride[1] == 1 and geo.out_hw[1] >= DIRECT_MIN_WIDTH
+
+
+def _padded(geo: _Geometry) -> bool:
+    return any(p for pair in geo.pads for p in pair)
+
+
+def _padded_hw(geo: _Geometry) -> tuple[int, int]:
+    (top, bottom), (left, right) = geo.pads
+    return geo.in_hw[0] + top + bottom, geo.in_hw[1] + left + right
+
+
+def _padded_size(geo: _Geometry) -> int:
+    return geo.channels * math.prod(_padded_hw(geo))
+
+
+def _tap_offsets(k, geo: _Geometry) -> ir.Value:
+    """Pointer to a constant table: per patch entry (channel, kernel row, kernel column) of a
+    group, the element offset of the pixel it reads for output pixel (0, 0) of the padded image."""
+    hp, wp = _padded_hw(geo)
+    (kh, kw), (dh, dw) = geo.k_hw, geo.dilation
+    values = [c * hp * wp + i * dh * wp + j * dw for c in range(geo.channels // geo.groups) for i in range(kh)
+              for j in range(kw)]  # fmt: skip
+    name = f"conv_taps.{geo.channels // geo.groups}x{kh}x{kw}.{hp}x{wp}.d{dh}x{dw}"
+    module = k.b.module
+    if name not in module.globals:
+        table = ir.GlobalVariable(module, ir.ArrayType(I64, len(values)), name)
+        table.initializer = ir.Constant(ir.ArrayType(I64, len(values)), values)
+        table.global_constant, table.linkage = True, "internal"
+    return module.globals[name]
+
+
+def _direct_conv2d(k, node, geo: _Geometry) -> None:
+    """Per image, or band of output rows of an image (a small batch): the image padded into this
+    thread's workspace (zero padding only; a valid convolution reads the image where it is), then
+    per group one call of drug's convolution over the band's output pixels."""
+    x, w = node.inputs
+    hp, wp = _padded_hw(geo)
+    (ho, wo), sh = geo.out_hw, geo.stride[0]
+    pad = Pad(geo.pads, "zeros", geo.in_hw)
+    bands = _bands(k.b, geo, k.dims(x)[0], by_images=True)
+    with k.tasks(k.b.mul(k.dims(x)[0], bands), "image") as (t, index):
+        b = t.b
+        bands = _bands(b, geo, t.dims(x)[0], by_images=True)
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0], matrices=0)
+        n, band = b.udiv(index, bands, name="image_index"), b.urem(index, bands, name="band")
+        lo = b.mul(b.udiv(b.mul(band, i64(ho)), bands), i64(wo), name="q_lo")
+        hi = b.mul(b.udiv(b.mul(b.add(band, i64(1)), i64(ho)), bands), i64(wo), name="q_hi")
+        image = e.image(x, n, "image")
+        if _padded(geo):
+            padded = e.at(t.workspace(node), b.mul(t.thread(), i64(_padded_size(geo))), "padded")
+            _emit_padding(t, pad, image, padded, x, adjoint=False, planes=(i64(0), i64(geo.channels)))
+            image = padded
+        taps = _tap_offsets(t, geo)
+        taps = b.gep(taps, [i64(0), i64(0)], source_etype=taps.value_type, name="taps")
+        out = e.image(node, n, "out")
+        group_image = (geo.channels // geo.groups) * hp * wp
+        with e.groups() as block:
+            t.conv(geo.group_outs, lo, hi, geo.group_rows, block(t.ptr(w), geo.group_outs * geo.group_rows, "w_group"),
+                   geo.group_rows, block(image, group_image, "image_group"), taps, wo, sh * wp,
+                   block(out, geo.group_outs * geo.pixels, "out_group"), geo.pixels)  # fmt: skip
+
+
+def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = False) -> ir.Value:
     """Bands of output rows each image is cut into: one when there are images enough for every
     thread, else enough bands for BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK
     at least), so that a small batch's convolution still runs on every core."""
     most = min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // BAND_MIN_WORK)
-    if geo.chunk > 1 or most < 2:  # small images go side by side instead; small work stays whole
+    if (geo.chunk > 1 and not by_images) or most < 2:  # small images go side by side instead; small work stays whole
         return i64(1)
     wanted = BANDS_PER_THREAD * thread_count()
     few = b.icmp_unsigned("<", images, i64(wanted), name="few_images")
@@ -320,6 +393,9 @@ def _conv2d(k, node):
     group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
     x, w = node.inputs
     geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
+    if _direct(geo):
+        _direct_conv2d(k, node, geo)
+        return
     bands = _bands(k.b, geo, k.dims(x)[0])
     with k.tasks(k.b.mul(geo.chunk_count(k.b, k.dims(x)[0]), bands), "chunk") as (t, index):
         b = t.b

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, _Geometry
+from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, DIRECT_MIN_WIDTH, _direct, _Geometry
 from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, ConvTranspose2D, Pad, PadGrad, same_pads
 
 NATIVE_OPS = (Conv2D, ConvTranspose2D, Conv2DGradFilter, Pad, PadGrad)
@@ -132,6 +132,56 @@ def test_conv_of_a_small_batch_in_bands(n, stride, dilation, groups, padding):
     scale = reference(x=np.abs(feeds["x"]), w=np.abs(feeds["w"]))
     error = np.abs(native(**feeds).astype(np.float64) - reference(**feeds))
     assert np.all(error <= TOLERANCE["float32"] * scale)
+
+
+@st.composite
+def direct_cases(draw):
+    """float32 convolutions drug's own kernel runs: stride 1 along rows, output rows >= 16 wide."""
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    padding = draw(st.sampled_from(["valid", "same", 1, ((0, 2), (3, 1))]))
+    return dict(
+        n=draw(st.sampled_from([1, 2, 3])),
+        c=groups * draw(st.integers(1, 5)),
+        o=groups * draw(st.integers(1, 13)),  # up to a few row tiles, the last one partial
+        hw=(draw(st.integers(dh * (kh - 1) + 1, 20)), draw(st.integers(DIRECT_MIN_WIDTH + dw * (kw - 1), 45))),
+        k_hw=(kh, kw),
+        stride=(draw(st.integers(1, 3)), 1),
+        dilation=(dh, dw),
+        groups=groups,
+        padding=padding,
+        mode=draw(st.sampled_from(PAD_MODES)),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=direct_cases())
+def test_direct_convolution_matches_reference(case):
+    """drug's convolution kernel (no column matrix: the GEMM reads the padded image through a
+    table of tap offsets, a vector's pixels from two output rows) against the reference: zero
+    and other padding, dilation, groups, vertical strides, partial row and column tiles, a batch
+    of one cut into bands; nothing written outside the output."""
+    g = dg.Graph(dtype="float32")
+    x = g.input("x", (None, case["c"]) + case["hw"])
+    w = g.input("w", (case["o"], case["c"] // case["groups"]) + case["k_hw"])
+    y = dg.conv2d(x, w, stride=case["stride"], padding=case["padding"], pad_mode=case["mode"],
+                  dilation=case["dilation"], groups=case["groups"])  # fmt: skip
+    geo = _Geometry.of(y.inputs[0].shape, w.shape, y.op, "float32")
+    if geo.out_hw[1] < DIRECT_MIN_WIDTH:
+        return  # "same" padding of a strided image; the case is the im2col kernel's
+    assert _direct(geo)
+    rng = np.random.default_rng(case["seed"])
+    feeds = {"x": rng.standard_normal((case["n"],) + x.shape[1:]).astype(np.float32)}
+    feeds["w"] = rng.standard_normal(w.shape).astype(np.float32)
+    native, reference = (g.compile(outputs=y, backend=b) for b in ("llvm", "numpy"))
+    assert "sconv" in native.ir()
+    out = np.full((case["n"],) + y.shape[1:], np.nan, np.float32)
+    native(**feeds, out=out)
+    scale = reference(x=np.abs(feeds["x"]), w=np.abs(feeds["w"]))
+    error = np.abs(out.astype(np.float64) - reference(**feeds))
+    assert np.all(error <= TOLERANCE["float32"] * scale + np.finfo(np.float32).tiny)
 
 
 def test_conv_with_a_static_batch_axis():
