@@ -342,11 +342,11 @@ def _tap_offsets(k, geo: _Geometry) -> ir.Value:
     return module.globals[name]
 
 
-def _direct_conv2d(k, node, geo: _Geometry) -> None:
-    """Per image, or band of output rows of an image (a small batch): the image padded into this
-    thread's workspace (zero padding only; a valid convolution reads the image where it is), then
-    per group one call of drug's convolution over the band's output pixels."""
-    x, w = node.inputs
+def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> None:
+    """node = the convolution `geo` of x by the filter at `weights(ctx)`, through drug's kernel:
+    per image, or band of output rows of an image (a small batch), the image padded into this
+    thread's part of the workspace from element `padded_at` (zero padding only; a valid
+    convolution reads the image where it is), then per group one call over the band's pixels."""
     hp, wp = _padded_hw(geo)
     (ho, wo), sh = geo.out_hw, geo.stride[0]
     pad = Pad(geo.pads, "zeros", geo.in_hw)
@@ -360,17 +360,48 @@ def _direct_conv2d(k, node, geo: _Geometry) -> None:
         hi = b.mul(b.udiv(b.mul(b.add(band, i64(1)), i64(ho)), bands), i64(wo), name="q_hi")
         image = e.image(x, n, "image")
         if _padded(geo):
-            padded = e.at(t.workspace(node), b.mul(t.thread(), i64(_padded_size(geo))), "padded")
+            mine = b.add(i64(padded_at), b.mul(t.thread(), i64(_padded_size(geo))), name="padded_offset")
+            padded = e.at(t.workspace(node), mine, "padded")
             _emit_padding(t, pad, image, padded, x, adjoint=False, planes=(i64(0), i64(geo.channels)))
             image = padded
         taps = _tap_offsets(t, geo)
         taps = b.gep(taps, [i64(0), i64(0)], source_etype=taps.value_type, name="taps")
         out = e.image(node, n, "out")
-        group_image = (geo.channels // geo.groups) * hp * wp
+        group_image, group_filter = (geo.channels // geo.groups) * hp * wp, geo.group_outs * geo.group_rows
         with e.groups() as block:
-            t.conv(geo.group_outs, lo, hi, geo.group_rows, block(t.ptr(w), geo.group_outs * geo.group_rows, "w_group"),
+            t.conv(geo.group_outs, lo, hi, geo.group_rows, block(weights(t), group_filter, "w_group"),
                    geo.group_rows, block(image, group_image, "image_group"), taps, wo, sh * wp,
                    block(out, geo.group_outs * geo.pixels, "out_group"), geo.pixels)  # fmt: skip
+
+
+def _adjoint(geo: _Geometry) -> _Geometry | None:
+    """The input gradient of a convolution with stride 1 as a convolution of its own: of the
+    output gradient, padded by (dilated kernel size - 1 - padding) on each side, by the filter
+    flipped in both spatial axes with input and output channels swapped (per group). None for
+    strides, or padding wider than the kernel reaches (a crop, not a padding)."""
+    if geo.stride != (1, 1):
+        return None
+    pads = tuple((d * (k - 1) - lo, d * (k - 1) - hi) for (lo, hi), k, d in zip(geo.pads, geo.k_hw, geo.dilation))
+    if any(p < 0 for pair in pads for p in pair):
+        return None
+    return _Geometry(geo.outs, geo.out_hw, geo.k_hw, (1, 1), geo.channels, geo.dtype, pads, geo.dilation, geo.groups)
+
+
+def _flip_filter(k, w, flipped: ir.Value, geo: _Geometry) -> None:
+    """flipped[c][o'][KH-1-i][KW-1-j] = w[o][c'][i][j], o' and c' the indices within the group of
+    output channel o and input channel c: `_adjoint`'s filter."""
+    b, real = k.b, llvm_type(geo.dtype)
+    (kh, kw), per_in, per_out = geo.k_hw, geo.channels // geo.groups, geo.group_outs
+    taps = kh * kw
+    with for_range(b, i64(geo.outs), "o") as o, for_range(b, i64(per_in), "ci") as ci:
+        group, within = b.udiv(o, i64(per_out), name="group"), b.urem(o, i64(per_out), name="within")
+        c = b.add(b.mul(group, i64(per_in)), ci, name="c")
+        source = b.mul(b.add(b.mul(o, i64(per_in)), ci), i64(taps), name="source")
+        target = b.mul(b.add(b.mul(c, i64(per_out)), within), i64(taps), name="target")
+        for tap in range(taps):  # unrolled: a filter has a few dozen taps at most
+            value = b.load(k.element(w, b.add(source, i64(tap))), typ=real, name="tap")
+            at = b.gep(flipped, [b.add(target, i64(taps - 1 - tap))], source_etype=real, inbounds=True)
+            b.store(value, at)
 
 
 def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = False) -> ir.Value:
@@ -394,7 +425,7 @@ def _conv2d(k, node):
     x, w = node.inputs
     geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
     if _direct(geo):
-        _direct_conv2d(k, node, geo)
+        _direct_conv(k, node, x, lambda t: t.ptr(w), geo)
         return
     bands = _bands(k.b, geo, k.dims(x)[0])
     with k.tasks(k.b.mul(geo.chunk_count(k.b, k.dims(x)[0]), bands), "chunk") as (t, index):
@@ -421,15 +452,31 @@ def _conv2d(k, node):
 
 def _conv_transpose_workspace(node):
     _, w = node.inputs
-    return _Geometry.of(node.shape, w.shape, node.op, node.dtype).workspace()
+    geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
+    adjoint = _adjoint(geo)
+    if adjoint is not None and _direct(adjoint):
+        padded = thread_count() * _padded_size(adjoint) if _padded(adjoint) else 0
+        return (_filter_size(geo) + padded,), geo.dtype
+    return geo.workspace()
+
+
+def _filter_size(geo: _Geometry) -> int:
+    return geo.outs * geo.group_rows
 
 
 @kernel(ConvTranspose2D, workspace=_conv_transpose_workspace, uses_blas=True)
 def _conv_transpose2d(k, node):
-    """Per chunk of images: per group one GEMM columns[g] = w[g]^T (C/G*KH*KW, O/G) @ g[g], then
-    col2im adds each image's columns into its (zeroed) output."""
+    """With stride 1 and wide enough images, drug's convolution of the padded gradient by the
+    flipped filter (`_adjoint`). Else per chunk of images: per group one GEMM columns[g] =
+    w[g]^T (C/G*KH*KW, O/G) @ g[g], then col2im adds each image's columns into its (zeroed)
+    output."""
     g, w = node.inputs
     geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
+    adjoint = _adjoint(geo)
+    if adjoint is not None and _direct(adjoint):
+        _flip_filter(k, w, k.workspace(node), geo)
+        _direct_conv(k, node, g, lambda t: t.workspace(node), adjoint, padded_at=_filter_size(geo))
+        return
     with k.tasks(geo.chunk_count(k.b, k.dims(g)[0]), "chunk") as (t, index):
         e = _ConvEmitter(t, node, geo, t.dims(g)[0])
         first, count = e.chunk(index)

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, DIRECT_MIN_WIDTH, _direct, _Geometry
+from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, DIRECT_MIN_WIDTH, _adjoint, _direct, _Geometry
 from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, ConvTranspose2D, Pad, PadGrad, same_pads
 
 NATIVE_OPS = (Conv2D, ConvTranspose2D, Conv2DGradFilter, Pad, PadGrad)
@@ -160,28 +160,37 @@ def direct_cases(draw):
 @given(case=direct_cases())
 def test_direct_convolution_matches_reference(case):
     """drug's convolution kernel (no column matrix: the GEMM reads the padded image through a
-    table of tap offsets, a vector's pixels from two output rows) against the reference: zero
-    and other padding, dilation, groups, vertical strides, partial row and column tiles, a batch
-    of one cut into bands; nothing written outside the output."""
+    table of tap offsets, a vector's pixels from two or three output rows) against the reference,
+    for a convolution and (stride 1) its input gradient, itself a convolution of the padded
+    gradient by the flipped filter: zero and other padding, dilation, groups, vertical strides,
+    partial row and column tiles, a batch of one cut into bands; nothing written outside the
+    outputs."""
     g = dg.Graph(dtype="float32")
     x = g.input("x", (None, case["c"]) + case["hw"])
     w = g.input("w", (case["o"], case["c"] // case["groups"]) + case["k_hw"])
     y = dg.conv2d(x, w, stride=case["stride"], padding=case["padding"], pad_mode=case["mode"],
                   dilation=case["dilation"], groups=case["groups"])  # fmt: skip
+    r = g.input("r", (None,) + y.shape[1:])
+    (dx,) = dg.grad(dg.sum(y * r), [x])
     geo = _Geometry.of(y.inputs[0].shape, w.shape, y.op, "float32")
     if geo.out_hw[1] < DIRECT_MIN_WIDTH:
         return  # "same" padding of a strided image; the case is the im2col kernel's
     assert _direct(geo)
+    reach = [d * (k - 1) for k, d in zip(geo.k_hw, geo.dilation)]  # the adjoint's padding is reach - padding
+    fits = all(max(pair) <= most for pair, most in zip(geo.pads, reach))
+    assert (_adjoint(geo) is not None) == (geo.stride == (1, 1) and fits)
     rng = np.random.default_rng(case["seed"])
     feeds = {"x": rng.standard_normal((case["n"],) + x.shape[1:]).astype(np.float32)}
     feeds["w"] = rng.standard_normal(w.shape).astype(np.float32)
-    native, reference = (g.compile(outputs=y, backend=b) for b in ("llvm", "numpy"))
+    feeds["r"] = rng.standard_normal((case["n"],) + r.shape[1:]).astype(np.float32)
+    native, reference = (g.compile(outputs=[y, dx], backend=b) for b in ("llvm", "numpy"))
     assert "sconv" in native.ir()
-    out = np.full((case["n"],) + y.shape[1:], np.nan, np.float32)
-    native(**feeds, out=out)
-    scale = reference(x=np.abs(feeds["x"]), w=np.abs(feeds["w"]))
-    error = np.abs(out.astype(np.float64) - reference(**feeds))
-    assert np.all(error <= TOLERANCE["float32"] * scale + np.finfo(np.float32).tiny)
+    outs = tuple(np.full((case["n"],) + node.shape[1:], np.nan, np.float32) for node in (y, dx))
+    native(**feeds, out=outs)
+    scales = reference(**{name: np.abs(value) for name, value in feeds.items()})
+    for out, want, scale in zip(outs, reference(**feeds), scales):
+        error = np.abs(out.astype(np.float64) - want)
+        assert np.all(error <= TOLERANCE["float32"] * scale + np.finfo(np.float32).tiny)
 
 
 def test_conv_with_a_static_batch_axis():
