@@ -15,9 +15,15 @@
 /* The entry compiler/codegen.py emits: i32 drug_step(ptr buffers, i64 batch, ptr runtime). */
 typedef int32_t (*drugrt_step_fn)(void **buffers, int64_t batch, void **runtime);
 
-/* Slots of the `runtime` table (backends/llvm/codegen.py RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK,
-   RUNTIME_SCONV). */
-enum { DRUGRT_SGEMM = 0, DRUGRT_DGEMM = 1, DRUGRT_CALLBACK = 2, DRUGRT_SCONV = 3, DRUGRT_RUNTIME_SLOTS = 4 };
+/* Slots of the `runtime` table (backends/llvm/codegen.py RUNTIME_*). */
+enum {
+    DRUGRT_SGEMM = 0,
+    DRUGRT_DGEMM = 1,
+    DRUGRT_CALLBACK = 2,
+    DRUGRT_SCONV = 3,
+    DRUGRT_SCONV_FILTER = 4,
+    DRUGRT_RUNTIME_SLOTS = 5
+};
 
 /* What a kernel returns (compiler/irutil.py STATUS_*). */
 enum {

@@ -43,7 +43,8 @@ static void fill(void *data, const drugrt_tensor *t) {
    The last handle created names it for every handle of the library: all are CBLAS sgemms. */
 extern void drugrt_sgemm(void);
 extern void *drugrt_sgemm_fallback;
-extern void drugrt_sconv(void); /* and drug's float32 convolution (backends/llvm/gemm.py CONV_SYMBOL) */
+extern void drugrt_sconv(void); /* and drug's float32 convolution kernels (backends/llvm/gemm.py) */
+extern void drugrt_sconv_filter(void);
 
 int drugrt_init(drugrt_handle *h, const drugrt_model *model, void *sgemm) {
     memset(h, 0, sizeof *h);
@@ -51,6 +52,7 @@ int drugrt_init(drugrt_handle *h, const drugrt_model *model, void *sgemm) {
     drugrt_sgemm_fallback = sgemm;
     h->runtime[DRUGRT_SGEMM] = (void *)drugrt_sgemm; /* no dgemm, no callback: drug-compile refuses graphs needing them */
     h->runtime[DRUGRT_SCONV] = (void *)drugrt_sconv;
+    h->runtime[DRUGRT_SCONV_FILTER] = (void *)drugrt_sconv_filter;
     h->params = calloc((size_t)model->nparams + 1, sizeof(void *));
     h->states = calloc((size_t)model->nstates + 1, sizeof(void *));
     if (!h->params || !h->states) return DRUG_ERR_MEMORY;

@@ -22,7 +22,7 @@ from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.node import Node
 from . import bounds, parallel
-from .gemm import CONV_TYPE
+from .gemm import CONV_TYPE, FILTER_TYPE
 from .irutil import (
     I32,
     I64,
@@ -47,8 +47,8 @@ from .lowering import lowering_of
 from .probes import Probe
 from .scalar import ScalarEmitter
 
-RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV = 0, 1, 2, 3  # the runtime table's slots
-RUNTIME_SLOTS = 4
+RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV, RUNTIME_SCONV_FILTER = range(5)  # runtime table slots
+RUNTIME_SLOTS = 5
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
@@ -148,14 +148,19 @@ class KernelContext:
             with whole:
                 b.call(task, [frame, i64(0)])
 
-    def conv(self, m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc) -> None:
-        """drug's float32 convolution (gemm.CONV_SYMBOL) through the runtime table, on this thread;
-        int sizes become constants."""
+    def conv(self, *args) -> None:
+        """drug's float32 convolution (gemm.CONV_SYMBOL, its arguments) through the runtime table,
+        on this thread; int arguments become constants."""
+        self._runtime_call(RUNTIME_SCONV, CONV_TYPE, "sconv", args)
+
+    def conv_filter(self, *args) -> None:
+        """drug's float32 convolution filter gradient (gemm.FILTER_SYMBOL), like `conv`."""
+        self._runtime_call(RUNTIME_SCONV_FILTER, FILTER_TYPE, "sconv_filter", args)
+
+    def _runtime_call(self, index: int, type_: ir.FunctionType, name: str, args) -> None:
         b = self.b
-        slot = b.gep(self.runtime, [i64(RUNTIME_SCONV)], source_etype=PTR, inbounds=True)
-        args = [i64(v) if isinstance(v, int) else v for v in (m, q_lo, q_hi, depth, w, ldw, image, offsets, wo,
-                                                             row_stride, c, ldc)]  # fmt: skip
-        b.call(Callee(b.load(slot, typ=PTR, name="sconv"), CONV_TYPE), args)
+        slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
+        b.call(Callee(b.load(slot, typ=PTR, name=name), type_), [i64(v) if isinstance(v, int) else v for v in args])
 
     @contextmanager
     def tasks(self, count: ir.Value, name: str):

@@ -125,7 +125,7 @@ class NativeExecutor(Executor):
         self._callback = CALLBACK_TYPE(self._run_callback)
         own = kernels.result()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
-            own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv
+            own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter
         )
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()

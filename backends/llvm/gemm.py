@@ -24,7 +24,7 @@ import concurrent.futures
 import ctypes
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
@@ -42,6 +42,8 @@ __all__ = [
     "RuntimeKernels",
     "CONV_SYMBOL",
     "CONV_TYPE",
+    "FILTER_SYMBOL",
+    "FILTER_TYPE",
     "ENTRY_SYMBOL",
     "FALLBACK_SYMBOL",
 ]
@@ -51,6 +53,10 @@ CONV_SYMBOL = "drug_sconv"  # convolutions with stride 1 along rows, read from t
 CONV_ARGS = [("m", I64), ("q.lo", I64), ("q.hi", I64), ("depth", I64), ("w", PTR), ("ldw", I64), ("image", PTR),
              ("offsets", PTR), ("wo", I64), ("row_stride", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
 CONV_TYPE = ir.FunctionType(VOID, [t for _, t in CONV_ARGS])
+FILTER_SYMBOL = "drug_sconv_filter"  # their filter gradients (filter_entry)
+FILTER_ARGS = [("k", I64), ("o", I64), ("rows", I64), ("wo", I64), ("row_stride", I64), ("image", PTR),
+               ("offsets", PTR), ("g", PTR), ("ldg", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
+FILTER_TYPE = ir.FunctionType(VOID, [t for _, t in FILTER_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
 F32 = ir.FloatType()
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
@@ -294,8 +300,12 @@ class _Builder:
                 acc[r][j].add_incoming(zero, entry)
                 acc[r][j].add_incoming(new[r][j], loop)
         b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
-
         b.position_at_end(done)
+        self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+
+    def _store(self, b, tile: Tile, new, c, ldc, rows, cols, alpha, beta, masks) -> None:
+        """C = alpha acc + beta C over the tile's first `rows` x `cols`, then return."""
+        lanes = self.t.lanes
         alpha_v, beta_v = self.splat(b, alpha), self.splat(b, beta)
         beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
         full_rows = b.icmp_signed("==", rows, i64(tile.rows))
@@ -310,6 +320,102 @@ class _Builder:
             with edge:
                 self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=masks, rows=rows)
         b.ret_void()
+
+    @_built_once
+    def filter_micro_kernel(self, tile: Tile) -> ir.Function:
+        """`filter_micro(rows, wo, row_stride, a, offsets, b, ldb, c, ldc, height, width)`: the tile
+        of C at `c` (its first `height` x `width`) += op(A) op(B) over the pixels of `rows` output
+        rows `wo` wide: op(A)[r, q] = a[offsets[r] + y*row_stride + x] for q = y*wo + x (row r of a
+        convolution's column matrix, read from the image), op(B)[q, j] = b[q*ldb + j] (the output
+        gradient, pixel-major). A loop over the rows around one over their pixels: the tile stays
+        in registers across row ends."""
+        lanes = self.t.lanes
+        fn, b = self.function(
+            f"drug_sconv_filter.micro{tile.rows}x{tile.vectors * lanes}",
+            [("rows", I64), ("wo", I64), ("row_stride", I64), ("a", PTR), ("offsets", PTR), ("b", PTR), ("ldb", I64),
+             ("c", PTR), ("ldc", I64), ("height", I64), ("width", I64)],
+        )  # fmt: skip
+        rows, wo, row_stride, a, offsets, bp, ldb, c, ldc, height, width = fn.args
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        masked_load = self.masked("load")
+        masks = self.column_masks(b, width, tile.vectors)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        last = b.sub(height, i64(1), name="last")
+        a_rows = []
+        for r in range(tile.rows):  # rows past the edge read the last row again (never stored)
+            at = b.gep(offsets, [_min(b, i64(r), last, f"r{r}")], source_etype=I64, inbounds=True)
+            a_rows.append(self.element(b, a, b.load(at, typ=I64, name=f"offset{r}"), f"a{r}.row"))
+        entry = b.block
+        row_loop, pixel_loop = fn.append_basic_block("row"), fn.append_basic_block("pixel")
+        row_end, done = fn.append_basic_block("row.end"), fn.append_basic_block("store")
+        b.branch(row_loop)
+        b.position_at_end(row_loop)
+        y = b.phi(I64, name="y")
+        y.add_incoming(i64(0), entry)
+        outer = [[b.phi(self.vector, name=f"c{r}.{j}.row") for j in range(tile.vectors)] for r in range(tile.rows)]
+        a_start = b.mul(y, row_stride, name="a.start")
+        b_start = b.mul(b.mul(y, wo), ldb, name="b.start")
+        b.branch(pixel_loop)
+        b.position_at_end(pixel_loop)
+        x = b.phi(I64, name="x")
+        x.add_incoming(i64(0), row_loop)
+        acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
+        b_row = b.add(b_start, b.mul(x, ldb), name="b.row")
+        bv = [
+            b.call(masked_load, [self.element(b, bp, b.add(b_row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
+                                 masks[j], zero], name=f"b{j}")
+            for j in range(tile.vectors)
+        ]  # fmt: skip
+        a_col = b.add(a_start, x, name="a.col")
+        new = []
+        for r in range(tile.rows):
+            splat = self.splat(b, b.load(self.element(b, a_rows[r], a_col, f"a{r}.at"), name=f"a{r}", typ=F32))
+            new.append([b.call(fma, [splat, bv[j], acc[r][j]], name=f"c{r}.{j}.next") for j in range(tile.vectors)])
+        x_next = b.add(x, i64(1), name="x.next")
+        x.add_incoming(x_next, pixel_loop)
+        for r in range(tile.rows):
+            for j in range(tile.vectors):
+                acc[r][j].add_incoming(outer[r][j], row_loop)
+                acc[r][j].add_incoming(new[r][j], pixel_loop)
+                outer[r][j].add_incoming(zero, entry)
+                outer[r][j].add_incoming(new[r][j], row_end)
+        b.cbranch(b.icmp_signed("<", x_next, wo), pixel_loop, row_end)
+        b.position_at_end(row_end)
+        y_next = b.add(y, i64(1), name="y.next")
+        y.add_incoming(y_next, row_end)
+        b.cbranch(b.icmp_signed("<", y_next, rows), row_loop, done)
+        b.position_at_end(done)
+        one = ir.Constant(F32, 1.0)
+        self._store(b, tile, new, c, ldc, height, width, one, one, masks)
+        return fn
+
+    def filter_entry(self) -> ir.Function:
+        """`FILTER_SYMBOL(k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc)`: one image's
+        part of a convolution's filter gradient (transposed), c[p*ldc + j] += sum over the pixels q
+        of `rows` output rows `wo` wide of image[offsets[p] + at(q)] * g[q*ldg + j], for p < k, j <
+        o (`filter_micro_kernel`; the narrow tile for at most a vector of output channels). Blocks
+        of about `depth` pixels keep their rows of g in L1 while every row tile reads them."""
+        fn, b = self.function(FILTER_SYMBOL, FILTER_ARGS, internal=False)
+        k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc = fn.args
+        narrow = b.icmp_signed("<=", o, i64(self.t.lanes), name="narrow")
+        per_block = b.udiv(i64(self.t.depth), wo)
+        per_block = b.select(b.icmp_signed("<", per_block, i64(1)), i64(1), per_block, name="rows.per_block")
+        for tile, chosen in ((self.t.narrow, narrow), (self.t.wide, b.not_(narrow))):
+            micro = self.filter_micro_kernel(tile)
+            with b.if_then(chosen):
+                with for_range(b, _ceil_div(b, rows, per_block, "row_blocks"), "yb") as block:
+                    y0 = b.mul(block, per_block, name="y0")
+                    count = _min(b, per_block, b.sub(rows, y0), "block.rows")
+                    a = self.element(b, image, b.mul(y0, row_stride), "a.block")
+                    g_block = b.mul(b.mul(y0, wo), ldg, name="g.block")
+                    with _Loop(b, k, tile.rows, "ir") as (p0, height):
+                        with _Loop(b, o, tile.vectors * self.t.lanes, "jr") as (j0, width):
+                            at = b.gep(offsets, [p0], source_etype=I64, inbounds=True, name="offsets.tile")
+                            b_tile = self.element(b, g, b.add(g_block, j0), "g.tile")
+                            c_tile = self.element(b, c, b.add(b.mul(p0, ldc), j0), "c.tile")
+                            b.call(micro, [count, wo, row_stride, a, at, b_tile, ldg, c_tile, ldc, height, width])
+        b.ret_void()
+        return fn
 
     def masked(self, what: str) -> ir.Function:
         """llvm.masked.load / llvm.masked.store of one vector."""
@@ -612,16 +718,19 @@ def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) 
     builder = _Builder(module, tiling, int_bits)
     builder.entry()
     builder.conv_entry()
+    builder.filter_entry()
     return module
 
 
 @dataclass(frozen=True)
 class RuntimeKernels:
     """The addresses the runtime table holds for float32: the sgemm every GEMM call site calls,
-    and drug's convolution (`CONV_SYMBOL`; 0 where the program has no kernel needing it)."""
+    and drug's convolution and its filter gradient (`CONV_SYMBOL`, `FILTER_SYMBOL`; 0 where the
+    program has no kernel needing them)."""
 
     sgemm: int
     sconv: int
+    sconv_filter: int
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
@@ -636,12 +745,12 @@ def runtime_kernels(blas: Gemm, needed: bool = True) -> concurrent.futures.Futur
     compiled."""
     if not needed:
         done: concurrent.futures.Future = concurrent.futures.Future()
-        done.set_result(RuntimeKernels(blas.address, 0))
+        done.set_result(RuntimeKernels(blas.address, 0, 0))
         return done
     own = _compiling(blas.int_bits, blas.address)
     if os.environ.get(ENV, "drug") != "blas":
         return own
-    return _compiler.submit(lambda: RuntimeKernels(blas.address, own.result().sconv))
+    return _compiler.submit(lambda: replace(own.result(), sgemm=blas.address))
 
 
 @functools.cache
@@ -663,7 +772,8 @@ def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> Runti
     _keep_alive.append(compiled)
     slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
     ctypes.c_void_p.from_address(slot).value = fallback_address
-    return RuntimeKernels(compiled.address, compiled.engine.get_function_address(CONV_SYMBOL))
+    address = compiled.engine.get_function_address
+    return RuntimeKernels(compiled.address, address(CONV_SYMBOL), address(FILTER_SYMBOL))
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

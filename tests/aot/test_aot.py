@@ -377,7 +377,7 @@ def test_library_needs_only_libc_and_libm(trained):
     assert exported and all(s.startswith("drug_cnn_") for s in exported), sorted(exported)
     # its GEMMs run drug's own sgemm, linked in and kept local (the version script exports none of it)
     local = {line.split()[-1] for line in run("nm", "--defined-only", library).splitlines() if line.strip()}
-    assert {"drugrt_sgemm", "drugrt_sgemm_fallback", "drugrt_sconv"} <= local
+    assert {"drugrt_sgemm", "drugrt_sgemm_fallback", "drugrt_sconv", "drugrt_sconv_filter"} <= local
 
 
 CTYPES_SCRIPT = r"""

@@ -29,6 +29,7 @@ PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of pla
 FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
 BANDS_PER_THREAD = 2  # a small batch's images are cut into bands of output rows: tasks per thread
 BAND_MIN_WORK = 1 << 20  # multiply-adds of a band at least (its GEMM packs the filter again)
+DIRECT_FILTER_MIN_TAPS = 64  # (channel, kernel row, kernel column) taps of a group, for the direct filter gradient
 DIRECT_MIN_WIDTH = 8  # output columns: half a vector of the widest registers (AVX-512), which then spans 3 rows at most
 
 
@@ -493,13 +494,29 @@ def _conv_transpose2d(k, node):
 def _conv_grad_filter_workspace(node):
     x, _ = node.inputs
     geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
-    return geo.workspace(extra=FILTER_TASKS * geo.group_rows * geo.outs)  # + the tasks' transposed partial sums
+    partials = FILTER_TASKS * geo.group_rows * geo.outs  # the tasks' transposed partial sums
+    if _direct_filter(geo):
+        return (thread_count() * _filter_scratch(geo) + partials,), geo.dtype
+    return geo.workspace(extra=partials)
+
+
+def _direct_filter(geo: _Geometry) -> bool:
+    """Whether drug's filter-gradient kernel (gemm.FILTER_SYMBOL) runs this one: float32, stride 1
+    along rows (its vectors run along the output channels: any image width will do), and taps
+    enough per group that transposing each image's output gradient costs little beside it."""
+    return geo.dtype == np.float32 and geo.stride[1] == 1 and geo.group_rows >= DIRECT_FILTER_MIN_TAPS
+
+
+def _filter_scratch(geo: _Geometry) -> int:
+    """A thread's scratch for the direct filter gradient: the padded image, the output gradient
+    of one image transposed (pixel-major)."""
+    return (_padded_size(geo) if _padded(geo) else 0) + geo.pixels * geo.outs
 
 
 def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
     """(chunks, chunks per task, tasks) of a filter gradient: at most FILTER_TASKS tasks, at least one
-    (task 0 zeroes partial sum 0 even for an empty batch)."""
-    chunks = geo.chunk_count(b, images)
+    (task 0 zeroes partial sum 0 even for an empty batch). The direct kernel's chunks are images."""
+    chunks = images if _direct_filter(geo) else geo.chunk_count(b, images)
     per_task = b.udiv(b.add(chunks, i64(FILTER_TASKS - 1)), i64(FILTER_TASKS))
     per_task = b.select(b.icmp_unsigned("<", per_task, i64(1)), i64(1), per_task, name="chunks_per_task")
     tasks = b.udiv(b.add(chunks, b.sub(per_task, i64(1))), per_task)
@@ -508,15 +525,18 @@ def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir
 
 @kernel(Conv2DGradFilter, workspace=_conv_grad_filter_workspace, uses_blas=True)
 def _conv2d_grad_filter(k, node):
-    """Per group, dw[g]^T (C/G*KH*KW, O/G) = sum over chunks of images of columns[g] @ g[g]^T (BLAS
-    runs this orientation faster: M=C*KH*KW rather than O): task i sums its range of chunks into
-    partial sum i with beta=1 GEMMs; then the partial sums, added in order, transposed into dw."""
+    """Per group, dw[g]^T (C/G*KH*KW, O/G) = sum over chunks of images of columns[g] @ g[g]^T (this
+    orientation runs faster: M=C*KH*KW rather than O): task i sums its range of chunks into
+    partial sum i; then the partial sums, added in order, transposed into dw. float32 with stride
+    1 along rows: per image, drug's filter-gradient kernel reads the (padded) image through the
+    tap offsets and the image's output gradient transposed; else im2col and beta=1 GEMMs."""
     x, g = node.inputs
     geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
     b, real = k.b, llvm_type(node.dtype)
     block_size = geo.group_rows * geo.group_outs
     size = geo.groups * block_size
-    partials_at = i64(thread_count() * geo.matrices_size)
+    direct = _direct_filter(geo)
+    partials_at = i64(thread_count() * (_filter_scratch(geo) if direct else geo.matrices_size))
     _, _, tasks = _filter_tasks(b, geo, k.dims(x)[0])
 
     def partial(ctx, index: ir.Value) -> ir.Value:
@@ -527,7 +547,7 @@ def _conv2d_grad_filter(k, node):
         return b.gep(pointer, [offset], source_etype=real, inbounds=True, name=name)
 
     with k.tasks(tasks, "chunks") as (t, index):
-        e = _ConvEmitter(t, node, geo, t.dims(x)[0])
+        e = _ConvEmitter(t, node, geo, t.dims(x)[0], matrices=_filter_scratch(geo) if direct else None)
         total = partial(t, index)
         e.zero(total, i64(size * geo.itemsize))
         chunks, per_task, _ = _filter_tasks(t.b, geo, e.images)
@@ -535,14 +555,10 @@ def _conv2d_grad_filter(k, node):
         end = t.b.add(start, per_task)
         end = t.b.select(t.b.icmp_signed("<", end, chunks), end, chunks, name="end")
         with for_range(t.b, end, "chunk", start=start) as chunk:
-            first, count = e.chunk(chunk)
-            grads = e.staged(e.image(g, first, "g"), count)
-            e.im2col(x, first, count)
-            with e.groups() as block:
-                e.gemm(False, True, geo.group_rows, geo.group_outs, e.width(count),
-                       block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
-                       block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
-                       block(total, block_size, "sum_group"), ldc=geo.group_outs, beta=1.0)  # fmt: skip
+            if direct:
+                _direct_filter_image(t, e, x, g, chunk, total, geo)
+            else:
+                _im2col_filter_chunk(e, x, g, chunk, total, geo)
     first = partial(k, i64(0))
     with for_range(b, b.sub(tasks, i64(1)), "partial") as i:
         source = partial(k, b.add(i, i64(1)))
@@ -557,6 +573,43 @@ def _conv2d_grad_filter(k, node):
             source = at(summed, b.mul(r, i64(geo.group_outs), name="summed"), "summed_ptr")
             target = k.element(node, b.add(b.mul(o, i64(geo.group_rows)), r, name="dw_index"))
             b.store(b.load(source, typ=real, name="value"), target)
+
+
+def _im2col_filter_chunk(e: _ConvEmitter, x, g, chunk: ir.Value, total: ir.Value, geo: _Geometry) -> None:
+    """Add a chunk of images' part of the filter gradient into the partial sum `total`: im2col, then
+    per group a beta=1 GEMM."""
+    first, count = e.chunk(chunk)
+    grads = e.staged(e.image(g, first, "g"), count)
+    e.im2col(x, first, count)
+    with e.groups() as block:
+        e.gemm(False, True, geo.group_rows, geo.group_outs, e.width(count),
+               block(e.columns, geo.group_rows * geo.ld, "columns_group"), geo.ld,
+               block(grads, geo.group_outs * geo.ld, "g_group"), geo.ld,
+               block(total, geo.group_rows * geo.group_outs, "sum_group"), ldc=geo.group_outs, beta=1.0)  # fmt: skip
+
+
+def _direct_filter_image(t, e: _ConvEmitter, x, g, n: ir.Value, total: ir.Value, geo: _Geometry) -> None:
+    """Add image n's part of the filter gradient into the partial sum `total`: the image padded
+    and its output gradient transposed (pixel-major) into this thread's scratch, then per group
+    one call of drug's filter-gradient kernel."""
+    b = t.b
+    hp, wp = _padded_hw(geo)
+    image, scratch = e.image(x, n, "image"), e.columns
+    if _padded(geo):
+        pad = Pad(geo.pads, "zeros", geo.in_hw)
+        _emit_padding(t, pad, image, scratch, x, adjoint=False, planes=(i64(0), i64(geo.channels)))
+        image, scratch = scratch, e.at(scratch, i64(_padded_size(geo)), "transposed")
+    grads = e.image(g, n, "g")
+    with for_range(b, i64(geo.outs), "o") as o, for_range(b, i64(geo.pixels), "q") as q:
+        value = b.load(e.at(grads, b.add(b.mul(o, i64(geo.pixels)), q), "g_at"), typ=e.real, name="g")
+        b.store(value, e.at(scratch, b.add(b.mul(q, i64(geo.outs)), o), "transposed_at"))
+    taps = _tap_offsets(t, geo)
+    taps = b.gep(taps, [i64(0), i64(0)], source_etype=taps.value_type, name="taps")
+    group_image = (geo.channels // geo.groups) * hp * wp
+    with e.groups() as block:
+        t.conv_filter(geo.group_rows, geo.group_outs, geo.out_hw[0], geo.out_hw[1], geo.stride[0] * wp,
+                      block(image, group_image, "image_group"), taps, block(scratch, geo.group_outs, "g_group"),
+                      geo.outs, block(total, geo.group_rows * geo.group_outs, "sum_group"), geo.group_outs)  # fmt: skip
 
 
 @contextmanager

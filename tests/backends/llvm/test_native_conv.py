@@ -17,7 +17,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.backends.llvm.kernels.conv import BAND_MIN_WORK, DIRECT_MIN_WIDTH, _adjoint, _direct, _Geometry
+from drug.backends.llvm.kernels.conv import (
+    BAND_MIN_WORK,
+    DIRECT_MIN_WIDTH,
+    _adjoint,
+    _direct,
+    _direct_filter,
+    _Geometry,
+)
 from drug.ops.conv import PAD_MODES, Conv2D, Conv2DGradFilter, ConvTranspose2D, Pad, PadGrad, same_pads
 
 NATIVE_OPS = (Conv2D, ConvTranspose2D, Conv2DGradFilter, Pad, PadGrad)
@@ -143,7 +150,7 @@ def direct_cases(draw):
     padding = draw(st.sampled_from(["valid", "same", 1, ((0, 2), (3, 1))]))
     return dict(
         n=draw(st.sampled_from([1, 2, 3])),
-        c=groups * draw(st.integers(1, 5)),
+        c=groups * draw(st.integers(1, 8)),  # the filter gradient's own kernel from 64 taps per group
         o=groups * draw(st.integers(1, 13)),  # up to a few row tiles, the last one partial
         hw=(draw(st.integers(dh * (kh - 1) + 1, 20)), draw(st.integers(DIRECT_MIN_WIDTH + dw * (kw - 1), 45))),
         k_hw=(kh, kw),
@@ -159,19 +166,19 @@ def direct_cases(draw):
 @settings(max_examples=40, deadline=None)
 @given(case=direct_cases())
 def test_direct_convolution_matches_reference(case):
-    """drug's convolution kernel (no column matrix: the GEMM reads the padded image through a
+    """drug's convolution kernels (no column matrix: the GEMM reads the padded image through a
     table of tap offsets, a vector's pixels from two or three output rows) against the reference,
-    for a convolution and (stride 1) its input gradient, itself a convolution of the padded
-    gradient by the flipped filter: zero and other padding, dilation, groups, vertical strides,
-    partial row and column tiles, a batch of one cut into bands; nothing written outside the
-    outputs."""
+    for a convolution, (stride 1) its input gradient, itself a convolution of the padded
+    gradient by the flipped filter, and its filter gradient (rows of taps by the transposed
+    output gradient): zero and other padding, dilation, groups, vertical strides, partial row and
+    column tiles, a batch of one cut into bands; nothing written outside the outputs."""
     g = dg.Graph(dtype="float32")
     x = g.input("x", (None, case["c"]) + case["hw"])
     w = g.input("w", (case["o"], case["c"] // case["groups"]) + case["k_hw"])
     y = dg.conv2d(x, w, stride=case["stride"], padding=case["padding"], pad_mode=case["mode"],
                   dilation=case["dilation"], groups=case["groups"])  # fmt: skip
     r = g.input("r", (None,) + y.shape[1:])
-    (dx,) = dg.grad(dg.sum(y * r), [x])
+    dx, dw = dg.grad(dg.sum(y * r), [x, w])
     geo = _Geometry.of(y.inputs[0].shape, w.shape, y.op, "float32")
     if geo.out_hw[1] < DIRECT_MIN_WIDTH:
         return  # "same" padding of a strided image; the case is the im2col kernel's
@@ -183,9 +190,10 @@ def test_direct_convolution_matches_reference(case):
     feeds = {"x": rng.standard_normal((case["n"],) + x.shape[1:]).astype(np.float32)}
     feeds["w"] = rng.standard_normal(w.shape).astype(np.float32)
     feeds["r"] = rng.standard_normal((case["n"],) + r.shape[1:]).astype(np.float32)
-    native, reference = (g.compile(outputs=[y, dx], backend=b) for b in ("llvm", "numpy"))
-    assert "sconv" in native.ir()
+    native, reference = (g.compile(outputs=[y, dx, dw], backend=b) for b in ("llvm", "numpy"))
+    assert "sconv" in native.ir() and ("sconv_filter" in native.ir()) == _direct_filter(geo)
     outs = tuple(np.full((case["n"],) + node.shape[1:], np.nan, np.float32) for node in (y, dx))
+    outs += (np.full(dw.shape, np.nan, np.float32),)
     native(**feeds, out=outs)
     scales = reference(**{name: np.abs(value) for name, value in feeds.items()})
     for out, want, scale in zip(outs, reference(**feeds), scales):
