@@ -1,7 +1,9 @@
-"""Convolution kernels: im2col / col2im around one GEMM per chunk of images, and padding by index
-maps (each padded position reads the row or column `ops.conv.pad_index` names).
+"""Convolution kernels: drug's own (gemm.CONV_SYMBOL, FILTER_SYMBOL: a GEMM that reads the padded
+image through a table of tap offsets) for float32 with stride 1 along rows, else im2col / col2im
+around one GEMM per chunk of images; and padding by index maps (each padded position reads the
+row or column `ops.conv.pad_index` names).
 
-Chunks of images are tasks on the thread pool: a thread does a chunk's im2col, GEMM and col2im
+Images (or chunks of them) are tasks on the thread pool: a thread does a chunk's im2col, GEMM and col2im
 in its own column matrix (the workspace holds one per thread), so that the copies run on every
 thread and a step has one parallel job per convolution rather than one per GEMM. The filter
 gradient sums over images: each of a fixed number of tasks sums a fixed range of chunks into
@@ -421,8 +423,9 @@ def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = 
 
 @kernel(Conv2D, workspace=_conv_workspace, uses_blas=True)
 def _conv2d(k, node):
-    """Per chunk of images (or band of output rows of one image): im2col side by side, then per
-    group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @ columns[g]."""
+    """drug's convolution kernel where `_direct`; else per chunk of images (or band of output rows
+    of one image): im2col side by side, then per group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @
+    columns[g]."""
     x, w = node.inputs
     geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
     if _direct(geo):
@@ -457,11 +460,12 @@ def _conv_transpose_workspace(node):
     adjoint = _adjoint(geo)
     if adjoint is not None and _direct(adjoint):
         padded = thread_count() * _padded_size(adjoint) if _padded(adjoint) else 0
-        return (_filter_size(geo) + padded,), geo.dtype
+        return (_flipped_size(geo) + padded,), geo.dtype
     return geo.workspace()
 
 
-def _filter_size(geo: _Geometry) -> int:
+def _flipped_size(geo: _Geometry) -> int:
+    """Elements of `_flip_filter`'s copy of the filter."""
     return geo.outs * geo.group_rows
 
 
@@ -476,7 +480,7 @@ def _conv_transpose2d(k, node):
     adjoint = _adjoint(geo)
     if adjoint is not None and _direct(adjoint):
         _flip_filter(k, w, k.workspace(node), geo)
-        _direct_conv(k, node, g, lambda t: t.workspace(node), adjoint, padded_at=_filter_size(geo))
+        _direct_conv(k, node, g, lambda t: t.workspace(node), adjoint, padded_at=_flipped_size(geo))
         return
     with k.tasks(geo.chunk_count(k.b, k.dims(g)[0]), "chunk") as (t, index):
         e = _ConvEmitter(t, node, geo, t.dims(g)[0])
