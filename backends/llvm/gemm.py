@@ -201,17 +201,10 @@ class _Builder:
              ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32), ("beta", F32)],
         )  # fmt: skip
         depth, a, a_row, a_step, bp, b_step, c, ldc, rows, cols, alpha, beta = fn.args
-        masked_load = self.masked("load")
         masks = self.column_masks(b, cols, tile.vectors)
-        zero = ir.Constant(self.vector, [0.0] * lanes)
 
         def load_b(b: ir.IRBuilder, p: ir.Value) -> list[ir.Value]:
-            row = b.mul(p, b_step, name="b.row")
-            return [
-                b.call(masked_load, [self.element(b, bp, b.add(row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
-                                     masks[j], zero], name=f"b{j}")
-                for j in range(tile.vectors)
-            ]  # fmt: skip
+            return self._row_vectors(b, bp, b.mul(p, b_step, name="b.row"), masks)
 
         self._accumulate(fn, b, tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta, masks)
         return fn
@@ -224,7 +217,7 @@ class _Builder:
         along rows, read from the (padded) image where im2col would have copied it from. Output
         pixel q is (q // wo, q % wo); the offsets hold each patch entry's (channel, kernel row,
         kernel column) place in the image. A vector's pixels lie in at most `segments` output rows
-        (`conv_segments(wo)`): a masked load per row fills it."""
+        (`conv_entry` picks the kernel by `wo`): a masked load per row fills it."""
         lanes = self.t.lanes
         fn, b = self.function(
             f"drug_sconv.micro{tile.rows}x{tile.vectors * lanes}.rows{segments}",
@@ -272,7 +265,6 @@ class _Builder:
         B, each row's A entry is broadcast against them into the tile's accumulators; then C =
         alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0)."""
         lanes = self.t.lanes
-        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
         # rows past the edge read the last row again (their sums are never stored): A needs no padding
         last = b.sub(rows, i64(1), name="last")
         a_rows = [
@@ -286,13 +278,7 @@ class _Builder:
         p.add_incoming(i64(0), entry)
         zero = ir.Constant(self.vector, [0.0] * lanes)
         acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
-        bv = load_b(b, p)
-        a_col = b.mul(p, a_step, name="a.col")
-        new = []
-        for r in range(tile.rows):
-            ar = b.load(self.element(b, a_rows[r], a_col, f"a{r}.at"), name=f"a{r}", typ=F32)
-            splat = self.splat(b, ar)
-            new.append([b.call(fma, [splat, bv[j], acc[r][j]], name=f"c{r}.{j}.next") for j in range(tile.vectors)])
+        new = self._step(b, a_rows, b.mul(p, a_step, name="a.col"), load_b(b, p), acc)
         p_next = b.add(p, i64(1), name="p.next")
         p.add_incoming(p_next, loop)
         for r in range(tile.rows):
@@ -302,6 +288,26 @@ class _Builder:
         b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
         b.position_at_end(done)
         self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+
+    def _row_vectors(self, b: ir.IRBuilder, base, offset, masks) -> list[ir.Value]:
+        """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0)."""
+        lanes, zero = self.t.lanes, ir.Constant(self.vector, [0.0] * self.t.lanes)
+        return [
+            b.call(self.masked("load"), [self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at"),
+                                         ir.Constant(I32, 4), mask, zero], name=f"b{j}")
+            for j, mask in enumerate(masks)
+        ]  # fmt: skip
+
+    def _step(self, b: ir.IRBuilder, a_rows, a_col, bv, acc) -> list[list[ir.Value]]:
+        """One step down the depth: each row's A entry at a_rows[r][a_col], broadcast, times B's
+        vectors `bv`, added to the row's accumulators `acc[r]`."""
+        lanes = self.t.lanes
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        new = []
+        for r, row in enumerate(a_rows):
+            splat = self.splat(b, b.load(self.element(b, row, a_col, f"a{r}.at"), name=f"a{r}", typ=F32))
+            new.append([b.call(fma, [splat, v, acc[r][j]], name=f"c{r}.{j}.next") for j, v in enumerate(bv)])
+        return new
 
     def _store(self, b, tile: Tile, new, c, ldc, rows, cols, alpha, beta, masks) -> None:
         """C = alpha acc + beta C over the tile's first `rows` x `cols`, then return."""
@@ -336,8 +342,6 @@ class _Builder:
              ("c", PTR), ("ldc", I64), ("height", I64), ("width", I64)],
         )  # fmt: skip
         rows, wo, row_stride, a, offsets, bp, ldb, c, ldc, height, width = fn.args
-        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
-        masked_load = self.masked("load")
         masks = self.column_masks(b, width, tile.vectors)
         zero = ir.Constant(self.vector, [0.0] * lanes)
         last = b.sub(height, i64(1), name="last")
@@ -360,17 +364,8 @@ class _Builder:
         x = b.phi(I64, name="x")
         x.add_incoming(i64(0), row_loop)
         acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
-        b_row = b.add(b_start, b.mul(x, ldb), name="b.row")
-        bv = [
-            b.call(masked_load, [self.element(b, bp, b.add(b_row, i64(j * lanes)), f"b{j}.at"), ir.Constant(I32, 4),
-                                 masks[j], zero], name=f"b{j}")
-            for j in range(tile.vectors)
-        ]  # fmt: skip
-        a_col = b.add(a_start, x, name="a.col")
-        new = []
-        for r in range(tile.rows):
-            splat = self.splat(b, b.load(self.element(b, a_rows[r], a_col, f"a{r}.at"), name=f"a{r}", typ=F32))
-            new.append([b.call(fma, [splat, bv[j], acc[r][j]], name=f"c{r}.{j}.next") for j in range(tile.vectors)])
+        bv = self._row_vectors(b, bp, b.add(b_start, b.mul(x, ldb), name="b.row"), masks)
+        new = self._step(b, a_rows, b.add(a_start, x, name="a.col"), bv, acc)
         x_next = b.add(x, i64(1), name="x.next")
         x.add_incoming(x_next, pixel_loop)
         for r in range(tile.rows):

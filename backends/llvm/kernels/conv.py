@@ -329,8 +329,15 @@ def _padded_size(geo: _Geometry) -> int:
     return geo.channels * math.prod(_padded_hw(geo))
 
 
+def _zero_padded(k, x, image: ir.Value, padded: ir.Value, geo: _Geometry) -> ir.Value:
+    """`padded` (returned) = image of node x with `geo`'s zero padding around each channel."""
+    _emit_padding(k, Pad(geo.pads, "zeros", geo.in_hw), image, padded, x, adjoint=False,
+                  planes=(i64(0), i64(geo.channels)))  # fmt: skip
+    return padded
+
+
 def _tap_offsets(k, geo: _Geometry) -> ir.Value:
-    """Pointer to a constant table: per patch entry (channel, kernel row, kernel column) of a
+    """Pointer to the first entry of a constant table: per patch entry (channel, kernel row, kernel column) of a
     group, the element offset of the pixel it reads for output pixel (0, 0) of the padded image."""
     hp, wp = _padded_hw(geo)
     (kh, kw), (dh, dw) = geo.k_hw, geo.dilation
@@ -342,7 +349,8 @@ def _tap_offsets(k, geo: _Geometry) -> ir.Value:
         table = ir.GlobalVariable(module, ir.ArrayType(I64, len(values)), name)
         table.initializer = ir.Constant(ir.ArrayType(I64, len(values)), values)
         table.global_constant, table.linkage = True, "internal"
-    return module.globals[name]
+    table = module.globals[name]
+    return k.b.gep(table, [i64(0), i64(0)], source_etype=table.value_type, name="taps")
 
 
 def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> None:
@@ -352,7 +360,6 @@ def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> Non
     convolution reads the image where it is), then per group one call over the band's pixels."""
     hp, wp = _padded_hw(geo)
     (ho, wo), sh = geo.out_hw, geo.stride[0]
-    pad = Pad(geo.pads, "zeros", geo.in_hw)
     bands = _bands(k.b, geo, k.dims(x)[0], by_images=True)
     with k.tasks(k.b.mul(k.dims(x)[0], bands), "image") as (t, index):
         b = t.b
@@ -364,11 +371,8 @@ def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> Non
         image = e.image(x, n, "image")
         if _padded(geo):
             mine = b.add(i64(padded_at), b.mul(t.thread(), i64(_padded_size(geo))), name="padded_offset")
-            padded = e.at(t.workspace(node), mine, "padded")
-            _emit_padding(t, pad, image, padded, x, adjoint=False, planes=(i64(0), i64(geo.channels)))
-            image = padded
+            image = _zero_padded(t, x, image, e.at(t.workspace(node), mine, "padded"), geo)
         taps = _tap_offsets(t, geo)
-        taps = b.gep(taps, [i64(0), i64(0)], source_etype=taps.value_type, name="taps")
         out = e.image(node, n, "out")
         group_image, group_filter = (geo.channels // geo.groups) * hp * wp, geo.group_outs * geo.group_rows
         with e.groups() as block:
@@ -600,15 +604,12 @@ def _direct_filter_image(t, e: _ConvEmitter, x, g, n: ir.Value, total: ir.Value,
     hp, wp = _padded_hw(geo)
     image, scratch = e.image(x, n, "image"), e.columns
     if _padded(geo):
-        pad = Pad(geo.pads, "zeros", geo.in_hw)
-        _emit_padding(t, pad, image, scratch, x, adjoint=False, planes=(i64(0), i64(geo.channels)))
-        image, scratch = scratch, e.at(scratch, i64(_padded_size(geo)), "transposed")
+        image, scratch = _zero_padded(t, x, image, scratch, geo), e.at(scratch, i64(_padded_size(geo)), "transposed")
     grads = e.image(g, n, "g")
     with for_range(b, i64(geo.outs), "o") as o, for_range(b, i64(geo.pixels), "q") as q:
         value = b.load(e.at(grads, b.add(b.mul(o, i64(geo.pixels)), q), "g_at"), typ=e.real, name="g")
         b.store(value, e.at(scratch, b.add(b.mul(q, i64(geo.outs)), o), "transposed_at"))
     taps = _tap_offsets(t, geo)
-    taps = b.gep(taps, [i64(0), i64(0)], source_etype=taps.value_type, name="taps")
     group_image = (geo.channels // geo.groups) * hp * wp
     with e.groups() as block:
         t.conv_filter(geo.group_rows, geo.group_outs, geo.out_hw[0], geo.out_hw[1], geo.stride[0] * wp,

@@ -152,7 +152,8 @@ def direct_cases(draw):
         n=draw(st.sampled_from([1, 2, 3])),
         c=groups * draw(st.integers(1, 8)),  # the filter gradient's own kernel from 64 taps per group
         o=groups * draw(st.integers(1, 13)),  # up to a few row tiles, the last one partial
-        hw=(draw(st.integers(dh * (kh - 1) + 1, 20)), draw(st.integers(DIRECT_MIN_WIDTH + dw * (kw - 1), 45))),
+        # reflect padding (up to 3 pixels) needs a size larger than the pad
+        hw=(draw(st.integers(max(dh * (kh - 1) + 1, 4), 20)), draw(st.integers(DIRECT_MIN_WIDTH + dw * (kw - 1), 45))),
         k_hw=(kh, kw),
         stride=(draw(st.integers(1, 3)), 1),
         dilation=(dh, dw),
