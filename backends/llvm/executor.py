@@ -35,7 +35,7 @@ from .irutil import (
     STATUS_OUT_OF_MEMORY,
 )
 from .jit import compile_module, host_cpu
-from .lowering import user_code, uses_blas
+from .lowering import calls_conv, user_code, uses_blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -100,7 +100,8 @@ class NativeExecutor(Executor):
         sgemm, dgemm = blas.find_gemm("float32"), blas.find_gemm("float64")
         calls_blas = _calls_blas(self.schedule)
         # drug's sgemm and convolution: compiled beside the program, the first time
-        kernels = gemm.runtime_kernels(sgemm, needed=calls_blas)
+        convolutions = any(calls_conv(node) for node in _all_nodes(program))
+        kernels = gemm.runtime_kernels(sgemm, gemms=calls_blas, convolutions=convolutions)
         parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)
@@ -123,7 +124,7 @@ class NativeExecutor(Executor):
         # leftovers, OpenBLAS) on one thread
         self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
-        own = kernels.result()
+        own = kernels()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
             own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter
         )

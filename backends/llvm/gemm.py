@@ -24,7 +24,8 @@ import concurrent.futures
 import ctypes
 import functools
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -37,7 +38,9 @@ __all__ = [
     "Tiling",
     "host_tiling",
     "build_sgemm",
+    "build_sconv",
     "compile_sgemm",
+    "compile_sconv",
     "runtime_kernels",
     "RuntimeKernels",
     "CONV_SYMBOL",
@@ -707,11 +710,16 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) -> ir.Module:
-    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes) and
-    `CONV_SYMBOL`."""
+    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes)."""
     module = module if module is not None else ir.Module(name="drug_sgemm")
-    builder = _Builder(module, tiling, int_bits)
-    builder.entry()
+    _Builder(module, tiling, int_bits).entry()
+    return module
+
+
+def build_sconv(tiling: Tiling, module: ir.Module | None = None) -> ir.Module:
+    """The module holding `CONV_SYMBOL` and `FILTER_SYMBOL` (64-bit sizes: drug's own signatures)."""
+    module = module if module is not None else ir.Module(name="drug_sconv")
+    builder = _Builder(module, tiling, 64)
     builder.conv_entry()
     builder.filter_entry()
     return module
@@ -729,46 +737,58 @@ class RuntimeKernels:
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
-_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-sgemm")
+# the GEMM and the convolutions compile at once, each beside the program
+_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="drug-sgemm")
 
 
-def runtime_kernels(blas: Gemm, needed: bool = True) -> concurrent.futures.Future:
-    """The `RuntimeKernels` as a future: drug's, compiled once per process (the object code is
-    cached on disk like a program's) on a thread of its own, so that a first compile overlaps the
-    program's; with DRUG_GEMM=blas the GEMMs go to the BLAS (the convolution stays drug's: it is
-    no GEMM call). `needed` False (a program without GEMMs or convolutions): the BLAS, nothing
-    compiled."""
-    if not needed:
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        done.set_result(RuntimeKernels(blas.address, 0, 0))
-        return done
-    own = _compiling(blas.int_bits, blas.address)
-    if os.environ.get(ENV, "drug") != "blas":
-        return own
-    return _compiler.submit(lambda: replace(own.result(), sgemm=blas.address))
+def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> Callable[[], RuntimeKernels]:
+    """Compiling drug's kernels a program needs starts now, each once per process (the object
+    code is cached on disk like a program's) on a thread of its own, so that a first compile
+    overlaps the program's; calling the result waits for them. Without `gemms`, or with
+    DRUG_GEMM=blas, GEMMs go to the BLAS; without `convolutions` the table's convolution slots
+    hold 0 (no kernel calls them)."""
+    sgemm = _compiling_sgemm(blas.int_bits, blas.address) if gemms and os.environ.get(ENV, "drug") != "blas" else None
+    sconv = _compiling_sconv() if convolutions else None
+
+    def result() -> RuntimeKernels:
+        conv, conv_filter = sconv.result() if sconv is not None else (0, 0)
+        return RuntimeKernels(sgemm.result() if sgemm is not None else blas.address, conv, conv_filter)
+
+    return result
 
 
 @functools.cache
-def _compiling(int_bits: int, fallback_address: int) -> concurrent.futures.Future:
-    return _compiler.submit(_compile, int_bits, fallback_address)
+def _compiling_sgemm(int_bits: int, fallback_address: int) -> concurrent.futures.Future:
+    return _compiler.submit(lambda: compile_sgemm(host_tiling(jit.host_cpu()[1]), int_bits, fallback_address))
 
 
-def _compile(int_bits: int, fallback_address: int) -> RuntimeKernels:
-    return compile_sgemm(host_tiling(jit.host_cpu()[1]), int_bits, fallback_address)
+@functools.cache
+def _compiling_sconv() -> concurrent.futures.Future:
+    return _compiler.submit(lambda: compile_sconv(host_tiling(jit.host_cpu()[1])))
 
 
-def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> RuntimeKernels:
-    """Machine code of `build_sgemm(tiling, int_bits)` (from the code cache when there), kept
-    alive for the life of the process."""
+# the IR of these modules is written as it should run (explicit vectors, nothing to inline): LLVM's
+# optimizer would take half the compile time and change no instruction that matters
+
+
+def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
+    """The address of `build_sgemm(tiling, int_bits)`'s machine code (from the code cache when
+    there), kept alive for the life of the process."""
     key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}"
-    # the IR is written as it should run (explicit vectors, nothing to inline): LLVM's optimizer
-    # would take half the compile time and change no instruction that matters
     compiled = jit.compile_module(key, lambda: str(build_sgemm(tiling, int_bits)), ENTRY_SYMBOL, passes=False)
     _keep_alive.append(compiled)
     slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
     ctypes.c_void_p.from_address(slot).value = fallback_address
-    address = compiled.engine.get_function_address
-    return RuntimeKernels(compiled.address, address(CONV_SYMBOL), address(FILTER_SYMBOL))
+    return compiled.address
+
+
+def compile_sconv(tiling: Tiling) -> tuple[int, int]:
+    """The addresses of `build_sconv(tiling)`'s two kernels, kept alive like the sgemm's."""
+    compiled = jit.compile_module(
+        f"{CONV_SYMBOL}|{tiling}", lambda: str(build_sconv(tiling)), CONV_SYMBOL, passes=False
+    )
+    _keep_alive.append(compiled)
+    return compiled.address, compiled.engine.get_function_address(FILTER_SYMBOL)
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

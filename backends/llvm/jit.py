@@ -84,6 +84,9 @@ def compile_threads() -> int:
 
 # A part smaller than this is not worth its own thread (a pass pipeline's fixed cost).
 MIN_LINES_PER_PART = 300
+# Parts per compiling thread: LLVM's time per line differs between parts (loops against table
+# loads), and a thread done early takes the next part instead of waiting for the slowest.
+PARTS_PER_THREAD = 2
 
 
 class _Job:
@@ -129,18 +132,19 @@ def _unlocked_lib():
     return raw if raw is not None and all(hasattr(raw, n) for n in needed) else None
 
 
-def emit_objects(texts: list[str], passes: bool = True) -> list[bytes]:
+def emit_objects(texts: list[str], passes: bool = True, threads: int | None = None) -> list[bytes]:
     """Object code for each IR text, optimized for the host (`passes` False: code generation
     alone, for IR already written as the machine should run it); several texts compile in
-    parallel (ctypes releases the GIL while LLVM works)."""
+    parallel on up to `threads` threads (ctypes releases the GIL while LLVM works)."""
     _init()
     jobs = [_Job(text, passes) for text in texts]
-    raw = _unlocked_lib() if len(jobs) > 1 else None
+    threads = min(len(jobs), threads or len(jobs))
+    raw = _unlocked_lib() if threads > 1 else None
     if raw is None:
         for job in jobs:
             job.run(ffi.lib)
     else:
-        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda job: job.run(raw), jobs))
     return [job.object_code() for job in jobs]
 
@@ -206,8 +210,9 @@ class Compiled:
 
 def objects_of(ir_text: str, entry: str, passes: bool = True) -> list[bytes]:
     """Object code for a module: split into parts compiled on `compile_threads()` threads."""
-    parts = min(compile_threads(), ir_text.count("\n") // MIN_LINES_PER_PART)
-    return emit_objects(split_module(ir_text, entry, parts) or [ir_text], passes)
+    threads = compile_threads()
+    parts = min(PARTS_PER_THREAD * threads if threads > 1 else 1, ir_text.count("\n") // MIN_LINES_PER_PART)
+    return emit_objects(split_module(ir_text, entry, parts) or [ir_text], passes, threads)
 
 
 def compile_module(key: str, build_ir, entry: str = "drug_step", passes: bool = True) -> Compiled:

@@ -36,6 +36,9 @@ class Lowering:
     supports: Callable[[Node], bool] | None = None
     # the kernel calls BLAS, whose threads already use every core: it never runs beside another kernel
     uses_blas: bool = False
+    # whether the kernel calls drug's convolution kernels (gemm.build_sconv) for this node: a
+    # program without such a node does not compile them
+    calls_conv: Callable[[Node], bool] | None = None
 
 
 _RULES: dict[type[Op], Lowering] = {}
@@ -47,11 +50,12 @@ def kernel(
     workspace: Callable[[Node], Workspace] | None = None,
     supports: Callable[[Node], bool] | None = None,
     uses_blas: bool = False,
+    calls_conv: Callable[[Node], bool] | None = None,
 ) -> Callable:
     """Decorator: the native kernel of an op class, `rule(k, node)`."""
 
     def register(rule: Callable) -> Callable:
-        _RULES[op_class] = Lowering(rule, workspace, supports, uses_blas)
+        _RULES[op_class] = Lowering(rule, workspace, supports, uses_blas, calls_conv)
         return rule
 
     return register
@@ -89,11 +93,16 @@ def uses_blas(node: Node) -> bool:
     return rule is not None and rule.uses_blas
 
 
+def calls_conv(node: Node) -> bool:
+    rule = lowering_of(node.op)
+    return rule is not None and rule.calls_conv is not None and rule.calls_conv(node)
+
+
 def user_code(op: Op) -> bool:
     """Whether the op's native code comes from a kernel or scalar rule registered outside drug
     (a user's own): code the compile cache cannot key by drug's files, so it keys on the IR built
     from it instead (a closure, a global or a helper of the user's changes that IR)."""
     rule = lowering_of(op)
-    functions = [rule.kernel, rule.workspace, rule.supports] if rule is not None else []
+    functions = [rule.kernel, rule.workspace, rule.supports, rule.calls_conv] if rule is not None else []
     functions.append(scalar_rule_of(op))
     return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)

@@ -14,7 +14,7 @@ from llvmlite import ir
 from ...core.errors import GraphError
 from ...core.program import Program
 from .codegen import ModuleBuilder
-from .gemm import CONV_SYMBOL, ENTRY_SYMBOL, FALLBACK_SYMBOL, FILTER_SYMBOL, build_sgemm, host_tiling
+from .gemm import CONV_SYMBOL, ENTRY_SYMBOL, FALLBACK_SYMBOL, FILTER_SYMBOL, build_sconv, build_sgemm, host_tiling
 from .jit import host_cpu, optimize, target_machine
 
 # drug's sgemm in a library, under the runtime's names (aot/csrc/rt_handle.c): the steps call it,
@@ -72,7 +72,8 @@ def _only_entry_visible(module: llvm.ModuleRef, entry: str) -> llvm.ModuleRef:
 def sgemm_module(target: Target, blas_int_bits: int) -> llvm.ModuleRef:
     """drug's sgemm and convolution kernels tiled for the target's vector registers (baseline SSE for a CPU
     named without its features), under the names the runtime's C code links to."""
-    module = llvm.parse_assembly(str(build_sgemm(host_tiling(target.features), blas_int_bits)))
+    tiling = host_tiling(target.features)
+    module = llvm.parse_assembly(str(build_sconv(tiling, build_sgemm(tiling, blas_int_bits))))
     module.get_function(ENTRY_SYMBOL).name = LIBRARY_SGEMM
     module.get_function(CONV_SYMBOL).name = LIBRARY_SCONV
     module.get_function(FILTER_SYMBOL).name = LIBRARY_SCONV_FILTER

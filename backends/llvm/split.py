@@ -128,13 +128,15 @@ def _closure(module: _Module, root: str, roots: set[str]) -> tuple[set[str], set
 
 
 def split_module(text: str, entry: str, parts: int) -> list[str] | None:
-    """`parts` IR texts that together define what `text` does, or None if it should stay whole."""
+    """`parts` IR texts (fewer if there are fewer kernels) that together define what `text` does,
+    or None if it should stay whole."""
     module = _read(text)
     if parts < 2 or module is None or entry not in module.functions:
         return None
     hubs = [entry] + sorted(f for f in module.functions if f.startswith(f"{entry}."))
     roots = {r for h in hubs for r in module.functions[h].references if r in module.functions} - set(hubs)
-    if len(roots) < parts:
+    parts = min(parts, len(roots))
+    if parts < 2:
         return None
     owned = {r: _closure(module, r, roots) for r in sorted(roots | set(hubs))}
     if any(g.internal and not g.constant for g in module.globals.values()):

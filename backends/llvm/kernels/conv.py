@@ -300,11 +300,28 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
                 row(small_plane, padded_row, p)
 
 
+def _forward_geometry(node) -> _Geometry:
+    x, w = node.inputs
+    return _Geometry.of(x.shape, w.shape, node.op, node.dtype)
+
+
+def _transpose_geometry(node) -> tuple[_Geometry, _Geometry | None]:
+    """A ConvTranspose2D's geometry, and that of the convolution drug's kernel runs for it (None: col2im)."""
+    _, w = node.inputs
+    geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
+    adjoint = _adjoint(geo)
+    return geo, adjoint if adjoint is not None and _direct(adjoint) else None
+
+
+def _filter_geometry(node) -> _Geometry:
+    x, _ = node.inputs
+    return _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+
+
 def _conv_workspace(node):
     """im2col's column matrix (and staging matrix) for the forward; drug's convolution needs a
     padded copy of an image per thread, and only for zero padding."""
-    x, w = node.inputs
-    geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
+    geo = _forward_geometry(node)
     if _direct(geo):
         return (thread_count() * _padded_size(geo) if _padded(geo) else 1,), geo.dtype
     return geo.workspace()
@@ -425,13 +442,13 @@ def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = 
     return b.select(b.icmp_unsigned(">", per_image, i64(most)), i64(most), per_image, name="bands")
 
 
-@kernel(Conv2D, workspace=_conv_workspace, uses_blas=True)
+@kernel(Conv2D, workspace=_conv_workspace, uses_blas=True, calls_conv=lambda node: _direct(_forward_geometry(node)))
 def _conv2d(k, node):
     """drug's convolution kernel where `_direct`; else per chunk of images (or band of output rows
     of one image): im2col side by side, then per group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @
     columns[g]."""
     x, w = node.inputs
-    geo = _Geometry.of(x.shape, w.shape, node.op, node.dtype)
+    geo = _forward_geometry(node)
     if _direct(geo):
         _direct_conv(k, node, x, lambda t: t.ptr(w), geo)
         return
@@ -459,10 +476,8 @@ def _conv2d(k, node):
 
 
 def _conv_transpose_workspace(node):
-    _, w = node.inputs
-    geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
-    adjoint = _adjoint(geo)
-    if adjoint is not None and _direct(adjoint):
+    geo, adjoint = _transpose_geometry(node)
+    if adjoint is not None:
         padded = thread_count() * _padded_size(adjoint) if _padded(adjoint) else 0
         return (_flipped_size(geo) + padded,), geo.dtype
     return geo.workspace()
@@ -473,16 +488,20 @@ def _flipped_size(geo: _Geometry) -> int:
     return geo.outs * geo.group_rows
 
 
-@kernel(ConvTranspose2D, workspace=_conv_transpose_workspace, uses_blas=True)
+@kernel(
+    ConvTranspose2D,
+    workspace=_conv_transpose_workspace,
+    uses_blas=True,
+    calls_conv=lambda node: _transpose_geometry(node)[1] is not None,
+)
 def _conv_transpose2d(k, node):
     """With stride 1 and wide enough images, drug's convolution of the padded gradient by the
     flipped filter (`_adjoint`). Else per chunk of images: per group one GEMM columns[g] =
     w[g]^T (C/G*KH*KW, O/G) @ g[g], then col2im adds each image's columns into its (zeroed)
     output."""
     g, w = node.inputs
-    geo = _Geometry.of(node.shape, w.shape, node.op, node.dtype)
-    adjoint = _adjoint(geo)
-    if adjoint is not None and _direct(adjoint):
+    geo, adjoint = _transpose_geometry(node)
+    if adjoint is not None:
         _flip_filter(k, w, k.workspace(node), geo)
         _direct_conv(k, node, g, lambda t: t.workspace(node), adjoint, padded_at=_flipped_size(geo))
         return
@@ -500,8 +519,7 @@ def _conv_transpose2d(k, node):
 
 
 def _conv_grad_filter_workspace(node):
-    x, _ = node.inputs
-    geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+    geo = _filter_geometry(node)
     partials = FILTER_TASKS * geo.group_rows * geo.outs  # the tasks' transposed partial sums
     if _direct_filter(geo):
         return (thread_count() * _filter_scratch(geo) + partials,), geo.dtype
@@ -531,7 +549,12 @@ def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir
     return chunks, per_task, b.select(b.icmp_unsigned("<", tasks, i64(1)), i64(1), tasks, name="tasks")
 
 
-@kernel(Conv2DGradFilter, workspace=_conv_grad_filter_workspace, uses_blas=True)
+@kernel(
+    Conv2DGradFilter,
+    workspace=_conv_grad_filter_workspace,
+    uses_blas=True,
+    calls_conv=lambda node: _direct_filter(_filter_geometry(node)),
+)
 def _conv2d_grad_filter(k, node):
     """Per group, dw[g]^T (C/G*KH*KW, O/G) = sum over chunks of images of columns[g] @ g[g]^T (this
     orientation runs faster: M=C*KH*KW rather than O): task i sums its range of chunks into
@@ -539,7 +562,7 @@ def _conv2d_grad_filter(k, node):
     1 along rows: per image, drug's filter-gradient kernel reads the (padded) image through the
     tap offsets and the image's output gradient transposed; else im2col and beta=1 GEMMs."""
     x, g = node.inputs
-    geo = _Geometry.of(x.shape, node.shape, node.op, node.dtype)
+    geo = _filter_geometry(node)
     b, real = k.b, llvm_type(node.dtype)
     block_size = geo.group_rows * geo.group_outs
     size = geo.groups * block_size

@@ -28,7 +28,7 @@ DEPTH = st.one_of(st.sampled_from([1, 2, 7, 255, 256, 257, 300, 513]), st.intege
 def sgemm(request):
     """A callable sgemm of one tiling, sending its leftovers to numpy's BLAS."""
     fallback = blas.find_gemm("float32")
-    address = gemm.compile_sgemm(TILINGS[request.param], fallback.int_bits, fallback.address).sgemm
+    address = gemm.compile_sgemm(TILINGS[request.param], fallback.int_bits, fallback.address)
     return blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
 
 
@@ -97,7 +97,7 @@ def test_transpose_network_is_a_transpose():
     """The register transpose of `lanes` x `lanes` blocks, through the packing of B^T: a B whose
     entries name their own position comes out of A = I as exactly its transpose."""
     fallback = blas.find_gemm("float32")
-    address = gemm.compile_sgemm(HOST, fallback.int_bits, fallback.address).sgemm
+    address = gemm.compile_sgemm(HOST, fallback.int_bits, fallback.address)
     call = blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
     k = n = 2 * HOST.lanes * HOST.wide.vectors
     b = np.arange(n * k, dtype=np.float32).reshape(n, k)  # exact in float32

@@ -22,15 +22,15 @@ from mnist_dense import build  # noqa: E402
 
 @pytest.fixture
 def part_counts(monkeypatch):
-    """Split every module as finely as it goes (4 parts) and record how many parts each had
+    """Split every module as finely as it goes (two parts per thread: 8 on 4 threads) and record how many parts each had
     (compiling in this process: a forked compiler's calls are not seen here)."""
     counts: list[int] = []
     emit = jit.emit_objects
 
-    def recording(texts, passes=True):
+    def recording(texts, passes=True, threads=None):
         if passes:  # a program's module (drug's sgemm, compiled on the side, skips the passes)
             counts.append(len(texts))
-        return emit(texts, passes)
+        return emit(texts, passes, threads)
 
     monkeypatch.setenv("DRUG_CACHE", "0")
     monkeypatch.setenv("DRUG_COMPILE_PROCESS", "0")
@@ -84,7 +84,7 @@ def test_split_compilation_runs_the_same_program(name, part_counts, monkeypatch)
         rng = np.random.default_rng(0)
         outputs = [step(**_feeds(name, rng)) for _ in range(3)]
         runs.append((outputs, {k: v.copy() for k, v in g.params.items()}))
-    assert part_counts[0] == 4 and part_counts[1] == 1
+    assert part_counts[0] == 2 * 4 and part_counts[1] == 1
     if name == "scan":
         assert "internal constant" in step.ir()
     (split_out, split_params), (whole_out, whole_params) = runs
@@ -190,7 +190,7 @@ def test_cache_entries_hold_several_objects_and_refuse_damage(tmp_path, monkeypa
     g, logits, _ = build([32], 0)
     first = g.compile(outputs=logits, backend="llvm")
     (entry,) = tmp_path.glob("*.o")
-    assert len(jit._unpack(entry.read_bytes())) == 2
+    assert len(jit._unpack(entry.read_bytes())) == jit.PARTS_PER_THREAD * 2
     entry.write_bytes(entry.read_bytes()[:-10])  # cut short: a miss, compiled again
     g2, logits2, _ = build([32], 0)
     again = g2.compile(outputs=logits2, backend="llvm")
