@@ -61,6 +61,12 @@ def _cgroup_quota() -> float | None:
         return None
 
 
+def pin_workers() -> bool:
+    """Whether the pool's workers keep to CPUs of their own, away from the calling thread's
+    (DRUG_PIN_THREADS, default on; csrc/drug_pool.c pins only a pool with a thread per CPU)."""
+    return os.environ.get("DRUG_PIN_THREADS", "1") != "0"
+
+
 def requested_threads() -> int:
     """DRUG_THREADS, else the usable CPUs."""
     configured = os.environ.get("DRUG_THREADS")
@@ -115,8 +121,8 @@ def pool() -> ctypes.CDLL | None:
         except (OSError, subprocess.CalledProcessError) as error:
             warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
             return None
-    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64]
-    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS)
+    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
+    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, pin_workers())
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
         llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib

@@ -11,9 +11,17 @@
 
    A job started while another runs (a second Python thread, or a task that starts a job) runs
    on its caller alone. The pool survives fork(): the child has no workers, so its callers take
-   every task themselves. */
+   every task themselves.
+
+   When the pool has a thread for every CPU the process may use, each worker keeps to a CPU of its
+   own other than the caller's (`follow_caller`). Left to the scheduler, a worker that wakes the
+   caller draws it onto its own CPU when the caller's is shared with another process: both then
+   take turns on one CPU while another process has the other to itself (a whole CPU lost, where
+   sharing one costs half of one). The caller, the user's thread, is never pinned: the workers
+   move away from wherever it runs. */
 #define _GNU_SOURCE
 #include <limits.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -53,6 +61,8 @@ static struct {
     _Atomic uint32_t caller_sleeps;
     pthread_mutex_t lock; /* held by the caller of the running job */
     int workers;
+    int cpus[CPU_SETSIZE]; /* the CPUs workers keep to (those the process may use), when pinned */
+    int cpu_count;         /* 0: workers are not pinned */
     int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
     int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
     int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
@@ -66,6 +76,8 @@ static _Thread_local long window_preemptions; /* ... since window_start */
 static _Thread_local int64_t window_start;
 static _Atomic int64_t contended_until; /* for every thread of the pool */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
+static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
+static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
     syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
@@ -136,11 +148,31 @@ static uint64_t take_tasks(void) {
     }
 }
 
+/* Keep this worker on the index-th CPU other than the caller's: a system call only when the
+   caller has moved since this worker last looked. */
+static void follow_caller(void) {
+    int caller = atomic_load_explicit(&caller_cpu, memory_order_relaxed);
+    if (pool.cpu_count == 0 || caller == placed_for) return;
+    placed_for = caller;
+    int target = pool.cpus[thread_index % pool.cpu_count], seen = 0;
+    for (int i = 0; i < pool.cpu_count; i++) {
+        if (pool.cpus[i] != caller && ++seen == thread_index) {
+            target = pool.cpus[i];
+            break;
+        }
+    }
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(target, &set);
+    sched_setaffinity(0, sizeof set, &set);
+}
+
 static void *worker(void *index) {
     thread_index = (int)(intptr_t)index;
     inside_task = 1;
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
+        follow_caller();
         take_tasks();
         if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
             atomic_fetch_add(&pool.sleepers, 1);
@@ -167,6 +199,11 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     }
     pool.fn = fn;
     pool.data = data;
+    if (pool.cpu_count) {
+        int cpu = sched_getcpu();
+        if (cpu != atomic_load_explicit(&caller_cpu, memory_order_relaxed))
+            atomic_store_explicit(&caller_cpu, cpu, memory_order_relaxed);
+    }
     atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
     atomic_store_explicit(&pool.state, (uint64_t)tasks << 32, memory_order_release);
     atomic_fetch_add(&pool.seq, 1);
@@ -195,11 +232,19 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     pthread_mutex_unlock(&pool.lock);
 }
 
-/* Start the workers (threads - 1 of them); returns how many started. Call once. */
-EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns) {
+/* Start the workers (threads - 1 of them); returns how many started. Call once. `pin`: workers
+   keep to CPUs of their own (follow_caller) if the threads are as many as the CPUs this process
+   may use (with fewer, pinning would leave CPUs idle that another process's pool may want). */
+EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns,
+                           int pin) {
     pool.worker_spin_ns = worker_spin_ns;
     pool.caller_spin_ns = caller_spin_ns;
     pool.contended_spin_ns = contended_spin_ns;
+    cpu_set_t allowed;
+    if (pin && sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) == threads) {
+        for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+            if (CPU_ISSET(cpu, &allowed)) pool.cpus[pool.cpu_count++] = cpu;
+    }
     int wanted = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
     pthread_attr_t attr;
     pthread_attr_init(&attr);

@@ -10,6 +10,7 @@ import multiprocessing as mp
 import os
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -119,3 +120,34 @@ def test_a_build_from_another_source_is_not_used(tmp_path, monkeypatch):
     path = threads._compile(digest)
     assert path.parent == tmp_path and threads._open(path, digest) is not None
     assert threads._open(path, "0" * 64) is None
+
+
+@pytest.mark.skipif(
+    not threads.pin_workers() or threads.thread_count() != len(os.sched_getaffinity(0)),
+    reason="the pool pins its workers only with a thread per usable CPU",
+)
+def test_workers_keep_to_cpus_of_their_own_away_from_the_caller():
+    """Wherever the calling thread runs, each worker runs on one other CPU of its own (so that the
+    scheduler cannot make the two take turns on one CPU while another stands idle or busy elsewhere)."""
+    allowed = os.sched_getaffinity(0)
+    masks: dict[int, set[int]] = {}
+    lock = threading.Lock()
+
+    def task(_frame, _index):
+        if threads.pool().drug_pool_thread() != 0:
+            with lock:
+                masks[threading.get_native_id()] = os.sched_getaffinity(0)
+        time.sleep(1e-4)  # lets the GIL go, so that the workers take tasks too
+
+    fn = TASK(task)
+    try:
+        for cpu in sorted(allowed):
+            os.sched_setaffinity(0, {cpu})  # this thread only (Linux: 0 is the calling thread)
+            masks.clear()
+            run(fn, 64)
+            assert masks, "no worker took a task"
+            cpus = [next(iter(mask)) for mask in masks.values()]
+            assert all(len(mask) == 1 for mask in masks.values()), masks
+            assert cpu not in cpus and len(set(cpus)) == len(cpus) and set(cpus) <= allowed
+    finally:
+        os.sched_setaffinity(0, allowed)
