@@ -124,7 +124,7 @@ class NativeExecutor(Executor):
         # leftovers, OpenBLAS) on one thread
         self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
-        own = kernels()
+        own = kernels.result()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
             own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter
         )

@@ -24,7 +24,6 @@ import concurrent.futures
 import ctypes
 import functools
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from llvmlite import ir
@@ -39,8 +38,7 @@ __all__ = [
     "host_tiling",
     "build_sgemm",
     "build_sconv",
-    "compile_sgemm",
-    "compile_sconv",
+    "compile_kernels",
     "runtime_kernels",
     "RuntimeKernels",
     "CONV_SYMBOL",
@@ -737,58 +735,57 @@ class RuntimeKernels:
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
-# the GEMM and the convolutions compile at once, each beside the program
-_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="drug-sgemm")
+_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-sgemm")
 
 
-def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> Callable[[], RuntimeKernels]:
-    """Compiling drug's kernels a program needs starts now, each once per process (the object
-    code is cached on disk like a program's) on a thread of its own, so that a first compile
-    overlaps the program's; calling the result waits for them. Without `gemms`, or with
-    DRUG_GEMM=blas, GEMMs go to the BLAS; without `convolutions` the table's convolution slots
-    hold 0 (no kernel calls them)."""
-    sgemm = _compiling_sgemm(blas.int_bits, blas.address) if gemms and os.environ.get(ENV, "drug") != "blas" else None
-    sconv = _compiling_sconv() if convolutions else None
-
-    def result() -> RuntimeKernels:
-        conv, conv_filter = sconv.result() if sconv is not None else (0, 0)
-        return RuntimeKernels(sgemm.result() if sgemm is not None else blas.address, conv, conv_filter)
-
-    return result
+def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
+    """The `RuntimeKernels` as a future: drug's kernels a program needs, compiled once per process
+    (the object code is cached on disk like a program's) on a thread of its own, so that a first
+    compile overlaps the program's. Without `gemms`, or with DRUG_GEMM=blas, GEMMs go to the BLAS;
+    without `convolutions` the table's convolution slots hold 0 (no kernel calls them)."""
+    gemms = gemms and os.environ.get(ENV, "drug") != "blas"
+    if not (gemms or convolutions):
+        done: concurrent.futures.Future = concurrent.futures.Future()
+        done.set_result(RuntimeKernels(blas.address, 0, 0))
+        return done
+    return _compiling(blas.int_bits, blas.address, gemms, convolutions)
 
 
 @functools.cache
-def _compiling_sgemm(int_bits: int, fallback_address: int) -> concurrent.futures.Future:
-    return _compiler.submit(lambda: compile_sgemm(host_tiling(jit.host_cpu()[1]), int_bits, fallback_address))
+def _compiling(int_bits: int, fallback_address: int, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
+    tiling = host_tiling(jit.host_cpu()[1])
+    return _compiler.submit(compile_kernels, tiling, int_bits, fallback_address, gemms, convolutions)
 
 
-@functools.cache
-def _compiling_sconv() -> concurrent.futures.Future:
-    return _compiler.submit(lambda: compile_sconv(host_tiling(jit.host_cpu()[1])))
-
-
-# the IR of these modules is written as it should run (explicit vectors, nothing to inline): LLVM's
-# optimizer would take half the compile time and change no instruction that matters
-
-
-def compile_sgemm(tiling: Tiling, int_bits: int, fallback_address: int) -> int:
-    """The address of `build_sgemm(tiling, int_bits)`'s machine code (from the code cache when
+def compile_kernels(
+    tiling: Tiling, int_bits: int, fallback_address: int, gemms: bool = True, convolutions: bool = True
+) -> RuntimeKernels:
+    """Machine code of the sgemm (`build_sgemm`, else the BLAS at `fallback_address`) and of the
+    convolutions (`build_sconv`, else 0) in one module (one compile, from the code cache when
     there), kept alive for the life of the process."""
-    key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}"
-    compiled = jit.compile_module(key, lambda: str(build_sgemm(tiling, int_bits)), ENTRY_SYMBOL, passes=False)
+
+    def build() -> str:
+        module = ir.Module(name="drug_kernels")
+        if gemms:
+            build_sgemm(tiling, int_bits, module)
+        if convolutions:
+            build_sconv(tiling, module)
+        return str(module)
+
+    key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}|gemm{int(gemms)}|conv{int(convolutions)}"
+    # the IR is written as it should run (explicit vectors, nothing to inline): LLVM's optimizer
+    # would take half the compile time and change no instruction that matters
+    compiled = jit.compile_module(key, build, ENTRY_SYMBOL if gemms else CONV_SYMBOL, passes=False)
     _keep_alive.append(compiled)
-    slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
-    ctypes.c_void_p.from_address(slot).value = fallback_address
-    return compiled.address
-
-
-def compile_sconv(tiling: Tiling) -> tuple[int, int]:
-    """The addresses of `build_sconv(tiling)`'s two kernels, kept alive like the sgemm's."""
-    compiled = jit.compile_module(
-        f"{CONV_SYMBOL}|{tiling}", lambda: str(build_sconv(tiling)), CONV_SYMBOL, passes=False
+    address = compiled.engine.get_function_address
+    if gemms:
+        slot = compiled.engine.get_global_value_address(FALLBACK_SYMBOL)
+        ctypes.c_void_p.from_address(slot).value = fallback_address
+    return RuntimeKernels(
+        address(ENTRY_SYMBOL) if gemms else fallback_address,
+        address(CONV_SYMBOL) if convolutions else 0,
+        address(FILTER_SYMBOL) if convolutions else 0,
     )
-    _keep_alive.append(compiled)
-    return compiled.address, compiled.engine.get_function_address(FILTER_SYMBOL)
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import drug as dg
 from drug.backends.llvm import blas, gemm, jit
 from drug.backends.llvm.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
+from drug.backends.llvm.codegen import RUNTIME_SCONV, RUNTIME_SCONV_FILTER
 
 HOST = gemm.host_tiling(jit.host_cpu()[1])
 # every tiling this CPU can run: the host's, and the narrower ones (AVX's on an AVX-512 host, ...)
@@ -28,7 +29,9 @@ DEPTH = st.one_of(st.sampled_from([1, 2, 7, 255, 256, 257, 300, 513]), st.intege
 def sgemm(request):
     """A callable sgemm of one tiling, sending its leftovers to numpy's BLAS."""
     fallback = blas.find_gemm("float32")
-    address = gemm.compile_sgemm(TILINGS[request.param], fallback.int_bits, fallback.address)
+    address = gemm.compile_kernels(
+        TILINGS[request.param], fallback.int_bits, fallback.address, convolutions=False
+    ).sgemm
     return blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
 
 
@@ -97,7 +100,7 @@ def test_transpose_network_is_a_transpose():
     """The register transpose of `lanes` x `lanes` blocks, through the packing of B^T: a B whose
     entries name their own position comes out of A = I as exactly its transpose."""
     fallback = blas.find_gemm("float32")
-    address = gemm.compile_sgemm(HOST, fallback.int_bits, fallback.address)
+    address = gemm.compile_kernels(HOST, fallback.int_bits, fallback.address, convolutions=False).sgemm
     call = blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
     k = n = 2 * HOST.lanes * HOST.wide.vectors
     b = np.arange(n * k, dtype=np.float32).reshape(n, k)  # exact in float32
@@ -126,6 +129,22 @@ def test_graphs_use_it_unless_told_otherwise(monkeypatch):
         slots[mode] = f._executor._runtime[0]
     assert slots["blas"] == blas.find_gemm("float32").address != slots["drug"]
     np.testing.assert_allclose(results["drug"], results["blas"], rtol=1e-5, atol=1e-5)
+
+
+def test_only_programs_with_drug_convolutions_compile_them(monkeypatch):
+    """A program's runtime table holds drug's convolution kernels only when one of its kernels
+    calls them (the MLP's stay 0: nothing compiled for it); DRUG_GEMM=blas keeps them."""
+    g, out = _mlp()
+    table = g.compile(outputs=out, backend="llvm")._executor._runtime
+    assert table[RUNTIME_SCONV] is None and table[RUNTIME_SCONV_FILTER] is None
+    for mode in ("drug", "blas"):
+        monkeypatch.setenv(gemm.ENV, mode)
+        g = dg.Graph(seed=1)
+        x = g.input("x", (None, 8, 12, 12))
+        loss = dg.mean(dg.conv2d(x, g.parameter("w", (8, 8, 3, 3))) ** 2)
+        table = g.compile(loss=loss, optimizer=dg.SGD(0.1), backend="llvm")._executor._runtime
+        assert table[RUNTIME_SCONV] and table[RUNTIME_SCONV_FILTER]  # forward, input and filter gradients
+        assert (table[0] == blas.find_gemm("float32").address) == (mode == "blas")
 
 
 def test_sgemm_is_a_c_function_of_the_blas_int_width():
