@@ -36,6 +36,7 @@ RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
 WORKER_SPIN_NS = 200_000
 CALLER_SPIN_NS = 50_000
 CONTENDED_SPIN_NS = 2_000  # either, once a thread of the pool was preempted often (csrc/drug_pool.c)
+SHORT_TASK_NS = 20_000  # ... unless its last tasks took this long at most: then it spins this long
 
 
 def usable_cpus() -> int:
@@ -121,8 +122,8 @@ def pool() -> ctypes.CDLL | None:
         except (OSError, subprocess.CalledProcessError) as error:
             warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
             return None
-    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]
-    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, pin_workers())
+    lib.drug_pool_start.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, SHORT_TASK_NS, pin_workers())
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
         llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib

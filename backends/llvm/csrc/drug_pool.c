@@ -42,7 +42,11 @@
    spins on the other core: with the worker asleep instead, the scheduler moves the caller to the
    idle core. "Often" is CONTENDED_PREEMPTIONS within CONTENDED_WINDOW_NS: an idle machine preempts
    a busy thread now and then too (kernel threads, timers), and workers that sleep after every job
-   miss short jobs, whose callers then run every task alone. */
+   miss short jobs, whose callers then run every task alone.
+   A thread whose last tasks were short (`short_task_ns` each at most: the many small kernels of a
+   recurrent step) spins that long even then: the tasks it waits for end, and the next job comes,
+   within about one such task, sooner than a futex wake brings a sleeping thread back on a CPU it
+   shares with another process. */
 #define CONTENDED_FOR_NS 200000000
 #define CONTENDED_PREEMPTIONS 8
 #define CONTENDED_WINDOW_NS 100000000
@@ -66,6 +70,7 @@ static struct {
     int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
     int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
     int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
+    int64_t short_task_ns;     /* ... unless its last tasks took this long at most: then this long */
     /* counters for diagnostics (written by callers under the lock) */
     uint64_t jobs, tasks, caller_tasks, waits, wait_ns;
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -77,7 +82,8 @@ static _Thread_local int64_t window_start;
 static _Atomic int64_t contended_until; /* for every thread of the pool */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
-static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
+static _Thread_local int placed_for = -1;
+static _Thread_local int short_tasks; /* whether this thread's last tasks were short */ /* the caller's CPU this worker last chose its own CPU for */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
     syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
@@ -101,7 +107,7 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* How long this thread may spin: `budget_ns`, or a little if it was preempted often lately. */
+/* How long this thread may spin: `budget_ns`, or less if a thread was preempted often lately. */
 static int64_t spin_budget(int64_t budget_ns) {
     struct rusage usage;
     if (getrusage(RUSAGE_THREAD, &usage) != 0) return budget_ns;
@@ -117,8 +123,9 @@ static int64_t spin_budget(int64_t budget_ns) {
         if (window_preemptions >= CONTENDED_PREEMPTIONS)
             atomic_store_explicit(&contended_until, now + CONTENDED_FOR_NS, memory_order_relaxed);
     }
-    int contended = now < atomic_load_explicit(&contended_until, memory_order_relaxed);
-    return contended && budget_ns > pool.contended_spin_ns ? pool.contended_spin_ns : budget_ns;
+    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return budget_ns;
+    int64_t contended = short_tasks ? pool.short_task_ns : pool.contended_spin_ns;
+    return budget_ns > contended ? contended : budget_ns;
 }
 
 /* Spin until *word differs from value or budget_ns has passed; returns whether it changed. */
@@ -137,10 +144,14 @@ static int spin_while_equal(_Atomic uint32_t *word, uint32_t value, int64_t budg
 /* Take and run tasks of the current job until none is left; returns how many this thread ran. */
 static uint64_t take_tasks(void) {
     uint64_t ran = 0;
+    int64_t start = now_ns();
     for (;;) {
         uint64_t s = atomic_fetch_add_explicit(&pool.state, 1, memory_order_acquire);
         uint32_t task = (uint32_t)s, tasks = (uint32_t)(s >> 32);
-        if (task >= tasks) return ran;
+        if (task >= tasks) {
+            if (ran) short_tasks = now_ns() - start <= (int64_t)ran * pool.short_task_ns;
+            return ran;
+        }
         pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
         ran++;
         if (atomic_fetch_add(&pool.done, 1) + 1 == tasks && atomic_load(&pool.caller_sleeps))
@@ -236,10 +247,11 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
    keep to CPUs of their own (follow_caller) if the threads are as many as the CPUs this process
    may use (with fewer, pinning would leave CPUs idle that another process's pool may want). */
 EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns,
-                           int pin) {
+                           int64_t short_task_ns, int pin) {
     pool.worker_spin_ns = worker_spin_ns;
     pool.caller_spin_ns = caller_spin_ns;
     pool.contended_spin_ns = contended_spin_ns;
+    pool.short_task_ns = short_task_ns;
     cpu_set_t allowed;
     if (pin && sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) == threads) {
         for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
