@@ -82,8 +82,8 @@ static _Thread_local int64_t window_start;
 static _Atomic int64_t contended_until; /* for every thread of the pool */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
-static _Thread_local int placed_for = -1;
-static _Thread_local int short_tasks; /* whether this thread's last tasks were short */ /* the caller's CPU this worker last chose its own CPU for */
+static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
+static _Thread_local int short_tasks;      /* whether this thread's last tasks were short */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
     syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
