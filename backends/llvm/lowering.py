@@ -40,6 +40,10 @@ class Lowering:
     # program without such a node does not compile them
     calls_conv: Callable[[Node], bool] | None = None
 
+    def functions(self) -> list[Callable | None]:
+        """The rule's code (what decides whether a compile cache may key it by drug's files)."""
+        return [self.kernel, self.workspace, self.supports, self.calls_conv]
+
 
 _RULES: dict[type[Op], Lowering] = {}
 
@@ -103,6 +107,6 @@ def user_code(op: Op) -> bool:
     (a user's own): code the compile cache cannot key by drug's files, so it keys on the IR built
     from it instead (a closure, a global or a helper of the user's changes that IR)."""
     rule = lowering_of(op)
-    functions = [rule.kernel, rule.workspace, rule.supports, rule.calls_conv] if rule is not None else []
+    functions = rule.functions() if rule is not None else []
     functions.append(scalar_rule_of(op))
     return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)

@@ -25,7 +25,7 @@ SUFFIX = ".program"
 def rules_from_outside_drug() -> bool:
     """Whether any kernel or scalar rule registered from outside drug is in effect (then each
     program's nodes are checked; without one, none can be a user's)."""
-    functions = [f for rule in lowering.rules() for f in (rule.kernel, rule.workspace, rule.supports, rule.calls_conv)]
+    functions = [f for rule in lowering.rules() for f in rule.functions()]
     functions += scalar_rules()
     return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)
 
