@@ -51,6 +51,9 @@ RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV, RUNTIME_SCONV_FIL
 RUNTIME_SLOTS = 5
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
+# a product of fewer rows than this counts as this many: it streams all of B for each row (memory
+# bound), so reading B costs about what multiplying this many rows by it does
+GEMM_MIN_ROWS = 4
 # a shared-out GEMM's blocks: about this many multiply-adds each, at most this many, in rows or
 # columns of this multiple (each block packs the other operand again: not too small; a multiple of
 # the sgemm's tile, 8 x 32 with AVX-512, so that no block ends in a partly empty tile)
@@ -131,7 +134,8 @@ class KernelContext:
             return
         # large GEMMs are shared out over the pool, a task calling BLAS (one thread) on a block of
         # rows of C (when it has more rows than columns) or of columns
-        size = b.mul(b.mul(m, n), k, name="gemm.size")
+        rows = b.select(b.icmp_unsigned("<", m, i64(GEMM_MIN_ROWS)), i64(GEMM_MIN_ROWS), m, name="gemm.rows")
+        size = b.mul(b.mul(rows, n), k, name="gemm.size")
         by_rows = b.icmp_unsigned(">=", m, n, name="gemm.by_rows")
         extent = b.select(by_rows, m, n, name="gemm.extent")
         chunk, tasks = parallel.split(b, extent, size, GEMM_TASK_WORK, GEMM_MAX_TASKS, GEMM_ALIGN, min_tasks=2)

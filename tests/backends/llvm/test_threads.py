@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import drug as dg
+from drug.backends.llvm.threads import pool, stats
 
 BACKENDS = ["numpy", "llvm"]
 
@@ -127,3 +128,20 @@ def test_gemms_shared_out_over_threads_match_numpy(dtype, trans_a, trans_b, m, n
     a_val, b_val = (rng.standard_normal(n.shape).astype(dtype) for n in (a, b))
     want = (a_val.T if trans_a else a_val) @ (b_val.T if trans_b else b_val)
     np.testing.assert_allclose(fn(a=a_val, b=b_val), want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-4)
+
+
+@pytest.mark.skipif(pool() is None, reason="one thread: no pool")
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_a_single_row_times_a_large_matrix_is_shared_out(trans_b):
+    """A product of one row streams all of B (memory bound): B's 512 KB is worth two threads,
+    although its 2^17 multiply-adds are below the split of a compute-bound GEMM."""
+    g = dg.Graph()
+    x, w = g.input("x", (None, 512)), g.input("w", (256, 512) if trans_b else (512, 256))
+    fn = g.compile(outputs=x @ (dg.transpose(w) if trans_b else w), backend="llvm")
+    rng = np.random.default_rng(1)
+    x_val, w_val = rng.standard_normal((1, 512)).astype(np.float32), rng.standard_normal(w.shape).astype(np.float32)
+    fn(x=x_val, w=w_val)
+    before = stats()
+    got = fn(x=x_val, w=w_val)
+    assert stats()["jobs"] == before["jobs"] + 1
+    np.testing.assert_allclose(got, x_val @ (w_val.T if trans_b else w_val), rtol=1e-5, atol=1e-4)
