@@ -735,7 +735,7 @@ class RuntimeKernels:
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
-_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-sgemm")
+_compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-kernels")
 
 
 def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
