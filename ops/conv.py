@@ -13,6 +13,8 @@ from ..core.errors import ShapeError
 from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, format_shape
+from .elementwise import ReluGrad
+from .reduce import Sum
 from .shape import reshape
 
 PAD_MODES = ("zeros", "replicate", "reflect")
@@ -272,6 +274,59 @@ class Conv2D(Convolution):
         x = rng.standard_normal((2, c) + in_hw)
         w = rng.standard_normal((o, c // params["groups"]) + k_hw)
         return cls(**params), Example([x, w], [True, True], {0: 0})
+
+
+class Conv2DBias(Convolution):
+    """conv2d(x, w) plus a bias per output channel, then `activation` ("relu", or None for none):
+    what a convolution layer computes. Graphs are not written with it: the LLVM backend's
+    `compiler.epilogues` pass makes it from those three ops where its convolution kernel adds the
+    bias and applies the activation to each tile it stores (no pass over the output after it)."""
+
+    name = "conv2d_bias"
+    arity = 3
+    ACTIVATIONS = (None, "relu")
+
+    def __init__(self, stride=(1, 1), pads: Pads = NO_PADS, dilation=(1, 1), groups=1, activation: str | None = None):
+        super().__init__(stride, pads, dilation, groups)
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"conv2d_bias activation must be one of {self.ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+
+    @property
+    def conv(self) -> Conv2D:
+        return Conv2D(**self.geometry)
+
+    def infer(self, x, w, b):
+        out = self.conv.infer(x, w)
+        if b.shape != (w.shape[0],) or b.dtype != out.dtype:
+            raise ShapeError(f"conv2d_bias needs a bias of shape ({w.shape[0]},) and dtype {out.dtype} (one per output "
+                             f"channel), got {format_shape(b.shape)} {b.dtype}")  # fmt: skip
+        return out
+
+    def flops(self, out, x, w, b):
+        return self.conv.flops(out, x, w)
+
+    def ref(self, x, w, b):
+        out = self.conv.ref(x, w) + b.reshape(-1, 1, 1)
+        return np.maximum(out, 0) if self.activation == "relu" else out
+
+    def grad(self, g, out, x, w, b):
+        if self.activation == "relu":  # out > 0 exactly where the relu's input is
+            g = apply(ReluGrad(), g, out)
+        return [
+            apply(ConvTranspose2D(x.shape[2:], **self.geometry), g, w),
+            apply(Conv2DGradFilter(w.shape[2:], **self.geometry), x, g),
+            apply(Sum((0, 2, 3)), g),
+        ]
+
+    @classmethod
+    def example(cls, rng, dims):
+        """Output rows wide enough for the LLVM backend's own convolution kernel (stride 1 along rows)."""
+        params, (h, _), k_hw, (c, o) = _example_geometry(dims)
+        op = cls(**params, activation=cls.ACTIVATIONS[dims[0] % 2])
+        x = rng.standard_normal((2, c, h, 12))
+        w = rng.standard_normal((o, c // params["groups"]) + k_hw)
+        return op, Example([x, w, rng.standard_normal(o)], [True, True, True], {0: 0})
 
 
 class ConvTranspose2D(Convolution):

@@ -120,11 +120,12 @@ class NativeExecutor(Executor):
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None
         self._step = STEP_TYPE(self.compiled.address)
-        # the pool shares GEMMs out, each task calling the sgemm (or, for float64 and its
-        # leftovers, OpenBLAS) on one thread
-        self._blas_context = blas.one_thread() if calls_blas else contextlib.nullcontext()
         self._callback = CALLBACK_TYPE(self._run_callback)
         own = kernels.result()
+        # the pool shares GEMMs out, each task calling drug's sgemm (which never calls the BLAS) or,
+        # for float64 or with DRUG_GEMM=blas, OpenBLAS, set to one thread while the step runs
+        runs_blas = _runs_blas(program, float32=own.sgemm == sgemm.address)
+        self._blas_context = blas.one_thread() if runs_blas else contextlib.nullcontext()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
             own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter
         )
@@ -406,6 +407,16 @@ def data_address(array: np.ndarray) -> int:
 
 def _calls_blas(schedule: Schedule) -> bool:
     return any(uses_blas(node) for kernel in schedule.kernels for node in kernel.nodes)
+
+
+def _runs_blas(program: Program, float32: bool) -> bool:
+    """Whether a step calls numpy's BLAS: for a GEMM of float64 operands, or of float32 ones when
+    the runtime's sgemm is the BLAS (`float32`). A loop's body counts through its own nodes."""
+    dtypes = {np.dtype(np.float64)} | ({np.dtype(np.float32)} if float32 else set())
+    return any(
+        uses_blas(node) and not isinstance(node.op, Scan) and any(i.dtype in dtypes for i in node.inputs)
+        for node in _all_nodes(program)
+    )
 
 
 def _all_nodes(program: Program) -> Iterator[Node]:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from . import jit
-from .blas import CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
+from .blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
 from .irutil import I32, I64, PTR, VOID, Callee, for_range, i64
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "host_tiling",
     "build_sgemm",
     "build_sconv",
+    "conv_tile_pixels",
     "compile_kernels",
     "runtime_kernels",
     "RuntimeKernels",
@@ -50,16 +51,17 @@ __all__ = [
 ]
 
 ENTRY_SYMBOL = "drug_sgemm"
+F32 = ir.FloatType()
 CONV_SYMBOL = "drug_sconv"  # convolutions with stride 1 along rows, read from the image (conv_entry)
 CONV_ARGS = [("m", I64), ("q.lo", I64), ("q.hi", I64), ("depth", I64), ("w", PTR), ("ldw", I64), ("image", PTR),
-             ("offsets", PTR), ("wo", I64), ("row_stride", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
+             ("offsets", PTR), ("wo", I64), ("row_stride", I64), ("c", PTR), ("ldc", I64), ("bias", PTR),
+             ("floor", F32)]  # fmt: skip
 CONV_TYPE = ir.FunctionType(VOID, [t for _, t in CONV_ARGS])
 FILTER_SYMBOL = "drug_sconv_filter"  # their filter gradients (filter_entry)
 FILTER_ARGS = [("k", I64), ("o", I64), ("rows", I64), ("wo", I64), ("row_stride", I64), ("image", PTR),
                ("offsets", PTR), ("g", PTR), ("ldg", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
 FILTER_TYPE = ir.FunctionType(VOID, [t for _, t in FILTER_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
-F32 = ir.FloatType()
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
 
 
@@ -82,6 +84,11 @@ class Tiling:
     depth: int  # steps of the inner dimension per block (a tile's rows of A stay in L1 meanwhile)
     column_block: int  # columns of B packed at once
     unpacked_rows: int = 64  # at most this many rows of A: B is read in place, not packed
+    conv: Tile | None = None  # the tile of drug's convolution (None: `wide`)
+
+    @property
+    def conv_tile(self) -> Tile:
+        return self.conv or self.wide
 
 
 def host_tiling(features: str) -> Tiling:
@@ -89,11 +96,13 @@ def host_tiling(features: str) -> Tiling:
     accumulators, 2 for B, 1 broadcast), AVX 16 of 8 (6 x 16: 12 accumulators), SSE 16 of 4; the
     narrow and few-row tiles keep as many accumulators. A packed block of B (depth x column_block
     floats) is read once per row tile: it has to stay in L2, 1 MiB on AVX-512 cores, 256 KiB on
-    older ones."""
+    older ones. The convolution's vectors of B are one or two masked loads each (a vector's pixels
+    span two output rows), so on AVX-512 its tile is a vector wider (8 x 48: 24 accumulators, 3
+    for B, 1 broadcast), which takes fewer loads per multiply-add."""
     flags = set(features.split(","))
     if "+avx512f" in flags:
         few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
-        return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512)
+        return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512, conv=Tile(8, 3))
     few = (Tile(1, 8), Tile(2, 4), Tile(4, 2))
     if "+avx" in flags:
         return Tiling(8, Tile(6, 2), Tile(12, 1), few, depth=256, column_block=256)
@@ -212,20 +221,22 @@ class _Builder:
 
     @_built_once
     def conv_micro_kernel(self, tile: Tile, segments: int) -> ir.Function:
-        """`conv_micro(depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta)`:
+        """`conv_micro(depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta, bias, floor)`:
         `micro_kernel` (alpha 1, A not transposed) with op(B)[p, j] = image[offsets[p] + at(q0 + j)],
         at(q) = (q // wo) * row_stride + q % wo: the column matrix of a convolution with stride 1
         along rows, read from the (padded) image where im2col would have copied it from. Output
         pixel q is (q // wo, q % wo); the offsets hold each patch entry's (channel, kernel row,
         kernel column) place in the image. A vector's pixels lie in at most `segments` output rows
-        (`conv_entry` picks the kernel by `wo`): a masked load per row fills it."""
+        (`conv_entry` picks the kernel by `wo`): a masked load per row fills it. With a `bias` (not
+        null) the tile is finished as it is stored: C = max(C + bias[row], floor) (`_epilogue`)."""
         lanes = self.t.lanes
         fn, b = self.function(
             f"drug_sconv.micro{tile.rows}x{tile.vectors * lanes}.rows{segments}",
             [("depth", I64), ("a", PTR), ("lda", I64), ("offsets", PTR), ("image", PTR), ("q0", I64), ("wo", I64),
-             ("row_stride", I64), ("c", PTR), ("ldc", I64), ("rows", I64), ("cols", I64), ("beta", F32)],
+             ("row_stride", I64), ("c", PTR), ("ldc", I64), ("rows", I64), ("cols", I64), ("beta", F32),
+             ("bias", PTR), ("floor", F32)],
         )  # fmt: skip
-        depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta = fn.args
+        depth, a, lda, offsets, image, q0, wo, row_stride, c, ldc, rows, cols, beta, bias, floor = fn.args
         masked_load = self.masked("load")
         masks = self.column_masks(b, cols, tile.vectors)
         lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
@@ -257,14 +268,34 @@ class _Builder:
             return vectors
 
         one = ir.Constant(F32, 1.0)
-        self._accumulate(fn, b, tile, depth, a, lda, i64(1), load_b, c, ldc, rows, cols, one, beta, masks)
+        self._accumulate(fn, b, tile, depth, a, lda, i64(1), load_b, c, ldc, rows, cols, one, beta, masks,
+                         epilogue=(bias, floor))  # fmt: skip
         return fn
 
+    def _epilogue(self, b: ir.IRBuilder, tile: Tile, bias, floor, rows):
+        """finish(r, value) = max(value + bias[r], floor) for row r of the tile (NaN stays NaN:
+        floor 0 is a relu, -inf none); rows past the edge read the last row's bias."""
+        last = b.sub(rows, i64(1), name="bias.last")
+        biases = [
+            self.splat(b, b.load(self.element(b, bias, _min(b, i64(r), last, f"bias.r{r}"), f"bias{r}.at"), typ=F32))
+            for r in range(tile.rows)
+        ]
+        floor_v = self.splat(b, floor)
+
+        def finish(r: int, value: ir.Value) -> ir.Value:
+            biased = b.fadd(value, biases[r], name=f"biased{r}")
+            # floor > x ? floor : x, one vector max on x86 (whose max returns its second operand when
+            # either is NaN): a NaN sum stays NaN, like np.maximum
+            return b.select(b.fcmp_ordered(">", floor_v, biased), floor_v, biased, name=f"finished{r}")
+
+        return finish
+
     def _accumulate(self, fn, b, tile: Tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta,
-                    masks) -> None:  # fmt: skip
+                    masks, epilogue=None) -> None:  # fmt: skip
         """The micro-kernels' loop and store: down the depth, `load_b(b, p)` gives step p's vectors of
         B, each row's A entry is broadcast against them into the tile's accumulators; then C =
-        alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0)."""
+        alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0), finished
+        by `_epilogue` when `epilogue` = (bias, floor) has a bias."""
         lanes = self.t.lanes
         # rows past the edge read the last row again (their sums are never stored): A needs no padding
         last = b.sub(rows, i64(1), name="last")
@@ -288,7 +319,17 @@ class _Builder:
                 acc[r][j].add_incoming(new[r][j], loop)
         b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
         b.position_at_end(done)
-        self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+        if epilogue is None:
+            self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+        else:
+            bias, floor = epilogue
+            with b.if_else(b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0), name="finished")) as (last, partial):
+                with last:
+                    finish = self._epilogue(b, tile, bias, floor, rows)
+                    self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
+                with partial:
+                    self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+        b.ret_void()
 
     def _row_vectors(self, b: ir.IRBuilder, base, offset, masks) -> list[ir.Value]:
         """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0)."""
@@ -310,8 +351,8 @@ class _Builder:
             new.append([b.call(fma, [splat, v, acc[r][j]], name=f"c{r}.{j}.next") for j, v in enumerate(bv)])
         return new
 
-    def _store(self, b, tile: Tile, new, c, ldc, rows, cols, alpha, beta, masks) -> None:
-        """C = alpha acc + beta C over the tile's first `rows` x `cols`, then return."""
+    def _store(self, b, tile: Tile, new, c, ldc, rows, cols, alpha, beta, masks, finish=None) -> None:
+        """C = alpha acc + beta C over the tile's first `rows` x `cols` (then `finish(row, value)`)."""
         lanes = self.t.lanes
         alpha_v, beta_v = self.splat(b, alpha), self.splat(b, beta)
         beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
@@ -321,12 +362,11 @@ class _Builder:
             with whole:  # with beta 0, C is written without a read (a GEMM of small depth streams C)
                 with b.if_else(beta_zero) as (overwrite, update):
                     with overwrite:
-                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, None, masks=None, rows=None)
+                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, None, None, None, finish)
                     with update:
-                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=None, rows=None)
+                        self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, None, None, finish)
             with edge:
-                self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks=masks, rows=rows)
-        b.ret_void()
+                self._store_tile(b, new, c, ldc, alpha_v, beta_v, beta_zero, masks, rows, finish)
 
     @_built_once
     def filter_micro_kernel(self, tile: Tile) -> ir.Function:
@@ -383,6 +423,7 @@ class _Builder:
         b.position_at_end(done)
         one = ir.Constant(F32, 1.0)
         self._store(b, tile, new, c, ldc, height, width, one, one, masks)
+        b.ret_void()
         return fn
 
     def filter_entry(self) -> ir.Function:
@@ -420,9 +461,10 @@ class _Builder:
             return self.intrinsic(f"llvm.masked.load.v{lanes}f32.p0", self.vector, [PTR, I32, self.mask, self.vector])
         return self.intrinsic(f"llvm.masked.store.v{lanes}f32.p0", VOID, [self.vector, PTR, I32, self.mask])
 
-    def _store_tile(self, b, acc, c, ldc, alpha_v, beta_v, beta_zero, masks, rows) -> None:
+    def _store_tile(self, b, acc, c, ldc, alpha_v, beta_v, beta_zero, masks, rows, finish=None) -> None:
         """C = alpha acc + beta C over the tile: whole vectors, or (edge tiles) the first `rows`
-        rows through the column masks. `beta_zero` None: beta is known to be 0, C is not read."""
+        rows through the column masks. `beta_zero` None: beta is known to be 0, C is not read.
+        `finish(row, value)`, when given, maps each stored vector (the convolution's epilogue)."""
         lanes = self.t.lanes
         fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
         zero = ir.Constant(self.vector, [0.0] * lanes)
@@ -443,6 +485,8 @@ class _Builder:
                         value = b.select(beta_zero, scaled, b.call(fma, [beta_v, old, scaled]), name=f"out{r}.{j}")
                     else:
                         value = scaled
+                    if finish is not None:
+                        value = finish(r, value)
                     if masks is None:
                         b.store(value, at).align = 4
                     else:
@@ -564,17 +608,17 @@ class _Builder:
         with b.if_then(b.or_(b.icmp_signed("<=", m64, i64(0)), b.icmp_signed("<=", n64, i64(0))), likely=False):
             b.ret_void()
         b_trans = b.icmp_signed("==", tb, ir.Constant(I32, CBLAS_TRANS), name="b.trans")
-        # a column vector, a row vector times a transposed B (dot products: nothing to reuse, and
-        # packing would double the traffic), an empty inner dimension (C = beta C) and
-        # column-major order go to the BLAS
-        one_row = b.icmp_signed("==", m64, i64(1), name="one_row")
-        vector_like = b.or_(b.icmp_signed("==", n64, i64(1)), b.and_(one_row, b_trans))
-        unusual = b.or_(b.icmp_signed("<=", k64, i64(0)), b.icmp_signed("!=", order, ir.Constant(I32, CBLAS_ROW_MAJOR)))
+        a_transposed = b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS), name="a.transposed")
         blas = Callee(b.load(fallback, typ=PTR, name="blas"), fn.function_type)
-        with b.if_then(b.or_(vector_like, unusual), likely=False):
+        # column-major order (drug's kernels never ask for it) goes to the BLAS
+        with b.if_then(b.icmp_signed("!=", order, ir.Constant(I32, CBLAS_ROW_MAJOR)), likely=False):
             b.call(blas, list(fn.args))
             b.ret_void()
-        a_trans = b.zext(b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS)), I64, name="a.trans")
+        with b.if_then(b.icmp_signed("<=", k64, i64(0)), likely=False):  # an empty inner dimension: C = beta C
+            self._scale(b, m64, n64, beta, c, sizes[5])
+            b.ret_void()
+        self._vector_like(b, fn, sizes, a_transposed, b_trans, alpha, a, b_, beta, c)
+        a_trans = b.zext(a_transposed, I64, name="a.trans")
         operands = [a_trans, b.zext(b_trans, I64), *sizes, alpha, a, b_, beta, c]
         # the first tile of at least m rows among the few-row ones, else narrow or wide by columns
         tiles = (*self.t.few, self.t.narrow, self.t.wide)
@@ -601,15 +645,156 @@ class _Builder:
         b.ret_void()
         return fn
 
+    def _vector_like(self, b: ir.IRBuilder, fn, sizes, a_trans, b_trans, alpha, a, b_, beta, c) -> None:
+        """Products with one column, or one row times a transposed B, are dot products (nothing to
+        reuse, and packing would double the traffic): `dots`, then return. Except one column
+        C = op(A) b from a transposed A, which is the row C^T = b^T A: the blocked GEMM's one-row
+        case, called through the entry `fn` itself."""
+        m, n, k, lda, ldb, ldc = sizes
+        one_row = b.and_(b.icmp_signed("==", m, i64(1)), b_trans, name="one_row_times_transposed")
+        one_column = b.icmp_signed("==", n, i64(1), name="one_column")
+        dots = self.dots()
+        with b.if_then(one_row, likely=False):  # c[j] = a . row j of B
+            b.call(dots, [n, k, a, b.select(a_trans, lda, i64(1)), b_, ldb, i64(1), c, i64(1), alpha, beta])
+            b.ret_void()
+        with b.if_then(one_column, likely=False):  # c[i] = row i of op(A) . b
+            x_step = b.select(b_trans, i64(1), ldb, name="b.step")
+            as_row = b.and_(a_trans, b.and_(b.icmp_signed("==", ldc, i64(1)), b.icmp_signed("==", x_step, i64(1))))
+            with b.if_then(as_row):
+                order, _, _, m_arg, _, k_arg, _, _, lda_arg, *_ = fn.args
+                no, one = ir.Constant(I32, CBLAS_NO_TRANS), ir.Constant(m_arg.type, 1)
+                b.call(fn, [order, no, no, one, m_arg, k_arg, alpha, b_, k_arg, a, lda_arg, beta, c, m_arg])
+                b.ret_void()
+            y_row, y_step = b.select(a_trans, i64(1), lda), b.select(a_trans, lda, i64(1))
+            b.call(dots, [m, k, b_, x_step, a, y_row, y_step, c, ldc, alpha, beta])
+            b.ret_void()
+
+    @_built_once
+    def dots(self) -> ir.Function:
+        """`dots(count, k, x, x_step, y, y_row, y_step, c, c_step, alpha, beta)`: c[i*c_step] = alpha
+        sum over p < k of x[p*x_step] y[i*y_row + p*y_step] (+ beta c[i*c_step], not read where
+        beta is 0) for i < count. Four vectors of partial sums along p where both steps are 1,
+        else one element at a time (the pieces of a GEMM shared out by columns can be one strided
+        column)."""
+        lanes = self.t.lanes
+        fn, b = self.function(
+            "drug_sgemm.dots",
+            [("count", I64), ("k", I64), ("x", PTR), ("x.step", I64), ("y", PTR), ("y.row", I64), ("y.step", I64),
+             ("c", PTR), ("c.step", I64), ("alpha", F32), ("beta", F32)],
+        )  # fmt: skip
+        count, k, x, x_step, y, y_row, y_step, c, c_step, alpha, beta = fn.args
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        scalar_fma = self.intrinsic("llvm.fmuladd.f32", F32, [F32] * 3)
+        reduce = self.intrinsic(f"llvm.vector.reduce.fadd.v{lanes}f32", F32, [F32, self.vector])
+        contiguous = b.and_(b.icmp_signed("==", x_step, i64(1)), b.icmp_signed("==", y_step, i64(1)))
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        unroll, step = 4, lanes * 4
+        with for_range(b, count, "i") as i:
+            row = self.element(b, y, b.mul(i, y_row), "y.row.at")
+
+            def load(b, base, offset, mask):
+                if mask is not None:
+                    return self._row_vectors(b, base, offset, [mask])[0]
+                vector = b.load(self.element(b, base, offset, "v.at"), typ=self.vector)
+                vector.align = 4
+                return vector
+
+            def accumulate(b, at, sums, mask=None):
+                """sums[u] += x * y over the vector at p = at + u * lanes (lanes off `mask` read nothing)."""
+                offsets = [b.add(at, i64(u * lanes)) for u in range(len(sums))]
+                return [
+                    b.call(fma, [load(b, x, o, mask), load(b, row, o, mask), total]) for o, total in zip(offsets, sums)
+                ]
+
+            with b.if_else(contiguous, likely=True) as (along_vectors, one_by_one):
+                with along_vectors:
+                    full = b.udiv(k, i64(step), name="full")
+                    sums = self._carried(
+                        fn, b, full, [zero] * unroll, lambda b, t, sums: accumulate(b, b.mul(t, i64(step)), sums)
+                    )
+                    done = b.mul(full, i64(step), name="done")
+
+                    def tail_step(b, t, sums):
+                        at = b.add(done, b.mul(t, i64(lanes)))
+                        return accumulate(b, at, sums, self.column_masks(b, b.sub(k, at), 1)[0])
+
+                    (first,) = self._carried(
+                        fn, b, _ceil_div(b, b.sub(k, done), i64(lanes), "tail"), sums[:1], tail_step
+                    )
+                    vector = first
+                    for other in sums[1:]:
+                        vector = b.fadd(vector, other)
+                    vector_total = b.call(reduce, [ir.Constant(F32, 0.0), vector], name="vector_total")
+                    vector_end = b.block
+                with one_by_one:
+
+                    def element_step(b, p, totals):
+                        xe = b.load(self.element(b, x, b.mul(p, x_step), "x.at"), typ=F32)
+                        ye = b.load(self.element(b, row, b.mul(p, y_step), "y.at"), typ=F32)
+                        return [b.call(scalar_fma, [xe, ye, totals[0]])]
+
+                    (element_total,) = self._carried(fn, b, k, [ir.Constant(F32, 0.0)], element_step)
+                    element_end = b.block
+            total = b.phi(F32, name="dot")
+            total.add_incoming(vector_total, vector_end)
+            total.add_incoming(element_total, element_end)
+            at = self.element(b, c, b.mul(i, c_step), "c.at")
+            value = b.fmul(alpha, total, name="scaled")
+            with b.if_else(b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0))) as (overwrite, update):
+                with overwrite:  # C is read only when beta is not 0
+                    b.store(value, at)
+                with update:
+                    b.store(b.call(scalar_fma, [beta, b.load(at, typ=F32), value]), at)
+        b.ret_void()
+        return fn
+
+    @staticmethod
+    def _carried(fn, b: ir.IRBuilder, trips, initial: list, step) -> list:
+        """`values = step(b, t, values)` for t < trips, the values carried in registers (phis);
+        returns them after the loop (`initial` when trips is 0)."""
+        before = b.block
+        loop, done = fn.append_basic_block("carried.loop"), fn.append_basic_block("carried.done")
+        b.cbranch(b.icmp_signed(">", trips, i64(0)), loop, done)
+        b.position_at_end(loop)
+        t = b.phi(I64, name="t")
+        values = [b.phi(v.type) for v in initial]
+        new = step(b, t, values)
+        t_next = b.add(t, i64(1), name="t.next")
+        end = b.block
+        t.add_incoming(i64(0), before)
+        t.add_incoming(t_next, end)
+        for phi, start, value in zip(values, initial, new):
+            phi.add_incoming(start, before)
+            phi.add_incoming(value, end)
+        b.cbranch(b.icmp_signed("<", t_next, trips), loop, done)
+        b.position_at_end(done)
+        results = []
+        for start, value in zip(initial, new):
+            result = b.phi(value.type)
+            result.add_incoming(start, before)
+            result.add_incoming(value, end)
+            results.append(result)
+        return results
+
+    def _scale(self, b: ir.IRBuilder, m, n, beta, c, ldc) -> None:
+        """C = beta C over m x n, zeros where beta is 0 whatever C held (a GEMM with an empty inner dimension)."""
+        zero = ir.Constant(F32, 0.0)
+        with for_range(b, m, "i") as i, for_range(b, n, "j") as j:
+            at = self.element(b, c, b.add(b.mul(i, ldc), j), "c.at")
+            scaled = b.select(b.fcmp_ordered("==", beta, zero), zero, b.fmul(beta, b.load(at, typ=F32)))
+            b.store(scaled, at)
+
     def conv_entry(self) -> ir.Function:
-        """`CONV_SYMBOL(m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc)`: output
-        pixels [q_lo, q_hi) of one image's convolution, c[o*ldc + q] = sum over p < depth of
+        """`CONV_SYMBOL(m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor)`:
+        output pixels [q_lo, q_hi) of one image's convolution, c[o*ldc + q] = sum over p < depth of
         w[o*ldw + p] * image[offsets[p] + at(q)] for the m output channels (`conv_micro_kernel`);
         no column matrix, no packing. Blocks of `depth` steps keep a row tile's weights in L1.
-        Output rows must be half a vector wide at least (`wo` >= lanes / 2)."""
+        Output rows must be half a vector wide at least (`wo` >= lanes / 2). A `bias` (not null)
+        finishes each tile while it is in registers: c = max(c + bias[o], floor), floor 0 a relu,
+        -inf none (a pass over the output saved)."""
         fn, b = self.function(CONV_SYMBOL, CONV_ARGS, internal=False)
-        m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc = fn.args
-        tile = self.t.wide
+        m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor = fn.args
+        tile = self.t.conv_tile
         # a vector spans two output rows at most when they are a vector wide, else three (wo >= lanes / 2)
         two = b.icmp_signed(">=", wo, i64(self.t.lanes), name="two_rows")
         micro = b.select(two, self.conv_micro_kernel(tile, 2), self.conv_micro_kernel(tile, 3), name="micro")
@@ -618,13 +803,17 @@ class _Builder:
             pc = b.mul(pc_index, depth_block, name="pc")
             kc = _min(b, depth_block, b.sub(depth, pc), "kc")
             beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
+            last = b.icmp_signed("==", pc_index, b.sub(depth_count, i64(1)), name="last_block")
             step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
             with _Loop(b, m, tile.rows, "ir") as (row, height):
                 a_tile = self.element(b, w, b.add(b.mul(row, ldw), pc), "w.tile")
+                finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)))  # once, at the end
+                row_bias = b.select(finish, self.element(b, bias, row, "bias.row"), ir.Constant(PTR, None), "bias.tile")
                 with _Loop(b, b.sub(q_hi, q_lo), tile.vectors * self.t.lanes, "jr") as (jr, width):
                     q0 = b.add(q_lo, jr, name="q0")
                     c_tile = self.element(b, c, b.add(b.mul(row, ldc), q0), "c.tile")
-                    args = [kc, a_tile, ldw, step_offsets, image, q0, wo, row_stride, c_tile, ldc, height, width, beta]
+                    args = [kc, a_tile, ldw, step_offsets, image, q0, wo, row_stride, c_tile, ldc, height, width, beta,
+                            row_bias, floor]  # fmt: skip
                     b.call(Callee(micro, self.conv_micro_kernel(tile, 2).function_type), args)
         b.ret_void()
         return fn
@@ -749,6 +938,13 @@ def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> concurrent.f
         done.set_result(RuntimeKernels(blas.address, 0, 0))
         return done
     return _compiling(blas.int_bits, blas.address, gemms, convolutions)
+
+
+@functools.cache
+def conv_tile_pixels() -> int:
+    """Output pixels of a tile of drug's convolution on this host (its tasks cut images at them)."""
+    tiling = host_tiling(jit.host_cpu()[1])
+    return tiling.conv_tile.vectors * tiling.lanes
 
 
 @functools.cache

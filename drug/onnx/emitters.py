@@ -177,6 +177,14 @@ def _conv2d(ctx, node):
     return ctx.add("Conv", [x, w], **_conv_attributes(node.op))
 
 
+@emits(conv.Conv2DBias)
+def _conv2d_bias(ctx, node):
+    """What a compiled predictor's epilogue pass fused: Conv with its bias input, then Relu."""
+    x, w, bias = (ctx.value(i) for i in node.inputs)
+    out = ctx.add("Conv", [x, w, bias], **_conv_attributes(node.op))
+    return ctx.add("Relu", [out]) if node.op.activation == "relu" else out
+
+
 @emits(conv.ConvTranspose2D)
 def _conv_transpose2d(ctx, node):
     """ONNX derives the output size from output_padding: what is left of drug's in_hw."""

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from ....ops.conv import Conv2D, Conv2DGradFilter, ConvGeometry, ConvTranspose2D, Pad, PadGrad
+from ....ops.conv import Conv2D, Conv2DBias, Conv2DGradFilter, ConvGeometry, ConvTranspose2D, Pad, PadGrad
 from .. import parallel
+from ..gemm import conv_tile_pixels
 from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
 from ..threads import thread_count
@@ -241,15 +242,20 @@ def _pad_source(b: ir.IRBuilder, position: ir.Value, n: int, lo: int, mode: str,
     return b.select(b.icmp_signed(">", mirrored, i64(n - 1)), folded, mirrored, name=f"{name}_source"), None
 
 
+Range = tuple[ir.Value, ir.Value]
+
+
 def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small_node, adjoint: bool,
-                  planes: tuple[ir.Value, ir.Value]) -> None:  # fmt: skip
+                  planes: Range, rows: Range | None = None) -> None:  # fmt: skip
     """Pad: padded[p, q] = small[rows[p], cols[q]] (0 where there is no source), per (n, c) plane
-    in the range `planes`, the interior of each row a contiguous copy. Adjoint (PadGrad): small =
-    0, then small[rows[p], cols[q]] += padded[p, q]."""
+    in the range `planes`, the interior of each row a contiguous copy; only padded rows p in
+    `rows` [start, stop) when given (Pad only). Adjoint (PadGrad): small = 0, then
+    small[rows[p], cols[q]] += padded[p, q]."""
     b, real, itemsize = k.b, llvm_type(small_node.dtype), small_node.dtype.itemsize
     (top, _), (left, _) = op.pads
     (h, w), (hp, wp) = op.in_hw, op.padded_hw()
     zeros = op.mode == "zeros"
+    rows = rows or (i64(0), i64(hp))
 
     def at(pointer, offset, name):
         return b.gep(pointer, [offset], source_etype=real, inbounds=True, name=name)
@@ -286,7 +292,7 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
         padded_plane = at(padded, b.mul(plane, i64(hp * wp), name="padded_plane_offset"), "padded_plane")
         if adjoint:
             _zero(b, small_plane, i64(h * w * itemsize))
-        with for_range(b, i64(hp), "row") as p:
+        with for_range(b, rows[1], "row", start=rows[0]) as p:
             padded_row = at(padded_plane, b.mul(p, i64(wp), name="padded_row_offset"), "padded_row")
             if zeros:  # rows without a source are zero (Pad) or add nothing (PadGrad)
                 _, inside = _pad_source(b, p, h, top, op.mode, "row")
@@ -301,7 +307,7 @@ def _emit_padding(k, op: Pad | PadGrad, small: ir.Value, padded: ir.Value, small
 
 
 def _forward_geometry(node) -> _Geometry:
-    x, w = node.inputs
+    x, w = node.inputs[:2]
     return _Geometry.of(x.shape, w.shape, node.op, node.dtype)
 
 
@@ -333,6 +339,11 @@ def _direct(geo: _Geometry) -> bool:
     return geo.dtype == np.float32 and geo.stride[1] == 1 and geo.out_hw[1] >= DIRECT_MIN_WIDTH
 
 
+def _fits_direct(node) -> bool:
+    """Whether drug's convolution kernel runs this Conv2D or Conv2DBias node."""
+    return _direct(_forward_geometry(node))
+
+
 def _padded(geo: _Geometry) -> bool:
     return any(p for pair in geo.pads for p in pair)
 
@@ -346,10 +357,11 @@ def _padded_size(geo: _Geometry) -> int:
     return geo.channels * math.prod(_padded_hw(geo))
 
 
-def _zero_padded(k, x, image: ir.Value, padded: ir.Value, geo: _Geometry) -> ir.Value:
-    """`padded` (returned) = image of node x with `geo`'s zero padding around each channel."""
+def _zero_padded(k, x, image: ir.Value, padded: ir.Value, geo: _Geometry, rows=None) -> ir.Value:
+    """`padded` (returned) = image of node x with `geo`'s zero padding around each channel (only
+    its rows in `rows` [start, stop) when given)."""
     _emit_padding(k, Pad(geo.pads, "zeros", geo.in_hw), image, padded, x, adjoint=False,
-                  planes=(i64(0), i64(geo.channels)))  # fmt: skip
+                  planes=(i64(0), i64(geo.channels)), rows=rows)  # fmt: skip
     return padded
 
 
@@ -370,11 +382,12 @@ def _tap_offsets(k, geo: _Geometry) -> ir.Value:
     return k.b.gep(table, [i64(0), i64(0)], source_etype=table.value_type, name="taps")
 
 
-def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> None:
+def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0, epilogue=None) -> None:
     """node = the convolution `geo` of x by the filter at `weights(ctx)`, through drug's kernel:
-    per image, or band of output rows of an image (a small batch), the image padded into this
+    per image, or band of output pixels of an image (a small batch), the image padded into this
     thread's part of the workspace from element `padded_at` (zero padding only; a valid
-    convolution reads the image where it is), then per group one call over the band's pixels."""
+    convolution reads the image where it is), then per group one call over the band's pixels.
+    `epilogue` = (bias(ctx), floor): the kernel finishes its tiles, max(out + bias, floor)."""
     hp, wp = _padded_hw(geo)
     (ho, wo), sh = geo.out_hw, geo.stride[0]
     bands = _bands(k.b, geo, k.dims(x)[0], by_images=True)
@@ -383,19 +396,30 @@ def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0) -> Non
         bands = _bands(b, geo, t.dims(x)[0], by_images=True)
         e = _ConvEmitter(t, node, geo, t.dims(x)[0], matrices=0)
         n, band = b.udiv(index, bands, name="image_index"), b.urem(index, bands, name="band")
-        lo = b.mul(b.udiv(b.mul(band, i64(ho)), bands), i64(wo), name="q_lo")
-        hi = b.mul(b.udiv(b.mul(b.add(band, i64(1)), i64(ho)), bands), i64(wo), name="q_hi")
+        # a band is a range of whole tiles of pixels (the last one cut at the image's end)
+        tile = conv_tile_pixels()
+        tiles = -(-ho * wo // tile)
+        lo = b.mul(b.udiv(b.mul(band, i64(tiles)), bands), i64(tile), name="q_lo")
+        hi = b.mul(b.udiv(b.mul(b.add(band, i64(1)), i64(tiles)), bands), i64(tile))
+        hi = b.select(b.icmp_unsigned("<", hi, i64(ho * wo)), hi, i64(ho * wo), name="q_hi")
+        first_row = b.udiv(lo, i64(wo), name="first_row")
+        end_row = b.udiv(b.add(hi, i64(wo - 1)), i64(wo), name="end_row")
         image = e.image(x, n, "image")
-        if _padded(geo):
+        if _padded(geo):  # only the padded rows the band's output rows read
             mine = b.add(i64(padded_at), b.mul(t.thread(), i64(_padded_size(geo))), name="padded_offset")
-            image = _zero_padded(t, x, image, e.at(t.workspace(node), mine, "padded"), geo)
+            reach = (geo.k_hw[0] - 1) * geo.dilation[0] + 1
+            rows = b.mul(first_row, i64(sh)), b.add(b.mul(b.sub(end_row, i64(1)), i64(sh)), i64(reach))
+            image = _zero_padded(t, x, image, e.at(t.workspace(node), mine, "padded"), geo, rows)
         taps = _tap_offsets(t, geo)
         out = e.image(node, n, "out")
         group_image, group_filter = (geo.channels // geo.groups) * hp * wp, geo.group_outs * geo.group_rows
+        bias, floor = (None, -math.inf) if epilogue is None else (epilogue[0](t), epilogue[1])
         with e.groups() as block:
+            group_bias = ir.Constant(PTR, None) if bias is None else block(bias, geo.group_outs, "bias_group")
             t.conv(geo.group_outs, lo, hi, geo.group_rows, block(weights(t), group_filter, "w_group"),
                    geo.group_rows, block(image, group_image, "image_group"), taps, wo, sh * wp,
-                   block(out, geo.group_outs * geo.pixels, "out_group"), geo.pixels)  # fmt: skip
+                   block(out, geo.group_outs * geo.pixels, "out_group"), geo.pixels, group_bias,
+                   ir.Constant(ir.FloatType(), floor))  # fmt: skip
 
 
 def _adjoint(geo: _Geometry) -> _Geometry | None:
@@ -442,7 +466,7 @@ def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = 
     return b.select(b.icmp_unsigned(">", per_image, i64(most)), i64(most), per_image, name="bands")
 
 
-@kernel(Conv2D, workspace=_conv_workspace, uses_blas=True, calls_conv=lambda node: _direct(_forward_geometry(node)))
+@kernel(Conv2D, workspace=_conv_workspace, uses_blas=True, calls_conv=_fits_direct)
 def _conv2d(k, node):
     """drug's convolution kernel where `_direct`; else per chunk of images (or band of output rows
     of one image): im2col side by side, then per group one GEMM out[g] = w[g] (O/G, C/G*KH*KW) @
@@ -473,6 +497,15 @@ def _conv2d(k, node):
                    e.at(block(product, geo.group_outs * geo.ld, "out_group"), columns, "band_out"))  # fmt: skip
         if e.staging is not None:
             e.restage(out, count, to_images=True)
+
+
+@kernel(Conv2DBias, workspace=_conv_workspace, supports=_fits_direct, uses_blas=True, calls_conv=_fits_direct)
+def _conv2d_bias(k, node):
+    """drug's convolution kernel, finishing each tile with the bias and the activation as it
+    stores it (only where `_direct`: elsewhere the epilogue pass leaves conv2d, add and relu)."""
+    x, w, bias = node.inputs
+    floor = 0.0 if node.op.activation == "relu" else -math.inf
+    _direct_conv(k, node, x, lambda t: t.ptr(w), _forward_geometry(node), epilogue=(lambda t: t.ptr(bias), floor))
 
 
 def _conv_transpose_workspace(node):

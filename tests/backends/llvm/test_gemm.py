@@ -84,9 +84,32 @@ def test_sgemm_across_packed_blocks(sgemm, m, n, k, trans_a, trans_b):
     _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 1.0, 5, seed=m * n + k)
 
 
-@pytest.mark.parametrize("m, n, k", [(1, 300, 50), (40, 1, 50), (7, 9, 0)])
-def test_vectors_and_empty_depth_go_to_the_blas(sgemm, m, n, k):
-    _run(sgemm, m, n, k, False, True, 1.5, 0.5, 2, seed=k)
+VECTOR_LIKE = [(1, 300, 50), (40, 1, 50), (1, 1, 70), (7, 9, 0), (33, 1, 600), (1, 129, 17)]
+
+
+@pytest.mark.parametrize("m, n, k", VECTOR_LIKE)
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (False, True), (True, False), (True, True)])
+def test_vectors_and_empty_depth(sgemm, m, n, k, trans_a, trans_b):
+    for pad in (0, 2):
+        _run(sgemm, m, n, k, trans_a, trans_b, 1.5, 0.5, pad, seed=k)
+        _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 0.0, pad, seed=k)
+
+
+def test_row_major_products_never_call_the_blas():
+    """Dot products (one row or column) and empty depths are drug's own too: a float32 step never
+    runs the BLAS, so nothing has to keep the BLAS's threads from running beside the pool's."""
+    fallback = blas.find_gemm("float32")
+    calls = []
+    recorder = blas._ctypes_gemm(fallback).__class__(lambda *args: calls.append(args))
+    address = gemm.compile_kernels(
+        HOST, fallback.int_bits, ctypes.cast(recorder, ctypes.c_void_p).value, convolutions=False
+    ).sgemm
+    sgemm = blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, address, fallback.int_bits, "float32"))
+    for m, n, k in VECTOR_LIKE + [(5, 6, 7)]:
+        for trans_a in (False, True):
+            for trans_b in (False, True):
+                _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 1.0, 1, seed=m + n)
+    assert calls == []
 
 
 def test_empty_products_write_nothing(sgemm):

@@ -1,0 +1,155 @@
+"""The convolution epilogue pass (compiler/epilogues.py): which conv2d + bias (+ relu) chains become
+one conv2d_bias node, that gradients still read what they need, and that the LLVM backend's
+fused kernel computes what the NumPy backend computes from the unfused ops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import drug as dg
+from drug.compiler.build import build_program
+from drug.compiler.epilogues import FuseConvEpilogues
+from drug.compiler.simplify import simplify
+from drug.ops.conv import Conv2D, Conv2DBias
+
+
+class Target:
+    """Has a conv2d_bias kernel for every node, or for none."""
+
+    def __init__(self, fuses: bool = True):
+        self.fuses = fuses
+
+    def has_kernel(self, node):
+        return self.fuses and isinstance(node.op, Conv2DBias)
+
+
+def fused(outputs, target=None, **compile_args):
+    graph = outputs[0].graph
+    program = simplify(build_program(graph, outputs=outputs, **compile_args))
+    return FuseConvEpilogues(target or Target())(program)
+
+
+def ops(program) -> list[str]:
+    return [n.op.name for n in program.nodes if n.inputs and not n.op.is_view]
+
+
+def conv_layer(g, x, outs=4, relu=True, bias_shape=None):
+    w = g.parameter("w", (outs, x.shape[1], 3, 3))
+    b = g.parameter("b", bias_shape or (outs,))
+    y = dg.conv2d(x, w, padding="same")
+    y = y + (b if bias_shape else dg.reshape(b, (outs, 1, 1)))
+    return dg.relu(y) if relu else y
+
+
+def test_conv_bias_relu_becomes_one_node():
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 10, 10))
+    program = fused([conv_layer(g, x)])
+    assert ops(program) == ["conv2d_bias"]
+    (node,) = [n for n in program.nodes if n.inputs]
+    assert node.op.activation == "relu" and node.inputs[2].shape == (4,)  # the bias vector itself
+
+
+def test_a_bias_without_relu_and_a_4d_bias_fuse_too():
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 10, 10))
+    program = fused([conv_layer(g, x, relu=False, bias_shape=(1, 4, 1, 1))])
+    (node,) = [n for n in program.nodes if isinstance(n.op, Conv2DBias)]
+    assert node.op.activation is None and node.inputs[2].shape == (4,)
+    assert "add" not in ops(program)
+
+
+def test_nothing_fuses_where_the_target_has_no_kernel_or_a_value_is_needed():
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 10, 10))
+    assert ops(fused([conv_layer(g, x)], Target(fuses=False))) == ["conv2d", "add", "relu"]
+    w = g.parameter("w2", (4, 2, 3, 3))
+    conv = dg.conv2d(x, w, padding="same")  # the convolution's own value is a result
+    out = dg.relu(conv + dg.reshape(g.parameter("b2", (4,)), (4, 1, 1)))
+    assert "conv2d_bias" not in ops(fused([out, conv]))
+    other = dg.conv2d(x, w) + g.parameter("b3", (4, 8, 8))  # not a bias per channel
+    assert "conv2d_bias" not in ops(fused([dg.relu(other)]))
+
+
+def test_a_sum_read_beside_the_relu_is_finished_without_it():
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 10, 10))
+    pre = conv_layer(g, x, relu=False)
+    program = fused([dg.relu(pre), dg.sigmoid(pre)])
+    (node,) = [n for n in program.nodes if isinstance(n.op, Conv2DBias)]
+    assert node.op.activation is None and ops(program).count("relu") == 1
+
+
+def test_training_reads_the_relu_output_in_its_gradient():
+    g = dg.Graph()
+    x = g.input("x", (None, 2, 10, 10))
+    loss = dg.mean(conv_layer(g, x))
+    program = fused([loss], loss=loss, optimizer=dg.SGD(lr=0.1), training=True)
+    (node,) = [n for n in program.nodes if isinstance(n.op, Conv2DBias)]
+    assert not any(isinstance(n.op, Conv2D) for n in program.nodes)
+    relu_grads = [n for n in program.nodes if n.op.name == "relu_grad"]
+    assert relu_grads and all(r.inputs[1] is node for r in relu_grads)
+
+
+def test_a_cnn_trains_like_the_numpy_backend():
+    """Two conv layers with bias and relu, global pooling, a dense layer, Adam: five steps."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((8, 1, 12, 12)).astype(np.float32), rng.integers(0, 3, 8)
+    losses = {}
+    for backend in ("llvm", "numpy"):
+        g = dg.Graph(seed=3)
+        x, y = g.input("x", (None, 1, 12, 12)), g.input("y", (None,), dtype="int32")
+        h = dg.layers.Conv2D(6, 3, padding="same", activation=dg.relu, name="c1")(x)
+        h = dg.layers.Conv2D(8, 3, padding="same", activation=dg.relu, name="c2")(h)
+        logits = dg.layers.Dense(3, name="head")(dg.global_pool(h, "avg"))
+        loss = dg.softmax_cross_entropy(logits, y)
+        train = g.compile(loss=loss, optimizer=dg.Adam(lr=0.01), backend=backend)
+        if backend == "llvm":
+            assert sum(isinstance(n.op, Conv2DBias) for n in train.program.nodes) == 2
+        losses[backend] = [float(train(x=images, y=labels.astype(np.int32))) for _ in range(5)]
+    np.testing.assert_allclose(losses["llvm"], losses["numpy"], rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 5),
+    outs=st.integers(1, 20),
+    height=st.integers(3, 12),
+    width=st.integers(8, 40),
+    kernel=st.sampled_from([1, 3, 5]),
+    relu=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_fused_kernel_matches_numpy(batch, channels, outs, height, width, kernel, relu, seed):
+    """Random layer sizes (output rows wide enough for drug's convolution kernel, tiles cut at
+    any edge), float32, against the NumPy backend running conv2d, add and relu."""
+    g = dg.Graph(seed=seed)
+    x = g.input("x", (None, channels, height, width))
+    w = g.parameter("w", (outs, channels, kernel, kernel))
+    b = g.parameter("b", (outs,), init=np.random.default_rng(seed).standard_normal(outs))
+    out = dg.conv2d(x, w, padding="same") + dg.reshape(b, (outs, 1, 1))
+    out = dg.relu(out) if relu else out
+    native = g.compile(outputs=[out], backend="llvm")
+    assert any(isinstance(n.op, Conv2DBias) for n in native.program.nodes)
+    images = np.random.default_rng(seed).standard_normal((batch, channels, height, width)).astype(np.float32)
+    expected = g.compile(outputs=[out], backend="numpy")(x=images)
+    np.testing.assert_allclose(native(x=images), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_a_nan_stays_nan(relu):
+    g = dg.Graph()
+    x = g.input("x", (None, 1, 4, 16))
+    out = conv_layer(g, x, relu=relu)
+    images = np.ones((1, 1, 4, 16), np.float32)
+    images[0, 0, 1, 5] = np.nan
+    native = g.compile(outputs=[out], backend="llvm", check_finite=False)
+    assert any(isinstance(n.op, Conv2DBias) for n in native.program.nodes)
+    got = native(x=images)
+    expected = g.compile(outputs=[out], backend="numpy", check_finite=False)(x=images)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert np.isnan(got).any()
