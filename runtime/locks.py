@@ -37,7 +37,7 @@ class GraphLock:
         return Turn(self, runs_python)
 
     def acquire(self, runs_python: bool) -> None:
-        if not self._lock.acquire(blocking=False):
+        if not self._lock.acquire(False):  # positional: this is on every step's path
             self._wait()
         if self._depth:
             self._lock.release()

@@ -69,12 +69,15 @@ class CompiledFunction:
         self.state = HostArrays(program.initial_state())
         # the named host arrays a step reads and those it writes: the executor keeps them current
         graph, updated = program.graph, [leaf for leaf, _ in program.updates]
-        self._reads = [(graph.params, self.params), (graph.state, self.buffers), (self.state, list(self.state))]
-        self._writes = [
+        reads = [(graph.params, self.params), (graph.state, self.buffers), (self.state, list(self.state))]
+        writes = [
             (graph.params, [leaf.name for leaf in updated if isinstance(leaf.op, ParameterOp)]),
             (graph.state, [leaf.name for leaf in updated if isinstance(leaf.op, BufferOp)]),
             (self.state, [leaf.op.key_name for leaf in updated if isinstance(leaf.op, StateOp)]),
         ]
+        self._reads = [(arrays, names) for arrays, names in reads if names]
+        self._writes = [(arrays, names) for arrays, names in writes if names]
+        self._first = 1 if program.loss is not None else 0  # the loss comes first among the results
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._output_shapes: dict[int | None, list[tuple[int, ...] | None]] = {}  # None: not pooled
@@ -92,6 +95,7 @@ class CompiledFunction:
             self._executor = backend.executor(program, self.state)
         lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._turn = lock.turn(self._executor.runs_python)
+        self._trains = self.trains
         self._quiet_turn = lock.turn(False)  # save and load run no step
 
     @property
@@ -197,30 +201,30 @@ class CompiledFunction:
             ```
         """
         arrays, batch = self._bind_feeds({**feeds, **named} if feeds and named else feeds or named, self.check_finite)
-        first = 1 if self.program.loss is not None else 0
+        first, trains, executor = self._first, self._trains, self._executor
         targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
-        if self.trains and batch == 0:
+        if trains and batch == 0:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
         with self._turn:  # compiled functions of one graph take turns (see locks.py)
-            self._executor.before_step(self._reads)
-            if self._executor.fills_outputs:
+            executor.before_step(self._reads)
+            if executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
                 else:
                     direct = self._unaliased(targets, arrays)
-                out = [None] * first + direct
+                out = [None] * first + direct if first else direct
             else:
                 out = None
-            if self.trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
+            if trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
                 with deferred_interrupts():
-                    results = self._executor.run(arrays, batch, out)
-                    self._executor.after_step(self._writes)
+                    results = executor.run(arrays, batch, out)
+                    executor.after_step(self._writes)
                     self.step_count += 1
             else:
-                results = self._executor.run(arrays, batch, out)
-                self._executor.after_step(self._writes)
-            values = self._deliver(results[first:], targets)
+                results = executor.run(arrays, batch, out)
+                executor.after_step(self._writes)
+            values = self._deliver(results[first:] if first else results, targets)
             loss = float(results[0]) if first else None
         if loss is None:
             return values[0] if len(values) == 1 else tuple(values)
@@ -306,7 +310,7 @@ class CompiledFunction:
         values = []
         for target, result in zip(targets, results):
             if target is None:
-                values.append(np.array(result, copy=True))
+                values.append(result.copy())
                 continue
             if target.shape != result.shape or target.dtype != result.dtype:
                 raise ShapeError(

@@ -163,50 +163,64 @@ class NativeExecutor(Executor):
     def run(self, feeds: dict[int, np.ndarray], batch: int | None, out: list | None = None) -> list[np.ndarray]:
         """Run the step; outputs are views of the arena, except those written straight into
         the matching caller arrays in `out` (aligned with the program's outputs)."""
-        binding = self._binding(batch or 0)
-        table = binding.table
+        binding = self._last_binding
+        if binding is None or binding.batch != (batch or 0):
+            binding = self._binding(batch or 0)
+        table, arrays = binding.table, binding.arrays
         for slot, node_id in self.input_slots:
             array = feeds[node_id]
-            binding.arrays[slot] = array
+            arrays[slot] = array
             table[slot] = data_address(array)
-        redirected = self._redirect_outputs(binding, out) if out and binding.redirects else {}
-        arena_addresses = {slot: table[slot] for slot in redirected}
-        for slot, (_, target) in redirected.items():  # callbacks and views must see the caller's array too
-            binding.arrays[slot] = target.reshape(binding.arrays[slot].shape)
-            table[slot] = data_address(target)
+        redirected = self._redirect_outputs(binding, out) if out and binding.redirects else None
+        arena_addresses = {}
+        if redirected:
+            arena_addresses = {slot: table[slot] for slot in redirected}
+            for slot, (_, target) in redirected.items():  # callbacks and views must see the caller's array too
+                arrays[slot] = target.reshape(arrays[slot].shape)
+                table[slot] = data_address(target)
         self._current = binding
-        before = self._snapshot() if self.instrument == "numerics" else None
         try:
-            if self._clock is not None:
-                self._clock[...] = 0  # kernels a failed step did not reach stay at 0
-            with self._blas_context:
-                status = self._step(binding.table_address, binding.batch, self._runtime_address)
-            if self._clock is not None:
-                self.spans.append(self._clock.copy())
-                self.last_batch = binding.batch
-                del self.spans[:-MAX_PROFILED_STEPS]
+            if self.instrument is None:
+                with self._blas_context:
+                    status = self._step(binding.table_address, binding.batch, self._runtime_address)
+            else:
+                status = self._instrumented_step(binding)
             if status:
-                if before is not None:  # a kernel may have updated a parameter in place already
-                    for target, saved in before:
-                        np.copyto(target, saved)
                 if status == STATUS_NOT_FINITE:
                     raise self._non_finite(binding)
                 self._raise(status, binding)
             if not redirected and binding.outputs_viewed:
                 return binding.outputs
             return [
-                redirected[slot][1] if redirected.get(slot, (None,))[0] == i
-                else self.view(binding, n) if slot in redirected or binding.outputs[i] is None
+                redirected[slot][1] if redirected and redirected.get(slot, (None,))[0] == i
+                else self.view(binding, n) if (redirected and slot in redirected) or binding.outputs[i] is None
                 else binding.outputs[i]
                 for i, (n, slot) in enumerate((n, self.schedule.slot(n)) for n in self.program.outputs)
             ]  # fmt: skip
         finally:
             self._current = None
             for slot, address in arena_addresses.items():
-                binding.arrays[slot] = binding.arena[slot]
+                arrays[slot] = binding.arena[slot]
                 table[slot] = address
             for slot, _ in self.input_slots:  # do not keep the caller's arrays alive until the next call
-                binding.arrays.pop(slot, None)
+                arrays.pop(slot, None)
+
+    def _instrumented_step(self, binding: Binding) -> int:
+        """The step of a profiling build (kernel clocks kept) or of a numerics one (updated
+        parameters restored when a kernel stopped it on a NaN or Inf)."""
+        before = self._snapshot() if self.instrument == "numerics" else None
+        if self._clock is not None:
+            self._clock[...] = 0  # kernels a failed step did not reach stay at 0
+        with self._blas_context:
+            status = self._step(binding.table_address, binding.batch, self._runtime_address)
+        if self._clock is not None:
+            self.spans.append(self._clock.copy())
+            self.last_batch = binding.batch
+            del self.spans[:-MAX_PROFILED_STEPS]
+        if status and before is not None:  # a kernel may have updated a parameter in place already
+            for target, saved in before:
+                np.copyto(target, saved)
+        return status
 
     def _binding(self, batch: int) -> Binding:
         """The buffers for this batch size, the most recently used kept last."""
@@ -398,11 +412,13 @@ def _probe(instrument: str | None, schedule: Schedule, threaded: bool) -> probes
 
 
 def data_address(array: np.ndarray) -> int:
-    """Where the array's first element is: through ctypes' buffer view for a writable array (faster
-    than numpy's `.ctypes`, which builds an object per call), else through `.ctypes`."""
-    if array.flags.writeable and array.nbytes:
+    """Where the array's first element is: through ctypes' buffer view (faster than numpy's
+    `.ctypes`, which builds an object per call), else, for a read-only or empty array, which
+    ctypes refuses, through `.ctypes`."""
+    try:
         return ctypes.addressof(ctypes.c_char.from_buffer(array))
-    return array.ctypes.data
+    except (TypeError, ValueError):
+        return array.ctypes.data
 
 
 def _calls_blas(schedule: Schedule) -> bool:
