@@ -323,8 +323,9 @@ class _Builder:
             self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
         else:
             bias, floor = epilogue
-            with b.if_else(b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0), name="finished")) as (last, partial):
-                with last:
+            has_bias = b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0), name="has_bias")
+            with b.if_else(has_bias) as (finishing, partial):
+                with finishing:
                     finish = self._epilogue(b, tile, bias, floor, rows)
                     self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
                 with partial:

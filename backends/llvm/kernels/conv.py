@@ -453,9 +453,10 @@ def _flip_filter(k, w, flipped: ir.Value, geo: _Geometry) -> None:
 
 
 def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = False) -> ir.Value:
-    """Bands of output rows each image is cut into: one when there are images enough for every
-    thread, else enough bands for BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK
-    at least), so that a small batch's convolution still runs on every core."""
+    """Bands each image is cut into (of output rows for im2col, of whole tiles of pixels for
+    drug's kernel): one when there are images enough for every thread, else enough bands for
+    BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK at least), so that a small
+    batch's convolution still runs on every core."""
     most = min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // BAND_MIN_WORK)
     if (geo.chunk > 1 and not by_images) or most < 2:  # small images go side by side instead; small work stays whole
         return i64(1)
