@@ -14,6 +14,8 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	@echo "Installing drug (editable) with its test tools into $(VENV)..."
 	$(PY) -m pip install --progress-bar on -e '.[test]'
+	@# drug's GEMM and convolution kernels for this machine, so that a first compile does not wait for them
+	$(PY) -m drug.backends.llvm.prebuild || echo "drug: kernels not prebuilt; they compile on first use instead"
 	touch $(STAMP)
 
 test: install

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ __all__ = [
     "build_sconv",
     "conv_tile_pixels",
     "compile_kernels",
+    "prebuild_kernels",
     "runtime_kernels",
     "RuntimeKernels",
     "CONV_SYMBOL",
@@ -274,7 +276,11 @@ class _Builder:
 
     def _epilogue(self, b: ir.IRBuilder, tile: Tile, bias, floor, rows):
         """finish(r, value) = max(value + bias[r], floor) for row r of the tile (NaN stays NaN:
-        floor 0 is a relu, -inf none); rows past the edge read the last row's bias."""
+        floor 0 is a relu, -inf none); a null bias adds zeros; rows past the edge read the last
+        row's bias. One store path for every call: finishing costs an add and a max per vector
+        stored, against a few hundred multiply-adds per vector before it."""
+        zeros = self._zeros(tile.rows)
+        bias = b.select(b.icmp_unsigned("==", b.ptrtoint(bias, I64), i64(0)), zeros, bias, name="bias.or.zeros")
         last = b.sub(rows, i64(1), name="bias.last")
         biases = [
             self.splat(b, b.load(self.element(b, bias, _min(b, i64(r), last, f"bias.r{r}"), f"bias{r}.at"), typ=F32))
@@ -289,6 +295,15 @@ class _Builder:
             return b.select(b.fcmp_ordered(">", floor_v, biased), floor_v, biased, name=f"finished{r}")
 
         return finish
+
+    def _zeros(self, count: int) -> ir.Value:
+        """A constant array of `count` float zeros (the bias of a convolution without one)."""
+        name = f"drug_sconv.zeros{count}"
+        if name not in self.module.globals:
+            array = ir.ArrayType(F32, count)
+            table = ir.GlobalVariable(self.module, array, name)
+            table.initializer, table.global_constant, table.linkage = ir.Constant(array, None), True, "internal"
+        return self.module.globals[name]
 
     def _accumulate(self, fn, b, tile: Tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta,
                     masks, epilogue=None) -> None:  # fmt: skip
@@ -319,17 +334,8 @@ class _Builder:
                 acc[r][j].add_incoming(new[r][j], loop)
         b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
         b.position_at_end(done)
-        if epilogue is None:
-            self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
-        else:
-            bias, floor = epilogue
-            has_bias = b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0), name="has_bias")
-            with b.if_else(has_bias) as (finishing, partial):
-                with finishing:
-                    finish = self._epilogue(b, tile, bias, floor, rows)
-                    self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
-                with partial:
-                    self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks)
+        finish = None if epilogue is None else self._epilogue(b, tile, *epilogue, rows)
+        self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
         b.ret_void()
 
     def _row_vectors(self, b: ir.IRBuilder, base, offset, masks) -> list[ir.Value]:
@@ -808,13 +814,15 @@ class _Builder:
             step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
             with _Loop(b, m, tile.rows, "ir") as (row, height):
                 a_tile = self.element(b, w, b.add(b.mul(row, ldw), pc), "w.tile")
-                finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)))  # once, at the end
+                # the last block finishes the tiles; the others add nothing and cut nothing
+                finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)))
                 row_bias = b.select(finish, self.element(b, bias, row, "bias.row"), ir.Constant(PTR, None), "bias.tile")
+                row_floor = b.select(finish, floor, ir.Constant(F32, -math.inf), name="floor.tile")
                 with _Loop(b, b.sub(q_hi, q_lo), tile.vectors * self.t.lanes, "jr") as (jr, width):
                     q0 = b.add(q_lo, jr, name="q0")
                     c_tile = self.element(b, c, b.add(b.mul(row, ldc), q0), "c.tile")
                     args = [kc, a_tile, ldw, step_offsets, image, q0, wo, row_stride, c_tile, ldc, height, width, beta,
-                            row_bias, floor]  # fmt: skip
+                            row_bias, row_floor]  # fmt: skip
                     b.call(Callee(micro, self.conv_micro_kernel(tile, 2).function_type), args)
         b.ret_void()
         return fn
@@ -954,12 +962,8 @@ def _compiling(int_bits: int, fallback_address: int, gemms: bool, convolutions: 
     return _compiler.submit(compile_kernels, tiling, int_bits, fallback_address, gemms, convolutions)
 
 
-def compile_kernels(
-    tiling: Tiling, int_bits: int, fallback_address: int, gemms: bool = True, convolutions: bool = True
-) -> RuntimeKernels:
-    """Machine code of the sgemm (`build_sgemm`, else the BLAS at `fallback_address`) and of the
-    convolutions (`build_sconv`, else 0) in one module (one compile, from the code cache when
-    there), kept alive for the life of the process."""
+def _kernels(tiling: Tiling, int_bits: int, gemms: bool, convolutions: bool):
+    """(key, IR builder, entry symbol) of the module of drug's kernels a program needs."""
 
     def build() -> str:
         module = ir.Module(name="drug_kernels")
@@ -970,9 +974,19 @@ def compile_kernels(
         return str(module)
 
     key = f"{ENTRY_SYMBOL}|{tiling}|int{int_bits}|gemm{int(gemms)}|conv{int(convolutions)}"
+    return key, build, ENTRY_SYMBOL if gemms else CONV_SYMBOL
+
+
+def compile_kernels(
+    tiling: Tiling, int_bits: int, fallback_address: int, gemms: bool = True, convolutions: bool = True
+) -> RuntimeKernels:
+    """Machine code of the sgemm (`build_sgemm`, else the BLAS at `fallback_address`) and of the
+    convolutions (`build_sconv`, else 0) in one module (one compile, from the code cache or the
+    installation's prebuilt kernels when there), kept alive for the life of the process."""
+    key, build, entry = _kernels(tiling, int_bits, gemms, convolutions)
     # the IR is written as it should run (explicit vectors, nothing to inline): LLVM's optimizer
     # would take half the compile time and change no instruction that matters
-    compiled = jit.compile_module(key, build, ENTRY_SYMBOL if gemms else CONV_SYMBOL, passes=False)
+    compiled = jit.compile_module(key, build, entry, passes=False, prebuilt=True)
     _keep_alive.append(compiled)
     address = compiled.engine.get_function_address
     if gemms:
@@ -983,6 +997,15 @@ def compile_kernels(
         address(CONV_SYMBOL) if convolutions else 0,
         address(FILTER_SYMBOL) if convolutions else 0,
     )
+
+
+def prebuild_kernels(int_bits: int) -> list:
+    """Every module of drug's kernels a program may need, for this machine, into the
+    installation (`jit.prebuild`): the sgemm of a BLAS with `int_bits`-wide sizes alone and with
+    the convolutions, and the convolutions alone (DRUG_GEMM=blas)."""
+    tiling = host_tiling(jit.host_cpu()[1])
+    needs = ((True, False), (True, True), (False, True))
+    return [jit.prebuild(*_kernels(tiling, int_bits, gemms, conv), passes=False) for gemms, conv in needs]
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing

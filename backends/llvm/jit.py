@@ -42,14 +42,14 @@ def host_cpu() -> tuple[str, str]:
     return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
 
 
-def target_machine(cpu: str | None = None, features: str | None = None, reloc: str = "default"):
+def target_machine(cpu: str | None = None, features: str | None = None, reloc: str = "default", opt: int = 2):
     _init()
     host_name, host_features = host_cpu()
     target = llvm.Target.from_default_triple()
     return target.create_target_machine(
         cpu=cpu or host_name,
         features=host_features if features is None else features,
-        opt=2,
+        opt=opt,
         reloc=reloc,
         codemodel="jitdefault",
     )
@@ -97,7 +97,10 @@ class _Job:
         self.context = llvm.create_context()
         self.module = llvm.parse_assembly(text, context=self.context)
         self.module.verify()
-        self.tm = target_machine()
+        # IR already written as it should run (drug's GEMM and convolution kernels: explicit
+        # vectors and loops) gains nothing from the code generator's heavier level either, which
+        # takes a third longer on their large micro-kernels
+        self.tm = target_machine(opt=2 if passes else 1)
         self.pb = pass_builder(self.tm)
         self.mpm = self.pb.getModulePassManager() if passes else None
         self.buffer = None
@@ -134,7 +137,7 @@ def _unlocked_lib():
 
 def emit_objects(texts: list[str], passes: bool = True, threads: int | None = None) -> list[bytes]:
     """Object code for each IR text, optimized for the host (`passes` False: code generation
-    alone, for IR already written as the machine should run it); several texts compile in
+    alone, at its lighter level, for IR already written as the machine should run it); several texts compile in
     parallel on up to `threads` threads (ctypes releases the GIL while LLVM works)."""
     _init()
     jobs = [_Job(text, passes) for text in texts]
@@ -147,6 +150,12 @@ def emit_objects(texts: list[str], passes: bool = True, threads: int | None = No
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda job: job.run(raw), jobs))
     return [job.object_code() for job in jobs]
+
+
+# drug's own kernels (gemm.py) compiled for this machine when drug is installed (`make install`
+# runs `python -m drug.backends.llvm.prebuild`), so that a machine's first compile does not wait
+# for them; keyed like the cache, so another CPU or another version of drug compiles its own
+PREBUILT_DIR = Path(__file__).parent / "prebuilt"
 
 
 def cache_enabled() -> bool:
@@ -215,14 +224,19 @@ def objects_of(ir_text: str, entry: str, passes: bool = True) -> list[bytes]:
     return emit_objects(split_module(ir_text, entry, parts) or [ir_text], passes, threads)
 
 
-def compile_module(key: str, build_ir, entry: str = "drug_step", passes: bool = True) -> Compiled:
+def compile_module(
+    key: str, build_ir, entry: str = "drug_step", passes: bool = True, prebuilt: bool = False
+) -> Compiled:
     """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
     miss, in a child process (forked.py). Large modules are split into parts compiled on
-    `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only)."""
+    `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only).
+    `prebuilt`: the module may also come from PREBUILT_DIR (`prebuild`)."""
     _init()
     use_cache = cache_enabled()
     path = cache_dir() / f"{cache_key(key)}.o"
     objects = _read_entry(path) if use_cache else None
+    if not objects and prebuilt:
+        objects = _read_entry(PREBUILT_DIR / path.name)
     if objects:
         engine, address = _load(objects, entry)
         if address:  # else not ours or without the entry: compile again
@@ -238,6 +252,18 @@ def compile_module(key: str, build_ir, entry: str = "drug_step", passes: bool = 
     if not address:
         raise RuntimeError(f"the compiled module has no function {entry}")
     return Compiled(engine, address, build_ir, ir_text, None, False)
+
+
+def prebuild(key: str, build_ir, entry: str, passes: bool = True) -> Path:
+    """Compile a module into PREBUILT_DIR, where `compile_module(..., prebuilt=True)` finds it
+    for this machine and this version of drug; returns the file."""
+    _init()
+    path = PREBUILT_DIR / f"{cache_key(key)}.o"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_verified(path, _pack(objects_of(build_ir(), entry, passes)))
+    for written in (path, _digest_path(path)):  # part of the installation: readable by its other users
+        written.chmod(0o644)
+    return path
 
 
 _warned = False  # the cache's trouble is reported once per process

@@ -177,3 +177,24 @@ def test_sgemm_is_a_c_function_of_the_blas_int_width():
         entry = module.get_global(gemm.ENTRY_SYMBOL)
         assert [str(t) for t in entry.function_type.args[3:6]] == [f"i{bits}"] * 3
     assert ctypes.sizeof(ctypes.c_void_p) == 8
+
+
+def test_prebuilt_kernels_spare_a_first_compile(tmp_path, monkeypatch):
+    """`python -m drug.backends.llvm.prebuild` (make install) compiles the kernels into the
+    installation; with an empty cache, a first compile then loads them and compiles nothing."""
+    monkeypatch.setattr(jit, "PREBUILT_DIR", tmp_path / "prebuilt")
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path / "cache"))
+    fallback = blas.find_gemm("float32")
+    paths = gemm.prebuild_kernels(fallback.int_bits)
+    assert len(paths) == 3 and all(p.exists() and p.stat().st_mode & 0o444 == 0o444 for p in paths)
+
+    def no_compile(*args, **kwargs):
+        raise AssertionError("compiled although the kernels were prebuilt")
+
+    monkeypatch.setattr(jit, "objects_of", no_compile)
+    monkeypatch.setattr(jit.forked, "call", no_compile)
+    kernels = gemm.compile_kernels(HOST, fallback.int_bits, fallback.address, convolutions=True)
+    assert kernels.sconv and kernels.sconv_filter
+    sgemm = blas._ctypes_gemm(Gemm("drug", gemm.ENTRY_SYMBOL, kernels.sgemm, fallback.int_bits, "float32"))
+    _run(sgemm, 9, 40, 33, False, False, 1.0, 0.0, 2, seed=1)
+    assert not list((tmp_path / "cache").glob("*.o"))  # nothing compiled, so nothing cached
