@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.node import Node
-from ..core.program import Program, ancestors
+from ..core.program import Program
 from ..core.types import TensorType
 from ..ops.conv import Conv2D, Conv2DBias
 from ..ops.elementwise import Add, Relu, ReluGrad
@@ -115,16 +115,7 @@ class FuseConvEpilogues:
                 new.call = node.call  # profiles and errors name what the user wrote
             mapping[node.id] = new
 
-        def remap(n: Node) -> Node:
-            return mapping[n.id]
-
-        return program.with_(
-            outputs=tuple(map(remap, program.outputs)),
-            loss=remap(program.loss) if program.loss is not None else None,
-            grads=tuple(mapping.get(g.id, g) for g in program.grads),
-            updates=tuple((leaf, remap(new)) for leaf, new in program.updates),
-            nodes=tuple(ancestors([remap(r) for r in program.roots])),
-        )
+        return program.remapped(mapping)
 
     @staticmethod
     def _fused(epilogue: _Epilogue, conv_inputs, bias_4d: Node | None) -> Node:

@@ -125,13 +125,4 @@ def simplify(program: Program) -> Program:
         new = seen.setdefault(key, new)
         mapping[node.id] = new
 
-    def remap(n: Node) -> Node:
-        return mapping[n.id]
-
-    return program.with_(
-        outputs=tuple(map(remap, program.outputs)),
-        loss=remap(program.loss) if program.loss is not None else None,
-        grads=tuple(mapping.get(g.id, g) for g in program.grads),
-        updates=tuple((leaf, remap(new)) for leaf, new in program.updates),
-        nodes=tuple(ancestors([remap(r) for r in program.roots])),
-    )
+    return program.remapped(mapping)

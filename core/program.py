@@ -36,6 +36,22 @@ class Program:
         """Values the program must produce: outputs and new values of updated leaves."""
         return list(self.outputs) + [new for _, new in self.updates]
 
+    def remapped(self, mapping: dict[int, Node]) -> Program:
+        """The program with its outputs, loss, gradients and updates read through `mapping` (node
+        id -> the node standing in for it, as a rewriting pass builds it; gradients it lacks stay),
+        its nodes those they reach."""
+
+        def remap(n: Node) -> Node:
+            return mapping[n.id]
+
+        return self.with_(
+            outputs=tuple(map(remap, self.outputs)),
+            loss=remap(self.loss) if self.loss is not None else None,
+            grads=tuple(mapping.get(g.id, g) for g in self.grads),
+            updates=tuple((leaf, remap(new)) for leaf, new in self.updates),
+            nodes=tuple(ancestors([remap(r) for r in self.roots])),
+        )
+
     def leaves(self, op_type: type) -> list[Node]:
         return [n for n in self.nodes if isinstance(n.op, op_type)]
 
