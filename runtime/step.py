@@ -78,6 +78,7 @@ class CompiledFunction:
         self._reads = [(arrays, names) for arrays, names in reads if names]
         self._writes = [(arrays, names) for arrays, names in writes if names]
         self._first = 1 if program.loss is not None else 0  # the loss comes first among the results
+        self._trains = self.trains
         self._n_user_outputs = len(program.outputs) - (program.loss is not None)
         self._output_pool: dict[int, list[np.ndarray]] = {}
         self._output_shapes: dict[int | None, list[tuple[int, ...] | None]] = {}  # None: not pooled
@@ -95,7 +96,6 @@ class CompiledFunction:
             self._executor = backend.executor(program, self.state)
         lock = graph_lock(program.graph)  # the graph's compiled functions share its parameters
         self._turn = lock.turn(self._executor.runs_python)
-        self._trains = self.trains
         self._quiet_turn = lock.turn(False)  # save and load run no step
 
     @property

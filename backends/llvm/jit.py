@@ -137,8 +137,8 @@ def _unlocked_lib():
 
 def emit_objects(texts: list[str], passes: bool = True, threads: int | None = None) -> list[bytes]:
     """Object code for each IR text, optimized for the host (`passes` False: code generation
-    alone, at its lighter level, for IR already written as the machine should run it); several texts compile in
-    parallel on up to `threads` threads (ctypes releases the GIL while LLVM works)."""
+    alone, at its lighter level, for IR already written as the machine should run it); several
+    texts compile in parallel on up to `threads` threads (ctypes releases the GIL while LLVM works)."""
     _init()
     jobs = [_Job(text, passes) for text in texts]
     threads = min(len(jobs), threads or len(jobs))
