@@ -90,6 +90,13 @@ class KernelContext:
         """Pointer to the scratch buffer the schedule allocated for the node (lowering's `workspace`)."""
         return self.pointers[self.schedule.workspaces[node.id]]
 
+    def copies_only(self) -> None:
+        """Say that this kernel's code is memcpy calls and the loops around them, which LLVM's
+        optimizer cannot improve: it skips the function (`optnone`, code generation at its
+        lightest), about a millisecond less to compile for each (an unrolled RNN's slices, one
+        per time step)."""
+        self.b.function.attributes.add("optnone")
+
     def is_transposed(self, node: Node) -> bool:
         return node.id in self.schedule.transposed
 

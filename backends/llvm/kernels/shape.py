@@ -89,10 +89,11 @@ MEMCPY_MIN = 16  # elements: shorter contiguous runs are copied element by eleme
 
 
 def _copy_slice(k, spec: tuple, shape: Shape, dense: Node, sliced: ir.Value, packed: ir.Value,
-                to_slice: bool, base: ir.Value | None = None) -> None:  # fmt: skip
+                to_slice: bool, base: ir.Value | None = None) -> bool:  # fmt: skip
     """Copy between `packed` (a contiguous tensor of `dense`'s shape) and slice `spec` of the
     tensor of `shape` at `sliced`, in either direction. Rows whose last axis is a contiguous
-    range go by memcpy: as fast, and much less code for LLVM to compile than a vectorized loop."""
+    range go by memcpy: as fast, and much less code for LLVM to compile than a vectorized loop.
+    Returns whether it copied by memcpy."""
     b, real = k.b, llvm_type(dense.dtype)
     dims = k.dims(dense)
     last = spec[-1] if spec else 0
@@ -110,6 +111,7 @@ def _copy_slice(k, spec: tuple, shape: Shape, dense: Node, sliced: ir.Value, pac
             b.call(memcpy, [target, source, nbytes, ir.Constant(ir.IntType(1), 0)])
         else:
             b.store(b.load(source, typ=real, name="value"), target)
+    return rows
 
 
 def _zero(k, node) -> None:
@@ -131,7 +133,8 @@ def _transpose(k, node):
 @kernel(Slice)
 def _slice(k, node):
     (x,) = node.inputs
-    _copy_slice(k, node.op.index, x.shape, node, k.ptr(x), k.ptr(node), to_slice=False)
+    if _copy_slice(k, node.op.index, x.shape, node, k.ptr(x), k.ptr(node), to_slice=False):
+        k.copies_only()
 
 
 @kernel(SliceGrad)
