@@ -229,8 +229,9 @@ class _Builder:
         along rows, read from the (padded) image where im2col would have copied it from. Output
         pixel q is (q // wo, q % wo); the offsets hold each patch entry's (channel, kernel row,
         kernel column) place in the image. A vector's pixels lie in at most `segments` output rows
-        (`conv_entry` picks the kernel by `wo`): a masked load per row fills it. With a `bias` (not
-        null) the tile is finished as it is stored: C = max(C + bias[row], floor) (`_epilogue`)."""
+        (`conv_entry` picks the kernel by `wo`): a masked load per row fills it. Each stored vector is
+        finished, C = max(C + bias[row], floor) (`_epilogue`; zeros and -inf where there is nothing
+        to finish)."""
         lanes = self.t.lanes
         fn, b = self.function(
             f"drug_sconv.micro{tile.rows}x{tile.vectors * lanes}.rows{segments}",
@@ -276,11 +277,9 @@ class _Builder:
 
     def _epilogue(self, b: ir.IRBuilder, tile: Tile, bias, floor, rows):
         """finish(r, value) = max(value + bias[r], floor) for row r of the tile (NaN stays NaN:
-        floor 0 is a relu, -inf none); a null bias adds zeros; rows past the edge read the last
-        row's bias. One store path for every call: finishing costs an add and a max per vector
-        stored, against a few hundred multiply-adds per vector before it."""
-        zeros = self._zeros(tile.rows)
-        bias = b.select(b.icmp_unsigned("==", b.ptrtoint(bias, I64), i64(0)), zeros, bias, name="bias.or.zeros")
+        floor 0 is a relu, -inf none); rows past the edge read the last row's bias. One store path
+        for every call: finishing costs an add and a max per vector stored, against a few hundred
+        multiply-adds per vector before it."""
         last = b.sub(rows, i64(1), name="bias.last")
         biases = [
             self.splat(b, b.load(self.element(b, bias, _min(b, i64(r), last, f"bias.r{r}"), f"bias{r}.at"), typ=F32))
@@ -297,7 +296,7 @@ class _Builder:
         return finish
 
     def _zeros(self, count: int) -> ir.Value:
-        """A constant array of `count` float zeros (the bias of a convolution without one)."""
+        """A constant array of `count` float zeros: the bias of tiles with nothing to finish."""
         name = f"drug_sconv.zeros{count}"
         if name not in self.module.globals:
             array = ir.ArrayType(F32, count)
@@ -310,7 +309,7 @@ class _Builder:
         """The micro-kernels' loop and store: down the depth, `load_b(b, p)` gives step p's vectors of
         B, each row's A entry is broadcast against them into the tile's accumulators; then C =
         alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0), finished
-        by `_epilogue` when `epilogue` = (bias, floor) has a bias."""
+        by `_epilogue` when `epilogue` = (bias, floor) is given."""
         lanes = self.t.lanes
         # rows past the edge read the last row again (their sums are never stored): A needs no padding
         last = b.sub(rows, i64(1), name="last")
@@ -811,12 +810,14 @@ class _Builder:
             kc = _min(b, depth_block, b.sub(depth, pc), "kc")
             beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
             last = b.icmp_signed("==", pc_index, b.sub(depth_count, i64(1)), name="last_block")
+            zeros = b.gep(self._zeros(tile.rows), [i64(0), i64(0)], source_etype=ir.ArrayType(F32, tile.rows))
             step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
             with _Loop(b, m, tile.rows, "ir") as (row, height):
                 a_tile = self.element(b, w, b.add(b.mul(row, ldw), pc), "w.tile")
-                # the last block finishes the tiles; the others add nothing and cut nothing
+                # the last block finishes the tiles; the others (and a convolution without a bias)
+                # add zeros and cut nothing
                 finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)))
-                row_bias = b.select(finish, self.element(b, bias, row, "bias.row"), ir.Constant(PTR, None), "bias.tile")
+                row_bias = b.select(finish, self.element(b, bias, row, "bias.row"), zeros, "bias.tile")
                 row_floor = b.select(finish, floor, ir.Constant(F32, -math.inf), name="floor.tile")
                 with _Loop(b, b.sub(q_hi, q_lo), tile.vectors * self.t.lanes, "jr") as (jr, width):
                     q0 = b.add(q_lo, jr, name="q0")
@@ -950,16 +951,19 @@ def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> concurrent.f
 
 
 @functools.cache
+def _host() -> Tiling:
+    """The tiling of this machine's CPU."""
+    return host_tiling(jit.host_cpu()[1])
+
+
 def conv_tile_pixels() -> int:
     """Output pixels of a tile of drug's convolution on this host (its tasks cut images at them)."""
-    tiling = host_tiling(jit.host_cpu()[1])
-    return tiling.conv_tile.vectors * tiling.lanes
+    return _host().conv_tile.vectors * _host().lanes
 
 
 @functools.cache
 def _compiling(int_bits: int, fallback_address: int, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
-    tiling = host_tiling(jit.host_cpu()[1])
-    return _compiler.submit(compile_kernels, tiling, int_bits, fallback_address, gemms, convolutions)
+    return _compiler.submit(compile_kernels, _host(), int_bits, fallback_address, gemms, convolutions)
 
 
 def _kernels(tiling: Tiling, int_bits: int, gemms: bool, convolutions: bool):
@@ -1003,9 +1007,8 @@ def prebuild_kernels(int_bits: int) -> list:
     """Every module of drug's kernels a program may need, for this machine, into the
     installation (`jit.prebuild`): the sgemm of a BLAS with `int_bits`-wide sizes alone and with
     the convolutions, and the convolutions alone (DRUG_GEMM=blas)."""
-    tiling = host_tiling(jit.host_cpu()[1])
     needs = ((True, False), (True, True), (False, True))
-    return [jit.prebuild(*_kernels(tiling, int_bits, gemms, conv), passes=False) for gemms, conv in needs]
+    return [jit.prebuild(*_kernels(_host(), int_bits, gemms, conv), passes=False) for gemms, conv in needs]
 
 
 _keep_alive: list = []  # the engines holding the code: freeing one would leave callers jumping into nothing
