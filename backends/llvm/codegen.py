@@ -92,10 +92,9 @@ class KernelContext:
 
     def copies_only(self) -> None:
         """Say that this kernel's code is memcpy calls and the loops around them, which LLVM's
-        optimizer cannot improve: it skips the function (`optnone`, code generation at its
-        lightest), about a millisecond less to compile for each (an unrolled RNN's slices, one
-        per time step)."""
-        self.b.function.attributes.add("optnone")
+        optimizer cannot improve: it skips the function (about a millisecond less to compile
+        for each of an unrolled RNN's slices, one per time step)."""
+        skip_optimizer(self.b.function)
 
     def is_transposed(self, node: Node) -> bool:
         return node.id in self.schedule.transposed
@@ -207,6 +206,14 @@ class KernelContext:
         return self.b.call(parallel.thread_index(self.module), [], name="thread")
 
 
+def skip_optimizer(fn: ir.Function) -> None:
+    """Compile `fn` as written (`optnone`: no IR optimizer, code generation at its lightest),
+    for code that only loads table entries, calls and copies: optimizing it buys nothing at run
+    time and costs as much per line as a kernel's loop."""
+    fn.attributes.add("noinline")
+    fn.attributes.add("optnone")
+
+
 def cblas_gemm(b: ir.IRBuilder, fn, blas_int: ir.IntType, real: ir.Type, trans_a, trans_b, m, n, k,
                a, lda, b_, ldb, beta, c, ldc) -> None:  # fmt: skip
     """Call `cblas_?gemm` at address `fn`, row-major, alpha 1: sizes are i64 values (narrowed for
@@ -300,6 +307,10 @@ class ModuleBuilder:
             src, dst = self.table_pointer(b, table, source), self.table_pointer(b, table, target)
             b.call(memcpy, [dst, src, size, ir.Constant(ir.IntType(1), 0)])
         b.ret(ir.Constant(I32, 0))
+        # the hubs: a kernel loop, a table-driven dispatch of a few hundred cases, group tasks
+        for hub in (step, run, self.module.globals.get(f"{name}.group")):
+            if hub is not None:
+                skip_optimizer(hub)
         for fn, slots in self._checked if self.bounds_check else ():
             pointers = {arg: schedule.buffers[slot] for arg, slot in zip(fn.args, slots)}
             bounds.instrument(fn, pointers, fn.args[len(slots)], nested=bool(self.prefix))

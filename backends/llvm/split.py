@@ -2,11 +2,11 @@
 
 The entry function and its own helpers (functions named `entry.*`: the hubs) call one function
 per kernel (the roots). Part 0 holds the hubs; each part gets a share of the roots, balanced by
-IR lines, with every internal helper and constant they use copied in; the roots it calls but does
-not hold become declarations, and the module's shared (non-internal) globals are defined in part
-0 and declared elsewhere. The parts link back together in one
-JIT engine. Anything this reader does not recognise makes it return None: the module is then
-compiled whole, which is always correct.
+what LLVM will spend on them (`_Function.cost`), with every internal helper and constant they use
+copied in; the roots it calls but does not hold become declarations, and the module's shared
+(non-internal) globals are defined in part 0 and declared elsewhere. The parts link back
+together in one JIT engine. Anything this reader does not recognise makes it return None: the
+module is then compiled whole, which is always correct.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-# The hubs' lines are table loads and calls, which LLVM compiles several times faster per line
-# than the kernels' loops: counted at full weight, part 0 would get hardly any kernel.
-HUB_DISCOUNT = 3
+# What LLVM spends on a function, in IR lines of a kernel's loop: each function pays for the
+# whole code generation pipeline however short it is (an unrolled RNN's slices are a few lines
+# each), and a function it does not optimize (`optnone`: the hubs, copies) costs several times
+# less per line, so counted at full weight part 0 would get hardly any kernel.
+FUNCTION_COST = 12
+OPTNONE_DISCOUNT = 8
 
 _REFERENCE = re.compile(r'@"([^"]+)"|@([-\w$.]+)')
 _DEFINE = re.compile(r'^define (internal |private |hidden )?(.*?@"?([^"(]+)"?\(.*)$')
@@ -30,6 +33,11 @@ class _Function:
     internal: bool
     signature: str  # return type, name and arguments: what a declaration repeats
     references: set[str] = field(default_factory=set)
+
+    @property
+    def cost(self) -> float:
+        optimized = "optnone" not in self.lines[0].rsplit(")", 1)[-1].split()  # the function's attributes
+        return FUNCTION_COST + len(self.lines) / (1 if optimized else OPTNONE_DISCOUNT)
 
 
 @dataclass
@@ -144,12 +152,12 @@ def split_module(text: str, entry: str, parts: int) -> list[str] | None:
     if any(g.type_text is None for g in module.globals.values() if not g.internal):
         return None
 
-    def weight(name: str) -> int:
+    def weight(name: str) -> float:
         helpers, _ = owned[name]
-        return sum(len(module.functions[f].lines) for f in helpers | {name})
+        return sum(module.functions[f].cost for f in helpers | {name})
 
     bins: list[list[str]] = [list(hubs)] + [[] for _ in range(parts - 1)]
-    load = [sum(map(weight, hubs)) // HUB_DISCOUNT] + [0] * (parts - 1)
+    load = [sum(map(weight, hubs))] + [0.0] * (parts - 1)
     for root in sorted(roots, key=weight, reverse=True):
         target = load.index(min(load))
         bins[target].append(root)

@@ -13,7 +13,7 @@ import pytest
 from conftest import EXAMPLES
 
 import drug as dg
-from drug.backends.llvm import jit
+from drug.backends.llvm import jit, split
 from drug.backends.llvm.split import split_module
 
 sys.path.insert(0, str(EXAMPLES))
@@ -200,3 +200,27 @@ def test_cache_entries_hold_several_objects_and_refuse_damage(tmp_path, monkeypa
     assert cached._executor.compiled.from_cache
     np.testing.assert_array_equal(cached(x=x), first(x=x))
     assert jit._unpack(b"not ours") is None
+
+
+def _function(name: str, lines: int, attributes: str = "") -> str:
+    body = "\n".join(f"  %v{i} = add i32 {i}, 1" for i in range(lines))
+    return f'define internal i32 @"{name}"() {attributes}\n{{\nentry:\n{body}\n  ret i32 0\n}}\n'
+
+
+def test_parts_are_balanced_by_what_llvm_spends():
+    """A hub LLVM does not optimize (`optnone`) weighs a fraction of its lines, so a long dispatch
+    does not leave part 0 without kernels; every function also weighs a fixed cost, so many short
+    ones are not taken for free."""
+    kernels = [f"k{i}" for i in range(4)]
+    calls = "".join(f'  %c{i} = call i32 @"{k}"()\n' for i, k in enumerate(kernels))
+    padding = "".join(f"  %p{i} = add i32 {i}, 1\n" for i in range(400))
+    hub = f'define i32 @"drug_step"() noinline optnone\n{{\nentry:\n{padding}{calls}  ret i32 0\n}}\n'
+    text = hub + "".join(_function(k, 60) for k in kernels)
+    parts = split_module(text, "drug_step", 2)
+    assert parts is not None
+    assert sum(f'define i32 @"{k}"' in parts[0] for k in kernels) == 2
+    module = split._read(text)
+    hub_cost, kernel_cost = module.functions["drug_step"].cost, module.functions["k0"].cost
+    assert hub_cost < kernel_cost < len(module.functions["k0"].lines) * 2
+    short = split._read(_function("s", 1)).functions["s"]
+    assert short.cost >= 3 * len(short.lines)
