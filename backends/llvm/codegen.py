@@ -43,7 +43,7 @@ from .irutil import (
     to_scalar,
     to_storage,
 )
-from .lowering import lowering_of
+from .lowering import lowering_of, rebase
 from .probes import Probe
 from .scalar import ScalarEmitter
 
@@ -76,6 +76,7 @@ class KernelContext:
     blas_int: ir.IntType
     builder: ModuleBuilder  # for kernels that compile a sub-schedule (loop bodies)
     in_task: bool = False  # code of one task of a job on the pool: its GEMMs call BLAS directly
+    rebased: bool = False  # the op's inputs arrive moved to where it starts reading (lowering.rebase)
 
     def ptr(self, node: Node) -> ir.Value:
         return self.pointers[self.schedule.slot(node)]
@@ -324,19 +325,22 @@ class ModuleBuilder:
         fn.linkage = "internal"
         table, index, batch, runtime = fn.args
         table.name, index.name, batch.name, runtime.name = "buffers", "index", "batch", "runtime"
-        cases, slot_lists = [], []
+        cases, slot_lists, shift_lists = [], [], []
         for i in range(len(kernels)):
             case, slots = self.kernel_case(i)
             cases.append(case)
             slot_lists.append(slots)
+            shift_lists.append(self.shifts(kernels[i], slots))
         starts = [sum(map(len, slot_lists[:i])) for i in range(len(slot_lists))]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if self.probe is not None:  # instrumented builds: one case per kernel, the probe around its call
-            self.probed_cases(fn, b, cases, slot_lists)
+            self.probed_cases(fn, b, cases, slot_lists, shift_lists)
             return fn
         case = self.table_entry(b, self.constant_table(f"{name}.case", I32, cases), index, "case")
         first = self.table_entry(b, self.constant_table(f"{name}.first_slot", I32, starts), index, "first_slot")
         slot_table = self.constant_table(f"{name}.slots", I32, [s for slots in slot_lists for s in slots])
+        shifts = [s for shifts in shift_lists for s in shifts]
+        shift_table = self.constant_table(f"{name}.shifts", I64, shifts) if any(shifts) else None
         unknown = fn.append_basic_block("unknown")
         switch = b.switch(case, unknown)
         for number, function in sorted(self._functions.values(), key=lambda item: item[0]):
@@ -345,26 +349,33 @@ class ModuleBuilder:
             b.position_at_end(block)
             pointers = []
             for j in range(len(function.args) - 2):
-                slot = self.table_entry(b, slot_table, b.add(b.sext(first, I64), i64(j)), f"slot{j}")
+                at = b.add(b.sext(first, I64), i64(j))
+                slot = self.table_entry(b, slot_table, at, f"slot{j}")
                 address = b.gep(table, [b.sext(slot, I64)], source_etype=PTR, inbounds=True)
-                pointers.append(b.load(address, typ=PTR, name=f"arg{j}"))
+                pointer = b.load(address, typ=PTR, name=f"arg{j}")
+                if shift_table is not None:
+                    shift = self.table_entry(b, shift_table, at, f"shift{j}")
+                    pointer = b.gep(pointer, [shift], source_etype=ir.IntType(8), inbounds=True)
+                pointers.append(pointer)
             b.ret(b.call(function, pointers + [batch, runtime], name="status"))
         b.position_at_end(unknown)
         b.unreachable()
         return fn
 
-    def probed_cases(self, fn: ir.Function, b: ir.IRBuilder, cases: list[int], slot_lists: list[list[int]]) -> None:
+    def probed_cases(self, fn: ir.Function, b: ir.IRBuilder, cases: list[int], slot_lists: list[list[int]],
+                     shift_lists: list[list[int]]) -> None:  # fmt: skip
         """The dispatch of an instrumented build: a case per kernel (not per distinct function), so
         the probe (probes.py) knows at compile time which kernel it surrounds."""
         table, index, batch, runtime = fn.args
         functions = {number: function for number, function in self._functions.values()}
         unknown = fn.append_basic_block("unknown")
         switch = b.switch(index, unknown)
-        for i, (case, slots) in enumerate(zip(cases, slot_lists)):
+        for i, (case, slots, shifts) in enumerate(zip(cases, slot_lists, shift_lists)):
             block = fn.append_basic_block(f"kernel{i}")
             switch.add_case(i64(i), block)
             b.position_at_end(block)
             pointers = [self.table_pointer(b, table, slot) for slot in slots]
+            pointers = [b.gep(p, [i64(s)], source_etype=ir.IntType(8)) if s else p for p, s in zip(pointers, shifts)]
             token = self.probe.before(b, i)
             status = b.call(functions[case], pointers + [batch, runtime], name=f"status{i}")
             b.ret(self.probe.after(b, i, token, status, table, batch))
@@ -564,9 +575,10 @@ class ModuleBuilder:
             slot = schedule.buffer_of.get(node.id)
             return ("arg", position.get(slot), node.shape, node.dtype.str, node.id in schedule.transposed)
 
+        moved = self._rebased(kernel)
         members = tuple(
             (
-                n.op.key(),
+                n.op.key() if moved is None else ("rebased", type(n.op).__qualname__, moved[0]),
                 n.shape,
                 n.dtype.str,
                 tuple(ref(i) for i in n.inputs),
@@ -581,6 +593,22 @@ class ModuleBuilder:
         if self.bounds_check:  # the checks compare with each argument's buffer size
             key += tuple((schedule.buffers[s].shape, schedule.buffers[s].dtype.str) for s in slots)
         return key
+
+    def _rebased(self, kernel: Kernel) -> tuple | None:
+        """An op kernel's lowering.rebase (not when bounds are checked: the checks follow each
+        pointer argument to the start of its buffer)."""
+        if kernel.kind != "op" or self.bounds_check:
+            return None
+        return rebase(kernel.nodes[0])
+
+    def shifts(self, kernel: Kernel, slots: list[int]) -> list[int]:
+        """Per pointer argument, how many bytes past its buffer's start the dispatch passes it."""
+        moved = self._rebased(kernel)
+        if moved is None:
+            return [0] * len(slots)
+        node = kernel.nodes[0]
+        by_slot = {self.schedule.slot(node.inputs[i]): at * node.inputs[i].dtype.itemsize for i, at in moved[1].items()}
+        return [by_slot.get(slot, 0) for slot in slots]
 
     def _function(self, name: str, slots: list[int], extra: list[tuple[str, ir.Type]] = ()) -> tuple:
         """A kernel-shaped function: one noalias pointer per slot, batch, runtime, then `extra`."""
@@ -605,6 +633,7 @@ class ModuleBuilder:
         if kernel.kind == "loop" and self.parallel and parallelizable(kernel):
             return self.parallel_loop(name, kernel, slots)
         fn, ctx = self._function(name, slots)
+        ctx.rebased = self._rebased(kernel) is not None
         b = ctx.b
         if kernel.kind == "loop":
             emit_loop(ctx, kernel)

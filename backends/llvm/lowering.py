@@ -12,7 +12,7 @@ registers its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,9 @@ from ...core.op import Op
 from ...core.types import Shape
 
 Workspace = tuple[Shape, np.dtype] | None
+# What makes a node's kernel code differ from its class's other nodes once its inputs start where
+# it reads them: a key for the rest, and per input position the element its reading starts at
+Rebase = tuple[Hashable, dict[int, int]] | None
 
 
 @dataclass(frozen=True)
@@ -39,10 +42,14 @@ class Lowering:
     # whether the kernel calls drug's convolution kernels (gemm.build_sconv) for this node: a
     # program without such a node does not compile them
     calls_conv: Callable[[Node], bool] | None = None
+    # (node) -> Rebase: nodes whose kernels differ only in where they start reading (an unrolled
+    # RNN's slices of one sequence) share one function, called with input pointers moved there
+    # (the kernel sees KernelContext.rebased); None for a node whose start depends on the batch
+    rebase: Callable[[Node], Rebase] | None = None
 
     def functions(self) -> list[Callable | None]:
         """The rule's code (what decides whether a compile cache may key it by drug's files)."""
-        return [self.kernel, self.workspace, self.supports, self.calls_conv]
+        return [self.kernel, self.workspace, self.supports, self.calls_conv, self.rebase]
 
 
 _RULES: dict[type[Op], Lowering] = {}
@@ -55,11 +62,12 @@ def kernel(
     supports: Callable[[Node], bool] | None = None,
     uses_blas: bool = False,
     calls_conv: Callable[[Node], bool] | None = None,
+    rebase: Callable[[Node], Rebase] | None = None,
 ) -> Callable:
     """Decorator: the native kernel of an op class, `rule(k, node)`."""
 
     def register(rule: Callable) -> Callable:
-        _RULES[op_class] = Lowering(rule, workspace, supports, uses_blas, calls_conv)
+        _RULES[op_class] = Lowering(rule, workspace, supports, uses_blas, calls_conv, rebase)
         return rule
 
     return register
@@ -100,6 +108,11 @@ def uses_blas(node: Node) -> bool:
 def calls_conv(node: Node) -> bool:
     rule = lowering_of(node.op)
     return rule is not None and rule.calls_conv is not None and rule.calls_conv(node)
+
+
+def rebase(node: Node) -> Rebase:
+    rule = lowering_of(node.op)
+    return rule.rebase(node) if rule is not None and rule.rebase is not None else None
 
 
 def user_code(op: Op) -> bool:

@@ -4,6 +4,8 @@ negative."""
 
 from __future__ import annotations
 
+import math
+
 from llvmlite import ir
 
 from ....core.node import Node
@@ -11,7 +13,7 @@ from ....core.types import Shape
 from ....ops.shape import AssembleSlices, Concat, Slice, SliceGrad, Transpose
 from ..irutil import I64, PTR, element_count, for_range, i64, linear_offset, llvm_type, loop_nest
 from ..irutil import row_major_strides as strides_of
-from ..lowering import kernel
+from ..lowering import Rebase, kernel
 
 
 def _times(b: ir.IRBuilder, x: ir.Value, y: ir.Value, name: str = "") -> ir.Value:
@@ -130,10 +132,26 @@ def _transpose(k, node):
         k.store(node, _contiguous_offset(k, node, index), k.load(x, offset))
 
 
-@kernel(Slice)
+def _slice_start(node: Node) -> Rebase:
+    """Where a slice starts in its input when that is a fixed element (no axis of the batch's
+    size after an axis it starts into), keyed by the rest of its spec: an unrolled RNN's time
+    steps then share one kernel."""
+    (x,) = node.inputs
+    start = 0
+    for item, axis in zip(node.op.index, range(len(x.shape))):
+        first = item if isinstance(item, int) else item[0]
+        if first:
+            if None in x.shape[axis + 1 :]:
+                return None
+            start += first * math.prod(x.shape[axis + 1 :])
+    return tuple(None if isinstance(item, int) else item[2] for item in node.op.index), {0: start}
+
+
+@kernel(Slice, rebase=_slice_start)
 def _slice(k, node):
     (x,) = node.inputs
-    if _copy_slice(k, node.op.index, x.shape, node, k.ptr(x), k.ptr(node), to_slice=False):
+    start = i64(0) if k.rebased else None
+    if _copy_slice(k, node.op.index, x.shape, node, k.ptr(x), k.ptr(node), to_slice=False, base=start):
         k.copies_only()
 
 

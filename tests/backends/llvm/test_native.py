@@ -175,6 +175,26 @@ def test_slices_that_copy_rows_skip_the_optimizer():
     np.testing.assert_array_equal(got_strided, data[:, 1, ::2])
 
 
+def test_slices_alike_but_for_their_start_share_one_kernel():
+    """An unrolled RNN slices one sequence per time step: slices that differ only in where they
+    start share one function, called with the input pointer moved to their start. A start that
+    depends on the batch (a time-major sequence) cannot move by a fixed distance: one function each."""
+    g = dg.Graph()
+    x = g.input("x", (None, 5, 32))
+    steps = g.input("steps", (5, None, 8))
+    outputs = [x[:, t, :] for t in range(5)] + [x[:, 1:4, ::2], x[:, 0:3, ::2]] + [steps[t] for t in range(2)]
+    fn = g.compile(outputs=outputs, backend="llvm")
+    definitions = [line for line in fn.ir().splitlines() if line.startswith("define") and "op_slice" in line]
+    assert len(definitions) == 1 + 1 + 2
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((3, 5, 32)).astype(np.float32)
+    sequence = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    got = fn(x=data, steps=sequence)
+    expected = [data[:, t, :] for t in range(5)] + [data[:, 1:4, ::2], data[:, 0:3, ::2]] + [sequence[0], sequence[1]]
+    for value, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(value, want)
+
+
 class Cube(dg.Op):
     """A user op with no native kernel: runs through the callback."""
 
