@@ -7,6 +7,9 @@ code. A child made by fork() does that work on a copy of the process and sends b
 code; only loading the objects (a small part of LLVM) happens here. A crash inside LLVM then
 also ends the child, not the user's program.
 
+While the child compiles, this process does the work handed to `meanwhile` (storing the
+finished program in the compile cache), which would otherwise delay the fork.
+
 `DRUG_COMPILE_PROCESS=0` compiles in this process instead, and so does a platform without fork.
 """
 
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -22,10 +26,33 @@ from llvmlite.binding import ffi
 
 ENV = "DRUG_COMPILE_PROCESS"
 _OK, _RAISED = b"0", b"1"
+_local = threading.local()  # .pending: this thread's `meanwhile` work not yet done (another
+# thread compiling at the same time, drug's kernels, must not run it while this one forks)
 
 
 def enabled() -> bool:
     return hasattr(os, "fork") and os.environ.get(ENV, "1") != "0"
+
+
+def meanwhile(work: Callable[[], None]) -> None:
+    """Do `work` while the next compile runs in its child, or at once when compiles run here.
+    `catch_up` does it when no compile follows (the machine code was cached)."""
+    _work().append(work)
+    if not enabled():
+        catch_up()
+
+
+def catch_up() -> None:
+    """Do this thread's pending `meanwhile` work now, in order."""
+    pending = _work()
+    while pending:
+        pending.pop(0)()
+
+
+def _work() -> list[Callable[[], None]]:
+    if not hasattr(_local, "pending"):
+        _local.pending = []
+    return _local.pending
 
 
 def call(work: Callable[[], bytes]) -> bytes:
@@ -43,11 +70,15 @@ def call(work: Callable[[], bytes]) -> bytes:
         pid = os.fork()
     if pid == 0:  # the child: never returns
         os.close(read_end)
+        _work().clear()  # the parent's to do
         _child(work, write_end)
     os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        payload = pipe.read()
-    _, status = os.waitpid(pid, 0)
+    try:
+        catch_up()
+    finally:  # the child's result is collected even if that work failed
+        with os.fdopen(read_end, "rb") as pipe:
+            payload = pipe.read()
+        _, status = os.waitpid(pid, 0)
     if payload[:1] == _OK and os.waitstatus_to_exitcode(status) == 0:
         return payload[1:]
     if payload[:1] == _RAISED:

@@ -240,10 +240,12 @@ def compile_module(
     if objects:
         engine, address = _load(objects, entry)
         if address:  # else not ours or without the entry: compile again
+            forked.catch_up()
             return Compiled(engine, address, build_ir, None, None, True)
     if forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
         ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry, passes))))
     else:
+        forked.catch_up()
         ir_text = build_ir()
         objects = objects_of(ir_text, entry, passes)
     if use_cache:

@@ -17,7 +17,7 @@ from pathlib import Path
 from ...compiler import portable
 from ...compiler.scalar import scalar_rules
 from ...core.program import Program
-from . import bounds, jit, lowering
+from . import bounds, forked, jit, lowering
 
 SUFFIX = ".program"
 
@@ -61,6 +61,11 @@ class ProgramCache:
         return None if runs_user_code(program) else program
 
     def store(self, request: Program, finished: Program, mark: int) -> None:
+        """Stored while the native compile of `finished` runs in its child process (forked.py):
+        encoding a long program takes about as long as a few kernels' code generation."""
+        forked.meanwhile(lambda: self._store(request, finished, mark))
+
+    def _store(self, request: Program, finished: Program, mark: int) -> None:
         if self._path is None or self._entry(request) != self._path:  # the build changed the request's graph
             return
         if runs_user_code(finished):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,3 +68,45 @@ def test_a_child_that_dies_is_reported():
 def test_the_result_comes_back_whole():
     data = bytes(range(256)) * 40_000  # larger than a pipe's buffer
     assert forked.call(lambda: data) == data
+
+
+def test_meanwhile_work_runs_here_while_the_child_compiles(tmp_path, monkeypatch):
+    """Work handed to `meanwhile` (storing the finished program) runs in this process after the
+    fork and before the child's result is read: the child here waits for what it writes."""
+    monkeypatch.setenv(forked.ENV, "1")
+    flag = tmp_path / "stored"
+    ran_in: list[int] = []
+
+    def store() -> None:
+        ran_in.append(os.getpid())
+        flag.write_text("done")
+
+    def compile_after_the_store() -> bytes:
+        deadline = time.monotonic() + 30
+        while not flag.exists():
+            if time.monotonic() > deadline:
+                return b"no store while compiling"
+            time.sleep(0.01)
+        return b"saw the store"
+
+    forked.meanwhile(store)
+    assert not flag.exists()  # nothing ran yet
+    assert forked.call(compile_after_the_store) == b"saw the store"
+    assert ran_in == [os.getpid()]
+
+
+def test_meanwhile_work_stays_with_its_thread(monkeypatch):
+    """Another thread's compile (drug's kernels, compiled beside the program) neither runs this
+    thread's pending work nor forks while doing it; without fork it runs at once."""
+    monkeypatch.setenv(forked.ENV, "1")
+    done: list[str] = []
+    forked.meanwhile(lambda: done.append("main"))
+    other = threading.Thread(target=lambda: forked.call(lambda: b"kernels"))
+    other.start()
+    other.join()
+    assert done == []
+    forked.catch_up()
+    assert done == ["main"]
+    monkeypatch.setenv(forked.ENV, "0")
+    forked.meanwhile(lambda: done.append("at once"))
+    assert done == ["main", "at once"]
