@@ -15,6 +15,7 @@ finished program in the compile cache), which would otherwise delay the fork.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import threading
@@ -87,6 +88,9 @@ def call(work: Callable[[], bytes]) -> bytes:
 
 
 def _child(work: Callable[[], bytes], fd: int) -> None:
+    # the child exits when its work is done: a garbage collection would only scan the heap it
+    # inherited (building a long program's IR allocates enough objects to set several off)
+    gc.disable()
     code = 0
     try:
         try:
