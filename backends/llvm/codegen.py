@@ -10,6 +10,7 @@ DRUG_BOUNDS_CHECK=1 every kernel's memory accesses are checked (compiler/bounds.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -319,7 +320,11 @@ class ModuleBuilder:
 
     def dispatch_function(self, name: str) -> ir.Function:
         """`i32 name(ptr buffers, i64 index, i64 batch, ptr runtime)`: run kernel `index` (its
-        function, with its buffers from the pointer table) and return its status."""
+        function, with its buffers from the pointer table) and return its status.
+
+        One loop gathers the kernel's pointers (its slots in a constant table, each moved by its
+        shift if any kernel is rebased) into an array, and one case per distinct function calls
+        it with them: the dispatch grows by a few lines per function, not per pointer and kernel."""
         kernels = self.schedule.kernels
         fn = ir.Function(self.module, ir.FunctionType(I32, [PTR, I64, I64, PTR]), name)
         fn.linkage = "internal"
@@ -331,32 +336,38 @@ class ModuleBuilder:
             cases.append(case)
             slot_lists.append(slots)
             shift_lists.append(self.shifts(kernels[i], slots))
-        starts = [sum(map(len, slot_lists[:i])) for i in range(len(slot_lists))]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         if self.probe is not None:  # instrumented builds: one case per kernel, the probe around its call
             self.probed_cases(fn, b, cases, slot_lists, shift_lists)
             return fn
+        starts = list(itertools.accumulate(map(len, slot_lists), initial=0))  # kernel i: slots starts[i]..starts[i+1]
+        widest = max(map(len, slot_lists), default=0)
+        arguments = b.alloca(PTR, size=max(widest, 1), name="arguments")
         case = self.table_entry(b, self.constant_table(f"{name}.case", I32, cases), index, "case")
-        first = self.table_entry(b, self.constant_table(f"{name}.first_slot", I32, starts), index, "first_slot")
+        start_table = self.constant_table(f"{name}.first_slot", I32, starts)
+        first = b.sext(self.table_entry(b, start_table, index, "first_slot"), I64)
+        end = b.sext(self.table_entry(b, start_table, b.add(index, i64(1)), "end_slot"), I64)
         slot_table = self.constant_table(f"{name}.slots", I32, [s for slots in slot_lists for s in slots])
         shifts = [s for shifts in shift_lists for s in shifts]
         shift_table = self.constant_table(f"{name}.shifts", I64, shifts) if any(shifts) else None
+        with for_range(b, b.sub(end, first), "argument") as j:
+            at = b.add(first, j)
+            slot = b.sext(self.table_entry(b, slot_table, at, "slot"), I64)
+            pointer = b.load(b.gep(table, [slot], source_etype=PTR, inbounds=True), typ=PTR, name="buffer")
+            if shift_table is not None:
+                shift = self.table_entry(b, shift_table, at, "shift")
+                pointer = b.gep(pointer, [shift], source_etype=ir.IntType(8), inbounds=True, name="moved")
+            b.store(pointer, b.gep(arguments, [j], source_etype=PTR))
         unknown = fn.append_basic_block("unknown")
         switch = b.switch(case, unknown)
         for number, function in sorted(self._functions.values(), key=lambda item: item[0]):
             block = fn.append_basic_block(f"case{number}")
             switch.add_case(ir.Constant(I32, number), block)
             b.position_at_end(block)
-            pointers = []
-            for j in range(len(function.args) - 2):
-                at = b.add(b.sext(first, I64), i64(j))
-                slot = self.table_entry(b, slot_table, at, f"slot{j}")
-                address = b.gep(table, [b.sext(slot, I64)], source_etype=PTR, inbounds=True)
-                pointer = b.load(address, typ=PTR, name=f"arg{j}")
-                if shift_table is not None:
-                    shift = self.table_entry(b, shift_table, at, f"shift{j}")
-                    pointer = b.gep(pointer, [shift], source_etype=ir.IntType(8), inbounds=True)
-                pointers.append(pointer)
+            pointers = [
+                b.load(b.gep(arguments, [i64(j)], source_etype=PTR), typ=PTR, name=f"arg{j}")
+                for j in range(len(function.args) - 2)
+            ]
             b.ret(b.call(function, pointers + [batch, runtime], name="status"))
         b.position_at_end(unknown)
         b.unreachable()
