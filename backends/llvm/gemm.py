@@ -657,11 +657,16 @@ class _Builder:
         C = op(A) b from a transposed A, which is the row C^T = b^T A: the blocked GEMM's one-row
         case, called through the entry `fn` itself."""
         m, n, k, lda, ldb, ldc = sizes
-        one_row = b.and_(b.icmp_signed("==", m, i64(1)), b_trans, name="one_row_times_transposed")
+        single = b.icmp_signed("==", m, i64(1))
+        one_row = b.and_(single, b_trans, name="one_row_times_transposed")
         one_column = b.icmp_signed("==", n, i64(1), name="one_column")
         dots = self.dots()
         with b.if_then(one_row, likely=False):  # c[j] = a . row j of B
             b.call(dots, [n, k, a, b.select(a_trans, lda, i64(1)), b_, ldb, i64(1), c, i64(1), alpha, beta])
+            b.ret_void()
+        narrow = b.and_(single, b.icmp_signed("<=", n, i64(self.t.lanes)), name="one_narrow_row")
+        with b.if_then(narrow, likely=False):  # c = a B for B of one vector's columns in rows
+            b.call(self.narrow_row(), [n, k, a, b.select(a_trans, lda, i64(1)), b_, ldb, c, alpha, beta])
             b.ret_void()
         with b.if_then(one_column, likely=False):  # c[i] = row i of op(A) . b
             x_step = b.select(b_trans, i64(1), ldb, name="b.step")
@@ -751,6 +756,41 @@ class _Builder:
                     b.store(value, at)
                 with update:
                     b.store(b.call(scalar_fma, [beta, b.load(at, typ=F32), value]), at)
+        b.ret_void()
+        return fn
+
+    @_built_once
+    def narrow_row(self) -> ir.Function:
+        """`narrow_row(n, k, a, a_step, b, ldb, c, alpha, beta)`: the one row c = alpha a B (+ beta
+        c) for B of n <= lanes columns in rows: one masked vector of B per step, with four sums
+        along p so that no multiply-add waits for the one before (the blocked GEMM's one-row tile
+        runs a single chain, and a classifier's last layer at batch 1 is that shape)."""
+        lanes, unroll = self.t.lanes, 4
+        fn, b = self.function(
+            "drug_sgemm.narrow_row",
+            [("n", I64), ("k", I64), ("a", PTR), ("a.step", I64), ("b", PTR), ("ldb", I64), ("c", PTR),
+             ("alpha", F32), ("beta", F32)],
+        )  # fmt: skip
+        n, k, a, a_step, b_, ldb, c, alpha, beta = fn.args
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        masks = self.column_masks(b, n, 1)
+
+        def add_row(b, p, total):
+            weight = self.splat(b, b.load(self.element(b, a, b.mul(p, a_step), "a.at"), typ=F32))
+            return b.call(fma, [weight, self._row_vectors(b, b_, b.mul(p, ldb), masks)[0], total])
+
+        def step(b, t, sums):
+            return [add_row(b, b.add(b.mul(t, i64(unroll)), i64(u)), total) for u, total in enumerate(sums)]
+
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        full = b.udiv(k, i64(unroll), name="full")
+        sums = self._carried(fn, b, full, [zero] * unroll, step)
+        done = b.mul(full, i64(unroll), name="done")
+        (total,) = self._carried(fn, b, b.sub(k, done), sums[:1], lambda b, t, s: [add_row(b, b.add(done, t), s[0])])
+        for other in sums[1:]:
+            total = b.fadd(total, other)
+        beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
+        self._store_tile(b, [[total]], c, i64(0), self.splat(b, alpha), self.splat(b, beta), beta_zero, masks, None)
         b.ret_void()
         return fn
 

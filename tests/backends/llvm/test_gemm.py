@@ -85,6 +85,7 @@ def test_sgemm_across_packed_blocks(sgemm, m, n, k, trans_a, trans_b):
 
 
 VECTOR_LIKE = [(1, 300, 50), (40, 1, 50), (1, 1, 70), (7, 9, 0), (33, 1, 600), (1, 129, 17)]
+VECTOR_LIKE += [(1, 10, 257), (1, 16, 3), (1, 5, 1)]  # one row of at most a vector's columns
 
 
 @pytest.mark.parametrize("m, n, k", VECTOR_LIKE)
