@@ -138,12 +138,12 @@ def _slice_start(node: Node) -> Rebase:
     steps then share one kernel."""
     (x,) = node.inputs
     start = 0
-    for item, axis in zip(node.op.index, range(len(x.shape))):
-        first = item if isinstance(item, int) else item[0]
+    for axis, item in enumerate(node.op.index):
+        first, after = (item if isinstance(item, int) else item[0]), x.shape[axis + 1 :]
         if first:
-            if None in x.shape[axis + 1 :]:
+            if None in after:
                 return None
-            start += first * math.prod(x.shape[axis + 1 :])
+            start += first * math.prod(after)
     return tuple(None if isinstance(item, int) else item[2] for item in node.op.index), {0: start}
 
 
