@@ -21,11 +21,35 @@ def entry_alloca(b: ir.IRBuilder, type_: ir.Type, name: str) -> ir.Value:
 
 def fold(b: ir.IRBuilder, init: ir.Value, n: ir.Value, combine, name: str) -> ir.Value:
     """combine(...combine(combine(init, 0), 1)..., n - 1): `combine(acc, j)` emits the body."""
-    acc = entry_alloca(b, init.type, f"{name}.acc")
-    b.store(init, acc)
+    (total,) = fold_together(b, [init], n, lambda accs, j: [combine(accs[0], j)], name)
+    return total
+
+
+def fold_together(b: ir.IRBuilder, inits: list[ir.Value], n: ir.Value, combine, name: str) -> list[ir.Value]:
+    """Several folds in one loop: `combine(accs, j)` returns the next value of every accumulator."""
+    slots = [entry_alloca(b, init.type, f"{name}{i}.acc") for i, init in enumerate(inits)]
+    for init, slot in zip(inits, slots):
+        b.store(init, slot)
     with for_range(b, n, f"{name}.j") as j:
-        b.store(combine(b.load(acc, name=f"{name}.prev"), j), acc)
-    return b.load(acc, name=name)
+        accs = [b.load(slot, name=f"{name}{i}.prev") for i, slot in enumerate(slots)]
+        for value, slot in zip(combine(accs, j), slots):
+            b.store(value, slot)
+    return [b.load(slot, name=f"{name}{i}") for i, slot in enumerate(slots)]
+
+
+# Rows reduced side by side: a short row's max and sum are chains of dependent steps (a classifier's
+# ten classes, a character model's fifty), which the core overlaps when several rows share a loop
+ROWS_AT_ONCE = 4
+
+
+def in_row_blocks(b: ir.IRBuilder, rows: ir.Value, body) -> None:
+    """`body(row_indices)` for blocks of ROWS_AT_ONCE rows, then for each remaining row alone."""
+    blocks = b.udiv(rows, i64(ROWS_AT_ONCE), name="row_blocks")
+    with for_range(b, blocks, "rows") as block:
+        first = b.mul(block, i64(ROWS_AT_ONCE), name="first_row")
+        body([b.add(first, i64(r), name=f"row{r}") for r in range(ROWS_AT_ONCE)])
+    with for_range(b, rows, "row", start=b.mul(blocks, i64(ROWS_AT_ONCE))) as row:
+        body([row])
 
 
 def _load_index(k, ids, offset: ir.Value, name: str) -> ir.Value:
@@ -57,23 +81,36 @@ def _check_indices(k, ids, depth: ir.Value, name: str) -> None:
     k.fail_unless(ok, STATUS_INDEX_OUT_OF_RANGE)
 
 
-def _row_max(k, x, n: ir.Value, at) -> ir.Value:
-    """max over j < n of x[at(j)], NaN-propagating like np.max."""
+def _row_max(k, x, n: ir.Value, ats: list) -> list[ir.Value]:
+    """Per row, max over j < n of x[at(j)], NaN-propagating like np.max."""
     f = k.scalar(x)
-    return fold(k.b, f.const(float("-inf")), n, lambda m, j: f.accumulate("max", m, k.load(x, at(j))), "max")
+
+    def take(maxima, j):
+        return [f.accumulate("max", m, k.load(x, at(j))) for m, at in zip(maxima, ats)]
+
+    return fold_together(k.b, [f.const(float("-inf"))] * len(ats), n, take, "max")
 
 
-def _row_sum_exp(k, x, n: ir.Value, at, shift: ir.Value, store=None) -> ir.Value:
-    """sum over j < n of exp(x[at(j)] - shift); `store(j, e)` may keep each term."""
+def _row_sum_exp(k, x, n: ir.Value, ats: list, shifts: list, store=None) -> list[ir.Value]:
+    """Per row r, sum over j < n of exp(x[ats[r](j)] - shifts[r]); `store(r, j, e)` may keep each term."""
     b, f = k.b, k.scalar(x)
 
-    def add(total, j):
-        e = f.exp(b.fsub(k.load(x, at(j)), shift, name="shifted"))
-        if store is not None:
-            store(j, e)
-        return f.accumulate("add", total, e)
+    def add(totals, j):
+        new = []
+        for r, (total, at, shift) in enumerate(zip(totals, ats, shifts)):
+            e = f.exp(b.fsub(k.load(x, at(j)), shift, name="shifted"))
+            if store is not None:
+                store(r, j, e)
+            new.append(f.accumulate("add", total, e))
+        return new
 
-    return fold(b, f.const(0.0), n, add, "sum")
+    return fold_together(b, [f.const(0.0)] * len(ats), n, add, "sum")
+
+
+def _row_starts(b: ir.IRBuilder, rows: list, n: ir.Value) -> list:
+    """Per row, `at(j)`: the offset of its element j."""
+    starts = [b.mul(row, n, name="row_start") for row in rows]
+    return [lambda j, start=start: b.add(start, j, name="at") for start in starts]
 
 
 def _softmax_workspace(node):
@@ -96,17 +133,17 @@ def _softmax_rows(k, node):
     b = k.b
     x = node.inputs[0]
     n = k.dims(x)[node.op.axis]
-    with for_range(b, element_count(b, node.shape[: node.op.axis], k.batch), "row") as row:
-        start = b.mul(row, n, name="row_start")
 
-        def at(j):
-            return b.add(start, j, name="at")
-
-        m = _row_max(k, x, n, at)
-        s = _row_sum_exp(k, x, n, at, m, store=lambda j, e: k.store(node, at(j), e))
+    def rows(indices):
+        ats = _row_starts(b, indices, n)
+        maxima = _row_max(k, x, n, ats)
+        sums = _row_sum_exp(k, x, n, ats, maxima, store=lambda r, j, e: k.store(node, ats[r](j), e))
         with for_range(b, n, "div") as j:
-            offset = at(j)
-            k.store(node, offset, b.fdiv(k.load(node, offset), s, name="prob"))
+            for at, total in zip(ats, sums):
+                offset = at(j)
+                k.store(node, offset, b.fdiv(k.load(node, offset), total, name="prob"))
+
+    in_row_blocks(b, element_count(b, node.shape[: node.op.axis], k.batch), rows)
 
 
 def _softmax_columns(k, node):
@@ -164,17 +201,17 @@ def _softmax_cross_entropy_rows(k, node):
     logits, labels = node.inputs
     classes = k.dims(logits)[-1]
     _check_indices(k, labels, classes, "label")
-    with for_range(b, k.count(labels), "row") as row:
-        start = b.mul(row, classes, name="row_start")
 
-        def at(j):
-            return b.add(start, j, name="at")
+    def rows(indices):
+        ats = _row_starts(b, indices, classes)
+        maxima = _row_max(k, logits, classes, ats)
+        sums = _row_sum_exp(k, logits, classes, ats, maxima)
+        for row, at, m, s in zip(indices, ats, maxima, sums):
+            picked = k.load(logits, at(_index_within(k, labels, row, classes, "label")))
+            shifted = b.fsub(picked, m, name="picked")
+            k.store(node, row, b.fsub(k.scalar(node).log(s), shifted, name="loss"))
 
-        m = _row_max(k, logits, classes, at)
-        s = _row_sum_exp(k, logits, classes, at, m)
-        picked = k.load(logits, at(_index_within(k, labels, row, classes, "label")))
-        shifted = b.fsub(picked, m, name="picked")
-        k.store(node, row, b.fsub(k.scalar(node).log(s), shifted, name="loss"))
+    in_row_blocks(b, k.count(labels), rows)
 
 
 @kernel(OneHot)

@@ -118,6 +118,25 @@ def test_softmax_special_values():
     np.testing.assert_allclose(got[1:], want[1:], rtol=1e-6)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 9])
+def test_rows_of_softmax_and_cross_entropy_in_blocks(rows, rng):
+    """Short rows are reduced four at a time (nn.ROWS_AT_ONCE), the rest one by one: every row
+    count agrees with NumPy, a NaN stays in its own row, and each row's label picks its own loss."""
+    g = dg.Graph(dtype="float32")
+    x, y = g.input("x", (None, 11)), g.input("y", (None,), dtype="int32")
+    outputs = [dg.softmax(x), dg.softmax_cross_entropy(x, y)]
+    xv = (rng.standard_normal((rows, 11)) * 5).astype(np.float32)
+    xv[rows // 2, 3] = np.nan
+    yv = rng.integers(0, 11, rows).astype(np.int32)
+    native = g.compile(outputs=outputs, backend="llvm")
+    assert not callbacks(native)
+    got = native(x=xv, y=yv)
+    want = g.compile(outputs=outputs, backend="numpy")(x=xv, y=yv)
+    for value, expected in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.isnan(value), np.isnan(expected))
+        np.testing.assert_allclose(value, expected, rtol=2e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("int_dtype", ["int32", "int64"])
 @pytest.mark.parametrize("bad", [3, -1, "largest"])
 def test_cross_entropy_label_out_of_range(bad, int_dtype, rng):
