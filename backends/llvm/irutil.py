@@ -73,8 +73,12 @@ class Callee:
 
 
 @contextmanager
-def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value | None = None) -> Iterator[ir.Value]:
-    """`for (i = start; i < stop; ++i)`; the body is emitted inside the `with` block."""
+def for_range(
+    b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value | None = None, masked_tail: bool = False
+) -> Iterator[ir.Value]:
+    """`for (i = start; i < stop; ++i)`; the body is emitted inside the `with` block.
+    `masked_tail`: ask LLVM's vectorizer to run the last partial vector masked rather than add a
+    remainder loop (one copy of the body instead of three: for short loops with long bodies)."""
     start = start if start is not None else i64(0)
     before = b.block
     cond = b.append_basic_block(f"{name}.cond")
@@ -88,8 +92,21 @@ def for_range(b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value 
     b.position_at_end(body)
     yield index
     index.add_incoming(b.add(index, i64(1), name=f"{name}.next", flags=("nuw", "nsw")), b.block)
-    b.branch(cond)
+    latch = b.branch(cond)
+    if masked_tail:
+        _ask_for_masked_tail(b.module, latch)
     b.position_at_end(end)
+
+
+def _ask_for_masked_tail(module: ir.Module, latch: ir.Instruction) -> None:
+    """`llvm.loop.vectorize.predicate.enable` on the loop whose back branch is `latch`."""
+    hint = module.add_metadata(
+        [ir.MetaDataString(module, "llvm.loop.vectorize.predicate.enable"), ir.Constant(ir.IntType(1), 1)]
+    )
+    where = ir.MetaDataString(module, f"{latch.function.name}/{latch.parent.name}")  # one node per loop
+    loop = module.add_metadata([hint, where])
+    loop.operands = (loop, *loop.operands)  # a loop's metadata names itself first (LLVM's rule)
+    latch.set_metadata("llvm.loop", loop)
 
 
 @contextmanager

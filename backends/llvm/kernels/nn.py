@@ -30,7 +30,7 @@ def fold_together(b: ir.IRBuilder, inits: list[ir.Value], n: ir.Value, combine, 
     slots = [entry_alloca(b, init.type, f"{name}{i}.acc") for i, init in enumerate(inits)]
     for init, slot in zip(inits, slots):
         b.store(init, slot)
-    with for_range(b, n, f"{name}.j") as j:
+    with for_range(b, n, f"{name}.j", masked_tail=True) as j:
         accs = [b.load(slot, name=f"{name}{i}.prev") for i, slot in enumerate(slots)]
         for value, slot in zip(combine(accs, j), slots):
             b.store(value, slot)
@@ -138,7 +138,7 @@ def _softmax_rows(k, node):
         ats = _row_starts(b, indices, n)
         maxima = _row_max(k, x, n, ats)
         sums = _row_sum_exp(k, x, n, ats, maxima, store=lambda r, j, e: k.store(node, ats[r](j), e))
-        with for_range(b, n, "div") as j:
+        with for_range(b, n, "div", masked_tail=True) as j:
             for at, total in zip(ats, sums):
                 offset = at(j)
                 k.store(node, offset, b.fdiv(k.load(node, offset), total, name="prob"))
