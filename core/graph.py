@@ -14,7 +14,11 @@ from .errors import GraphError, ShapeError
 from .leaves import BufferOp, ConstantOp, InputOp, ParameterOp, initial_value
 from .node import Node
 from .op import Op
+from .pages import aligned_copy
 from .types import TensorType, format_shape, normalize_shape
+
+# A parameter of this many bytes or more (a 784 x 512 float32 weight) lives on huge pages (pages.py)
+PARAMETER_HUGE_MIN = 1 << 20
 
 RANDOM_COUNTER = "random/step"  # the state buffer random ops read (Graph.random_stream)
 
@@ -211,7 +215,7 @@ class Graph:
         dt = self._dtype(dtype)
         if name in self._named:
             raise GraphError(f"duplicate node name '{name}': {self._named[name]!r} already has it")
-        value = np.asarray(initial_value(name, shape, dt, init, self.rng), order="C")
+        value = aligned_copy(np.asarray(initial_value(name, shape, dt, init, self.rng)), PARAMETER_HUGE_MIN)
         node = self._leaf(ParameterOp(), TensorType(shape, dt), name)
         self.params._add(name, value)
         return node
