@@ -25,12 +25,15 @@ def fold(b: ir.IRBuilder, init: ir.Value, n: ir.Value, combine, name: str) -> ir
     return total
 
 
-def fold_together(b: ir.IRBuilder, inits: list[ir.Value], n: ir.Value, combine, name: str) -> list[ir.Value]:
-    """Several folds in one loop: `combine(accs, j)` returns the next value of every accumulator."""
+def fold_together(
+    b: ir.IRBuilder, inits: list[ir.Value], n: ir.Value, combine, name: str, short: bool = False
+) -> list[ir.Value]:
+    """Several folds in one loop: `combine(accs, j)` returns the next value of every accumulator.
+    `short`: n is a row's few elements, whose last partial vector runs masked (irutil.for_range)."""
     slots = [entry_alloca(b, init.type, f"{name}{i}.acc") for i, init in enumerate(inits)]
     for init, slot in zip(inits, slots):
         b.store(init, slot)
-    with for_range(b, n, f"{name}.j", masked_tail=True) as j:
+    with for_range(b, n, f"{name}.j", masked_tail=short) as j:
         accs = [b.load(slot, name=f"{name}{i}.prev") for i, slot in enumerate(slots)]
         for value, slot in zip(combine(accs, j), slots):
             b.store(value, slot)
@@ -88,7 +91,7 @@ def _row_max(k, x, n: ir.Value, ats: list) -> list[ir.Value]:
     def take(maxima, j):
         return [f.accumulate("max", m, k.load(x, at(j))) for m, at in zip(maxima, ats)]
 
-    return fold_together(k.b, [f.const(float("-inf"))] * len(ats), n, take, "max")
+    return fold_together(k.b, [f.const(float("-inf"))] * len(ats), n, take, "max", short=True)
 
 
 def _row_sum_exp(k, x, n: ir.Value, ats: list, shifts: list, store=None) -> list[ir.Value]:
@@ -104,7 +107,7 @@ def _row_sum_exp(k, x, n: ir.Value, ats: list, shifts: list, store=None) -> list
             new.append(f.accumulate("add", total, e))
         return new
 
-    return fold_together(b, [f.const(0.0)] * len(ats), n, add, "sum")
+    return fold_together(b, [f.const(0.0)] * len(ats), n, add, "sum", short=True)
 
 
 def _row_starts(b: ir.IRBuilder, rows: list, n: ir.Value) -> list:
