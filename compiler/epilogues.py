@@ -1,7 +1,10 @@
-"""Convolution epilogues: conv2d, a bias per output channel and a relu become one `conv2d_bias`
-node where the target's convolution kernel can finish each tile it stores (add the bias, apply
-the relu) while the tile is in registers. Unfused, the bias and the relu are a loop of their own
-that reads and writes the whole output once more.
+"""Epilogues: conv2d, a bias per output channel and a relu become one `conv2d_bias` node where
+the target's convolution kernel can finish each tile it stores (add the bias, apply the relu)
+while the tile is in registers; a matrix product by a matrix, a bias per column and a relu
+become one `matmul_bias` where each thread can finish the block of the product it computed
+while the block is in its cache. Unfused, the bias and the relu are a loop of their own that
+reads and writes the whole output once more (on one thread, the blocks another thread wrote
+come from that thread's cache).
 
 A relu's gradient (relu_grad) reads the relu's input; it reads the relu's output instead, which
 is positive exactly where the input is, so that nothing needs the sum before the relu."""
@@ -15,18 +18,20 @@ from ..core.program import Program
 from ..core.types import TensorType
 from ..ops.conv import Conv2D, Conv2DBias
 from ..ops.elementwise import Add, Relu, ReluGrad
+from ..ops.linalg import MatMul, MatMulBias
 from ..ops.shape import Reshape
 from .target import Target
 
 
 @dataclass(frozen=True)
 class _Epilogue:
-    """One fusion found: conv2d `conv`, then `add` of the channel bias `bias_4d` ((O, 1, 1) or (1,
-    O, 1, 1)), then `relu` if any; `last` is the node the fused one replaces."""
+    """One fusion found: conv2d or matmul `product`, then `add` of the bias `bias` (one per channel:
+    (O, 1, 1) or (1, O, 1, 1); one per column: (n,) or (1, ..., n)), then `relu` if any; `last`
+    is the node the fused one replaces."""
 
-    conv: Node
+    product: Node
     add: Node
-    bias_4d: Node
+    bias: Node
     relu: Node | None
 
     @property
@@ -42,22 +47,33 @@ def _readers(program: Program) -> dict[int, list[Node]]:
     return readers
 
 
-def _match(conv: Node, readers: dict[int, list[Node]], roots: set[int], order: dict[int, int]) -> _Epilogue | None:
-    """The epilogue after `conv`, if its value is read only by an add of a channel bias."""
-    users = readers.get(conv.id, [])
-    if conv.id in roots or len(users) != 1:
+def _bias_shapes(product: Node) -> tuple[tuple, ...] | None:
+    """The shapes of a bias `product`'s fused node adds, None if it has none."""
+    if isinstance(product.op, Conv2D):
+        channels = product.shape[1]
+        return (channels, 1, 1), (1, channels, 1, 1)
+    if isinstance(product.op, MatMul) and product.inputs[1].ndim == 2:
+        columns = product.shape[-1]
+        return tuple((1,) * ones + (columns,) for ones in range(product.ndim))
+    return None
+
+
+def _match(product: Node, readers: dict[int, list[Node]], roots: set[int], order: dict[int, int]) -> _Epilogue | None:
+    """The epilogue after `product`, if its value is read only by an add of a bias."""
+    users = readers.get(product.id, [])
+    shapes = _bias_shapes(product)
+    if shapes is None or product.id in roots or len(users) != 1:
         return None
     add = users[0]
-    if not isinstance(add.op, Add) or len(add.inputs) != 2 or add.type != conv.type:
+    if not isinstance(add.op, Add) or len(add.inputs) != 2 or add.type != product.type:
         return None
-    (bias_4d,) = [i for i in add.inputs if i is not conv] or [None]
-    channels = conv.shape[1]
-    if bias_4d is None or bias_4d.dtype != conv.dtype or bias_4d.shape not in ((channels, 1, 1), (1, channels, 1, 1)):
+    (bias,) = [i for i in add.inputs if i is not product] or [None]
+    if bias is None or bias.dtype != product.dtype or bias.shape not in shapes:
         return None
     users = readers.get(add.id, [])
     relus = [u for u in users if isinstance(u.op, Relu)]
     if add.id in roots or len(relus) != 1:
-        return _Epilogue(conv, add, bias_4d, None)
+        return _Epilogue(product, add, bias, None)
     (relu,) = relus
 
     # every other reader must be a relu_grad taking the add as the relu's input, and come after
@@ -66,23 +82,25 @@ def _match(conv: Node, readers: dict[int, list[Node]], roots: set[int], order: d
         return isinstance(u.op, ReluGrad) and u.inputs == (u.inputs[0], add) and order[u.id] > order[relu.id]
 
     if not all(u is relu or reads_relu_input(u) for u in users):
-        return _Epilogue(conv, add, bias_4d, None)
-    return _Epilogue(conv, add, bias_4d, relu)
+        return _Epilogue(product, add, bias, None)
+    return _Epilogue(product, add, bias, relu)
 
 
-def _bias_vector(bias_4d: Node) -> Node:
-    """The bias as a vector of the output channels (the reshape's source when it is one)."""
-    channels = max(bias_4d.shape)
-    source = bias_4d.inputs[0] if isinstance(bias_4d.op, Reshape) else None
-    if source is not None and source.shape == (channels,):
+def _bias_vector(bias: Node) -> Node:
+    """The bias as a vector (the reshape's source when it is one)."""
+    size = max(bias.shape)
+    if bias.shape == (size,):
+        return bias
+    source = bias.inputs[0] if isinstance(bias.op, Reshape) else None
+    if source is not None and source.shape == (size,):
         return source
-    return Node(bias_4d.graph, Reshape((channels,), bias_4d.shape), [bias_4d], TensorType((channels,), bias_4d.dtype))
+    return Node(bias.graph, Reshape((size,), bias.shape), [bias], TensorType((size,), bias.dtype))
 
 
 @dataclass(frozen=True)
-class FuseConvEpilogues:
-    """The pass for a target: conv2d + channel bias (+ relu) -> conv2d_bias where the target
-    has a kernel for the result."""
+class FuseEpilogues:
+    """The pass for a target: conv2d + channel bias (+ relu) -> conv2d_bias, matmul + column bias
+    (+ relu) -> matmul_bias, where the target has a kernel for the result."""
 
     target: Target
 
@@ -91,10 +109,9 @@ class FuseConvEpilogues:
         order = {n.id: i for i, n in enumerate(program.nodes)}
         found: dict[int, _Epilogue] = {}  # by the id of the node each replaces
         for node in program.nodes:
-            if isinstance(node.op, Conv2D):
-                epilogue = _match(node, readers, roots, order)
-                if epilogue is not None and self.target.has_kernel(self._fused(epilogue, node.inputs, None)):
-                    found[epilogue.last.id] = epilogue
+            epilogue = _match(node, readers, roots, order)
+            if epilogue is not None and self.target.has_kernel(self._fused(epilogue, node.inputs, None)):
+                found[epilogue.last.id] = epilogue
         if not found:
             return program
         relu_inputs = {e.add.id: e.relu.id for e in found.values() if e.relu is not None}
@@ -103,25 +120,29 @@ class FuseConvEpilogues:
             inputs = [mapping[i.id] for i in node.inputs]
             if node.id in found:
                 epilogue = found[node.id]
-                x, w = (mapping[i.id] for i in epilogue.conv.inputs)
-                new = self._fused(epilogue, (x, w), mapping[epilogue.bias_4d.id])
+                x, w = (mapping[i.id] for i in epilogue.product.inputs)
+                new = self._fused(epilogue, (x, w), mapping[epilogue.bias.id])
             elif isinstance(node.op, ReluGrad) and node.inputs[1].id in relu_inputs:
                 new = Node(program.graph, node.op, [inputs[0], mapping[relu_inputs[node.inputs[1].id]]], node.type)
             elif any(a is not b for a, b in zip(inputs, node.inputs)):
                 new = Node(program.graph, node.op, inputs, node.type)
             else:
                 new = node
-            if new is not node:
-                new.call = node.call  # profiles and errors name what the user wrote
+            if new is not node:  # profiles, errors and a library's outputs name what the user wrote
+                new.call, new.name = node.call, node.name
             mapping[node.id] = new
 
         return program.remapped(mapping)
 
     @staticmethod
-    def _fused(epilogue: _Epilogue, conv_inputs, bias_4d: Node | None) -> Node:
-        """The conv2d_bias node (with the matched nodes' own inputs and bias when `bias_4d` is None:
-        a candidate to ask the target about, never part of the program)."""
-        conv = epilogue.conv
-        op = Conv2DBias(**conv.op.geometry, activation="relu" if epilogue.relu is not None else None)
-        bias = _bias_vector(epilogue.bias_4d if bias_4d is None else bias_4d)
-        return Node(conv.graph, op, [*conv_inputs, bias], epilogue.last.type)
+    def _fused(epilogue: _Epilogue, product_inputs, bias: Node | None) -> Node:
+        """The conv2d_bias or matmul_bias node (with the matched nodes' own inputs and bias when
+        `bias` is None: a candidate to ask the target about, never part of the program)."""
+        product = epilogue.product
+        activation = "relu" if epilogue.relu is not None else None
+        if isinstance(product.op, Conv2D):
+            op = Conv2DBias(**product.op.geometry, activation=activation)
+        else:
+            op = MatMulBias(activation=activation)
+        bias = _bias_vector(epilogue.bias if bias is None else bias)
+        return Node(product.graph, op, [*product_inputs, bias], epilogue.last.type)

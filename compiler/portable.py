@@ -28,7 +28,7 @@ from ..core.node import Call, Node, recording, user_name
 from ..core.program import Program, ancestors
 from .schedule import Schedule, fingerprint
 
-FORMAT = b"drug-program-1\n"
+FORMAT = b"drug-program-2\n"
 SCHEDULE_FIELDS = (
     "program", "kernels", "buffers", "buffer_of", "copies", "transposed", "workspaces", "groups", "digest",
 )  # fmt: skip
@@ -113,10 +113,10 @@ def encode(request: Program, finished: Program, mark: int) -> bytes:
     call_records: list[tuple] = []
     records = []
     for node in made:
-        if node.name is not None or not _drug_class(node.op):
+        if not _drug_class(node.op):
             raise NotPortable(f"node {node.label}")
         call = _call_ref(node.call, user_calls, calls, call_records, ref)
-        records.append((node.op, [ref(i) for i in node.inputs], node.type, call))
+        records.append((node.op, [ref(i) for i in node.inputs], node.type, call, node.name))
     schedule = finished.schedule
     schedule.digest = fingerprint(schedule)
     refs: dict[int, Any] = {id(n): ("user", i) for i, n in enumerate(users)}
@@ -240,8 +240,9 @@ def decode(data: bytes, request: Program) -> Program:
         return users[index] if kind == "user" else made[index]
 
     with recording(None):  # nodes of no user call, like those the passes make
-        for op, inputs, type_, _ in records:
+        for op, inputs, type_, _, name in records:
             made.append(Node(request.graph, op, [node_of(r) for r in inputs], type_))
+            made[-1].name = name  # a user's name a pass carried over to the node standing in for it
     for parts, kind, composite, output in call_records:
         name = "".join(part if isinstance(part, str) else str(node_of(part).id) for part in parts)
         call = Call(name, kind)
@@ -249,7 +250,7 @@ def decode(data: bytes, request: Program) -> Program:
         if output is not None:
             call.finish(node_of(output))
         calls.append(call)
-    for node, (_, _, _, call_ref) in zip(made, records):
+    for node, (_, _, _, call_ref, _) in zip(made, records):
         if call_ref is not None:
             node.call = users[call_ref[1]].call if call_ref[0] == "user" else calls[call_ref[1]]
     finished, portable, digest = _Unpickler(io.BytesIO(data[at + 8 + size :]), request, node_of).load()

@@ -10,6 +10,8 @@ from ..core.errors import ShapeError
 from ..core.node import Node, apply, user_call
 from ..core.op import Example, Op, same_float_dtype
 from ..core.types import TensorType, broadcast_shapes, format_shape
+from .elementwise import ReluGrad
+from .reduce import Sum
 from .shape import transpose
 
 
@@ -49,6 +51,53 @@ class MatMul(Op):
         a_shape = (2, n, k) if batched else (n, k)
         a, b = rng.standard_normal(a_shape), rng.standard_normal((k, 3))
         return cls(), Example([a, b], [True, True], {} if batched else {0: 0})
+
+
+class MatMulBias(Op):
+    """a @ w plus a bias per column, then `activation` ("relu", or None for none): what a dense
+    layer computes, for `a` (..., k) and a matrix `w` (k, n). Graphs are not written with it: the
+    LLVM backend's `compiler.epilogues` pass makes it from those three ops, and each thread adds
+    the bias and applies the activation to the block of the product it has just computed, while
+    that block is in its cache (no pass over the whole output after it)."""
+
+    name = "matmul_bias"
+    arity = 3
+    ACTIVATIONS = (None, "relu")
+
+    def __init__(self, activation: str | None = None):
+        if activation not in self.ACTIVATIONS:
+            raise ValueError(f"matmul_bias activation must be one of {self.ACTIVATIONS}, got {activation!r}")
+        self.activation = activation
+
+    def infer(self, a, w, bias):
+        if w.ndim != 2:
+            raise ShapeError(f"matmul_bias needs a matrix of weights, got {format_shape(w.shape)}")
+        out = MatMul().infer(a, w)
+        if bias.shape != (w.shape[1],) or bias.dtype != out.dtype:
+            raise ShapeError(f"matmul_bias needs a bias of shape ({w.shape[1]},) and dtype {out.dtype} (one per "
+                             f"column), got {format_shape(bias.shape)} {bias.dtype}")  # fmt: skip
+        return out
+
+    def ref(self, a, w, bias):
+        out = np.matmul(a, w) + bias
+        return np.maximum(out, 0) if self.activation == "relu" else out
+
+    def flops(self, out, a, w, bias):
+        return MatMul().flops(out, a, w)
+
+    def grad(self, g, out, a, w, bias):
+        if self.activation == "relu":  # out > 0 exactly where the relu's input is
+            g = apply(ReluGrad(), g, out)
+        leading = tuple(range(a.ndim - 1))
+        return [*MatMul().grad(g, out, a, w), apply(Sum(leading), g)]
+
+    @classmethod
+    def example(cls, rng, dims):
+        n, k = dims[0], dims[1]
+        a_shape = (n, 2, k) if dims[2] % 2 == 0 else (n, k)
+        a, w, bias = rng.standard_normal(a_shape), rng.standard_normal((k, 3)), rng.standard_normal(3)
+        op = cls(activation=cls.ACTIVATIONS[dims[1] % 2])
+        return op, Example([a, w, bias], [True, True, True], {0: 0})
 
 
 class ContractLeading(Op):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...compiler.epilogues import FuseConvEpilogues
+from ...compiler.epilogues import FuseEpilogues
 from ...compiler.fusion import Fuse
 from ...compiler.passes import Pass
 from ...compiler.schedule import Plan
@@ -23,8 +23,8 @@ TARGET = LLVMTarget()
 
 
 def passes(concurrent: bool) -> list[tuple[str, Pass]]:
-    """simplify, convolution epilogues, fuse, schedule; `concurrent`: also group independent
+    """simplify, epilogues, fuse, schedule; `concurrent`: also group independent
     kernels to run at once."""
-    tail = [("simplify", simplify), ("epilogues", FuseConvEpilogues(TARGET)), ("fuse", Fuse(TARGET)),
+    tail = [("simplify", simplify), ("epilogues", FuseEpilogues(TARGET)), ("fuse", Fuse(TARGET)),
             ("schedule", Plan(TARGET))]  # fmt: skip
     return tail + ([("concurrency", concurrent_kernels)] if concurrent else [])

@@ -185,6 +185,14 @@ def _conv2d_bias(ctx, node):
     return ctx.add("Relu", [out]) if node.op.activation == "relu" else out
 
 
+@emits(linalg.MatMulBias)
+def _matmul_bias(ctx, node):
+    """What a compiled predictor's epilogue pass fused: MatMul, Add of the bias, then Relu."""
+    a, w, bias = (ctx.value(i) for i in node.inputs)
+    out = ctx.add("Add", [ctx.add("MatMul", [a, w]), bias])
+    return ctx.add("Relu", [out]) if node.op.activation == "relu" else out
+
+
 @emits(conv.ConvTranspose2D)
 def _conv_transpose2d(ctx, node):
     """ONNX derives the output size from output_padding: what is left of drug's in_hw."""

@@ -1,8 +1,9 @@
-"""The matrix product kernel: one GEMM call through the BLAS the runtime passes in."""
+"""The matrix product kernels: one GEMM call through the BLAS the runtime passes in."""
 
 from __future__ import annotations
 
-from ....ops.linalg import ContractLeading, MatMul
+from ....ops.linalg import ContractLeading, MatMul, MatMulBias
+from ..codegen import BiasEpilogue
 from ..irutil import element_count, for_range
 from ..lowering import kernel
 
@@ -15,10 +16,10 @@ def _matmul_supported(node) -> bool:
 
 
 @kernel(MatMul, supports=_matmul_supported, uses_blas=True)
-def _matmul(k, node):
+def _matmul(k, node, bias: BiasEpilogue | None = None):
     """One GEMM call; 2-D transposed operands become BLAS transpose flags. Leading (batch)
     dimensions of `a` fold into M when `b` is a matrix; otherwise one GEMM per matrix."""
-    a, b = node.inputs
+    a, b = node.inputs[:2]
     ta, tb = k.is_transposed(a), k.is_transposed(b)
     m, kk = k.dims(a)[-2:]
     n = k.dims(b)[-1]
@@ -26,7 +27,7 @@ def _matmul(k, node):
     if b.ndim == 2:
         rows = k.count(a) if a.ndim > 2 else m
         rows = k.b.udiv(rows, kk) if a.ndim > 2 else rows
-        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n)
+        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n, bias=bias)
         return
     batches = element_count(k.b, node.shape[:-2], k.batch)  # equal on both sides (_matmul_supported)
     stride_a, stride_b, stride_c = (k.b.mul(x, y) for x, y in ((m, kk), (kk, n), (m, n)))
@@ -37,6 +38,12 @@ def _matmul(k, node):
             k.element(b, k.b.mul(i, stride_b)), ldb,
             k.element(node, k.b.mul(i, stride_c)), n,
         )  # fmt: skip
+
+
+@kernel(MatMulBias, uses_blas=True)
+def _matmul_bias(k, node):
+    """The GEMM of `a @ w`, each block finished with the bias (and relu) by its thread."""
+    _matmul(k, node, BiasEpilogue(k.ptr(node.inputs[2]), node.op.activation == "relu"))
 
 
 @kernel(ContractLeading, uses_blas=True)

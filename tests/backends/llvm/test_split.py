@@ -187,15 +187,15 @@ def test_cache_entries_hold_several_objects_and_refuse_damage(tmp_path, monkeypa
     monkeypatch.setenv("DRUG_COMPILE_THREADS", "2")
     monkeypatch.setattr(jit, "MIN_LINES_PER_PART", 1)
     x = np.random.default_rng(1).random((4, 784), np.float32)
-    g, logits, _ = build([32], 0)
+    g, logits, _ = build([32, 48, 64], 0)
     first = g.compile(outputs=logits, backend="llvm")
     (entry,) = tmp_path.glob("*.o")
     assert len(jit._unpack(entry.read_bytes())) == jit.PARTS_PER_THREAD * 2
     entry.write_bytes(entry.read_bytes()[:-10])  # cut short: a miss, compiled again
-    g2, logits2, _ = build([32], 0)
+    g2, logits2, _ = build([32, 48, 64], 0)
     again = g2.compile(outputs=logits2, backend="llvm")
     assert not again._executor.compiled.from_cache
-    g3, logits3, _ = build([32], 0)
+    g3, logits3, _ = build([32, 48, 64], 0)
     cached = g3.compile(outputs=logits3, backend="llvm")
     assert cached._executor.compiled.from_cache
     np.testing.assert_array_equal(cached(x=x), first(x=x))
