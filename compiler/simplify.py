@@ -9,14 +9,16 @@ import math
 import numpy as np
 
 from ..core.leaves import ConstantOp
-from ..core.node import Node
+from ..core.node import Node, apply
 from ..core.program import Program, ancestors
 from ..ops import elementwise as ew
 from ..ops import shape as sh
 from ..ops.elementwise import Add, OnesLike
+from ..ops.linalg import ContractLeading, MatMul
 from ..ops.shape import AssembleSlices, SliceGrad, disjoint
 
 FOLD_LIMIT = 64  # fold constants up to this many elements; larger ones stay computed
+STACK_MIN = 4  # products in a sum that become one product of their stacked operands
 
 
 def _scalar_constant(node: Node) -> float | None:
@@ -78,6 +80,47 @@ def _assemble_slice_grads(node: Node, inputs: list[Node]) -> list[Node]:
     return out
 
 
+def _weight_gradient(x: Node) -> tuple[Node, Node] | None:
+    """(a, g) if x is a^T @ g for matrices a (k, m) and g (k, n): a weight's gradient from one use."""
+    if not isinstance(x.op, MatMul) or x.ndim != 2:
+        return None
+    at, g = x.inputs
+    if not isinstance(at.op, sh.Transpose) or at.op.perm != (1, 0) or g.ndim != 2:
+        return None
+    return at.inputs[0], g
+
+
+def _stacked_products(node: Node, inputs: list[Node]) -> list[Node]:
+    """In a sum, STACK_MIN or more products a_i^T @ g_i of like shapes (a weight's gradients from
+    its uses at each time step of an unrolled RNN) become one product of the stacked operands,
+    contract_leading(stack(a), stack(g)): one GEMM with the steps' rows as its inner dimension,
+    instead of one short GEMM per step, each writing a full-size result the sum reads back."""
+    groups: dict[tuple, list[tuple[Node, Node]]] = {}
+    rest: list[Node] = []
+    for x in inputs:
+        pair = _weight_gradient(x)
+        if pair is None:
+            rest.append(x)
+            continue
+        groups.setdefault((pair[0].shape, pair[1].shape, x.dtype), []).append(pair)
+    if all(len(pairs) < STACK_MIN for pairs in groups.values()):
+        return inputs
+    out = rest
+    for pairs in groups.values():
+        if len(pairs) < STACK_MIN:
+            out += [x for x in inputs if _weight_gradient(x) in pairs]
+            continue
+        a, g = (_stack([pair[side] for pair in pairs]) for side in (0, 1))
+        out.append(apply(ContractLeading(), a, g))
+    return out
+
+
+def _stack(xs: list[Node]) -> Node:
+    """Matrices (k, m) side by side as (k, len(xs), m): a copy each, no more."""
+    rows = [apply(sh.Reshape((x.shape[0], 1, x.shape[1]), x.shape), x) for x in xs]
+    return apply(sh.Concat(1), *rows)
+
+
 def _foldable(node: Node, inputs: list[Node]) -> bool:
 
     if None in node.shape or math.prod(node.shape) > FOLD_LIMIT or not node.inputs:
@@ -98,7 +141,7 @@ def simplify(program: Program) -> Program:
         new = node
         if node.inputs:
             if isinstance(node.op, Add):
-                inputs = _assemble_slice_grads(node, inputs)
+                inputs = _stacked_products(node, _assemble_slice_grads(node, inputs))
                 if len(inputs) == 1:
                     mapping[node.id] = inputs[0]
                     continue

@@ -9,7 +9,8 @@ import numpy as np
 import drug as dg
 from drug.compiler.build import build_program
 from drug.compiler.interpret import evaluate
-from drug.compiler.simplify import FOLD_LIMIT, simplify
+from drug.compiler.simplify import FOLD_LIMIT, STACK_MIN, simplify
+from drug.ops.linalg import ContractLeading, MatMul
 from drug.ops.shape import AssembleSlices, SliceGrad
 
 
@@ -98,6 +99,34 @@ def test_disjoint_slice_gradients_become_one_assembly():
     assert len(assemblies) == 1 and len(assemblies[0].inputs) == 3
     assert not any(isinstance(n.op, SliceGrad) for n in after.nodes)
     same_values(before, after, {"x": np.linspace(-1, 1, 12, dtype=np.float32).reshape(2, 6)}, 2)
+
+
+def rnn_weight_gradient(steps: int, hidden: int = 3):
+    """The gradient of a recurrent weight used at `steps` time steps, and the states it multiplies."""
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, hidden))
+    w = g.parameter("w", (hidden, hidden))
+    h, loss = x, 0.0
+    for _ in range(steps):
+        h = dg.tanh(h @ w)
+        loss = loss + dg.sum(h * h)
+    (grad,) = dg.grad(loss, [w])
+    return grad
+
+
+def test_a_weights_gradients_from_many_steps_become_one_product():
+    before, after = simplified(rnn_weight_gradient(STACK_MIN + 2))
+    products = [n for n in after.nodes if isinstance(n.op, ContractLeading)]
+    assert len(products) == 1 and products[0].inputs[0].shape == (None, STACK_MIN + 2, 3)
+    assert not any(isinstance(n.op, MatMul) and n.inputs[0].op.name == "transpose" for n in after.nodes)
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    same_values(before, after, {"x": x}, 4)
+
+
+def test_a_few_products_stay_as_they_are():
+    before, after = simplified(rnn_weight_gradient(STACK_MIN - 1))
+    assert not any(isinstance(n.op, ContractLeading) for n in after.nodes)
+    assert op_names(after).count("matmul") == op_names(before).count("matmul")
 
 
 def test_dead_nodes_are_dropped_and_updates_remapped():
