@@ -97,20 +97,28 @@ def test_training_reads_the_relu_output_in_its_gradient():
 
 def test_a_cnn_trains_like_the_numpy_backend():
     """Two conv layers with bias and relu, global pooling, a dense layer, Adam: five steps."""
+
+    def cnn(x):
+        h = dg.layers.Conv2D(6, 3, padding="same", activation=dg.relu, name="c1")(x)
+        h = dg.layers.Conv2D(8, 3, padding="same", activation=dg.relu, name="c2")(h)
+        return dg.layers.Dense(3, name="head")(dg.global_pool(h, "avg"))
+
     rng = np.random.default_rng(0)
-    images, labels = rng.standard_normal((8, 1, 12, 12)).astype(np.float32), rng.integers(0, 3, 8)
+    trains_like_numpy(cnn, rng.standard_normal((8, 1, 12, 12)), rng.integers(0, 3, 8), Conv2DBias, 2)
+
+
+def trains_like_numpy(model, data: np.ndarray, labels: np.ndarray, fused_op: type, fused: int) -> None:
+    """Five Adam steps of `model` (x -> logits) on the LLVM backend, where it has `fused` nodes of
+    `fused_op`, lose what they lose on the NumPy backend."""
     losses = {}
     for backend in ("llvm", "numpy"):
         g = dg.Graph(seed=3)
-        x, y = g.input("x", (None, 1, 12, 12)), g.input("y", (None,), dtype="int32")
-        h = dg.layers.Conv2D(6, 3, padding="same", activation=dg.relu, name="c1")(x)
-        h = dg.layers.Conv2D(8, 3, padding="same", activation=dg.relu, name="c2")(h)
-        logits = dg.layers.Dense(3, name="head")(dg.global_pool(h, "avg"))
-        loss = dg.softmax_cross_entropy(logits, y)
+        x, y = g.input("x", (None, *data.shape[1:])), g.input("y", (None, *labels.shape[1:]), dtype="int32")
+        loss = dg.softmax_cross_entropy(model(x), y)
         train = g.compile(loss=loss, optimizer=dg.Adam(lr=0.01), backend=backend)
         if backend == "llvm":
-            assert sum(isinstance(n.op, Conv2DBias) for n in train.program.nodes) == 2
-        losses[backend] = [float(train(x=images, y=labels.astype(np.int32))) for _ in range(5)]
+            assert sum(isinstance(n.op, fused_op) for n in train.program.nodes) == fused
+        losses[backend] = [float(train(x=data.astype(np.float32), y=labels.astype(np.int32))) for _ in range(5)]
     np.testing.assert_allclose(losses["llvm"], losses["numpy"], rtol=1e-4)
 
 
@@ -203,21 +211,14 @@ def test_training_a_dense_layer_reads_the_relu_output_in_its_gradient():
 @pytest.mark.parametrize("batch", [3, 300])  # one thread finishes the product, or each task its block
 def test_an_mlp_trains_like_the_numpy_backend(batch):
     """Dense layers with bias and relu on 2-D and 3-D inputs, Adam: five steps."""
-    rng = np.random.default_rng(0)
-    data, labels = rng.standard_normal((batch, 4, 96)).astype(np.float32), rng.integers(0, 3, (batch, 4))
-    losses = {}
-    for backend in ("llvm", "numpy"):
-        g = dg.Graph(seed=3)
-        x, y = g.input("x", (None, 4, 96)), g.input("y", (None, 4), dtype="int32")
+
+    def mlp(x):
         h = dg.layers.Dense(160, activation=dg.relu, name="d1")(x)
         h = dg.reshape(dg.layers.Dense(64, activation=dg.relu, name="d2")(h), (None, 256))
-        logits = dg.reshape(dg.layers.Dense(12, name="head")(h), (None, 4, 3))
-        loss = dg.softmax_cross_entropy(logits, y)
-        train = g.compile(loss=loss, optimizer=dg.Adam(lr=0.01), backend=backend)
-        if backend == "llvm":
-            assert sum(isinstance(n.op, MatMulBias) for n in train.program.nodes) == 3
-        losses[backend] = [float(train(x=data, y=labels.astype(np.int32))) for _ in range(5)]
-    np.testing.assert_allclose(losses["llvm"], losses["numpy"], rtol=1e-4)
+        return dg.reshape(dg.layers.Dense(12, name="head")(h), (None, 4, 3))
+
+    rng = np.random.default_rng(0)
+    trains_like_numpy(mlp, rng.standard_normal((batch, 4, 96)), rng.integers(0, 3, (batch, 4)), MatMulBias, 3)
 
 
 @settings(max_examples=25, deadline=None)
