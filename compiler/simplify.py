@@ -95,21 +95,22 @@ def _stacked_products(node: Node, inputs: list[Node]) -> list[Node]:
     its uses at each time step of an unrolled RNN) become one product of the stacked operands,
     contract_leading(stack(a), stack(g)): one GEMM with the steps' rows as its inner dimension,
     instead of one short GEMM per step, each writing a full-size result the sum reads back."""
-    groups: dict[tuple, list[tuple[Node, Node]]] = {}
+    groups: dict[tuple, list[Node]] = {}
     rest: list[Node] = []
     for x in inputs:
         pair = _weight_gradient(x)
         if pair is None:
             rest.append(x)
-            continue
-        groups.setdefault((pair[0].shape, pair[1].shape, x.dtype), []).append(pair)
-    if all(len(pairs) < STACK_MIN for pairs in groups.values()):
+        else:
+            groups.setdefault((pair[0].shape, pair[1].shape, x.dtype), []).append(x)
+    if all(len(products) < STACK_MIN for products in groups.values()):
         return inputs
     out = rest
-    for pairs in groups.values():
-        if len(pairs) < STACK_MIN:
-            out += [x for x in inputs if _weight_gradient(x) in pairs]
+    for products in groups.values():
+        if len(products) < STACK_MIN:
+            out += products
             continue
+        pairs = [_weight_gradient(x) for x in products]
         a, g = (_stack([pair[side] for pair in pairs]) for side in (0, 1))
         out.append(apply(ContractLeading(), a, g))
     return out

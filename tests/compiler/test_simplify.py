@@ -123,6 +123,23 @@ def test_a_weights_gradients_from_many_steps_become_one_product():
     same_values(before, after, {"x": x}, 4)
 
 
+def test_products_of_other_shapes_stay_beside_the_stacked_ones():
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, 3))
+    w = g.parameter("w", (3, 3))
+    h, loss = x, 0.0
+    for _ in range(STACK_MIN):
+        h = dg.tanh(h @ w)
+        loss = loss + dg.sum(h)
+    fixed = g.constant(np.linspace(-1, 1, 15, dtype=np.float32).reshape(5, 3))
+    loss = loss + dg.sum(dg.tanh(fixed @ w))  # one use with five rows, not the batch's
+    (grad,) = dg.grad(loss, [w])
+    before, after = simplified(grad)
+    assert sum(isinstance(n.op, ContractLeading) for n in after.nodes) == 1
+    assert any(isinstance(n.op, MatMul) and n.inputs[0].shape == (3, 5) for n in after.nodes)
+    same_values(before, after, {"x": np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)}, 4)
+
+
 def test_a_few_products_stay_as_they_are():
     before, after = simplified(rnn_weight_gradient(STACK_MIN - 1))
     assert not any(isinstance(n.op, ContractLeading) for n in after.nodes)
