@@ -32,6 +32,9 @@ PAD_TASK_ELEMENTS, PAD_MAX_TASKS = 1 << 15, 16  # padding's tasks: ranges of pla
 FILTER_TASKS = 16  # the filter gradient's partial sums (more tasks than threads, a bounded workspace)
 BANDS_PER_THREAD = 2  # a small batch's images are cut into bands of output rows: tasks per thread
 BAND_MIN_WORK = 1 << 20  # multiply-adds of a band at least (its GEMM packs the filter again)
+# ... of a band of drug's own kernel, which packs nothing: enough to pay for a task of the pool
+# (a few microseconds), so that the small first layer of a CNN at batch 1 runs on every core too
+DIRECT_BAND_MIN_WORK = 1 << 17
 DIRECT_FILTER_MIN_TAPS = 64  # (channel, kernel row, kernel column) taps of a group, for the direct filter gradient
 DIRECT_MIN_WIDTH = 8  # output columns: half a vector of the widest registers (AVX-512), which then spans 3 rows at most
 
@@ -455,9 +458,10 @@ def _flip_filter(k, w, flipped: ir.Value, geo: _Geometry) -> None:
 def _bands(b: ir.IRBuilder, geo: _Geometry, images: ir.Value, by_images: bool = False) -> ir.Value:
     """Bands each image is cut into (of output rows for im2col, of whole tiles of pixels for
     drug's kernel): one when there are images enough for every thread, else enough bands for
-    BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK at least), so that a small
-    batch's convolution still runs on every core."""
-    most = min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // BAND_MIN_WORK)
+    BANDS_PER_THREAD tasks per thread (each a row and BAND_MIN_WORK, or DIRECT_BAND_MIN_WORK, at
+    least), so that a small batch's convolution still runs on every core."""
+    min_work = DIRECT_BAND_MIN_WORK if by_images else BAND_MIN_WORK
+    most = min(geo.out_hw[0], geo.pixels * geo.rows * geo.outs // min_work)
     if (geo.chunk > 1 and not by_images) or most < 2:  # small images go side by side instead; small work stays whole
         return i64(1)
     wanted = BANDS_PER_THREAD * thread_count()
