@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.node import Node
+from ..core.node import Call, Node
 from ..core.program import Program
 from ..core.types import TensorType
 from ..ops.conv import Conv2D, Conv2DBias
@@ -97,6 +97,16 @@ def _bias_vector(bias: Node) -> Node:
     return Node(bias.graph, Reshape((size,), bias.shape), [bias], TensorType((size,), bias.dtype))
 
 
+def _fusion_call(epilogue: _Epilogue, call: Call | None) -> Call | None:
+    """What profiles and errors say made the fused node: the layer that made what it replaces, or
+    the compiler's "gradient of ..." call, else the nodes it replaces by their labels (the fused
+    node's own label names no node of the user's graph, and theirs are gone with them)."""
+    if call is not None and call.kind != "op":
+        return call
+    parts = [epilogue.product, epilogue.add] + ([epilogue.relu] if epilogue.relu is not None else [])
+    return Call("fusion of " + ", ".join(n.label for n in parts), "fusion")
+
+
 @dataclass(frozen=True)
 class FuseEpilogues:
     """The pass for a target: conv2d + channel bias (+ relu) -> conv2d_bias, matmul + column bias
@@ -130,6 +140,8 @@ class FuseEpilogues:
                 new = node
             if new is not node:  # profiles, errors and a library's outputs name what the user wrote
                 new.call, new.name = node.call, node.name
+            if node.id in found:
+                new.call = _fusion_call(found[node.id], node.call)
             mapping[node.id] = new
 
         return program.remapped(mapping)

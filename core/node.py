@@ -90,7 +90,8 @@ class Call:
             self._output = weakref.ref(first)
 
 
-COMPILER_KINDS = ("gradient", "update")  # calls the compiler makes: a node's gradient rule, an optimizer update
+# calls the compiler makes: a node's gradient rule, an optimizer update, nodes a pass fused into one
+COMPILER_KINDS = ("gradient", "update", "fusion")
 
 
 def user_name(node: Node) -> str:

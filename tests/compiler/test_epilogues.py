@@ -184,6 +184,21 @@ def test_dense_bias_relu_becomes_one_node():
     assert node.op.activation is None and node.inputs[2].shape == (5,) and "add" not in ops(program)
 
 
+def test_a_fused_node_is_named_after_what_it_replaces():
+    """Profiles and errors show the nodes the user made (their labels), or the layer that made them."""
+    g = dg.Graph()
+    x = g.input("x", (None, 7))
+    product = x @ g.parameter("w", (7, 5))
+    added = product + g.parameter("b", (5,))
+    out = dg.relu(added)
+    (node,) = [n for n in fused([out]).nodes if isinstance(n.op, MatMulBias)]
+    assert node.call.kind == "fusion" and str(node.call) == f"fusion of {product.label}, {added.label}, {out.label}"
+    assert f"in the fusion of {product.label}" in node.where
+    layer = dg.layers.Dense(3, activation=dg.relu, name="fc")(x)
+    (node,) = [n for n in fused([layer]).nodes if isinstance(n.op, MatMulBias)]
+    assert str(node.call) == "layer 'fc' (Dense)"
+
+
 def test_no_matmul_bias_for_batched_weights_a_needed_product_or_a_bias_per_row():
     g = dg.Graph()
     x = g.input("x", (None, 3, 4))
