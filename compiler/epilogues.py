@@ -127,11 +127,12 @@ class FuseEpilogues:
         relu_inputs = {e.add.id: e.relu.id for e in found.values() if e.relu is not None}
         mapping: dict[int, Node] = {}
         for node in program.nodes:
-            inputs = [mapping[i.id] for i in node.inputs]
+            inputs, call = [mapping[i.id] for i in node.inputs], node.call
             if node.id in found:
                 epilogue = found[node.id]
                 x, w = (mapping[i.id] for i in epilogue.product.inputs)
                 new = self._fused(epilogue, (x, w), mapping[epilogue.bias.id])
+                call = _fusion_call(epilogue, node.call)
             elif isinstance(node.op, ReluGrad) and node.inputs[1].id in relu_inputs:
                 new = Node(program.graph, node.op, [inputs[0], mapping[relu_inputs[node.inputs[1].id]]], node.type)
             elif any(a is not b for a, b in zip(inputs, node.inputs)):
@@ -139,9 +140,7 @@ class FuseEpilogues:
             else:
                 new = node
             if new is not node:  # profiles, errors and a library's outputs name what the user wrote
-                new.call, new.name = node.call, node.name
-            if node.id in found:
-                new.call = _fusion_call(found[node.id], node.call)
+                new.call, new.name = call, node.name
             mapping[node.id] = new
 
         return program.remapped(mapping)

@@ -90,28 +90,27 @@ def _weight_gradient(x: Node) -> tuple[Node, Node] | None:
     return at.inputs[0], g
 
 
-def _stacked_products(node: Node, inputs: list[Node]) -> list[Node]:
+def _stacked_products(inputs: list[Node]) -> list[Node]:
     """In a sum, STACK_MIN or more products a_i^T @ g_i of like shapes (a weight's gradients from
     its uses at each time step of an unrolled RNN) become one product of the stacked operands,
     contract_leading(stack(a), stack(g)): one GEMM with the steps' rows as its inner dimension,
     instead of one short GEMM per step, each writing a full-size result the sum reads back."""
-    groups: dict[tuple, list[Node]] = {}
+    groups: dict[tuple, list[tuple[Node, tuple[Node, Node]]]] = {}
     rest: list[Node] = []
     for x in inputs:
         pair = _weight_gradient(x)
         if pair is None:
             rest.append(x)
         else:
-            groups.setdefault((pair[0].shape, pair[1].shape, x.dtype), []).append(x)
-    if all(len(products) < STACK_MIN for products in groups.values()):
+            groups.setdefault((pair[0].shape, pair[1].shape, x.dtype), []).append((x, pair))
+    if all(len(members) < STACK_MIN for members in groups.values()):
         return inputs
     out = rest
-    for products in groups.values():
-        if len(products) < STACK_MIN:
-            out += products
+    for members in groups.values():
+        if len(members) < STACK_MIN:
+            out += [x for x, _ in members]
             continue
-        pairs = [_weight_gradient(x) for x in products]
-        a, g = (_stack([pair[side] for pair in pairs]) for side in (0, 1))
+        a, g = (_stack([pair[side] for _, pair in members]) for side in (0, 1))
         out.append(apply(ContractLeading(), a, g))
     return out
 
@@ -142,7 +141,7 @@ def simplify(program: Program) -> Program:
         new = node
         if node.inputs:
             if isinstance(node.op, Add):
-                inputs = _stacked_products(node, _assemble_slice_grads(node, inputs))
+                inputs = _stacked_products(_assemble_slice_grads(node, inputs))
                 if len(inputs) == 1:
                     mapping[node.id] = inputs[0]
                     continue

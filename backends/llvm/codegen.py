@@ -129,20 +129,22 @@ class KernelContext:
             self.b.ret(status)
 
     def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0,
-             bias: BiasEpilogue | None = None):  # fmt: skip
+             bias: ir.Value | None = None, relu: bool = False):  # fmt: skip
         """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in; code of
-        a task (a parallel_for body included) calls it on its own thread. `bias`: then C + bias
-        per column (and a relu), each block finished by the thread that computed it."""
+        a task (a parallel_for body included) calls it on its own thread. `bias` (a vector, one per
+        column): then C + bias, and a relu if `relu`, each block finished by the thread that
+        computed it."""
         b = self.b
         real = llvm_type(dtype)
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
         slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
         fn = b.load(slot, typ=PTR, name="gemm")
+        finish = BiasEpilogue(relu) if bias is not None else None
         if not self.builder.parallel or self.builder.bounds_check or self.in_task:  # the checks read the operands
             ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
             cblas_gemm(b, fn, self.blas_int, real, ta, tb, m, n, k, a, lda, b_, ldb, ir.Constant(real, beta), c, ldc)
-            if bias is not None:
-                bias.finish(b, real, c, ldc, m, n, bias.vector)
+            if finish is not None:
+                finish(b, real, c, ldc, m, n, bias)
             return
         # large GEMMs are shared out over the pool, a task calling BLAS (one thread) on a block of
         # rows of C (when it has more rows than columns) or of columns
@@ -156,9 +158,9 @@ class KernelContext:
         chunk = b.select(big, chunk, extent, name="gemm.chunk")
         words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
         words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64), chunk=chunk)
-        words.update(bias=b.ptrtoint(bias.vector, I64) if bias is not None else i64(0))
+        words.update(bias=b.ptrtoint(bias, I64) if bias is not None else i64(0))
         frame = parallel.pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
-        task = self.builder.gemm_task(dtype, bias)
+        task = self.builder.gemm_task(dtype, finish)
         with b.if_else(big) as (split, whole):
             with split:
                 b.call(parallel.pool_run(b.module), [task, frame, tasks])
@@ -223,16 +225,16 @@ def skip_optimizer(fn: ir.Function) -> None:
 
 @dataclass(frozen=True)
 class BiasEpilogue:
-    """What finishes a GEMM (matmul_bias): C + vector per column, then a relu if `relu`."""
+    """What finishes a GEMM (matmul_bias): C + a bias vector per column, then a relu if `relu`.
+    It holds no IR value: the kernel and the GEMM's task function each pass their own pointer."""
 
-    vector: ir.Value  # the bias, one per column of C
     relu: bool
 
     @property
     def name(self) -> str:
         return "bias_relu" if self.relu else "bias"
 
-    def finish(self, b: ir.IRBuilder, real: ir.Type, c, ldc, rows, cols, vector) -> None:
+    def __call__(self, b: ir.IRBuilder, real: ir.Type, c, ldc, rows, cols, vector) -> None:
         """The rows x cols block at `c` (rows ldc apart), `vector` the bias of its first column."""
         zero = ir.Constant(real, 0.0)
         with for_range(b, rows, "bias.row") as r:
@@ -513,12 +515,12 @@ class ModuleBuilder:
             batch -= 1
         return batch
 
-    def gemm_task(self, dtype, bias: BiasEpilogue | None = None) -> ir.Function:
+    def gemm_task(self, dtype, finish: BiasEpilogue | None = None) -> ir.Function:
         """The task function of a shared-out GEMM: block `task` of the GEMM in the frame (rows of
         C when it has more rows than columns, else columns), through BLAS on one thread; with
-        `bias`, the block is then finished with it."""
+        `finish`, the block is then finished with the bias in the frame."""
         real = llvm_type(dtype)
-        name = f"drug_gemm_task.{np.dtype(dtype).name}" + (f".{bias.name}" if bias is not None else "")
+        name = f"drug_gemm_task.{np.dtype(dtype).name}" + (f".{finish.name}" if finish is not None else "")
         if name in self.module.globals:
             return self.module.globals[name]
         fn, b, frame, task = parallel.task_function(self.module, name)
@@ -545,8 +547,8 @@ class ModuleBuilder:
             ta, tb = (b.select(t, I32(CBLAS_TRANS), I32(CBLAS_NO_TRANS)) for t in (ta, tb))
             cblas_gemm(b, b.inttoptr(f["fn"], PTR), self.blas_int, real, ta, tb, m, n, f["k"],
                        at("a", a_off), f["lda"], at("b", b_off), f["ldb"], beta, at("c", c_off), f["ldc"])  # fmt: skip
-            if bias is not None:
-                bias.finish(b, real, at("c", c_off), f["ldc"], m, n, at("bias", b.select(by_rows, i64(0), lo)))
+            if finish is not None:
+                finish(b, real, at("c", c_off), f["ldc"], m, n, at("bias", b.select(by_rows, i64(0), lo)))
         b.ret_void()
         return fn
 

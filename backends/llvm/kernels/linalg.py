@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from llvmlite import ir
+
 from ....ops.linalg import ContractLeading, MatMul, MatMulBias
-from ..codegen import BiasEpilogue
 from ..irutil import element_count, for_range
 from ..lowering import kernel
 
@@ -16,7 +17,7 @@ def _matmul_supported(node) -> bool:
 
 
 @kernel(MatMul, supports=_matmul_supported, uses_blas=True)
-def _matmul(k, node, bias: BiasEpilogue | None = None):
+def _matmul(k, node, bias: ir.Value | None = None, relu: bool = False):
     """One GEMM call; 2-D transposed operands become BLAS transpose flags. Leading (batch)
     dimensions of `a` fold into M when `b` is a matrix; otherwise one GEMM per matrix."""
     a, b = node.inputs[:2]
@@ -27,7 +28,7 @@ def _matmul(k, node, bias: BiasEpilogue | None = None):
     if b.ndim == 2:
         rows = k.count(a) if a.ndim > 2 else m
         rows = k.b.udiv(rows, kk) if a.ndim > 2 else rows
-        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n, bias=bias)
+        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n, bias=bias, relu=relu)
         return
     batches = element_count(k.b, node.shape[:-2], k.batch)  # equal on both sides (_matmul_supported)
     stride_a, stride_b, stride_c = (k.b.mul(x, y) for x, y in ((m, kk), (kk, n), (m, n)))
@@ -43,7 +44,7 @@ def _matmul(k, node, bias: BiasEpilogue | None = None):
 @kernel(MatMulBias, uses_blas=True)
 def _matmul_bias(k, node):
     """The GEMM of `a @ w`, each block finished with the bias (and relu) by its thread."""
-    _matmul(k, node, BiasEpilogue(k.ptr(node.inputs[2]), node.op.activation == "relu"))
+    _matmul(k, node, bias=k.ptr(node.inputs[2]), relu=node.op.activation == "relu")
 
 
 @kernel(ContractLeading, uses_blas=True)
