@@ -1,25 +1,34 @@
-"""Everything but the thread pool is configured in setup.cfg.
+"""Everything but drug's C sources is configured in setup.cfg.
 
-The thread pool of native steps is a small C library (backends/llvm/csrc/drug_pool.c) that drug
-loads with ctypes; built as an extension module, it is compiled when drug is installed. The
-source's hash goes in, so that drug can tell a library built from an older source."""
+Two small C sources are compiled when drug is installed: the thread pool of native steps
+(backends/llvm/csrc/drug_pool.c, which drug loads with ctypes) and the lane of a plain call
+(csrc/drug_lane.c, a Python extension). Each build carries its source's hash, so that drug can
+tell a build made from an older source (backends/llvm/csources.py)."""
 
 import hashlib
 from pathlib import Path
 
 from setuptools import Extension, setup
 
-SOURCE = Path("backends/llvm/csrc/drug_pool.c")
-digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+CSRC = Path("backends/llvm/csrc")
+FLAGS = ["-std=c11", "-O2", "-fvisibility=hidden"]
+
+
+def extension(module: str, source: str, macro: str, **options) -> Extension:
+    path = CSRC / source
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Extension(
+        f"drug.backends.llvm.{module}",
+        [str(path)],
+        define_macros=[(macro, f'"{digest}"')],
+        extra_compile_args=FLAGS,
+        **options,
+    )
+
 
 setup(
     ext_modules=[
-        Extension(
-            "drug.backends.llvm._drug_pool",
-            [str(SOURCE)],
-            define_macros=[("DRUG_POOL_SOURCE", f'"{digest}"')],
-            extra_compile_args=["-std=c11", "-O2", "-fvisibility=hidden"],
-            extra_link_args=["-pthread"],
-        )
+        extension("_drug_pool", "drug_pool.c", "DRUG_POOL_SOURCE", extra_link_args=["-pthread"]),
+        extension("_drug_lane", "drug_lane.c", "DRUG_LANE_SOURCE"),
     ]
 )

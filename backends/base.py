@@ -36,6 +36,15 @@ class Executor(ABC):
         the graph's parameters and the optimizer state. `feeds` are checked arrays by input node
         id; `out` (aligned with the outputs) are arrays the outputs may be written to."""
 
+    # Whether `run_plain` may run a call (else it always returns None).
+    runs_plain = False
+
+    def run_plain(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """A fast path for calls whose feeds (arrays by input name) are exactly what the inputs
+        declare: the step's outputs as `run` returns them, or None for any other call, which the
+        runtime then checks and binds for `run`."""
+        return None
+
     def bytes_needed(self, batch: int) -> int:
         """Memory a step of this batch size needs besides its outputs, checked before it runs."""
         return 0

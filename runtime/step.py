@@ -9,7 +9,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -200,14 +200,19 @@ class CompiledFunction:
             predict(x=images[:10], out=buffer)             # into your own array
             ```
         """
-        arrays, batch = self._bind_feeds({**feeds, **named} if feeds and named else feeds or named, self.check_finite)
-        first, trains, executor = self._first, self._trains, self._executor
+        feeds = {**feeds, **named} if feeds and named else feeds or named
+        if out is None and self._executor.runs_plain and not self.check_finite:
+            with self._turn:  # compiled functions of one graph take turns (see locks.py)
+                results = self._step(self._executor.run_plain, feeds)
+                if results is not None:
+                    return self._returned(results, None)
+        arrays, batch = self._bind_feeds(feeds, self.check_finite)
+        first, executor = self._first, self._executor
         targets = None if out is None else [out] if isinstance(out, np.ndarray) else list(out)
-        if trains and batch == 0:
+        if self._trains and batch == 0:
             raise ShapeError("a train step needs at least one example, got a batch of size 0; nothing was updated")
         self._check_before_running(batch, first, targets)
-        with self._turn:  # compiled functions of one graph take turns (see locks.py)
-            executor.before_step(self._reads)
+        with self._turn:
             if executor.fills_outputs:
                 if targets is None:
                     targets = direct = self._recycled_outputs(batch, first)
@@ -216,18 +221,33 @@ class CompiledFunction:
                 out = [None] * first + direct if first else direct
             else:
                 out = None
-            if trains:  # all or nothing: a Ctrl-C waits until the step is applied and counted
-                with deferred_interrupts():
-                    results = executor.run(arrays, batch, out)
-                    executor.after_step(self._writes)
-                    self.step_count += 1
-            else:
-                results = executor.run(arrays, batch, out)
+            return self._returned(self._step(executor.run, arrays, batch, out), targets)
+
+    def _step(self, run: Callable[..., list[np.ndarray] | None], *args: Any) -> list[np.ndarray] | None:
+        """`run(*args)` (an executor's run, or its plain run, which may decline: None) between the
+        executor's bookkeeping of what the step reads and writes; a train step's is all or nothing:
+        a Ctrl-C waits until the step is applied and counted."""
+        executor = self._executor
+        executor.before_step(self._reads)
+        if not self._trains:
+            results = run(*args)
+            if results is not None:
                 executor.after_step(self._writes)
-            values = self._deliver(results[first:] if first else results, targets)
-            loss = float(results[0]) if first else None
-        if loss is None:
+            return results
+        with deferred_interrupts():
+            results = run(*args)
+            if results is not None:
+                executor.after_step(self._writes)
+                self.step_count += 1
+            return results
+
+    def _returned(self, results: list[np.ndarray], targets: list | None) -> Any:
+        """What a call returns: the loss as a float, the outputs (in `targets` if given), or both."""
+        first = self._first
+        values = self._deliver(results[first:] if first else results, targets)
+        if not first:
             return values[0] if len(values) == 1 else tuple(values)
+        loss = float(results[0])
         return (loss, *values) if self._n_user_outputs else loss
 
     def _check_before_running(self, batch: int | None, first: int, targets: list | None) -> None:

@@ -221,6 +221,13 @@ class OneThread:
         if self._set is not None:
             self._set(self._saved.pop())
 
+    def addresses(self) -> tuple[int, int]:
+        """Where openblas_get_num_threads and openblas_set_num_threads are (0, 0: another BLAS),
+        for native code that does what this context does."""
+        if self._set is None:
+            return 0, 0
+        return tuple(ctypes.cast(f, ctypes.c_void_p).value for f in (self._get, self._set))
+
 
 @functools.cache
 def one_thread() -> OneThread:

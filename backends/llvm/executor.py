@@ -24,7 +24,7 @@ from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
 from .. import numerics
 from ..base import Executor
-from . import arena, blas, bounds, gemm, probes, threads
+from . import arena, blas, bounds, gemm, lane, probes, threads
 from .codegen import RUNTIME_SLOTS, ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
@@ -137,6 +137,9 @@ class NativeExecutor(Executor):
         self._last_binding: Binding | None = None
         self._current: Binding | None = None
         self._error: BaseException | None = None
+        self._plain_tables: dict[int, int] = {}  # batch -> pointer table, for the lane
+        self._lane = self._make_lane(slot_of_input, runs_blas)
+        self.runs_plain = self._lane is not None
         if os.environ.get("DRUG_DEBUG", "0") >= "2":
             print(self.compiled.ir(), self.compiled.asm(), sep="\n", file=sys.stderr)
 
@@ -186,9 +189,7 @@ class NativeExecutor(Executor):
             else:
                 status = self._instrumented_step(binding)
             if status:
-                if status == STATUS_NOT_FINITE:
-                    raise self._non_finite(binding)
-                self._raise(status, binding)
+                self._stopped(status, binding)
             if not redirected and binding.outputs_viewed:
                 return binding.outputs
             return [
@@ -229,9 +230,59 @@ class NativeExecutor(Executor):
             return binding
         binding = self._bindings.pop(batch, None) or Binding(self, batch)
         self._bindings[batch] = self._last_binding = binding
+        if binding.outputs_viewed and not binding.redirects:  # else a call passes arrays to write to
+            self._plain_tables[batch] = binding.table_address
         if len(self._bindings) > MAX_BINDINGS:  # many batch sizes: keep the arenas of the recent ones
-            del self._bindings[next(iter(self._bindings))]
+            evicted = next(iter(self._bindings))
+            del self._bindings[evicted]
+            self._plain_tables.pop(evicted, None)
         return binding
+
+    def _make_lane(self, slot_of_input: dict[str, int], runs_blas: bool):
+        """The C lane of plain calls (lane.py), or None: an instrumented build, a step that runs
+        Python forwards, a lane turned off or not built."""
+        extension = lane.extension()
+        inputs = self.program.leaves(InputOp)
+        if (
+            extension is None
+            or self.instrument is not None
+            or self.runs_python
+            or len(inputs) > extension.MAX_INPUTS
+            or any(n.shape.count(None) > 1 or len(n.shape) > extension.MAX_DIMS for n in inputs)
+        ):
+            return None
+        self._plain_inputs = [(slot_of_input[n.name], n.name) for n in inputs if n.name in slot_of_input]
+        blas_threads = blas.one_thread().addresses() if runs_blas else (0, 0)
+        specs = [(n.name, n.dtype, tuple(n.shape), slot_of_input.get(n.name, -1)) for n in inputs]
+        return extension.Lane(
+            self.compiled.address, self._runtime_address, *blas_threads, np.ndarray, self._plain_tables, specs
+        )
+
+    def run_plain(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray] | None:
+        """The step on feeds by input name that are exactly what the inputs declare, checked, bound
+        and run in C (csrc/drug_lane.c): the outputs as arena views, as `run` returns them. None if
+        they are not (or this batch size has no buffers yet): `run` then checks and binds them."""
+        ran = self._lane(feeds) if self._lane is not None else None
+        if ran is None:
+            return None
+        status, batch = ran
+        binding = self._bindings[batch]
+        if status:
+            arrays = binding.arrays
+            try:
+                for slot, name in self._plain_inputs:  # what the error's views of the inputs read
+                    arrays[slot] = feeds[name]
+                self._stopped(status, binding)
+            finally:
+                for slot, _ in self._plain_inputs:
+                    arrays.pop(slot, None)
+        return binding.outputs
+
+    def _stopped(self, status: int, binding: Binding) -> None:
+        """Raise what stopped the step (a nonzero status)."""
+        if status == STATUS_NOT_FINITE:
+            raise self._non_finite(binding)
+        self._raise(status, binding)
 
     def _snapshot(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """(live array, copy) of every parameter and state buffer the step updates."""

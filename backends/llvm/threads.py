@@ -16,20 +16,17 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
 import math
 import os
-import shlex
 import subprocess
 import warnings
 from pathlib import Path
 
 import llvmlite.binding as llvm
 
-from . import bounds
-from .jit import cache_dir
+from . import bounds, csources
 
-SOURCE = Path(__file__).parent / "csrc" / "drug_pool.c"
+SOURCE = csources.CSRC / "drug_pool.c"
 RUN_SYMBOL, THREAD_SYMBOL = "drug_pool_run", "drug_pool_thread"
 # An idle worker watches for the next job this long before it sleeps (a futex wake costs the
 # caller microseconds); a caller whose last tasks run elsewhere watches this long, then sleeps.
@@ -75,7 +72,7 @@ def requested_threads() -> int:
 
 
 def _source_digest() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+    return csources.digest(SOURCE)
 
 
 def _open(path: Path, digest: str) -> ctypes.CDLL | None:
@@ -88,23 +85,9 @@ def _open(path: Path, digest: str) -> ctypes.CDLL | None:
     return lib if lib.drug_pool_source().decode() == digest else None
 
 
-def _installed() -> list[Path]:
-    return sorted(Path(__file__).parent.glob("_drug_pool*.so"))
-
-
 def _compile(digest: str) -> Path:
     """Build the library into the cache directory (a development tree whose build is stale)."""
-    target = cache_dir() / f"drug_pool-{digest[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    cc = shlex.split(os.environ.get("CC") or "cc")
-    command = [*cc, "-std=c11", "-O2", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden"]
-    command += [f'-DDRUG_POOL_SOURCE="{digest}"', str(SOURCE), "-o", str(tmp)]
-    subprocess.run(command, check=True, capture_output=True)
-    os.replace(tmp, target)
-    return target
+    return csources.compile_into_cache(SOURCE, "DRUG_POOL_SOURCE", digest)
 
 
 @functools.cache
@@ -115,7 +98,7 @@ def pool() -> ctypes.CDLL | None:
     if threads < 2:
         return None
     digest = _source_digest()
-    lib = next(filter(None, (_open(path, digest) for path in _installed())), None)
+    lib = next(filter(None, (_open(path, digest) for path in csources.installed("_drug_pool"))), None)
     if lib is None:
         try:
             lib = _open(_compile(digest), digest)
