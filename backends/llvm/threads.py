@@ -120,12 +120,14 @@ def thread_count() -> int:
 
 def stats() -> dict[str, int]:
     """The pool's counters since it started (jobs, tasks, tasks run by the calling threads,
-    waits for tasks running elsewhere, nanoseconds waited): how a machine's load shows."""
+    waits for tasks running elsewhere, nanoseconds waited, workers pulled onto a waiting caller's
+    CPU): how a machine's load shows."""
     lib = pool()
-    out = (ctypes.c_uint64 * 5)()
+    names = ("jobs", "tasks", "caller_tasks", "waits", "wait_ns", "pulls")
+    out = (ctypes.c_uint64 * len(names))()
     if lib is not None:
         lib.drug_pool_stats(out)
-    return dict(zip(("jobs", "tasks", "caller_tasks", "waits", "wait_ns"), out))
+    return dict(zip(names, out))
 
 
 def concurrent_kernels() -> bool:

@@ -18,7 +18,13 @@
    caller draws it onto its own CPU when the caller's is shared with another process: both then
    take turns on one CPU while another process has the other to itself (a whole CPU lost, where
    sharing one costs half of one). The caller, the user's thread, is never pinned: the workers
-   move away from wherever it runs. */
+   move away from wherever it runs.
+
+   Pinned, a worker cannot leave a CPU it shares with another process: preempted there while it
+   holds a task, it would keep the caller waiting for a time slice beside a CPU the caller leaves
+   idle. So on a contended machine a caller about to sleep for a worker's task that has taken twice
+   as long as its own tasks did moves that worker onto its own CPU (`pull_stragglers`); the worker
+   moves back when it has no task left. */
 #define _GNU_SOURCE
 #include <limits.h>
 #include <sched.h>
@@ -50,6 +56,11 @@
 #define CONTENDED_FOR_NS 200000000
 #define CONTENDED_PREEMPTIONS 8
 #define CONTENDED_WINDOW_NS 100000000
+/* A worker's task is late once it has run twice as long as the caller's tasks took, and this much
+   more: a worker sharing its CPU runs at about half speed, which the first part allows for; one
+   later still was preempted, for a time slice of milliseconds. Shorter, workers of a step of many
+   short tasks were moved back and forth for nothing. */
+#define STRAGGLER_MIN_NS 100000
 
 typedef void (*drug_task)(void *data, int64_t task);
 
@@ -71,8 +82,14 @@ static struct {
     int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
     int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
     int64_t short_task_ns;     /* ... unless its last tasks took this long at most: then this long */
+    /* per worker (index 1..workers): its thread id, when it started the task it is running (0: none),
+       and whether a caller moved it onto its own CPU (`pull_stragglers`) */
+    pid_t tids[MAX_WORKERS + 1];
+    _Atomic int64_t task_since[MAX_WORKERS + 1];
+    _Atomic int displaced[MAX_WORKERS + 1];
     /* counters for diagnostics (written by callers under the lock) */
     uint64_t jobs, tasks, caller_tasks, waits, wait_ns;
+    _Atomic uint64_t pulls; /* workers moved onto a waiting caller's CPU */
 } pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
 static _Thread_local int inside_task; /* jobs started from a task run there, on their caller */
@@ -152,7 +169,9 @@ static uint64_t take_tasks(void) {
             if (ran) short_tasks = now_ns() - start <= (int64_t)ran * pool.short_task_ns;
             return ran;
         }
+        if (thread_index) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_relaxed);
         pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
+        if (thread_index) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
         ran++;
         if (atomic_fetch_add(&pool.done, 1) + 1 == tasks && atomic_load(&pool.caller_sleeps))
             futex_wake(&pool.done, 1);
@@ -162,6 +181,10 @@ static uint64_t take_tasks(void) {
 /* Keep this worker on the index-th CPU other than the caller's: a system call only when the
    caller has moved since this worker last looked. */
 static void follow_caller(void) {
+    if (atomic_load_explicit(&pool.displaced[thread_index], memory_order_relaxed)) {
+        atomic_store(&pool.displaced[thread_index], 0);
+        placed_for = -1; /* a caller moved it onto its own CPU: back to one of its own */
+    }
     int caller = atomic_load_explicit(&caller_cpu, memory_order_relaxed);
     if (pool.cpu_count == 0 || caller == placed_for) return;
     placed_for = caller;
@@ -180,11 +203,13 @@ static void follow_caller(void) {
 
 static void *worker(void *index) {
     thread_index = (int)(intptr_t)index;
+    pool.tids[thread_index] = (pid_t)syscall(SYS_gettid);
+    pthread_setname_np(pthread_self(), "drug-pool"); /* in top, perf and /proc */
     inside_task = 1;
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
         follow_caller();
-        take_tasks();
+        if (take_tasks()) follow_caller(); /* before it spins: not on the caller's CPU */
         if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
             atomic_fetch_add(&pool.sleepers, 1);
             while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen);
@@ -193,6 +218,42 @@ static void *worker(void *index) {
         seen = atomic_load(&pool.seq);
     }
     return NULL;
+}
+
+/* On a contended machine with pinned workers: move each worker whose task has run twice as long
+   as the caller's tasks took (`per_task_ns` each) onto the caller's CPU, which the caller is about
+   to leave idle. Returns how long until the next running task becomes late (0: none will). */
+static int64_t pull_stragglers(int64_t per_task_ns) {
+    if (pool.cpu_count == 0 || per_task_ns <= 0) return 0;
+    int64_t now = now_ns();
+    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return 0;
+    int64_t late_after = 2 * per_task_ns + STRAGGLER_MIN_NS, next = 0;
+    for (int w = 1; w <= pool.workers; w++) {
+        int64_t since = atomic_load_explicit(&pool.task_since[w], memory_order_relaxed);
+        if (since == 0 || atomic_load_explicit(&pool.displaced[w], memory_order_relaxed)) continue;
+        int64_t wait = since + late_after - now;
+        if (wait > 0) {
+            next = next == 0 || wait < next ? wait : next;
+            continue;
+        }
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(sched_getcpu(), &set);
+        if (sched_setaffinity(pool.tids[w], sizeof set, &set) != 0) continue;
+        atomic_store(&pool.displaced[w], 1); /* after the move: the worker undoes it when it sees this */
+        atomic_fetch_add(&pool.pulls, 1);
+    }
+    return next;
+}
+
+/* Sleep until pool.done differs from `done`, or `timeout_ns` has passed (0: no timeout). */
+static void sleep_while_done_is(uint32_t done, int64_t timeout_ns) {
+    if (timeout_ns <= 0) {
+        futex_wait(&pool.done, done);
+        return;
+    }
+    struct timespec timeout = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    syscall(SYS_futex, &pool.done, FUTEX_WAIT_PRIVATE, done, &timeout, NULL, 0);
 }
 
 static void run_here(drug_task fn, void *data, int64_t tasks) {
@@ -220,16 +281,19 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     atomic_fetch_add(&pool.seq, 1);
     if (atomic_load(&pool.sleepers)) futex_wake(&pool.seq, INT_MAX);
     inside_task = 1;
+    int64_t began = now_ns();
     uint64_t mine = take_tasks();
     inside_task = 0;
     uint32_t done = atomic_load(&pool.done);
     if (done != (uint32_t)tasks) { /* tasks started by workers are still running */
         int64_t start = now_ns(), budget = spin_budget(pool.caller_spin_ns);
+        int64_t per_task = mine ? (start - began) / (int64_t)mine : 0;
         while (done != (uint32_t)tasks) {
             if (!spin_while_equal(&pool.done, done, budget)) {
+                int64_t recheck = pull_stragglers(per_task);
                 atomic_store(&pool.caller_sleeps, 1);
                 done = atomic_load(&pool.done);
-                if (done != (uint32_t)tasks) futex_wait(&pool.done, done);
+                if (done != (uint32_t)tasks) sleep_while_done_is(done, recheck);
                 atomic_store(&pool.caller_sleeps, 0);
             }
             done = atomic_load(&pool.done);
@@ -284,7 +348,8 @@ EXPORT int64_t drug_pool_thread(void) { return thread_index; }
 /* The SHA-256 of the source this library was built from (the build passes it in). */
 EXPORT const char *drug_pool_source(void) { return DRUG_POOL_SOURCE; }
 
-/* Counters since the start: jobs, tasks, tasks the callers ran, waits for started tasks, ns waited. */
+/* Counters since the start: jobs, tasks, tasks the callers ran, waits for started tasks, ns waited,
+   workers moved onto a waiting caller's CPU. */
 EXPORT void drug_pool_stats(uint64_t *out) {
     pthread_mutex_lock(&pool.lock);
     out[0] = pool.jobs;
@@ -292,5 +357,6 @@ EXPORT void drug_pool_stats(uint64_t *out) {
     out[2] = pool.caller_tasks;
     out[3] = pool.waits;
     out[4] = pool.wait_ns;
+    out[5] = atomic_load(&pool.pulls);
     pthread_mutex_unlock(&pool.lock);
 }

@@ -1,7 +1,8 @@
 """The thread pool of native steps (backends/llvm/csrc/drug_pool.c) on its own: every task of a
 job runs exactly once, whichever threads take them; a job started inside a task, or while
-another job runs, runs on its caller; a forked child (no workers) still runs its jobs; and the
-pool is sized from the CPUs the process may use."""
+another job runs, runs on its caller; a forked child (no workers) still runs its jobs; the pool
+is sized from the CPUs the process may use; and its workers keep off the caller's CPU, except
+when a caller pulls a late one onto it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import ctypes
 import multiprocessing as mp
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+import drug as dg
 from drug.backends.llvm import threads
 
 TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -151,3 +157,42 @@ def test_workers_keep_to_cpus_of_their_own_away_from_the_caller():
             assert cpu not in cpus and len(set(cpus)) == len(cpus) and set(cpus) <= allowed
     finally:
         os.sched_setaffinity(0, allowed)
+
+
+def _pool_threads() -> list[int]:
+    """The workers' thread ids (they are named drug-pool)."""
+    tasks = Path("/proc/self/task")
+    return [int(t.name) for t in tasks.iterdir() if (t / "comm").read_text().strip() == "drug-pool"]
+
+
+@pytest.mark.skipif(
+    not threads.pin_workers() or threads.thread_count() != len(os.sched_getaffinity(0)),
+    reason="the pool pins its workers only with a thread per usable CPU",
+)
+def test_a_worker_late_beside_a_busy_process_is_pulled_onto_the_waiting_callers_cpu():
+    """A worker whose CPU a busy process shares is preempted while it holds a task; the caller,
+    about to wait for it, moves it onto its own CPU (which it leaves idle) instead of waiting for a
+    time slice. Afterwards the worker is back on a CPU of its own, and every result is right."""
+    allowed = sorted(os.sched_getaffinity(0))
+    g = dg.Graph()
+    x = g.input("x", (None,))
+    predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
+    values = np.linspace(-3, 3, 1 << 23, dtype=np.float32)
+    expected = np.exp(values) * 2 + 1
+    os.sched_setaffinity(0, {allowed[0]})  # the caller (this thread); the workers keep off its CPU
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        predict(x=values)  # the workers move away from the caller's CPU
+        os.sched_setaffinity(busy.pid, {allowed[1]})  # beside the first worker
+        before, steps = threads.stats()["pulls"], 0
+        while threads.stats()["pulls"] == before and steps < 400:  # a few seconds at most
+            np.testing.assert_allclose(predict(x=values), expected, rtol=1e-6)
+            steps += 1
+        pulled = threads.stats()["pulls"] - before
+        busy.kill()
+        predict(x=values)  # a worker pulled during the last job moves back when it takes the next
+        assert pulled > 0 and all(allowed[0] not in os.sched_getaffinity(tid) for tid in _pool_threads())
+    finally:
+        busy.kill()
+        busy.wait()
+        os.sched_setaffinity(0, set(allowed))
