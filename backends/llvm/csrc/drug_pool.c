@@ -101,6 +101,7 @@ static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the wo
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
 static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
 static _Thread_local int short_tasks;      /* whether this thread's last tasks were short */
+static _Thread_local int timing_tasks;     /* whether to note when each task starts (contended) */
 
 static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
     syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
@@ -140,7 +141,8 @@ static int64_t spin_budget(int64_t budget_ns) {
         if (window_preemptions >= CONTENDED_PREEMPTIONS)
             atomic_store_explicit(&contended_until, now + CONTENDED_FOR_NS, memory_order_relaxed);
     }
-    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return budget_ns;
+    timing_tasks = now < atomic_load_explicit(&contended_until, memory_order_relaxed);
+    if (!timing_tasks) return budget_ns;
     int64_t contended = short_tasks ? pool.short_task_ns : pool.contended_spin_ns;
     return budget_ns > contended ? contended : budget_ns;
 }
@@ -169,9 +171,10 @@ static uint64_t take_tasks(void) {
             if (ran) short_tasks = now_ns() - start <= (int64_t)ran * pool.short_task_ns;
             return ran;
         }
-        if (thread_index) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_relaxed);
+        int timed = thread_index && timing_tasks; /* for pull_stragglers, which acts only then */
+        if (timed) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_relaxed);
         pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
-        if (thread_index) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
+        if (timed) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
         ran++;
         if (atomic_fetch_add(&pool.done, 1) + 1 == tasks && atomic_load(&pool.caller_sleeps))
             futex_wake(&pool.done, 1);
