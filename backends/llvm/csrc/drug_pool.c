@@ -172,7 +172,7 @@ static uint64_t take_tasks(void) {
             return ran;
         }
         int timed = thread_index && timing_tasks; /* for pull_stragglers, which acts only then */
-        if (timed) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_relaxed);
+        if (timed) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_release);
         pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
         if (timed) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
         ran++;
@@ -229,11 +229,14 @@ static void *worker(void *index) {
 static int64_t pull_stragglers(int64_t per_task_ns) {
     if (pool.cpu_count == 0 || per_task_ns <= 0) return 0;
     int64_t now = now_ns();
-    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return 0;
+    int cpu = sched_getcpu();
+    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed) || cpu < 0) return 0;
     int64_t late_after = 2 * per_task_ns + STRAGGLER_MIN_NS, next = 0;
     for (int w = 1; w <= pool.workers; w++) {
-        int64_t since = atomic_load_explicit(&pool.task_since[w], memory_order_relaxed);
-        if (since == 0 || atomic_load_explicit(&pool.displaced[w], memory_order_relaxed)) continue;
+        /* acquire: a worker that noted a task has published its thread id before */
+        int64_t since = atomic_load_explicit(&pool.task_since[w], memory_order_acquire);
+        if (since == 0 || pool.tids[w] <= 0 || atomic_load_explicit(&pool.displaced[w], memory_order_relaxed))
+            continue;
         int64_t wait = since + late_after - now;
         if (wait > 0) {
             next = next == 0 || wait < next ? wait : next;
@@ -241,7 +244,7 @@ static int64_t pull_stragglers(int64_t per_task_ns) {
         }
         cpu_set_t set;
         CPU_ZERO(&set);
-        CPU_SET(sched_getcpu(), &set);
+        CPU_SET(cpu, &set);
         if (sched_setaffinity(pool.tids[w], sizeof set, &set) != 0) continue;
         atomic_store(&pool.displaced[w], 1); /* after the move: the worker undoes it when it sees this */
         atomic_fetch_add(&pool.pulls, 1);
