@@ -10,9 +10,13 @@ import os
 import shlex
 import subprocess
 import sysconfig
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .jit import cache_dir
+
+Build = TypeVar("Build")
 
 CSRC = Path(__file__).parent / "csrc"
 FLAGS = ["-std=c11", "-O2", "-fPIC", "-shared", "-fvisibility=hidden"]
@@ -23,9 +27,22 @@ def digest(source: Path) -> str:
     return hashlib.sha256(source.read_bytes()).hexdigest()
 
 
-def installed(stem: str) -> list[Path]:
-    """The builds setup.py made of a source (`stem`: the extension module's name)."""
-    return sorted(Path(__file__).parent.glob(f"{stem}*.so"))
+def installed(source: Path) -> list[Path]:
+    """The builds setup.py made of a source (extension module `_<its stem>`)."""
+    return sorted(Path(__file__).parent.glob(f"_{source.stem}*.so"))
+
+
+def load(
+    source: Path, macro: str, open_build: Callable[[Path, str], Build | None], python: bool = False
+) -> Build | None:
+    """The first build of `source` that `open_build(path, digest)` accepts (built from this
+    source): an installed one, else one compiled into the cache directory (`compile_into_cache`,
+    which raises OSError or CalledProcessError when it cannot compile)."""
+    source_digest = digest(source)
+    found = next(filter(None, (open_build(path, source_digest) for path in installed(source))), None)
+    if found is not None:
+        return found
+    return open_build(compile_into_cache(source, macro, source_digest, python), source_digest)
 
 
 def compile_into_cache(source: Path, macro: str, source_digest: str, python: bool = False) -> Path:

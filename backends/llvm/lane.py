@@ -44,12 +44,8 @@ def extension() -> ModuleType | None:
     and no compiler."""
     if not enabled():
         return None
-    digest = csources.digest(SOURCE)
-    found = next(filter(None, (_load(path, digest) for path in csources.installed("_drug_lane"))), None)
-    if found is not None:
-        return found
     try:
-        return _load(csources.compile_into_cache(SOURCE, "DRUG_LANE_SOURCE", digest, python=True), digest)
+        return csources.load(SOURCE, "DRUG_LANE_SOURCE", _load, python=True)
     except (OSError, subprocess.CalledProcessError) as error:
         warnings.warn(f"drug: cannot build its call lane ({error}); calls take the Python path", stacklevel=2)
         return None

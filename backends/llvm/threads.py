@@ -71,10 +71,6 @@ def requested_threads() -> int:
     return max(1, int(configured)) if configured else usable_cpus()
 
 
-def _source_digest() -> str:
-    return csources.digest(SOURCE)
-
-
 def _open(path: Path, digest: str) -> ctypes.CDLL | None:
     """The library at `path` if it was built from the current source."""
     try:
@@ -85,11 +81,6 @@ def _open(path: Path, digest: str) -> ctypes.CDLL | None:
     return lib if lib.drug_pool_source().decode() == digest else None
 
 
-def _compile(digest: str) -> Path:
-    """Build the library into the cache directory (a development tree whose build is stale)."""
-    return csources.compile_into_cache(SOURCE, "DRUG_POOL_SOURCE", digest)
-
-
 @functools.cache
 def pool() -> ctypes.CDLL | None:
     """The started pool (its `drug_pool_run` known to the JIT), or None when steps run on one
@@ -97,14 +88,13 @@ def pool() -> ctypes.CDLL | None:
     threads = requested_threads()
     if threads < 2:
         return None
-    digest = _source_digest()
-    lib = next(filter(None, (_open(path, digest) for path in csources.installed("_drug_pool"))), None)
+    try:
+        lib = csources.load(SOURCE, "DRUG_POOL_SOURCE", _open)
+    except (OSError, subprocess.CalledProcessError) as error:
+        warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
+        return None
     if lib is None:
-        try:
-            lib = _open(_compile(digest), digest)
-        except (OSError, subprocess.CalledProcessError) as error:
-            warnings.warn(f"drug: cannot build its thread pool ({error}); native steps run on one thread", stacklevel=2)
-            return None
+        return None
     lib.drug_pool_start.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 4 + [ctypes.c_int]
     lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, SHORT_TASK_NS, pin_workers())
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):

@@ -102,9 +102,12 @@ static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran 
 static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
 static _Thread_local int short_tasks;      /* whether this thread's last tasks were short */
 static _Thread_local int timing_tasks;     /* whether to note when each task starts (contended) */
+static _Thread_local int64_t per_task_ns;  /* how long this thread's last tasks took each */
 
-static void futex_wait(_Atomic uint32_t *word, uint32_t value) {
-    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, NULL, NULL, 0);
+/* Sleep while *word is value, or until `timeout_ns` has passed (0: no timeout). */
+static void futex_wait(_Atomic uint32_t *word, uint32_t value, int64_t timeout_ns) {
+    struct timespec timeout = {timeout_ns / 1000000000, timeout_ns % 1000000000};
+    syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, value, timeout_ns > 0 ? &timeout : NULL, NULL, 0);
 }
 
 static void futex_wake(_Atomic uint32_t *word, int count) {
@@ -168,7 +171,11 @@ static uint64_t take_tasks(void) {
         uint64_t s = atomic_fetch_add_explicit(&pool.state, 1, memory_order_acquire);
         uint32_t task = (uint32_t)s, tasks = (uint32_t)(s >> 32);
         if (task >= tasks) {
-            if (ran) short_tasks = now_ns() - start <= (int64_t)ran * pool.short_task_ns;
+            if (ran) {
+                int64_t took = now_ns() - start;
+                per_task_ns = took / (int64_t)ran;
+                short_tasks = took <= (int64_t)ran * pool.short_task_ns;
+            }
             return ran;
         }
         int timed = thread_index && timing_tasks; /* for pull_stragglers, which acts only then */
@@ -215,7 +222,7 @@ static void *worker(void *index) {
         if (take_tasks()) follow_caller(); /* before it spins: not on the caller's CPU */
         if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
             atomic_fetch_add(&pool.sleepers, 1);
-            while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen);
+            while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen, 0);
             atomic_fetch_sub(&pool.sleepers, 1);
         }
         seen = atomic_load(&pool.seq);
@@ -224,14 +231,14 @@ static void *worker(void *index) {
 }
 
 /* On a contended machine with pinned workers: move each worker whose task has run twice as long
-   as the caller's tasks took (`per_task_ns` each) onto the caller's CPU, which the caller is about
+   as the caller's tasks took (`caller_task_ns` each) onto the caller's CPU, which the caller is about
    to leave idle. Returns how long until the next running task becomes late (0: none will). */
-static int64_t pull_stragglers(int64_t per_task_ns) {
-    if (pool.cpu_count == 0 || per_task_ns <= 0) return 0;
+static int64_t pull_stragglers(int64_t caller_task_ns) {
+    if (pool.cpu_count == 0 || caller_task_ns <= 0) return 0;
     int64_t now = now_ns();
     int cpu = sched_getcpu();
     if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed) || cpu < 0) return 0;
-    int64_t late_after = 2 * per_task_ns + STRAGGLER_MIN_NS, next = 0;
+    int64_t late_after = 2 * caller_task_ns + STRAGGLER_MIN_NS, next = 0;
     for (int w = 1; w <= pool.workers; w++) {
         /* acquire: a worker that noted a task has published its thread id before */
         int64_t since = atomic_load_explicit(&pool.task_since[w], memory_order_acquire);
@@ -250,16 +257,6 @@ static int64_t pull_stragglers(int64_t per_task_ns) {
         atomic_fetch_add(&pool.pulls, 1);
     }
     return next;
-}
-
-/* Sleep until pool.done differs from `done`, or `timeout_ns` has passed (0: no timeout). */
-static void sleep_while_done_is(uint32_t done, int64_t timeout_ns) {
-    if (timeout_ns <= 0) {
-        futex_wait(&pool.done, done);
-        return;
-    }
-    struct timespec timeout = {timeout_ns / 1000000000, timeout_ns % 1000000000};
-    syscall(SYS_futex, &pool.done, FUTEX_WAIT_PRIVATE, done, &timeout, NULL, 0);
 }
 
 static void run_here(drug_task fn, void *data, int64_t tasks) {
@@ -287,19 +284,17 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     atomic_fetch_add(&pool.seq, 1);
     if (atomic_load(&pool.sleepers)) futex_wake(&pool.seq, INT_MAX);
     inside_task = 1;
-    int64_t began = now_ns();
     uint64_t mine = take_tasks();
     inside_task = 0;
     uint32_t done = atomic_load(&pool.done);
     if (done != (uint32_t)tasks) { /* tasks started by workers are still running */
         int64_t start = now_ns(), budget = spin_budget(pool.caller_spin_ns);
-        int64_t per_task = mine ? (start - began) / (int64_t)mine : 0;
         while (done != (uint32_t)tasks) {
             if (!spin_while_equal(&pool.done, done, budget)) {
-                int64_t recheck = pull_stragglers(per_task);
+                int64_t recheck = pull_stragglers(mine ? per_task_ns : 0);
                 atomic_store(&pool.caller_sleeps, 1);
                 done = atomic_load(&pool.done);
-                if (done != (uint32_t)tasks) sleep_while_done_is(done, recheck);
+                if (done != (uint32_t)tasks) futex_wait(&pool.done, done, recheck);
                 atomic_store(&pool.caller_sleeps, 0);
             }
             done = atomic_load(&pool.done);

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import drug as dg
-from drug.backends.llvm import threads
+from drug.backends.llvm import csources, threads
 
 TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
@@ -122,8 +122,8 @@ def test_a_build_from_another_source_is_not_used(tmp_path, monkeypatch):
     """A development tree whose installed build is older than its source compiles the source into
     the cache directory; a library reports the source it was built from."""
     monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
-    digest = threads._source_digest()
-    path = threads._compile(digest)
+    digest = csources.digest(threads.SOURCE)
+    path = csources.compile_into_cache(threads.SOURCE, "DRUG_POOL_SOURCE", digest)
     assert path.parent == tmp_path and threads._open(path, digest) is not None
     assert threads._open(path, "0" * 64) is None
 
