@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.begin(wname)
                 result = suite.run_workload(
                     workloads[wname], factories, settings, machine_info, args.seed, log=progress.update,
-                    note=progress.note,
+                    note=progress.note, baseline=busy.paused if args.load else None,
                 )  # fmt: skip
                 for name in args.peers:
                     if name not in available:

@@ -44,16 +44,32 @@ def _peak(r: dict) -> str:
 
 
 COLUMNS = ["workload", "peer", "throughput", "spread", "ms/step", "drug speedup", "GFLOP/s | GB/s", "% peak", "peak MB"]
+SLOWDOWN = "slowdown vs idle"  # a column of runs under --load
+
+
+def _loaded(report: dict) -> bool:
+    return any("slowdown" in r for w in report["workloads"].values() for r in w["peers"].values())
+
+
+def columns(report: dict) -> list[str]:
+    return COLUMNS + [SLOWDOWN] if _loaded(report) else COLUMNS
+
+
+def _slowdown(r: dict) -> str:
+    if "slowdown" not in r:
+        return "-"
+    return f"÷{r['slowdown']:.2f} of {_num(1000 * r['baseline_time_s']['median'], 4)} ms"
 
 
 def workload_rows(report: dict) -> list[list[str]]:
+    loaded = _loaded(report)
     rows = []
     for wname, w in report["workloads"].items():
         for pname, r in w["peers"].items():
             status = r.get("status")
             if status != "ok" or "time_s" not in r:
                 label = {"refused": "REFUSED: loss differs", "skipped": "skipped", "error": "error"}.get(status, status)
-                rows.append([wname, pname, label, "", "", "-", "", "", _peak(r)])
+                rows.append([wname, pname, label, "", "", "-", "", "", _peak(r)] + (["-"] if loaded else []))
                 continue
             rate = r.get("gbs", r["gflops"])
             speedup = r.get("drug_speedup")
@@ -69,6 +85,7 @@ def workload_rows(report: dict) -> list[list[str]]:
                     f"{r['percent_of_peak']:.1f}% {'bw' if 'gbs' in r else 'sgemm'}",
                     _peak(r),
                 ]
+                + ([_slowdown(r)] if loaded else [])
             )
     return rows
 
@@ -102,6 +119,14 @@ FOOTER = (
     "GFLOP/s: GEMM and convolution FLOPs of the whole train step; fusion: GB/s of 5 reads + 1 write; "
     "peak MB: peak resident memory of steady train steps in a separate process, above its baseline."
 )
+SLOWDOWN_FOOTER = (
+    "slowdown: median step time under --load over the median of the same rounds' blocks with the busy "
+    "processes stopped (that idle step time after 'of')."
+)
+
+
+def footer(report: dict) -> str:
+    return FOOTER + (" " + SLOWDOWN_FOOTER if _loaded(report) else "")
 
 
 def render_plain(report: dict) -> str:
@@ -111,11 +136,11 @@ def render_plain(report: dict) -> str:
         return "\n".join([fmt(columns), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
     rows = workload_rows(report)
-    parts = ["\n".join(header_lines(report)), table(COLUMNS, rows) if rows else ""]
+    parts = ["\n".join(header_lines(report)), table(columns(report), rows) if rows else ""]
     if report.get("compile"):
         parts.append("compile times (time to the first step minus a steady step; separate processes)")
         parts.append(table(COMPILE_COLUMNS, compile_rows(report)))
-    parts += ["\n".join(notes_of(report)), FOOTER]
+    parts += ["\n".join(notes_of(report)), footer(report)]
     return "\n\n".join(p for p in parts if p)
 
 
@@ -125,7 +150,7 @@ def render_rich(report: dict, console) -> None:
     for line in header_lines(report):
         console.print(line, markup=False, highlight=False)
     table = Table(title="drug-bench", show_lines=False)
-    for i, c in enumerate(COLUMNS):
+    for i, c in enumerate(columns(report)):
         table.add_column(c, justify="left" if i < 2 else "right")
     last = None
     for row in workload_rows(report):
@@ -145,7 +170,7 @@ def render_rich(report: dict, console) -> None:
         console.print(ctable)
     for line in notes_of(report):
         console.print(line, markup=False, highlight=False)
-    console.print(FOOTER, markup=False, highlight=False, style="dim")
+    console.print(footer(report), markup=False, highlight=False, style="dim")
 
 
 def print_report(report: dict) -> None:

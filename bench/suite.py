@@ -7,6 +7,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 
@@ -103,21 +104,30 @@ def run_workload(
     reference: str = "drug",
     log: Callable[[str], None] = lambda m: None,
     note: Callable[[str], None] = lambda m: None,
+    baseline: Callable[[], AbstractContextManager] | None = None,
 ) -> dict:
-    """Everything about one workload except memory and compile times (see `probe`)."""
+    """Everything about one workload except memory and compile times (see `probe`). With a
+    `baseline` (the machine's extra load stopped), each peer also gets its step time inside it
+    from the same rounds (`baseline_time_s`) and its `slowdown`: the usual median over that one."""
     log("generating data")
     data = workload.make_data(seed)
     results, ready = build_and_check(workload, data, factories, reference, log, note)
     if ready:
         contenders = {n: p if hasattr(p, "timed") else p.step for n, p in ready.items()}
         try:
-            stats = timing.measure(contenders, settings, progress=log)
+            if baseline is None:
+                stats, inside = timing.measure(contenders, settings, progress=log), {}
+            else:
+                stats, inside = timing.measure_with_baseline(contenders, baseline, settings, progress=log)
         finally:
             for p in ready.values():
                 if hasattr(p, "close"):
                     p.close()
         for name, s in stats.items():
             results[name]["time_s"] = s.as_dict()
+            if name in inside:
+                results[name]["baseline_time_s"] = inside[name].as_dict()
+                results[name]["slowdown"] = s.median / inside[name].median
         drug_time = stats[reference].median if reference in stats else None
         for name in stats:
             derive(workload, results[name], machine, drug_time)

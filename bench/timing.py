@@ -4,14 +4,17 @@ the machine (other load, clock changes, thermal limits) hit every contender alik
 Each round times a block of back-to-back calls per contender (enough calls to last about
 `block_seconds`, so the timer's resolution and the switch between frameworks are amortized),
 starting with a different contender every round. Statistics are over the per-call time of the
-blocks: the median, and the spread as the interquartile range."""
+blocks: the median, and the spread as the interquartile range. With a baseline (the machine's
+load stopped), every round times each contender once more inside it, next to its usual block."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -91,6 +94,29 @@ def measure(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Stats]:
     """Time each contender (a no-argument callable doing one step), interleaved; see module doc."""
+    return _measure(contenders, settings, progress, [contextlib.nullcontext])[0]
+
+
+def measure_with_baseline(
+    contenders: dict[str, Callable[[], object]],
+    baseline: Callable[[], AbstractContextManager],
+    settings: Settings = FULL,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[dict[str, Stats], dict[str, Stats]]:
+    """`measure`, and each contender's blocks inside `baseline()` in the same rounds:
+    (stats as the machine is, stats inside the baseline)."""
+    usual, inside = _measure(contenders, settings, progress, [contextlib.nullcontext, baseline])
+    return usual, inside
+
+
+def _measure(
+    contenders: dict[str, Callable[[], object]],
+    settings: Settings,
+    progress: Callable[[str], None] | None,
+    conditions: list[Callable[[], AbstractContextManager]],
+) -> list[dict[str, Stats]]:
+    """Per condition, each contender's stats: every round times a block of each contender under
+    every condition (the order of both rotating from round to round)."""
     names = list(contenders)
     per_call = {}
     for name in names:
@@ -98,15 +124,18 @@ def measure(
             progress(f"warm-up {name}")
         per_call[name] = max(warm_up(contenders[name], settings), 1e-9)
     calls = {n: max(1, round(settings.block_seconds / per_call[n])) for n in names}
-    round_seconds = sum(calls[n] * per_call[n] for n in names)
+    round_seconds = len(conditions) * sum(calls[n] * per_call[n] for n in names)
     rounds = max(3, min(settings.rounds, int(settings.max_seconds / max(round_seconds, 1e-9))))
-    samples: dict[str, list[float]] = {n: [] for n in names}
+    samples: list[dict[str, list[float]]] = [{n: [] for n in names} for _ in conditions]
     gc.collect()
     for r in range(rounds):
         if progress:
             progress(f"round {r + 1}/{rounds}")
         for i in range(len(names)):
             name = names[(r + i) % len(names)]  # rotate who goes first
-            time.sleep(settings.settle_seconds)
-            samples[name].append(_timed(contenders[name], calls[name]))
-    return {n: stats(samples[n], calls[n]) for n in names}
+            for j in range(len(conditions)):
+                c = (r + j) % len(conditions)
+                with conditions[c]():
+                    time.sleep(settings.settle_seconds)
+                    samples[c][name].append(_timed(contenders[name], calls[name]))
+    return [{n: stats(s[n], calls[n]) for n in names} for s in samples]

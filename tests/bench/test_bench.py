@@ -3,6 +3,7 @@ Fast tests only (tiny shapes); nothing here asserts on timings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -145,6 +146,31 @@ def test_timing_interleaves_and_summarizes():
     assert "a" in calls and "b" in calls
 
 
+def test_timing_with_a_baseline_times_each_contender_inside_it_in_the_same_rounds():
+    inside, seen = [False], {"a": [], "b": []}
+
+    @contextlib.contextmanager
+    def baseline():
+        inside[0] = True
+        yield
+        inside[0] = False
+
+    contenders = {name: (lambda name=name: seen[name].append(inside[0])) for name in seen}
+    usual, idle = timing.measure_with_baseline(contenders, baseline, FAST)
+    assert set(usual) == set(idle) == {"a", "b"}
+    assert all(usual[n].n == idle[n].n >= 3 for n in seen)
+    assert all(True in calls and False in calls for calls in seen.values())
+
+
+def test_run_workload_with_a_baseline_reports_the_slowdown_and_prints_it():
+    result = suite.run_workload(TINY["fusion"], {"drug": drug_numpy}, FAST, MACHINE, baseline=contextlib.nullcontext)
+    drug = result["peers"]["drug"]
+    assert drug["slowdown"] == pytest.approx(drug["time_s"]["median"] / drug["baseline_time_s"]["median"])
+    loaded = {"machine": fake_machine(), "settings": fake_settings(), "workloads": {"fusion": result}}
+    text = report.render_plain(loaded)
+    assert report.SLOWDOWN in text and f"÷{drug['slowdown']:.2f}" in text
+
+
 def fake_machine():
     return {
         "cpu": "test CPU",
@@ -218,14 +244,25 @@ def test_busy_load_runs_for_the_block_only():
     assert all(p.returncode is not None for p in processes)
 
 
+def test_busy_load_pauses_for_the_block_only():
+    def state(process) -> str:
+        return open(f"/proc/{process.pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+    with BusyLoad(1) as load:
+        with load.paused():
+            assert state(load.processes[0]) == "T"
+        assert state(load.processes[0]) in "RS"
+
+
 def test_cli_load_says_so(tmp_path):
     out = tmp_path / "out.json"
     cmd = [sys.executable, "-m", "drug.bench", "--quick", "--size", "tiny", "--only", "fusion", "--load", "1"]
     cmd += ["--peers", "drug", "--backend", "numpy", "--no-memory", "--json", str(out), "--no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "--load 1: 1 busy process" in done.stdout
-    assert json.loads(out.read_text())["settings"]["load"] == 1
+    assert "--load 1: 1 busy process" in done.stdout and "slowdown" in done.stdout
+    data = json.loads(out.read_text())
+    assert data["settings"]["load"] == 1 and data["workloads"]["fusion"]["peers"]["drug"]["slowdown"] > 0
 
 
 @pytest.mark.parametrize("name", ONNX_WORKLOADS)
