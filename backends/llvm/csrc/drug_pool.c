@@ -22,9 +22,12 @@
 
    Pinned, a worker cannot leave a CPU it shares with another process: preempted there while it
    holds a task, it would keep the caller waiting for a time slice beside a CPU the caller leaves
-   idle. So on a contended machine a caller about to sleep for a worker's task that has taken twice
-   as long as its own tasks did moves that worker onto its own CPU (`pull_stragglers`); the worker
-   moves back when it has no task left. */
+   idle. So a caller about to sleep for a worker's task that has taken twice as long as its own tasks
+   did moves that worker onto its own CPU (`pull_stragglers`); the worker moves back when it has no
+   task left. Whatever the machine's state: how often a thread is preempted does not tell a short
+   preemption from a long one (a worker beside one busy process is preempted about as often as the
+   kernel's own threads preempt it on an idle machine, but each time for milliseconds), and a late
+   task is itself the sign. */
 #define _GNU_SOURCE
 #include <limits.h>
 #include <sched.h>
@@ -101,7 +104,6 @@ static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the wo
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
 static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
 static _Thread_local int short_tasks;      /* whether this thread's last tasks were short */
-static _Thread_local int timing_tasks;     /* whether to note when each task starts (contended) */
 static _Thread_local int64_t per_task_ns;  /* how long this thread's last tasks took each */
 
 /* Sleep while *word is value, or until `timeout_ns` has passed (0: no timeout). */
@@ -144,8 +146,7 @@ static int64_t spin_budget(int64_t budget_ns) {
         if (window_preemptions >= CONTENDED_PREEMPTIONS)
             atomic_store_explicit(&contended_until, now + CONTENDED_FOR_NS, memory_order_relaxed);
     }
-    timing_tasks = now < atomic_load_explicit(&contended_until, memory_order_relaxed);
-    if (!timing_tasks) return budget_ns;
+    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return budget_ns;
     int64_t contended = short_tasks ? pool.short_task_ns : pool.contended_spin_ns;
     return budget_ns > contended ? contended : budget_ns;
 }
@@ -178,10 +179,10 @@ static uint64_t take_tasks(void) {
             }
             return ran;
         }
-        int timed = thread_index && timing_tasks; /* for pull_stragglers, which acts only then */
-        if (timed) atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_release);
+        if (thread_index) /* for pull_stragglers */
+            atomic_store_explicit(&pool.task_since[thread_index], now_ns(), memory_order_release);
         pool.fn(pool.data, task); /* the job cannot change before this task is counted done */
-        if (timed) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
+        if (thread_index) atomic_store_explicit(&pool.task_since[thread_index], 0, memory_order_relaxed);
         ran++;
         if (atomic_fetch_add(&pool.done, 1) + 1 == tasks && atomic_load(&pool.caller_sleeps))
             futex_wake(&pool.done, 1);
@@ -230,14 +231,14 @@ static void *worker(void *index) {
     return NULL;
 }
 
-/* On a contended machine with pinned workers: move each worker whose task has run twice as long
-   as the caller's tasks took (`caller_task_ns` each) onto the caller's CPU, which the caller is about
-   to leave idle. Returns how long until the next running task becomes late (0: none will). */
+/* With pinned workers: move each worker whose task has run twice as long as the caller's tasks took
+   (`caller_task_ns` each) onto the caller's CPU, which the caller is about to leave idle. Returns
+   how long until the next running task becomes late (0: none will). */
 static int64_t pull_stragglers(int64_t caller_task_ns) {
     if (pool.cpu_count == 0 || caller_task_ns <= 0) return 0;
     int64_t now = now_ns();
     int cpu = sched_getcpu();
-    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed) || cpu < 0) return 0;
+    if (cpu < 0) return 0;
     int64_t late_after = 2 * caller_task_ns + STRAGGLER_MIN_NS, next = 0;
     for (int w = 1; w <= pool.workers; w++) {
         /* acquire: a worker that noted a task has published its thread id before */
