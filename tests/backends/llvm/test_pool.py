@@ -196,3 +196,33 @@ def test_a_worker_late_beside_a_busy_process_is_pulled_onto_the_waiting_callers_
         busy.kill()
         busy.wait()
         os.sched_setaffinity(0, set(allowed))
+
+
+@pytest.mark.skipif(
+    not threads.pin_workers() or threads.thread_count() != len(os.sched_getaffinity(0)),
+    reason="the pool pins its workers only with a thread per usable CPU",
+)
+def test_a_late_worker_is_pulled_whether_or_not_the_machine_looked_contended():
+    """Lateness is the sign, not a count of preemptions: a worker whose task keeps the waiting
+    caller far longer than the caller's own task took is moved onto the caller's CPU on an idle
+    machine too, and is back on a CPU of its own after its next job."""
+    allowed = sorted(os.sched_getaffinity(0))
+    lib = threads.pool()
+    lib.drug_pool_thread.restype = ctypes.c_int64
+
+    def task(_frame, _index):
+        if lib.drug_pool_thread() != 0:
+            time.sleep(0.02)  # a worker's task that runs late (asleep or preempted: both keep the caller waiting)
+
+    fn = TASK(task)
+    os.sched_setaffinity(0, {allowed[0]})
+    try:
+        before, jobs = threads.stats()["pulls"], 0
+        while threads.stats()["pulls"] == before and jobs < 50:
+            run(fn, 2)
+            jobs += 1
+        pulled = threads.stats()["pulls"] - before
+        run(TASK(lambda _frame, _index: None), 2)  # the pulled worker moves back when it takes the next
+        assert pulled > 0 and all(allowed[0] not in os.sched_getaffinity(tid) for tid in _pool_threads())
+    finally:
+        os.sched_setaffinity(0, set(allowed))
