@@ -14,7 +14,6 @@ import gc
 import math
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -99,7 +98,7 @@ def measure(
 
 def measure_with_baseline(
     contenders: dict[str, Callable[[], object]],
-    baseline: Callable[[], AbstractContextManager],
+    baseline: Callable[[], contextlib.AbstractContextManager],
     settings: Settings = FULL,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, Stats], dict[str, Stats]]:
@@ -113,7 +112,7 @@ def _measure(
     contenders: dict[str, Callable[[], object]],
     settings: Settings,
     progress: Callable[[str], None] | None,
-    conditions: list[Callable[[], AbstractContextManager]],
+    conditions: list[Callable[[], contextlib.AbstractContextManager]],
 ) -> list[dict[str, Stats]]:
     """Per condition, each contender's stats: every round times a block of each contender under
     every condition (the order of both rotating from round to round)."""
