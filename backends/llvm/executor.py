@@ -35,7 +35,7 @@ from .irutil import (
     STATUS_OUT_OF_MEMORY,
 )
 from .jit import compile_module, host_cpu
-from .lowering import calls_conv, user_code, uses_blas
+from .lowering import calls_conv, runs_user_code, uses_blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
@@ -51,6 +51,27 @@ def warm_up() -> None:
     host_cpu()
 
 
+class _Views(dict):
+    """slot -> array of a binding's buffers. A temporary's view of the arena is made the first
+    time something reads it (an output, a callback, an error report): a long step has thousands
+    of temporaries, whose views made up front would cost a cached compile more than its first step."""
+
+    def __init__(self, persistent: dict[int, np.ndarray], temps: dict[int, tuple], memory: np.ndarray):
+        super().__init__(persistent)
+        self._temps, self._memory = temps, memory  # slot -> (byte offset, buffer, shape)
+
+    def __missing__(self, slot: int) -> np.ndarray:
+        if slot not in self._temps:
+            raise KeyError(slot)
+        offset, buffer, shape = self._temps[slot]
+        flat = self._memory[offset : offset + math.prod(shape) * buffer.dtype.itemsize].view(buffer.dtype)
+        array = self[slot] = flat.reshape(shape)
+        return array
+
+    def __contains__(self, slot: object) -> bool:
+        return dict.__contains__(self, slot) or slot in self._temps
+
+
 class Binding:
     """Buffers for one batch size: the arena, the pointer table and NumPy views of each slot."""
 
@@ -60,20 +81,22 @@ class Binding:
         offsets, size = arena.layout(schedule.buffers, batch)
         self.memory = memory.allocating(f"the activations of batch size {batch}", size, lambda: arena.allocate(size))
         self.table = np.zeros(len(schedule.buffers), np.uint64)
-        self.arrays: dict[int, np.ndarray] = {}
+        base = self.memory.ctypes.data
+        temps: dict[int, tuple] = {}
+        persistent: dict[int, np.ndarray] = {}
         for buffer in schedule.buffers:
             if buffer.kind == "input":
                 continue
             if buffer.kind == "temp":
-                nbytes = buffer.nbytes(batch)
-                flat = self.memory[offsets[buffer.slot] : offsets[buffer.slot] + nbytes].view(buffer.dtype)
-                array = flat.reshape(concrete_shape(buffer.shape, batch))
+                offset = offsets[buffer.slot]
+                temps[buffer.slot] = (offset, buffer, concrete_shape(buffer.shape, batch))
+                self.table[buffer.slot] = base + offset
             else:
-                array = executor.persistent[buffer.slot]
-            self.arrays[buffer.slot] = array
-            self.table[buffer.slot] = array.ctypes.data
+                array = persistent[buffer.slot] = executor.persistent[buffer.slot]
+                self.table[buffer.slot] = array.ctypes.data
         self.table_address = self.table.ctypes.data
-        self.arena = dict(self.arrays)
+        self.arrays = _Views(persistent, temps, self.memory)
+        self.arena = _Views(persistent, temps, self.memory)  # the arena's own arrays, when `arrays` points elsewhere
         # each output as the caller sees it: arena views stay valid while the binding lives (None:
         # an input fed through, viewed anew on every call)
         self.outputs = [
@@ -111,7 +134,7 @@ class NativeExecutor(Executor):
         builder = lambda: str(self._builder().build())  # noqa: E731
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
         key += f"|probe-{instrument}" if instrument else ""
-        if any(user_code(node.op) for node in _all_nodes(program)):
+        if runs_user_code(_all_nodes(program)):
             text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
             key += f"|ir{hashlib.sha256(text.encode()).hexdigest()}"
             builder = lambda: text  # noqa: E731

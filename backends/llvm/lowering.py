@@ -12,12 +12,12 @@ registers its own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from ...compiler.scalar import scalar_rule_of
+from ...compiler.scalar import scalar_rule_of, scalar_rules
 from ...core.node import Node
 from ...core.op import Op
 from ...core.types import Shape
@@ -122,4 +122,20 @@ def user_code(op: Op) -> bool:
     rule = lowering_of(op)
     functions = rule.functions() if rule is not None else []
     functions.append(scalar_rule_of(op))
+    return _any_outside_drug(functions)
+
+
+def rules_from_outside_drug() -> bool:
+    """Whether any kernel or scalar rule registered from outside drug is in effect (then each
+    program's nodes are checked; without one, none can be a user's)."""
+    functions = [f for rule in rules() for f in rule.functions()]
+    return _any_outside_drug(functions + list(scalar_rules()))
+
+
+def _any_outside_drug(functions: list) -> bool:
     return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)
+
+
+def runs_user_code(nodes: Iterable[Node]) -> bool:
+    """Whether any of `nodes` runs by a user's kernel or scalar rule (`user_code`)."""
+    return rules_from_outside_drug() and any(user_code(node.op) for node in nodes)

@@ -15,23 +15,10 @@ import pickle
 from pathlib import Path
 
 from ...compiler import portable
-from ...compiler.scalar import scalar_rules
 from ...core.program import Program
 from . import bounds, forked, jit, lowering
 
 SUFFIX = ".program"
-
-
-def rules_from_outside_drug() -> bool:
-    """Whether any kernel or scalar rule registered from outside drug is in effect (then each
-    program's nodes are checked; without one, none can be a user's)."""
-    functions = [f for rule in lowering.rules() for f in rule.functions()]
-    functions += scalar_rules()
-    return any(f is not None and not getattr(f, "__module__", "").startswith("drug.") for f in functions)
-
-
-def runs_user_code(program: Program) -> bool:
-    return rules_from_outside_drug() and any(lowering.user_code(node.op) for node in program.nodes)
 
 
 class ProgramCache:
@@ -58,7 +45,7 @@ class ProgramCache:
             program = portable.decode(data, request)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError, EOFError, pickle.UnpicklingError):
             return None  # written by another layout of the same code: compile and store it again
-        return None if runs_user_code(program) else program
+        return None if lowering.runs_user_code(program.nodes) else program
 
     def store(self, request: Program, finished: Program, mark: int) -> None:
         """Stored while the native compile of `finished` runs in its child process (forked.py):
@@ -68,7 +55,7 @@ class ProgramCache:
     def _store(self, request: Program, finished: Program, mark: int) -> None:
         if self._path is None or self._entry(request) != self._path:  # the build changed the request's graph
             return
-        if runs_user_code(finished):
+        if lowering.runs_user_code(finished.nodes):
             return
         try:
             data = portable.encode(request, finished, mark)

@@ -106,6 +106,25 @@ def test_variable_batch_sizes_share_one_compilation(data):
     assert len(nat._executor._bindings) <= 4  # arenas of recent batch sizes only
 
 
+def test_a_binding_views_only_what_is_read_and_each_view_is_the_buffer_the_kernels_use(data):
+    x, y = data
+    g, logits, loss = build([32, 16], 0)
+    train = g.compile(loss=loss, outputs=logits, optimizer=dg.SGD(0.1), backend="llvm")
+    train(x=x[:8], y=y[:8])
+    executor = train._executor
+    binding = executor._bindings[8]
+    temps = [b for b in executor.schedule.buffers if b.kind == "temp"]
+    outputs = {executor.schedule.slot(n) for n in executor.program.outputs}
+    unread = [b for b in temps if b.slot not in outputs]
+    assert unread and not any(dict.__contains__(binding.arrays, b.slot) for b in unread)  # no view made yet
+    for buffer in temps:  # made on first read: the buffer's shape, at the address the kernels are given
+        view = binding.arrays[buffer.slot]
+        assert view.shape == tuple(8 if d is None else d for d in buffer.shape) and view.dtype == buffer.dtype
+        assert view.ctypes.data == int(binding.table[buffer.slot]) and buffer.slot in binding.arena
+    hidden = executor.view(binding, executor.program.outputs[1])
+    np.testing.assert_array_equal(hidden, train(x=x[:8], y=y[:8])[1])
+
+
 def test_params_are_live_views_shared_with_predictor(data):
     x, y = data
     g, logits, loss = build([32], 0)
