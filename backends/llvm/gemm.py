@@ -76,6 +76,25 @@ class Tile:
 
 
 @dataclass(frozen=True)
+class ChannelTile:
+    """The tile of the convolution by channels (`conv_channels_micro_kernel`): at most `pixels`
+    pixels of an output row (28 accumulators with 2 vectors: 14 pixels) by `vectors` vectors of
+    output channels, over blocks of `depth` steps (a block's weights, depth x channels, stay in L2;
+    a longer block means fewer passes over C, each of which transposes the tile)."""
+
+    pixels: int
+    vectors: int
+    depth: int
+
+    def applies(self, m: int, wo: int, lanes: int) -> bool:
+        """Whether a convolution of `m` output channels and rows `wo` wide goes by channels: rows of
+        half a tile at least, and tiles of channels at most a sixth empty (with m = 16 half of each
+        tile's multiply-adds would be on zeros). `_Builder._by_channels` decides the same in IR."""
+        width = self.vectors * lanes
+        return 2 * wo >= self.pixels and -(-m // width) * width * 5 <= m * 6
+
+
+@dataclass(frozen=True)
 class Tiling:
     """Register tiles and cache blocks of the GEMM (in elements)."""
 
@@ -87,6 +106,7 @@ class Tiling:
     column_block: int  # columns of B packed at once
     unpacked_rows: int = 64  # at most this many rows of A: B is read in place, not packed
     conv: Tile | None = None  # the tile of drug's convolution (None: `wide`)
+    channels: ChannelTile | None = None  # the convolution by channel vectors (None: not on this host)
 
     @property
     def conv_tile(self) -> Tile:
@@ -100,11 +120,14 @@ def host_tiling(features: str) -> Tiling:
     floats) is read once per row tile: it has to stay in L2, 1 MiB on AVX-512 cores, 256 KiB on
     older ones. The convolution's vectors of B are one or two masked loads each (a vector's pixels
     span two output rows), so on AVX-512 its tile is a vector wider (8 x 48: 24 accumulators, 3
-    for B, 1 broadcast), which takes fewer loads per multiply-add."""
+    for B, 1 broadcast), which takes fewer loads per multiply-add; and where a convolution has 32
+    output channels or so, it goes by channels instead (`ChannelTile`: 14 pixels x 32 channels,
+    28 accumulators, a 4-byte broadcast per pixel and two aligned loads of weights per step)."""
     flags = set(features.split(","))
     if "+avx512f" in flags:
         few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
-        return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512, conv=Tile(8, 3))
+        channels = ChannelTile(pixels=14, vectors=2, depth=512)
+        return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512, conv=Tile(8, 3), channels=channels)
     few = (Tile(1, 8), Tile(2, 4), Tile(4, 2))
     if "+avx" in flags:
         return Tiling(8, Tile(6, 2), Tile(12, 1), few, depth=256, column_block=256)
@@ -273,6 +296,71 @@ class _Builder:
         one = ir.Constant(F32, 1.0)
         self._accumulate(fn, b, tile, depth, a, lda, i64(1), load_b, c, ldc, rows, cols, one, beta, masks,
                          epilogue=(bias, floor))  # fmt: skip
+        return fn
+
+    @_built_once
+    def conv_channels_micro_kernel(self, pixels: int, vectors: int) -> ir.Function:
+        """`conv_channels(depth, w, offsets, image, c, ldc, rows, first, end, beta, bias, floor)`: the
+        convolution's tile of `vectors` x lanes output channels by `pixels` adjacent pixels of one
+        output row, with the channels in the vectors: each step broadcasts a pixel, image[offsets[p]
+        + r] for pixel r of the tile (4-byte loads, never split across cache lines) against the
+        channels' weights, w[p*width + o] (a `pack`ed panel: aligned loads). The sums are transposed
+        in registers at the end, so that C (output channel o's row at c + o*ldc) takes the lanes
+        [first, end) of each channel's row: C = acc + beta C, finished by `_epilogue` for the
+        first `rows` channels."""
+        lanes, width = self.t.lanes, vectors * self.t.lanes
+        fn, b = self.function(
+            f"drug_sconv.channels{pixels}x{width}",
+            [("depth", I64), ("w", PTR), ("offsets", PTR), ("image", PTR), ("c", PTR), ("ldc", I64), ("rows", I64),
+             ("first", I64), ("end", I64), ("beta", F32), ("bias", PTR), ("floor", F32)],
+        )  # fmt: skip
+        depth, w, offsets, image, c, ldc, rows, first, end, beta, bias, floor = fn.args
+        # the tile's output, a few pixels in each of `width` rows, is stored after the whole depth: its
+        # lines asked for now (for writing) are in cache by then, instead of every row's store waiting
+        prefetch = self.intrinsic("llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+        for o in range(width):
+            for x in (0, pixels - 1):
+                at = self.element(b, c, b.add(b.mul(i64(o), ldc), i64(x)), f"pf{o}.{x}")
+                b.call(prefetch, [at, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
+        entry, loop, done = b.block, fn.append_basic_block("step"), fn.append_basic_block("store")
+        b.branch(loop)
+        b.position_at_end(loop)
+        p = b.phi(I64, name="p")
+        p.add_incoming(i64(0), entry)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        acc = [[b.phi(self.vector, name=f"c{r}.{v}") for v in range(vectors)] for r in range(pixels)]
+        fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
+        offset = b.load(b.gep(offsets, [p], source_etype=I64, inbounds=True), typ=I64, name="offset")
+        row = self.element(b, w, b.mul(p, i64(width)), "w.row")
+        weights = []
+        for v in range(vectors):
+            weight = b.load(self.element(b, row, i64(v * lanes), f"w{v}.at"), typ=self.vector, name=f"w{v}")
+            weight.align = lanes * 4
+            weights.append(weight)
+        new = []
+        for r in range(pixels):
+            pixel = b.load(self.element(b, image, b.add(offset, i64(r)), f"x{r}.at"), typ=F32, name=f"x{r}")
+            splat = self.splat(b, pixel)
+            new.append([b.call(fma, [splat, weights[v], acc[r][v]], name=f"c{r}.{v}.next") for v in range(vectors)])
+        p_next = b.add(p, i64(1), name="p.next")
+        p.add_incoming(p_next, loop)
+        for r in range(pixels):
+            for v in range(vectors):
+                acc[r][v].add_incoming(zero, entry)
+                acc[r][v].add_incoming(new[r][v], loop)
+        b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
+        b.position_at_end(done)
+        # per vector of channels: the pixels' vectors (zeros past the tile) transposed to the channels'
+        channel_rows = []
+        for v in range(vectors):
+            channel_rows += transpose(b, [new[r][v] if r < pixels else zero for r in range(lanes)])
+        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
+        inside = b.and_(b.icmp_signed(">=", lane, self.splat(b, first)), b.icmp_signed("<", lane, self.splat(b, end)))
+        beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
+        finish = self._epilogue(b, Tile(width, 1), bias, floor, rows)
+        one, beta_v = self.splat(b, ir.Constant(F32, 1.0)), self.splat(b, beta)
+        self._store_tile(b, [[row] for row in channel_rows], c, ldc, one, beta_v, beta_zero, [inside], rows, finish)
+        b.ret_void()
         return fn
 
     def _epilogue(self, b: ir.IRBuilder, tile: Tile, bias, floor, rows):
@@ -512,7 +600,10 @@ class _Builder:
         into panels `panel` wide (a multiple of the vector width): dst[q][p][e] = op(B)[inner0 + p,
         outer0 + q*panel + e], zeros past the block's edge (edge tiles need no micro-kernel of
         their own). `by_rows`: a step p is a row of `src` (B not transposed: vector copies); else a
-        column (blocks transposed in registers). One function for every tile's panel width."""
+        column (blocks transposed in registers). One function for every tile's panel width, and
+        for the convolution's weights too (one module may hold both)."""
+        if "drug_sgemm.pack" in self.module.globals:
+            return self.module.globals["drug_sgemm.pack"]
         fn, b = self.function(
             "drug_sgemm.pack",
             [("dst", PTR), ("src", PTR), ("ld", I64), ("by_rows", I64), ("outer0", I64), ("inner0", I64),
@@ -833,13 +924,19 @@ class _Builder:
     def conv_entry(self) -> ir.Function:
         """`CONV_SYMBOL(m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor)`:
         output pixels [q_lo, q_hi) of one image's convolution, c[o*ldc + q] = sum over p < depth of
-        w[o*ldw + p] * image[offsets[p] + at(q)] for the m output channels (`conv_micro_kernel`);
-        no column matrix, no packing. Blocks of `depth` steps keep a row tile's weights in L1.
-        Output rows must be half a vector wide at least (`wo` >= lanes / 2). A `bias` (not null)
+        w[o*ldw + p] * image[offsets[p] + at(q)] for the m output channels: by tiles of channels
+        (`_conv_by_channels`) where the host has them and they fit (`ChannelTile.applies`), else by
+        tiles of pixels (`conv_micro_kernel`: no column matrix, no packing; blocks of `depth` steps
+        keep a row tile's weights in L1). Output rows must be half a vector wide at least (`wo` >=
+        lanes / 2). A `bias` (not null)
         finishes each tile while it is in registers: c = max(c + bias[o], floor), floor 0 a relu,
         -inf none (a pass over the output saved)."""
         fn, b = self.function(CONV_SYMBOL, CONV_ARGS, internal=False)
         m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor = fn.args
+        if self.t.channels is not None:  # where the channel tiles waste little, by channels
+            with b.if_then(self._by_channels(b, m, wo, self.t.channels), likely=True):
+                self._conv_by_channels(b, fn.args, self.t.channels)
+                b.ret_void()
         tile = self.t.conv_tile
         # a vector spans two output rows at most when they are a vector wide, else three (wo >= lanes / 2)
         two = b.icmp_signed(">=", wo, i64(self.t.lanes), name="two_rows")
@@ -867,6 +964,62 @@ class _Builder:
                     b.call(Callee(micro, self.conv_micro_kernel(tile, 2).function_type), args)
         b.ret_void()
         return fn
+
+    def _by_channels(self, b: ir.IRBuilder, m, wo, tile: ChannelTile) -> ir.Value:
+        """`ChannelTile.applies` for the `m` and `wo` of a call."""
+        width = tile.vectors * self.t.lanes
+        padded = b.mul(_ceil_div(b, m, i64(width), "channel_tiles"), i64(width))
+        full = b.icmp_signed("<=", b.mul(padded, i64(5)), b.mul(m, i64(6)), name="channels_full")
+        return b.and_(full, b.icmp_signed(">=", b.mul(wo, i64(2)), i64(tile.pixels)), name="by_channels")
+
+    def _conv_by_channels(self, b: ir.IRBuilder, args, tile: ChannelTile) -> None:
+        """`conv_entry` by `conv_channels_micro_kernel`: per block of the depth and tile of output
+        channels, their weights packed (transposed: a step's channels side by side), then per output
+        row of the pixel range its tiles, the row cut into equal ones; a row's last tile, when
+        shorter, starts a tile before the row's end and stores only its new pixels."""
+        m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor = args
+        width = tile.vectors * self.t.lanes
+        smallest = -(-tile.pixels // 2)
+        # the rows cut into equal tiles of ceil(wo / ceil(wo / most)) pixels, and their micro-kernel
+        per_row = _ceil_div(b, wo, i64(tile.pixels), "tiles_per_row")
+        pixels = _ceil_div(b, wo, per_row, "pixels")
+        kernels = [self.conv_channels_micro_kernel(r, tile.vectors) for r in range(smallest, tile.pixels + 1)]
+        micro = kernels[0]
+        for r, kernel in zip(range(smallest + 1, tile.pixels + 1), kernels[1:]):
+            micro = b.select(b.icmp_signed("==", pixels, i64(r)), kernel, micro, name=f"micro{r}")
+        panel = b.alloca(F32, size=width * tile.depth, name="w.panel")
+        panel.align = 64
+        zeros = b.gep(self._zeros(width), [i64(0), i64(0)], source_etype=ir.ArrayType(F32, width))
+        depth_count, depth_block = _blocks(b, depth, tile.depth, "kc", balanced_multiple=1)
+        first_row = b.udiv(q_lo, wo, name="first_row")
+        end_row = _ceil_div(b, q_hi, wo, "end_row")
+        with for_range(b, depth_count, "pc") as pc_index:
+            pc = b.mul(pc_index, depth_block, name="pc")
+            kc = _min(b, depth_block, b.sub(depth, pc), "kc")
+            beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
+            last = b.icmp_signed("==", pc_index, b.sub(depth_count, i64(1)), name="last_block")
+            finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)), name="finish")
+            step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
+            with _Loop(b, m, width, "oc") as (o0, channels):
+                b.call(self.pack(), [panel, w, ldw, i64(0), o0, pc, channels, kc, i64(width)])
+                tile_bias = b.select(finish, self.element(b, bias, o0, "bias.tile"), zeros, "bias.tile")
+                tile_floor = b.select(finish, floor, ir.Constant(F32, -math.inf), name="floor.tile")
+                with for_range(b, end_row, "y", start=first_row) as y:
+                    row_q = b.mul(y, wo, name="row_q")
+                    x_lo = b.sub(b.select(b.icmp_signed(">", q_lo, row_q), q_lo, row_q), row_q, name="x_lo")
+                    x_hi = b.sub(_min(b, q_hi, b.add(row_q, wo), "row_end"), row_q, name="x_hi")
+                    with for_range(b, _ceil_div(b, b.sub(x_hi, x_lo), pixels, "row_tiles"), "px") as px:
+                        x_new = b.add(x_lo, b.mul(px, pixels), name="x_new")
+                        # a short tile moves back to end at x_hi (at x 0 at the least: wo >= pixels)
+                        x0 = _min(b, x_new, b.sub(x_hi, pixels), "x0.back")
+                        x0 = b.select(b.icmp_signed("<", x0, i64(0)), i64(0), x0, name="x0")
+                        first = b.sub(x_new, x0, name="first")
+                        end = _min(b, b.add(first, pixels), b.sub(x_hi, x0), "end")
+                        at = self.element(b, image, b.add(b.mul(y, row_stride), x0), "pixel0")
+                        out = self.element(b, c, b.add(b.mul(o0, ldc), b.add(row_q, x0)), "c.tile")
+                        b.call(Callee(micro, kernels[0].function_type),
+                               [kc, panel, step_offsets, at, out, ldc, channels, first, end, beta, tile_bias,
+                                tile_floor])  # fmt: skip
 
     @_built_once
     def blocked(self, tile: Tile) -> ir.Function:
@@ -996,9 +1149,13 @@ def _host() -> Tiling:
     return host_tiling(jit.host_cpu()[1])
 
 
-def conv_tile_pixels() -> int:
-    """Output pixels of a tile of drug's convolution on this host (its tasks cut images at them)."""
-    return _host().conv_tile.vectors * _host().lanes
+def conv_tile_pixels(m: int, wo: int) -> int:
+    """Output pixels of a tile of drug's convolution of `m` output channels (per group) and rows
+    `wo` wide on this host, at which its tasks cut images: whole rows where it goes by channels."""
+    host = _host()
+    if host.channels is not None and host.channels.applies(m, wo, host.lanes):
+        return wo
+    return host.conv_tile.vectors * host.lanes
 
 
 @functools.cache

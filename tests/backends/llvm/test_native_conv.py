@@ -202,6 +202,58 @@ def test_direct_convolution_matches_reference(case):
         assert np.all(error <= TOLERANCE["float32"] * scale + np.finfo(np.float32).tiny)
 
 
+@st.composite
+def channel_cases(draw):
+    """float32 convolutions that go by channel tiles where the host has them (AVX-512): 27 or more
+    output channels per group, rows from 7 wide (tiles of 7 to 14 pixels, a row's last one moved
+    back), depths past one block of 512 steps."""
+    kh, kw = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+    groups, dh = draw(st.sampled_from([1, 1, 2])), draw(st.integers(1, 2))
+    return dict(
+        n=draw(st.sampled_from([1, 2, 3])),
+        c=groups * draw(st.integers(1, 24)),
+        o=groups * draw(st.integers(27, 70)),
+        hw=(draw(st.integers(dh * (kh - 1) + 1, 12)), draw(st.integers(max(DIRECT_MIN_WIDTH, 7) + kw - 1, 40))),
+        k_hw=(kh, kw),
+        stride=(draw(st.integers(1, 2)), 1),
+        dilation=(dh, 1),
+        groups=groups,
+        padding=draw(st.sampled_from(["valid", "same"])),
+        relu=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(case=channel_cases())
+def test_convolution_by_channel_tiles_matches_reference(case):
+    """drug's convolution by tiles of output channels (vectors of channels, broadcast pixels, the
+    sums transposed into the output's rows at the end) against the reference: with its bias and
+    relu finished in the kernel or not, in bands of rows for a small batch, groups, dilation,
+    vertical strides, two blocks of the depth; nothing written outside the output."""
+    g = dg.Graph(dtype="float32")
+    x = g.input("x", (None, case["c"]) + case["hw"])
+    w = g.input("w", (case["o"], case["c"] // case["groups"]) + case["k_hw"])
+    bias = g.input("b", (case["o"],))
+    conv = dg.conv2d(x, w, stride=case["stride"], padding=case["padding"], dilation=case["dilation"],
+                     groups=case["groups"])  # fmt: skip
+    y = conv + dg.reshape(bias, (case["o"], 1, 1))
+    y = dg.relu(y) if case["relu"] else y
+    geo = _Geometry.of(x.shape, w.shape, conv.op, "float32")
+    rng = np.random.default_rng(case["seed"])
+    feeds = {"x": rng.standard_normal((case["n"],) + x.shape[1:]).astype(np.float32)}
+    feeds["w"] = rng.standard_normal(w.shape).astype(np.float32)
+    feeds["b"] = rng.standard_normal(bias.shape).astype(np.float32)
+    native, reference = (g.compile(outputs=y, backend=b) for b in ("llvm", "numpy"))
+    if _direct(geo):
+        assert "sconv" in native.ir()
+    out = np.full((case["n"],) + y.shape[1:], np.nan, np.float32)
+    native(**feeds, out=out)
+    scale = reference(x=np.abs(feeds["x"]), w=np.abs(feeds["w"]), b=np.abs(feeds["b"]))
+    error = np.abs(out.astype(np.float64) - reference(**feeds))
+    assert np.all(error <= TOLERANCE["float32"] * scale + np.finfo(np.float32).tiny)
+
+
 def test_conv_with_a_static_batch_axis():
     """Images counted from the input's own (static) first axis, not the step's batch size."""
     g = dg.Graph(dtype="float64")
