@@ -28,7 +28,7 @@ from ..core.node import Call, Node, recording, user_name
 from ..core.program import Program, ancestors
 from .schedule import Schedule, fingerprint
 
-FORMAT = b"drug-program-2\n"
+FORMAT = b"drug-program-3\n"
 SCHEDULE_FIELDS = (
     "program", "kernels", "buffers", "buffer_of", "copies", "transposed", "workspaces", "groups", "digest",
 )  # fmt: skip
@@ -103,11 +103,12 @@ def encode(request: Program, finished: Program, mark: int) -> bytes:
     made_index = {n.id: i for i, n in enumerate(made)}
     user_calls = {id(n.call): i for i, n in reversed(list(enumerate(users))) if n.call is not None}
 
-    def ref(node: Node | int) -> tuple[str, int]:
+    def ref(node: Node | int) -> int:
+        """A node as its place among the request's nodes, then the made ones (decode's `nodes`)."""
         nid = node if isinstance(node, int) else node.id
         if nid in user_index:
-            return ("user", user_index[nid])
-        return ("made", made_index[nid])
+            return user_index[nid]
+        return len(users) + made_index[nid]
 
     calls: dict[int, int] = {}
     call_records: list[tuple] = []
@@ -119,11 +120,11 @@ def encode(request: Program, finished: Program, mark: int) -> bytes:
         records.append((node.op, [ref(i) for i in node.inputs], node.type, call, node.name))
     schedule = finished.schedule
     schedule.digest = fingerprint(schedule)
-    refs: dict[int, Any] = {id(n): ("user", i) for i, n in enumerate(users)}
-    refs.update((id(n), ("made", i)) for i, n in enumerate(made))
-    refs[id(request.graph)] = "graph"
+    # persistent ids are places in decode's list of the nodes, the graph and the optimizer
+    refs: dict[int, Any] = {id(n): i for i, n in enumerate(users + made)}
+    refs[id(request.graph)] = len(users) + len(made)
     if request.optimizer is not None:
-        refs[id(request.optimizer)] = "optimizer"
+        refs[id(request.optimizer)] = len(users) + len(made) + 1
     head, body = io.BytesIO(), io.BytesIO()
     try:  # the made nodes' ops first: decode makes the nodes before it reads what refers to them
         _Pickler(head, {}).dump((records, call_records))
@@ -231,29 +232,26 @@ def decode(data: bytes, request: Program) -> Program:
     at = len(FORMAT)
     size = int.from_bytes(data[at : at + 8], "little")
     records, call_records = pickle.loads(data[at + 8 : at + 8 + size])
-    users = request_nodes(request)
-    made: list[Node] = []
+    nodes = request_nodes(request)  # the request's, then the made ones as they are made (`ref` in encode)
+    users = len(nodes)
     calls: list[Call] = []
-
-    def node_of(ref: tuple[str, int]) -> Node:
-        kind, index = ref
-        return users[index] if kind == "user" else made[index]
-
     with recording(None):  # nodes of no user call, like those the passes make
         for op, inputs, type_, _, name in records:
-            made.append(Node(request.graph, op, [node_of(r) for r in inputs], type_))
-            made[-1].name = name  # a user's name a pass carried over to the node standing in for it
+            node = Node(request.graph, op, [nodes[i] for i in inputs], type_)
+            node.name = name  # a user's name a pass carried over to the node standing in for it
+            nodes.append(node)
     for parts, kind, composite, output in call_records:
-        name = "".join(part if isinstance(part, str) else str(node_of(part).id) for part in parts)
-        call = Call(name, kind)
+        call = Call("".join(part if isinstance(part, str) else str(nodes[part].id) for part in parts), kind)
         call.composite = composite
         if output is not None:
-            call.finish(node_of(output))
+            call.finish(nodes[output])
         calls.append(call)
-    for node, (_, _, _, call_ref, _) in zip(made, records):
+    for node, (_, _, _, call_ref, _) in zip(nodes[users:], records):
         if call_ref is not None:
-            node.call = users[call_ref[1]].call if call_ref[0] == "user" else calls[call_ref[1]]
-    finished, portable, digest = _Unpickler(io.BytesIO(data[at + 8 + size :]), request, node_of).load()
+            node.call = nodes[call_ref[1]].call if call_ref[0] == "user" else calls[call_ref[1]]
+    unpickler = pickle.Unpickler(io.BytesIO(data[at + 8 + size :]))
+    unpickler.persistent_load = (nodes + [request.graph, request.optimizer]).__getitem__
+    finished, portable, digest = unpickler.load()
     schedule: Schedule = finished.schedule
     schedule.buffer_of = {node.id: slot for node, slot in portable["buffer_of"]}
     schedule.transposed = {node.id for node in portable["transposed"]}
@@ -262,16 +260,3 @@ def decode(data: bytes, request: Program) -> Program:
         schedule.buffers[slot].key = ("workspace", node.id)
     schedule.digest = digest
     return finished
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, request: Program, node_of):
-        super().__init__(file)
-        self.request, self.node_of = request, node_of
-
-    def persistent_load(self, pid: Any) -> Any:
-        if pid == "graph":
-            return self.request.graph
-        if pid == "optimizer":
-            return self.request.optimizer
-        return self.node_of(tuple(pid))
