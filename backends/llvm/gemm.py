@@ -21,6 +21,7 @@ address the runtime stores in `FALLBACK_SYMBOL` before the first call.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import functools
 import math
@@ -322,34 +323,25 @@ class _Builder:
             for x in (0, pixels - 1):
                 at = self.element(b, c, b.add(b.mul(i64(o), ldc), i64(x)), f"pf{o}.{x}")
                 b.call(prefetch, [at, ir.Constant(I32, 1), ir.Constant(I32, 3), ir.Constant(I32, 1)])
-        entry, loop, done = b.block, fn.append_basic_block("step"), fn.append_basic_block("store")
-        b.branch(loop)
-        b.position_at_end(loop)
-        p = b.phi(I64, name="p")
-        p.add_incoming(i64(0), entry)
-        zero = ir.Constant(self.vector, [0.0] * lanes)
-        acc = [[b.phi(self.vector, name=f"c{r}.{v}") for v in range(vectors)] for r in range(pixels)]
         fma = self.intrinsic(f"llvm.fmuladd.v{lanes}f32", self.vector, [self.vector] * 3)
-        offset = b.load(b.gep(offsets, [p], source_etype=I64, inbounds=True), typ=I64, name="offset")
-        row = self.element(b, w, b.mul(p, i64(width)), "w.row")
-        weights = []
-        for v in range(vectors):
-            weight = b.load(self.element(b, row, i64(v * lanes), f"w{v}.at"), typ=self.vector, name=f"w{v}")
-            weight.align = lanes * 4
-            weights.append(weight)
-        new = []
-        for r in range(pixels):
-            pixel = b.load(self.element(b, image, b.add(offset, i64(r)), f"x{r}.at"), typ=F32, name=f"x{r}")
-            splat = self.splat(b, pixel)
-            new.append([b.call(fma, [splat, weights[v], acc[r][v]], name=f"c{r}.{v}.next") for v in range(vectors)])
-        p_next = b.add(p, i64(1), name="p.next")
-        p.add_incoming(p_next, loop)
-        for r in range(pixels):
+
+        def step(b: ir.IRBuilder, p, acc) -> list[list[ir.Value]]:
+            offset = b.load(b.gep(offsets, [p], source_etype=I64, inbounds=True), typ=I64, name="offset")
+            row = self.element(b, w, b.mul(p, i64(width)), "w.row")
+            weights = []
             for v in range(vectors):
-                acc[r][v].add_incoming(zero, entry)
-                acc[r][v].add_incoming(new[r][v], loop)
-        b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
-        b.position_at_end(done)
+                weight = b.load(self.element(b, row, i64(v * lanes), f"w{v}.at"), typ=self.vector, name=f"w{v}")
+                weight.align = lanes * 4
+                weights.append(weight)
+            new = []
+            for r in range(pixels):
+                pixel = b.load(self.element(b, image, b.add(offset, i64(r)), f"x{r}.at"), typ=F32, name=f"x{r}")
+                splat = self.splat(b, pixel)
+                new.append([b.call(fma, [splat, weights[v], acc[r][v]], name=f"c{r}.{v}.next") for v in range(vectors)])
+            return new
+
+        new = self._sum_loop(fn, b, pixels, vectors, depth, step)
+        zero = ir.Constant(self.vector, [0.0] * lanes)
         # per vector of channels: the pixels' vectors (zeros past the tile) transposed to the channels'
         channel_rows = []
         for v in range(vectors):
@@ -398,32 +390,41 @@ class _Builder:
         B, each row's A entry is broadcast against them into the tile's accumulators; then C =
         alpha acc + beta C over the tile's first `rows` x `cols` (C not read where beta is 0), finished
         by `_epilogue` when `epilogue` = (bias, floor) is given."""
-        lanes = self.t.lanes
         # rows past the edge read the last row again (their sums are never stored): A needs no padding
         last = b.sub(rows, i64(1), name="last")
         a_rows = [
             self.element(b, a, b.mul(_min(b, i64(r), last, f"r{r}"), a_row), f"a{r}.row") for r in range(tile.rows)
         ]
+        new = self._sum_loop(
+            fn, b, tile.rows, tile.vectors, depth,
+            lambda b, p, acc: self._step(b, a_rows, b.mul(p, a_step, name="a.col"), load_b(b, p), acc),
+        )  # fmt: skip
+        finish = None if epilogue is None else self._epilogue(b, tile, *epilogue, rows)
+        self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
+        b.ret_void()
+
+    def _sum_loop(self, fn, b: ir.IRBuilder, rows: int, vectors: int, depth, step) -> list[list[ir.Value]]:
+        """The loop down the depth that every micro-kernel runs: `rows` x `vectors` accumulators from
+        zero, updated by `step(b, p, acc)` at each step p; returns the sums after the last step, the
+        builder left in the block after the loop ("store")."""
         entry = b.block
         loop, done = fn.append_basic_block("step"), fn.append_basic_block("store")
         b.branch(loop)
         b.position_at_end(loop)
         p = b.phi(I64, name="p")
         p.add_incoming(i64(0), entry)
-        zero = ir.Constant(self.vector, [0.0] * lanes)
-        acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
-        new = self._step(b, a_rows, b.mul(p, a_step, name="a.col"), load_b(b, p), acc)
+        zero = ir.Constant(self.vector, [0.0] * self.t.lanes)
+        acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(vectors)] for r in range(rows)]
+        new = step(b, p, acc)
         p_next = b.add(p, i64(1), name="p.next")
         p.add_incoming(p_next, loop)
-        for r in range(tile.rows):
-            for j in range(tile.vectors):
+        for r in range(rows):
+            for j in range(vectors):
                 acc[r][j].add_incoming(zero, entry)
                 acc[r][j].add_incoming(new[r][j], loop)
         b.cbranch(b.icmp_signed("<", p_next, depth), loop, done)
         b.position_at_end(done)
-        finish = None if epilogue is None else self._epilogue(b, tile, *epilogue, rows)
-        self._store(b, tile, new, c, ldc, rows, cols, alpha, beta, masks, finish)
-        b.ret_void()
+        return new
 
     def _row_vectors(self, b: ir.IRBuilder, base, offset, masks) -> list[ir.Value]:
         """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0)."""
@@ -941,21 +942,11 @@ class _Builder:
         # a vector spans two output rows at most when they are a vector wide, else three (wo >= lanes / 2)
         two = b.icmp_signed(">=", wo, i64(self.t.lanes), name="two_rows")
         micro = b.select(two, self.conv_micro_kernel(tile, 2), self.conv_micro_kernel(tile, 3), name="micro")
-        depth_count, depth_block = _blocks(b, depth, self.t.depth, "kc", balanced_multiple=1)
-        with for_range(b, depth_count, "pc") as pc_index:
-            pc = b.mul(pc_index, depth_block, name="pc")
-            kc = _min(b, depth_block, b.sub(depth, pc), "kc")
-            beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
-            last = b.icmp_signed("==", pc_index, b.sub(depth_count, i64(1)), name="last_block")
-            zeros = b.gep(self._zeros(tile.rows), [i64(0), i64(0)], source_etype=ir.ArrayType(F32, tile.rows))
-            step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
+        with self._depth_blocks(b, depth, self.t.depth, offsets, bias, floor, tile.rows) as block:
+            pc, kc, beta, step_offsets, finish = block
             with _Loop(b, m, tile.rows, "ir") as (row, height):
                 a_tile = self.element(b, w, b.add(b.mul(row, ldw), pc), "w.tile")
-                # the last block finishes the tiles; the others (and a convolution without a bias)
-                # add zeros and cut nothing
-                finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)))
-                row_bias = b.select(finish, self.element(b, bias, row, "bias.row"), zeros, "bias.tile")
-                row_floor = b.select(finish, floor, ir.Constant(F32, -math.inf), name="floor.tile")
+                row_bias, row_floor = finish(row)
                 with _Loop(b, b.sub(q_hi, q_lo), tile.vectors * self.t.lanes, "jr") as (jr, width):
                     q0 = b.add(q_lo, jr, name="q0")
                     c_tile = self.element(b, c, b.add(b.mul(row, ldc), q0), "c.tile")
@@ -964,6 +955,29 @@ class _Builder:
                     b.call(Callee(micro, self.conv_micro_kernel(tile, 2).function_type), args)
         b.ret_void()
         return fn
+
+    @contextlib.contextmanager
+    def _depth_blocks(self, b: ir.IRBuilder, depth, block: int, offsets, bias, floor, rows: int):
+        """`with` per block of at most `block` steps of a convolution's depth (equal blocks): (pc,
+        kc, beta, the tap offsets from pc, finish). beta is 0 for the first block (C written), 1
+        after (C added to). `finish(row)` gives the (bias, floor) of the tile of `rows` output channels
+        from `row`: the bias and the floor on the last block of a convolution with a bias, else zeros
+        and -inf, which add nothing and cut nothing."""
+        count, size = _blocks(b, depth, block, "kc", balanced_multiple=1)
+        zeros = b.gep(self._zeros(rows), [i64(0), i64(0)], source_etype=ir.ArrayType(F32, rows))
+        with for_range(b, count, "pc") as index:
+            pc = b.mul(index, size, name="pc")
+            kc = _min(b, size, b.sub(depth, pc), "kc")
+            beta = b.select(b.icmp_signed("==", index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
+            last = b.icmp_signed("==", index, b.sub(count, i64(1)), name="last_block")
+            finishes = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)), name="finish")
+            step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
+
+            def finish(row) -> tuple[ir.Value, ir.Value]:
+                tile_bias = b.select(finishes, self.element(b, bias, row, "bias.row"), zeros, "bias.tile")
+                return tile_bias, b.select(finishes, floor, ir.Constant(F32, -math.inf), name="floor.tile")
+
+            yield pc, kc, beta, step_offsets, finish
 
     def _by_channels(self, b: ir.IRBuilder, m, wo, tile: ChannelTile) -> ir.Value:
         """`ChannelTile.applies` for the `m` and `wo` of a call."""
@@ -989,21 +1003,13 @@ class _Builder:
             micro = b.select(b.icmp_signed("==", pixels, i64(r)), kernel, micro, name=f"micro{r}")
         panel = b.alloca(F32, size=width * tile.depth, name="w.panel")
         panel.align = 64
-        zeros = b.gep(self._zeros(width), [i64(0), i64(0)], source_etype=ir.ArrayType(F32, width))
-        depth_count, depth_block = _blocks(b, depth, tile.depth, "kc", balanced_multiple=1)
         first_row = b.udiv(q_lo, wo, name="first_row")
         end_row = _ceil_div(b, q_hi, wo, "end_row")
-        with for_range(b, depth_count, "pc") as pc_index:
-            pc = b.mul(pc_index, depth_block, name="pc")
-            kc = _min(b, depth_block, b.sub(depth, pc), "kc")
-            beta = b.select(b.icmp_signed("==", pc_index, i64(0)), ir.Constant(F32, 0.0), ir.Constant(F32, 1.0))
-            last = b.icmp_signed("==", pc_index, b.sub(depth_count, i64(1)), name="last_block")
-            finish = b.and_(last, b.icmp_unsigned("!=", b.ptrtoint(bias, I64), i64(0)), name="finish")
-            step_offsets = b.gep(offsets, [pc], source_etype=I64, inbounds=True, name="offsets.pc")
+        with self._depth_blocks(b, depth, tile.depth, offsets, bias, floor, width) as block:
+            pc, kc, beta, step_offsets, finish = block
             with _Loop(b, m, width, "oc") as (o0, channels):
                 b.call(self.pack(), [panel, w, ldw, i64(0), o0, pc, channels, kc, i64(width)])
-                tile_bias = b.select(finish, self.element(b, bias, o0, "bias.tile"), zeros, "bias.tile")
-                tile_floor = b.select(finish, floor, ir.Constant(F32, -math.inf), name="floor.tile")
+                tile_bias, tile_floor = finish(o0)
                 with for_range(b, end_row, "y", start=first_row) as y:
                     row_q = b.mul(y, wo, name="row_q")
                     x_lo = b.sub(b.select(b.icmp_signed(">", q_lo, row_q), q_lo, row_q), row_q, name="x_lo")
