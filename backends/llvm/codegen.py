@@ -209,7 +209,7 @@ class KernelContext:
         return self.b.module
 
     def thread(self) -> ir.Value:
-        """Which thread runs this code: 0 .. thread_count()-1 (always 0 in serial code)."""
+        """Which thread runs this code: 0 .. thread_slots()-1 (always 0 in serial code)."""
         if not self.builder.parallel or self.builder.bounds_check:
             return i64(0)
         return self.b.call(parallel.thread_index(self.module), [], name="thread")

@@ -22,7 +22,7 @@ def pool_run(module: ir.Module) -> ir.Function:
 
 
 def thread_index(module: ir.Module) -> ir.Function:
-    """`i64 drug_pool_thread()`: 0 on a calling thread, 1 .. threads-1 on the pool's workers."""
+    """`i64 drug_pool_thread()`: 0 on a calling thread, 1 .. thread_slots()-1 on the pool's workers and spares."""
     return module.globals.get(THREAD_SYMBOL) or ir.Function(module, ir.FunctionType(I64, []), THREAD_SYMBOL)
 
 

@@ -34,6 +34,9 @@ WORKER_SPIN_NS = 200_000
 CALLER_SPIN_NS = 50_000
 CONTENDED_SPIN_NS = 2_000  # either, once a thread of the pool was preempted often (csrc/drug_pool.c)
 SHORT_TASK_NS = 20_000  # ... unless its last tasks took this long at most: then it spins this long
+# Threads beside the pool's thread per CPU that take tasks only while other processes preempt the
+# pool's threads (csrc/drug_pool.c): one covers the thread a time slice takes away
+SPARE_THREADS = 1
 
 
 def usable_cpus() -> int:
@@ -63,6 +66,12 @@ def pin_workers() -> bool:
     """Whether the pool's workers keep to CPUs of their own, away from the calling thread's
     (DRUG_PIN_THREADS, default on; csrc/drug_pool.c pins only a pool with a thread per CPU)."""
     return os.environ.get("DRUG_PIN_THREADS", "1") != "0"
+
+
+def spare_threads() -> int:
+    """DRUG_SPARE_THREADS, else SPARE_THREADS (0: none)."""
+    configured = os.environ.get("DRUG_SPARE_THREADS")
+    return max(0, int(configured)) if configured else SPARE_THREADS
 
 
 def requested_threads() -> int:
@@ -95,8 +104,9 @@ def pool() -> ctypes.CDLL | None:
         return None
     if lib is None:
         return None
-    lib.drug_pool_start.argtypes = [ctypes.c_int] + [ctypes.c_int64] * 4 + [ctypes.c_int]
-    lib.drug_pool_start(threads, WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, SHORT_TASK_NS, pin_workers())
+    lib.drug_pool_start.argtypes = [ctypes.c_int, ctypes.c_int] + [ctypes.c_int64] * 4 + [ctypes.c_int]
+    spin = (WORKER_SPIN_NS, CALLER_SPIN_NS, CONTENDED_SPIN_NS, SHORT_TASK_NS)
+    lib.drug_pool_start(threads, spare_threads(), *spin, pin_workers())
     for symbol in (RUN_SYMBOL, THREAD_SYMBOL):
         llvm.add_symbol(symbol, ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value)
     return lib
@@ -106,6 +116,13 @@ def thread_count() -> int:
     """Threads a native step uses: DRUG_THREADS, else the usable CPUs."""
     lib = pool()
     return 1 if lib is None else int(lib.drug_pool_threads())
+
+
+def thread_slots() -> int:
+    """How many threads may run tasks of one job at once (the spares included): per-thread
+    scratch memory has this many parts, one per `drug_pool_thread` index."""
+    lib = pool()
+    return 1 if lib is None else int(lib.drug_pool_thread_slots())
 
 
 def stats() -> dict[str, int]:

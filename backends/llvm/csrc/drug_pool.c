@@ -9,6 +9,14 @@
    processes a thread is often not running; the region then stalls for a scheduler time slice,
    dozens of times per step. Here a worker that is not running simply takes no task.
 
+   A machine shared with other processes preempts each of our threads for time slices of
+   milliseconds, and a job cannot end while a preempted thread holds one of its tasks. While every
+   CPU we run on is busy with other work too (`every_cpu_busy`), each job also wakes `spares` more
+   threads, which take tasks like the workers: a preempted thread's work goes to whichever thread
+   runs, and our threads keep a share of the CPUs their waits would otherwise leave to the other
+   processes. On an idle machine, and beside one busy process, the spares sleep and the pool is
+   what it was: a thread per CPU.
+
    A job started while another runs (a second Python thread, or a task that starts a job) runs
    on its caller alone. The pool survives fork(): the child has no workers, so its callers take
    every task themselves.
@@ -29,12 +37,15 @@
    kernel's own threads preempt it on an idle machine, but each time for milliseconds), and a late
    task is itself the sign. */
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -64,6 +75,8 @@
    later still was preempted, for a time slice of milliseconds. Shorter, workers of a step of many
    short tasks were moved back and forth for nothing. */
 #define STRAGGLER_MIN_NS 100000
+/* A thread looks at how long it waited for a CPU (`note_waits_for_cpu`) at most this often. */
+#define LOOK_NS 10000000
 
 typedef void (*drug_task)(void *data, int64_t task);
 
@@ -75,10 +88,12 @@ static struct {
     void *data;
     _Atomic uint32_t done; /* tasks finished: the futex word a waiting caller sleeps on */
     _Atomic uint32_t seq;  /* counts jobs: the futex word idle workers sleep on */
-    _Atomic uint32_t sleepers;
+    _Atomic uint32_t spare_seq; /* counts jobs published while contended: the one spares sleep on */
+    _Atomic uint32_t sleepers, spare_sleepers;
     _Atomic uint32_t caller_sleeps;
     pthread_mutex_t lock; /* held by the caller of the running job */
-    int workers;
+    int workers; /* threads 1 .. workers; spares are workers + 1 .. workers + spares */
+    int spares;
     int cpus[CPU_SETSIZE]; /* the CPUs workers keep to (those the process may use), when pinned */
     int cpu_count;         /* 0: workers are not pinned */
     int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
@@ -100,6 +115,12 @@ static _Thread_local long preemptions = -1; /* this thread's involuntary context
 static _Thread_local long window_preemptions; /* ... since window_start */
 static _Thread_local int64_t window_start;
 static _Atomic int64_t contended_until; /* for every thread of the pool */
+/* Jobs wake the spares while both a caller and a worker spend a quarter or more of their runnable
+   time waiting for a CPU (`note_waits_for_cpu`): then every CPU we run on is taken by someone else.
+   With one busy process beside us, one of the two has a CPU of its own (the workers move away
+   from the caller), and a spare would only take turns with our own threads. */
+static _Atomic int64_t callers_wait_until, workers_wait_until;
+static _Thread_local int64_t looked_at = -1, ran_then, waited_then; /* this thread's last look */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
 static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
@@ -128,6 +149,36 @@ static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+/* Note in `*until` (for CONTENDED_FOR_NS) when this thread spent a quarter or more of its runnable
+   time waiting on a run queue since it last looked (the kernel's schedstat); looks every LOOK_NS
+   at most. */
+static void note_waits_for_cpu(_Atomic int64_t *until) {
+    int64_t now = now_ns();
+    if (now - looked_at < LOOK_NS) return;
+    char text[96];
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    ssize_t n = read(fd, text, sizeof text - 1);
+    close(fd);
+    if (n <= 0) return;
+    text[n] = 0;
+    char *end; /* ns on a CPU, ns waiting on a run queue, time slices */
+    int64_t ran = strtoll(text, &end, 10), waited = strtoll(end, NULL, 10);
+    int64_t ran_since = ran - ran_then, waited_since = waited - waited_then;
+    int first = looked_at < 0;
+    looked_at = now;
+    ran_then = ran;
+    waited_then = waited;
+    if (!first && waited_since > 0 && 3 * waited_since >= ran_since)
+        atomic_store_explicit(until, now + CONTENDED_FOR_NS, memory_order_relaxed);
+}
+
+static int every_cpu_busy(void) {
+    int64_t now = now_ns();
+    return atomic_load_explicit(&callers_wait_until, memory_order_relaxed) > now &&
+           atomic_load_explicit(&workers_wait_until, memory_order_relaxed) > now;
 }
 
 /* How long this thread may spin: `budget_ns`, or less if a thread was preempted often lately. */
@@ -197,7 +248,8 @@ static void follow_caller(void) {
         placed_for = -1; /* a caller moved it onto its own CPU: back to one of its own */
     }
     int caller = atomic_load_explicit(&caller_cpu, memory_order_relaxed);
-    if (pool.cpu_count == 0 || caller == placed_for) return;
+    /* spares are not pinned: what they are for is running wherever a CPU comes free */
+    if (pool.cpu_count == 0 || caller == placed_for || thread_index > pool.workers) return;
     placed_for = caller;
     int target = pool.cpus[thread_index % pool.cpu_count], seen = 0;
     for (int i = 0; i < pool.cpu_count; i++) {
@@ -215,13 +267,22 @@ static void follow_caller(void) {
 static void *worker(void *index) {
     thread_index = (int)(intptr_t)index;
     pool.tids[thread_index] = (pid_t)syscall(SYS_gettid);
-    pthread_setname_np(pthread_self(), "drug-pool"); /* in top, perf and /proc */
+    pthread_setname_np(pthread_self(), thread_index > pool.workers ? "drug-spare" : "drug-pool"); /* top, perf */
     inside_task = 1;
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
         follow_caller();
         if (take_tasks()) follow_caller(); /* before it spins: not on the caller's CPU */
-        if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
+        if (pool.spares && thread_index <= pool.workers) note_waits_for_cpu(&workers_wait_until);
+        if (thread_index > pool.workers) {
+            /* a spare sleeps as soon as it has no task: spinning, it would take turns with our own
+               threads on a CPU it shares with them. Missing a job costs nothing: the caller and the
+               workers take every task without it. */
+            uint32_t spare_seen = atomic_load(&pool.spare_seq);
+            atomic_fetch_add(&pool.spare_sleepers, 1);
+            futex_wait(&pool.spare_seq, spare_seen, 0);
+            atomic_fetch_sub(&pool.spare_sleepers, 1);
+        } else if (!spin_while_equal(&pool.seq, seen, spin_budget(pool.worker_spin_ns))) {
             atomic_fetch_add(&pool.sleepers, 1);
             while (atomic_load(&pool.seq) == seen) futex_wait(&pool.seq, seen, 0);
             atomic_fetch_sub(&pool.sleepers, 1);
@@ -284,6 +345,13 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     atomic_store_explicit(&pool.state, (uint64_t)tasks << 32, memory_order_release);
     atomic_fetch_add(&pool.seq, 1);
     if (atomic_load(&pool.sleepers)) futex_wake(&pool.seq, INT_MAX);
+    /* the spares, while every CPU is busy, unless the caller's last tasks were short: tasks of
+       microseconds are over before a woken spare gets a CPU */
+    if (pool.spares) note_waits_for_cpu(&callers_wait_until);
+    if (pool.spares && !short_tasks && every_cpu_busy()) {
+        atomic_fetch_add(&pool.spare_seq, 1);
+        if (atomic_load(&pool.spare_sleepers)) futex_wake(&pool.spare_seq, INT_MAX);
+    }
     inside_task = 1;
     uint64_t mine = take_tasks();
     inside_task = 0;
@@ -309,11 +377,12 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     pthread_mutex_unlock(&pool.lock);
 }
 
-/* Start the workers (threads - 1 of them); returns how many started. Call once. `pin`: workers
-   keep to CPUs of their own (follow_caller) if the threads are as many as the CPUs this process
-   may use (with fewer, pinning would leave CPUs idle that another process's pool may want). */
-EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_spin_ns, int64_t contended_spin_ns,
-                           int64_t short_task_ns, int pin) {
+/* Start the workers (threads - 1 of them) and the spares; returns how many workers started. Call
+   once. `pin`: workers keep to CPUs of their own (follow_caller) if the threads are as many as the
+   CPUs this process may use (with fewer, pinning would leave CPUs idle that another process's pool
+   may want). */
+EXPORT int drug_pool_start(int threads, int spares, int64_t worker_spin_ns, int64_t caller_spin_ns,
+                           int64_t contended_spin_ns, int64_t short_task_ns, int pin) {
     pool.worker_spin_ns = worker_spin_ns;
     pool.caller_spin_ns = caller_spin_ns;
     pool.contended_spin_ns = contended_spin_ns;
@@ -324,24 +393,32 @@ EXPORT int drug_pool_start(int threads, int64_t worker_spin_ns, int64_t caller_s
             if (CPU_ISSET(cpu, &allowed)) pool.cpus[pool.cpu_count++] = cpu;
     }
     int wanted = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
+    int spares_wanted = spares < 0 ? 0 : spares > MAX_WORKERS - wanted ? MAX_WORKERS - wanted : spares;
+    pool.workers = wanted; /* before any thread starts: a spare knows itself by its index */
+    pool.spares = spares_wanted;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     int started = 0;
-    for (; started < wanted; started++) {
+    for (; started < wanted + spares_wanted; started++) {
         pthread_t thread;
         if (pthread_create(&thread, &attr, worker, (void *)(intptr_t)(started + 1))) break;
     }
     pthread_attr_destroy(&attr);
-    pool.workers = started;
-    return started;
+    pool.workers = started < wanted ? started : wanted;
+    pool.spares = started - pool.workers;
+    return pool.workers;
 }
 
 EXPORT int drug_pool_threads(void) { return pool.workers + 1; }
 
+/* How many threads may run tasks of one job at once, the spares included: the scratch memory
+   tasks pick by `drug_pool_thread` holds this many parts. */
+EXPORT int drug_pool_thread_slots(void) { return pool.workers + pool.spares + 1; }
+
 /* Which thread runs the current task: 0 for a thread that calls drug_pool_run (whichever it is),
-   1 .. threads-1 for the workers. Tasks use it to pick their own scratch memory: two threads
-   never run tasks of one job under the same index. */
+   1 .. thread_slots-1 for the workers and spares. Tasks use it to pick their own scratch memory:
+   two threads never run tasks of one job under the same index. */
 EXPORT int64_t drug_pool_thread(void) { return thread_index; }
 
 #ifndef DRUG_POOL_SOURCE

@@ -26,7 +26,7 @@ from ....ops.attention import PACKED, Attention, AttentionGrad
 from ....ops.multi import Result
 from ..irutil import I32, dim_value, for_range, i64, llvm_type
 from ..lowering import kernel
-from ..threads import thread_count
+from ..threads import thread_slots
 from .nn import entry_alloca
 
 QUERY_BLOCK = 64
@@ -242,7 +242,7 @@ def _workspace(node: Node, backward: bool):
         per_thread = _backward_scratch(bq, bk, qh.time, kh.time, qh.dim, vh.dim)
     else:
         per_thread = _forward_scratch(bq, bk, vh.dim)
-    return (thread_count() * per_thread,), q.dtype
+    return (thread_slots() * per_thread,), q.dtype
 
 
 @kernel(Attention, uses_blas=True, workspace=lambda node: _workspace(node, backward=False))

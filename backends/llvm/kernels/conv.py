@@ -24,7 +24,7 @@ from .. import parallel
 from ..gemm import conv_tile_pixels
 from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
-from ..threads import thread_count
+from ..threads import thread_count, thread_slots
 
 CHUNK_COLUMNS = 512  # GEMMs narrower than this are inefficient: put small images side by side
 CHUNK_BYTES = 1 << 20  # but keep a chunk's column matrix (im2col writes it, the GEMM reads it) in cache
@@ -68,7 +68,7 @@ class _Geometry(ConvGeometry):
 
     def workspace(self, extra: int = 0):
         """One column (and staging) matrix per thread, then `extra` elements."""
-        return (thread_count() * self.matrices_size + extra,), self.dtype
+        return (thread_slots() * self.matrices_size + extra,), self.dtype
 
     def chunk_count(self, b: ir.IRBuilder, images: ir.Value) -> ir.Value:
         return b.udiv(b.add(images, i64(self.chunk - 1)), i64(self.chunk), name="chunks")
@@ -332,7 +332,7 @@ def _conv_workspace(node):
     padded copy of an image per thread, and only for zero padding."""
     geo = _forward_geometry(node)
     if _direct(geo):
-        return (thread_count() * _padded_size(geo) if _padded(geo) else 1,), geo.dtype
+        return (thread_slots() * _padded_size(geo) if _padded(geo) else 1,), geo.dtype
     return geo.workspace()
 
 
@@ -516,7 +516,7 @@ def _conv2d_bias(k, node):
 def _conv_transpose_workspace(node):
     geo, adjoint = _transpose_geometry(node)
     if adjoint is not None:
-        padded = thread_count() * _padded_size(adjoint) if _padded(adjoint) else 0
+        padded = thread_slots() * _padded_size(adjoint) if _padded(adjoint) else 0
         return (_flipped_size(geo) + padded,), geo.dtype
     return geo.workspace()
 
@@ -560,7 +560,7 @@ def _conv_grad_filter_workspace(node):
     geo = _filter_geometry(node)
     partials = FILTER_TASKS * geo.group_rows * geo.outs  # the tasks' transposed partial sums
     if _direct_filter(geo):
-        return (thread_count() * _filter_scratch(geo) + partials,), geo.dtype
+        return (thread_slots() * _filter_scratch(geo) + partials,), geo.dtype
     return geo.workspace(extra=partials)
 
 
@@ -605,7 +605,7 @@ def _conv2d_grad_filter(k, node):
     block_size = geo.group_rows * geo.group_outs
     size = geo.groups * block_size
     direct = _direct_filter(geo)
-    partials_at = i64(thread_count() * (_filter_scratch(geo) if direct else geo.matrices_size))
+    partials_at = i64(thread_slots() * (_filter_scratch(geo) if direct else geo.matrices_size))
     _, _, tasks = _filter_tasks(b, geo, k.dims(x)[0])
 
     def partial(ctx, index: ir.Value) -> ir.Value:

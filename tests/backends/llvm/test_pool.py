@@ -1,8 +1,9 @@
 """The thread pool of native steps (backends/llvm/csrc/drug_pool.c) on its own: every task of a
 job runs exactly once, whichever threads take them; a job started inside a task, or while
 another job runs, runs on its caller; a forked child (no workers) still runs its jobs; the pool
-is sized from the CPUs the process may use; and its workers keep off the caller's CPU, except
-when a caller pulls a late one onto it."""
+is sized from the CPUs the process may use; its workers keep off the caller's CPU, except
+when a caller pulls a late one onto it; and its spare threads take tasks only while other
+processes keep every CPU busy."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_workers_keep_to_cpus_of_their_own_away_from_the_caller():
     lock = threading.Lock()
 
     def task(_frame, _index):
-        if threads.pool().drug_pool_thread() != 0:
+        if 0 < threads.pool().drug_pool_thread() < threads.thread_count():  # a worker, not a spare
             with lock:
                 masks[threading.get_native_id()] = os.sched_getaffinity(0)
         time.sleep(1e-4)  # lets the GIL go, so that the workers take tasks too
@@ -160,7 +161,7 @@ def test_workers_keep_to_cpus_of_their_own_away_from_the_caller():
 
 
 def _pool_threads() -> list[int]:
-    """The workers' thread ids (they are named drug-pool)."""
+    """The workers' thread ids (they are named drug-pool; spares drug-spare)."""
     tasks = Path("/proc/self/task")
     return [int(t.name) for t in tasks.iterdir() if (t / "comm").read_text().strip() == "drug-pool"]
 
@@ -226,3 +227,69 @@ def test_a_late_worker_is_pulled_whether_or_not_the_machine_looked_contended():
         assert pulled > 0 and all(allowed[0] not in os.sched_getaffinity(tid) for tid in _pool_threads())
     finally:
         os.sched_setaffinity(0, set(allowed))
+
+
+def test_spares_add_scratch_slots_not_threads_to_cut_work_for():
+    """Work is cut for a thread per CPU (thread_count); per-thread scratch memory has a part for
+    every thread that may take a task, the spares included (thread_slots)."""
+    code = "from drug.backends.llvm import threads; print(threads.thread_count(), threads.thread_slots())"
+    for spares in (0, 2):
+        env = {**os.environ, "DRUG_SPARE_THREADS": str(spares), "DRUG_THREADS": "2"}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split() == ["2", str(2 + spares)]
+
+
+def _spare_seconds() -> float:
+    """CPU time the spare threads (named drug-spare) have run so far."""
+    total = 0
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == "drug-spare":
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+def _spare_time_beside(busy: list[subprocess.Popen], seconds: float) -> float:
+    """CPU time the spares run while a compiled function (large native tasks) runs for up to
+    `seconds` beside the `busy` processes, or until a spare has run 10 ms; every result checked."""
+    g = dg.Graph()
+    x = g.input("x", (None,))
+    predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
+    values = np.linspace(-3, 3, 1 << 22, dtype=np.float32)
+    expected = np.exp(values) * 2 + 1
+    predict(x=values)
+    before, deadline = _spare_seconds(), time.monotonic() + seconds
+    try:
+        while _spare_seconds() - before < 0.01 and time.monotonic() < deadline:
+            np.testing.assert_allclose(predict(x=values), expected, rtol=1e-6)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    return _spare_seconds() - before
+
+
+def _busy(cpu: int | None = None) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    if cpu is not None:
+        os.sched_setaffinity(process.pid, {cpu})
+    return process
+
+
+@pytest.mark.skipif(threads.spare_threads() == 0, reason="DRUG_SPARE_THREADS=0")
+def test_spares_take_tasks_while_other_processes_keep_every_cpu_busy():
+    """More busy processes than CPUs beside the pool: its caller is preempted often, counts the
+    runnable threads, and wakes the spares with each job of long tasks; they take tasks like the
+    workers (and every result stays right)."""
+    busy = [_busy() for _ in range(len(os.sched_getaffinity(0)) + 1)]
+    assert _spare_time_beside(busy, seconds=30) >= 0.01
+
+
+@pytest.mark.skipif(
+    threads.spare_threads() == 0 or len(os.sched_getaffinity(0)) < 2,
+    reason="no spares, or a single CPU",
+)
+def test_spares_sleep_beside_one_busy_process():
+    """One busy process pinned to one CPU leaves the others to the pool: the caller keeps a CPU
+    of its own and no spare is woken (it would only take turns with the pool's own threads)."""
+    time.sleep(0.5)  # a contended spell of an earlier test is over
+    assert _spare_time_beside([_busy(min(os.sched_getaffinity(0)))], seconds=3) < 0.001
