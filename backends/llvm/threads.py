@@ -34,8 +34,8 @@ WORKER_SPIN_NS = 200_000
 CALLER_SPIN_NS = 50_000
 CONTENDED_SPIN_NS = 2_000  # either, once a thread of the pool was preempted often (csrc/drug_pool.c)
 SHORT_TASK_NS = 20_000  # ... unless its last tasks took this long at most: then it spins this long
-# Threads beside the pool's thread per CPU that take tasks only while other processes preempt the
-# pool's threads (csrc/drug_pool.c): one covers the thread a time slice takes away
+# Threads beside the pool's thread per CPU that take tasks only while every CPU the pool runs on is
+# busy with other work too (csrc/drug_pool.c): one covers the thread a time slice takes away
 SPARE_THREADS = 1
 
 

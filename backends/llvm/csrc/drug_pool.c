@@ -96,6 +96,8 @@ static struct {
     int spares;
     int cpus[CPU_SETSIZE]; /* the CPUs workers keep to (those the process may use), when pinned */
     int cpu_count;         /* 0: workers are not pinned */
+    int usable[CPU_SETSIZE]; /* the CPUs the process may use (every_cpu_busy) */
+    int usable_count;
     int64_t worker_spin_ns; /* how long an idle worker watches for the next job before sleeping */
     int64_t caller_spin_ns; /* how long a caller watches for started tasks to finish before sleeping */
     int64_t contended_spin_ns; /* either, for a thread that was preempted lately */
@@ -115,11 +117,12 @@ static _Thread_local long preemptions = -1; /* this thread's involuntary context
 static _Thread_local long window_preemptions; /* ... since window_start */
 static _Thread_local int64_t window_start;
 static _Atomic int64_t contended_until; /* for every thread of the pool */
-/* Jobs wake the spares while both a caller and a worker spend a quarter or more of their runnable
-   time waiting for a CPU (`note_waits_for_cpu`): then every CPU we run on is taken by someone else.
-   With one busy process beside us, one of the two has a CPU of its own (the workers move away
-   from the caller), and a spare would only take turns with our own threads. */
-static _Atomic int64_t callers_wait_until, workers_wait_until;
+/* Jobs wake the spares while every CPU this process may use is busy with other work too: for each
+   CPU, until when a thread of ours that ran there spent a quarter or more of its runnable time
+   waiting for it (`note_waits_for_cpu`). With one busy process beside us, the CPU it does not use
+   is the caller's or a worker's alone (the workers move away from the caller), and a spare would
+   only take turns with our own threads there. */
+static _Atomic int64_t cpu_busy_until[CPU_SETSIZE];
 static _Thread_local int64_t looked_at = -1, ran_then, waited_then; /* this thread's last look */
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
@@ -151,10 +154,12 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Note in `*until` (for CONTENDED_FOR_NS) when this thread spent a quarter or more of its runnable
-   time waiting on a run queue since it last looked (the kernel's schedstat); looks every LOOK_NS
-   at most. */
-static void note_waits_for_cpu(_Atomic int64_t *until) {
+/* Mark this thread's CPU busy (for CONTENDED_FOR_NS) when the thread spent a quarter or more of its
+   runnable time, and a quarter of LOOK_NS at least (a few short waits happen beside our own threads
+   too), waiting on a run queue since it last looked (the kernel's schedstat); looks every
+   LOOK_NS at most, and a look more than CONTENDED_WINDOW_NS after the last only starts a window
+   (what happened before a pause says nothing about now). */
+static void note_waits_for_cpu(void) {
     int64_t now = now_ns();
     if (now - looked_at < LOOK_NS) return;
     char text[96];
@@ -167,18 +172,20 @@ static void note_waits_for_cpu(_Atomic int64_t *until) {
     char *end; /* ns on a CPU, ns waiting on a run queue, time slices */
     int64_t ran = strtoll(text, &end, 10), waited = strtoll(end, NULL, 10);
     int64_t ran_since = ran - ran_then, waited_since = waited - waited_then;
-    int first = looked_at < 0;
+    int fresh = looked_at >= 0 && now - looked_at <= CONTENDED_WINDOW_NS;
     looked_at = now;
     ran_then = ran;
     waited_then = waited;
-    if (!first && waited_since > 0 && 3 * waited_since >= ran_since)
-        atomic_store_explicit(until, now + CONTENDED_FOR_NS, memory_order_relaxed);
+    int cpu = sched_getcpu();
+    if (fresh && waited_since >= LOOK_NS / 4 && 3 * waited_since >= ran_since && cpu >= 0 && cpu < CPU_SETSIZE)
+        atomic_store_explicit(&cpu_busy_until[cpu], now + CONTENDED_FOR_NS, memory_order_relaxed);
 }
 
 static int every_cpu_busy(void) {
     int64_t now = now_ns();
-    return atomic_load_explicit(&callers_wait_until, memory_order_relaxed) > now &&
-           atomic_load_explicit(&workers_wait_until, memory_order_relaxed) > now;
+    for (int i = 0; i < pool.usable_count; i++)
+        if (atomic_load_explicit(&cpu_busy_until[pool.usable[i]], memory_order_relaxed) <= now) return 0;
+    return pool.usable_count > 0;
 }
 
 /* How long this thread may spin: `budget_ns`, or less if a thread was preempted often lately. */
@@ -273,7 +280,7 @@ static void *worker(void *index) {
     for (;;) {
         follow_caller();
         if (take_tasks()) follow_caller(); /* before it spins: not on the caller's CPU */
-        if (pool.spares && thread_index <= pool.workers) note_waits_for_cpu(&workers_wait_until);
+        if (pool.spares && thread_index <= pool.workers) note_waits_for_cpu();
         if (thread_index > pool.workers) {
             /* a spare sleeps as soon as it has no task: spinning, it would take turns with our own
                threads on a CPU it shares with them. Missing a job costs nothing: the caller and the
@@ -347,7 +354,7 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     if (atomic_load(&pool.sleepers)) futex_wake(&pool.seq, INT_MAX);
     /* the spares, while every CPU is busy, unless the caller's last tasks were short: tasks of
        microseconds are over before a woken spare gets a CPU */
-    if (pool.spares) note_waits_for_cpu(&callers_wait_until);
+    if (pool.spares) note_waits_for_cpu();
     if (pool.spares && !short_tasks && every_cpu_busy()) {
         atomic_fetch_add(&pool.spare_seq, 1);
         if (atomic_load(&pool.spare_sleepers)) futex_wake(&pool.spare_seq, INT_MAX);
@@ -388,9 +395,13 @@ EXPORT int drug_pool_start(int threads, int spares, int64_t worker_spin_ns, int6
     pool.contended_spin_ns = contended_spin_ns;
     pool.short_task_ns = short_task_ns;
     cpu_set_t allowed;
-    if (pin && sched_getaffinity(0, sizeof allowed, &allowed) == 0 && CPU_COUNT(&allowed) == threads) {
+    if (sched_getaffinity(0, sizeof allowed, &allowed) == 0) {
         for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
-            if (CPU_ISSET(cpu, &allowed)) pool.cpus[pool.cpu_count++] = cpu;
+            if (CPU_ISSET(cpu, &allowed)) pool.usable[pool.usable_count++] = cpu;
+        if (pin && pool.usable_count == threads) {
+            pool.cpu_count = pool.usable_count;
+            for (int i = 0; i < pool.usable_count; i++) pool.cpus[i] = pool.usable[i];
+        }
     }
     int wanted = threads - 1 > MAX_WORKERS ? MAX_WORKERS : threads - 1;
     int spares_wanted = spares < 0 ? 0 : spares > MAX_WORKERS - wanted ? MAX_WORKERS - wanted : spares;
