@@ -253,6 +253,7 @@ static void follow_caller(void) {
     if (atomic_load_explicit(&pool.displaced[thread_index], memory_order_relaxed)) {
         atomic_store(&pool.displaced[thread_index], 0);
         placed_for = -1; /* a caller moved it onto its own CPU: back to one of its own */
+        looked_at = -1;  /* what it waited there, beside the caller, says nothing of other processes */
     }
     int caller = atomic_load_explicit(&caller_cpu, memory_order_relaxed);
     /* spares are not pinned: what they are for is running wherever a CPU comes free */

@@ -248,9 +248,9 @@ def _spare_seconds() -> float:
     return total / 1e9
 
 
-def _spare_time_beside(busy: list[subprocess.Popen], seconds: float) -> float:
+def _spare_time_beside(busy: list[subprocess.Popen], seconds: float, enough: float = 0.01) -> float:
     """CPU time the spares run while a compiled function (large native tasks) runs for up to
-    `seconds` beside the `busy` processes, or until a spare has run 10 ms; every result checked."""
+    `seconds` beside the `busy` processes, or until a spare has run `enough`; every result checked."""
     g = dg.Graph()
     x = g.input("x", (None,))
     predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
@@ -259,7 +259,7 @@ def _spare_time_beside(busy: list[subprocess.Popen], seconds: float) -> float:
     predict(x=values)
     before, deadline = _spare_seconds(), time.monotonic() + seconds
     try:
-        while _spare_seconds() - before < 0.01 and time.monotonic() < deadline:
+        while _spare_seconds() - before < enough and time.monotonic() < deadline:
             np.testing.assert_allclose(predict(x=values), expected, rtol=1e-6)
     finally:
         for process in busy:
@@ -290,6 +290,8 @@ def test_spares_take_tasks_while_other_processes_keep_every_cpu_busy():
 )
 def test_spares_sleep_beside_one_busy_process():
     """One busy process pinned to one CPU leaves the others to the pool: the caller keeps a CPU
-    of its own and no spare is woken (it would only take turns with the pool's own threads)."""
+    of its own, and the spare (which would only take turns with the pool's own threads there) is
+    woken only in the moments when two of our own threads queue on one CPU: under 1% of the time
+    (when it was woken whenever the caller was preempted often, it took a third of the tasks)."""
     time.sleep(0.5)  # a contended spell of an earlier test is over
-    assert _spare_time_beside([_busy(min(os.sched_getaffinity(0)))], seconds=3) < 0.001
+    assert _spare_time_beside([_busy(min(os.sched_getaffinity(0)))], seconds=3, enough=1.0) < 0.03
