@@ -88,7 +88,7 @@ static struct {
     void *data;
     _Atomic uint32_t done; /* tasks finished: the futex word a waiting caller sleeps on */
     _Atomic uint32_t seq;  /* counts jobs: the futex word idle workers sleep on */
-    _Atomic uint32_t spare_seq; /* counts jobs published while contended: the one spares sleep on */
+    _Atomic uint32_t spare_seq; /* counts jobs published while every CPU is busy: spares sleep on it */
     _Atomic uint32_t sleepers, spare_sleepers;
     _Atomic uint32_t caller_sleeps;
     pthread_mutex_t lock; /* held by the caller of the running job */

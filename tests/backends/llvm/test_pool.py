@@ -160,6 +160,16 @@ def test_workers_keep_to_cpus_of_their_own_away_from_the_caller():
         os.sched_setaffinity(0, allowed)
 
 
+def _large_tasks(size: int):
+    """A compiled elementwise function whose loop over `size` floats is shared out in large native
+    tasks, an input for it and the expected output."""
+    g = dg.Graph()
+    x = g.input("x", (None,))
+    predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
+    values = np.linspace(-3, 3, size, dtype=np.float32)
+    return predict, values, np.exp(values) * 2 + 1
+
+
 def _workers_keep_off(cpu: int) -> bool:
     return all(cpu not in os.sched_getaffinity(tid) for tid in _pool_threads())
 
@@ -179,11 +189,7 @@ def test_a_worker_late_beside_a_busy_process_is_pulled_onto_the_waiting_callers_
     about to wait for it, moves it onto its own CPU (which it leaves idle) instead of waiting for a
     time slice. Afterwards the worker is back on a CPU of its own, and every result is right."""
     allowed = sorted(os.sched_getaffinity(0))
-    g = dg.Graph()
-    x = g.input("x", (None,))
-    predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
-    values = np.linspace(-3, 3, 1 << 23, dtype=np.float32)
-    expected = np.exp(values) * 2 + 1
+    predict, values, expected = _large_tasks(1 << 23)
     os.sched_setaffinity(0, {allowed[0]})  # the caller (this thread); the workers keep off its CPU
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -261,11 +267,7 @@ def _spare_seconds() -> float:
 def _spare_time_beside(busy: list[subprocess.Popen], seconds: float, enough: float = 0.01) -> float:
     """CPU time the spares run while a compiled function (large native tasks) runs for up to
     `seconds` beside the `busy` processes, or until a spare has run `enough`; every result checked."""
-    g = dg.Graph()
-    x = g.input("x", (None,))
-    predict = g.compile(outputs=dg.exp(x) * 2.0 + 1.0, backend="llvm")
-    values = np.linspace(-3, 3, 1 << 22, dtype=np.float32)
-    expected = np.exp(values) * 2 + 1
+    predict, values, expected = _large_tasks(1 << 22)
     predict(x=values)
     before, deadline = _spare_seconds(), time.monotonic() + seconds
     try:
