@@ -26,6 +26,7 @@ from typing import Any
 from ..core.graph import Graph
 from ..core.node import Call, Node, recording, user_name
 from ..core.program import Program, ancestors
+from ..core.types import TensorType
 from .schedule import Schedule, fingerprint
 
 FORMAT = b"drug-program-3\n"
@@ -113,11 +114,13 @@ def encode(request: Program, finished: Program, mark: int) -> bytes:
     calls: dict[int, int] = {}
     call_records: list[tuple] = []
     records = []
+    types: dict[TensorType, TensorType] = {}  # one object per type: stored once, and decoded nodes share it
     for node in made:
         if not _drug_class(node.op):
             raise NotPortable(f"node {node.label}")
         call = _call_ref(node.call, user_calls, calls, call_records, ref)
-        records.append((node.op, [ref(i) for i in node.inputs], node.type, call, node.name))
+        type_ = types.setdefault(node.type, node.type)
+        records.append((node.op, [ref(i) for i in node.inputs], type_, call, node.name))
     schedule = finished.schedule
     schedule.digest = fingerprint(schedule)
     # persistent ids are places in decode's list of the nodes, the graph and the optimizer

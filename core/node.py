@@ -7,8 +7,7 @@ import functools
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -117,19 +116,27 @@ def _stack() -> list:
     return stack
 
 
-@contextmanager
-def recording(call: Call | None, force: bool = False) -> Iterator[list[Node]]:
+class recording:
     """Record the nodes made inside the block as `call`'s (None: as internal, owned by no call);
     nested calls belong to the outermost one (the one the user made), unless `force`: the
     compiler labels the nodes of each gradient rule and optimizer update so, and an enclosing
-    user call (dg.grad) still takes them over. Yields the list of nodes."""
-    stack = _stack()
-    made: list[Node] = []
-    outer = bool(stack)
-    stack.append(made if force or not outer else stack[-1])
-    try:
-        yield made
-    finally:
+    user call (dg.grad) still takes them over. Yields the list of nodes. (A class, not a
+    generator: every public op call enters one.)"""
+
+    __slots__ = ("call", "force", "outer", "made")
+
+    def __init__(self, call: Call | None, force: bool = False):
+        self.call, self.force = call, force
+
+    def __enter__(self) -> list[Node]:
+        stack = _stack()
+        self.made: list[Node] = []
+        self.outer = bool(stack)
+        stack.append(self.made if self.force or not self.outer else stack[-1])
+        return self.made
+
+    def __exit__(self, *exc: object) -> None:
+        stack, call, made, force, outer = _stack(), self.call, self.made, self.force, self.outer
         stack.pop()
         if call is not None and (force or not outer):
             call.composite = sum(1 for node in made if node.inputs) > 1
@@ -405,14 +412,19 @@ def apply(op: Op, *args: Any) -> Node:
     """Create the node `op(*args)`, checking shapes now so errors point at the user's line."""
     if op.arity is not None and len(args) != op.arity:
         raise GraphError(f"op '{op.name}' takes {op.arity} inputs, got {len(args)}")
-    graph = common_graph(args, op.name)
-    dtypes = [a.dtype for a in args if isinstance(a, Node)]
-    float_dtypes = [d for d in dtypes if d in FLOAT_DTYPES]
-    # Python numbers are weakly typed: a float adopts the float operands' dtype (else the graph's),
-    # an int or a bool adopts the first operand's dtype, whatever it is (`ids + 1` stays integer).
-    float_dtype = float_dtypes[0] if float_dtypes else graph.dtype
-    any_dtype = float_dtypes[0] if float_dtypes else dtypes[0] if dtypes else graph.dtype
-    inputs = [as_node(graph, a, any_dtype if _integral(a) else float_dtype) for a in args]
+    graph = args[0].graph if args and isinstance(args[0], Node) else None
+    if graph is not None and all(isinstance(a, Node) and a.graph is graph for a in args):
+        inputs: Sequence[Node] = args  # nodes of one graph, the common case
+    else:
+        graph = common_graph(args, op.name)
+        dtypes = [a.dtype for a in args if isinstance(a, Node)]
+        float_dtypes = [d for d in dtypes if d in FLOAT_DTYPES]
+        # Python numbers are weakly typed: a float adopts the float operands' dtype (else the
+        # graph's), an int or a bool adopts the first operand's dtype, whatever it is (`ids + 1`
+        # stays integer).
+        float_dtype = float_dtypes[0] if float_dtypes else graph.dtype
+        any_dtype = float_dtypes[0] if float_dtypes else dtypes[0] if dtypes else graph.dtype
+        inputs = [as_node(graph, a, any_dtype if _integral(a) else float_dtype) for a in args]
     try:
         out_type = op.infer(*(i.type for i in inputs))
         if out_type.shape.count(None) > 1:  # (None, 1) * (None, 1, 4): every example paired with every other

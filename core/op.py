@@ -154,7 +154,8 @@ class Op:
         itself (two classes of one name, such as two made by one factory function, are two ops)
         and its parameters. Its repr (class names, parameters) is the same in every process, which
         on-disk caches rely on; what their code generates is keyed there (a backend's business)."""
-        return (type(self),) + tuple(sorted((k, _hashable(v)) for k, v in self.params().items()))
+        params = self.params()
+        return (type(self), *sorted((k, _hashable(v)) for k, v in params.items())) if params else (type(self),)
 
     def __call__(self, *inputs: Any) -> Node:
         return apply(self, *inputs)

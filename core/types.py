@@ -54,6 +54,8 @@ def concrete_shape(shape: Shape, batch: int) -> tuple[int, ...]:
 
 def broadcast_shapes(shapes: Sequence[Shape]) -> Shape:
     """NumPy broadcasting where None (the batch) only meets None or 1."""
+    if shapes and all(s == shapes[0] for s in shapes):
+        return shapes[0]
     ndim = max((len(s) for s in shapes), default=0)
     out: list[Dim] = []
     for axis in range(-ndim, 0):
