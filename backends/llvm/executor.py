@@ -34,7 +34,7 @@ from .irutil import (
     STATUS_OUT_OF_BOUNDS,
     STATUS_OUT_OF_MEMORY,
 )
-from .jit import compile_module, host_cpu
+from .jit import compile_module
 from .lowering import calls_conv, runs_user_code, uses_blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
@@ -45,10 +45,10 @@ REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array
 
 
 def warm_up() -> None:
-    """Per-process set-up shared by every compiled function: find NumPy's BLAS, start LLVM."""
-    blas.find_gemm("float32")
+    """Per-process set-up shared by every compiled function: find NumPy's BLAS, start loading drug's kernels."""
     blas.find_gemm("float64")
-    host_cpu()
+    if os.environ.get(gemm.ENV, "drug") != "blas":
+        gemm.start_runtime_kernels(blas.find_gemm("float32"))
 
 
 class _Views(dict):

@@ -1137,16 +1137,27 @@ _compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_pre
 
 
 def runtime_kernels(blas: Gemm, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
-    """The `RuntimeKernels` as a future: drug's kernels a program needs, compiled once per process
-    (the object code is cached on disk like a program's) on a thread of its own, so that a first
-    compile overlaps the program's. Without `gemms`, or with DRUG_GEMM=blas, GEMMs go to the BLAS;
-    without `convolutions` the table's convolution slots hold 0 (no kernel calls them)."""
-    gemms = gemms and os.environ.get(ENV, "drug") != "blas"
-    if not (gemms or convolutions):
-        done: concurrent.futures.Future = concurrent.futures.Future()
-        done.set_result(RuntimeKernels(blas.address, 0, 0))
-        return done
-    return _compiling(blas.int_bits, blas.address, gemms, convolutions)
+    """The `RuntimeKernels` as a future: drug's kernels, compiled once per process (the object code
+    is cached on disk like a program's) on a thread of its own, one module for every program that
+    calls any (`start_runtime_kernels`). With DRUG_GEMM=blas, GEMMs go to the BLAS and the module
+    holds the convolutions alone. Slots of kernels a program does not call may hold 0."""
+    none = _done(RuntimeKernels(blas.address, 0, 0))
+    if os.environ.get(ENV, "drug") == "blas":
+        return _compiling(blas.int_bits, blas.address, False, True) if convolutions else none
+    return start_runtime_kernels(blas) if gemms or convolutions else none
+
+
+def start_runtime_kernels(blas: Gemm) -> concurrent.futures.Future:
+    """The module of drug's sgemm and convolutions together, loading (from the installation's
+    prebuilt kernels or the compile cache) or compiling on its thread: started when drug is
+    imported, so that the first compile finds it ready."""
+    return _compiling(blas.int_bits, blas.address, True, True)
+
+
+def _done(kernels: RuntimeKernels) -> concurrent.futures.Future:
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    done.set_result(kernels)
+    return done
 
 
 @functools.cache
@@ -1164,9 +1175,28 @@ def conv_tile_pixels(m: int, wo: int) -> int:
     return host.conv_tile.vectors * host.lanes
 
 
-@functools.cache
+# each module of kernels asked for, once per process: (int bits, fallback, gemms, convolutions) -> it
+_started: dict[tuple[int, int, bool, bool], concurrent.futures.Future] = {}
+
+
 def _compiling(int_bits: int, fallback_address: int, gemms: bool, convolutions: bool) -> concurrent.futures.Future:
-    return _compiler.submit(compile_kernels, _host(), int_bits, fallback_address, gemms, convolutions)
+    key = (int_bits, fallback_address, gemms, convolutions)
+    if key not in _started:
+        _started[key] = _compiler.submit(compile_kernels, _host(), *key)
+    return _started[key]
+
+
+def _restart_in_child() -> None:
+    """A child forked while the kernels thread was busy (drug's kernels load from import on) has
+    no such thread: what it had not finished starts again on a thread of the child's."""
+    global _compiler
+    _compiler = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="drug-kernels")
+    for key in [key for key, future in _started.items() if not future.done()]:
+        del _started[key]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restart_in_child)
 
 
 def _kernels(tiling: Tiling, int_bits: int, gemms: bool, convolutions: bool):
@@ -1208,9 +1238,9 @@ def compile_kernels(
 
 def prebuild_kernels(int_bits: int) -> list:
     """Every module of drug's kernels a program may need, for this machine, into the
-    installation (`jit.prebuild`): the sgemm of a BLAS with `int_bits`-wide sizes alone and with
-    the convolutions, and the convolutions alone (DRUG_GEMM=blas)."""
-    needs = ((True, False), (True, True), (False, True))
+    installation (`jit.prebuild`): the sgemm of a BLAS with `int_bits`-wide sizes with the
+    convolutions, and the convolutions alone (DRUG_GEMM=blas)."""
+    needs = ((True, True), (False, True))
     return [jit.prebuild(*_kernels(_host(), int_bits, gemms, conv), passes=False) for gemms, conv in needs]
 
 

@@ -29,6 +29,15 @@ from ...core.errors import GraphError
 from . import forked, perfmap
 from .split import split_module
 
+# No fork() while another thread is inside LLVM (drug's kernels load on a thread from import on):
+# the child would inherit llvmlite's lock held by a thread it does not have.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=ffi.lib._lock.__enter__,
+        after_in_parent=lambda: ffi.lib._lock.__exit__(None, None, None),
+        after_in_child=lambda: ffi.lib._lock.__exit__(None, None, None),
+    )
+
 
 @functools.cache
 def _init() -> None:
@@ -169,6 +178,9 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+CODE_SUFFIX = ".code"  # the cache's record of `sources_digest` for one state of the sources
+
+
 @functools.cache
 def code_version() -> str:
     """A hash of the code that generates kernels: this backend (codegen, every op's kernel) and
@@ -176,13 +188,45 @@ def code_version() -> str:
     that changed code never picks up machine code cached by an older version. What the passes
     decide (kernels, buffers, op parameters) is in the program's own key; native code of a user's
     own (a kernel or scalar rule registered from outside drug) is keyed by its IR (executor.py)."""
+    return sources_digest(_kernel_sources())
+
+
+def sources_digest(sources: list[tuple[str, str]]) -> str:
+    """SHA-256 of the (name, path) files' names and contents. The cache keeps it under their sizes,
+    times and inodes (which Python trusts for its .pyc files), so that a process reads the sources
+    only after they changed, not on every first compile."""
+    stamps = [
+        (name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino) for name, s in ((n, os.stat(p)) for n, p in sources)
+    ]
+    memo = cache_dir() / f"{hashlib.sha256(repr(stamps).encode()).hexdigest()}{CODE_SUFFIX}"
+    known = read_verified(memo) if cache_enabled() else None
+    if known is not None and len(known) == 64:
+        return known.decode()
+    digest = _hash_sources(sources)
+    if cache_enabled():
+        write_verified(memo, digest.encode())
+    return digest
+
+
+def _hash_sources(sources: list[tuple[str, str]]) -> str:
     h = hashlib.sha256()
-    for package in (core, ops, compiler, Path(__file__).parent):
-        folder = package if isinstance(package, Path) else Path(package.__file__).parent
-        for source in sorted(folder.rglob("*.py")):
-            h.update(f"{folder.name}/{source.relative_to(folder)}".encode())
-            h.update(source.read_bytes())
+    for name, path in sources:
+        data = Path(path).read_bytes()
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
     return h.hexdigest()
+
+
+def _kernel_sources() -> list[tuple[str, str]]:
+    """(name, path) of every Python source of core, ops, compiler and this backend, in order."""
+    found = []
+    for package in (core, ops, compiler, Path(__file__).parent):
+        folder = str(package if isinstance(package, Path) else Path(package.__file__).parent)
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            prefix = os.path.relpath(root, os.path.dirname(folder))
+            found += [(f"{prefix}/{name}", os.path.join(root, name)) for name in sorted(files) if name.endswith(".py")]
+    return found
 
 
 def cache_key(program_key: str) -> str:

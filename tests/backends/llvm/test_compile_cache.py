@@ -133,12 +133,14 @@ def test_an_entry_name_taken_by_a_directory_warns_and_compiles(cache):
 FULL_DISK = """
 import os, resource, signal, sys, warnings
 import numpy as np
-import drug as dg
 
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
 resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
+    import drug as dg  # drug's kernels load (or compile, and are stored) from here on, on a thread
+    from drug.backends.llvm import blas, gemm
+    gemm.start_runtime_kernels(blas.find_gemm("float32")).result()
     g = dg.Graph()
     x = g.input("x", (None, 3))
     out = g.compile(outputs=dg.tanh(x) * 2.0, backend="llvm")(x=np.ones((1, 3), np.float32))
@@ -154,8 +156,8 @@ def test_a_full_disk_warns_and_leaves_no_partial_file(cache):
     warned, value = result.stdout.split()
     assert warned == "1" and float(value) == pytest.approx(np.tanh(1.0) * 2, rel=1e-6)
     left = [p for p in cache.iterdir() if p.is_file() and p.suffix != ".sha256"]
-    # entries small enough to fit (an arena layout) are whole; none of the larger ones is there in part
-    assert all(p.suffix == arena.SUFFIX and jit.read_verified(p) is not None for p in left), left
+    # entries small enough to fit (an arena layout, the code version) are whole; no larger one is there in part
+    assert all(p.suffix in (arena.SUFFIX, jit.CODE_SUFFIX) and jit.read_verified(p) is not None for p in left), left
 
 
 def test_entries_are_complete_or_absent(cache, monkeypatch):
@@ -341,3 +343,85 @@ def test_an_invalid_compile_thread_count_is_named():
     script = "import drug as dg\ng = dg.Graph()\ng.compile(outputs=g.input('x', (2,)) * 2.0)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1 and "GraphError: DRUG_COMPILE_THREADS must be a positive integer" in result.stderr
+
+
+def test_the_code_version_is_read_from_the_cache_until_a_source_changes(cache, tmp_path, monkeypatch):
+    """Hashing drug's sources took a cached compile 3-4 ms in every process; the cache now keeps
+    the hash under the sources' sizes and times, so a changed source (even one of the same size)
+    must still give a new version, and a damaged record must not be believed."""
+    sources = []
+    for name in ("a.py", "b.py"):
+        path = tmp_path / name
+        path.write_text(f"value = '{name}'\n")
+        sources.append((name, str(path)))
+    first = jit.sources_digest(sources)
+    assert first == jit._hash_sources(sources)
+    (record,) = cache.glob(f"*{jit.CODE_SUFFIX}")
+
+    def unread(_):
+        raise AssertionError("the sources were read although the record of their hash stands")
+
+    monkeypatch.setattr(jit, "_hash_sources", unread)
+    assert jit.sources_digest(sources) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(cache))
+
+    record.write_text("0" * 64)  # edited: its own hash no longer matches
+    assert jit.sources_digest(sources) == first
+    edited = tmp_path / "b.py"
+    edited.write_text(edited.read_text().replace("b", "c"))  # same size, new contents and time
+    assert jit.sources_digest(sources) == jit._hash_sources(sources) != first
+
+
+def test_importing_drug_starts_loading_the_kernels_a_first_compile_uses():
+    """The runtime kernels' module is loaded while the user's program builds its graph, not when
+    its first compile needs it; every program asks for that one module."""
+    script = """
+import threading
+import drug as dg, numpy as np
+from drug.backends.llvm import blas, gemm
+assert any(t.name.startswith("drug-kernels") for t in threading.enumerate()), "nothing loads at import"
+started = gemm.start_runtime_kernels(blas.find_gemm("float32"))
+kernels = started.result(timeout=120)
+g = dg.Graph()
+x = g.input("x", (None, 4))
+w = g.parameter("w", (4, 3))
+fn = g.compile(outputs=x @ w, backend="llvm")
+assert fn._executor._runtime[0] == kernels.sgemm != blas.find_gemm("float32").address
+assert gemm.runtime_kernels(blas.find_gemm("float32"), True, False) is started
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+FORK_AT_IMPORT = """
+import multiprocessing as mp
+import drug as dg  # starts loading drug's kernels on a thread
+import numpy as np
+
+def child(queue):
+    g = dg.Graph()
+    x = g.input("x", (None, 4))
+    w = g.parameter("w", (4, 3))
+    fn = g.compile(outputs=x @ w, backend="llvm")
+    x_value = np.arange(8, dtype=np.float32).reshape(2, 4)
+    queue.put(float(np.abs(fn(x=x_value) - x_value @ g.params["w"]).max()))
+
+ctx = mp.get_context("fork")
+queue = ctx.Queue()
+process = ctx.Process(target=child, args=(queue,))
+process.start()
+print(queue.get(timeout=120))
+process.join(timeout=60)
+assert process.exitcode == 0
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_child_forked_right_after_import_compiles():
+    """A child forked while the kernels were loading in the parent waited forever for a thread it
+    does not have (or for llvmlite's lock that thread held)."""
+    result = subprocess.run([sys.executable, "-c", FORK_AT_IMPORT], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.split()[-1]) < 1e-4

@@ -155,12 +155,12 @@ def test_graphs_use_it_unless_told_otherwise(monkeypatch):
     np.testing.assert_allclose(results["drug"], results["blas"], rtol=1e-5, atol=1e-5)
 
 
-def test_only_programs_with_drug_convolutions_compile_them(monkeypatch):
-    """A program's runtime table holds drug's convolution kernels only when one of its kernels
-    calls them (the MLP's stay 0: nothing compiled for it); DRUG_GEMM=blas keeps them."""
+def test_every_program_shares_one_module_of_drugs_kernels(monkeypatch):
+    """The MLP and the CNN call the same sgemm of one module of drug's kernels (loaded from import
+    on, whichever program comes first); DRUG_GEMM=blas gives the BLAS's sgemm and keeps drug's
+    convolutions."""
     g, out = _mlp()
-    table = g.compile(outputs=out, backend="llvm")._executor._runtime
-    assert table[RUNTIME_SCONV] is None and table[RUNTIME_SCONV_FILTER] is None
+    mlp_table = g.compile(outputs=out, backend="llvm")._executor._runtime
     for mode in ("drug", "blas"):
         monkeypatch.setenv(gemm.ENV, mode)
         g = dg.Graph(seed=1)
@@ -169,6 +169,7 @@ def test_only_programs_with_drug_convolutions_compile_them(monkeypatch):
         table = g.compile(loss=loss, optimizer=dg.SGD(0.1), backend="llvm")._executor._runtime
         assert table[RUNTIME_SCONV] and table[RUNTIME_SCONV_FILTER]  # forward, input and filter gradients
         assert (table[0] == blas.find_gemm("float32").address) == (mode == "blas")
+        assert (table[0] == mlp_table[0]) == (mode == "drug")
 
 
 def test_sgemm_is_a_c_function_of_the_blas_int_width():
@@ -187,7 +188,7 @@ def test_prebuilt_kernels_spare_a_first_compile(tmp_path, monkeypatch):
     monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path / "cache"))
     fallback = blas.find_gemm("float32")
     paths = gemm.prebuild_kernels(fallback.int_bits)
-    assert len(paths) == 3 and all(p.exists() and p.stat().st_mode & 0o444 == 0o444 for p in paths)
+    assert len(paths) == 2 and all(p.exists() and p.stat().st_mode & 0o444 == 0o444 for p in paths)
 
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled although the kernels were prebuilt")
