@@ -18,7 +18,7 @@ from .kernel_graph import KernelGraph
 from .target import Target
 
 
-@dataclass
+@dataclass(slots=True)
 class Kernel:
     kind: str  # "loop" (fused elementwise/reduction), "op" (an op's own kernel), "callback"
     nodes: list[Node]  # members in execution order

@@ -78,6 +78,11 @@ def request_text(request: Program, config: str) -> str | None:
 
 def _canonical(label: str, local: dict[int, int]) -> str:
     """`label` with the ids of the request's nodes replaced by their places in it."""
+    head, mark, number = label.rpartition("#")
+    if not mark:
+        return label
+    if "#" not in head and number.isdecimal():  # `<op>#<id>`, most labels: no regex
+        return f"{head}#@{local[int(number)]}" if int(number) in local else label
     return NODE_ID.sub(lambda m: f"#@{local[int(m[1])]}" if int(m[1]) in local else m[0], label)
 
 

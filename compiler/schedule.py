@@ -18,7 +18,7 @@ from .kernel_graph import lexicographic_topological_order
 from .target import Target
 
 
-@dataclass
+@dataclass(slots=True)
 class Buffer:
     slot: int  # index in the pointer table the native step reads
     shape: Shape

@@ -165,7 +165,12 @@ class Op:
         return f"{self.name}({attrs})" if attrs else self.name
 
 
+_ATOMS = frozenset({int, float, str, bool, type(None)})
+
+
 def _hashable(value: Any) -> Any:
+    if type(value) in _ATOMS:  # most parameters: no conversion
+        return value
     if isinstance(value, np.ndarray):
         return (value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, (list, tuple)):

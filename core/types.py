@@ -18,7 +18,7 @@ BOOL = np.dtype("bool")  # comparisons, masks, logical ops: one byte per element
 DTYPES = FLOAT_DTYPES + INT_DTYPES + (BOOL,)  # every dtype a node may have
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorType:
     shape: Shape
     dtype: np.dtype

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import drug as dg
 from drug.backends.llvm import arena, jit
@@ -225,3 +227,15 @@ def test_a_layout_is_never_shared_by_buffers_alive_longer(cache):
         want = g.compile(outputs=outputs, backend="numpy")(x=feed)
         for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
             np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+@given(
+    st.lists(st.sampled_from(["relu", "#", "12", "7", "x", "@", "_", "²", "٣"]), max_size=8).map("".join),
+    st.dictionaries(st.integers(0, 20), st.integers(0, 20)),
+)
+@settings(max_examples=300, deadline=None)
+def test_canonical_labels_match_the_general_rule(label, local):
+    """A request's labels lose their node ids by a fast path for `<op>#<id>` and the regex for the
+    rest; both must give what the regex alone gives."""
+    expected = portable.NODE_ID.sub(lambda m: f"#@{local[int(m[1])]}" if int(m[1]) in local else m[0], label)
+    assert portable._canonical(label, local) == expected
