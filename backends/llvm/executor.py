@@ -24,7 +24,7 @@ from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
 from .. import numerics
 from ..base import Executor
-from . import arena, blas, bounds, gemm, lane, probes, threads
+from . import arena, blas, bounds, gemm, jit, lane, probes, threads
 from .codegen import RUNTIME_SLOTS, ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
@@ -34,7 +34,6 @@ from .irutil import (
     STATUS_OUT_OF_BOUNDS,
     STATUS_OUT_OF_MEMORY,
 )
-from .jit import compile_module
 from .lowering import calls_conv, runs_user_code, uses_blas
 
 STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
@@ -47,6 +46,9 @@ REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array
 def warm_up() -> None:
     """Per-process set-up shared by every compiled function: find NumPy's BLAS, start loading drug's kernels."""
     blas.find_gemm("float64")
+    # every cache key's hash of the sources: here, since on the kernels' thread each of its ~100
+    # small reads would wait for the GIL while the user's code runs (the load took 20-70 ms then)
+    jit.code_version()
     if os.environ.get(gemm.ENV, "drug") != "blas":
         gemm.start_runtime_kernels(blas.find_gemm("float32"))
 
@@ -138,7 +140,7 @@ class NativeExecutor(Executor):
             text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
             key += f"|ir{hashlib.sha256(text.encode()).hexdigest()}"
             builder = lambda: text  # noqa: E731
-        self.compiled = compile_module(key, builder)
+        self.compiled = jit.compile_module(key, builder)
         self.spans: list[np.ndarray] = []  # "profile": per step, (kernels, 3) start ns, end ns, thread
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None
