@@ -120,8 +120,8 @@ class recording:
     """Record the nodes made inside the block as `call`'s (None: as internal, owned by no call);
     nested calls belong to the outermost one (the one the user made), unless `force`: the
     compiler labels the nodes of each gradient rule and optimizer update so, and an enclosing
-    user call (dg.grad) still takes them over. Yields the list of nodes. (A class, not a
-    generator: every public op call enters one.)"""
+    user call (dg.grad) still takes them over. `with recording(call) as made`: the list of the
+    nodes. (A class, not a generator: every public op call enters one.)"""
 
     __slots__ = ("call", "force", "outer", "made")
 
