@@ -46,8 +46,8 @@ REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array
 def warm_up() -> None:
     """Per-process set-up shared by every compiled function: find NumPy's BLAS, start loading drug's kernels."""
     blas.find_gemm("float64")
-    # every cache key's hash of the sources: here, since on the kernels' thread each of its ~100
-    # small reads would wait for the GIL while the user's code runs (the load took 20-70 ms then)
+    # every cache key's hash of the sources: here, since on the kernels' thread each of its small
+    # reads would wait for the GIL while the user's code runs, and the kernels would come late
     jit.code_version()
     if os.environ.get(gemm.ENV, "drug") != "blas":
         gemm.start_runtime_kernels(blas.find_gemm("float32"))

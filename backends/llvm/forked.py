@@ -31,6 +31,17 @@ _local = threading.local()  # .pending: this thread's `meanwhile` work not yet d
 # thread compiling at the same time, drug's kernels, must not run it while this one forks)
 
 
+# llvmlite's lock is held across every fork() of the process (this module's, or a user's
+# multiprocessing), so that no other thread is inside LLVM at that moment: drug's kernels load on a
+# thread from import on, and the child would inherit the lock held by a thread it does not have.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=ffi.lib._lock.__enter__,
+        after_in_parent=lambda: ffi.lib._lock.__exit__(None, None, None),
+        after_in_child=lambda: ffi.lib._lock.__exit__(None, None, None),
+    )
+
+
 def enabled() -> bool:
     return hasattr(os, "fork") and os.environ.get(ENV, "1") != "0"
 
@@ -61,11 +72,10 @@ def call(work: Callable[[], bytes]) -> bytes:
     if not enabled():
         return work()
     read_end, write_end = os.pipe()
-    # llvmlite's lock is held across fork(), so that no other thread is inside LLVM at that
-    # moment (the child would inherit a lock nobody releases). Python >= 3.12, and JAX when it is
-    # loaded, warn about fork() in a process with threads for that reason; the child runs only
-    # drug's compiler, which takes no lock but llvmlite's.
-    with ffi.lib._lock, warnings.catch_warnings():
+    # Python >= 3.12, and JAX when it is loaded, warn about fork() in a process with threads: a
+    # lock held at that moment stays held in the child. The child runs only drug's compiler, which
+    # takes no lock but llvmlite's, held across every fork (below).
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
         pid = os.fork()

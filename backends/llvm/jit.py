@@ -29,15 +29,6 @@ from ...core.errors import GraphError
 from . import forked, perfmap
 from .split import split_module
 
-# No fork() while another thread is inside LLVM (drug's kernels load on a thread from import on):
-# the child would inherit llvmlite's lock held by a thread it does not have.
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=ffi.lib._lock.__enter__,
-        after_in_parent=lambda: ffi.lib._lock.__exit__(None, None, None),
-        after_in_child=lambda: ffi.lib._lock.__exit__(None, None, None),
-    )
-
 
 @functools.cache
 def _init() -> None:
