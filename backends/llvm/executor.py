@@ -40,6 +40,10 @@ STEP_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int64, ct
 CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_int64, ctypes.c_int64)
 MAX_BINDINGS = 4  # arenas kept, one per recently used batch size
 MAX_PROFILED_STEPS = 10_000  # spans kept by a profiling build (24 bytes per kernel per step)
+# programs of at most this many kernels compile in this process: forking costs more than their
+# compile (a copy of the page tables, faults on every page the child touches, LLVM's code
+# included), and the heap they leave behind is small (LLVM's code pages stay resident, though)
+IN_PROCESS_KERNELS = 4
 REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array instead
 
 
@@ -140,7 +144,7 @@ class NativeExecutor(Executor):
             text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
             key += f"|ir{hashlib.sha256(text.encode()).hexdigest()}"
             builder = lambda: text  # noqa: E731
-        self.compiled = jit.compile_module(key, builder)
+        self.compiled = jit.compile_module(key, builder, fork=len(self.schedule.kernels) > IN_PROCESS_KERNELS)
         self.spans: list[np.ndarray] = []  # "profile": per step, (kernels, 3) start ns, end ns, thread
         self.last_batch: int | None = None
         self._clock = self._profile_words() if instrument == "profile" else None

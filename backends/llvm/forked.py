@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import struct
 import threading
 import traceback
 import warnings
@@ -71,6 +72,7 @@ def call(work: Callable[[], bytes]) -> bytes:
     """`work()` in a forked child (or here, when that is off); its exception is raised here."""
     if not enabled():
         return work()
+    _reap_finished()
     read_end, write_end = os.pipe()
     # Python >= 3.12, and JAX when it is loaded, warn about fork() in a process with threads: a
     # lock held at that moment stays held in the child. The child runs only drug's compiler, which
@@ -89,12 +91,31 @@ def call(work: Callable[[], bytes]) -> bytes:
     finally:  # the child's result is collected even if that work failed
         with os.fdopen(read_end, "rb") as pipe:
             payload = pipe.read()
-        _, status = os.waitpid(pid, 0)
-    if payload[:1] == _OK and os.waitstatus_to_exitcode(status) == 0:
-        return payload[1:]
-    if payload[:1] == _RAISED:
-        raise _unpickle(payload[1:])
+    kind, body = payload[:1], payload[1 + _LENGTH.size :]
+    if len(payload) >= 1 + _LENGTH.size and _LENGTH.unpack_from(payload, 1)[0] == len(body):
+        # a whole result: the child is tearing its copy of this process down, which is not
+        # waited for (the next call reaps it)
+        _unreaped.append(pid)
+        if kind == _OK:
+            return body
+        raise _unpickle(body)
+    _, status = os.waitpid(pid, 0)
     raise RuntimeError(f"the compiler process ended without a result (exit status {os.waitstatus_to_exitcode(status)})")
+
+
+_LENGTH = struct.Struct("<Q")  # the result's length, after its kind: a child killed while writing is told apart
+_unreaped: list[int] = []
+
+
+def _reap_finished() -> None:
+    """Collect the exit status of earlier children that have ended (they are zombies till then)."""
+    for pid in list(_unreaped):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by someone else (a user's os.wait())
+            done = pid
+        if done:
+            _unreaped.remove(pid)
 
 
 def _child(work: Callable[[], bytes], fd: int) -> None:
@@ -104,11 +125,11 @@ def _child(work: Callable[[], bytes], fd: int) -> None:
     code = 0
     try:
         try:
-            payload = _OK + work()
+            kind, body = _OK, work()
         except BaseException as error:  # noqa: BLE001 - sent to the parent, which raises it
-            payload = _RAISED + _pickle(error)
+            kind, body = _RAISED, _pickle(error)
         with os.fdopen(fd, "wb") as pipe:
-            pipe.write(payload)
+            pipe.write(kind + _LENGTH.pack(len(body)) + body)
     except BaseException:  # noqa: BLE001 - the parent reports the missing result
         code = 1
     finally:

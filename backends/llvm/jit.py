@@ -25,7 +25,7 @@ import llvmlite.binding as llvm
 from llvmlite.binding import ffi
 
 from ... import compiler, core, ops
-from ...core.errors import GraphError
+from ...core.settings import env_count
 from . import forked, perfmap
 from .split import split_module
 
@@ -74,12 +74,7 @@ def optimize(module: llvm.ModuleRef, tm) -> None:
 
 def compile_threads() -> int:
     """How many threads compile one module's parts (DRUG_COMPILE_THREADS, default: the cores, at most 4)."""
-    configured = os.environ.get("DRUG_COMPILE_THREADS")
-    if not configured:
-        return min(os.cpu_count() or 1, 4)
-    if not configured.strip().isdigit():
-        raise GraphError(f"DRUG_COMPILE_THREADS must be a positive integer, got {configured!r}")
-    return max(1, int(configured))
+    return env_count("DRUG_COMPILE_THREADS", min(os.cpu_count() or 1, 4), minimum=1)
 
 
 # A part smaller than this is not worth its own thread (a pass pipeline's fixed cost).
@@ -260,10 +255,11 @@ def objects_of(ir_text: str, entry: str, passes: bool = True) -> list[bytes]:
 
 
 def compile_module(
-    key: str, build_ir, entry: str = "drug_step", passes: bool = True, prebuilt: bool = False
+    key: str, build_ir, entry: str = "drug_step", passes: bool = True, prebuilt: bool = False, fork: bool = True
 ) -> Compiled:
     """Machine code for the module `build_ir()` returns (as text); it is called only on a cache
-    miss, in a child process (forked.py). Large modules are split into parts compiled on
+    miss, in a child process (forked.py) unless `fork` is False (a small module, whose compile
+    costs less than the fork). Large modules are split into parts compiled on
     `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only).
     `prebuilt`: the module may also come from PREBUILT_DIR (`prebuild`)."""
     _init()
@@ -277,7 +273,7 @@ def compile_module(
         if address:  # else not ours or without the entry: compile again
             forked.catch_up()
             return Compiled(engine, address, build_ir, None, None, True)
-    if forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
+    if fork and forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
         ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry, passes))))
     else:
         forked.catch_up()

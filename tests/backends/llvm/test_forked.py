@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import drug as dg
-from drug.backends.llvm import forked
+from drug.backends.llvm import executor, forked
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 
@@ -110,3 +110,33 @@ def test_meanwhile_work_stays_with_its_thread(monkeypatch):
     monkeypatch.setenv(forked.ENV, "0")
     forked.meanwhile(lambda: done.append("at once"))
     assert done == ["main", "at once"]
+
+
+def test_the_child_is_not_waited_for_and_a_later_call_reaps_it(monkeypatch):
+    """The parent returns once the whole result has arrived (the child's exit, tearing down its
+    copy of this process, is not waited for); later calls collect the exit status."""
+    monkeypatch.setenv(forked.ENV, "1")
+    assert forked.call(lambda: b"first") == b"first"
+    pid = forked._unreaped[-1]
+    deadline = time.monotonic() + 30
+    while pid in forked._unreaped and time.monotonic() < deadline:
+        forked._reap_finished()
+        time.sleep(0.01)
+    assert pid not in forked._unreaped
+    with pytest.raises(ChildProcessError):  # collected: no zombie left behind
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_small_programs_compile_here_and_larger_ones_in_a_child(monkeypatch, tmp_path):
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(forked.ENV, "1")
+    calls: list[int] = []
+    call = forked.call
+    monkeypatch.setattr(forked, "call", lambda work: calls.append(1) or call(work))
+    g = dg.Graph()
+    a, b = g.input("a", (None, 8)), g.input("b", (None, 8))
+    small = g.compile(outputs=dg.relu(a * b + 1.0))
+    assert len(small._executor.schedule.kernels) <= executor.IN_PROCESS_KERNELS and calls == []
+    np.testing.assert_allclose(small(a=np.ones((2, 8), np.float32), b=np.ones((2, 8), np.float32)), 2.0)
+    _, step = _train(monkeypatch, tmp_path, in_child=True)
+    assert len(step._executor.schedule.kernels) > executor.IN_PROCESS_KERNELS and calls == [1]
