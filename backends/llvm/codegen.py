@@ -41,6 +41,7 @@ from .irutil import (
     row_major_strides,
     scalar_constant,
     scalar_type,
+    skip_optimizer,
     to_scalar,
     to_storage,
 )
@@ -213,14 +214,6 @@ class KernelContext:
         if not self.builder.parallel or self.builder.bounds_check:
             return i64(0)
         return self.b.call(parallel.thread_index(self.module), [], name="thread")
-
-
-def skip_optimizer(fn: ir.Function) -> None:
-    """Compile `fn` as written (`optnone`: no IR optimizer, code generation at its lightest),
-    for code that only loads table entries, calls and copies: optimizing it buys nothing at run
-    time and costs as much per line as a kernel's loop."""
-    fn.attributes.add("noinline")
-    fn.attributes.add("optnone")
 
 
 @dataclass(frozen=True)
@@ -523,7 +516,7 @@ class ModuleBuilder:
         name = f"drug_gemm_task.{np.dtype(dtype).name}" + (f".{finish.name}" if finish is not None else "")
         if name in self.module.globals:
             return self.module.globals[name]
-        fn, b, frame, task = parallel.task_function(self.module, name)
+        fn, b, frame, task = parallel.task_function(self.module, name, optimize=finish is not None)  # its epilogue loop
         f = {word: parallel.frame_word(b, frame, i, word) for i, word in enumerate(GEMM_FRAME)}
         by_rows = b.icmp_unsigned(">=", f["m"], f["n"], name="by_rows")
         lo, hi = parallel.task_range(b, task, f["chunk"], b.select(by_rows, f["m"], f["n"], name="extent"))
@@ -731,6 +724,7 @@ class ModuleBuilder:
             with serial:
                 b.call(body, args + [i64(0), extents[axis]])
         b.ret(ir.Constant(I32, 0))
+        skip_optimizer(fn)  # it only chooses between the pool and one call of the loop's body
         return fn
 
     def emit_callback(self, ctx: KernelContext, index: int) -> ir.Value:

@@ -170,3 +170,11 @@ def element_count(b: ir.IRBuilder, shape: Sequence[int | None], batch: ir.Value)
     for dim in shape:
         acc = _mul(b, acc, dim_value(dim, batch))
     return acc
+
+
+def skip_optimizer(fn: ir.Function) -> None:
+    """Compile `fn` as written (`optnone`: no IR optimizer, code generation at its lightest),
+    for code that only loads table entries, calls and copies: optimizing it buys nothing at run
+    time and costs as much per line as a kernel's loop."""
+    fn.attributes.add("noinline")
+    fn.attributes.add("optnone")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .irutil import I64, PTR, VOID, i64
+from .irutil import I64, PTR, VOID, i64, skip_optimizer
 from .threads import RUN_SYMBOL, THREAD_SYMBOL
 
 TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
@@ -26,10 +26,16 @@ def thread_index(module: ir.Module) -> ir.Function:
     return module.globals.get(THREAD_SYMBOL) or ir.Function(module, ir.FunctionType(I64, []), THREAD_SYMBOL)
 
 
-def task_function(module: ir.Module, name: str) -> tuple[ir.Function, ir.IRBuilder, ir.Value, ir.Value]:
-    """A new internal task function: (function, builder at its entry, frame, task index)."""
+def task_function(
+    module: ir.Module, name: str, optimize: bool = False
+) -> tuple[ir.Function, ir.IRBuilder, ir.Value, ir.Value]:
+    """A new internal task function: (function, builder at its entry, frame, task index). It is
+    compiled without LLVM's optimizer unless `optimize`: a task that unpacks its frame and calls
+    the function doing the work gains nothing from it, and every pass costs compile time."""
     fn = ir.Function(module, TASK_TYPE, name)
     fn.linkage = "internal"
+    if not optimize:
+        skip_optimizer(fn)
     frame, task = fn.args
     frame.name, task.name = "frame", "task"
     return fn, ir.IRBuilder(fn.append_basic_block("entry")), frame, task

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import llvmlite.binding as llvm
 
+from ...core.settings import env_count
 from . import bounds, csources
 
 SOURCE = csources.CSRC / "drug_pool.c"
@@ -70,14 +71,12 @@ def pin_workers() -> bool:
 
 def spare_threads() -> int:
     """DRUG_SPARE_THREADS, else SPARE_THREADS (0: none)."""
-    configured = os.environ.get("DRUG_SPARE_THREADS")
-    return max(0, int(configured)) if configured else SPARE_THREADS
+    return env_count("DRUG_SPARE_THREADS", SPARE_THREADS, minimum=0)
 
 
 def requested_threads() -> int:
     """DRUG_THREADS, else the usable CPUs."""
-    configured = os.environ.get("DRUG_THREADS")
-    return max(1, int(configured)) if configured else usable_cpus()
+    return env_count("DRUG_THREADS", usable_cpus(), minimum=1)
 
 
 def _open(path: Path, digest: str) -> ctypes.CDLL | None:

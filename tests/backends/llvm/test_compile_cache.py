@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import drug as dg
-from drug.backends.llvm import arena, jit
+from drug.backends.llvm import arena, jit, threads
 
 CONSTANT = 1234.5678
 
@@ -337,12 +337,26 @@ def test_an_entry_copied_under_another_keys_name_is_a_miss(cache):
     np.testing.assert_allclose(fn(x=X), np.tanh(X) * 2, rtol=1e-6)
 
 
-def test_an_invalid_compile_thread_count_is_named():
-    """DRUG_COMPILE_THREADS=abc made compile() fail with int()'s ValueError (campaign)."""
-    env = {**os.environ, "DRUG_COMPILE_THREADS": "abc", "DRUG_CACHE": "0"}
-    script = "import drug as dg\ng = dg.Graph()\ng.compile(outputs=g.input('x', (2,)) * 2.0)"
+@pytest.mark.parametrize(
+    "variable, minimum", [("DRUG_COMPILE_THREADS", 1), ("DRUG_THREADS", 1), ("DRUG_SPARE_THREADS", 0)]
+)
+def test_an_invalid_thread_count_is_named(variable, minimum):
+    """DRUG_COMPILE_THREADS=abc made compile() fail with int()'s ValueError (campaign), and so did
+    DRUG_THREADS and DRUG_SPARE_THREADS until one helper read all three."""
+    env = {**os.environ, variable: "abc", "DRUG_CACHE": "0"}
+    # enough kernels to compile in a child process, where DRUG_COMPILE_THREADS is read
+    script = "import drug as dg\ng = dg.Graph()\ny = g.input('x', (2, 2))\n"
+    script += "for _ in range(6):\n    y = dg.tanh(y @ y)\ng.compile(outputs=y)"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 1 and "GraphError: DRUG_COMPILE_THREADS must be a positive integer" in result.stderr
+    assert result.returncode == 1
+    assert f"GraphError: {variable} must be a whole number (at least {minimum}), got 'abc'" in result.stderr
+
+
+def test_thread_counts_below_their_minimum_are_raised_to_it(monkeypatch):
+    monkeypatch.setenv("DRUG_COMPILE_THREADS", "0")
+    monkeypatch.setenv("DRUG_THREADS", "-2")
+    monkeypatch.setenv("DRUG_SPARE_THREADS", " -1 ")
+    assert (jit.compile_threads(), threads.requested_threads(), threads.spare_threads()) == (1, 1, 0)
 
 
 def test_the_code_version_is_read_from_the_cache_until_a_source_changes(cache, tmp_path, monkeypatch):
