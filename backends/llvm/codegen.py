@@ -34,6 +34,7 @@ from .irutil import (
     dim_value,
     element_count,
     for_range,
+    has_loop,
     i64,
     linear_offset,
     llvm_type,
@@ -668,6 +669,12 @@ class ModuleBuilder:
         return fn, KernelContext(b, batch, runtime, self.schedule, dict(zip(slots, fn.args)), self.blas_int, self)
 
     def kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
+        fn = self._kernel_function(index, kernel, slots)
+        if not has_loop(fn):  # straight code (a GEMM's dispatch, a few scalars): each instruction runs once
+            skip_optimizer(fn)
+        return fn
+
+    def _kernel_function(self, index: int, kernel: Kernel, slots: list[int]) -> ir.Function:
         name = f"{self.prefix}k{index}_{kernel.name}"
         if kernel.kind == "loop" and self.parallel and parallelizable(kernel):
             return self.parallel_loop(name, kernel, slots)
@@ -724,7 +731,6 @@ class ModuleBuilder:
             with serial:
                 b.call(body, args + [i64(0), extents[axis]])
         b.ret(ir.Constant(I32, 0))
-        skip_optimizer(fn)  # it only chooses between the pool and one call of the loop's body
         return fn
 
     def emit_callback(self, ctx: KernelContext, index: int) -> ir.Value:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import networkx as nx
 import numpy as np
 from llvmlite import ir
 
@@ -178,3 +179,18 @@ def skip_optimizer(fn: ir.Function) -> None:
     time and costs as much per line as a kernel's loop."""
     fn.attributes.add("noinline")
     fn.attributes.add("optnone")
+
+
+def has_loop(fn: ir.Function) -> bool:
+    """Whether `fn`'s control flow has a cycle; a function without one runs each of its
+    instructions at most once per call."""
+    graph = nx.DiGraph()
+    for block in fn.blocks:
+        graph.add_node(block.name)
+        last = block.instructions[-1] if block.instructions else None
+        targets = [op for op in getattr(last, "operands", ()) if isinstance(op, ir.Block)]
+        if isinstance(last, ir.SwitchInstr):
+            targets += [last.default] + [target for _, target in last.cases]
+        targets += getattr(last, "destinations", [])  # indirectbr
+        graph.add_edges_from((block.name, target.name) for target in targets)
+    return not nx.is_directed_acyclic_graph(graph)

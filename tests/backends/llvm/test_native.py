@@ -15,9 +15,10 @@ import pytest
 from conftest import EXAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from llvmlite import ir
 
 import drug as dg
-from drug.backends.llvm import bounds
+from drug.backends.llvm import bounds, irutil, threads
 from drug.datasets import mnist
 
 sys.path.insert(0, str(EXAMPLES))
@@ -192,6 +193,47 @@ def test_slices_that_copy_rows_skip_the_optimizer():
     got_rows, got_strided = fn(x=data)
     np.testing.assert_array_equal(got_rows, data[:, 2, :])
     np.testing.assert_array_equal(got_strided, data[:, 1, ::2])
+
+
+def test_code_without_a_loop_skips_the_optimizer():
+    """LLVM's optimizer costs a millisecond or more per function: a kernel without a loop (a
+    GEMM's dispatch to the pool, a split loop's choice between the pool and its body) and a task
+    (which unpacks its frame and calls) skip it; a loop's body keeps it, and vectorizes."""
+    g = dg.Graph()
+    x = g.input("x", (None, 512))
+    h = dg.relu(x @ g.parameter("w", (512, 512)) + g.parameter("b", (512,)))
+    fn = g.compile(outputs=h * 3.0 - x, backend="llvm")
+    definitions = {line.split('"')[1]: line for line in fn.ir().splitlines() if line.startswith("define")}
+    (gemm,) = [line for name, line in definitions.items() if "op_matmul_bias" in name]
+    (body,) = [line for name, line in definitions.items() if name.endswith(".body")]
+    assert "optnone" not in body
+    if threads.thread_count() > 1:  # with one thread the GEMM's kernel runs its bias loop itself
+        dispatch = [line for name, line in definitions.items() if name.endswith(("_loop_mul_sub", ".task"))]
+        assert "optnone" in gemm and len(dispatch) == 2 and all("optnone" in line for line in dispatch)
+    data = np.random.default_rng(0).standard_normal((300, 512)).astype(np.float32)
+    w, b = (g.params[name] for name in ("w", "b"))
+    want = np.maximum(data.astype(np.float64) @ w + b, 0) * 3.0 - data
+    np.testing.assert_allclose(fn(x=data), want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_loop_is_any_cycle_of_blocks():
+    module = ir.Module()
+    straight = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(1)]), "straight")
+    b = ir.IRBuilder(straight.append_basic_block("entry"))
+    with b.if_then(straight.args[0]):
+        pass
+    b.ret_void()
+    looping = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(64)]), "looping")
+    b = ir.IRBuilder(looping.append_basic_block("entry"))
+    with irutil.for_range(b, looping.args[0], "i"):
+        pass
+    b.ret_void()
+    switching = ir.Function(module, ir.FunctionType(ir.VoidType(), [ir.IntType(64)]), "switching")
+    entry, back = switching.append_basic_block("entry"), switching.append_basic_block("back")
+    ir.IRBuilder(entry).branch(back)
+    b = ir.IRBuilder(back)
+    b.switch(switching.args[0], back).add_case(1, entry)  # back only through a switch's case
+    assert (irutil.has_loop(straight), irutil.has_loop(looping), irutil.has_loop(switching)) == (False, True, True)
 
 
 def test_slices_alike_but_for_their_start_share_one_kernel():
