@@ -95,7 +95,7 @@ def call(work: Callable[[], bytes]) -> bytes:
     if len(payload) >= 1 + _LENGTH.size and _LENGTH.unpack_from(payload, 1)[0] == len(body):
         # a whole result: the child is tearing its copy of this process down, which is not
         # waited for (the next call reaps it)
-        _unreaped.append(pid)
+        _unreaped.add(pid)
         if kind == _OK:
             return body
         raise _unpickle(body)
@@ -104,7 +104,7 @@ def call(work: Callable[[], bytes]) -> bytes:
 
 
 _LENGTH = struct.Struct("<Q")  # the result's length, after its kind: a child killed while writing is told apart
-_unreaped: list[int] = []
+_unreaped: set[int] = set()  # a set: two threads compiling at once (drug's kernels) may both reap one
 
 
 def _reap_finished() -> None:
@@ -115,7 +115,7 @@ def _reap_finished() -> None:
         except ChildProcessError:  # reaped by someone else (a user's os.wait())
             done = pid
         if done:
-            _unreaped.remove(pid)
+            _unreaped.discard(pid)
 
 
 def _child(work: Callable[[], bytes], fd: int) -> None:
