@@ -23,6 +23,7 @@ from ...compiler.scalar import scalar_rule_of
 from ...compiler.schedule import Schedule
 from ...core.node import Node
 from . import bounds, parallel
+from .fpmode import with_subnormals_flushed
 from .gemm import CONV_TYPE, FILTER_TYPE
 from .irutil import (
     I32,
@@ -279,7 +280,8 @@ class ModuleBuilder:
         self._checked: list[tuple[ir.Function, list[int]]] = []  # kernel functions to instrument, their slots
 
     def build(self) -> ir.Module:
-        self.entry("drug_step")
+        """The module, its entry `drug_step` running the kernels with subnormals flushed (fpmode.py)."""
+        skip_optimizer(with_subnormals_flushed(self.module, self.entry("drug_step.run"), "drug_step"))
         return self.module
 
     def entry(self, name: str) -> ir.Function:

@@ -148,6 +148,18 @@ static inline void relax(void) {
 #endif
 }
 
+/* Subnormal floats flushed to zero, as in every compiled step (fpmode.py says why): a worker runs
+   nothing but steps' tasks, so it sets the mode once. */
+static void flush_subnormals(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_ldmxcsr(__builtin_ia32_stmxcsr() | (1u << 15) | (1u << 6)); /* FTZ, DAZ */
+#elif defined(__aarch64__)
+    uint64_t fpcr;
+    __asm__ __volatile__("mrs %0, fpcr" : "=r"(fpcr));
+    __asm__ __volatile__("msr fpcr, %0" : : "r"(fpcr | (1ull << 24))); /* FZ */
+#endif
+}
+
 static int64_t now_ns(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -277,6 +289,7 @@ static void *worker(void *index) {
     pool.tids[thread_index] = (pid_t)syscall(SYS_gettid);
     pthread_setname_np(pthread_self(), thread_index > pool.workers ? "drug-spare" : "drug-pool"); /* top, perf */
     inside_task = 1;
+    flush_subnormals();
     uint32_t seen = atomic_load(&pool.seq);
     for (;;) {
         follow_caller();

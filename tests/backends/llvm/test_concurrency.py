@@ -64,7 +64,7 @@ def test_independent_reductions_run_at_once_and_agree(monkeypatch):
     schedule = fn._executor.program.schedule
     assert assert_groups_are_safe(schedule) >= 1
     ir = fn.ir()
-    assert 'define internal void @"drug_step.group"' in ir and "drug_pool_run" in ir
+    assert 'define internal void @"drug_step.run.group"' in ir and "drug_pool_run" in ir
     monkeypatch.setenv("DRUG_CONCURRENT_KERNELS", "0")
     serial = _branches_compiled()
     assert serial._executor.program.schedule.groups is None
