@@ -147,6 +147,56 @@ def emit_objects(texts: list[str], passes: bool = True, threads: int | None = No
     return [job.object_code() for job in jobs]
 
 
+# A loop like a fused kernel's and a function like the entry's (optnone), compiled once when drug
+# is imported (on the kernels' thread, after them): a fresh process's first compile otherwise
+# pays for paging in and initializing LLVM's optimizer and code generator, about a third of a
+# one-kernel program's compile time.
+_WARM_UP_IR = """
+define internal void @loop(ptr noalias %a, ptr noalias %b, ptr noalias %c, i64 %n) noinline {
+entry:
+  br label %body
+body:
+  %i = phi i64 [0, %entry], [%next, %body]
+  %a.at = getelementptr inbounds float, ptr %a, i64 %i
+  %b.at = getelementptr inbounds float, ptr %b, i64 %i
+  %c.at = getelementptr inbounds float, ptr %c, i64 %i
+  %x = load float, ptr %a.at
+  %y = load float, ptr %b.at
+  %xy = call float @llvm.fmuladd.f32(float %x, float %y, float %y)
+  %relu = call float @llvm.maximum.f32(float %xy, float 0.0)
+  store float %relu, ptr %c.at
+  %next = add i64 %i, 1
+  %done = icmp sge i64 %next, %n
+  br i1 %done, label %exit, label %body
+exit:
+  ret void
+}
+
+define i32 @entry(ptr %buffers, i64 %n) noinline optnone {
+entry:
+  %a = load ptr, ptr %buffers
+  %b.slot = getelementptr ptr, ptr %buffers, i64 1
+  %b = load ptr, ptr %b.slot
+  call void @loop(ptr %a, ptr %b, ptr %b, i64 %n)
+  ret i32 0
+}
+
+declare float @llvm.fmuladd.f32(float, float, float)
+declare float @llvm.maximum.f32(float, float)
+"""
+
+
+_compiling_programs = threading.Event()  # set by a program's compile (a cache miss), which has no use for it then
+
+
+def warm_up_compiler() -> None:
+    """Compile `_WARM_UP_IR` and drop it, unless a program's compile has begun, which would only
+    compete with it for the cores and llvmlite's lock (taken here as on any calling thread: a fork
+    meanwhile waits for it, forked.py)."""
+    if not _compiling_programs.is_set():
+        emit_objects([_WARM_UP_IR], threads=1)
+
+
 # drug's own kernels (gemm.py) compiled for this machine when drug is installed (`make install`
 # runs `python -m drug.backends.llvm.prebuild`), so that a machine's first compile does not wait
 # for them; keyed like the cache, so another CPU or another version of drug compiles its own
@@ -273,6 +323,8 @@ def compile_module(
         if address:  # else not ours or without the entry: compile again
             forked.catch_up()
             return Compiled(engine, address, build_ir, None, None, True)
+    if not prebuilt:
+        _compiling_programs.set()
     if fork and forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
         ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry, passes))))
     else:

@@ -9,6 +9,7 @@ import gc
 import os
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -59,6 +60,7 @@ def test_an_edited_constant_in_a_cached_object_is_compiled_again(cache):
 
 TRAPPED = """
 import sys
+import threading
 import numpy as np
 import llvmlite.binding as llvm
 import drug as dg
@@ -182,6 +184,7 @@ def test_entries_are_complete_or_absent(cache, monkeypatch):
 
 USER_RULE = """
 import sys
+import threading
 import numpy as np
 import drug as dg
 from drug.compiler.scalar import scalar_rule
@@ -207,6 +210,7 @@ print(float(fn(x=np.ones((1, 3), np.float32))[0, 0]))
 
 USER_KERNEL_FACTORY = """
 import sys
+import threading
 import numpy as np
 import drug as dg
 from drug.backends.llvm.lowering import kernel
@@ -439,3 +443,21 @@ def test_a_child_forked_right_after_import_compiles():
     result = subprocess.run([sys.executable, "-c", FORK_AT_IMPORT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split()[-1]) < 1e-4
+
+
+def test_the_compiler_warm_up_compiles_until_a_program_compiles(monkeypatch, tmp_path):
+    """drug's import warms LLVM up on the kernels' thread (jit.warm_up_compiler), unless a program's
+    compile has begun by then: the warm-up would only compete with it."""
+    assert jit.emit_objects([jit._WARM_UP_IR], threads=1)[0]  # the warm-up's IR compiles
+    monkeypatch.setattr(jit, "_compiling_programs", threading.Event())
+    compiled = []
+    real = jit.emit_objects
+    monkeypatch.setattr(jit, "emit_objects", lambda texts, *a, **k: compiled.append(texts) or real(texts, *a, **k))
+    jit.warm_up_compiler()
+    assert compiled == [[jit._WARM_UP_IR]]
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))  # a cache miss: a program's compile
+    scaled(4.5)
+    assert jit._compiling_programs.is_set()
+    before = len(compiled)
+    jit.warm_up_compiler()
+    assert len(compiled) == before
