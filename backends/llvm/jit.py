@@ -104,8 +104,14 @@ class _Job:
     def run(self, lib) -> None:
         """Optimize and emit object code through `lib`: llvmlite's wrapper (which holds one
         global lock per call) or, on worker threads, the same C entry points without it."""
+        self.optimize(lib)
+        self.emit(lib)
+
+    def optimize(self, lib) -> None:
         if self.mpm is not None:
             lib.LLVMPY_RunNewModulePassManager(self.mpm, self.module, self.pb)
+
+    def emit(self, lib) -> None:
         with ffi.OutputString() as error:
             self.buffer = lib.LLVMPY_TargetMachineEmitToMemory(self.tm, self.module, 1, error)
             if not self.buffer:
@@ -186,15 +192,22 @@ declare float @llvm.maximum.f32(float, float)
 """
 
 
-_compiling_programs = threading.Event()  # set by a program's compile (a cache miss), which has no use for it then
+_programs_started = threading.Event()  # set when a program is first compiled or loaded: no use for a warm-up then
 
 
 def warm_up_compiler() -> None:
-    """Compile `_WARM_UP_IR` and drop it, unless a program's compile has begun, which would only
-    compete with it for the cores and llvmlite's lock (taken here as on any calling thread: a fork
-    meanwhile waits for it, forked.py)."""
-    if not _compiling_programs.is_set():
-        emit_objects([_WARM_UP_IR], threads=1)
+    """Compile `_WARM_UP_IR` and drop it, stopping between LLVM's steps once a program is being
+    compiled or loaded from the cache, which the warm-up would only hold up (llvmlite's lock,
+    taken here as on any calling thread: a fork meanwhile waits for it, forked.py)."""
+    if _programs_started.is_set():
+        return
+    _init()
+    job = _Job(_WARM_UP_IR)
+    for step in (job.optimize, job.emit):
+        if _programs_started.is_set():
+            return
+        step(ffi.lib)
+    job.object_code()
 
 
 # drug's own kernels (gemm.py) compiled for this machine when drug is installed (`make install`
@@ -313,6 +326,8 @@ def compile_module(
     `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only).
     `prebuilt`: the module may also come from PREBUILT_DIR (`prebuild`)."""
     _init()
+    if not prebuilt:
+        _programs_started.set()
     use_cache = cache_enabled()
     path = cache_dir() / f"{cache_key(key)}.o"
     objects = _read_entry(path) if use_cache else None
@@ -323,8 +338,6 @@ def compile_module(
         if address:  # else not ours or without the entry: compile again
             forked.catch_up()
             return Compiled(engine, address, build_ir, None, None, True)
-    if not prebuilt:
-        _compiling_programs.set()
     if fork and forked.enabled():  # IR and LLVM's work in a child process; the IR is rebuilt if asked for
         ir_text, objects = None, _unpack(forked.call(lambda: _pack(objects_of(build_ir(), entry, passes))))
     else:

@@ -445,19 +445,30 @@ def test_a_child_forked_right_after_import_compiles():
     assert float(result.stdout.split()[-1]) < 1e-4
 
 
-def test_the_compiler_warm_up_compiles_until_a_program_compiles(monkeypatch, tmp_path):
-    """drug's import warms LLVM up on the kernels' thread (jit.warm_up_compiler), unless a program's
-    compile has begun by then: the warm-up would only compete with it."""
-    assert jit.emit_objects([jit._WARM_UP_IR], threads=1)[0]  # the warm-up's IR compiles
-    monkeypatch.setattr(jit, "_compiling_programs", threading.Event())
-    compiled = []
-    real = jit.emit_objects
-    monkeypatch.setattr(jit, "emit_objects", lambda texts, *a, **k: compiled.append(texts) or real(texts, *a, **k))
+def test_the_compiler_warm_up_runs_until_a_program_is_compiled_or_loaded(monkeypatch, tmp_path):
+    """drug's import warms LLVM up on the kernels' thread (jit.warm_up_compiler), unless a program
+    has been compiled or loaded from the cache by then: the warm-up would only hold it up."""
+    warm_up_steps = []
+
+    def recording(name):
+        real = getattr(jit._Job, name)
+
+        def step(job, lib):
+            if any(f.name == "loop" for f in job.module.functions):  # _WARM_UP_IR's
+                warm_up_steps.append(name)
+            return real(job, lib)
+
+        return step
+
+    for name in ("optimize", "emit"):
+        monkeypatch.setattr(jit._Job, name, recording(name))
+    monkeypatch.setattr(jit, "_programs_started", threading.Event())
     jit.warm_up_compiler()
-    assert compiled == [[jit._WARM_UP_IR]]
-    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))  # a cache miss: a program's compile
-    scaled(4.5)
-    assert jit._compiling_programs.is_set()
-    before = len(compiled)
+    assert warm_up_steps == ["optimize", "emit"]
+    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
+    scaled(4.5)  # compiled
+    jit._programs_started.clear()
+    scaled(4.5)  # loaded from the cache
+    assert jit._programs_started.is_set()
     jit.warm_up_compiler()
-    assert len(compiled) == before
+    assert warm_up_steps == ["optimize", "emit"]
