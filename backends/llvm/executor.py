@@ -48,15 +48,13 @@ REDIRECT_MIN_BYTES = 1 << 16  # smaller outputs are copied to the caller's array
 
 
 def warm_up() -> None:
-    """Per-process set-up shared by every compiled function: find NumPy's BLAS, start loading
-    drug's kernels, then warm LLVM's compiler up (both on the kernels' thread)."""
+    """Per-process set-up shared by every compiled function: find NumPy's BLAS, start loading drug's kernels."""
     blas.find_gemm("float64")
     # every cache key's hash of the sources: here, since on the kernels' thread each of its small
     # reads would wait for the GIL while the user's code runs, and the kernels would come late
     jit.code_version()
     if os.environ.get(gemm.ENV, "drug") != "blas":
         gemm.start_runtime_kernels(blas.find_gemm("float32"))
-    gemm.in_background(jit.warm_up_compiler)
 
 
 class _Views(dict):

@@ -1154,11 +1154,6 @@ def start_runtime_kernels(blas: Gemm) -> concurrent.futures.Future:
     return _compiling(blas.int_bits, blas.address, True, True)
 
 
-def in_background(task) -> concurrent.futures.Future:
-    """`task()` on the kernels' thread, after the modules of kernels asked for so far."""
-    return _compiler.submit(task)
-
-
 def _done(kernels: RuntimeKernels) -> concurrent.futures.Future:
     done: concurrent.futures.Future = concurrent.futures.Future()
     done.set_result(kernels)

@@ -104,14 +104,8 @@ class _Job:
     def run(self, lib) -> None:
         """Optimize and emit object code through `lib`: llvmlite's wrapper (which holds one
         global lock per call) or, on worker threads, the same C entry points without it."""
-        self.optimize(lib)
-        self.emit(lib)
-
-    def optimize(self, lib) -> None:
         if self.mpm is not None:
             lib.LLVMPY_RunNewModulePassManager(self.mpm, self.module, self.pb)
-
-    def emit(self, lib) -> None:
         with ffi.OutputString() as error:
             self.buffer = lib.LLVMPY_TargetMachineEmitToMemory(self.tm, self.module, 1, error)
             if not self.buffer:
@@ -151,63 +145,6 @@ def emit_objects(texts: list[str], passes: bool = True, threads: int | None = No
         with concurrent.futures.ThreadPoolExecutor(threads) as pool:
             list(pool.map(lambda job: job.run(raw), jobs))
     return [job.object_code() for job in jobs]
-
-
-# A loop like a fused kernel's and a function like the entry's (optnone), compiled once when drug
-# is imported (on the kernels' thread, after them): a fresh process's first compile otherwise
-# pays for paging in and initializing LLVM's optimizer and code generator, about a third of a
-# one-kernel program's compile time.
-_WARM_UP_IR = """
-define internal void @loop(ptr noalias %a, ptr noalias %b, ptr noalias %c, i64 %n) noinline {
-entry:
-  br label %body
-body:
-  %i = phi i64 [0, %entry], [%next, %body]
-  %a.at = getelementptr inbounds float, ptr %a, i64 %i
-  %b.at = getelementptr inbounds float, ptr %b, i64 %i
-  %c.at = getelementptr inbounds float, ptr %c, i64 %i
-  %x = load float, ptr %a.at
-  %y = load float, ptr %b.at
-  %xy = call float @llvm.fmuladd.f32(float %x, float %y, float %y)
-  %relu = call float @llvm.maximum.f32(float %xy, float 0.0)
-  store float %relu, ptr %c.at
-  %next = add i64 %i, 1
-  %done = icmp sge i64 %next, %n
-  br i1 %done, label %exit, label %body
-exit:
-  ret void
-}
-
-define i32 @entry(ptr %buffers, i64 %n) noinline optnone {
-entry:
-  %a = load ptr, ptr %buffers
-  %b.slot = getelementptr ptr, ptr %buffers, i64 1
-  %b = load ptr, ptr %b.slot
-  call void @loop(ptr %a, ptr %b, ptr %b, i64 %n)
-  ret i32 0
-}
-
-declare float @llvm.fmuladd.f32(float, float, float)
-declare float @llvm.maximum.f32(float, float)
-"""
-
-
-_programs_started = threading.Event()  # set when a program is first compiled or loaded: no use for a warm-up then
-
-
-def warm_up_compiler() -> None:
-    """Compile `_WARM_UP_IR` and drop it, stopping between LLVM's steps once a program is being
-    compiled or loaded from the cache, which the warm-up would only hold up (llvmlite's lock,
-    taken here as on any calling thread: a fork meanwhile waits for it, forked.py)."""
-    if _programs_started.is_set():
-        return
-    _init()
-    job = _Job(_WARM_UP_IR)
-    for step in (job.optimize, job.emit):
-        if _programs_started.is_set():
-            return
-        step(ffi.lib)
-    job.object_code()
 
 
 # drug's own kernels (gemm.py) compiled for this machine when drug is installed (`make install`
@@ -326,8 +263,6 @@ def compile_module(
     `compile_threads()` threads. `passes` False skips LLVM's optimizer (code generation only).
     `prebuilt`: the module may also come from PREBUILT_DIR (`prebuild`)."""
     _init()
-    if not prebuilt:
-        _programs_started.set()
     use_cache = cache_enabled()
     path = cache_dir() / f"{cache_key(key)}.o"
     objects = _read_entry(path) if use_cache else None

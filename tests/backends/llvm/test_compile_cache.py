@@ -9,7 +9,6 @@ import gc
 import os
 import subprocess
 import sys
-import threading
 import warnings
 
 import numpy as np
@@ -60,7 +59,6 @@ def test_an_edited_constant_in_a_cached_object_is_compiled_again(cache):
 
 TRAPPED = """
 import sys
-import threading
 import numpy as np
 import llvmlite.binding as llvm
 import drug as dg
@@ -184,7 +182,6 @@ def test_entries_are_complete_or_absent(cache, monkeypatch):
 
 USER_RULE = """
 import sys
-import threading
 import numpy as np
 import drug as dg
 from drug.compiler.scalar import scalar_rule
@@ -210,7 +207,6 @@ print(float(fn(x=np.ones((1, 3), np.float32))[0, 0]))
 
 USER_KERNEL_FACTORY = """
 import sys
-import threading
 import numpy as np
 import drug as dg
 from drug.backends.llvm.lowering import kernel
@@ -443,32 +439,3 @@ def test_a_child_forked_right_after_import_compiles():
     result = subprocess.run([sys.executable, "-c", FORK_AT_IMPORT], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.split()[-1]) < 1e-4
-
-
-def test_the_compiler_warm_up_runs_until_a_program_is_compiled_or_loaded(monkeypatch, tmp_path):
-    """drug's import warms LLVM up on the kernels' thread (jit.warm_up_compiler), unless a program
-    has been compiled or loaded from the cache by then: the warm-up would only hold it up."""
-    warm_up_steps = []
-
-    def recording(name):
-        real = getattr(jit._Job, name)
-
-        def step(job, lib):
-            if any(f.name == "loop" for f in job.module.functions):  # _WARM_UP_IR's
-                warm_up_steps.append(name)
-            return real(job, lib)
-
-        return step
-
-    for name in ("optimize", "emit"):
-        monkeypatch.setattr(jit._Job, name, recording(name))
-    monkeypatch.setattr(jit, "_programs_started", threading.Event())
-    jit.warm_up_compiler()
-    assert warm_up_steps == ["optimize", "emit"]
-    monkeypatch.setenv("DRUG_CACHE_DIR", str(tmp_path))
-    scaled(4.5)  # compiled
-    jit._programs_started.clear()
-    scaled(4.5)  # loaded from the cache
-    assert jit._programs_started.is_set()
-    jit.warm_up_compiler()
-    assert warm_up_steps == ["optimize", "emit"]
