@@ -22,9 +22,9 @@ _MXCSR_FLUSH = (1 << 15) | (1 << 6)
 _FPCR_FLUSH = 1 << 24  # AArch64 FPCR.FZ
 
 
-def flushing(machine: str | None = None) -> str | None:
+def flushing() -> str | None:
     """How this machine's code flushes subnormals: 'x86', 'aarch64', or None (left as it is)."""
-    machine = (machine or platform.machine()).lower()
+    machine = platform.machine().lower()
     if machine in ("x86_64", "amd64", "i386", "i686"):
         return "x86"
     if machine in ("aarch64", "arm64"):
