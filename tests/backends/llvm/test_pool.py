@@ -305,8 +305,8 @@ def test_spares_take_tasks_while_other_processes_keep_every_cpu_busy():
 )
 @pytest.mark.xfail(
     strict=False,
-    reason="an open bug on some VMs (docs/performance.md, the spares): the caller queues beside the busy "
-    "process and the spare beside the worker, and the spare runs about a third of the time",
+    reason="an open bug on some VMs (docs/performance.md, the spares): every CPU counts as taken and the "
+    "spare runs about a third of the time",
 )
 def test_spares_sleep_beside_one_busy_process():
     """One busy process pinned to one CPU leaves the others to the pool: the caller keeps a CPU
