@@ -39,24 +39,21 @@ def with_subnormals_flushed(module: ir.Module, inner: ir.Function, name: str) ->
     for arg, inner_arg in zip(outer.args, inner.args):
         arg.name = inner_arg.name
     b = ir.IRBuilder(outer.append_basic_block("entry"))
-    kind = flushing()
+    kind, set_mode = flushing(), None
     if kind == "x86":
         get = module.declare_intrinsic("llvm.x86.sse.stmxcsr", fnty=ir.FunctionType(ir.VoidType(), [PTR]))
-        set_ = module.declare_intrinsic("llvm.x86.sse.ldmxcsr", fnty=ir.FunctionType(ir.VoidType(), [PTR]))
+        set_mode = module.declare_intrinsic("llvm.x86.sse.ldmxcsr", fnty=ir.FunctionType(ir.VoidType(), [PTR]))
         saved, flushed = b.alloca(I32, name="mxcsr.caller"), b.alloca(I32, name="mxcsr.step")
         b.call(get, [saved])
         b.store(b.or_(b.load(saved), ir.Constant(I32, _MXCSR_FLUSH)), flushed)
-        b.call(set_, [flushed])
-        result = b.call(inner, list(outer.args), name="status")
-        b.call(set_, [saved])
+        b.call(set_mode, [flushed])
     elif kind == "aarch64":
         get = module.declare_intrinsic("llvm.aarch64.get.fpcr", fnty=ir.FunctionType(I64, []))
-        set_ = module.declare_intrinsic("llvm.aarch64.set.fpcr", fnty=ir.FunctionType(ir.VoidType(), [I64]))
+        set_mode = module.declare_intrinsic("llvm.aarch64.set.fpcr", fnty=ir.FunctionType(ir.VoidType(), [I64]))
         saved = b.call(get, [], name="fpcr.caller")
-        b.call(set_, [b.or_(saved, ir.Constant(I64, _FPCR_FLUSH), name="fpcr.step")])
-        result = b.call(inner, list(outer.args), name="status")
-        b.call(set_, [saved])
-    else:
-        result = b.call(inner, list(outer.args), name="status")
+        b.call(set_mode, [b.or_(saved, ir.Constant(I64, _FPCR_FLUSH), name="fpcr.step")])
+    result = b.call(inner, list(outer.args), name="status")
+    if set_mode is not None:  # the caller's mode back
+        b.call(set_mode, [saved])
     b.ret(result)
     return outer
