@@ -41,6 +41,7 @@ __all__ = [
     "build_sgemm",
     "build_sconv",
     "conv_tile_pixels",
+    "filter_scratch",
     "compile_kernels",
     "prebuild_kernels",
     "runtime_kernels",
@@ -62,7 +63,7 @@ CONV_ARGS = [("m", I64), ("q.lo", I64), ("q.hi", I64), ("depth", I64), ("w", PTR
 CONV_TYPE = ir.FunctionType(VOID, [t for _, t in CONV_ARGS])
 FILTER_SYMBOL = "drug_sconv_filter"  # their filter gradients (filter_entry)
 FILTER_ARGS = [("k", I64), ("o", I64), ("rows", I64), ("wo", I64), ("row_stride", I64), ("image", PTR),
-               ("offsets", PTR), ("g", PTR), ("ldg", I64), ("c", PTR), ("ldc", I64)]  # fmt: skip
+               ("offsets", PTR), ("g", PTR), ("ldg", I64), ("c", PTR), ("ldc", I64), ("scratch", PTR)]  # fmt: skip
 FILTER_TYPE = ir.FunctionType(VOID, [t for _, t in FILTER_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
@@ -522,16 +523,20 @@ class _Builder:
         return fn
 
     def filter_entry(self) -> ir.Function:
-        """`FILTER_SYMBOL(k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc)`: one image's
-        part of a convolution's filter gradient (transposed), c[p*ldc + j] += sum over the pixels q
-        of `rows` output rows `wo` wide of image[offsets[p] + at(q)] * g[q*ldg + j], for p < k, j <
-        o (`filter_micro_kernel`; the narrow tile for at most a vector of output channels). Blocks
-        of about `depth` pixels keep their rows of g in L1 while every row tile reads them."""
+        """`FILTER_SYMBOL(k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc, scratch)`: one
+        image's part of a convolution's filter gradient (transposed), c[p*ldc + j] += sum over the
+        pixels q of `rows` output rows `wo` wide of image[offsets[p] + at(q)] * g[j*ldg + q], for p
+        < k, j < o (`filter_micro_kernel`; the narrow tile for at most a vector of output
+        channels). Per block of about `depth` pixels, g's block is transposed into `scratch`
+        (`filter_scratch` floats; pixel-major, so that a step's channels are a vector) in
+        registers, and stays in L1 while every row tile reads it."""
         fn, b = self.function(FILTER_SYMBOL, FILTER_ARGS, internal=False)
-        k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc = fn.args
-        narrow = b.icmp_signed("<=", o, i64(self.t.lanes), name="narrow")
+        k, o, rows, wo, row_stride, image, offsets, g, ldg, c, ldc, scratch = fn.args
+        lanes = self.t.lanes
+        narrow = b.icmp_signed("<=", o, i64(lanes), name="narrow")
         per_block = b.udiv(i64(self.t.depth), wo)
         per_block = b.select(b.icmp_signed("<", per_block, i64(1)), i64(1), per_block, name="rows.per_block")
+        ld = b.mul(_ceil_div(b, o, i64(lanes), "o.vectors"), i64(lanes), name="ld.scratch")
         for tile, chosen in ((self.t.narrow, narrow), (self.t.wide, b.not_(narrow))):
             micro = self.filter_micro_kernel(tile)
             with b.if_then(chosen):
@@ -539,13 +544,45 @@ class _Builder:
                     y0 = b.mul(block, per_block, name="y0")
                     count = _min(b, per_block, b.sub(rows, y0), "block.rows")
                     a = self.element(b, image, b.mul(y0, row_stride), "a.block")
-                    g_block = b.mul(b.mul(y0, wo), ldg, name="g.block")
+                    g_block = self.element(b, g, b.mul(y0, wo), "g.block")
+                    b.call(self.transposed(), [g_block, ldg, b.mul(count, wo, name="block.pixels"), o, scratch, ld])
                     with _Loop(b, k, tile.rows, "ir") as (p0, height):
-                        with _Loop(b, o, tile.vectors * self.t.lanes, "jr") as (j0, width):
+                        with _Loop(b, o, tile.vectors * lanes, "jr") as (j0, width):
                             at = b.gep(offsets, [p0], source_etype=I64, inbounds=True, name="offsets.tile")
-                            b_tile = self.element(b, g, b.add(g_block, j0), "g.tile")
+                            b_tile = self.element(b, scratch, j0, "g.tile")
                             c_tile = self.element(b, c, b.add(b.mul(p0, ldc), j0), "c.tile")
-                            b.call(micro, [count, wo, row_stride, a, at, b_tile, ldg, c_tile, ldc, height, width])
+                            b.call(micro, [count, wo, row_stride, a, at, b_tile, ld, c_tile, ldc, height, width])
+        b.ret_void()
+        return fn
+
+    @_built_once
+    def transposed(self) -> ir.Function:
+        """`transposed(src, ld, columns, rows, dst, ldd)`: dst[q*ldd + j] = src[j*ld + q] for q <
+        `columns`, j < `rows`, by blocks of lanes x lanes transposed in registers (masked loads at
+        the edges; whole vectors stored: `dst` has ceil(columns / lanes) * lanes rows of `ldd`, a
+        multiple of the lanes, and what lies past the edges is left undefined)."""
+        lanes = self.t.lanes
+        fn, b = self.function(
+            "drug_sconv_filter.transposed",
+            [("src", PTR), ("ld", I64), ("columns", I64), ("rows", I64), ("dst", PTR), ("ldd", I64)],
+        )  # fmt: skip
+        src, ld, columns, rows, dst, ldd = fn.args
+        masked_load = self.masked("load")
+        zero = ir.Constant(self.vector, [0.0] * lanes)
+        with for_range(b, _ceil_div(b, columns, i64(lanes), "column_blocks"), "qb") as qb:
+            q0 = b.mul(qb, i64(lanes), name="q0")
+            (inside,) = self.column_masks(b, b.sub(columns, q0), 1)
+            with for_range(b, _ceil_div(b, rows, i64(lanes), "row_blocks"), "jb") as jb:
+                j0 = b.mul(jb, i64(lanes), name="j0")
+                vectors = []
+                for r in range(lanes):  # rows past the edge load nothing (all lanes masked off)
+                    row = b.add(j0, i64(r), name=f"j{r}")
+                    mask = b.and_(inside, self.splat(b, b.icmp_signed("<", row, rows)), name=f"mask{r}")
+                    at = self.element(b, src, b.add(b.mul(row, ld), q0), f"src{r}")
+                    vectors.append(b.call(masked_load, [at, ir.Constant(I32, 4), mask, zero], name=f"row{r}"))
+                for q, vector in enumerate(transpose(b, vectors)):
+                    at = self.element(b, dst, b.add(b.mul(b.add(q0, i64(q)), ldd), j0), f"dst{q}")
+                    b.store(vector, at).align = 4
         b.ret_void()
         return fn
 
@@ -1173,6 +1210,14 @@ def conv_tile_pixels(m: int, wo: int) -> int:
     if host.channels is not None and host.channels.applies(m, wo, host.lanes):
         return wo
     return host.conv_tile.vectors * host.lanes
+
+
+def filter_scratch(o: int, wo: int) -> int:
+    """Floats of the scratch `FILTER_SYMBOL` needs for `o` output channels and rows `wo` wide on
+    this host: a block of the output gradient transposed, whole vectors each way."""
+    host = _host()
+    pixels = max(1, host.depth // wo) * wo
+    return -(-pixels // host.lanes) * host.lanes * -(-o // host.lanes) * host.lanes
 
 
 # each module of kernels asked for, once per process: (int bits, fallback, gemms, convolutions) -> it

@@ -21,7 +21,7 @@ from llvmlite import ir
 
 from ....ops.conv import Conv2D, Conv2DBias, Conv2DGradFilter, ConvGeometry, ConvTranspose2D, Pad, PadGrad
 from .. import parallel
-from ..gemm import conv_tile_pixels
+from ..gemm import conv_tile_pixels, filter_scratch
 from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
 from ..lowering import kernel
 from ..threads import thread_count, thread_slots
@@ -572,9 +572,9 @@ def _direct_filter(geo: _Geometry) -> bool:
 
 
 def _filter_scratch(geo: _Geometry) -> int:
-    """A thread's scratch for the direct filter gradient: the padded image, the output gradient
-    of one image transposed (pixel-major)."""
-    return (_padded_size(geo) if _padded(geo) else 0) + geo.pixels * geo.outs
+    """A thread's scratch for the direct filter gradient: the padded image, then the kernel's own
+    (a block of the output gradient transposed)."""
+    return (_padded_size(geo) if _padded(geo) else 0) + filter_scratch(geo.group_outs, geo.out_hw[1])
 
 
 def _filter_tasks(b: ir.IRBuilder, geo: _Geometry, images: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
@@ -659,23 +659,19 @@ def _im2col_filter_chunk(e: _ConvEmitter, x, g, chunk: ir.Value, total: ir.Value
 
 def _direct_filter_image(t, e: _ConvEmitter, x, g, n: ir.Value, total: ir.Value, geo: _Geometry) -> None:
     """Add image n's part of the filter gradient into the partial sum `total`: the image padded
-    and its output gradient transposed (pixel-major) into this thread's scratch, then per group
-    one call of drug's filter-gradient kernel."""
-    b = t.b
+    into this thread's scratch, then per group one call of drug's filter-gradient kernel (which
+    transposes the output gradient block by block in the rest of the scratch)."""
     hp, wp = _padded_hw(geo)
     image, scratch = e.image(x, n, "image"), e.columns
     if _padded(geo):
         image, scratch = _zero_padded(t, x, image, scratch, geo), e.at(scratch, i64(_padded_size(geo)), "transposed")
-    grads = e.image(g, n, "g")
-    with for_range(b, i64(geo.outs), "o") as o, for_range(b, i64(geo.pixels), "q") as q:
-        value = b.load(e.at(grads, b.add(b.mul(o, i64(geo.pixels)), q), "g_at"), typ=e.real, name="g")
-        b.store(value, e.at(scratch, b.add(b.mul(q, i64(geo.outs)), o), "transposed_at"))
-    taps = _tap_offsets(t, geo)
+    grads, taps = e.image(g, n, "g"), _tap_offsets(t, geo)
     group_image = (geo.channels // geo.groups) * hp * wp
     with e.groups() as block:
         t.conv_filter(geo.group_rows, geo.group_outs, geo.out_hw[0], geo.out_hw[1], geo.stride[0] * wp,
-                      block(image, group_image, "image_group"), taps, block(scratch, geo.group_outs, "g_group"),
-                      geo.outs, block(total, geo.group_rows * geo.group_outs, "sum_group"), geo.group_outs)  # fmt: skip
+                      block(image, group_image, "image_group"), taps,
+                      block(grads, geo.group_outs * geo.pixels, "g_group"), geo.pixels,
+                      block(total, geo.group_rows * geo.group_outs, "sum_group"), geo.group_outs, scratch)  # fmt: skip
 
 
 @contextmanager

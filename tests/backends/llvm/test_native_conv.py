@@ -151,7 +151,9 @@ def direct_cases(draw):
     return dict(
         n=draw(st.sampled_from([1, 2, 3])),
         c=groups * draw(st.integers(1, 8)),  # the filter gradient's own kernel from 64 taps per group
-        o=groups * draw(st.integers(1, 13)),  # up to a few row tiles, the last one partial
+        # up to a few row tiles, the last one partial; the filter gradient's narrow tile (a vector
+        # of output channels) and its wide one, whole and partial, its transposed blocks likewise
+        o=groups * draw(st.one_of(st.integers(1, 13), st.integers(14, 40))),
         # reflect padding (up to 3 pixels) needs a size larger than the pad
         hw=(draw(st.integers(max(dh * (kh - 1) + 1, 4), 20)), draw(st.integers(DIRECT_MIN_WIDTH + dw * (kw - 1), 45))),
         k_hw=(kh, kw),
