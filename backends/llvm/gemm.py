@@ -82,18 +82,23 @@ class ChannelTile:
     """The tile of the convolution by channels (`conv_channels_micro_kernel`): at most `pixels`
     pixels of an output row (28 accumulators with 2 vectors: 14 pixels) by `vectors` vectors of
     output channels, over blocks of `depth` steps (a block's weights, depth x channels, stay in L2;
-    a longer block means fewer passes over C, each of which transposes the tile)."""
+    a longer block means fewer passes over C, each of which transposes the tile), for convolutions
+    of `min_depth` steps at least (the transposition's shuffles share a port with the multiply-adds:
+    a short depth spends too much of the tile's time on them)."""
 
     pixels: int
     vectors: int
     depth: int
+    min_depth: int = 0
 
-    def applies(self, m: int, wo: int, lanes: int) -> bool:
-        """Whether a convolution of `m` output channels and rows `wo` wide goes by channels: rows of
-        half a tile at least, and tiles of channels at most a sixth empty (with m = 16 half of each
-        tile's multiply-adds would be on zeros). `_Builder._by_channels` decides the same in IR."""
+    def applies(self, m: int, wo: int, depth: int, lanes: int) -> bool:
+        """Whether a convolution of `m` output channels, rows `wo` wide and `depth` steps goes by
+        these channels: rows of half a tile at least, tiles of channels at most a sixth empty (with
+        m = 16 half of each 32-channel tile's multiply-adds would be on zeros), depth enough.
+        `_Builder._by_channels` decides the same in IR."""
         width = self.vectors * lanes
-        return 2 * wo >= self.pixels and -(-m // width) * width * 5 <= m * 6
+        full = -(-m // width) * width * 5 <= m * 6
+        return 2 * wo >= self.pixels and full and depth >= self.min_depth
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ class Tiling:
     column_block: int  # columns of B packed at once
     unpacked_rows: int = 64  # at most this many rows of A: B is read in place, not packed
     conv: Tile | None = None  # the tile of drug's convolution (None: `wide`)
-    channels: ChannelTile | None = None  # the convolution by channel vectors (None: not on this host)
+    channels: tuple[ChannelTile, ...] = ()  # the convolution by channel vectors: the first that applies
 
     @property
     def conv_tile(self) -> Tile:
@@ -128,7 +133,7 @@ def host_tiling(features: str) -> Tiling:
     flags = set(features.split(","))
     if "+avx512f" in flags:
         few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
-        channels = ChannelTile(pixels=14, vectors=2, depth=512)
+        channels = (ChannelTile(14, 2, depth=512), ChannelTile(28, 1, depth=512, min_depth=64))
         return Tiling(16, Tile(8, 2), Tile(16, 1), few, depth=256, column_block=512, conv=Tile(8, 3), channels=channels)
     few = (Tile(1, 8), Tile(2, 4), Tile(4, 2))
     if "+avx" in flags:
@@ -343,16 +348,24 @@ class _Builder:
 
         new = self._sum_loop(fn, b, pixels, vectors, depth, step)
         zero = ir.Constant(self.vector, [0.0] * lanes)
-        # per vector of channels: the pixels' vectors (zeros past the tile) transposed to the channels'
-        channel_rows = []
+        # per vector of channels and group of `lanes` pixels: the pixels' vectors (zeros past the
+        # tile) transposed to the channels'
+        groups = -(-pixels // lanes)
+        channel_rows: list[list[ir.Value]] = [[] for _ in range(width)]
         for v in range(vectors):
-            channel_rows += transpose(b, [new[r][v] if r < pixels else zero for r in range(lanes)])
-        lane = ir.Constant(ir.VectorType(I64, lanes), list(range(lanes)))
-        inside = b.and_(b.icmp_signed(">=", lane, self.splat(b, first)), b.icmp_signed("<", lane, self.splat(b, end)))
+            for s in range(0, groups * lanes, lanes):
+                block = transpose(b, [new[s + r][v] if s + r < pixels else zero for r in range(lanes)])
+                for o, row in enumerate(block):
+                    channel_rows[v * lanes + o].append(row)
+        masks = []
+        for s in range(0, groups * lanes, lanes):
+            lane = ir.Constant(ir.VectorType(I64, lanes), list(range(s, s + lanes)))
+            masks.append(b.and_(b.icmp_signed(">=", lane, self.splat(b, first)),
+                                b.icmp_signed("<", lane, self.splat(b, end)), name=f"inside{s}"))  # fmt: skip
         beta_zero = b.fcmp_ordered("==", beta, ir.Constant(F32, 0.0), name="beta.zero")
-        finish = self._epilogue(b, Tile(width, 1), bias, floor, rows)
+        finish = self._epilogue(b, Tile(width, groups), bias, floor, rows)
         one, beta_v = self.splat(b, ir.Constant(F32, 1.0)), self.splat(b, beta)
-        self._store_tile(b, [[row] for row in channel_rows], c, ldc, one, beta_v, beta_zero, [inside], rows, finish)
+        self._store_tile(b, channel_rows, c, ldc, one, beta_v, beta_zero, masks, rows, finish)
         b.ret_void()
         return fn
 
@@ -971,9 +984,9 @@ class _Builder:
         -inf none (a pass over the output saved)."""
         fn, b = self.function(CONV_SYMBOL, CONV_ARGS, internal=False)
         m, q_lo, q_hi, depth, w, ldw, image, offsets, wo, row_stride, c, ldc, bias, floor = fn.args
-        if self.t.channels is not None:  # where the channel tiles waste little, by channels
-            with b.if_then(self._by_channels(b, m, wo, self.t.channels), likely=True):
-                self._conv_by_channels(b, fn.args, self.t.channels)
+        for channels in self.t.channels:  # where the channel tiles waste little, by channels
+            with b.if_then(self._by_channels(b, m, wo, depth, channels), likely=True):
+                self._conv_by_channels(b, fn.args, channels)
                 b.ret_void()
         tile = self.t.conv_tile
         # a vector spans two output rows at most when they are a vector wide, else three (wo >= lanes / 2)
@@ -1016,11 +1029,12 @@ class _Builder:
 
             yield pc, kc, beta, step_offsets, finish
 
-    def _by_channels(self, b: ir.IRBuilder, m, wo, tile: ChannelTile) -> ir.Value:
-        """`ChannelTile.applies` for the `m` and `wo` of a call."""
+    def _by_channels(self, b: ir.IRBuilder, m, wo, depth, tile: ChannelTile) -> ir.Value:
+        """`ChannelTile.applies` for the `m`, `wo` and `depth` of a call."""
         width = tile.vectors * self.t.lanes
         padded = b.mul(_ceil_div(b, m, i64(width), "channel_tiles"), i64(width))
         full = b.icmp_signed("<=", b.mul(padded, i64(5)), b.mul(m, i64(6)), name="channels_full")
+        full = b.and_(full, b.icmp_signed(">=", depth, i64(tile.min_depth)), name="channels_deep")
         return b.and_(full, b.icmp_signed(">=", b.mul(wo, i64(2)), i64(tile.pixels)), name="by_channels")
 
     def _conv_by_channels(self, b: ir.IRBuilder, args, tile: ChannelTile) -> None:
@@ -1203,11 +1217,11 @@ def _host() -> Tiling:
     return host_tiling(jit.host_cpu()[1])
 
 
-def conv_tile_pixels(m: int, wo: int) -> int:
+def conv_tile_pixels(m: int, wo: int, depth: int) -> int:
     """Output pixels of a tile of drug's convolution of `m` output channels (per group) and rows
     `wo` wide on this host, at which its tasks cut images: whole rows where it goes by channels."""
     host = _host()
-    if host.channels is not None and host.channels.applies(m, wo, host.lanes):
+    if any(channels.applies(m, wo, depth, host.lanes) for channels in host.channels):
         return wo
     return host.conv_tile.vectors * host.lanes
 

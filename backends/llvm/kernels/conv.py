@@ -400,7 +400,7 @@ def _direct_conv(k, node, x, weights, geo: _Geometry, padded_at: int = 0, epilog
         e = _ConvEmitter(t, node, geo, t.dims(x)[0], matrices=0)
         n, band = b.udiv(index, bands, name="image_index"), b.urem(index, bands, name="band")
         # a band is a range of whole tiles of pixels (the last one cut at the image's end)
-        tile = conv_tile_pixels(geo.group_outs, wo)
+        tile = conv_tile_pixels(geo.group_outs, wo, geo.group_rows)
         tiles = -(-ho * wo // tile)
         lo = b.mul(b.udiv(b.mul(band, i64(tiles)), bands), i64(tile), name="q_lo")
         hi = b.mul(b.udiv(b.mul(b.add(band, i64(1)), i64(tiles)), bands), i64(tile))
