@@ -35,7 +35,7 @@ BAND_MIN_WORK = 1 << 20  # multiply-adds of a band at least (its GEMM packs the 
 # ... of a band of drug's own kernel, which packs nothing: enough to pay for a task of the pool
 # (a few microseconds), so that the small first layer of a CNN at batch 1 runs on every core too
 DIRECT_BAND_MIN_WORK = 1 << 17
-DIRECT_FILTER_MIN_TAPS = 64  # (channel, kernel row, kernel column) taps of a group, for the direct filter gradient
+DIRECT_FILTER_MIN_TAPS = 8  # (channel, kernel row, kernel column) taps of a group, for the direct filter gradient
 DIRECT_MIN_WIDTH = 8  # output columns: half a vector of the widest registers (AVX-512), which then spans 3 rows at most
 
 
@@ -567,7 +567,8 @@ def _conv_grad_filter_workspace(node):
 def _direct_filter(geo: _Geometry) -> bool:
     """Whether drug's filter-gradient kernel (gemm.FILTER_SYMBOL) runs this one: float32, stride 1
     along rows (its vectors run along the output channels: any image width will do), and taps
-    enough per group that transposing each image's output gradient costs little beside it."""
+    enough per group to fill most of a tile's rows (a one-channel 2 x 2 filter's 4 taps would
+    leave most of them idle)."""
     return geo.dtype == np.float32 and geo.stride[1] == 1 and geo.group_rows >= DIRECT_FILTER_MIN_TAPS
 
 

@@ -150,7 +150,7 @@ def direct_cases(draw):
     padding = draw(st.sampled_from(["valid", "same", 1, ((0, 2), (3, 1))]))
     return dict(
         n=draw(st.sampled_from([1, 2, 3])),
-        c=groups * draw(st.integers(1, 8)),  # the filter gradient's own kernel from 64 taps per group
+        c=groups * draw(st.integers(1, 8)),  # the filter gradient's own kernel from 8 taps per group
         # up to a few row tiles, the last one partial; the filter gradient's narrow tile (a vector
         # of output channels) and its wide one, whole and partial, its transposed blocks likewise
         o=groups * draw(st.one_of(st.integers(1, 13), st.integers(14, 40))),
