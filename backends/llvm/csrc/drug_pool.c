@@ -124,6 +124,8 @@ static _Atomic int64_t contended_until; /* for every thread of the pool */
    only take turns with our own threads there. */
 static _Atomic int64_t cpu_busy_until[CPU_SETSIZE];
 static _Thread_local int64_t looked_at = -1, ran_then, waited_then; /* this thread's last look */
+/* when the spares were last woken or a worker last moved onto a caller's CPU (note_waits_for_cpu) */
+static _Atomic int64_t own_threads_shared_at = INT64_MIN;
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
 static _Thread_local int placed_for = -1; /* the caller's CPU this worker last chose its own CPU for */
@@ -170,7 +172,13 @@ static int64_t now_ns(void) {
    runnable time, and a quarter of LOOK_NS at least (a few short waits happen beside our own threads
    too), waiting on a run queue since it last looked (the kernel's schedstat); looks every
    LOOK_NS at most, and a look more than CONTENDED_WINDOW_NS after the last only starts a window
-   (what happened before a pause says nothing about now). */
+   (what happened before a pause says nothing about now).
+   A thread may have waited behind one of our own threads instead: since the spares were woken,
+   a worker was moved onto the caller's CPU or the caller moved to a worker's (until the worker
+   follows), or when it is a worker on the caller's CPU. Sharing with one of ours explains a wait
+   as long as the run time; then only a longer one marks the CPU (twice the run time: another
+   process is queued there too). Else the spares, once woken, would keep every CPU marked by the
+   waits they cause, beside a single busy process too. */
 static void note_waits_for_cpu(void) {
     int64_t now = now_ns();
     if (now - looked_at < LOOK_NS) return;
@@ -185,11 +193,15 @@ static void note_waits_for_cpu(void) {
     int64_t ran = strtoll(text, &end, 10), waited = strtoll(end, NULL, 10);
     int64_t ran_since = ran - ran_then, waited_since = waited - waited_then;
     int fresh = looked_at >= 0 && now - looked_at <= CONTENDED_WINDOW_NS;
+    int cpu = sched_getcpu();
+    /* a thread woken or moved a little before the last look may still have run beside this one */
+    int beside_own = atomic_load_explicit(&own_threads_shared_at, memory_order_relaxed) >= looked_at - LOOK_NS ||
+                     (thread_index && cpu == atomic_load_explicit(&caller_cpu, memory_order_relaxed));
     looked_at = now;
     ran_then = ran;
     waited_then = waited;
-    int cpu = sched_getcpu();
-    if (fresh && waited_since >= LOOK_NS / 4 && 3 * waited_since >= ran_since && cpu >= 0 && cpu < CPU_SETSIZE)
+    int waited_long = beside_own ? waited_since >= 2 * ran_since : 3 * waited_since >= ran_since;
+    if (fresh && waited_since >= LOOK_NS / 4 && waited_long && cpu >= 0 && cpu < CPU_SETSIZE)
         atomic_store_explicit(&cpu_busy_until[cpu], now + CONTENDED_FOR_NS, memory_order_relaxed);
 }
 
@@ -338,6 +350,7 @@ static int64_t pull_stragglers(int64_t caller_task_ns) {
         if (sched_setaffinity(pool.tids[w], sizeof set, &set) != 0) continue;
         atomic_store(&pool.displaced[w], 1); /* after the move: the worker undoes it when it sees this */
         atomic_fetch_add(&pool.pulls, 1);
+        atomic_store_explicit(&own_threads_shared_at, now, memory_order_relaxed);
     }
     return next;
 }
@@ -359,8 +372,11 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
     pool.data = data;
     if (pool.cpu_count) {
         int cpu = sched_getcpu();
-        if (cpu != atomic_load_explicit(&caller_cpu, memory_order_relaxed))
+        if (cpu != atomic_load_explicit(&caller_cpu, memory_order_relaxed)) {
             atomic_store_explicit(&caller_cpu, cpu, memory_order_relaxed);
+            /* until the workers move away, one of them may share the caller's new CPU */
+            atomic_store_explicit(&own_threads_shared_at, now_ns(), memory_order_relaxed);
+        }
     }
     atomic_store_explicit(&pool.done, 0, memory_order_relaxed);
     atomic_store_explicit(&pool.state, (uint64_t)tasks << 32, memory_order_release);
@@ -370,6 +386,7 @@ EXPORT void drug_pool_run(drug_task fn, void *data, int64_t tasks) {
        microseconds are over before a woken spare gets a CPU */
     if (pool.spares) note_waits_for_cpu();
     if (pool.spares && !short_tasks && every_cpu_busy()) {
+        atomic_store_explicit(&own_threads_shared_at, now_ns(), memory_order_relaxed);
         atomic_fetch_add(&pool.spare_seq, 1);
         if (atomic_load(&pool.spare_sleepers)) futex_wake(&pool.spare_seq, INT_MAX);
     }
