@@ -129,7 +129,8 @@ def host_tiling(features: str) -> Tiling:
     span two output rows), so on AVX-512 its tile is a vector wider (8 x 48: 24 accumulators, 3
     for B, 1 broadcast), which takes fewer loads per multiply-add; and where a convolution has 32
     output channels or so, it goes by channels instead (`ChannelTile`: 14 pixels x 32 channels,
-    28 accumulators, a 4-byte broadcast per pixel and two aligned loads of weights per step)."""
+    28 accumulators, a 4-byte broadcast per pixel and two aligned loads of weights per step), or
+    with 16 and a depth of 64 steps or more, by 28 pixels x 16 channels."""
     flags = set(features.split(","))
     if "+avx512f" in flags:
         few = (Tile(1, 8), Tile(2, 8), Tile(4, 4))
@@ -1226,12 +1227,12 @@ def conv_tile_pixels(m: int, wo: int, depth: int) -> int:
     return host.conv_tile.vectors * host.lanes
 
 
-def filter_scratch(o: int, wo: int) -> int:
-    """Floats of the scratch `FILTER_SYMBOL` needs for `o` output channels and rows `wo` wide on
-    this host: a block of the output gradient transposed, whole vectors each way."""
-    host = _host()
-    pixels = max(1, host.depth // wo) * wo
-    return -(-pixels // host.lanes) * host.lanes * -(-o // host.lanes) * host.lanes
+def filter_scratch(o: int, wo: int, tiling: Tiling | None = None) -> int:
+    """Floats of the scratch `FILTER_SYMBOL` needs for `o` output channels and rows `wo` wide (on
+    this host, or with `tiling`): a block of the output gradient transposed, whole vectors each way."""
+    t = tiling or _host()
+    pixels = max(1, t.depth // wo) * wo
+    return -(-pixels // t.lanes) * t.lanes * -(-o // t.lanes) * t.lanes
 
 
 # each module of kernels asked for, once per process: (int bits, fallback, gemms, convolutions) -> it

@@ -6,6 +6,7 @@ host can run, and whole graphs with and without it."""
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 
 import numpy as np
 import pytest
@@ -94,6 +95,36 @@ def test_vectors_and_empty_depth(sgemm, m, n, k, trans_a, trans_b):
     for pad in (0, 2):
         _run(sgemm, m, n, k, trans_a, trans_b, 1.5, 0.5, pad, seed=k)
         _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 0.0, pad, seed=k)
+
+
+@pytest.mark.parametrize("lanes", sorted(TILINGS))
+@pytest.mark.parametrize("o", [3, 8, 21, 40])
+def test_filter_gradient_kernel_matches_reference(lanes, o):
+    """FILTER_SYMBOL with every tiling the host can run: the output gradient (channel-major)
+    transposed in blocks of lanes x lanes (whole and partial ones each way: 40 pixels a block of
+    8 rows 5 wide, then the image's last 2 rows), the narrow tile and the wide one, partial row
+    tiles of taps; nothing written past the sum's `o` columns."""
+    tiling = dataclasses.replace(TILINGS[lanes], depth=40)  # blocks of 40 pixels: 8 rows of 5
+    fallback = blas.find_gemm("float32")
+    kernels = gemm.compile_kernels(tiling, fallback.int_bits, fallback.address, gemms=False)
+    signature = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 5, *[ctypes.c_void_p] * 3, ctypes.c_int64,
+                                 ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)  # fmt: skip
+    kernel = signature(kernels.sconv_filter)
+    rng = np.random.default_rng(o)
+    channels, kh, kw, rows, wo = 3, 3, 2, 10, 5
+    height, width = rows + kh - 1, wo + kw - 1  # a valid convolution: the image is its own padding
+    image = rng.standard_normal((channels, height, width)).astype(np.float32)
+    taps = [(c, i, j) for c in range(channels) for i in range(kh) for j in range(kw)]
+    offsets = np.array([c * height * width + i * width + j for c, i, j in taps], np.int64)
+    g = rng.standard_normal((o, rows * wo)).astype(np.float32)
+    ldc = o + 3
+    c = np.full((len(taps), ldc), 0.5, np.float32)  # the kernel adds to what is there
+    scratch = np.empty(gemm.filter_scratch(o, wo, tiling), np.float32)
+    kernel(len(taps), o, rows, wo, width, image.ctypes.data, offsets.ctypes.data, g.ctypes.data, rows * wo,
+           c.ctypes.data, ldc, scratch.ctypes.data)  # fmt: skip
+    patches = np.stack([image[ch, i : i + rows, j : j + wo].ravel() for ch, i, j in taps]).astype(np.float64)
+    np.testing.assert_allclose(c[:, :o], 0.5 + patches @ g.T.astype(np.float64), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(c[:, o:], 0.5)
 
 
 def test_row_major_products_never_call_the_blas():
