@@ -138,6 +138,15 @@ class Ready(dg.Op):
         return [g]
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test: a process started in the
+    background by a shell without job control inherits SIGINT ignored, and Python keeps that."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_when(event: threading.Event, delay: float = 0.0) -> threading.Thread:
     """A thread that sends this process SIGINT (as Ctrl-C does) once `event` is set."""
 
@@ -151,6 +160,7 @@ def interrupt_when(event: threading.Event, delay: float = 0.0) -> threading.Thre
     return thread
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_during_a_native_step_leaves_it_complete_and_counted(monkeypatch):
     """The step ran natively (GIL released) when SIGINT came; Python raised KeyboardInterrupt as it
     returned, after the parameters and optimizer state were updated but before the step count was:
@@ -189,6 +199,7 @@ class SlowCopies:
         return self.copyto(*args, **kwargs)
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_between_the_reference_backends_updates_leaves_them_whole(monkeypatch):
     """The reference backend copied new values into the parameters one by one: an interrupt between
     two copies left some updated and others not. The updates are now committed as one."""
@@ -209,6 +220,7 @@ def test_ctrl_c_between_the_reference_backends_updates_leaves_them_whole(monkeyp
     assert all(changed) and train.step_count == 1, f"a torn step: changed {changed}, count {train.step_count}"
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 def test_ctrl_c_during_load_changes_everything_or_nothing(tmp_path, monkeypatch):
     """load() copied the parameters in one at a time: Ctrl-C in between left a mix of old and
     loaded values. Now it stages everything, then commits with interrupts deferred."""
