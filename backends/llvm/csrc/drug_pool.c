@@ -124,7 +124,8 @@ static _Atomic int64_t contended_until; /* for every thread of the pool */
    only take turns with our own threads there. */
 static _Atomic int64_t cpu_busy_until[CPU_SETSIZE];
 static _Thread_local int64_t looked_at = -1, ran_then, waited_then; /* this thread's last look */
-/* when the spares were last woken or a worker last moved onto a caller's CPU (note_waits_for_cpu) */
+/* when the spares were last woken, a worker moved onto the caller's CPU or the caller to another
+   CPU: our own threads may have shared one since (note_waits_for_cpu) */
 static _Atomic int64_t own_threads_shared_at = INT64_MIN;
 static _Thread_local int thread_index; /* 0 on any calling thread, 1.. on the workers */
 static _Atomic int caller_cpu = -1; /* the CPU the caller of the latest job ran on */
