@@ -24,12 +24,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..core.graph import Graph
+from ..core.leaves import ConstantOp
 from ..core.node import Call, Node, recording, user_name
 from ..core.program import Program, ancestors
 from ..core.types import TensorType
 from .schedule import Schedule, fingerprint
 
-FORMAT = b"drug-program-3\n"
+FORMAT = b"drug-program-4\n"
+CONSTANT_VALUE = "constant value"  # a persistent id (CONSTANT_VALUE, i): the value of request node i
 SCHEDULE_FIELDS = (
     "program", "kernels", "buffers", "buffer_of", "copies", "transposed", "workspaces", "groups", "digest",
 )  # fmt: skip
@@ -133,6 +135,9 @@ def encode(request: Program, finished: Program, mark: int) -> bytes:
     refs[id(request.graph)] = len(users) + len(made)
     if request.optimizer is not None:
         refs[id(request.optimizer)] = len(users) + len(made) + 1
+    # the request's constant arrays (constant buffers hold them) by reference too: decode gives the
+    # graph's own arrays back, where drug placed them (aligned, on huge pages), not unpickled copies
+    refs.update((id(n.op.value), (CONSTANT_VALUE, i)) for i, n in enumerate(users) if isinstance(n.op, ConstantOp))
     head, body = io.BytesIO(), io.BytesIO()
     try:  # the made nodes' ops first: decode makes the nodes before it reads what refers to them
         _Pickler(head, {}).dump((records, call_records))
@@ -258,7 +263,8 @@ def decode(data: bytes, request: Program) -> Program:
         if call_ref is not None:
             node.call = nodes[call_ref[1]].call if call_ref[0] == "user" else calls[call_ref[1]]
     unpickler = pickle.Unpickler(io.BytesIO(data[at + 8 + size :]))
-    unpickler.persistent_load = (nodes + [request.graph, request.optimizer]).__getitem__
+    table = nodes + [request.graph, request.optimizer]
+    unpickler.persistent_load = lambda pid: nodes[pid[1]].op.value if isinstance(pid, tuple) else table[pid]
     finished, portable, digest = unpickler.load()
     schedule: Schedule = finished.schedule
     schedule.buffer_of = {node.id: slot for node, slot in portable["buffer_of"]}

@@ -17,8 +17,9 @@ from .op import Op
 from .pages import aligned_copy
 from .types import TensorType, format_shape, normalize_shape
 
-# A parameter of this many bytes or more (a 784 x 512 float32 weight) lives on huge pages (pages.py)
-PARAMETER_HUGE_MIN = 1 << 20
+# A parameter or constant of this many bytes or more (a 784 x 512 float32 weight) lives on huge
+# pages (pages.py)
+HUGE_MIN = 1 << 20
 
 RANDOM_COUNTER = "random/step"  # the state buffer random ops read (Graph.random_stream)
 
@@ -215,7 +216,7 @@ class Graph:
         dt = self._dtype(dtype)
         if name in self._named:
             raise GraphError(f"duplicate node name '{name}': {self._named[name]!r} already has it")
-        value = aligned_copy(np.asarray(initial_value(name, shape, dt, init, self.rng)), PARAMETER_HUGE_MIN)
+        value = aligned_copy(np.asarray(initial_value(name, shape, dt, init, self.rng)), HUGE_MIN)
         node = self._leaf(ParameterOp(), TensorType(shape, dt), name)
         self.params._add(name, value)
         return node
@@ -272,7 +273,7 @@ class Graph:
             array = array.astype(self.dtype)
         elif array.dtype.kind in "iu":
             array = array.astype(np.int32 if array.dtype.itemsize <= 4 else np.int64)
-        array = np.asarray(array, order="C")  # not ascontiguousarray: it makes 0-d arrays 1-d
+        array = aligned_copy(array, HUGE_MIN)  # kernels read it where it is, like a parameter
         array.setflags(write=False)
         return self._leaf(ConstantOp(array), TensorType(array.shape, array.dtype), name)
 

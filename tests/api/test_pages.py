@@ -1,5 +1,5 @@
-"""Where the graph keeps large parameters (core/pages.py): on a cache line, on huge pages from
-PARAMETER_HUGE_MIN bytes, a copy of the initial value the user keeps no handle on."""
+"""Where the graph keeps large parameters and constants (core/pages.py): on a cache line, on huge
+pages from HUGE_MIN bytes, a copy of the initial value the user keeps no handle on."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def test_aligned_copies_keep_shape_dtype_and_values():
 
 def test_large_parameters_live_on_huge_pages_and_train():
     g = dg.Graph(seed=0)
-    rows = graph_module.PARAMETER_HUGE_MIN // (4 * 64) + 1  # just over the threshold in float32
+    rows = graph_module.HUGE_MIN // (4 * 64) + 1  # just over the threshold in float32
     init = np.ones((rows, 64), np.float32)
     x = g.input("x", (None, rows))
     w = g.parameter("w", (rows, 64), init=init)
@@ -46,3 +46,14 @@ def test_large_parameters_live_on_huge_pages_and_train():
     before = g.params["w"].copy()
     step(x=np.ones((2, rows), np.float32))
     assert not np.array_equal(g.params["w"], before)  # updated in place, where the graph keeps it
+
+
+def test_constants_live_where_parameters_would_and_stay_read_only():
+    g = dg.Graph(seed=0)
+    big = g.constant(np.ones((graph_module.HUGE_MIN // 4 + 1,), np.float32))
+    small = g.constant(np.arange(3.0))
+    assert big.op.value.ctypes.data % (HUGE_PAGE if hasattr(mmap, "MADV_HUGEPAGE") else ALIGN) == 0
+    assert small.op.value.ctypes.data % ALIGN == 0 and small.op.value.dtype == np.float32
+    assert g.constant(2.5).op.value.shape == ()  # a scalar stays 0-d
+    with pytest.raises(ValueError):
+        big.op.value[0] = 2

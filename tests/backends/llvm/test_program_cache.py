@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import drug as dg
 from drug.backends.llvm import arena, jit
 from drug.compiler import build, portable
+from drug.core.pages import ALIGN
 
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((8, 6)).astype(np.float32)
@@ -81,6 +82,30 @@ def test_a_request_seen_before_skips_the_passes_and_trains_the_same(cache, passe
     assert [n.op.name for n in again.program.nodes] == [n.op.name for n in first.program.nodes]
     ids = [n.id for n in again.program.nodes]
     assert ids == sorted(ids) and len(set(ids)) == len(ids), "loaded nodes keep a topological order of ids"
+
+
+def test_a_loaded_program_reads_the_graphs_own_constants(cache, passes_run):
+    """A stored program refers to the request's constant arrays instead of holding copies: the
+    loaded one reads the array the graph placed (on a cache line, huge pages when large), and the
+    entry does not carry the value."""
+    weights = RNG.standard_normal((512, 600)).astype(np.float32)  # 1.2 MB: over the huge-page size
+
+    def predictor():
+        g = dg.Graph(seed=0)
+        x = g.input("x", (None, 512))
+        w = g.constant(weights)
+        return g.compile(outputs=dg.relu(x @ w)), w
+
+    first, _ = predictor()
+    again, constant = predictor()
+    assert len(passes_run) == 1 and again._executor.compiled.from_cache
+    assert entries(cache)[0].stat().st_size < weights.nbytes / 10
+    slot = again._executor.schedule.buffer_of[constant.id]
+    held = again._executor.schedule.buffers[slot].key
+    assert held is constant.op.value and held.ctypes.data % ALIGN == 0
+    x = RNG.standard_normal((3, 512)).astype(np.float32)
+    np.testing.assert_allclose(again(x=x), np.maximum(x @ weights, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(again(x=x), first(x=x))
 
 
 def test_a_loaded_program_names_gradients_after_this_graphs_nodes(cache, passes_run):
