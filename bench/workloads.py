@@ -416,7 +416,7 @@ class OnnxInference(Workload):
         else:
             c0, c1, c2 = self.model.channels
             model = f"CNN conv{self.model.kernel} {c0}->{c1}->{c2} {self.model.hw}x{self.model.hw}, avg pool, dense"
-        return f"ONNX inference: {model}, batch {self.batch} (drug imports the file, onnxruntime runs it)"
+        return f"ONNX inference: {model}, batch {self.batch} (drug imports it, weights constant; onnxruntime runs it)"
 
 
 def _onnx_workloads(mlp: MLP, cnn: CNN) -> list[OnnxInference]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ..core.leaves import ConstantOp
 from ..core.node import Node
 from ..core.program import Program
-from ..ops.linalg import MatMul
+from ..ops.linalg import MatMul, MatMulBias
 from ..ops.shape import Transpose
 from .kernel_graph import KernelGraph
 from .target import Target
@@ -68,8 +68,10 @@ def folded_transposes(program: Program) -> set[int]:
         if isinstance(node.op, Transpose) and node.op.perm == (1, 0) and node.id not in roots:
             users = consumers.get(node.id, [])
             # a GEMM takes a transposed matrix operand as a flag: as either operand of a 2-D product,
-            # or as the matrix of a batched-times-matrix product (whose leading axes fold into M)
-            if users and all(isinstance(u.op, MatMul) and (u.ndim == 2 or u.inputs[1] is node) for u in users):
+            # or as the matrix of a batched-times-matrix product (whose leading axes fold into M);
+            # a dense layer's too (a PyTorch Linear's weight, exported to ONNX as Gemm with transB)
+            gemms = (MatMul, MatMulBias)
+            if users and all(isinstance(u.op, gemms) and (u.ndim == 2 or u.inputs[1] is node) for u in users):
                 out.add(node.id)
     return out
 

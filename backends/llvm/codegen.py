@@ -51,8 +51,9 @@ from .lowering import lowering_of, rebase
 from .probes import Probe
 from .scalar import ScalarEmitter
 
-RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV, RUNTIME_SCONV_FILTER = range(5)  # runtime table slots
-RUNTIME_SLOTS = 5
+# runtime table slots
+RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV, RUNTIME_SCONV_FILTER, RUNTIME_SGEMM_PACKED = range(6)
+RUNTIME_SLOTS = 6
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk", "bias")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
 # a product of fewer rows than this counts as this many: it streams all of B for each row (memory
@@ -104,6 +105,10 @@ class KernelContext:
     def is_transposed(self, node: Node) -> bool:
         return node.id in self.schedule.transposed
 
+    def prepacked(self, node: Node) -> bool:
+        """Whether node's buffer holds a constant packed for the sgemm (prepack.py)."""
+        return self.schedule.slot(node) in self.builder.prepacked
+
     def element(self, node: Node, offset: ir.Value) -> ir.Value:
         """Pointer to element `offset` of node's buffer."""
         return self.b.gep(self.ptr(node), [offset], source_etype=llvm_type(node.dtype), inbounds=True)
@@ -132,14 +137,18 @@ class KernelContext:
             self.b.ret(status)
 
     def gemm(self, dtype, trans_a: bool, trans_b: bool, m, n, k, a, lda, b_, ldb, c, ldc, beta: float = 0.0,
-             bias: ir.Value | None = None, relu: bool = False):  # fmt: skip
+             bias: ir.Value | None = None, relu: bool = False, packed: bool = False):  # fmt: skip
         """C = op(A) @ op(B) (+ beta C), row-major, through the BLAS the runtime passes in; code of
         a task (a parallel_for body included) calls it on its own thread. `bias` (a vector, one per
         column): then C + bias, and a relu if `relu`, each block finished by the thread that
-        computed it."""
+        computed it. `packed`: B is a float32 constant packed ahead of time (prepack.py), which
+        `gemm.PACKED_SYMBOL` reads; its columns from j on start at b + j*k, as those of a
+        transposed B with ldb = k do, so the blocks of a shared-out GEMM find theirs alike."""
         b = self.b
         real = llvm_type(dtype)
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
+        if packed:
+            index, trans_b, ldb = RUNTIME_SGEMM_PACKED, True, k
         slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
         fn = b.load(slot, typ=PTR, name="gemm")
         finish = BiasEpilogue(relu) if bias is not None else None
@@ -269,8 +278,10 @@ class ModuleBuilder:
         prefix: str = "",
         bounds_check: bool | None = None,
         probe: Probe | None = None,
+        prepacked: frozenset[int] = frozenset(),
     ):
         self.schedule = schedule
+        self.prepacked = prepacked  # slots of constants packed for the sgemm (prepack.py)
         self.probe = probe  # code around each kernel call (profiling, numerics checks: probes.py)
         self.module = module if module is not None else ir.Module(name=name)
         self.prefix = prefix  # of function names, when several schedules share a module (loop bodies)
@@ -615,7 +626,8 @@ class ModuleBuilder:
             if kernel.kind == "loop" and is_inline(node):
                 return ("literal", node.op.key())
             slot = schedule.buffer_of.get(node.id)
-            return ("arg", position.get(slot), node.shape, node.dtype.str, node.id in schedule.transposed)
+            packed = slot in self.prepacked
+            return ("arg", position.get(slot), node.shape, node.dtype.str, node.id in schedule.transposed, packed)
 
         moved = self._rebased(kernel)
         members = tuple(

@@ -24,7 +24,7 @@ from ...core.program import Program
 from ...core.types import concrete_shape, format_shape
 from .. import numerics
 from ..base import Executor
-from . import arena, blas, bounds, gemm, jit, lane, probes, threads
+from . import arena, blas, bounds, gemm, jit, lane, prepack, probes, threads
 from .codegen import RUNTIME_SLOTS, ModuleBuilder
 from .irutil import (
     STATUS_CALLBACK_FAILED,
@@ -134,11 +134,16 @@ class NativeExecutor(Executor):
         parallel = threads.pool() is not None
         self.bounds_check = bounds.enabled()  # DRUG_BOUNDS_CHECK=1: every kernel access checked
         probe = _probe(instrument, self.schedule, parallel)
+        self._panel = gemm.prepacked_panel()  # constants only GEMMs read are packed for them (prepack.py)
+        self._prepacked = prepack.packed_constants(self.schedule) if self._panel else {}
+        packed = frozenset(self._prepacked)
         self._builder = lambda: ModuleBuilder(  # noqa: E731
-            self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check, probe=probe
-        )
+            self.schedule, sgemm.int_bits, parallel=parallel, bounds_check=self.bounds_check, probe=probe,
+            prepacked=packed,
+        )  # fmt: skip
         builder = lambda: str(self._builder().build())  # noqa: E731
         key = f"{fingerprint(self.schedule)}|blas{sgemm.int_bits}|parallel{parallel}|bounds{int(self.bounds_check)}"
+        key += f"|prepacked{self._panel}:{sorted(packed)}" if packed else ""
         key += f"|probe-{instrument}" if instrument else ""
         if runs_user_code(_all_nodes(program)):
             text = builder()  # a user's kernel or scalar rule: its IR is the only sure key
@@ -156,8 +161,9 @@ class NativeExecutor(Executor):
         runs_blas = _runs_blas(program, float32=own.sgemm == sgemm.address)
         self._blas_context = blas.one_thread() if runs_blas else contextlib.nullcontext()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
-            own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter
-        )
+            own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter,
+            own.sgemm_packed,
+        )  # fmt: skip
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()
         slot_of_input = {b.key: b.slot for b in self.schedule.buffers if b.kind == "input"}
@@ -188,6 +194,8 @@ class NativeExecutor(Executor):
                 out[buffer.slot] = graph.state[buffer.key]
             elif buffer.kind == "state":
                 out[buffer.slot] = self.state[buffer.key]
+            elif buffer.slot in self._prepacked:
+                out[buffer.slot] = prepack.pack(buffer.key, self._prepacked[buffer.slot], self._panel)
             elif buffer.kind == "const":
                 out[buffer.slot] = np.ascontiguousarray(buffer.key)
         return out

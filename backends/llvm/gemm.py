@@ -52,6 +52,8 @@ __all__ = [
     "FILTER_TYPE",
     "ENTRY_SYMBOL",
     "FALLBACK_SYMBOL",
+    "PACKED_SYMBOL",
+    "prepacked_panel",
 ]
 
 ENTRY_SYMBOL = "drug_sgemm"
@@ -66,6 +68,8 @@ FILTER_ARGS = [("k", I64), ("o", I64), ("rows", I64), ("wo", I64), ("row_stride"
                ("offsets", PTR), ("g", PTR), ("ldg", I64), ("c", PTR), ("ldc", I64), ("scratch", PTR)]  # fmt: skip
 FILTER_TYPE = ir.FunctionType(VOID, [t for _, t in FILTER_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
+PACKED_SYMBOL = "drug_sgemm_packed"  # a GEMM whose B was packed ahead of time (packed_entry)
+PREPACKED = 2  # `blocked`'s b.trans for such a B (0: B in rows, 1: transposed)
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
 
 
@@ -118,6 +122,13 @@ class Tiling:
     @property
     def conv_tile(self) -> Tile:
         return self.conv or self.wide
+
+    @property
+    def panel(self) -> int:
+        """Columns of a panel of a B packed ahead of time (`packed_entry`): the wide tile's, so
+        that its micro-kernel reads each step's vectors from one cache line or two, step after
+        step; a wider tile reads several panels, a narrower one part of one."""
+        return self.wide.vectors * self.lanes
 
 
 def host_tiling(features: str) -> Tiling:
@@ -232,22 +243,32 @@ class _Builder:
     # -- micro-kernel ---------------------------------------------------------------------------
     @_built_once
     def micro_kernel(self, tile: Tile) -> ir.Function:
-        """`micro(depth, a, a_row, a_step, b, b_step, c, ldc, rows, cols, alpha, beta)`: the tile
-        of C at `c` (its first `rows` x `cols` elements) = alpha op(A) op(B) + beta C, with
-        op(A)[r, p] at a[r*a_row + p*a_step] and op(B)[p, j] at b[p*b_step + j] (a packed panel, or
-        B itself; columns past `cols` are never read). Where beta is 0, C is not read into the sum
-        (a NaN there must not survive)."""
+        """`micro(depth, a, a_row, a_step, b, b_step, b_group, c, ldc, rows, cols, alpha, beta)`: the
+        tile of C at `c` (its first `rows` x `cols` elements) = alpha op(A) op(B) + beta C, with
+        op(A)[r, p] at a[r*a_row + p*a_step] and op(B)[p, j] at b[(j/P)*b_group + p*b_step + j%P]
+        for P = `Tiling.panel` columns (b_group = P: a panel packed per call, or B itself; larger:
+        panels packed ahead of time, one after the other); columns past `cols` are never read.
+        Where beta is 0, C is not read into the sum (a NaN there must not survive)."""
         lanes = self.t.lanes
         fn, b = self.function(
             f"drug_sgemm.micro{tile.rows}x{tile.vectors * lanes}",
-            [("depth", I64), ("a", PTR), ("a.row", I64), ("a.step", I64), ("b", PTR), ("b.step", I64), ("c", PTR),
-             ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32), ("beta", F32)],
+            [("depth", I64), ("a", PTR), ("a.row", I64), ("a.step", I64), ("b", PTR), ("b.step", I64),
+             ("b.group", I64), ("c", PTR), ("ldc", I64), ("rows", I64), ("cols", I64), ("alpha", F32),
+             ("beta", F32)],
         )  # fmt: skip
-        depth, a, a_row, a_step, bp, b_step, c, ldc, rows, cols, alpha, beta = fn.args
+        depth, a, a_row, a_step, bp, b_step, b_group, c, ldc, rows, cols, alpha, beta = fn.args
         masks = self.column_masks(b, cols, tile.vectors)
+        per_group = self.t.panel // lanes
+        groups = range(-(-tile.vectors // per_group))
+        bases = [self.element(b, bp, b.mul(i64(g), b_group), f"b.group{g}") if g else bp for g in groups]
 
         def load_b(b: ir.IRBuilder, p: ir.Value) -> list[ir.Value]:
-            return self._row_vectors(b, bp, b.mul(p, b_step, name="b.row"), masks)
+            row = b.mul(p, b_step, name="b.row")
+            return [
+                vector
+                for g, base in zip(groups, bases)
+                for vector in self._row_vectors(b, base, row, masks[g * per_group : (g + 1) * per_group])
+            ]
 
         self._accumulate(fn, b, tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta, masks)
         return fn
@@ -744,18 +765,11 @@ class _Builder:
     def entry(self) -> ir.Function:
         """`ENTRY_SYMBOL`, cblas_sgemm's signature: the shapes it leaves to the BLAS go there, the
         others to the blocked GEMM of the tile that fits their rows and columns."""
-        n_int = self.int_type
-        args = [("order", I32), ("trans_a", I32), ("trans_b", I32), ("m", n_int), ("n", n_int), ("k", n_int),
-                ("alpha", F32), ("a", PTR), ("lda", n_int), ("b", PTR), ("ldb", n_int), ("beta", F32),
-                ("c", PTR), ("ldc", n_int)]  # fmt: skip
-        fn, b = self.function(ENTRY_SYMBOL, args, internal=False)
+        fn, b, sizes = self._cblas_function(ENTRY_SYMBOL)
         fallback = ir.GlobalVariable(self.module, PTR, FALLBACK_SYMBOL)
         fallback.initializer = ir.Constant(PTR, None)
         order, ta, tb, m, n, k, alpha, a, lda, b_, ldb, beta, c, ldc = fn.args
-        sizes = [b.sext(v, I64) if n_int.width < 64 else v for v in (m, n, k, lda, ldb, ldc)]
         m64, n64, k64 = sizes[:3]
-        with b.if_then(b.or_(b.icmp_signed("<=", m64, i64(0)), b.icmp_signed("<=", n64, i64(0))), likely=False):
-            b.ret_void()
         b_trans = b.icmp_signed("==", tb, ir.Constant(I32, CBLAS_TRANS), name="b.trans")
         a_transposed = b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS), name="a.transposed")
         blas = Callee(b.load(fallback, typ=PTR, name="blas"), fn.function_type)
@@ -768,7 +782,45 @@ class _Builder:
             b.ret_void()
         self._vector_like(b, fn, sizes, a_transposed, b_trans, alpha, a, b_, beta, c)
         a_trans = b.zext(a_transposed, I64, name="a.trans")
-        operands = [a_trans, b.zext(b_trans, I64), *sizes, alpha, a, b_, beta, c]
+        status = self._by_tile(b, fn, m64, n64, [a_trans, b.zext(b_trans, I64), *sizes, alpha, a, b_, beta, c])
+        with b.if_then(b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
+            b.call(blas, list(fn.args))  # no memory for the packed panels
+        b.ret_void()
+        return fn
+
+    def packed_entry(self) -> ir.Function:
+        """`PACKED_SYMBOL`, cblas_sgemm's signature (row-major; trans_b not read), for a B laid out
+        ahead of time (`Tiling.panel` = P): op(B) in panels P columns wide, each holding all `ldb`
+        steps of its columns (step p of column j at b[(j/P)*P*ldb + p*P + j%P]), so a block of
+        columns from a multiple of P on (where a shared-out GEMM's blocks start) begins at
+        b + j*ldb. Every shape goes to the blocked GEMM: nothing to pack, no memory to take."""
+        fn, b, sizes = self._cblas_function(PACKED_SYMBOL)
+        _, ta, _, _, _, _, alpha, a, _, b_, _, beta, c, _ = fn.args
+        with b.if_then(b.icmp_signed("<=", sizes[2], i64(0)), likely=False):
+            self._scale(b, sizes[0], sizes[1], beta, c, sizes[5])
+            b.ret_void()
+        a_trans = b.zext(b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS)), I64, name="a.trans")
+        self._by_tile(b, fn, sizes[0], sizes[1], [a_trans, i64(PREPACKED), *sizes, alpha, a, b_, beta, c])
+        b.ret_void()
+        return fn
+
+    def _cblas_function(self, name: str) -> tuple[ir.Function, ir.IRBuilder, list[ir.Value]]:
+        """An exported function of cblas_sgemm's signature, its builder past the return of empty
+        products, and its sizes m, n, k, lda, ldb, ldc as i64."""
+        n_int = self.int_type
+        args = [("order", I32), ("trans_a", I32), ("trans_b", I32), ("m", n_int), ("n", n_int), ("k", n_int),
+                ("alpha", F32), ("a", PTR), ("lda", n_int), ("b", PTR), ("ldb", n_int), ("beta", F32),
+                ("c", PTR), ("ldc", n_int)]  # fmt: skip
+        fn, b = self.function(name, args, internal=False)
+        _, _, _, m, n, k, _, _, lda, _, ldb, _, _, ldc = fn.args
+        sizes = [b.sext(v, I64) if n_int.width < 64 else v for v in (m, n, k, lda, ldb, ldc)]
+        empty = b.or_(b.icmp_signed("<=", sizes[0], i64(0)), b.icmp_signed("<=", sizes[1], i64(0)), name="empty")
+        with b.if_then(empty, likely=False):
+            b.ret_void()
+        return fn, b, sizes
+
+    def _by_tile(self, b: ir.IRBuilder, fn: ir.Function, m64, n64, operands: list) -> ir.Value:
+        """The blocked GEMM of `operands` with the tile that fits m rows and n columns: its status."""
         # the first tile of at least m rows among the few-row ones, else narrow or wide by columns
         tiles = (*self.t.few, self.t.narrow, self.t.wide)
         narrow = b.icmp_signed("<=", n64, i64(self.t.lanes), name="narrow")
@@ -789,10 +841,7 @@ class _Builder:
         status.add_incoming(ir.Constant(I32, 0), switch.parent)  # the default: never taken
         for value, block in statuses:
             status.add_incoming(value, block)
-        with b.if_then(b.icmp_signed("!=", status, ir.Constant(I32, 0)), likely=False):
-            b.call(blas, list(fn.args))  # no memory for the packed panels
-        b.ret_void()
-        return fn
+        return status
 
     def _vector_like(self, b: ir.IRBuilder, fn, sizes, a_trans, b_trans, alpha, a, b_, beta, c) -> None:
         """Products with one column, or one row times a transposed B, are dot products (nothing to
@@ -1082,8 +1131,9 @@ class _Builder:
     @_built_once
     def blocked(self, tile: Tile) -> ir.Function:
         """`blocked(a_trans, b_trans, m, n, k, lda, ldb, ldc, alpha, a, b, beta, c)` -> 1 when it
-        could not allocate its panels (nothing written), else 0."""
-        t, columns = self.t, tile.vectors * self.t.lanes
+        could not allocate its panels (nothing written), else 0. b_trans `PREPACKED`: B is in
+        panels packed ahead of time, `ldb` steps deep (`packed_entry`)."""
+        t, columns, panel_width = self.t, tile.vectors * self.t.lanes, self.t.panel
         fn, b = self.function(
             f"drug_sgemm.blocked{tile.rows}x{columns}",
             [("a.trans", I64), ("b.trans", I64), ("m", I64), ("n", I64), ("k", I64), ("lda", I64), ("ldb", I64),
@@ -1095,7 +1145,9 @@ class _Builder:
         # op(B) is packed unless B is in rows (not transposed) and A has few rows (a task's share
         # of a batch, a convolution's output channels): each panel is then read by a few row
         # tiles, which costs less than copying it, and the micro-kernel reads B where it is
-        packed = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(t.unpacked_rows)))
+        prepacked = b.icmp_unsigned("==", b_trans, i64(PREPACKED), name="prepacked")
+        some = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(t.unpacked_rows)))
+        packed = b.and_(b.not_(prepacked), some, name="packed")
         depth_count, depth_block = _blocks(b, k, t.depth, "kc", balanced_multiple=1)
         panels = b.mul(_ceil_div(b, n, i64(columns), "n.panels"), i64(columns))
         block_bytes = b.mul(b.mul(depth_block, _min(b, panels, i64(t.column_block), "nc.max")), i64(4))
@@ -1123,14 +1175,22 @@ class _Builder:
                 with b.if_then(packed):  # op(B)[p, j] is b[p*ldb + j]: a step is a row of b unless transposed
                     b.call(pack, [b_pack, b_, ldb, b.xor(b_trans, i64(1)), jc, pc, nc, kc, i64(columns)])
                 beta_now = b.select(b.icmp_signed("==", pc_index, i64(0)), beta, one, name="beta.now")
-                b_step = b.select(packed, i64(columns), ldb, name="b.step")
+                b_step = b.select(packed, i64(columns), b.select(prepacked, i64(panel_width), ldb), name="b.step")
+                b_group = b.select(prepacked, b.mul(ldb, i64(panel_width)), i64(panel_width), name="b.group")
+                b_ahead = self.element(b, b_, b.mul(pc, i64(panel_width)), "b.ahead")  # step pc of the first panel
                 with _Loop(b, m, tile.rows, "ir") as (row, height):
                     a_tile = self.element(b, a, b.add(b.mul(row, a_row), b.mul(pc, a_step)), "a.tile")
                     with _Loop(b, nc, columns, "jr") as (jr, width):
-                        in_place = self.element(b, b_, b.add(b.mul(pc, ldb), b.add(jc, jr)), "b.in_place")
+                        column = b.add(jc, jr, name="column")
+                        in_place = self.element(b, b_, b.add(b.mul(pc, ldb), column), "b.in_place")
+                        first = b.udiv(column, i64(panel_width), name="b.panel")
+                        ahead_at = b.add(b.mul(first, b_group), b.urem(column, i64(panel_width)))
+                        ahead = self.element(b, b_ahead, ahead_at, "b.prepacked")
                         panel = b.select(packed, self.element(b, b_pack, b.mul(jr, kc), "b.packed"), in_place)
-                        c_tile = self.element(b, c, b.add(b.mul(row, ldc), b.add(jc, jr)), "c.tile")
-                        args = [kc, a_tile, a_row, a_step, panel, b_step, c_tile, ldc, height, width, alpha, beta_now]
+                        panel = b.select(prepacked, ahead, panel, name="b.panel")
+                        c_tile = self.element(b, c, b.add(b.mul(row, ldc), column), "c.tile")
+                        args = [kc, a_tile, a_row, a_step, panel, b_step, b_group, c_tile, ldc, height, width,
+                                alpha, beta_now]  # fmt: skip
                         b.call(micro, args)
         b.call(free, [raw])
         b.ret(ir.Constant(I32, 0))
@@ -1158,9 +1218,12 @@ def transpose(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
 
 
 def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) -> ir.Module:
-    """The module holding `ENTRY_SYMBOL` (cblas_sgemm's signature with `int_bits`-wide sizes)."""
+    """The module holding `ENTRY_SYMBOL` and `PACKED_SYMBOL` (cblas_sgemm's signature with
+    `int_bits`-wide sizes)."""
     module = module if module is not None else ir.Module(name="drug_sgemm")
-    _Builder(module, tiling, int_bits).entry()
+    builder = _Builder(module, tiling, int_bits)
+    builder.entry()
+    builder.packed_entry()
     return module
 
 
@@ -1176,12 +1239,13 @@ def build_sconv(tiling: Tiling, module: ir.Module | None = None) -> ir.Module:
 @dataclass(frozen=True)
 class RuntimeKernels:
     """The addresses the runtime table holds for float32: the sgemm every GEMM call site calls,
-    and drug's convolution and its filter gradient (`CONV_SYMBOL`, `FILTER_SYMBOL`; 0 where the
-    program has no kernel needing them)."""
+    the one for B packed ahead of time (`PACKED_SYMBOL`), and drug's convolution and its filter
+    gradient (`CONV_SYMBOL`, `FILTER_SYMBOL`; 0 where the program has no kernel needing them)."""
 
     sgemm: int
     sconv: int
     sconv_filter: int
+    sgemm_packed: int = 0
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
@@ -1216,6 +1280,12 @@ def _done(kernels: RuntimeKernels) -> concurrent.futures.Future:
 def _host() -> Tiling:
     """The tiling of this machine's CPU."""
     return host_tiling(jit.host_cpu()[1])
+
+
+def prepacked_panel() -> int | None:
+    """Columns of the panels `PACKED_SYMBOL` reads on this host, or None where GEMMs go to the
+    BLAS (DRUG_GEMM=blas), which reads matrices only as they are."""
+    return None if os.environ.get(ENV, "drug") == "blas" else _host().panel
 
 
 def conv_tile_pixels(m: int, wo: int, depth: int) -> int:
@@ -1293,6 +1363,7 @@ def compile_kernels(
         address(ENTRY_SYMBOL) if gemms else fallback_address,
         address(CONV_SYMBOL) if convolutions else 0,
         address(FILTER_SYMBOL) if convolutions else 0,
+        address(PACKED_SYMBOL) if gemms else 0,
     )
 
 

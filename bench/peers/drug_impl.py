@@ -146,7 +146,8 @@ def compile_onnx(workload: OnnxInference, data: Data, backend: str, notes: list[
 
     from ..onnx_file import model_file
 
-    imported = drug.onnx.load(model_file(workload, data))
+    # fixed weights, as onnxruntime's session holds the file's initializers (both pack them once)
+    imported = drug.onnx.load(model_file(workload, data), initializers="constants")
     return compile_graph(imported.graph, backend, notes, outputs=imported.outputs["logits"])
 
 

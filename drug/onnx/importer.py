@@ -54,7 +54,9 @@ def load(
       symbolic dimension, or None (every size fixed).
     initializers: "parameters" (float initializers of rank 1 and more become trainable parameters
       named as in the file: fine-tune them with any optimizer; scalars stay constants) or
-      "constants" (all baked into the compiled code).
+      "constants" (fixed, as an inference runtime holds them: the faster choice for inference,
+      since the LLVM backend packs weights that only matrix products read for its GEMM once,
+      at compile time, where it must read parameters as they are, the user may write them).
     dims: sizes for other symbolic dimensions ({"sequence": 128}); drug compiles fixed sizes.
     running_statistics: batch normalization's running mean and variance as "buffers" (graph state,
       updated when a train step runs batch norm in training mode) or "constants".

@@ -28,7 +28,8 @@ def _matmul(k, node, bias: ir.Value | None = None, relu: bool = False):
     if b.ndim == 2:
         rows = k.count(a) if a.ndim > 2 else m
         rows = k.b.udiv(rows, kk) if a.ndim > 2 else rows
-        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n, bias=bias, relu=relu)
+        k.gemm(node.dtype, ta, tb, rows, n, kk, k.ptr(a), lda, k.ptr(b), ldb, k.ptr(node), n, bias=bias, relu=relu,
+               packed=k.prepacked(b))  # fmt: skip
         return
     batches = element_count(k.b, node.shape[:-2], k.batch)  # equal on both sides (_matmul_supported)
     stride_a, stride_b, stride_c = (k.b.mul(x, y) for x, y in ((m, kk), (kk, n), (m, n)))

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import drug as dg
-from drug.backends.llvm import blas, gemm, jit
+from drug.backends.llvm import blas, gemm, jit, prepack
 from drug.backends.llvm.blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
-from drug.backends.llvm.codegen import RUNTIME_SCONV, RUNTIME_SCONV_FILTER
+from drug.backends.llvm.codegen import GEMM_ALIGN, RUNTIME_SCONV, RUNTIME_SCONV_FILTER
 
 HOST = gemm.host_tiling(jit.host_cpu()[1])
 # every tiling this CPU can run: the host's, and the narrower ones (AVX's on an AVX-512 host, ...)
@@ -83,6 +83,62 @@ def test_sgemm_matches_float64_reference(sgemm, m, n, k, trans_a, trans_b, alpha
 @pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, True)])
 def test_sgemm_across_packed_blocks(sgemm, m, n, k, trans_a, trans_b):
     _run(sgemm, m, n, k, trans_a, trans_b, 1.0, 1.0, 5, seed=m * n + k)
+
+
+@pytest.fixture(scope="module", params=sorted(TILINGS), ids=lambda lanes: f"lanes{lanes}")
+def packed_sgemm(request):
+    """The sgemm of B packed ahead of time (`gemm.PACKED_SYMBOL`) of one tiling, and that tiling."""
+    fallback = blas.find_gemm("float32")
+    tiling = TILINGS[request.param]
+    address = gemm.compile_kernels(tiling, fallback.int_bits, fallback.address, convolutions=False).sgemm_packed
+    return blas._ctypes_gemm(Gemm("drug", gemm.PACKED_SYMBOL, address, fallback.int_bits, "float32")), tiling
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    m=DIM, n=DIM, k=DEPTH, trans_a=st.booleans(), trans_b=st.booleans(),
+    alpha=st.sampled_from([1.0, -0.5]), beta=st.sampled_from([0.0, 1.0, 0.25]),
+    pad=st.sampled_from([0, 3]), first_panel=st.integers(0, 3), seed=st.integers(0, 2**32 - 1),
+)  # fmt: skip
+def test_sgemm_of_prepacked_b_matches_float64_reference(
+    packed_sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, first_panel, seed
+):
+    """C[:, j0:] = alpha op(A) op(B)[:, j0:] + beta C from B packed by prepack.pack, its columns
+    from j0 (a multiple of the panel, where a shared-out GEMM's blocks start) at b + j0*k."""
+    sgemm, tiling = packed_sgemm
+    rng = np.random.default_rng(seed)
+    j0 = min(first_panel * tiling.panel, (n - 1) // tiling.panel * tiling.panel)
+    a_store = rng.uniform(-1, 1, (k, m + pad) if trans_a else (m, k + pad)).astype(np.float32)
+    weights = rng.uniform(-1, 1, (n, k) if trans_b else (k, n)).astype(np.float32)
+    c_store = rng.uniform(-1, 1, (m, n + pad)).astype(np.float32)
+    if beta == 0.0:
+        c_store[:, j0:n] = np.nan  # never read when beta is 0
+    packed, c_before = prepack.pack(weights, trans_b, tiling.panel), c_store.copy()
+    a = a_store[:, :m] if trans_a else a_store[:, :k]
+    op_a = (a.T if trans_a else a).astype(np.float64)
+    op_b = (weights.T if trans_b else weights).astype(np.float64)
+    expected = alpha * (op_a @ op_b[:, j0:]) + (beta * c_before[:, j0:n].astype(np.float64) if beta else 0.0)
+    sgemm(
+        CBLAS_ROW_MAJOR, CBLAS_TRANS if trans_a else CBLAS_NO_TRANS, CBLAS_TRANS,
+        m, n - j0, k, alpha,
+        a_store.ctypes.data, a_store.shape[1],
+        packed.ctypes.data + 4 * j0 * k, k,
+        beta,
+        c_store.ctypes.data + 4 * j0, n + pad,
+    )  # fmt: skip
+    tol = 4 * np.finfo(np.float32).eps * (k + 2)
+    np.testing.assert_allclose(c_store[:, j0:n], expected, rtol=tol, atol=tol)
+    np.testing.assert_array_equal(c_store[:, :j0], c_before[:, :j0])
+    np.testing.assert_array_equal(c_store[:, n:], c_before[:, n:])
+
+
+def test_prepacked_panels_start_where_shared_out_blocks_do():
+    """A shared-out GEMM's blocks of columns start at multiples of GEMM_ALIGN: each must be the
+    start of a panel, or its block of a prepacked B would begin mid-panel."""
+    for tiling in (gemm.host_tiling(f) for f in ("+avx512f,+avx", "+avx", "")):
+        assert GEMM_ALIGN % tiling.panel == 0
+        assert all(tile.vectors * tiling.lanes % tiling.panel == 0 or tiling.panel % (tile.vectors * tiling.lanes) == 0
+                   for tile in (tiling.wide, tiling.narrow, *tiling.few))  # fmt: skip
 
 
 VECTOR_LIKE = [(1, 300, 50), (40, 1, 50), (1, 1, 70), (7, 9, 0), (33, 1, 600), (1, 129, 17)]
