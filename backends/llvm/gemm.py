@@ -7,7 +7,8 @@ BLIS's, cut to the sizes drug's tasks have: op(B) is packed in blocks of `depth`
 (they stay in L2) into panels one tile wide, and a micro-kernel keeps a tile of C in registers
 while it runs down the depth: per step one broadcast of A and a vector load of B per register
 across. A is read in place (a tile's rows are a few streams, or one when transposed), so only B
-is ever copied, and not even B when A has at most `unpacked_rows` rows. Edge tiles use the same
+is ever copied, and not even B when A has at most `unpacked_rows` rows, nor a B packed once
+ahead of time (`PACKED_SYMBOL`: a program's constant weights, prepack.py). Edge tiles use the same
 micro-kernel: rows past the edge repeat the last row, columns past it are masked. Products of
 fewer rows than the main tile (small batches, a batch of one) have tiles of 1, 2 or 4 rows.
 
@@ -1148,7 +1149,8 @@ class _Builder:
         micro, pack = self.micro_kernel(tile), self.pack()
         # op(B) is packed unless B is in rows (not transposed) and A has few rows (a task's share
         # of a batch, a convolution's output channels): each panel is then read by a few row
-        # tiles, which costs less than copying it, and the micro-kernel reads B where it is
+        # tiles, which costs less than copying it, and the micro-kernel reads B where it is; or
+        # unless it was packed ahead of time (a constant: prepack.py)
         prepacked = b.icmp_unsigned("==", b_trans, i64(PREPACKED), name="prepacked")
         some = b.or_(b.icmp_unsigned("!=", b_trans, i64(0)), b.icmp_signed(">", m, i64(t.unpacked_rows)))
         packed = b.and_(b.not_(prepacked), some, name="packed")
@@ -1189,7 +1191,7 @@ class _Builder:
                     with _Loop(b, nc, columns, "jr") as (jr, width):
                         column = b.add(jc, jr, name="column")
                         in_place = self.element(b, b_, b.add(b.mul(pc, ldb), column), "b.in_place")
-                        first = b.udiv(column, i64(panel_width), name="b.panel")
+                        first = b.udiv(column, i64(panel_width), name="b.first_panel")
                         ahead_at = b.add(b.mul(first, b_group), b.urem(column, i64(panel_width)))
                         ahead = self.element(b, b_ahead, ahead_at, "b.prepacked")
                         panel = b.select(packed, self.element(b, b_pack, b.mul(jr, kc), "b.packed"), in_place)
