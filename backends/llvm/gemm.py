@@ -804,7 +804,15 @@ class _Builder:
         with b.if_then(b.icmp_signed("<=", sizes[2], i64(0)), likely=False):
             self._scale(b, sizes[0], sizes[1], beta, c, sizes[5])
             b.ret_void()
-        a_trans = b.zext(b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS)), I64, name="a.trans")
+        a_transposed = b.icmp_signed("==", ta, ir.Constant(I32, CBLAS_TRANS), name="a.transposed")
+        a_step = b.select(a_transposed, sizes[3], i64(1), name="a.step")
+        # one row by at most a vector's columns (a classifier's last layer at batch 1): the first
+        # panel's steps are rows `panel` apart
+        narrow = b.and_(b.icmp_signed("==", sizes[0], i64(1)), b.icmp_signed("<=", sizes[1], i64(self.t.lanes)))
+        with b.if_then(narrow, likely=False):
+            b.call(self.narrow_row(), [sizes[1], sizes[2], a, a_step, b_, i64(self.t.panel), c, alpha, beta])
+            b.ret_void()
+        a_trans = b.zext(a_transposed, I64, name="a.trans")
         self._by_tile(b, fn, sizes[0], sizes[1], [a_trans, i64(PREPACKED), *sizes, alpha, a, b_, beta, c])
         b.ret_void()
         return fn

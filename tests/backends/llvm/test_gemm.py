@@ -103,6 +103,18 @@ def packed_sgemm(request):
 def test_sgemm_of_prepacked_b_matches_float64_reference(
     packed_sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, first_panel, seed
 ):
+    _run_prepacked(packed_sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, first_panel, seed)
+
+
+@pytest.mark.parametrize("n", [1, 5, 10, 16, 17])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_one_row_by_a_prepacked_b_of_a_vectors_columns(packed_sgemm, n, trans_a):
+    """A classifier's last layer at batch 1 (drug_sgemm.narrow_row on the first panel's rows)."""
+    for k, beta in ((1, 0.0), (7, 1.0), (256, 0.0), (257, 0.5)):
+        _run_prepacked(packed_sgemm, 1, n, k, trans_a, False, 1.0, beta, 2, 0, seed=n * k)
+
+
+def _run_prepacked(packed_sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, first_panel, seed):
     """C[:, j0:] = alpha op(A) op(B)[:, j0:] + beta C from B packed by prepack.pack, its columns
     from j0 (a multiple of the panel, where a shared-out GEMM's blocks start) at b + j0*k."""
     sgemm, tiling = packed_sgemm
