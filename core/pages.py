@@ -20,7 +20,11 @@ def aligned_zeros(nbytes: int, huge: bool = False) -> np.ndarray:
     """`nbytes` zeroed bytes starting on a cache line (`huge`: on a huge-page boundary, with the
     kernel asked for huge pages; ordinary pages where it has none to give)."""
     if huge and hasattr(mmap, "MADV_HUGEPAGE"):
-        region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zero-filled
+        # whole huge pages from the aligned start on: the kernel backs a huge page only if the
+        # mapping covers all of it (a 1.6 MB array in a 1.6 + 2 MB mapping got one or not by
+        # where the mapping happened to start)
+        whole = -(-max(nbytes, 1) // HUGE_PAGE) * HUGE_PAGE
+        region = mmap.mmap(-1, whole + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # zero-filled
         region.madvise(mmap.MADV_HUGEPAGE)
         raw = np.frombuffer(region, np.uint8)  # keeps the mapping alive
         start = (-raw.ctypes.data) % HUGE_PAGE

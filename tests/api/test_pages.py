@@ -57,3 +57,14 @@ def test_constants_live_where_parameters_would_and_stay_read_only():
     assert g.constant(2.5).op.value.shape == ()  # a scalar stays 0-d
     with pytest.raises(ValueError):
         big.op.value[0] = 2
+
+
+@pytest.mark.skipif(not hasattr(mmap, "MADV_HUGEPAGE"), reason="no transparent huge pages here")
+@pytest.mark.parametrize("nbytes", [1, 1_600_000, HUGE_PAGE, HUGE_PAGE + 1, 5 << 20])
+def test_huge_page_memory_spans_whole_huge_pages(nbytes):
+    """The kernel backs an address range with a huge page only if the mapping covers all of it: the
+    memory's last huge page must lie inside the mapping, wherever the mapping starts."""
+    memory = aligned_zeros(nbytes, huge=True)
+    mapping = memory.base
+    start = memory.ctypes.data - mapping.ctypes.data
+    assert start + -(-nbytes // HUGE_PAGE) * HUGE_PAGE <= mapping.size
