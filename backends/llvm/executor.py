@@ -404,7 +404,9 @@ class NativeExecutor(Executor):
         return redirected
 
     def view(self, binding: Binding, node: Node) -> np.ndarray:
-        array = binding.arrays[self.schedule.slot(node)]
+        slot = self.schedule.slot(node)
+        # a packed constant's buffer holds the sgemm's panels: its value is the graph's array
+        array = self.schedule.buffers[slot].key if slot in self._prepacked else binding.arrays[slot]
         if node.id in self.schedule.transposed:
             return array.T
         return array.reshape(concrete_shape(node.shape, binding.batch))

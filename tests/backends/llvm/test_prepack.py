@@ -99,3 +99,21 @@ def test_programs_reading_packed_constants_agree_with_numpy(batch, depth, column
     want = reference(x=x)
     scale = max(1.0, float(np.abs(want).max(initial=0.0)))
     np.testing.assert_allclose(fn(x=x), want, rtol=1e-5, atol=1e-5 * scale * np.sqrt(depth))
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_non_finite_value_is_traced_through_a_packed_constant(transposed):
+    """debug_numerics recomputes the failing kernel's nodes from their inputs: a packed constant
+    (or its transpose) must read as its value there, not as the sgemm's panels."""
+    weights = RNG.standard_normal((24, 40) if transposed else (40, 24)).astype(np.float32)
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, 40))
+    w = g.constant(weights)
+    logits = dg.relu(x @ (dg.transpose(w) if transposed else w) + g.constant(np.ones(24, np.float32)))
+    fn = g.compile(outputs=logits, debug_numerics=True)
+    assert len(_packed(fn)) == 1
+    feed = np.ones((2, 40), np.float32)
+    np.testing.assert_allclose(fn(x=feed), np.maximum(feed @ (weights.T if transposed else weights) + 1, 0), rtol=1e-5)
+    feed[1, 3] = np.inf
+    with pytest.raises(dg.NonFiniteError, match=r"'matmul_bias#\d+' .* produced Inf \(\d+ of 48 values"):
+        fn(x=feed)
