@@ -47,6 +47,7 @@ class Graph(CoreGraph):
         check_finite: bool = False,
         training: bool | None = None,
         debug_numerics: bool = False,
+        freeze: bool = False,
     ) -> CompiledFunction:
         """Compile a train step (loss + optimizer), an evaluator (loss) or a predictor (outputs).
 
@@ -70,6 +71,10 @@ class Graph(CoreGraph):
             debug_numerics: Check every kernel's results; the first node that produces a NaN or
                 an Inf raises `dg.NonFiniteError` naming it and its inputs, and the step changes
                 nothing. Slower: a debugging aid.
+            freeze: A predictor of the parameters' (and state buffers') values of now, held as
+                constants: later writes to `g.params` and train steps do not reach it, and the
+                native backend packs its weight matrices for its GEMM once (faster inference).
+                Outputs only, in inference mode.
 
         Returns:
             A `CompiledFunction`: call it with feeds by input name, e.g.
@@ -102,6 +107,7 @@ class Graph(CoreGraph):
             check_finite,
             training=training,
             debug_numerics=debug_numerics,
+            freeze=freeze,
         )
 
     def summary(self, outputs: Node | Sequence[Node] | None = None, batch: int | None = None) -> summaries.Summary:

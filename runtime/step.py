@@ -16,6 +16,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..compiler.build import build_program
+from ..compiler.freeze import frozen
 from ..compiler.interpret import live_array
 from ..compiler.optimizers import LR_KEY, STEP_KEY
 from ..compiler.passes import Pass
@@ -511,10 +512,21 @@ def compile_step(
     training: bool | None = None,
     *,
     debug_numerics: bool = False,
+    freeze: bool = False,
 ) -> CompiledFunction:
     """A compiled function on the named backend (default: DRUG_BACKEND, else "llvm");
-    `gradient_passes` as in compiler.build.build_program."""
+    `gradient_passes` as in compiler.build.build_program; `freeze`: a predictor of a snapshot of
+    the parameters (compiler/freeze.py)."""
     chosen = get_backend(backend or DEFAULT_BACKEND)
+    if freeze:
+        if loss is not None or optimizer is not None or training:
+            raise GraphError(
+                "freeze=True compiles a predictor in inference mode (outputs only): it reads the parameters' values "
+                "of now as constants, which a loss, an optimizer or training-mode ops would not see change"
+            )
+        if outputs is not None:
+            graph, copies = frozen(graph, [outputs] if isinstance(outputs, Node) else list(outputs))
+            outputs = copies[0] if isinstance(outputs, Node) else copies
     program = build_program(
         graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes, chosen.program_cache()
     )
