@@ -313,7 +313,14 @@ def test_spares_sleep_beside_one_busy_process():
     caller's CPU, the spare itself once woken) are not taken for another process's: when they
     were, the spare ran 0.9 s of 3 on an Intel VM, keeping every CPU marked busy by the waits it
     caused. A spell: another process's few milliseconds on the caller's CPU (a daemon waking) mark
-    it busy for CONTENDED_FOR_NS (0.2 s), in which the spare may run half the time."""
-    time.sleep(0.5)  # a contended spell of an earlier test is over
-    spare = _spare_time_beside(lambda: [_busy(min(os.sched_getaffinity(0)))], seconds=3, enough=1.0)
-    assert spare < 0.15  # a spell of 0.1 s at most, and not a second one
+    it busy for CONTENDED_FOR_NS (0.2 s), in which the spare may run half the time. On a VM whose
+    host was busy, such spells came two to five times in 3 s in one run of four (0.47-0.54 s);
+    they come and go, where the fault kept the spare running in every run: the best of three runs
+    is held to one spell."""
+    runs = []
+    for _ in range(3):
+        time.sleep(0.5)  # a contended spell of an earlier test or run is over
+        runs.append(_spare_time_beside(lambda: [_busy(min(os.sched_getaffinity(0)))], seconds=3, enough=1.0))
+        if runs[-1] < 0.15:  # a spell of 0.1 s at most, and not a second one
+            break
+    assert min(runs) < 0.15, f"the spare ran {runs} s of 3 s in each run"
