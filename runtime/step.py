@@ -63,6 +63,7 @@ class CompiledFunction:
         self.device = backend.label  # what the steps run on (a device backend names its device)
         self.check_finite = check_finite
         self.debug_numerics = debug_numerics
+        self.frozen = False  # a predictor of a snapshot of the parameters (compile(freeze=True))
         self.inputs = program.leaves(InputOp)
         self._bind_feeds = FeedBinder(self.inputs)
         self.step_count = 0
@@ -449,12 +450,22 @@ class CompiledFunction:
             predict.load("mnist.npz")   # a predictor takes the parameters only
             ```
         """
+        self._refuse_if_frozen("save")
         graph = self.program.graph
         with self._quiet_turn:
             params = {name: graph.params.current(name) for name in self.params}
             buffers = {name: graph.state.current(name) for name in self.buffers}
             state = {key: self.state.current(key) for key in self.state}
             checkpoint.save(path, params, state, self.step_count, buffers)
+
+    def _refuse_if_frozen(self, what: str) -> None:
+        """A frozen predictor's parameters are constants of its program: a checkpoint of it would
+        hold nothing, and loading one would change nothing."""
+        if self.frozen:
+            raise GraphError(
+                f"cannot {what} a checkpoint with a frozen predictor (freeze=True): it holds the parameters as "
+                "constants; use a function of the original graph compiled without freeze, then freeze again"
+            )
 
     def load(self, path: str | os.PathLike) -> None:
         """Restore a checkpoint written by `save` (or by an AOT library); on any mismatch raise
@@ -475,6 +486,7 @@ class CompiledFunction:
             train.load("mnist.npz")     # parameters, optimizer state, step count
             ```
         """
+        self._refuse_if_frozen("load")
         graph = self.program.graph
         wanted = {f"param/{name}": graph.params[name] for name in self.params}
         wanted |= {f"buffer/{name}": graph.state[name] for name in self.buffers}
@@ -530,7 +542,9 @@ def compile_step(
     program = build_program(
         graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes, chosen.program_cache()
     )
-    return CompiledFunction(program, chosen, check_finite, debug_numerics)
+    function = CompiledFunction(program, chosen, check_finite, debug_numerics)
+    function.frozen = freeze
+    return function
 
 
 # DRUG_PROFILE=1: the compiled functions whose every step is profiled, reported at exit.

@@ -92,3 +92,15 @@ def test_a_frozen_recurrent_predictor_matches_the_live_one(scan):
     out = dg.layers.Dense(5, name="head")(last)
     feeds = dict(ids=RNG.integers(0, 20, (3, 7)).astype(np.int32), h0=RNG.standard_normal((3, 16)).astype(np.float32))
     np.testing.assert_allclose(g.compile(outputs=out, freeze=True)(**feeds), g.compile(outputs=out)(**feeds), rtol=1e-5)
+
+
+def test_a_frozen_predictor_refuses_checkpoints(tmp_path):
+    """Its parameters are constants: a checkpoint of it would hold nothing, loading one would do nothing."""
+    g, logits = classifier()
+    path = tmp_path / "model.npz"
+    g.compile(outputs=logits).save(path)
+    frozen = g.compile(outputs=logits, freeze=True)
+    for call in (frozen.save, frozen.load):
+        with pytest.raises(dg.GraphError, match="frozen predictor"):
+            call(path)
+    assert not g.compile(outputs=logits).frozen and frozen.frozen
