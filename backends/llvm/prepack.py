@@ -6,7 +6,8 @@ tiles (rows a power of two apart fall into few cache sets). Packing B into panel
 makes each panel one contiguous stream that does, but a copy per call costs what it saves on
 the few rows of an inference batch. A constant never changes: packed here once, the GEMMs read
 the panels directly (`gemm.PACKED_SYMBOL`), as inference runtimes do with their weights.
-Parameters are not packed: their users may write them in place at any time (`g.params`).
+Parameters are not packed: their users may write them in place at any time (`g.params`); a
+predictor compiled with `freeze=True` holds them as constants (compiler/freeze.py).
 """
 
 from __future__ import annotations
