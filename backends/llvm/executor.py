@@ -195,7 +195,8 @@ class NativeExecutor(Executor):
             elif buffer.kind == "state":
                 out[buffer.slot] = self.state[buffer.key]
             elif buffer.slot in self._prepacked:
-                out[buffer.slot] = prepack.pack(buffer.key, self._prepacked[buffer.slot], self._panel)
+                shape, transposed = self._prepacked[buffer.slot]
+                out[buffer.slot] = prepack.pack(buffer.key.reshape(shape), transposed, self._panel)
             elif buffer.kind == "const":
                 out[buffer.slot] = np.ascontiguousarray(buffer.key)
         return out
@@ -405,8 +406,10 @@ class NativeExecutor(Executor):
 
     def view(self, binding: Binding, node: Node) -> np.ndarray:
         slot = self.schedule.slot(node)
-        # a packed constant's buffer holds the sgemm's panels: its value is the graph's array
-        array = self.schedule.buffers[slot].key if slot in self._prepacked else binding.arrays[slot]
+        if slot in self._prepacked:  # its buffer holds the sgemm's panels: its value is the graph's array
+            array = self.schedule.buffers[slot].key.reshape(self._prepacked[slot][0])
+        else:
+            array = binding.arrays[slot]
         if node.id in self.schedule.transposed:
             return array.T
         return array.reshape(concrete_shape(node.shape, binding.batch))

@@ -20,12 +20,12 @@ from ...core.pages import aligned_zeros
 from ...ops.linalg import MatMul, MatMulBias
 
 
-def packed_constants(schedule: Schedule) -> dict[int, bool]:
-    """Slots of the constants to pack: float32 matrices that only op-kernel GEMMs read, each as
-    the B of a matrix product with a matrix, all with the same transposition (slot -> whether
-    op(B) is the constant's transpose). A constant anything else reads (a fused loop, a
-    callback, an output) is left as it is."""
-    readers: dict[int, set[bool | None]] = {}
+def packed_constants(schedule: Schedule) -> dict[int, tuple[tuple[int, ...], bool]]:
+    """The constants to pack: float32 matrices that only op-kernel GEMMs read, each as the B of a
+    matrix product with a matrix, all alike: slot -> (the shape the GEMMs read the constant's
+    values in, row-major: a reshape of it may stand between; whether op(B) is its transpose). A
+    constant anything else reads (a fused loop, a callback, an output) is left as it is."""
+    readers: dict[int, set[tuple[tuple[int, ...], bool] | None]] = {}
     for kernel in schedule.kernels:
         for node in kernel.nodes:
             for index, source in enumerate(node.inputs):
@@ -39,12 +39,14 @@ def packed_constants(schedule: Schedule) -> dict[int, bool]:
                     and source.ndim == 2
                     and node.dtype == np.float32
                 )
-                readers.setdefault(slot, set()).add(source.id in schedule.transposed if gemm_b else None)
+                transposed = source.id in schedule.transposed  # a folded transpose: the GEMM reads its input
+                stored = source.inputs[0].shape if transposed else source.shape
+                readers.setdefault(slot, set()).add((stored, transposed) if gemm_b else None)
     outputs = {schedule.slot(n) for n in schedule.program.outputs}
     return {
         slot: ways.pop()
         for slot, ways in readers.items()
-        if len(ways) == 1 and None not in ways and slot not in outputs and len(schedule.buffers[slot].shape) == 2
+        if len(ways) == 1 and None not in ways and slot not in outputs
     }
 
 

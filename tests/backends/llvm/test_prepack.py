@@ -32,7 +32,7 @@ def _predictor(weights: np.ndarray, transposed: bool = False, bias: bool = False
     return (fn, g.compile(outputs=outputs, backend="numpy")) if reference else (fn, w)
 
 
-def _packed(fn) -> dict[int, bool]:
+def _packed(fn) -> dict[int, tuple[tuple[int, ...], bool]]:
     return fn._executor._prepacked
 
 
@@ -40,14 +40,14 @@ def test_a_constant_only_gemms_read_is_packed_once_per_layout():
     weights = RNG.standard_normal((40, 24)).astype(np.float32)
     fn, w = _predictor(weights)
     slot = fn._executor.schedule.buffer_of[w.id]
-    assert _packed(fn) == {slot: False}
+    assert _packed(fn) == {slot: ((40, 24), False)}
     held, panel = fn._executor.persistent[slot], gemm.prepacked_panel()
     assert held.shape == (-(-24 // panel), 40, panel) and not held.flags.writeable
     np.testing.assert_array_equal(held, prepack.pack(weights, False, panel))
     first = min(24, panel)
     np.testing.assert_array_equal(held[0, :, :first], weights[:, :first])  # panel 0: every step's first columns
     transposed, _ = _predictor(weights.T.copy(), transposed=True)
-    assert list(_packed(transposed).values()) == [True]
+    assert list(_packed(transposed).values()) == [((24, 40), True)]
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,18 @@ def test_a_non_finite_value_is_traced_through_a_packed_constant(transposed):
     feed[1, 3] = np.inf
     with pytest.raises(dg.NonFiniteError, match=r"'matmul_bias#\d+' .* produced Inf \(\d+ of 48 values"):
         fn(x=feed)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_constant_read_through_a_reshape_is_packed_as_the_gemm_reads_it(transposed):
+    """A reshape of a constant shares its buffer: the GEMM reads the values in the reshape's shape
+    (packed in the constant's own shape, a (20, 12) weight read as (12, 20) gave wrong products)."""
+    weights = RNG.standard_normal((20, 12)).astype(np.float32)  # too large to be folded into a new constant
+    g = dg.Graph(seed=0)
+    x = g.input("x", (None, 12 if not transposed else 20))
+    matrix = dg.reshape(g.constant(weights), (12, 20))
+    out = x @ (dg.transpose(matrix) if transposed else matrix)
+    fn, reference = g.compile(outputs=out), g.compile(outputs=out, backend="numpy")
+    assert list(_packed(fn).values()) == [((12, 20), transposed)]
+    feed = RNG.standard_normal((3, 20 if transposed else 12)).astype(np.float32)
+    np.testing.assert_allclose(fn(x=feed), reference(x=feed), rtol=1e-5, atol=1e-5)
