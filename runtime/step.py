@@ -57,13 +57,15 @@ class CompiledFunction:
         state: Optimizer state buffers (moments, bias-correction powers, the learning rate) by key.
     """
 
-    def __init__(self, program: Program, backend: Backend, check_finite: bool, debug_numerics: bool = False):
+    def __init__(
+        self, program: Program, backend: Backend, check_finite: bool, debug_numerics: bool = False, frozen: bool = False
+    ):
         self.program = program
         self.backend = backend.name
         self.device = backend.label  # what the steps run on (a device backend names its device)
         self.check_finite = check_finite
         self.debug_numerics = debug_numerics
-        self.frozen = False  # a predictor of a snapshot of the parameters (compile(freeze=True))
+        self.frozen = frozen  # a predictor of a snapshot of the parameters (compile(freeze=True))
         self.inputs = program.leaves(InputOp)
         self._bind_feeds = FeedBinder(self.inputs)
         self.step_count = 0
@@ -542,9 +544,7 @@ def compile_step(
     program = build_program(
         graph, loss, outputs, optimizer, params, training, chosen.passes(), gradient_passes, chosen.program_cache()
     )
-    function = CompiledFunction(program, chosen, check_finite, debug_numerics)
-    function.frozen = freeze
-    return function
+    return CompiledFunction(program, chosen, check_finite, debug_numerics, frozen=freeze)
 
 
 # DRUG_PROFILE=1: the compiled functions whose every step is profiled, reported at exit.
