@@ -55,7 +55,7 @@
 #define MAX_WORKERS 255
 #define MAX_TASKS (1u << 30)
 /* After a thread of the pool was preempted often (other processes want its core), every thread
-   spins only `contended_spin_ns` before it sleeps, for this long: on an oversubscribed machine a
+   spins only `contended_spin_ns` before it sleeps, for a while (below): on an oversubscribed machine a
    spinning thread burns the time slice that the thread it waits for (or the other process)
    needs, and a sleeping one is woken with priority when its work arrives. Every thread, because
    the preempted one is often the caller, sharing a core with another process while a worker
@@ -68,6 +68,15 @@
    within about one such task, sooner than a futex wake brings a sleeping thread back on a CPU it
    shares with another process. */
 #define CONTENDED_FOR_NS 200000000
+/* ... at most: a mark (`contended`, `cpu_busy`) holds CONTENDED_MIN_NS after the last
+   sign of contention when contention comes alone, and twice as long as the last time when it comes
+   back within CONTENDED_FOR_NS of a mark's end (`mark`). A burst (another runtime's threads
+   spinning for a few milliseconds after its own work, a daemon waking) then costs a short spell,
+   where each one held the marks for 0.2 s: workers sleeping after every job (steps a quarter
+   slower after another pool had spun beside them) or a spare running beside a single busy
+   process. Sustained load, whose marks lapse while our threads sleep and come back when they
+   spin again, holds them for CONTENDED_FOR_NS again after a few such rounds. */
+#define CONTENDED_MIN_NS 25000000
 #define CONTENDED_PREEMPTIONS 8
 #define CONTENDED_WINDOW_NS 100000000
 /* A worker's task is late once it has run twice as long as the caller's tasks took, and this much
@@ -116,13 +125,17 @@ static _Thread_local int inside_task; /* jobs started from a task run there, on 
 static _Thread_local long preemptions = -1; /* this thread's involuntary context switches so far */
 static _Thread_local long window_preemptions; /* ... since window_start */
 static _Thread_local int64_t window_start;
-static _Atomic int64_t contended_until; /* for every thread of the pool */
+/* Until when a sign of contention holds, and for how long the last one held (see CONTENDED_MIN_NS). */
+struct mark {
+    _Atomic int64_t until, hold;
+};
+static struct mark contended; /* for every thread of the pool */
 /* Jobs wake the spares while every CPU this process may use is busy with other work too: for each
    CPU, until when a thread of ours that ran there spent a quarter or more of its runnable time
    waiting for it (`note_waits_for_cpu`). With one busy process beside us, the CPU it does not use
    is the caller's or a worker's alone (the workers move away from the caller), and a spare would
    only take turns with our own threads there. */
-static _Atomic int64_t cpu_busy_until[CPU_SETSIZE];
+static struct mark cpu_busy[CPU_SETSIZE];
 static _Thread_local int64_t looked_at = -1, ran_then, waited_then; /* this thread's last look */
 /* when the spares were last woken, a worker moved onto the caller's CPU or the caller to another
    CPU: our own threads may have shared one since (note_waits_for_cpu) */
@@ -169,7 +182,23 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-/* Mark this thread's CPU busy (for CONTENDED_FOR_NS) when the thread spent a quarter or more of its
+/* A sign of contention at `now`: extend the mark by its hold, which a new episode starts at
+   CONTENDED_MIN_NS unless it follows the last one's end within CONTENDED_FOR_NS (then twice the last
+   hold, up to CONTENDED_FOR_NS). Threads racing here store one of their values: either is fine. */
+static void mark(struct mark *m, int64_t now) {
+    int64_t until = atomic_load_explicit(&m->until, memory_order_relaxed);
+    int64_t hold = atomic_load_explicit(&m->hold, memory_order_relaxed);
+    if (now > until) hold = hold && now - until <= CONTENDED_FOR_NS ? 2 * hold : CONTENDED_MIN_NS;
+    if (hold > CONTENDED_FOR_NS) hold = CONTENDED_FOR_NS;
+    atomic_store_explicit(&m->hold, hold, memory_order_relaxed);
+    atomic_store_explicit(&m->until, now + hold, memory_order_relaxed);
+}
+
+static int marked(struct mark *m, int64_t now) {
+    return now < atomic_load_explicit(&m->until, memory_order_relaxed);
+}
+
+/* Mark this thread's CPU busy (`mark`) when the thread spent a quarter or more of its
    runnable time, and a quarter of LOOK_NS at least (a few short waits happen beside our own threads
    too), waiting on a run queue since it last looked (the kernel's schedstat); looks every
    LOOK_NS at most, and a look more than CONTENDED_WINDOW_NS after the last only starts a window
@@ -203,13 +232,13 @@ static void note_waits_for_cpu(void) {
     waited_then = waited;
     int waited_long = beside_own ? waited_since >= 2 * ran_since : 3 * waited_since >= ran_since;
     if (fresh && waited_since >= LOOK_NS / 4 && waited_long && cpu >= 0 && cpu < CPU_SETSIZE)
-        atomic_store_explicit(&cpu_busy_until[cpu], now + CONTENDED_FOR_NS, memory_order_relaxed);
+        mark(&cpu_busy[cpu], now);
 }
 
 static int every_cpu_busy(void) {
     int64_t now = now_ns();
     for (int i = 0; i < pool.usable_count; i++)
-        if (atomic_load_explicit(&cpu_busy_until[pool.usable[i]], memory_order_relaxed) <= now) return 0;
+        if (!marked(&cpu_busy[pool.usable[i]], now)) return 0;
     return pool.usable_count > 0;
 }
 
@@ -227,9 +256,9 @@ static int64_t spin_budget(int64_t budget_ns) {
         window_preemptions += usage.ru_nivcsw - preemptions;
         preemptions = usage.ru_nivcsw;
         if (window_preemptions >= CONTENDED_PREEMPTIONS)
-            atomic_store_explicit(&contended_until, now + CONTENDED_FOR_NS, memory_order_relaxed);
+            mark(&contended, now);
     }
-    if (now >= atomic_load_explicit(&contended_until, memory_order_relaxed)) return budget_ns;
+    if (!marked(&contended, now)) return budget_ns;
     int64_t contended = short_tasks ? pool.short_task_ns : pool.contended_spin_ns;
     return budget_ns > contended ? contended : budget_ns;
 }
