@@ -267,15 +267,17 @@ class _Builder:
         groups = range(-(-tile.vectors // per_group))
         bases = [self.element(b, bp, b.mul(i64(g), b_group), f"b.group{g}") if g else bp for g in groups]
 
-        def load_b(b: ir.IRBuilder, p: ir.Value) -> list[ir.Value]:
-            row = b.mul(p, b_step, name="b.row")
-            return [
-                vector
-                for g, base in zip(groups, bases)
-                for vector in self._row_vectors(b, base, row, masks[g * per_group : (g + 1) * per_group])
-            ]
+        for whole in self._by_width(fn, b, cols, tile.vectors * lanes):
 
-        self._accumulate(fn, b, tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta, masks)
+            def load_b(b: ir.IRBuilder, p: ir.Value, whole: bool = whole) -> list[ir.Value]:
+                row = b.mul(p, b_step, name="b.row")
+                return [
+                    vector
+                    for g, base in zip(groups, bases)
+                    for vector in self._row_vectors(b, base, row, masks[g * per_group : (g + 1) * per_group], whole)
+                ]
+
+            self._accumulate(fn, b, tile, depth, a, a_row, a_step, load_b, c, ldc, rows, cols, alpha, beta, masks)
         return fn
 
     @_built_once
@@ -467,9 +469,29 @@ class _Builder:
         b.position_at_end(done)
         return new
 
-    def _row_vectors(self, b: ir.IRBuilder, base, offset, masks) -> list[ir.Value]:
-        """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0)."""
+    @staticmethod
+    def _by_width(fn, b: ir.IRBuilder, cols, width: int):
+        """Yields True, with `b` at the start of the code for a tile all `width` columns wide,
+        then False, at the start of the code for a narrower one (its last vector masked): a
+        micro-kernel's loop runs measurably slower on masked loads of B than on plain ones (Intel
+        AVX-512), and every tile but a matrix's last column of tiles is whole."""
+        whole, edge = fn.append_basic_block("whole"), fn.append_basic_block("edge")
+        b.cbranch(b.icmp_signed("==", cols, i64(width), name="whole"), whole, edge)
+        for block, is_whole in ((whole, True), (edge, False)):
+            b.position_at_end(block)
+            yield is_whole
+
+    def _row_vectors(self, b: ir.IRBuilder, base, offset, masks, whole: bool = False) -> list[ir.Value]:
+        """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0);
+        `whole`: every lane is there to read, and plain loads read it (`_by_width` says why)."""
         lanes, zero = self.t.lanes, ir.Constant(self.vector, [0.0] * self.t.lanes)
+        if whole:
+            vectors = []
+            for j in range(len(masks)):
+                vector = b.load(self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at"), typ=self.vector)
+                vector.align = 4
+                vectors.append(vector)
+            return vectors
         return [
             b.call(self.masked("load"), [self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at"),
                                          ir.Constant(I32, 4), mask, zero], name=f"b{j}")
@@ -526,40 +548,41 @@ class _Builder:
         for r in range(tile.rows):  # rows past the edge read the last row again (never stored)
             at = b.gep(offsets, [_min(b, i64(r), last, f"r{r}")], source_etype=I64, inbounds=True)
             a_rows.append(self.element(b, a, b.load(at, typ=I64, name=f"offset{r}"), f"a{r}.row"))
-        entry = b.block
-        row_loop, pixel_loop = fn.append_basic_block("row"), fn.append_basic_block("pixel")
-        row_end, done = fn.append_basic_block("row.end"), fn.append_basic_block("store")
-        b.branch(row_loop)
-        b.position_at_end(row_loop)
-        y = b.phi(I64, name="y")
-        y.add_incoming(i64(0), entry)
-        outer = [[b.phi(self.vector, name=f"c{r}.{j}.row") for j in range(tile.vectors)] for r in range(tile.rows)]
-        a_start = b.mul(y, row_stride, name="a.start")
-        b_start = b.mul(b.mul(y, wo), ldb, name="b.start")
-        b.branch(pixel_loop)
-        b.position_at_end(pixel_loop)
-        x = b.phi(I64, name="x")
-        x.add_incoming(i64(0), row_loop)
-        acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
-        bv = self._row_vectors(b, bp, b.add(b_start, b.mul(x, ldb), name="b.row"), masks)
-        new = self._step(b, a_rows, b.add(a_start, x, name="a.col"), bv, acc)
-        x_next = b.add(x, i64(1), name="x.next")
-        x.add_incoming(x_next, pixel_loop)
-        for r in range(tile.rows):
-            for j in range(tile.vectors):
-                acc[r][j].add_incoming(outer[r][j], row_loop)
-                acc[r][j].add_incoming(new[r][j], pixel_loop)
-                outer[r][j].add_incoming(zero, entry)
-                outer[r][j].add_incoming(new[r][j], row_end)
-        b.cbranch(b.icmp_signed("<", x_next, wo), pixel_loop, row_end)
-        b.position_at_end(row_end)
-        y_next = b.add(y, i64(1), name="y.next")
-        y.add_incoming(y_next, row_end)
-        b.cbranch(b.icmp_signed("<", y_next, rows), row_loop, done)
-        b.position_at_end(done)
-        one = ir.Constant(F32, 1.0)
-        self._store(b, tile, new, c, ldc, height, width, one, one, masks)
-        b.ret_void()
+        for whole in self._by_width(fn, b, width, tile.vectors * lanes):
+            entry = b.block
+            row_loop, pixel_loop = fn.append_basic_block("row"), fn.append_basic_block("pixel")
+            row_end, done = fn.append_basic_block("row.end"), fn.append_basic_block("store")
+            b.branch(row_loop)
+            b.position_at_end(row_loop)
+            y = b.phi(I64, name="y")
+            y.add_incoming(i64(0), entry)
+            outer = [[b.phi(self.vector, name=f"c{r}.{j}.row") for j in range(tile.vectors)] for r in range(tile.rows)]
+            a_start = b.mul(y, row_stride, name="a.start")
+            b_start = b.mul(b.mul(y, wo), ldb, name="b.start")
+            b.branch(pixel_loop)
+            b.position_at_end(pixel_loop)
+            x = b.phi(I64, name="x")
+            x.add_incoming(i64(0), row_loop)
+            acc = [[b.phi(self.vector, name=f"c{r}.{j}") for j in range(tile.vectors)] for r in range(tile.rows)]
+            bv = self._row_vectors(b, bp, b.add(b_start, b.mul(x, ldb), name="b.row"), masks, whole)
+            new = self._step(b, a_rows, b.add(a_start, x, name="a.col"), bv, acc)
+            x_next = b.add(x, i64(1), name="x.next")
+            x.add_incoming(x_next, pixel_loop)
+            for r in range(tile.rows):
+                for j in range(tile.vectors):
+                    acc[r][j].add_incoming(outer[r][j], row_loop)
+                    acc[r][j].add_incoming(new[r][j], pixel_loop)
+                    outer[r][j].add_incoming(zero, entry)
+                    outer[r][j].add_incoming(new[r][j], row_end)
+            b.cbranch(b.icmp_signed("<", x_next, wo), pixel_loop, row_end)
+            b.position_at_end(row_end)
+            y_next = b.add(y, i64(1), name="y.next")
+            y.add_incoming(y_next, row_end)
+            b.cbranch(b.icmp_signed("<", y_next, rows), row_loop, done)
+            b.position_at_end(done)
+            one = ir.Constant(F32, 1.0)
+            self._store(b, tile, new, c, ldc, height, width, one, one, masks)
+            b.ret_void()
         return fn
 
     def filter_entry(self) -> ir.Function:
