@@ -70,12 +70,11 @@
 #define CONTENDED_FOR_NS 200000000
 /* ... at most: a mark (`contended`, `cpu_busy`) holds CONTENDED_MIN_NS after the last
    sign of contention when contention comes alone, and twice as long as the last time when it comes
-   back within CONTENDED_FOR_NS of a mark's end (`mark`). A burst (another runtime's threads
-   spinning for a few milliseconds after its own work, a daemon waking) then costs a short spell,
-   where each one held the marks for 0.2 s: workers sleeping after every job (steps a quarter
-   slower after another pool had spun beside them) or a spare running beside a single busy
-   process. Sustained load, whose marks lapse while our threads sleep and come back when they
-   spin again, holds them for CONTENDED_FOR_NS again after a few such rounds. */
+   back within CONTENDED_FOR_NS of a mark's end (`mark`). A burst (a daemon waking, another
+   process's threads spinning for a few milliseconds) then costs a short spell, where each one held
+   the marks for 0.2 s: a spare running beside a single busy process, workers sleeping after every
+   job. Sustained load, whose marks lapse while our threads sleep and come back when they spin
+   again, holds them for CONTENDED_FOR_NS again after a few such rounds. */
 #define CONTENDED_MIN_NS 25000000
 #define CONTENDED_PREEMPTIONS 8
 #define CONTENDED_WINDOW_NS 100000000
