@@ -485,18 +485,16 @@ class _Builder:
         """The vectors of a row of B from base[offset] on, one per mask (lanes off it read nothing, 0);
         `whole`: every lane is there to read, and plain loads read it (`_by_width` says why)."""
         lanes, zero = self.t.lanes, ir.Constant(self.vector, [0.0] * self.t.lanes)
-        if whole:
-            vectors = []
-            for j in range(len(masks)):
-                vector = b.load(self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at"), typ=self.vector)
+        vectors = []
+        for j, mask in enumerate(masks):
+            at = self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at")
+            if whole:
+                vector = b.load(at, typ=self.vector, name=f"b{j}")
                 vector.align = 4
-                vectors.append(vector)
-            return vectors
-        return [
-            b.call(self.masked("load"), [self.element(b, base, b.add(offset, i64(j * lanes)), f"b{j}.at"),
-                                         ir.Constant(I32, 4), mask, zero], name=f"b{j}")
-            for j, mask in enumerate(masks)
-        ]  # fmt: skip
+            else:
+                vector = b.call(self.masked("load"), [at, ir.Constant(I32, 4), mask, zero], name=f"b{j}")
+            vectors.append(vector)
+        return vectors
 
     def _step(self, b: ir.IRBuilder, a_rows, a_col, bv, acc) -> list[list[ir.Value]]:
         """One step down the depth: each row's A entry at a_rows[r][a_col], broadcast, times B's
@@ -932,11 +930,7 @@ class _Builder:
             row = self.element(b, y, b.mul(i, y_row), "y.row.at")
 
             def load(b, base, offset, mask):
-                if mask is not None:
-                    return self._row_vectors(b, base, offset, [mask])[0]
-                vector = b.load(self.element(b, base, offset, "v.at"), typ=self.vector)
-                vector.align = 4
-                return vector
+                return self._row_vectors(b, base, offset, [mask], whole=mask is None)[0]
 
             def accumulate(b, at, sums, mask=None):
                 """sums[u] += x * y over the vector at p = at + u * lanes (lanes off `mask` read nothing)."""
