@@ -24,7 +24,7 @@ from ...compiler.schedule import Schedule
 from ...core.node import Node
 from . import bounds, parallel
 from .fpmode import with_subnormals_flushed
-from .gemm import CONV_TYPE, FILTER_TYPE
+from .gemm import ALIGN, CONV_TYPE, FILTER_TYPE, prepacked_panel
 from .irutil import (
     I32,
     I64,
@@ -53,7 +53,8 @@ from .scalar import ScalarEmitter
 
 # runtime table slots
 RUNTIME_SGEMM, RUNTIME_DGEMM, RUNTIME_CALLBACK, RUNTIME_SCONV, RUNTIME_SCONV_FILTER, RUNTIME_SGEMM_PACKED = range(6)
-RUNTIME_SLOTS = 6
+RUNTIME_SGEMM_PACK = 6  # gemm.PACK_SYMBOL, 0 where GEMMs go to the BLAS
+RUNTIME_SLOTS = 7
 GEMM_FRAME = ("fn", "trans_a", "trans_b", "m", "n", "k", "a", "lda", "b", "ldb", "c", "ldc", "beta", "chunk", "bias")
 GEMM_SPLIT_MIN = 1 << 18  # multiply-adds: below this one thread does the whole GEMM, above it two at least
 # a product of fewer rows than this counts as this many: it streams all of B for each row (memory
@@ -149,8 +150,7 @@ class KernelContext:
         index = RUNTIME_SGEMM if np.dtype(dtype) == np.float32 else RUNTIME_DGEMM
         if packed:
             index, trans_b, ldb = RUNTIME_SGEMM_PACKED, True, k
-        slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
-        fn = b.load(slot, typ=PTR, name="gemm")
+        fn = self.runtime_entry(index, "gemm")
         finish = BiasEpilogue(relu) if bias is not None else None
         if not self.builder.parallel or self.builder.bounds_check or self.in_task:  # the checks read the operands
             ta, tb = (ir.Constant(I32, CBLAS_TRANS if t else CBLAS_NO_TRANS) for t in (trans_a, trans_b))
@@ -171,6 +171,10 @@ class KernelContext:
         words = dict(fn=fn, trans_a=i64(int(trans_a)), trans_b=i64(int(trans_b)), m=m, n=n, k=k, a=a, lda=lda)
         words.update(b=b_, ldb=ldb, c=c, ldc=ldc, beta=b.bitcast(ir.Constant(ir.DoubleType(), beta), I64), chunk=chunk)
         words.update(bias=b.ptrtoint(bias, I64) if bias is not None else i64(0))
+        scratch = None
+        if index == RUNTIME_SGEMM:
+            by_blocks_of_rows = b.and_(by_rows, b.icmp_unsigned(">", tasks, i64(2)), name="gemm.by_blocks_of_rows")
+            scratch = self._pack_once(words, by_blocks_of_rows)
         frame = parallel.pack_frame(b, [words[f] for f in GEMM_FRAME], "gemm.frame")
         task = self.builder.gemm_task(dtype, finish)
         with b.if_else(big) as (split, whole):
@@ -178,6 +182,39 @@ class KernelContext:
                 b.call(parallel.pool_run(b.module), [task, frame, tasks])
             with whole:
                 b.call(task, [frame, i64(0)])
+        if scratch is not None:
+            b.call(_declared(b.module, "free", VOID, [PTR]), [scratch])
+
+    def _pack_once(self, words: dict, wanted: ir.Value) -> ir.Value | None:
+        """For a float32 GEMM shared out by blocks of rows when `wanted` (an i1): op(B) packed
+        here, once, into memory of its own (returned, to be freed after the tasks; null when it
+        is not packed), and `words` (the GEMM's frame) changed so that the tasks' sgemm reads
+        the panels (gemm.PACKED_SYMBOL): each block would otherwise pack all of B again. None
+        where GEMMs go to the BLAS (DRUG_GEMM=blas), which has no such entry."""
+        panel = prepacked_panel()
+        if panel is None:
+            return None
+        b = self.b
+        pack = self.runtime_entry(RUNTIME_SGEMM_PACK, "pack")
+        wanted = b.and_(wanted, b.icmp_unsigned("!=", b.ptrtoint(pack, I64), i64(0)), name="pack_once")
+        n, k = words["n"], words["k"]
+        floats = b.mul(b.mul(b.udiv(b.add(n, i64(panel - 1)), i64(panel)), i64(panel)), k, name="panels.floats")
+        before = b.block
+        with b.if_then(wanted):
+            allocated = b.call(_declared(b.module, "malloc", PTR, [I64]), [b.add(b.mul(floats, i64(4)), i64(ALIGN))])
+            allocating = b.block
+        scratch = b.phi(PTR, name="panels.memory")
+        scratch.add_incoming(ir.Constant(PTR, None), before)
+        scratch.add_incoming(allocated, allocating)
+        packed = b.icmp_unsigned("!=", b.ptrtoint(scratch, I64), i64(0), name="packed_once")
+        panels = b.and_(b.add(b.ptrtoint(scratch, I64), i64(ALIGN - 1)), i64(-ALIGN), name="panels")
+        with b.if_then(packed):
+            pack_type = ir.FunctionType(VOID, [I64, I64, I64, PTR, I64, PTR])
+            b.call(Callee(pack, pack_type), [words["trans_b"], n, k, words["b"], words["ldb"], b.inttoptr(panels, PTR)])
+        words["fn"] = b.select(packed, self.runtime_entry(RUNTIME_SGEMM_PACKED, "packed"), words["fn"], name="gemm.fn")
+        words["b"] = b.select(packed, b.inttoptr(panels, PTR), words["b"], name="gemm.b")
+        words["ldb"] = b.select(packed, k, words["ldb"], name="gemm.ldb")
+        return scratch
 
     def conv(self, *args) -> None:
         """drug's float32 convolution (gemm.CONV_SYMBOL, its arguments) through the runtime table,
@@ -189,9 +226,13 @@ class KernelContext:
         self._runtime_call(RUNTIME_SCONV_FILTER, FILTER_TYPE, "sconv_filter", args)
 
     def _runtime_call(self, index: int, type_: ir.FunctionType, name: str, args) -> None:
-        b = self.b
-        slot = b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
-        b.call(Callee(b.load(slot, typ=PTR, name=name), type_), [i64(v) if isinstance(v, int) else v for v in args])
+        fn = Callee(self.runtime_entry(index, name), type_)
+        self.b.call(fn, [i64(v) if isinstance(v, int) else v for v in args])
+
+    def runtime_entry(self, index: int, name: str) -> ir.Value:
+        """The function pointer in slot `index` of the runtime's table (RUNTIME_*)."""
+        slot = self.b.gep(self.runtime, [i64(index)], source_etype=PTR, inbounds=True)
+        return self.b.load(slot, typ=PTR, name=name)
 
     @contextmanager
     def tasks(self, count: ir.Value, name: str):
@@ -750,9 +791,13 @@ class ModuleBuilder:
     def emit_callback(self, ctx: KernelContext, index: int) -> ir.Value:
         """Ask the runtime to run kernel `index` with the op's NumPy forward."""
         b = ctx.b
-        slot = b.gep(ctx.runtime, [i64(RUNTIME_CALLBACK)], source_etype=PTR, inbounds=True)
-        fn = b.load(slot, typ=PTR, name="callback")
+        fn = ctx.runtime_entry(RUNTIME_CALLBACK, "callback")
         return b.call(Callee(fn, ir.FunctionType(I32, [I64, I64])), [i64(index), ctx.batch])
+
+
+def _declared(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    """The C library function `name`, declared in `module` once."""
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
 
 def _identity(combine: str, type_: ir.Type) -> ir.Constant:

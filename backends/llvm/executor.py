@@ -162,7 +162,7 @@ class NativeExecutor(Executor):
         self._blas_context = blas.one_thread() if runs_blas else contextlib.nullcontext()
         self._runtime = (ctypes.c_void_p * RUNTIME_SLOTS)(
             own.sgemm, dgemm.address, ctypes.cast(self._callback, ctypes.c_void_p), own.sconv, own.sconv_filter,
-            own.sgemm_packed,
+            own.sgemm_packed, own.sgemm_pack,
         )  # fmt: skip
         self._runtime_address = ctypes.addressof(self._runtime)
         self.persistent = self._persistent_arrays()

@@ -8,7 +8,8 @@ BLIS's, cut to the sizes drug's tasks have: op(B) is packed in blocks of `depth`
 while it runs down the depth: per step one broadcast of A and a vector load of B per register
 across. A is read in place (a tile's rows are a few streams, or one when transposed), so only B
 is ever copied, and not even B when A has at most `unpacked_rows` rows, nor a B packed once
-ahead of time (`PACKED_SYMBOL`: a program's constant weights, prepack.py). Edge tiles use the same
+ahead of time (`PACKED_SYMBOL`: a program's constant weights, prepack.py, and the B of a GEMM
+shared out by blocks of rows, packed once for all of them by `PACK_SYMBOL`). Edge tiles use the same
 micro-kernel: rows past the edge repeat the last row, columns past it are masked. Products of
 fewer rows than the main tile (small batches, a batch of one) have tiles of 1, 2 or 4 rows.
 
@@ -54,6 +55,7 @@ __all__ = [
     "ENTRY_SYMBOL",
     "FALLBACK_SYMBOL",
     "PACKED_SYMBOL",
+    "PACK_SYMBOL",
     "prepacked_panel",
 ]
 
@@ -70,6 +72,7 @@ FILTER_ARGS = [("k", I64), ("o", I64), ("rows", I64), ("wo", I64), ("row_stride"
 FILTER_TYPE = ir.FunctionType(VOID, [t for _, t in FILTER_ARGS])
 FALLBACK_SYMBOL = "drug_sgemm.fallback"  # the BLAS's cblas_sgemm, for the shapes above
 PACKED_SYMBOL = "drug_sgemm_packed"  # a GEMM whose B was packed ahead of time (packed_entry)
+PACK_SYMBOL = "drug_sgemm_pack"  # op(B) into the panels PACKED_SYMBOL reads, at run time (pack_entry)
 PREPACKED = 2  # `blocked`'s b.trans for such a B (0: B in rows, 1: transposed)
 ALIGN = 64  # packed panels start on a cache line: vector loads of B never split one
 
@@ -838,6 +841,21 @@ class _Builder:
         b.ret_void()
         return fn
 
+    def pack_entry(self) -> ir.Function:
+        """`PACK_SYMBOL(b_trans, n, k, b, ldb, dst)`: the whole of op(B) (k x n) into `dst` as
+        `PACKED_SYMBOL` reads it (`Tiling.panel` columns a panel, each holding all k steps; 64-byte
+        aligned, ceil(n / panel) * panel * k floats). For a GEMM shared out by blocks of rows, each
+        of which would otherwise pack all of B again (codegen's `KernelContext.gemm`)."""
+        fn, b = self.function(
+            PACK_SYMBOL, [("b.trans", I64), ("n", I64), ("k", I64), ("b", PTR), ("ldb", I64), ("dst", PTR)],
+            internal=False,
+        )  # fmt: skip
+        b_trans, n, k, b_, ldb, dst = fn.args
+        steps_are_rows = b.xor(b_trans, i64(1))
+        b.call(self.pack(), [dst, b_, ldb, steps_are_rows, i64(0), i64(0), n, k, i64(self.t.panel)])
+        b.ret_void()
+        return fn
+
     def _cblas_function(self, name: str) -> tuple[ir.Function, ir.IRBuilder, list[ir.Value]]:
         """An exported function of cblas_sgemm's signature, its builder past the return of empty
         products, and its sizes m, n, k, lda, ldb, ldc as i64."""
@@ -1257,6 +1275,7 @@ def build_sgemm(tiling: Tiling, int_bits: int, module: ir.Module | None = None) 
     builder = _Builder(module, tiling, int_bits)
     builder.entry()
     builder.packed_entry()
+    builder.pack_entry()
     return module
 
 
@@ -1279,6 +1298,7 @@ class RuntimeKernels:
     sconv: int
     sconv_filter: int
     sgemm_packed: int = 0
+    sgemm_pack: int = 0  # PACK_SYMBOL
 
 
 ENV = "DRUG_GEMM"  # "blas": numpy's BLAS does every GEMM (a comparison, or a way around a fault of ours)
@@ -1397,6 +1417,7 @@ def compile_kernels(
         address(CONV_SYMBOL) if convolutions else 0,
         address(FILTER_SYMBOL) if convolutions else 0,
         address(PACKED_SYMBOL) if gemms else 0,
+        address(PACK_SYMBOL) if gemms else 0,
     )
 
 

@@ -106,6 +106,24 @@ def test_sgemm_of_prepacked_b_matches_float64_reference(
     _run_prepacked(packed_sgemm, m, n, k, trans_a, trans_b, alpha, beta, pad, first_panel, seed)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=DIM, k=DEPTH, trans_b=st.booleans(), pad=st.sampled_from([0, 3]), seed=st.integers(0, 2**32 - 1))
+def test_packing_at_run_time_lays_b_out_as_prepacking_does(packed_sgemm, n, k, trans_b, pad, seed):
+    """`gemm.PACK_SYMBOL` (a GEMM shared out by blocks of rows packs its B once with it) writes
+    the panels `prepack.pack` makes of a constant, zeros past the last column included."""
+    _, tiling = packed_sgemm
+    fallback = blas.find_gemm("float32")
+    address = gemm.compile_kernels(tiling, fallback.int_bits, fallback.address, convolutions=False).sgemm_pack
+    pack = ctypes.CFUNCTYPE(None, *[ctypes.c_int64] * 3, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)(address)
+    rows, cols = (n, k) if trans_b else (k, n)
+    store = np.random.default_rng(seed).uniform(-1, 1, (rows, cols + pad)).astype(np.float32)
+    expected = prepack.pack(store[:, :cols], trans_b, tiling.panel)
+    panels = np.full(expected.size + 16, np.nan, np.float32)  # the packing must write every float
+    start = -(panels.ctypes.data // 4) % 16  # 64-byte aligned, as the caller's memory is
+    pack(int(trans_b), n, k, store.ctypes.data, cols + pad, panels.ctypes.data + 4 * start)
+    np.testing.assert_array_equal(panels[start : start + expected.size], expected.ravel())
+
+
 @pytest.mark.parametrize("n", [1, 5, 10, 16, 17])
 @pytest.mark.parametrize("trans_a", [False, True])
 def test_one_row_by_a_prepacked_b_of_a_vectors_columns(packed_sgemm, n, trans_a):

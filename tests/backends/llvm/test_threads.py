@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import drug as dg
+from drug.backends.llvm import bounds
 from drug.backends.llvm.threads import pool, stats
 
 BACKENDS = ["numpy", "llvm"]
@@ -112,16 +113,16 @@ def test_checkpoint_saved_during_training_is_consistent(backend, tmp_path):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
-@pytest.mark.parametrize("m,n,k", [(300, 40, 50), (40, 300, 50), (133, 131, 17)])
+@pytest.mark.parametrize("m,n,k", [(300, 40, 50), (40, 300, 50), (133, 131, 17), (784, 100, 129), (520, 33, 300)])
 def test_gemms_shared_out_over_threads_match_numpy(dtype, trans_a, trans_b, m, n, k):
     """Large GEMMs are split by rows or by columns (whichever C has more) into tasks
-    on the thread pool, each calling BLAS on its block; odd sizes leave the last task a short block."""
+    on the thread pool, each calling BLAS on its block; odd sizes leave the last task a short block.
+    Split into more than two blocks of rows, a float32 GEMM packs B once for all of them (the
+    last two shapes: a partial last panel)."""
     g = dg.Graph(dtype=dtype)
     a = g.input("a", (k, m) if trans_a else (m, k))
     b = g.input("b", (n, k) if trans_b else (k, n))
     fn = g.compile(outputs=(dg.transpose(a) if trans_a else a) @ (dg.transpose(b) if trans_b else b), backend="llvm")
-    from drug.backends.llvm import bounds
-
     if not bounds.enabled():  # checked builds call BLAS directly, where the checks can see the operands
         assert "drug_gemm_task" in fn.ir()
     rng = np.random.default_rng(0)
@@ -145,3 +146,18 @@ def test_a_single_row_times_a_large_matrix_is_shared_out(trans_b):
     got = fn(x=x_val, w=w_val)
     assert stats()["jobs"] == before["jobs"] + 1
     np.testing.assert_allclose(got, x_val @ (w_val.T if trans_b else w_val), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(pool() is None or bounds.enabled(), reason="one thread, or checked builds: BLAS called directly")
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_blocks_of_rows_read_one_packing_of_b(trans_b):
+    """A weight gradient's shape (many rows, a batch deep) with a bias and a relu finishing each
+    block of rows: B is packed once, before the tasks, and every block reads those panels."""
+    g = dg.Graph()
+    a, w, bias = g.input("a", (600, 96)), g.input("w", (70, 96) if trans_b else (96, 70)), g.input("bias", (70,))
+    fn = g.compile(outputs=dg.relu(a @ (dg.transpose(w) if trans_b else w) + bias), backend="llvm")
+    assert "packed_once" in fn.ir()
+    rng = np.random.default_rng(2)
+    values = {n.name: rng.standard_normal(n.shape).astype(np.float32) for n in (a, w, bias)}
+    want = np.maximum(values["a"] @ (values["w"].T if trans_b else values["w"]) + values["bias"], 0)
+    np.testing.assert_allclose(fn(**values), want, rtol=1e-5, atol=1e-4)
