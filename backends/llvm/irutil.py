@@ -75,11 +75,18 @@ class Callee:
 
 @contextmanager
 def for_range(
-    b: ir.IRBuilder, stop: ir.Value, name: str = "i", start: ir.Value | None = None, masked_tail: bool = False
+    b: ir.IRBuilder,
+    stop: ir.Value,
+    name: str = "i",
+    start: ir.Value | None = None,
+    masked_tail: bool = False,
+    interleave: int | None = None,
 ) -> Iterator[ir.Value]:
     """`for (i = start; i < stop; ++i)`; the body is emitted inside the `with` block.
     `masked_tail`: ask LLVM's vectorizer to run the last partial vector masked rather than add a
-    remainder loop (one copy of the body instead of three: for short loops with long bodies)."""
+    remainder loop (one copy of the body instead of three: for short loops with long bodies).
+    `interleave`: how many vectors of the loop one iteration of the vectorized loop handles
+    (LLVM's choice if None)."""
     start = start if start is not None else i64(0)
     before = b.block
     cond = b.append_basic_block(f"{name}.cond")
@@ -94,36 +101,42 @@ def for_range(
     yield index
     index.add_incoming(b.add(index, i64(1), name=f"{name}.next", flags=("nuw", "nsw")), b.block)
     latch = b.branch(cond)
-    if masked_tail:
-        _ask_for_masked_tail(b.module, latch)
+    hints = [("llvm.loop.vectorize.predicate.enable", ir.Constant(ir.IntType(1), 1))] if masked_tail else []
+    if interleave is not None:
+        hints.append(("llvm.loop.interleave.count", ir.Constant(ir.IntType(32), interleave)))
+    if hints:
+        _hint_vectorizer(b.module, latch, hints)
     b.position_at_end(end)
 
 
-def _ask_for_masked_tail(module: ir.Module, latch: ir.Instruction) -> None:
-    """`llvm.loop.vectorize.predicate.enable` on the loop whose back branch is `latch`."""
-    hint = module.add_metadata(
-        [ir.MetaDataString(module, "llvm.loop.vectorize.predicate.enable"), ir.Constant(ir.IntType(1), 1)]
-    )
+def _hint_vectorizer(module: ir.Module, latch: ir.Instruction, hints: list[tuple[str, ir.Constant]]) -> None:
+    """`llvm.loop` metadata with these (name, value) hints on the loop whose back branch is `latch`."""
+    nodes = [module.add_metadata([ir.MetaDataString(module, name), value]) for name, value in hints]
     where = ir.MetaDataString(module, f"{latch.function.name}/{latch.parent.name}")  # one node per loop
-    loop = module.add_metadata([hint, where])
+    loop = module.add_metadata([*nodes, where])
     loop.operands = (loop, *loop.operands)  # a loop's metadata names itself first (LLVM's rule)
     latch.set_metadata("llvm.loop", loop)
 
 
 @contextmanager
 def loop_nest(
-    b: ir.IRBuilder, extents: Sequence[ir.Value], prefix: str = "i", bounds: dict | None = None
+    b: ir.IRBuilder,
+    extents: Sequence[ir.Value],
+    prefix: str = "i",
+    bounds: dict | None = None,
+    interleave: int | None = None,
 ) -> Iterator[list[ir.Value]]:
     """Row-major nested loops; yields the index of every level. `bounds` maps a level to the
-    (start, stop) that replaces its range."""
+    (start, stop) that replaces its range; `interleave` is the innermost loop's (`for_range`)."""
     if not extents:
         yield []
         return
     bounds = bounds or {}
     start, stop = bounds.get(0, (None, extents[0]))
     inner = {level - 1: range_ for level, range_ in bounds.items() if level > 0}
-    with for_range(b, stop, f"{prefix}{0}", start=start) as index:
-        with loop_nest(b, extents[1:], prefix + "_", inner) as rest:
+    innermost = interleave if len(extents) == 1 else None
+    with for_range(b, stop, f"{prefix}{0}", start=start, interleave=innermost) as index:
+        with loop_nest(b, extents[1:], prefix + "_", inner, interleave) as rest:
             yield [index] + rest
 
 
