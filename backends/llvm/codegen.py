@@ -933,8 +933,8 @@ def emit_loop(ctx: KernelContext, kernel: Kernel, split: tuple | None = None, fi
     extents, accesses = _loop_plan(ctx, kernel)
     ranges = {split_axis(kernel, accesses): split} if split is not None else {}
     # a map's iterations are independent: out-of-order cores overlap them without LLVM's interleaved
-    # copies, which cost compile time (a third of a one-loop program's) and no measured speed;
-    # a reduction's copies are its independent partial sums
+    # copies, which cost compile time and gain no speed; a reduction's copies are its independent
+    # partial sums
     interleave = None if any(is_reduction(n) for n in kernel.nodes) else 1
     with loop_nest(b, extents, bounds=ranges, interleave=interleave) as index:
         values: dict[int, ir.Value] = {}

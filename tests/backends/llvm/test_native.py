@@ -176,6 +176,25 @@ def test_generated_code_is_readable_and_vectorized():
     np.testing.assert_allclose(fn(a=x, b=x, c=x), exact, rtol=1e-6)
 
 
+def test_map_loops_are_not_interleaved_and_reductions_are():
+    """A fused map asks LLVM's vectorizer for one vector per iteration (its interleaved copies
+    cost compile time for no speed); a reduction's loop keeps LLVM's choice (partial sums)."""
+    g = dg.Graph()
+    a, b = g.input("a", (None, 1024)), g.input("b", (1024, 1024))
+    fn = g.compile(outputs=[dg.relu(a * 2.0 + 1.0), dg.sum(b * b, axis=0)], backend="llvm")
+    functions = fn.ir().split("\ndefine ")
+    maps = [f for f in functions if "loop_mul_add_relu" in f.split("(")[0]]
+    reductions = [f for f in functions if "loop_mul_sum" in f.split("(")[0]]
+    assert maps and reductions
+    assert any("!llvm.loop" in f for f in maps) and '!"llvm.loop.interleave.count", i32 1' in fn.ir()
+    assert not any("!llvm.loop" in f for f in reductions)
+    x = np.linspace(-1, 1, 2048, dtype=np.float32).reshape(2, 1024)
+    y = np.linspace(-1, 1, 1024 * 1024, dtype=np.float32).reshape(1024, 1024)
+    out, sums = fn(a=x, b=y)
+    np.testing.assert_allclose(out, np.maximum(x * 2 + 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(sums, (y.astype(np.float64) ** 2).sum(0), rtol=1e-4)
+
+
 def test_slices_that_copy_rows_skip_the_optimizer():
     """A slice of whole rows is a loop of memcpy calls: its function is `optnone` (LLVM's optimizer
     would spend a millisecond on it for nothing), and it still copies the right rows; a slice
