@@ -32,6 +32,8 @@ from .irutil import (
     STATUS_OUT_OF_BOUNDS,
     VOID,
     Callee,
+    aligned,
+    declared,
     dim_value,
     element_count,
     for_range,
@@ -183,7 +185,7 @@ class KernelContext:
             with whole:
                 b.call(task, [frame, i64(0)])
         if scratch is not None:
-            b.call(_declared(b.module, "free", VOID, [PTR]), [scratch])
+            b.call(declared(b.module, "free", VOID, [PTR]), [scratch])
 
     def _pack_once(self, words: dict, wanted: ir.Value) -> ir.Value | None:
         """For a float32 GEMM shared out by blocks of rows when `wanted` (an i1): op(B) packed
@@ -201,18 +203,18 @@ class KernelContext:
         floats = b.mul(b.mul(b.udiv(b.add(n, i64(panel - 1)), i64(panel)), i64(panel)), k, name="panels.floats")
         before = b.block
         with b.if_then(wanted):
-            allocated = b.call(_declared(b.module, "malloc", PTR, [I64]), [b.add(b.mul(floats, i64(4)), i64(ALIGN))])
+            allocated = b.call(declared(b.module, "malloc", PTR, [I64]), [b.add(b.mul(floats, i64(4)), i64(ALIGN))])
             allocating = b.block
         scratch = b.phi(PTR, name="panels.memory")
         scratch.add_incoming(ir.Constant(PTR, None), before)
         scratch.add_incoming(allocated, allocating)
         packed = b.icmp_unsigned("!=", b.ptrtoint(scratch, I64), i64(0), name="packed_once")
-        panels = b.and_(b.add(b.ptrtoint(scratch, I64), i64(ALIGN - 1)), i64(-ALIGN), name="panels")
+        panels = aligned(b, scratch, ALIGN, "panels")
         with b.if_then(packed):
             pack_type = ir.FunctionType(VOID, [I64, I64, I64, PTR, I64, PTR])
-            b.call(Callee(pack, pack_type), [words["trans_b"], n, k, words["b"], words["ldb"], b.inttoptr(panels, PTR)])
+            b.call(Callee(pack, pack_type), [words["trans_b"], n, k, words["b"], words["ldb"], panels])
         words["fn"] = b.select(packed, self.runtime_entry(RUNTIME_SGEMM_PACKED, "packed"), words["fn"], name="gemm.fn")
-        words["b"] = b.select(packed, b.inttoptr(panels, PTR), words["b"], name="gemm.b")
+        words["b"] = b.select(packed, panels, words["b"], name="gemm.b")
         words["ldb"] = b.select(packed, k, words["ldb"], name="gemm.ldb")
         return scratch
 
@@ -793,11 +795,6 @@ class ModuleBuilder:
         b = ctx.b
         fn = ctx.runtime_entry(RUNTIME_CALLBACK, "callback")
         return b.call(Callee(fn, ir.FunctionType(I32, [I64, I64])), [i64(index), ctx.batch])
-
-
-def _declared(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
-    """The C library function `name`, declared in `module` once."""
-    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
 
 def _identity(combine: str, type_: ir.Type) -> ir.Constant:

@@ -34,7 +34,7 @@ from llvmlite import ir
 
 from . import jit
 from .blas import CBLAS_NO_TRANS, CBLAS_ROW_MAJOR, CBLAS_TRANS, Gemm
-from .irutil import I32, I64, PTR, VOID, Callee, for_range, i64
+from .irutil import I32, I64, PTR, VOID, Callee, aligned, declared, for_range, i64
 
 __all__ = [
     "Tile",
@@ -221,9 +221,7 @@ class _Builder:
         self.mask = ir.VectorType(ir.IntType(1), tiling.lanes)
 
     def intrinsic(self, name: str, ret, args) -> ir.Function:
-        if name in self.module.globals:
-            return self.module.globals[name]
-        return ir.Function(self.module, ir.FunctionType(ret, args), name)
+        return declared(self.module, name, ret, args)
 
     def function(self, name: str, args: list[tuple[str, ir.Type]], ret=VOID, internal=True):
         fn = ir.Function(self.module, ir.FunctionType(ret, [t for _, t in args]), name)
@@ -1212,7 +1210,7 @@ class _Builder:
         raw = b.phi(PTR, name="scratch")
         raw.add_incoming(ir.Constant(PTR, None), before)
         raw.add_incoming(allocated, allocating)
-        b_pack = b.inttoptr(b.and_(b.add(b.ptrtoint(raw, I64), i64(ALIGN - 1)), i64(-ALIGN)), PTR, name="b.pack")
+        b_pack = aligned(b, raw, ALIGN, "b.pack")
         # op(A)[i, p] is a[i*lda + p], or a[p*lda + i] when transposed: the micro-kernel reads it in
         # place (a tile's rows are `rows` streams, or one), so A is never copied
         transposed = b.icmp_unsigned("!=", a_trans, i64(0))

@@ -186,6 +186,18 @@ def element_count(b: ir.IRBuilder, shape: Sequence[int | None], batch: ir.Value)
     return acc
 
 
+def declared(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+    """The external function (a C library's, an LLVM intrinsic) `name`, declared in `module` once."""
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def aligned(b: ir.IRBuilder, pointer: ir.Value, alignment: int, name: str) -> ir.Value:
+    """`pointer` rounded up to a multiple of `alignment` (a power of two): scratch memory from malloc
+    asked for `alignment` bytes more than it needs."""
+    address = b.add(b.ptrtoint(pointer, I64), i64(alignment - 1))
+    return b.inttoptr(b.and_(address, i64(-alignment)), PTR, name=name)
+
+
 def skip_optimizer(fn: ir.Function) -> None:
     """Compile `fn` as written (`optnone`: no IR optimizer, code generation at its lightest),
     for code that only loads table entries, calls and copies: optimizing it buys nothing at run

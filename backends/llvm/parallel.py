@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from .irutil import I64, PTR, VOID, i64, skip_optimizer
+from .irutil import I64, PTR, VOID, declared, i64, skip_optimizer
 from .threads import RUN_SYMBOL, THREAD_SYMBOL
 
 TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
@@ -18,12 +18,12 @@ TASK_TYPE = ir.FunctionType(VOID, [PTR, I64])
 
 def pool_run(module: ir.Module) -> ir.Function:
     """`void drug_pool_run(ptr task_fn, ptr frame, i64 tasks)`."""
-    return module.globals.get(RUN_SYMBOL) or ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64]), RUN_SYMBOL)
+    return declared(module, RUN_SYMBOL, VOID, [PTR, PTR, I64])
 
 
 def thread_index(module: ir.Module) -> ir.Function:
     """`i64 drug_pool_thread()`: 0 on a calling thread, 1 .. thread_slots()-1 on the pool's workers and spares."""
-    return module.globals.get(THREAD_SYMBOL) or ir.Function(module, ir.FunctionType(I64, []), THREAD_SYMBOL)
+    return declared(module, THREAD_SYMBOL, I64, [])
 
 
 def task_function(

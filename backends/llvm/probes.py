@@ -13,7 +13,7 @@ from llvmlite import ir
 
 from ...compiler.schedule import Schedule
 from . import bounds
-from .irutil import I32, I64, PTR, STATUS_NOT_FINITE, element_count, for_range, i64, llvm_type
+from .irutil import I32, I64, PTR, STATUS_NOT_FINITE, declared, element_count, for_range, i64, llvm_type
 from .parallel import thread_index
 
 PROFILE_GLOBAL = "drug_profile"
@@ -35,10 +35,6 @@ class Probe:
         return status
 
 
-def _function(module: ir.Module, name: str, fnty: ir.FunctionType) -> ir.Function:
-    return module.globals.get(name) or ir.Function(module, fnty, name)
-
-
 class KernelClock(Probe):
     """Start and end time (ns, CLOCK_MONOTONIC) and thread of every kernel of the last step."""
 
@@ -50,7 +46,7 @@ class KernelClock(Probe):
 
     def now(self, b: ir.IRBuilder) -> ir.Value:
         module = b.module
-        clock = _function(module, "clock_gettime", ir.FunctionType(I32, [I32, PTR]))
+        clock = declared(module, "clock_gettime", I32, [I32, PTR])
         with b.goto_entry_block():  # one timespec per function, not one per loop iteration
             spec = b.alloca(I64, size=2, name="timespec")
         b.call(clock, [ir.Constant(I32, CLOCK_MONOTONIC), spec])

@@ -22,7 +22,7 @@ from llvmlite import ir
 from ....ops.conv import Conv2D, Conv2DBias, Conv2DGradFilter, ConvGeometry, ConvTranspose2D, Pad, PadGrad
 from .. import parallel
 from ..gemm import conv_tile_pixels, filter_scratch
-from ..irutil import I64, PTR, VOID, for_range, i64, llvm_type
+from ..irutil import I64, PTR, VOID, declared, for_range, i64, llvm_type
 from ..lowering import kernel
 from ..threads import thread_count, thread_slots
 
@@ -122,8 +122,8 @@ class _ConvEmitter:
         if self.geo.groups == 1:
             yield lambda pointer, size, name: pointer
             return
-        stacksave = _intrinsic(b, "llvm.stacksave.p0", PTR, [])
-        stackrestore = _intrinsic(b, "llvm.stackrestore.p0", VOID, [PTR])
+        stacksave = declared(b.module, "llvm.stacksave.p0", PTR, [])
+        stackrestore = declared(b.module, "llvm.stackrestore.p0", VOID, [PTR])
         with for_range(b, i64(self.geo.groups), "group") as group:
             stack = b.call(stacksave, [], name="stack")  # the GEMM's argument frame, freed per group
 
@@ -218,11 +218,6 @@ class _ConvEmitter:
                 b.store(total, pixel)
             else:
                 b.store(b.load(pixel, typ=self.real, name="value"), entry)
-
-
-def _intrinsic(b: ir.IRBuilder, name: str, result: ir.Type, args: list[ir.Type]) -> ir.Function:
-    module = b.module
-    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, args), name)
 
 
 def _zero(b: ir.IRBuilder, pointer: ir.Value, nbytes: ir.Value) -> None:

@@ -18,7 +18,7 @@ from ....core.program import Program
 from ....core.types import TensorType
 from .. import pipeline
 from ..codegen import ModuleBuilder
-from ..irutil import I32, I64, PTR, STATUS_OUT_OF_MEMORY, element_count, for_range, i64
+from ..irutil import I32, I64, PTR, STATUS_OUT_OF_MEMORY, declared, element_count, for_range, i64
 from ..lowering import kernel
 
 I8 = ir.IntType(8)
@@ -65,9 +65,7 @@ class _ScanEmitter:
         return self.b.gep(pointer, [nbytes], source_etype=I8, inbounds=True, name=name)
 
     def call(self, name: str, ret: ir.Type, args: list[ir.Value], arg_types: list[ir.Type]) -> ir.Value:
-        module = self.b.module
-        fn = module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, arg_types), name)
-        return self.b.call(fn, args)
+        return self.b.call(declared(self.b.module, name, ret, arg_types), args)
 
     def copy(self, dst: ir.Value, src: ir.Value, nbytes: ir.Value, overlapping: bool = False) -> None:
         name = "llvm.memmove" if overlapping else "llvm.memcpy"
